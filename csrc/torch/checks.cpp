@@ -1,0 +1,151 @@
+#include "checks.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace sparse_rt {
+namespace {
+
+bool is_supported_value_type(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_index_tensor(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == at::kInt, "sparse_rt.", op, ": ", name, " must be int32, got ",
+              t.scalar_type(), " (convert with .int())");
+  TORCH_CHECK(t.dim() == 1, "sparse_rt.", op, ": ", name, " must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "sparse_rt.", op, ": ", name, " must be contiguous");
+}
+
+}  // namespace
+
+SparseWeightInfo check_sparse_weight(const char* op, const at::Tensor& crow, const at::Tensor& col,
+                                     const at::Tensor& values, int64_t value_rank) {
+  check_index_tensor(op, "crow_indices", crow);
+  check_index_tensor(op, "col_indices", col);
+  TORCH_CHECK(crow.numel() >= 1, "sparse_rt.", op,
+              ": crow_indices must have rows + 1 >= 1 entries, got an empty tensor");
+  TORCH_CHECK(is_supported_value_type(values.scalar_type()), "sparse_rt.", op,
+              ": values must be float32, float16 or bfloat16, got ", values.scalar_type());
+  TORCH_CHECK(values.dim() == value_rank, "sparse_rt.", op, ": values must be ", value_rank,
+              "-D, got shape ", values.sizes());
+  TORCH_CHECK(values.is_contiguous(), "sparse_rt.", op, ": values must be contiguous");
+  TORCH_CHECK(values.size(0) == col.numel(), "sparse_rt.", op, ": values holds ", values.size(0),
+              " entries but col_indices holds ", col.numel());
+  TORCH_CHECK(crow.device() == values.device() && col.device() == values.device(), "sparse_rt.", op,
+              ": crow_indices (", crow.device(), "), col_indices (", col.device(),
+              ") and values (", values.device(), ") must be on one device");
+  TORCH_CHECK(col.numel() <= std::numeric_limits<int32_t>::max(), "sparse_rt.", op, ": ",
+              col.numel(), " stored entries exceed the int32 index range");
+  const int64_t bh = value_rank == 3 ? values.size(1) : 1;
+  const int64_t bw = value_rank == 3 ? values.size(2) : 1;
+  TORCH_CHECK(bh > 0 && bw > 0, "sparse_rt.", op, ": block shape must be positive, got ", bh, "x",
+              bw);
+  return {(crow.numel() - 1) * bh, col.numel(), bh, bw};
+}
+
+void check_sparse_indices(const char* op, const at::Tensor& crow_in, const at::Tensor& col_in,
+                          int64_t cols) {
+  // Off-CPU tensors are copied here; this path is the opt-in full check for accelerators.
+  const at::Tensor crow = crow_in.cpu(), col = col_in.cpu();
+  const int32_t* c = crow.data_ptr<int32_t>();
+  const int32_t* k = col.data_ptr<int32_t>();
+  const int64_t rows = crow.numel() - 1, nnz = col.numel();
+  TORCH_CHECK(c[0] == 0, "sparse_rt.", op, ": crow_indices[0] must be 0, got ", c[0]);
+  TORCH_CHECK(c[rows] == nnz, "sparse_rt.", op, ": crow_indices[-1] must equal the number of ",
+              "stored entries (", nnz, "), got ", c[rows]);
+  // Each chunk records its first violation; the lowest one is reported.
+  const int64_t none = std::numeric_limits<int64_t>::max();
+  std::vector<int64_t> first_bad_row(at::get_num_threads(), none);
+  at::parallel_for(0, rows, 1 << 14, [&](int64_t begin, int64_t end) {
+    auto& slot = first_bad_row[at::get_thread_num()];
+    for (int64_t r = begin; r < end; ++r) {
+      if (c[r] > c[r + 1]) {
+        slot = std::min(slot, r);
+        return;
+      }
+    }
+  });
+  const int64_t bad_row = *std::min_element(first_bad_row.begin(), first_bad_row.end());
+  TORCH_CHECK(bad_row == none, "sparse_rt.", op, ": crow_indices must be non-decreasing, but ",
+              "crow_indices[", bad_row, "]=", c[bad_row], " > crow_indices[", bad_row + 1,
+              "]=", c[bad_row + 1]);
+  std::vector<int64_t> first_bad_col(at::get_num_threads(), none);
+  at::parallel_for(0, nnz, 1 << 16, [&](int64_t begin, int64_t end) {
+    // Branch-free range test over the chunk (vectorizes); locate the culprit only on failure.
+    bool ok = true;
+    for (int64_t i = begin; i < end; ++i) ok &= uint32_t(k[i]) < uint64_t(cols);
+    if (ok) return;
+    auto& slot = first_bad_col[at::get_thread_num()];
+    for (int64_t i = begin; i < end; ++i) {
+      if (uint32_t(k[i]) >= uint64_t(cols)) {
+        slot = std::min(slot, i);
+        return;
+      }
+    }
+  });
+  const int64_t bad_col = *std::min_element(first_bad_col.begin(), first_bad_col.end());
+  TORCH_CHECK(bad_col == none, "sparse_rt.", op, ": col_indices[", bad_col, "]=", k[bad_col],
+              " is out of range [0, ", cols, ")");
+}
+
+void check_activation(const char* op, const at::Tensor& input, const at::Tensor& values) {
+  TORCH_CHECK(input.device() == values.device(), "sparse_rt.", op, ": input is on ",
+              input.device(), " but the weight is on ", values.device());
+  TORCH_CHECK(input.scalar_type() == values.scalar_type(), "sparse_rt.", op, ": input dtype ",
+              input.scalar_type(), " does not match the weight values dtype ",
+              values.scalar_type());
+}
+
+void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const at::Tensor& values,
+                int64_t rows) {
+  if (!bias.has_value()) return;
+  const at::Tensor& b = *bias;
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == rows, "sparse_rt.", op, ": bias must have shape [",
+              rows, "], got ", b.sizes());
+  TORCH_CHECK(b.scalar_type() == values.scalar_type(), "sparse_rt.", op, ": bias dtype ",
+              b.scalar_type(), " does not match the weight values dtype ", values.scalar_type());
+  TORCH_CHECK(b.device() == values.device(), "sparse_rt.", op, ": bias is on ", b.device(),
+              " but the weight is on ", values.device());
+}
+
+std::array<int64_t, 2> check_conv_geometry(const at::Tensor& input, int64_t in_channels,
+                                           int64_t out_channels, int64_t weight_cols,
+                                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, at::IntArrayRef dilation,
+                                           int64_t groups) {
+  const char* op = "csr_conv2d";
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 &&
+                  dilation.size() == 2,
+              "sparse_rt.", op, ": kernel_size, stride, padding and dilation must have 2 entries");
+  TORCH_CHECK(input.dim() == 4, "sparse_rt.", op, ": input must be 4-D [N, C, H, W], got shape ",
+              input.sizes());
+  TORCH_CHECK(input.size(1) == in_channels, "sparse_rt.", op, ": input has ", input.size(1),
+              " channels (shape ", input.sizes(), ") but the layer expects ", in_channels);
+  TORCH_CHECK(groups >= 1 && in_channels % groups == 0 && out_channels % groups == 0,
+              "sparse_rt.", op, ": groups=", groups, " must divide in_channels=", in_channels,
+              " and out_channels=", out_channels);
+  for (int i = 0; i < 2; ++i) {
+    TORCH_CHECK(kernel_size[i] >= 1 && stride[i] >= 1 && dilation[i] >= 1 && padding[i] >= 0,
+                "sparse_rt.", op, ": need kernel_size, stride, dilation >= 1 and padding >= 0, ",
+                "got kernel_size=", kernel_size, " stride=", stride, " padding=", padding,
+                " dilation=", dilation);
+  }
+  TORCH_CHECK(weight_cols == in_channels / groups * kernel_size[0] * kernel_size[1], "sparse_rt.",
+              op, ": the weight has ", weight_cols, " columns but in_channels/groups*kh*kw = ",
+              in_channels / groups * kernel_size[0] * kernel_size[1]);
+  std::array<int64_t, 2> out{};
+  for (int i = 0; i < 2; ++i) {
+    const int64_t span = input.size(2 + i) + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1);
+    TORCH_CHECK(span >= 1, "sparse_rt.", op, ": input ", input.sizes(),
+                " is smaller than the dilated kernel after padding");
+    out[i] = (span - 1) / stride[i] + 1;
+  }
+  return out;
+}
+
+}  // namespace sparse_rt

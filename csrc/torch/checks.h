@@ -1,0 +1,46 @@
+// Argument checks shared by every backend's binding. Each check names the op, the tensor and the
+// problem, so a user who calls an op directly with a malformed weight gets a clear error instead of
+// an out-of-bounds access inside a kernel.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <array>
+#include <cstdint>
+
+namespace sparse_rt {
+
+// The sizes implied by a CSR (or BSR) weight once its tensors have passed the structural checks.
+struct SparseWeightInfo {
+  int64_t rows;      // output features / channels (for BSR: block rows * block height)
+  int64_t nnz;       // stored entries (for BSR: stored blocks)
+  int64_t block_h;   // 1 for CSR
+  int64_t block_w;   // 1 for CSR
+};
+
+// Structural checks on (crow, col, values) that cost O(1): ranks, dtypes, devices, contiguity and
+// the agreement of their lengths. `value_rank` is 1 for CSR and 3 for BSR ([nblocks, bh, bw]).
+SparseWeightInfo check_sparse_weight(const char* op, const at::Tensor& crow, const at::Tensor& col,
+                                     const at::Tensor& values, int64_t value_rank);
+
+// Full index validation (crow starts at 0, is non-decreasing, ends at nnz; every column index lies
+// in [0, cols)). O(rows + nnz), parallel on CPU; runs before any CPU kernel reads the indices.
+void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t cols);
+
+// The activation must share the weight's device and floating dtype.
+void check_activation(const char* op, const at::Tensor& input, const at::Tensor& values);
+
+// Bias, when given: 1-D, `rows` long, same dtype and device as the values.
+void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const at::Tensor& values,
+                int64_t rows);
+
+// Convolution geometry: positive kernel/stride/dilation, non-negative padding, groups dividing
+// both channel counts, a non-empty output. Returns {out_h, out_w}.
+std::array<int64_t, 2> check_conv_geometry(const at::Tensor& input, int64_t in_channels,
+                                           int64_t out_channels, int64_t weight_cols,
+                                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, at::IntArrayRef dilation,
+                                           int64_t groups);
+
+}  // namespace sparse_rt

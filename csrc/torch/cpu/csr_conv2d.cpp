@@ -1,0 +1,57 @@
+#include <torch/library.h>
+
+#include "../../kernels/cpu/csr_conv2d.h"
+#include "../checks.h"
+#include "cpu_common.h"
+
+namespace sparse_rt {
+namespace {
+
+at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
+                          const at::Tensor& values, const c10::optional<at::Tensor>& bias,
+                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                          bool relu) {
+  const char* op = "csr_conv2d";
+  const SparseWeightInfo info = check_sparse_weight(op, crow, col, values, 1);
+  check_activation(op, input, values);
+  check_bias(op, bias, values, info.rows);
+  TORCH_CHECK(in_channels >= 1, "sparse_rt.", op, ": in_channels must be >= 1, got ", in_channels);
+  TORCH_CHECK(groups >= 1 && in_channels % groups == 0, "sparse_rt.", op, ": groups=", groups,
+              " must divide in_channels=", in_channels);
+  const int64_t cols = in_channels / groups * kernel_size[0] * kernel_size[1];
+  const auto out_hw = check_conv_geometry(input, in_channels, info.rows, cols, kernel_size, stride,
+                                          padding, dilation, groups);
+  check_sparse_indices(op, crow, col, cols);
+  const int64_t batch = input.size(0);
+  at::Tensor y = at::empty({batch, info.rows, out_hw[0], out_hw[1]},
+                           input.options().dtype(at::kFloat));
+  if (y.numel() > 0) {
+    const at::Tensor x = as_fp32(input);
+    const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;
+    const cpu::Epilogue ep = make_epilogue(bias32, relu);
+    const cpu::Conv2dGeometry g{in_channels, input.size(2), input.size(3), info.rows, out_hw[0],
+                                out_hw[1], kernel_size[0], kernel_size[1], stride[0], stride[1],
+                                padding[0], padding[1], dilation[0], dilation[1], groups};
+    const int64_t in_image = in_channels * g.height * g.width, out_image = info.rows * out_hw[0] * out_hw[1];
+    const float* xp = x.const_data_ptr<float>();
+    float* yp = y.mutable_data_ptr<float>();
+    const int32_t* crow_p = crow.const_data_ptr<int32_t>();
+    dispatch_value_type(values.scalar_type(), [&](auto tag) {
+      using V = decltype(tag);
+      const cpu::CsrView<V> w{crow_p, col.const_data_ptr<int32_t>(), values_ptr<V>(values),
+                              info.rows, cols};
+      parallel_over_rows(crow_p, info.rows, batch, (info.nnz + info.rows) * out_image / info.rows,
+                         [&](int64_t n, int64_t o0, int64_t o1) {
+                           cpu::csr_conv2d(w, g, xp + n * in_image, yp + n * out_image, ep, o0, o1);
+                         });
+    });
+  }
+  return y.to(input.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_rt, CPU, m) { m.impl("csr_conv2d", &csr_conv2d_cpu); }
+
+}  // namespace sparse_rt

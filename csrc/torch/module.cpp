@@ -1,0 +1,16 @@
+// The Python extension module sparse_rt._C. Loading it registers the ops (TORCH_LIBRARY static
+// initializers); it also reports how it was built.
+#include <torch/extension.h>
+
+PYBIND11_MODULE(_C, m) {
+  m.def("build_info", [] {
+    pybind11::dict info;
+#ifdef SPARSE_RT_WITH_CUDA
+    info["cuda"] = true;
+#else
+    info["cuda"] = false;
+#endif
+    info["compiler"] = __VERSION__;
+    return info;
+  });
+}

@@ -1,0 +1,10 @@
+"""sparse_rt: run pruned PyTorch models on sparse CPU/CUDA kernels."""
+
+__version__ = "0.1.0"
+
+from . import formats, nn, ops  # noqa: E402
+from .model import LayerSummary, SparseModel, Summary, sparsify  # noqa: E402
+from .pruning import magnitude_prune  # noqa: E402
+
+__all__ = ["formats", "nn", "ops", "sparsify", "SparseModel", "Summary", "LayerSummary",
+           "magnitude_prune", "__version__"]

@@ -1,0 +1,219 @@
+"""Safe file loading and unwrapping of training-code checkpoint dicts.
+
+* ``.safetensors`` files are read with ``safetensors.torch.load_file`` (tensors only,
+  no code can run).
+* Everything else goes through ``torch.load(path, weights_only=True,
+  map_location="cpu")``.  NumPy scalars and dtypes (``best_acc1`` and friends that
+  training scripts save beside the weights) are allow-listed, as the torch
+  documentation recommends; nothing else is.  If the restricted unpickler still
+  refuses the file we raise :class:`UnsafeCheckpointError` naming the offending
+  globals and explaining ``unsafe=True`` / ``--unsafe``.  ``unsafe=True`` calls
+  ``torch.load(weights_only=False)`` and emits :class:`UnsafeLoadWarning`.
+
+Wrapper dicts.  Training scripts save ``{"epoch": ..., "optimizer": ..., <key>: state_dict}``.
+The wrapper keys we look for, in this order, and who writes them:
+
+=====================  ==================================================================
+``state_dict``         FreeTickets ``main_DST.py`` / ``main_EDST.py`` / ``ImageNet/main.py``,
+                       Sup-tickets ``CIFAR/main_suptickets.py``, rigl-torch
+                       ``train_imagenet_rigl.py`` (the pytorch/examples ImageNet layout)
+``model_state_dict``   open_lth ``training/checkpointing.py`` (``checkpoint.pth``),
+                       shrinkbench ``experiment/train.py`` (``checkpoints/checkpoint-N.pt``)
+``model``              rigl-reproducibility ``sparselearning/utils/train_helper.py``
+                       (``epoch_N.pth`` / ``best_model.pth``)
+``net``                common CIFAR training scripts (``{"net": ..., "acc": ..., "epoch": ...}``)
+``network``            same idea, other scripts
+=====================  ==================================================================
+
+A whole pickled ``nn.Module`` (only loadable with ``unsafe=True``) is reduced to its
+``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import warnings
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from .errors import CheckpointNotFoundError, UnknownLayoutError, UnsafeCheckpointError
+
+__all__ = [
+    "UnsafeLoadWarning",
+    "load_file",
+    "sha256_of_files",
+    "find_state_dict",
+    "key_families",
+    "WRAPPER_KEYS",
+]
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
+
+
+class UnsafeLoadWarning(UserWarning):
+    """Emitted when a checkpoint is unpickled with ``weights_only=False``."""
+
+
+def _numpy_safe_globals() -> list:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is optional
+        return []
+    out: list = [np.dtype]
+    core = getattr(np, "_core", None)
+    mod = getattr(core, "multiarray", None) if core is not None else None
+    if mod is None:  # numpy < 2
+        mod = getattr(getattr(np, "core", None), "multiarray", None)
+    if mod is not None and hasattr(mod, "scalar"):
+        out.append(mod.scalar)
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType",
+                     "BoolDType", "UInt8DType", "Int8DType", "Int16DType"):
+            if hasattr(dtypes, name):
+                out.append(getattr(dtypes, name))
+    return out
+
+
+def _unsafe_globals(path: str) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        return []
+
+
+def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> Any:
+    """Load one file safely (see module docstring).  ``what`` is used in messages."""
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{what} not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointNotFoundError(f"{what} is a directory, expected a file: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file as st_load
+
+        return dict(st_load(path, device="cpu"))
+    if unsafe:
+        warnings.warn(
+            f"loading {path} with weights_only=False (unsafe=True): unpickling can run "
+            "arbitrary code; only do this for files you trust",
+            UnsafeLoadWarning,
+            stacklevel=3,
+        )
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip/legacy issues), ...
+        bad = _unsafe_globals(path)
+        if bad:
+            detail = "it pickles Python objects that are not tensors: " + ", ".join(bad[:10])
+            if len(bad) > 10:
+                detail += f" (+{len(bad) - 10} more)"
+        else:
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        hint = ""
+        if "collections.defaultdict" in bad:
+            hint = (" (a torch.ao.pruning sparsifier.state_dict() holds a defaultdict: save "
+                    "{fqn: s['mask'] for fqn, s in sparsifier.state.items()} instead)")
+        raise UnsafeCheckpointError(
+            f"refusing to unpickle {what} {path} with torch.load(weights_only=True): {detail}{hint}.\n"
+            "If you trust where this file came from, pass unsafe=True "
+            "(CLI: --unsafe) to load it with weights_only=False — that runs its pickle code. "
+            "Better: re-save it as a plain dict of tensors or as .safetensors."
+        ) from exc
+
+
+def sha256_of_files(paths: Iterable[str]) -> str:
+    """sha256 of the concatenated bytes of ``paths`` in the order given.
+
+    For one file this equals ``sha256sum FILE``; for several it equals
+    ``cat A B | sha256sum``.
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _tensor_fraction(d: Mapping) -> float:
+    if not d:
+        return 0.0
+    return sum(isinstance(v, torch.Tensor) for v in d.values()) / len(d)
+
+
+def _describe_top(obj: Mapping) -> str:
+    parts = []
+    for k, v in list(obj.items())[:20]:
+        if isinstance(v, torch.Tensor):
+            t = f"Tensor{tuple(v.shape)}"
+        elif isinstance(v, Mapping):
+            t = f"dict[{len(v)}]"
+        elif isinstance(v, (list, tuple)):
+            t = f"{type(v).__name__}[{len(v)}]"
+        else:
+            t = type(v).__name__
+        parts.append(f"{k!r}: {t}")
+    more = f", ... (+{len(obj) - 20})" if len(obj) > 20 else ""
+    return "{" + ", ".join(parts) + more + "}"
+
+
+def key_families(keys: Iterable[str], limit: int = 12) -> str:
+    """Summarise keys by their last dotted component: ``*.weight (12), *.bias (8), ...``."""
+    c = collections.Counter(str(k).rsplit(".", 1)[-1] for k in keys)
+    items = [f"*.{k} ({n})" for k, n in c.most_common(limit)]
+    if len(c) > limit:
+        items.append(f"... (+{len(c) - limit} families)")
+    return ", ".join(items) if items else "(no keys)"
+
+
+def _module_state_dict(obj: Any) -> Any:
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict()
+    return obj
+
+
+def find_state_dict(obj: Any, source: str) -> tuple[dict, str | None, dict]:
+    """Return ``(state_dict, wrapper_key_path, meta)``.
+
+    ``wrapper_key_path`` is e.g. ``"state_dict"`` or ``"model>state_dict"`` (``None`` for
+    a bare state dict); ``meta`` holds the scalar (int/float/str/bool) entries found
+    beside the state dict (``epoch``, ``arch``, ``best_acc1``, ...).
+    """
+    obj = _module_state_dict(obj)
+    if not isinstance(obj, Mapping):
+        raise UnknownLayoutError(
+            f"{source}: expected a dict (state_dict or a wrapper around one), got {type(obj).__name__}"
+        )
+    path: list[str] = []
+    meta: dict = {}
+    cur: Mapping = obj
+    for _ in range(3):
+        for k, v in cur.items():
+            if isinstance(k, str) and isinstance(v, (int, float, str, bool)):
+                meta.setdefault(k, v)
+            elif isinstance(k, str) and isinstance(v, torch.Tensor) and v.numel() == 1 and _tensor_fraction(cur) < 0.5:
+                meta.setdefault(k, v.item())
+        nxt = None
+        for wk in WRAPPER_KEYS:
+            if wk in cur:
+                cand = _module_state_dict(cur[wk])
+                if isinstance(cand, Mapping) and len(cand) > 0:
+                    nxt = (wk, cand)
+                    break
+        if nxt is not None and _tensor_fraction(cur) < 0.5:
+            path.append(nxt[0])
+            cur = nxt[1]
+            continue
+        break
+    if _tensor_fraction(cur) >= 0.5 and all(isinstance(k, str) for k in cur):
+        return dict(cur), (">".join(path) if path else None), meta
+    raise UnknownLayoutError(
+        f"{source}: could not find a state_dict. Top-level entries: {_describe_top(obj)}. "
+        f"Looked for a dict of tensors at the top level or under one of {list(WRAPPER_KEYS)}. "
+        "Pass the state dict itself, or re-save it with torch.save(model.state_dict(), path)."
+    )

@@ -1,0 +1,72 @@
+from torch import nn
+
+from .. import ops
+from ..formats import CSR
+from ._sparse_weight import SparseWeightModule
+
+
+def explicit_padding(conv):
+    """nn.Conv2d padding as two ints; raises ValueError for what the sparse kernel cannot do."""
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported (only 'zeros')")
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError("padding='same' with an even effective kernel pads asymmetrically, "
+                             "which is not supported")
+        return tuple(t // 2 for t in total)
+    return tuple(conv.padding)
+
+
+class SparseConv2d(SparseWeightModule):
+    """Drop-in replacement of nn.Conv2d (zero padding) whose weight is CSR over
+    [out_channels, in_channels/groups * kh * kw], the row-major flattening of the dense weight."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, weight, bias=None, stride=(1, 1),
+                 padding=(0, 0), dilation=(1, 1), groups=1):
+        super().__init__()
+        kh, kw = kernel_size
+        expected = (out_channels, in_channels // groups * kh * kw)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"SparseConv2d: weight shape {tuple(weight.shape)} is not "
+                             f"(out_channels, in_channels/groups*kh*kw) = {expected}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        self._set_weight(weight, bias)
+
+    @classmethod
+    def from_dense(cls, conv, mask=None):
+        """Converts an nn.Conv2d, keeping the entries where `mask` (shaped like the weight) is True
+        (default: nonzeros)."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"SparseConv2d.from_dense expects nn.Conv2d, got {type(conv).__name__}")
+        w = conv.weight.detach()
+        if mask is not None and tuple(mask.shape) != tuple(w.shape):
+            raise ValueError(f"SparseConv2d.from_dense: mask shape {tuple(mask.shape)} differs from "
+                             f"weight shape {tuple(w.shape)}")
+        flat_mask = None if mask is None else mask.reshape(w.shape[0], -1)
+        weight = CSR.from_dense(w.reshape(w.shape[0], -1), flat_mask)
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, weight, conv.bias,
+                   conv.stride, explicit_padding(conv), conv.dilation, conv.groups)
+
+    def dense_weight(self):
+        kh, kw = self.kernel_size
+        return self.sparse_weight().to_dense().view(self.out_channels, self.in_channels // self.groups, kh, kw)
+
+    def forward(self, input):
+        return ops.csr_conv2d(input, self.crow_indices, self.col_indices, self.values, self.bias,
+                              self.in_channels, self.kernel_size, self.stride, self.padding,
+                              self.dilation, self.groups)
+
+    def _shape_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s

@@ -1,0 +1,42 @@
+from torch import nn
+
+from .. import ops
+from ..formats import BSR, CSR
+from ._sparse_weight import SparseWeightModule
+
+
+class SparseLinear(SparseWeightModule):
+    """Drop-in replacement of nn.Linear whose weight [out_features, in_features] is CSR or BSR."""
+
+    def __init__(self, in_features, out_features, weight, bias=None):
+        super().__init__()
+        if tuple(weight.shape) != (out_features, in_features):
+            raise ValueError(f"SparseLinear: weight shape {tuple(weight.shape)} is not "
+                             f"(out_features, in_features) = {(out_features, in_features)}")
+        self.in_features, self.out_features = in_features, out_features
+        self.format = "bsr" if isinstance(weight, BSR) else "csr"
+        self._set_weight(weight, bias)
+
+    @classmethod
+    def from_dense(cls, linear, mask=None, format="csr", blocksize=(4, 4)):
+        """Converts an nn.Linear, keeping the entries where `mask` is True (default: nonzeros)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"SparseLinear.from_dense expects nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        if format == "csr":
+            weight = CSR.from_dense(w, mask)
+        elif format == "bsr":
+            weight = BSR.from_dense(w, mask, blocksize)
+        else:
+            raise ValueError(f"SparseLinear.from_dense: format must be 'csr' or 'bsr', got {format!r}")
+        return cls(linear.in_features, linear.out_features, weight, linear.bias)
+
+    def dense_weight(self):
+        return self.sparse_weight().to_dense()
+
+    def forward(self, input):
+        op = ops.bsr_linear if self.format == "bsr" else ops.csr_linear
+        return op(input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_features)
+
+    def _shape_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -1,0 +1,33 @@
+"""The sparse ops: thin wrappers over torch.ops.sparse_rt.* (C++/CUDA kernels chosen by the
+dispatcher), falling back to the pure-torch references when the compiled ops are missing."""
+
+import torch
+
+from . import reference
+from ._library import HAS_COMPILED_OPS, build_info
+
+if HAS_COMPILED_OPS:
+    from . import _fake  # noqa: F401  (registers the fake kernels)
+
+
+def csr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False):
+    """y = act(input @ W.T + bias), W in CSR [len(crow_indices) - 1, in_features]."""
+    impl = torch.ops.sparse_rt.csr_linear if HAS_COMPILED_OPS else reference.csr_linear
+    return impl(input, crow_indices, col_indices, values, bias, in_features, relu)
+
+
+def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False):
+    """y = act(input @ W.T + bias), W in BSR with values [nblocks, bh, bw]."""
+    impl = torch.ops.sparse_rt.bsr_linear if HAS_COMPILED_OPS else reference.bsr_linear
+    return impl(input, crow_indices, col_indices, values, bias, in_features, relu)
+
+
+def csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels, kernel_size, stride,
+               padding, dilation, groups, relu=False):
+    """conv2d(input, W) + bias with W in CSR over [out_channels, in_channels/groups*kh*kw]."""
+    impl = torch.ops.sparse_rt.csr_conv2d if HAS_COMPILED_OPS else reference.csr_conv2d
+    return impl(input, crow_indices, col_indices, values, bias, in_channels, list(kernel_size),
+                list(stride), list(padding), list(dilation), groups, relu)
+
+
+__all__ = ["csr_linear", "bsr_linear", "csr_conv2d", "reference", "HAS_COMPILED_OPS", "build_info"]

@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparse_rt
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _devices():
+    devices = ["cpu"]
+    if torch.cuda.is_available() and sparse_rt.ops.build_info().get("cuda"):
+        devices.append("cuda")
+    return devices
+
+
+# One device list for the whole suite; CUDA cases appear wherever a CUDA build can run them.
+DEVICES = _devices()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def dlmc_root():
+    return Path(os.environ.get("SPARSE_RT_DLMC", REPO.parent / "shared" / "dlmc"))
+
+
+@pytest.fixture
+def dlmc():
+    root = dlmc_root()
+    if not root.is_dir():
+        pytest.skip(f"DLMC patterns not found at {root} (set SPARSE_RT_DLMC)")
+    return root
+
+
+requires_compiled_ops = pytest.mark.skipif(
+    not sparse_rt.ops.HAS_COMPILED_OPS,
+    reason=f"sparse_rt._C is not built ({sparse_rt.ops._library.LOAD_ERROR})",
+)

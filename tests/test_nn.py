@@ -1,0 +1,88 @@
+import pytest
+import torch
+from torch import nn
+
+from sparse_rt.nn import SparseConv2d, SparseLinear
+from sparse_rt.pruning import magnitude_prune
+
+from conftest import DEVICES
+from sparse_cases import assert_close, randn
+
+
+def _pruned_linear(seed=0, in_f=40, out_f=24, sparsity=0.8):
+    torch.manual_seed(seed)
+    return magnitude_prune(nn.Sequential(nn.Linear(in_f, out_f)), sparsity)[0]
+
+
+def _pruned_conv(**kw):
+    torch.manual_seed(1)
+    return magnitude_prune(nn.Sequential(nn.Conv2d(8, 12, 3, **kw)), 0.8)[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["csr", "bsr"])
+def test_sparse_linear_matches_dense(device, fmt):
+    dense = _pruned_linear().to(device)
+    sparse = SparseLinear.from_dense(dense, format=fmt, blocksize=(4, 4))
+    x = randn(5, 3, 40, device=device)
+    assert_close(sparse(x), dense(x).detach(), torch.float32)
+
+
+def test_sparse_linear_explicit_mask():
+    dense = nn.Linear(6, 4)
+    mask = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) < 0.5
+    sparse = SparseLinear.from_dense(dense, mask)
+    x = randn(2, 6)
+    expected = x @ (dense.weight * mask).T + dense.bias
+    assert_close(sparse(x), expected.detach(), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kw", [dict(stride=2, padding=1), dict(padding="same", dilation=2), dict(groups=4, padding=(0, 2))])
+def test_sparse_conv_matches_dense(device, kw):
+    dense = _pruned_conv(**kw).to(device)
+    sparse = SparseConv2d.from_dense(dense)
+    x = randn(2, 8, 11, 13, device=device)
+    assert_close(sparse(x), dense(x).detach(), torch.float32)
+
+
+def test_state_dict_round_trip_into_a_module_with_other_nnz():
+    a = SparseLinear.from_dense(_pruned_linear(seed=0, sparsity=0.9))
+    b = SparseLinear.from_dense(_pruned_linear(seed=1, sparsity=0.5))
+    assert a.values.numel() != b.values.numel()
+    b.load_state_dict(a.state_dict())
+    x = randn(3, 40)
+    assert torch.equal(a(x), b(x))
+    for key, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[key]), key
+
+
+def test_state_dict_with_bad_indices_is_rejected_with_the_layer_name():
+    model = nn.Sequential(SparseLinear.from_dense(_pruned_linear()))
+    state = model.state_dict()
+    state["0.col_indices"] = state["0.col_indices"].clone()
+    state["0.col_indices"][0] = 40
+    with pytest.raises(ValueError, match=r"layer '0': invalid sparse weight in state_dict: .*col_indices\[0\]=40 is out of range"):
+        model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_to_dtype(dtype):
+    dense = _pruned_linear()
+    sparse = SparseLinear.from_dense(dense).to(dtype)
+    assert sparse.values.dtype == sparse.bias.dtype == dtype
+    assert sparse.crow_indices.dtype == torch.int32
+    x = randn(4, 40)
+    assert_close(sparse(x.to(dtype)), (x.double() @ sparse.dense_weight().double().T + sparse.bias.double()), dtype)
+
+
+def test_extra_repr_shows_format_and_density():
+    text = repr(SparseLinear.from_dense(_pruned_linear(sparsity=0.75)))
+    assert "format=csr" in text and "density=0.250" in text and "in_features=40" in text
+    conv = repr(SparseConv2d.from_dense(_pruned_conv(padding=1)))
+    assert "kernel_size=(3, 3)" in conv and "padding=(1, 1)" in conv and "density=0.200" in conv
+
+
+def test_circular_padding_is_refused():
+    with pytest.raises(ValueError, match="padding_mode='circular' is not supported"):
+        SparseConv2d.from_dense(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"))

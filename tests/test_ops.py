@@ -1,0 +1,135 @@
+"""Every op against its pure-torch reference run in float64 (double accumulation)."""
+
+import pytest
+import torch
+
+from sparse_rt import ops
+from sparse_rt.formats import load_smtx
+from sparse_rt.ops import reference
+
+from conftest import DEVICES, DTYPES
+from sparse_cases import assert_close, randn, random_bsr, random_csr, to_device
+
+LINEAR_CASES = [
+    # (out_features, in_features, leading input shape, density, rows_kw)
+    (7, 96, (40,), 0.3, {}),
+    (1, 1, (1,), 1.0, {}),
+    (33, 65, (3,), 0.1, {"empty_rows": (0, 5, 32)}),
+    (64, 130, (2, 9), 0.05, {"dense_rows": (3,), "empty_rows": (4,)}),
+    (16, 16, (70,), 0.0, {}),  # nnz = 0: the output is the bias
+    (24, 40, (0,), 0.5, {}),  # batch 0
+    (300, 257, (1,), 0.1, {}),  # enough work to run on several threads
+    (128, 200, (33,), 0.2, {}),  # broadcast kernel, batch not a multiple of its tile
+]
+
+
+def _linear_ref(x, w, bias, relu):
+    return reference.csr_linear(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[1], relu,
+                                compute_dtype=torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}-d{c[3]}")
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+def test_csr_linear(device, dtype, case, with_bias, relu):
+    out_f, in_f, lead, density, rows_kw = case
+    w = random_csr(out_f, in_f, density, seed=out_f * in_f, dtype=dtype, device=device, **rows_kw)
+    x = randn(*lead, in_f, dtype=dtype, device=device, seed=1)
+    bias = randn(out_f, dtype=dtype, device=device, seed=2) if with_bias else None
+    y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, bias, in_f, relu)
+    assert_close(y, _linear_ref(x, w, bias, relu), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_linear_non_contiguous_input(device):
+    w = random_csr(20, 48, 0.3, seed=3, device=device)
+    x = randn(96, 10, device=device).t()[:, ::2]  # [10, 48], strided both ways
+    assert not x.is_contiguous()
+    y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, 48)
+    assert_close(y, _linear_ref(x, w, None, False), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocksize", [(1, 1), (4, 4), (2, 8), (16, 16), (32, 32)])
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_bsr_linear(device, dtype, blocksize, batch):
+    bh, bw = blocksize
+    rows, cols = bh * 6, bw * 5
+    w = random_bsr(rows, cols, blocksize, 0.3, seed=bh * 31 + bw, dtype=dtype, device=device)
+    x = randn(batch, cols, dtype=dtype, device=device, seed=4)
+    bias = randn(rows, dtype=dtype, device=device, seed=5)
+    y = ops.bsr_linear(x, w.crow_indices, w.col_indices, w.values, bias, cols, True)
+    ref = reference.bsr_linear(x, w.crow_indices, w.col_indices, w.values, bias, cols, True,
+                               compute_dtype=torch.float64)
+    assert_close(y, ref, dtype)
+
+
+CONV_CASES = [
+    # (N, Cin, H, W, Cout, k, stride, padding, dilation, groups, density)
+    (1, 3, 7, 9, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.5),
+    (2, 8, 17, 15, 16, (3, 3), (2, 2), (1, 1), (1, 1), 2, 0.2),
+    (1, 16, 10, 10, 32, (1, 1), (1, 1), (0, 0), (1, 1), 1, 0.1),
+    (2, 6, 12, 11, 6, (3, 5), (1, 2), (2, 1), (2, 1), 3, 0.4),
+    (1, 4, 9, 9, 4, (3, 3), (3, 1), (0, 4), (1, 3), 4, 0.6),  # depthwise, padding wider than kernel
+    (1, 8, 8, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.0),  # nnz = 0
+    (0, 8, 8, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.3),  # batch 0
+    (1, 64, 14, 14, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.1),  # threaded
+    (1, 3, 5, 5, 2, (7, 7), (1, 1), (3, 3), (1, 1), 1, 1.0),  # kernel larger than the image
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c[:6])) + f"-s{c[6]}-p{c[7]}-d{c[8]}-g{c[9]}")
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_csr_conv2d(device, dtype, case, with_bias):
+    n, cin, h, w_, cout, k, stride, padding, dilation, groups, density = case
+    cols = cin // groups * k[0] * k[1]
+    w = random_csr(cout, cols, density, seed=cout * cols, dtype=dtype, device=device, empty_rows=(0,))
+    x = randn(n, cin, h, w_, dtype=dtype, device=device, seed=6)
+    bias = randn(cout, dtype=dtype, device=device, seed=7) if with_bias else None
+    args = (w.crow_indices, w.col_indices, w.values, bias, cin, k, stride, padding, dilation, groups)
+    y = ops.csr_conv2d(x, *args)
+    assert_close(y, reference.csr_conv2d(x, *args, compute_dtype=torch.float64), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_conv2d_relu_and_channels_last_input(device):
+    w = random_csr(12, 6 * 9, 0.3, seed=8, device=device)
+    x = randn(2, 6, 9, 9, device=device).to(memory_format=torch.channels_last)
+    args = (w.crow_indices, w.col_indices, w.values, None, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    assert_close(ops.csr_conv2d(x, *args), reference.csr_conv2d(x, *args, compute_dtype=torch.float64),
+                 torch.float32)
+
+
+def _dlmc_files(dlmc, subdir, count):
+    files = sorted((dlmc / subdir).glob("*.smtx.gz"))
+    assert files, f"no patterns in {dlmc / subdir}"
+    return files[:: max(1, len(files) // count)][:count]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [1, 16])
+def test_csr_linear_dlmc_transformer(dlmc, device, batch):
+    for path in _dlmc_files(dlmc, "transformer/magnitude_pruning/0.9", 4):
+        w = to_device(load_smtx(path, seed=0), device)
+        x = randn(batch, w.shape[1], device=device, seed=9)
+        y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, w.shape[1])
+        assert_close(y, _linear_ref(x, w, None, False), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_conv2d_dlmc_rn50(dlmc, device):
+    # DLMC flattens a conv weight to [Cout, Cin*kh*kw]; these layers are 3x3 (cols = 9 * Cin).
+    for path in _dlmc_files(dlmc, "rn50/magnitude_pruning/0.9", 12):
+        w = to_device(load_smtx(path, seed=0), device)
+        cout, cols = w.shape
+        k = 3 if cols % 9 == 0 and cols // 9 >= 64 else 1
+        cin = cols // (k * k)
+        x = randn(1, cin, 8, 8, device=device, seed=10)
+        args = (w.crow_indices, w.col_indices, w.values, None, cin, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1)
+        assert_close(ops.csr_conv2d(x, *args), reference.csr_conv2d(x, *args, compute_dtype=torch.float64),
+                     torch.float32)
