@@ -54,7 +54,9 @@ def _extension():
 
     build_cuda, reason = _resolve_cuda()
     sources = _sources("torch/*.cpp", "torch/cpu/*.cpp", "kernels/cpu/*.cpp")
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # at::parallel_for is inlined as `omp parallel`: without -fopenmp it would run serially. The
+    # resulting libgomp.so.1 dependency resolves to the copy torch already loaded (one thread pool).
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
     extra = {"cxx": cxx_flags}
     define_macros = []
     kind = cpp_extension.CppExtension
@@ -78,6 +80,7 @@ def _extension():
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
     )
 
 

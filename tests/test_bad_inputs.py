@@ -4,6 +4,8 @@ message naming the op, the tensor and the problem."""
 import pytest
 import torch
 
+import sparse_rt
+
 from conftest import DEVICES, requires_compiled_ops
 from sparse_cases import randn, random_bsr, random_csr
 
@@ -52,8 +54,18 @@ def test_csr_linear_index_errors():
         (dict(crow=_int32([]), col=_int32([]), values=torch.ones(0)), r"crow_indices must have rows \+ 1 >= 1 entries"),
     ]
     for kwargs, message in cases:
-        with pytest.raises(RuntimeError, match=message):
+        with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=message):
             _linear(**kwargs)
+
+
+def test_row_pointers_are_checked_without_opting_in():
+    w = random_csr(4, 8, 0.5, seed=0)
+    crow = w.crow_indices.tolist()
+    assert not sparse_rt.ops._library._C.full_index_checks_enabled()
+    with pytest.raises(RuntimeError, match=r"crow_indices must be non-decreasing"):
+        _linear(crow=_int32([crow[0], crow[2] + 1, crow[1], *crow[3:]]))
+    with pytest.raises(RuntimeError, match=r"crow_indices\[-1\] must equal the number of stored entries"):
+        _linear(crow=_int32([0, 1, 2, 3, w.col_indices.numel() + 5]))
 
 
 def test_bsr_linear_errors():
@@ -64,7 +76,7 @@ def test_bsr_linear_errors():
         op(randn(2, 10), w.crow_indices, w.col_indices, w.values, None, 10)
     with pytest.raises(RuntimeError, match=r"values must be 3-D"):
         op(x, w.crow_indices, w.col_indices, w.values.flatten(), None, 12)
-    with pytest.raises(RuntimeError, match=r"col_indices\[0\]=3 is out of range \[0, 3\)"):
+    with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=r"col_indices\[0\]=3 is out of range \[0, 3\)"):
         op(x, w.crow_indices, torch.full_like(w.col_indices, 3), w.values, None, 12)
 
 
@@ -82,5 +94,5 @@ def test_csr_conv2d_errors():
         (args(randn(1, 4, 1, 1), pad=(0, 0)), r"is smaller than the dilated kernel after padding"),
     ]
     for call_args, message in cases:
-        with pytest.raises(RuntimeError, match=message):
+        with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=message):
             op(*call_args)

@@ -24,8 +24,15 @@ struct SparseWeightInfo {
 SparseWeightInfo check_sparse_weight(const char* op, const at::Tensor& crow, const at::Tensor& col,
                                      const at::Tensor& values, int64_t value_rank);
 
-// Full index validation (crow starts at 0, is non-decreasing, ends at nnz; every column index lies
-// in [0, cols)). O(rows + nnz), parallel on CPU; runs before any CPU kernel reads the indices.
+// Whether direct op calls validate every column index (O(nnz)). Off by default: sparse_rt's
+// modules validate their weights in Python when built or loaded, so the hot path pays only for the
+// O(rows) row-pointer check. Opt in with SPARSE_RT_CHECK_INDICES=1 or
+// sparse_rt.ops.set_full_index_checks(True).
+bool full_index_checks_enabled();
+void set_full_index_checks(bool enabled);
+
+// Index validation of CPU tensors before a kernel reads them: crow starts at 0, is non-decreasing
+// and ends at nnz (always); every column index lies in [0, cols) (when full checks are enabled).
 void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t cols);
 
 // The activation must share the weight's device and floating dtype.

@@ -2,6 +2,8 @@
 // initializers); it also reports how it was built.
 #include <torch/extension.h>
 
+#include "checks.h"
+
 PYBIND11_MODULE(_C, m) {
   m.def("build_info", [] {
     pybind11::dict info;
@@ -13,4 +15,6 @@ PYBIND11_MODULE(_C, m) {
     info["compiler"] = __VERSION__;
     return info;
   });
+  m.def("full_index_checks_enabled", &sparse_rt::full_index_checks_enabled);
+  m.def("set_full_index_checks", &sparse_rt::set_full_index_checks, pybind11::arg("enabled"));
 }

@@ -4,7 +4,7 @@ dispatcher), falling back to the pure-torch references when the compiled ops are
 import torch
 
 from . import reference
-from ._library import HAS_COMPILED_OPS, build_info
+from ._library import HAS_COMPILED_OPS, build_info, full_index_checks, set_full_index_checks
 
 if HAS_COMPILED_OPS:
     from . import _fake  # noqa: F401  (registers the fake kernels)
@@ -30,4 +30,5 @@ def csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels, kern
                 list(stride), list(padding), list(dilation), groups, relu)
 
 
-__all__ = ["csr_linear", "bsr_linear", "csr_conv2d", "reference", "HAS_COMPILED_OPS", "build_info"]
+__all__ = ["csr_linear", "bsr_linear", "csr_conv2d", "reference", "HAS_COMPILED_OPS", "build_info",
+           "full_index_checks", "set_full_index_checks"]

@@ -1,6 +1,7 @@
 """Loads the compiled ops (sparse_rt._C). Without them the ops run on the pure-torch references,
 after one warning that says why."""
 
+import contextlib
 import warnings
 
 try:
@@ -22,3 +23,27 @@ except ImportError as e:  # not built, or built against another torch
 def build_info():
     """How the compiled ops were built ({} when they are missing)."""
     return dict(_C.build_info()) if HAS_COMPILED_OPS else {}
+
+
+def set_full_index_checks(enabled):
+    """Makes direct op calls validate every column index (O(nnz)) before the kernel runs.
+
+    Off by default: sparse_rt's modules validate their weights when built or loaded, and the ops
+    always check the row pointers. Also enabled by SPARSE_RT_CHECK_INDICES=1. Returns the previous
+    setting. Without the compiled ops it does nothing (the references index safely).
+    """
+    if not HAS_COMPILED_OPS:
+        return False
+    previous = _C.full_index_checks_enabled()
+    _C.set_full_index_checks(bool(enabled))
+    return previous
+
+
+@contextlib.contextmanager
+def full_index_checks(enabled=True):
+    """Context manager form of set_full_index_checks."""
+    previous = set_full_index_checks(enabled)
+    try:
+        yield
+    finally:
+        set_full_index_checks(previous)

@@ -2,12 +2,13 @@
 
 #include <algorithm>
 
+#include "isa.h"
 #include "scalar_types.h"
 
 namespace sparse_rt::cpu {
 
 template <typename V>
-void bsr_linear(const BsrView<V>& w, const float* x, int64_t batch, float* y, Epilogue ep,
+SPARSE_RT_MULTIVERSION void bsr_linear(const BsrView<V>& w, const float* x, int64_t batch, float* y, Epilogue ep,
                 int64_t brow_begin, int64_t brow_end) {
   const int64_t bh = w.bh, bw = w.bw;
   const int64_t cols = w.block_cols * bw, rows = w.block_rows * bh;

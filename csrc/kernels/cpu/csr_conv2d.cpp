@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "isa.h"
 #include "scalar_types.h"
 
 namespace sparse_rt::cpu {
@@ -22,7 +23,7 @@ inline int64_t end_valid(int64_t offset, int64_t stride, int64_t extent, int64_t
 }  // namespace
 
 template <typename V>
-void csr_conv2d(const CsrView<V>& w, const Conv2dGeometry& g, const float* in, float* out,
+SPARSE_RT_MULTIVERSION void csr_conv2d(const CsrView<V>& w, const Conv2dGeometry& g, const float* in, float* out,
                 Epilogue ep, int64_t o_begin, int64_t o_end) {
   const int64_t plane = g.out_h * g.out_w, in_plane = g.height * g.width;
   const int64_t taps = g.kh * g.kw;

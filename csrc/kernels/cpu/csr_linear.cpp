@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "isa.h"
 #include "scalar_types.h"
 
 namespace sparse_rt::cpu {
@@ -40,7 +41,7 @@ void csr_linear_gather(const CsrView<V>& w, const float* x, int64_t batch, float
 }
 
 template <typename V>
-void csr_linear_broadcast(const CsrView<V>& w, const float* xt, int64_t batch, float* y,
+SPARSE_RT_MULTIVERSION void csr_linear_broadcast(const CsrView<V>& w, const float* xt, int64_t batch, float* y,
                           Epilogue ep, int64_t row_begin, int64_t row_end) {
   float acc[kBatchTile];
   for (int64_t n0 = 0; n0 < batch; n0 += kBatchTile) {

@@ -38,7 +38,7 @@ inline cpu::Epilogue make_epilogue(const c10::optional<at::Tensor>& bias_fp32, b
 }
 
 // Below this many multiply-adds a single thread beats the cost of waking the pool.
-constexpr int64_t kMinParallelWork = 1 << 15;
+constexpr int64_t kMinParallelWork = 1 << 13;
 
 // Runs body(outer, row_begin, row_end) over outer x (rows split into nnz-balanced parts), in
 // parallel on torch's intra-op pool (no second thread pool).

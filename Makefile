@@ -1,0 +1,50 @@
+# Entry points. `make demo` and `make test` each set everything up first (idempotent).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+TORCH_SPEC ?= torch==2.13.0
+DATE := $(shell date -u +%Y-%m-%d)
+
+.PHONY: install demo test test-cpp test-sanitize test-python cuda-check cuda-check-if-available bench clean
+
+# torch is pinned and the extension is built without build isolation, so pip never pulls a second
+# torch (an unpinned one brings gigabytes of CUDA packages).
+install:
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+
+demo: install
+	$(PYTHON) -m sparse_rt demo
+
+# C++ kernel tests (plain and under ASan + UBSan), the nvcc compile check, then the Python suite.
+test: install test-cpp test-sanitize cuda-check-if-available test-python
+
+test-cpp:
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build build/cmake -j 2
+	ctest --test-dir build/cmake --output-on-failure
+
+test-sanitize:
+	cmake -S . -B build/asan -DSPARSE_RT_SANITIZE=ON > /dev/null
+	cmake --build build/asan -j 2
+	ctest --test-dir build/asan --output-on-failure
+
+test-python:
+	$(PYTHON) -m pytest tests -q
+
+cuda-check:
+	$(PYTHON) tools/cuda_check.py --arch 80,90
+
+cuda-check-if-available:
+	@if command -v nvcc > /dev/null || [ -x "$${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then \
+		$(MAKE) --no-print-directory cuda-check; \
+	else echo "cuda-check skipped: nvcc not found"; fi
+
+# CPU benchmarks on DLMC patterns; the speedups of this run go to benchmarks/results/.
+bench: install
+	$(PYTHON) -m pytest benchmarks/test_cpu_linear.py -q -p no:cacheprovider --benchmark-max-time=0.25 --benchmark-warmup=on \
+		--benchmark-columns=median,iqr,rounds --speedup-json benchmarks/results/cpu-linear-$(DATE).json
+	$(PYTHON) benchmarks/update_readme.py
+
+clean:
+	rm -rf build sparse_rt/*.so *.egg-info

@@ -1,0 +1,249 @@
+// Tests of the torch-free CPU kernels against dense references accumulated in double: odd shapes,
+// empty and full rows, nnz = 0, every value type. Built by CMake (also under ASan + UBSan) and run
+// by ctest; no torch involved.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/bsr_linear.h"
+#include "kernels/cpu/csr_conv2d.h"
+#include "kernels/cpu/csr_linear.h"
+#include "kernels/cpu/scalar_types.h"
+
+using namespace sparse_rt::cpu;
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    ++failures;
+    std::fprintf(stderr, "FAIL: %s\n", what.c_str());
+  }
+}
+
+// Reference decoders written from the IEEE definitions, independent of the kernels' bit tricks.
+double half_reference(uint16_t h) {
+  const int sign = h >> 15, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  double magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(mantissa, -24);
+  } else if (exponent == 31) {
+    magnitude = mantissa ? NAN : INFINITY;
+  } else {
+    magnitude = std::ldexp(1024 + mantissa, exponent - 25);
+  }
+  return sign ? -magnitude : magnitude;
+}
+
+void test_16bit_conversions() {
+  for (uint32_t bits = 0; bits < 65536; ++bits) {
+    const double expected = half_reference(uint16_t(bits));
+    const float actual = to_float(half_t{uint16_t(bits)});
+    const bool same = std::isnan(expected) ? std::isnan(actual) : double(actual) == expected;
+    expect(same, "half bits " + std::to_string(bits));
+    uint32_t f32 = bits << 16;
+    float bf;
+    std::memcpy(&bf, &f32, 4);
+    const float got = to_float(bfloat16_t{uint16_t(bits)});
+    expect(std::isnan(bf) ? std::isnan(got) : got == bf, "bfloat16 bits " + std::to_string(bits));
+  }
+}
+
+template <typename V>
+V encode(float v);
+template <>
+float encode<float>(float v) { return v; }
+template <>
+bfloat16_t encode<bfloat16_t>(float v) {  // values in the tests are exact in bf16 (see below)
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return {uint16_t(u >> 16)};
+}
+template <>
+half_t encode<half_t>(float v) {  // small integers / 8: exact in half
+  for (uint32_t b = 0; b < 65536; ++b) {
+    if (half_reference(uint16_t(b)) == double(v)) return {uint16_t(b)};
+  }
+  std::abort();
+}
+
+// Random values k/8 with |k| <= 16: exact in every value type, so results can be compared tightly.
+float exact_value(std::mt19937& g) { return float(int(g() % 33) - 16) / 8.f; }
+
+struct RandomCsr {
+  std::vector<int32_t> crow{0}, col;
+  std::vector<float> val;
+};
+
+RandomCsr random_csr(int64_t rows, int64_t cols, double density, std::mt19937& g) {
+  RandomCsr m;
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool empty = r % 5 == 1, full = r % 7 == 3;
+    for (int64_t c = 0; c < cols; ++c) {
+      if (!empty && (full || u(g) < density)) {
+        m.col.push_back(int32_t(c));
+        m.val.push_back(exact_value(g));
+      }
+    }
+    m.crow.push_back(int32_t(m.col.size()));
+  }
+  return m;
+}
+
+template <typename V>
+std::vector<V> encode_all(const std::vector<float>& v) {
+  std::vector<V> out;
+  for (float f : v) out.push_back(encode<V>(f));
+  return out;
+}
+
+bool close(double a, double b) { return std::fabs(a - b) <= 1e-4 * std::max(1.0, std::fabs(b)); }
+
+template <typename V>
+void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, bool relu) {
+  std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
+  const RandomCsr m = random_csr(rows, cols, density, g);
+  const std::vector<V> vals = encode_all<V>(m.val);
+  std::vector<float> x(batch * cols), xt(batch * cols), bias(rows);
+  for (auto& v : x) v = exact_value(g);
+  for (auto& v : bias) v = exact_value(g);
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t k = 0; k < cols; ++k) xt[k * batch + n] = x[n * cols + k];
+  const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
+  const Epilogue ep{bias.data(), relu};
+  std::vector<float> y_gather(batch * rows, NAN), y_broadcast(batch * rows, NAN);
+  // Two row ranges, as two threads would compute them.
+  const int64_t mid = balanced_row_start(m.crow.data(), rows, 1, 2);
+  for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, mid}, {mid, rows}}) {
+    csr_linear_gather(w, x.data(), batch, y_gather.data(), ep, r0, r1);
+    csr_linear_broadcast(w, xt.data(), batch, y_broadcast.data(), ep, r0, r1);
+  }
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref = bias[r];
+      for (int64_t k = m.crow[r]; k < m.crow[r + 1]; ++k) ref += double(m.val[k]) * x[n * cols + m.col[k]];
+      if (relu && ref < 0) ref = 0;
+      const std::string where = "csr_linear " + std::to_string(rows) + "x" + std::to_string(cols) +
+                                " batch " + std::to_string(batch) + " at (" + std::to_string(n) +
+                                ", " + std::to_string(r) + ")";
+      expect(close(y_gather[n * rows + r], ref), "gather " + where);
+      expect(close(y_broadcast[n * rows + r], ref), "broadcast " + where);
+    }
+  }
+}
+
+template <typename V>
+void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch) {
+  std::mt19937 g(unsigned(bh * 17 + bw));
+  const int64_t brows = 5, bcols = 3, rows = brows * bh, cols = bcols * bw;
+  const RandomCsr blocks = random_csr(brows, bcols, 0.5, g);
+  std::vector<float> tiles(blocks.col.size() * bh * bw), x(batch * cols), y(batch * rows, NAN);
+  for (auto& v : tiles) v = exact_value(g);
+  for (auto& v : x) v = exact_value(g);
+  const std::vector<V> vals = encode_all<V>(tiles);
+  const BsrView<V> w{blocks.crow.data(), blocks.col.data(), vals.data(), brows, bcols, bh, bw};
+  bsr_linear(w, x.data(), batch, y.data(), Epilogue{nullptr, false}, 0, brows);
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref = 0;
+      const int64_t br = r / bh, i = r % bh;
+      for (int64_t k = blocks.crow[br]; k < blocks.crow[br + 1]; ++k)
+        for (int64_t j = 0; j < bw; ++j)
+          ref += double(tiles[(k * bh + i) * bw + j]) * x[n * cols + blocks.col[k] * bw + j];
+      expect(close(y[n * rows + r], ref), "bsr_linear " + std::to_string(bh) + "x" +
+                                              std::to_string(bw) + " row " + std::to_string(r));
+    }
+  }
+}
+
+template <typename V>
+void test_conv(Conv2dGeometry g, double density) {
+  std::mt19937 rng(unsigned(g.in_channels * 13 + g.kh * 5 + g.stride_w));
+  const int64_t cin_g = g.in_channels / g.groups, cout_g = g.out_channels / g.groups;
+  g.out_h = (g.height + 2 * g.pad_h - g.dil_h * (g.kh - 1) - 1) / g.stride_h + 1;
+  g.out_w = (g.width + 2 * g.pad_w - g.dil_w * (g.kw - 1) - 1) / g.stride_w + 1;
+  const RandomCsr m = random_csr(g.out_channels, cin_g * g.kh * g.kw, density, rng);
+  const std::vector<V> vals = encode_all<V>(m.val);
+  std::vector<float> in(g.in_channels * g.height * g.width), bias(g.out_channels);
+  for (auto& v : in) v = exact_value(rng);
+  for (auto& v : bias) v = exact_value(rng);
+  std::vector<float> out(g.out_channels * g.out_h * g.out_w, NAN);
+  const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), g.out_channels, cin_g * g.kh * g.kw};
+  csr_conv2d(w, g, in.data(), out.data(), Epilogue{bias.data(), true}, 0, g.out_channels);
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    for (int64_t oy = 0; oy < g.out_h; ++oy) {
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        double ref = bias[o];
+        for (int64_t k = m.crow[o]; k < m.crow[o + 1]; ++k) {
+          const int64_t c = m.col[k] / (g.kh * g.kw), ky = m.col[k] / g.kw % g.kh, kx = m.col[k] % g.kw;
+          const int64_t iy = oy * g.stride_h - g.pad_h + ky * g.dil_h;
+          const int64_t ix = ox * g.stride_w - g.pad_w + kx * g.dil_w;
+          if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) continue;
+          ref += double(m.val[k]) * in[((o / cout_g) * cin_g + c) * g.height * g.width + iy * g.width + ix];
+        }
+        ref = std::max(ref, 0.0);
+        expect(close(out[(o * g.out_h + oy) * g.out_w + ox], ref),
+               "csr_conv2d channel " + std::to_string(o) + " at (" + std::to_string(oy) + ", " +
+                   std::to_string(ox) + ")");
+      }
+    }
+  }
+}
+
+template <typename V>
+void test_value_type() {
+  struct LinearCase {
+    int64_t rows, cols, batch;
+    double density;
+  };
+  for (const LinearCase& c : {LinearCase{7, 96, 40, 0.3}, LinearCase{1, 1, 1, 1.0}, LinearCase{33, 65, 3, 0.1},
+                              LinearCase{16, 16, 9, 0.0}, LinearCase{64, 130, 70, 0.05}}) {
+    test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0);
+  }
+  for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {
+    test_bsr_linear<V>(bh, bw, 3);
+  }
+  // {in_channels, height, width, out_channels, out_h, out_w, kh, kw, stride, pad, dil, groups}
+  test_conv<V>({3, 7, 9, 5, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
+  test_conv<V>({8, 17, 15, 16, 0, 0, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 0.3);
+  test_conv<V>({6, 12, 11, 6, 0, 0, 3, 5, 1, 2, 2, 1, 2, 1, 3}, 0.4);
+  test_conv<V>({4, 9, 9, 4, 0, 0, 3, 3, 3, 1, 0, 4, 1, 3, 4}, 0.6);
+  test_conv<V>({3, 5, 5, 2, 0, 0, 7, 7, 1, 1, 3, 3, 1, 1, 1}, 1.0);
+  test_conv<V>({8, 6, 6, 8, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.0);
+}
+
+void test_balanced_rows() {
+  const std::vector<int32_t> crow{0, 0, 10, 10, 11, 12, 30};
+  expect(balanced_row_start(crow.data(), 6, 0, 3) == 0, "first part starts at row 0");
+  expect(balanced_row_start(crow.data(), 6, 3, 3) == 6, "last part ends at rows");
+  int64_t previous = 0;
+  for (int64_t p = 1; p <= 3; ++p) {
+    const int64_t start = balanced_row_start(crow.data(), 6, p, 3);
+    expect(start >= previous, "parts are ordered");
+    previous = start;
+  }
+}
+
+}  // namespace
+
+int main() {
+  test_16bit_conversions();
+  test_balanced_rows();
+  test_value_type<float>();
+  test_value_type<half_t>();
+  test_value_type<bfloat16_t>();
+  if (failures) {
+    std::fprintf(stderr, "%d failures\n", failures);
+    return 1;
+  }
+  std::printf("cpu kernel tests passed\n");
+  return 0;
+}

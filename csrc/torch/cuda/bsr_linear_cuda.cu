@@ -1,0 +1,49 @@
+// CUDA implementation of sparse_rt::bsr_linear (schema in csrc/torch/registration.cpp).
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "cuda_utils.h"
+
+namespace sparse_rt {
+namespace {
+
+using namespace cuda_binding;
+
+at::Tensor bsr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indices,
+                           const at::Tensor& col_indices, const at::Tensor& values,
+                           const c10::optional<at::Tensor>& bias, int64_t in_features, bool relu) {
+  constexpr const char* op = "bsr_linear";
+  const SparseWeightInfo info = check_sparse_weight(op, crow_indices, col_indices, values, 3);
+  check_activation(op, input, values);
+  check_bias(op, bias, values, info.rows);
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == in_features, op,
+              ": input's last dimension must be in_features (", in_features, "), got shape ",
+              input.sizes());
+  TORCH_CHECK(info.block_w > 0 && in_features % info.block_w == 0, op, ": in_features (",
+              in_features, ") must be a multiple of the block width (", info.block_w, ")");
+
+  const c10::cuda::CUDAGuard guard(input.device());
+  maybe_check_indices(op, crow_indices, col_indices, in_features / info.block_w);
+  const at::Tensor x = input.contiguous();
+  const at::Tensor b = contiguous_bias(bias);
+  at::Tensor y = at::empty(linear_output_shape(input, info.rows), x.options());
+  if (y.numel() == 0) return y;
+
+  const int64_t n = leading_rows(x);
+  const cudaStream_t stream = current_stream();
+  dispatch_floating(op, x.scalar_type(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    C10_CUDA_CHECK(cuda::bsr_spmm(ptr<T>(x), crow_indices.const_data_ptr<int32_t>(),
+                                  col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
+                                  ptr_or_null<T>(b), mutable_ptr<T>(y), n, info.rows,
+                                  in_features, info.block_h, info.block_w, relu, stream));
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_rt, CUDA, m) { m.impl("bsr_linear", &bsr_linear_cuda); }
+
+}  // namespace sparse_rt
