@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 DATE := $(shell date -u +%Y-%m-%d)
 
-.PHONY: install demo test test-cpp test-sanitize test-python cuda-check cuda-check-if-available bench clean
+.PHONY: install demo test test-cpp test-sanitize test-python cuda-check cuda-check-if-available bench bench-report clean
 
 # torch is pinned and the extension is built without build isolation, so pip never pulls a second
 # torch (an unpinned one brings gigabytes of CUDA packages).
@@ -44,7 +44,19 @@ cuda-check-if-available:
 bench: install
 	$(PYTHON) -m pytest benchmarks/test_cpu_linear.py -q -p no:cacheprovider --benchmark-max-time=0.25 --benchmark-warmup=on \
 		--benchmark-columns=median,iqr,rounds --speedup-json benchmarks/results/cpu-linear-$(DATE).json
-	$(PYTHON) benchmarks/update_readme.py
+	$(PYTHON) benchmarks/update_readme.py cpu-linear
+
+# `sparse-rt bench` on zoo models (MODEL:SPARSITIES) against dense, torch.sparse and onnxruntime;
+# writes benchmarks/results/bench-MODEL-DATE.{json,png}, then the README's table from them.
+BENCH_MODELS ?= resnet50:0.8,0.9,0.95 bert_encoder:0.9 cifar_resnet:0.9
+BENCH_FLAGS ?= --batch 1,8 --time 3 --warmup 0.5 --no-progress
+bench-report: install
+	@for spec in $(BENCH_MODELS); do \
+		model=$${spec%%:*}; out=benchmarks/results/bench-$$model-$(DATE); \
+		$(PYTHON) -m sparse_rt bench $$model --sparsity $${spec#*:} $(BENCH_FLAGS) --json $$out.json --plot $$out.png \
+			|| exit 1; \
+	done
+	$(PYTHON) benchmarks/update_readme.py bench
 
 clean:
 	rm -rf build sparse_rt/*.so *.egg-info

@@ -10,22 +10,14 @@ Suites
   linear  csr_linear fp16 vs dense matmul vs torch.sparse.mm on the DLMC transformer 0.9 patterns and
           on 4096x4096 / 11008x4096 layers at 70% and 90% random sparsity, batch 1, 8, 16, 32, 64.
   bsr     bsr_linear 32x32 fp16 at 90% block sparsity (4096x4096) vs dense, batch 1..64 and 4096.
-  conv    csr_conv2d vs F.conv2d on the DLMC rn50 0.9 patterns. A pattern is [Cout, Cin*kh*kw]; the
-          geometry is inferred: cols that are a power of two >= 64 are 1x1 convs with Cin = cols;
-          otherwise Cin is the largest power of two >= 64 with cols / Cin a perfect square k*k
-          (3x3 in ResNet-50), and initial_conv is the 7x7 stem with Cin = 3. Stride 2 applies to the
-          stem and, as in ResNet-50 v1.5, to the 3x3 conv and the projection shortcut of the first
-          block of groups 2-4 ("projection_block_group{2,3,4}"); the output side is
-          sqrt(output_pixels) from rn50_batchsizes.txt, the input side output*stride, padding k//2.
+  conv    csr_conv2d vs F.conv2d on the DLMC rn50 0.9 patterns with their real shapes (geometry
+          inferred as sparse_rt.bench.dlmc documents).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gzip
 import json
-import math
-import os
 import re
 import statistics
 import sys
@@ -34,20 +26,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import sparse_rt  # also registers torch.ops.sparse_rt
+from sparse_rt.bench.dlmc import dlmc_root, rn50_conv_geometry, rn50_output_pixels
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def dlmc_dir() -> Path:
-    return Path(os.environ.get("SPARSE_RT_DLMC", REPO.parent / "shared" / "dlmc"))
-
-
 def load_smtx(path: Path):
-    with gzip.open(path, "rt") as f:
-        rows, cols, nnz = (int(v) for v in f.readline().split(","))
-        crow = torch.tensor([int(v) for v in f.readline().split()], dtype=torch.int32)
-        col = torch.tensor([int(v) for v in f.readline().split()], dtype=torch.int32)
-    assert crow.numel() == rows + 1 and col.numel() == nnz, path
-    return rows, cols, crow, col
+    csr = sparse_rt.formats.load_smtx(path)
+    return csr.shape[0], csr.shape[1], csr.crow_indices, csr.col_indices
 
 
 class SparseWeight:
@@ -120,9 +107,9 @@ def bench_linear_case(name, w: SparseWeight, batch, args, with_torch_sparse=True
 
 
 def suite_linear(args, rows):
-    files = sorted((dlmc_dir() / "transformer" / "magnitude_pruning" / "0.9").glob("*.smtx.gz"))
+    files = sorted((dlmc_root() / "transformer" / "magnitude_pruning" / "0.9").glob("*.smtx.gz"))
     if not files:
-        print(f"warning: no DLMC transformer patterns under {dlmc_dir()}", file=sys.stderr)
+        print(f"warning: no DLMC transformer patterns under {dlmc_root()}", file=sys.stderr)
     cases = [(f.name.removesuffix(".smtx.gz"), lambda f=f: SparseWeight(*load_smtx(f), torch.float16))
              for f in files[: args.max_dlmc]]
     for m, k in ((4096, 4096), (11008, 4096)):
@@ -157,37 +144,19 @@ def suite_bsr(args, rows):
         report(rows[-1])
 
 
-STRIDED = re.compile(r"^(initial_conv|bottleneck_(2|projection)_block_group_projection_block_group[234])$")
-
-
-def conv_geometry(name, cout, cols, out_pixels):
-    """(cin, k, stride, in_side, out_side) inferred as described in the module docstring."""
-    if name == "initial_conv":
-        cin, k = 3, int(math.isqrt(cols // 3))
-    elif cols >= 64 and cols & (cols - 1) == 0:
-        cin, k = cols, 1
-    else:
-        cin = next(c for c in (2 ** p for p in range(int(math.log2(cols)), 5, -1))
-                   if cols % c == 0 and math.isqrt(cols // c) ** 2 == cols // c)
-        k = math.isqrt(cols // cin)
-    assert cin * k * k == cols, name
-    stride = 2 if STRIDED.match(name) else 1
-    out_side = math.isqrt(out_pixels)
-    return cin, k, stride, out_side * stride, out_side
-
-
 def suite_conv(args, rows):
-    base = dlmc_dir()
+    base = dlmc_root()
     sizes_file = base / "rn50_batchsizes.txt"
     files = sorted((base / "rn50" / "magnitude_pruning" / "0.9").glob("*.smtx.gz"))
     if not files or not sizes_file.exists():
         print(f"warning: no DLMC rn50 patterns/batch sizes under {base}", file=sys.stderr)
         return
-    pixels = dict(line.strip().split(",") for line in sizes_file.read_text().splitlines() if line.strip())
+    pixels = rn50_output_pixels(base)
     for f in files:
         name = f.name.removesuffix(".smtx.gz")
         cout, cols, crow, col = load_smtx(f)
-        cin, k, stride, side, out_side = conv_geometry(name, cout, cols, int(pixels[name]))
+        geo = rn50_conv_geometry(name, cols, pixels[name])
+        cin, k, stride, side = geo.in_channels, geo.kernel, geo.stride, geo.in_side
         w = SparseWeight(cout, cols, crow, col, torch.float16)
         dense = w.dense.view(cout, cin, k, k)
         for batch in args.conv_batches:
@@ -212,7 +181,7 @@ def report(row):
 
 def geomean(values):
     values = [v for v in values if v > 0]
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+    return sparse_rt.bench.geomean(values) if values else None
 
 
 def summarize(rows):
@@ -251,8 +220,6 @@ def main(argv=None) -> int:
         print("bench_cuda: CUDA is not available (torch %s, CUDA build: %s); run this on a GPU machine."
               % (torch.__version__, torch.version.cuda), file=sys.stderr)
         return 2
-    import sparse_rt  # noqa: F401  (registers torch.ops.sparse_rt)
-
     if not torch._C._dispatch_has_kernel_for_dispatch_key("sparse_rt::csr_linear", "CUDA"):
         print("bench_cuda: sparse_rt was built without CUDA kernels.", file=sys.stderr)
         return 2

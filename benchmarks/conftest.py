@@ -3,20 +3,13 @@
 speedups of sparse_rt over every other engine are computed per case from the medians of this run,
 summarised per series by their geometric mean, and optionally saved."""
 
-import datetime
 import json
-import os
-import platform
 from pathlib import Path
 
 import pytest
-import torch
 
-import sparse_rt
-from sparse_rt.bench import geomean, speedups
-
-REPO = Path(__file__).resolve().parent.parent
-
+from sparse_rt.bench import geomean, machine_info, speedups
+from sparse_rt.bench.dlmc import dlmc_root
 
 def pytest_addoption(parser):
     parser.addoption("--speedup-json", default=None, help="write the per-case speedups to this JSON file")
@@ -24,20 +17,10 @@ def pytest_addoption(parser):
 
 @pytest.fixture
 def dlmc():
-    root = Path(os.environ.get("SPARSE_RT_DLMC", REPO.parent / "shared" / "dlmc"))
+    root = dlmc_root()
     if not root.is_dir():
         pytest.skip(f"DLMC patterns not found at {root} (set SPARSE_RT_DLMC)")
     return root
-
-
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _collect(config):
@@ -77,10 +60,7 @@ def pytest_terminal_summary(terminalreporter, config):
     path = config.getoption("--speedup-json")
     if path:
         report = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads()},
-            "versions": {"torch": torch.__version__, "sparse_rt": sparse_rt.__version__,
-                         "python": platform.python_version()},
+            **machine_info(),  # date, machine (CPU, cores, threads, GPU), versions
             "medians_s": medians,
             "series": series,
             "summary": summary,

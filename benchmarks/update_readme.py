@@ -1,18 +1,33 @@
-"""Rewrites the README's performance table from the newest benchmarks/results/cpu-linear-*.json,
-so the numbers there always come from a real run:  python benchmarks/update_readme.py"""
+"""Rewrites the README's performance tables from the newest result files in benchmarks/results/,
+so the numbers there always come from a real run:
+
+    python benchmarks/update_readme.py [TABLE ...]     (default: every table with results)
+
+cpu-linear  <- cpu-linear-DATE.json (`make bench`)
+bench       <- bench-MODEL-DATE.json, the newest per model (`make bench-report`)
+"""
 
 import json
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- cpu-linear-table:begin -->", "<!-- cpu-linear-table:end -->"
+RESULTS = ROOT / "benchmarks/results"
 
 
-def table(result_path):
-    r = json.loads(result_path.read_text())
-    lines = [f"Measured {r['date']} on {r['machine']['cpu']} ({r['machine']['threads']} threads), "
-             f"torch {r['versions']['torch']}; from `{result_path.relative_to(ROOT)}`.", "",
+def _measured(r, paths):
+    files = ", ".join(f"`{p.relative_to(ROOT)}`" for p in paths)
+    return (f"Measured {r['date']} on {r['machine']['cpu']} ({r['machine']['threads']} threads), "
+            f"torch {r['versions']['torch']}; from {files}.")
+
+
+def cpu_linear_table():
+    results = sorted(RESULTS.glob("cpu-linear-*.json"))
+    if not results:
+        return None
+    r = json.loads(results[-1].read_text())
+    lines = [_measured(r, results[-1:]), "",
              "| batch | vs dense torch, geomean (min–max) | vs torch.sparse CSR, geomean (min–max) | layers |",
              "| --- | --- | --- | --- |"]
     for series, by_engine in sorted(r["summary"].items(), key=lambda kv: int(kv[0].split("=")[1])):
@@ -22,19 +37,63 @@ def table(result_path):
     return "\n".join(lines)
 
 
-def main():
-    results = sorted((ROOT / "benchmarks/results").glob("cpu-linear-*.json"))
-    if not results:
-        sys.exit("no benchmarks/results/cpu-linear-*.json: run `make bench` first")
+def bench_table():
+    newest = {}
+    for path in sorted(RESULTS.glob("bench-*.json")):  # dates sort, so the last per model wins
+        match = re.fullmatch(r"bench-(.+)-\d{4}-\d{2}-\d{2}", path.stem)
+        if match:
+            newest[match[1]] = path
+    if not newest:
+        return None
+    reports = {model: json.loads(path.read_text()) for model, path in sorted(newest.items())}
+    first = next(iter(reports.values()))
+    baselines = first["config"]["baselines"]
+    lines = [_measured(first, list(newest.values())), "",
+             "| model | sparsity | batch | sparse_rt p50 ms | " + " | ".join(f"vs {b}" for b in baselines)
+             + " | theoretical |", "| --- " * (5 + len(baselines)) + "|"]
+    for model, r in reports.items():
+        for variant in r["variants"]:
+            theoretical = variant["metrics"]["theoretical_speedup"]
+            for batch in r["config"]["batches"]:
+                rows = {x["engine"]: x for x in variant["results"] if x["batch"] == batch}
+                cells = [f"{rows[b]['speedup']:.2f}x" if b in rows else "n/a" for b in baselines]
+                lines.append(f"| {model} | {variant['sparsity']:g} | {batch} | {rows['sparse_rt']['p50_ms']:.2f} | "
+                             + " | ".join(cells) + f" | {theoretical:.2f}x |")
+    return "\n".join(lines)
+
+
+TABLES = {"cpu-linear": cpu_linear_table, "bench": bench_table}
+
+
+def replace_between_markers(text, name, body):
+    begin, end = f"<!-- {name}-table:begin -->", f"<!-- {name}-table:end -->"
+    head, found, rest = text.partition(begin)
+    _, found_end, tail = rest.partition(end)
+    if not found or not found_end:
+        raise ValueError(f"README.md has no {begin} ... {end} markers")
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def main(names):
+    unknown = set(names) - set(TABLES)
+    if unknown:
+        sys.exit(f"unknown table(s) {', '.join(sorted(unknown))}; known: {', '.join(TABLES)}")
     readme = ROOT / "README.md"
     text = readme.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    if not rest:
-        sys.exit(f"README.md has no {BEGIN} marker")
-    readme.write_text(f"{head}{BEGIN}\n{table(results[-1])}\n{END}{tail}")
-    print(f"README.md table updated from {results[-1].name}")
+    for name in names or TABLES:
+        body = TABLES[name]()
+        if body is None:
+            if names:
+                sys.exit(f"no benchmarks/results/ files for the {name} table: run its make target first")
+            print(f"{name} table: no results yet, left as is")
+            continue
+        try:
+            text = replace_between_markers(text, name, body)
+        except ValueError as e:
+            sys.exit(str(e))
+        print(f"README.md {name} table updated")
+    readme.write_text(text)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -8,7 +8,8 @@ from torch import nn
 
 from .nn import SparseConv2d, SparseLinear
 from .nn.conv import explicit_padding
-from .plan import FormatSpec, plan_layer
+from .autotune import AutotuneCache, capture_layer_inputs, measure
+from .plan import FormatSpec, LayerPlan, plan_layer
 
 _CONVERTIBLE = {nn.Linear: "Linear", nn.Conv2d: "Conv2d"}
 
@@ -58,10 +59,15 @@ class SparseModel(nn.Module):
     """A converted model: `module` is a copy of the user's model whose sparse Linear/Conv2d layers
     run on sparse_rt's kernels. Call it like the original."""
 
-    def __init__(self, module, layers):
+    def __init__(self, module, layers, *, arch_spec=None, source=None):
         super().__init__()
         self.module = module
         self.layers = Summary(layers)
+        # What save() records so that load() can rebuild the model: the architecture spec
+        # ({"name": zoo name or "pkg.module:factory", "kwargs": {...}}; None for a module instance)
+        # and the checkpoint it came from (sha256, form, file name, ingest notes).
+        self.arch_spec = arch_spec
+        self.source = dict(source or {})
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -70,6 +76,32 @@ class SparseModel(nn.Module):
         """Per-layer name, kind, shape, density, format, dense bytes, sparse bytes (a Summary:
         a list of LayerSummary whose str() is a table with totals)."""
         return self.layers
+
+    @classmethod
+    def from_checkpoint(cls, path, arch, masks=None, mask_form="auto", **options):
+        """Reads a training checkpoint (any form of sparse_rt.ingest) into `arch` and sparsifies it.
+
+        `arch` is an nn.Module, a zoo name or "pkg.module:factory"; see
+        sparse_rt.convert.from_checkpoint for the options (arch_kwargs, rename, min_sparsity,
+        format, dtype, unsafe, cs_s0, progress)."""
+        from .convert import from_checkpoint
+
+        return from_checkpoint(path, arch, masks=masks, mask_form=mask_form, **options)
+
+    def save(self, path):
+        """Writes a .srt file (safetensors + JSON manifest) atomically; read it with sparse_rt.load."""
+        from .io import save
+
+        save(self, path)
+
+    def export_onnx(self, path, example_inputs, flavor="portable", opset=None, *, check=False,
+                    external_data=None):
+        """Writes an ONNX file: flavor "portable" (standard ops, stock onnxruntime) or "sparse"
+        (sparse_rt's ops; run with sparse_rt.onnx.session). See sparse_rt.onnx.export."""
+        from .onnx import export
+
+        return export(self, path, example_inputs, flavor=flavor, opset=opset, check=check,
+                      external_data=external_data)
 
 
 def _normalize_masks(masks, layer_names):
@@ -93,54 +125,83 @@ def _convert(name, layer, mask, plan):
     return SparseConv2d.from_dense(layer, mask)
 
 
-def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto"):
+def convertible_layers(module):
+    """{name: layer} of the nn.Linear / nn.Conv2d layers sparsify() considers."""
+    return {n: m for n, m in module.named_modules() if type(m) in _CONVERTIBLE}
+
+
+def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto", example_inputs=None,
+             autotune=False, autotune_cache=None, progress=None):
     """Converts a pruned model into a SparseModel; `module` itself is not changed.
 
-    Every nn.Linear / nn.Conv2d whose sparsity reaches `min_sparsity` becomes a SparseLinear /
-    SparseConv2d; the others stay dense. `masks` maps parameter names ("fc.weight") or layer names
-    ("fc") to masks shaped like the weight; without a mask, the weight's zeros are the mask. Masked
-    layers that stay dense get the mask applied to their weight, so the result always equals the
-    masked model. `format` is 'auto', 'csr', 'dense' or 'bsr:RxC'.
+    Every nn.Linear / nn.Conv2d whose sparsity reaches `min_sparsity` is considered; with
+    format='auto' the planner's cost model (sparse_rt.plan) keeps a layer dense where the sparse
+    kernel is predicted to be slower, and 'csr' / 'bsr:RxC' force the format. `masks` maps parameter
+    names ("fc.weight") or layer names ("fc") to masks shaped like the weight; without a mask, the
+    weight's zeros are the mask. Masked layers that stay dense get the mask applied to their weight,
+    so the result always equals the masked model.
+
+    `example_inputs` (a tuple of arguments for one forward pass) tells the planner each layer's
+    input shape; with `autotune=True` each candidate layer is also timed dense and sparse on that
+    input and the faster is kept, the measurements cached in `autotune_cache` (a path; default
+    ~/.cache/sparse_rt/autotune.json or $SPARSE_RT_CACHE_DIR). `progress`, if given, wraps the list
+    of (name, layer) pairs as it is converted (e.g. `tqdm.tqdm`). Every choice and its reason shows
+    in summary().
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"sparsify expects an nn.Module, got {type(module).__name__}")
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    if autotune and example_inputs is None:
+        raise ValueError("sparsify(autotune=True) needs example_inputs to time the layers on")
     FormatSpec.parse(format)
     model = copy.deepcopy(module)
-    candidates = {n: m for n, m in model.named_modules() if type(m) in _CONVERTIBLE}
+    candidates = convertible_layers(model)
     masks = _normalize_masks(masks, candidates)
+    inputs = {} if example_inputs is None else capture_layer_inputs(model, tuple(example_inputs), candidates)
+    cache = AutotuneCache(autotune_cache) if autotune else None
     rows = []
-    for name, layer in candidates.items():
+    items = list(candidates.items())
+    for name, layer in progress(items) if progress else items:
         weight = layer.weight.detach()
         mask = masks.get(name)
         if mask is not None and tuple(mask.shape) != tuple(weight.shape):
             raise ValueError(f"masks['{name}']: shape {tuple(mask.shape)} differs from the weight "
                              f"shape {tuple(weight.shape)}")
+        mask = mask.to(weight.device) if mask is not None else None
         effective = mask if mask is not None else weight != 0
         sparsity = 1.0 - effective.float().mean().item() if weight.numel() else 0.0
         kind = _CONVERTIBLE[type(layer)]
+        x = inputs.get(name)
+        batch = x.numel() // x.shape[-1] if kind == "Linear" and x is not None and x.dim() else 1
         plan = plan_layer(kind, (weight.shape[0], weight[0].numel()), sparsity,
-                          min_sparsity=min_sparsity, format=format)
-        if plan.format != "dense" and kind == "Conv2d":
+                          min_sparsity=min_sparsity, format=format, batch=batch)
+        if kind == "Conv2d" and plan.format != "dense":
             try:
                 explicit_padding(layer)
             except ValueError as e:
-                plan = type(plan)("dense", None, str(e))
-        new = _convert(name, layer, mask.to(weight.device) if mask is not None else None, plan)
+                plan = LayerPlan("dense", None, str(e))
+        tunable = cache is not None and x is not None and FormatSpec.parse(format).kind == "auto"
+        if tunable and sparsity >= min_sparsity and (kind == "Linear" or plan.format != "dense" or
+                                                     "cost model" in plan.reason):
+            candidate = _convert(name, layer, mask, LayerPlan("csr", None, ""))
+            chosen, reason = measure(layer, candidate, x, int(effective.sum()), cache)
+            plan = LayerPlan(chosen, None, reason)
+        new = _convert(name, layer, mask, plan)
         if new is layer and mask is not None:
             with torch.no_grad():
-                layer.weight.mul_(mask.to(weight.device))
-        _replace(model, name, new)
+                layer.weight.mul_(mask)
+        replace_submodule(model, name, new)
         dense_bytes = _bytes(layer.weight, layer.bias)
         sparse_bytes = dense_bytes if new is layer else _bytes(new.crow_indices, new.col_indices, new.values, new.bias)
-        rows.append(LayerSummary(name, kind, tuple(weight.shape), 1.0 - sparsity,
-                                 plan.format if plan.format != "bsr" else f"bsr{plan.blocksize[0]}x{plan.blocksize[1]}",
+        rows.append(LayerSummary(name, kind, tuple(weight.shape), 1.0 - sparsity, plan.label,
                                  dense_bytes, sparse_bytes, plan.reason))
+    if cache is not None:
+        cache.save()
     return SparseModel(model, rows)
 
 
-def _replace(root, qualified_name, new):
+def replace_submodule(root, qualified_name, new):
     if not qualified_name:
         raise ValueError("sparsify: the model itself is a single Linear/Conv2d; wrap it in nn.Sequential")
     parent_name, _, child = qualified_name.rpartition(".")

@@ -33,12 +33,32 @@ class LayerPlan:
     blocksize: tuple
     reason: str
 
+    @property
+    def label(self):
+        """The format as summaries show it: 'csr', 'dense' or 'bsrRxC'."""
+        return f"bsr{self.blocksize[0]}x{self.blocksize[1]}" if self.format == "bsr" else self.format
 
-def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto"):
+
+# Speed of the sparse kernels relative to dense torch per multiply-add, measured on the reference
+# machine (2-core AMD EPYC with AVX-512; `make bench`): a layer of density d is predicted to run
+# efficiency / d times faster sparse. "gemv": a Linear layer at batch < 8 (gather dot products, bound
+# by the gathers); "gemm": batched Linear layers and convolutions (the tiled SpMM). Where these
+# estimates are off for a machine, sparsify(..., autotune=True) measures instead.
+SPARSE_EFFICIENCY = {"gemv": 0.17, "gemm": 0.2}
+
+
+def predicted_speedup(kind, density, batch=1):
+    """Predicted dense time / sparse time of one layer (`batch`: rows of a Linear layer's input)."""
+    regime = "gemv" if kind == "Linear" and batch < 8 else "gemm"
+    return SPARSE_EFFICIENCY[regime] / max(density, 1e-9)
+
+
+def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", batch=1):
     """Chooses the format of one Linear/Conv2d layer.
 
-    Layers below `min_sparsity` stay dense: at low sparsity the indices cost more than the skipped
-    multiply-adds save. A BSR request falls back to CSR where BSR does not apply.
+    Layers below `min_sparsity` stay dense. With format='auto' the cost model keeps a layer dense
+    where it predicts the sparse kernel to be slower; 'csr' and 'bsr:RxC' force the format (a BSR
+    request falls back to CSR where BSR does not apply).
     """
     spec = FormatSpec.parse(format)
     if spec.kind == "dense":
@@ -52,5 +72,10 @@ def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto"):
             return LayerPlan("csr", None, "bsr applies to Linear layers; csr used")
         if rows % bh or cols % bw:
             return LayerPlan("csr", None, f"blocks {bh}x{bw} do not divide {rows}x{cols}; csr used")
-        return LayerPlan("bsr", (bh, bw), f"sparsity {sparsity:.3f}, bsr {bh}x{bw} requested")
-    return LayerPlan("csr", None, f"sparsity {sparsity:.3f} >= min_sparsity {min_sparsity:.3f}")
+        return LayerPlan("bsr", (bh, bw), f"bsr {bh}x{bw} requested")
+    if spec.kind == "csr":
+        return LayerPlan("csr", None, "csr requested")
+    estimate = predicted_speedup(kind, 1.0 - sparsity, batch)
+    if estimate < 1.0:
+        return LayerPlan("dense", None, f"cost model: sparse est. {estimate:.2f}x dense")
+    return LayerPlan("csr", None, f"cost model: sparse est. {estimate:.1f}x dense")

@@ -1,12 +1,8 @@
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 import sparse_rt
-
-REPO = Path(__file__).resolve().parent.parent
+from sparse_rt.bench.dlmc import dlmc_root
 
 
 def _devices():
@@ -19,10 +15,6 @@ def _devices():
 # One device list for the whole suite; CUDA cases appear wherever a CUDA build can run them.
 DEVICES = _devices()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def dlmc_root():
-    return Path(os.environ.get("SPARSE_RT_DLMC", REPO.parent / "shared" / "dlmc"))
 
 
 @pytest.fixture

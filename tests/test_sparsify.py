@@ -71,7 +71,7 @@ def test_explicit_masks_by_parameter_or_layer_name():
     g = torch.Generator().manual_seed(3)
     masks = {"0.weight": torch.rand(128, 64, generator=g) < 0.1, "2": torch.rand(96, 128, generator=g) < 0.3,
              "4.weight": torch.rand(10, 96, generator=g) < 0.8}  # 20% sparse: stays dense, masked
-    model = sparse_rt.sparsify(dense, masks)
+    model = sparse_rt.sparsify(dense, masks, format="csr")
     reference = _mlp().eval()
     with torch.no_grad():
         for name, mask in masks.items():
@@ -84,9 +84,9 @@ def test_explicit_masks_by_parameter_or_layer_name():
 
 def test_min_sparsity_and_summary():
     pruned = sparse_rt.magnitude_prune(_mlp(), 0.6)
-    summary = sparse_rt.sparsify(pruned, min_sparsity=0.7).summary()
+    summary = sparse_rt.sparsify(pruned, min_sparsity=0.7, format="csr").summary()
     assert [r.format for r in summary] == ["dense"] * 3
-    summary = sparse_rt.sparsify(pruned, min_sparsity=0.5).summary()
+    summary = sparse_rt.sparsify(pruned, min_sparsity=0.5, format="csr").summary()
     row = summary[0]
     assert (row.name, row.kind, row.shape, row.format) == ("0", "Linear", (128, 64), "csr")
     assert row.density == pytest.approx(0.4, abs=1e-3)
@@ -123,7 +123,7 @@ def test_bad_arguments():
 def test_state_dict_round_trip_of_a_sparse_model():
     pruned = sparse_rt.magnitude_prune(_mlp(), 0.9)
     a = sparse_rt.sparsify(pruned)
-    b = sparse_rt.sparsify(sparse_rt.magnitude_prune(_mlp(), 0.5))
+    b = sparse_rt.sparsify(sparse_rt.magnitude_prune(_mlp(), 0.5), format="csr")
     b.load_state_dict(a.state_dict())
     x = randn(2, 64)
     assert torch.equal(a(x), b(x))

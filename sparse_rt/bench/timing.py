@@ -1,25 +1,109 @@
 import statistics
 import time
 
+import torch
 
-def compare_latency(fns, *, warmup=0.2, min_time=1.0, min_rounds=5):
-    """Times several zero-argument callables in interleaved rounds (so machine drift hits them all
-    alike) and returns {name: sorted per-call seconds}."""
-    for fn in fns.values():
-        deadline = time.perf_counter() + warmup
-        while True:
-            fn()
-            if time.perf_counter() >= deadline:
-                break
-    samples = {name: [] for name in fns}
-    start = time.perf_counter()
-    while min(map(len, samples.values())) < min_rounds or time.perf_counter() - start < min_time:
-        for name, fn in fns.items():
+
+class _Clock:
+    """Times one call: perf_counter on CPU; on CUDA, events on the current stream with a
+    synchronize, so asynchronous launches are not mistaken for finished work."""
+
+    def __init__(self, cuda=False):
+        self.cuda = cuda
+
+    def __call__(self, fn):
+        if not self.cuda:
             t0 = time.perf_counter()
             fn()
-            samples[name].append(time.perf_counter() - t0)
+            return time.perf_counter() - t0
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+
+def warm_up(fns, seconds, *, cuda=False):
+    """Calls each callable for `seconds` (at least once when seconds > 0)."""
+    if seconds <= 0:
+        return
+    for fn in fns.values():
+        deadline = time.perf_counter() + seconds
+        while True:
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            if time.perf_counter() >= deadline:
+                break
+
+
+def compare_latency(fns, *, warmup=0.2, min_time=1.0, min_rounds=5, cuda=False):
+    """Times several zero-argument callables in interleaved rounds (so machine drift hits them all
+    alike; the order rotates each round so none always runs first) and returns
+    {name: sorted per-call seconds}. `cuda=True` times with CUDA events and synchronizes."""
+    warm_up(fns, warmup, cuda=cuda)
+    clock = _Clock(cuda)
+    names = list(fns)
+    samples = {name: [] for name in names}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < min_time:
+        for i in range(len(names)):
+            name = names[(i + rounds) % len(names)]
+            samples[name].append(clock(fns[name]))
+        rounds += 1
     return {name: sorted(s) for name, s in samples.items()}
 
 
 def median(samples):
     return statistics.median(samples)
+
+
+def layer_times(module, fn, *, max_seconds, max_runs=3, cuda=False):
+    """Per-leaf-module time of `fn()` (which runs `module`), with forward hooks around every leaf
+    module, averaged over up to `max_runs` runs (at least one; no more once `max_seconds` have
+    passed). Returns ({leaf name: seconds per run}, seconds per run of the whole call)."""
+    leaves = [(n, m) for n, m in module.named_modules() if n and not any(True for _ in m.children())]
+    marks, handles = [], []
+
+    def pre(name):
+        def hook(mod, args):
+            marks.append((name, _mark(cuda)))
+        return hook
+
+    def post(name):
+        def hook(mod, args, output):
+            marks.append((name, _mark(cuda)))
+        return hook
+
+    for name, leaf in leaves:
+        handles.append(leaf.register_forward_pre_hook(pre(name)))
+        handles.append(leaf.register_forward_hook(post(name)))
+    totals, wall, runs = {}, 0.0, 0
+    clock = _Clock(cuda)
+    try:
+        start = time.perf_counter()
+        while runs < 1 or (runs < max_runs and time.perf_counter() - start < max_seconds):
+            marks.clear()
+            wall += clock(fn)
+            # Hooks fire pre, post per leaf call; a leaf called twice (a shared ReLU) adds up.
+            for (name, t0), (_, t1) in zip(marks[0::2], marks[1::2]):
+                totals[name] = totals.get(name, 0.0) + _elapsed(t0, t1, cuda)
+            runs += 1
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: t / runs for name, t in totals.items()}, wall / runs
+
+
+def _mark(cuda):
+    if not cuda:
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _elapsed(t0, t1, cuda):
+    return t0.elapsed_time(t1) / 1e3 if cuda else t1 - t0

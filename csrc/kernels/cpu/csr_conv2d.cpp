@@ -1,70 +1,63 @@
 #include "csr_conv2d.h"
 
 #include <algorithm>
-
-#include "isa.h"
-#include "scalar_types.h"
+#include <cstring>
 
 namespace sparse_rt::cpu {
-namespace {
 
-// Smallest o >= 0 with o*stride + offset >= 0, i.e. the first output position whose input tap
-// (o*stride + offset) falls inside the image.
-inline int64_t first_valid(int64_t offset, int64_t stride) {
-  return offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+PackedConvLayout packed_conv_layout(const Conv2dGeometry& g) {
+  PackedConvLayout l;
+  l.phase_h = (g.height + 2 * g.pad_h + g.stride_h - 1) / g.stride_h;
+  l.phase_w = (g.width + 2 * g.pad_w + g.stride_w - 1) / g.stride_w;
+  l.plane = l.phase_h * l.phase_w;
+  l.wide = g.out_h * l.phase_w;
+  l.wide_padded = (l.wide + 7) / 8 * 8;
+  // A tap reads [offset, offset + wide_padded), which may run past the last plane by up to
+  // wide_padded floats: the zero tail keeps those reads inside the buffer.
+  l.packed_len = g.in_channels * g.stride_h * g.stride_w * l.plane + l.wide_padded;
+  return l;
 }
 
-// One past the last output position o (< out) whose input tap o*stride + offset is < extent.
-inline int64_t end_valid(int64_t offset, int64_t stride, int64_t extent, int64_t out) {
-  if (offset >= extent) return 0;
-  return std::min(out, (extent - 1 - offset) / stride + 1);
-}
-
-}  // namespace
-
-template <typename V>
-SPARSE_RT_MULTIVERSION void csr_conv2d(const CsrView<V>& w, const Conv2dGeometry& g, const float* in, float* out,
-                Epilogue ep, int64_t o_begin, int64_t o_end) {
-  const int64_t plane = g.out_h * g.out_w, in_plane = g.height * g.width;
-  const int64_t taps = g.kh * g.kw;
-  const int64_t cin_per_group = g.in_channels / g.groups;
-  const int64_t cout_per_group = g.out_channels / g.groups;
-  for (int64_t o = o_begin; o < o_end; ++o) {
-    float* __restrict acc = out + o * plane;
-    const float init = ep.bias ? ep.bias[o] : 0.f;
-    std::fill(acc, acc + plane, init);
-    const int64_t channel_base = (o / cout_per_group) * cin_per_group;
-    for (int64_t k = w.crow[o]; k < w.crow[o + 1]; ++k) {
-      const float v = to_float(w.values[k]);
-      const int64_t c = w.col[k] / taps, tap = w.col[k] % taps;
-      const int64_t oy_off = (tap / g.kw) * g.dil_h - g.pad_h;
-      const int64_t ox_off = (tap % g.kw) * g.dil_w - g.pad_w;
-      const int64_t oy0 = first_valid(oy_off, g.stride_h);
-      const int64_t oy1 = end_valid(oy_off, g.stride_h, g.height, g.out_h);
-      const int64_t ox0 = first_valid(ox_off, g.stride_w);
-      const int64_t ox1 = end_valid(ox_off, g.stride_w, g.width, g.out_w);
-      const float* src = in + (channel_base + c) * in_plane;
-      for (int64_t oy = oy0; oy < oy1; ++oy) {
-        const float* __restrict row = src + (oy * g.stride_h + oy_off) * g.width + ox_off;
-        float* __restrict dst = acc + oy * g.out_w;
-        if (g.stride_w == 1) {
-          for (int64_t ox = ox0; ox < ox1; ++ox) dst[ox] += v * row[ox];
-        } else {
-          for (int64_t ox = ox0; ox < ox1; ++ox) dst[ox] += v * row[ox * g.stride_w];
-        }
+void pack_conv_input(const Conv2dGeometry& g, const PackedConvLayout& l, const float* in,
+                     float* packed) {
+  std::memset(packed, 0, sizeof(float) * l.packed_len);
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    for (int64_t y = 0; y < g.height; ++y) {
+      const int64_t py = y + g.pad_h;  // padded row
+      const int64_t a = py % g.stride_h, i = py / g.stride_h;
+      const float* src = in + (c * g.height + y) * g.width;
+      for (int64_t x = 0; x < g.width; ++x) {
+        const int64_t px = x + g.pad_w, b = px % g.stride_w, j = px / g.stride_w;
+        packed[((c * g.stride_h + a) * g.stride_w + b) * l.plane + i * l.phase_w + j] = src[x];
       }
-    }
-    if (ep.relu) {
-      for (int64_t i = 0; i < plane; ++i) acc[i] = std::max(acc[i], 0.f);
     }
   }
 }
 
-template void csr_conv2d<float>(const CsrView<float>&, const Conv2dGeometry&, const float*, float*,
-                                Epilogue, int64_t, int64_t);
-template void csr_conv2d<half_t>(const CsrView<half_t>&, const Conv2dGeometry&, const float*,
-                                 float*, Epilogue, int64_t, int64_t);
-template void csr_conv2d<bfloat16_t>(const CsrView<bfloat16_t>&, const Conv2dGeometry&,
-                                     const float*, float*, Epilogue, int64_t, int64_t);
+void conv_tap_offsets(const int32_t* crow, const int32_t* col, const Conv2dGeometry& g,
+                      const PackedConvLayout& l, int32_t* offsets) {
+  const int64_t taps = g.kh * g.kw;
+  const int64_t cin_per_group = g.in_channels / g.groups;
+  const int64_t cout_per_group = g.out_channels / g.groups;
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    const int64_t channel_base = (o / cout_per_group) * cin_per_group;
+    for (int64_t k = crow[o]; k < crow[o + 1]; ++k) {
+      const int64_t c = channel_base + col[k] / taps, tap = col[k] % taps;
+      const int64_t ty = (tap / g.kw) * g.dil_h, tx = (tap % g.kw) * g.dil_w;
+      const int64_t phase = (c * g.stride_h + ty % g.stride_h) * g.stride_w + tx % g.stride_w;
+      offsets[k] = int32_t(phase * l.plane + (ty / g.stride_h) * l.phase_w + tx / g.stride_w);
+    }
+  }
+}
+
+void crop_wide_output(const Conv2dGeometry& g, const PackedConvLayout& l, const float* wide,
+                      float* out, int64_t o_begin, int64_t o_end) {
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    for (int64_t oy = 0; oy < g.out_h; ++oy) {
+      std::memcpy(out + (o * g.out_h + oy) * g.out_w, wide + o * l.wide_padded + oy * l.phase_w,
+                  sizeof(float) * g.out_w);
+    }
+  }
+}
 
 }  // namespace sparse_rt::cpu

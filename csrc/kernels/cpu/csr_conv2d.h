@@ -1,7 +1,12 @@
-// Direct sparse 2-D convolution: every nonzero w[o, c, ky, kx] adds w * (input channel c, shifted by
-// (ky, kx) and strided) to output plane o. No im2col buffer; for stride 1 the inner loop is a
-// contiguous axpy over an output row. The weight is CSR over [out_channels, in_channels/groups*kh*kw]
-// with column (c_local*kh + ky)*kw + kx, i.e. the row-major flattening of the dense weight.
+// Sparse 2-D convolution as one tiled CSR SpMM (csr_spmm.h) over a packed copy of the input.
+//
+// The input image is copied zero-padded and split into its stride phases: phase (a, b) holds the
+// padded pixels (a + s_h*i, b + s_w*j). In phase coordinates every tap of a strided, dilated kernel
+// reads with stride 1, so the output row oy, column ox of tap (ky, kx) reads phase element
+// (oy + ky*d_h / s_h, ox + kx*d_w / s_w). Outputs are computed "wide" - each output row as long as a
+// phase row (Ws) - so that output position q = oy*Ws + ox maps to packed input position q + offset
+// with one offset per nonzero, and the SpMM runs over contiguous rows. The extra columns (ox >= OW)
+// are cropped away.
 #pragma once
 
 #include <cstdint>
@@ -20,10 +25,28 @@ struct Conv2dGeometry {
   int64_t groups;
 };
 
-// One image: in is fp32 [in_channels, height, width], out is fp32 [out_channels, out_h, out_w].
-// Writes output channels [o_begin, o_end).
-template <typename V>
-void csr_conv2d(const CsrView<V>& w, const Conv2dGeometry& g, const float* in, float* out,
-                Epilogue ep, int64_t o_begin, int64_t o_end);
+struct PackedConvLayout {
+  int64_t phase_h, phase_w;  // size of one stride phase of the padded image (Hs, Ws)
+  int64_t plane;             // phase_h * phase_w
+  int64_t wide;              // out_h * phase_w: output positions computed per channel
+  int64_t wide_padded;       // wide rounded up to a multiple of 8 (the SpMM's vector width)
+  int64_t packed_len;        // floats in a packed image, including the zero tail the SpMM may read
+};
+
+PackedConvLayout packed_conv_layout(const Conv2dGeometry& g);
+
+// Packs one image ([in_channels, height, width]) into `packed` (layout.packed_len floats).
+void pack_conv_input(const Conv2dGeometry& g, const PackedConvLayout& layout, const float* in,
+                     float* packed);
+
+// offsets[k] = packed position read by nonzero k at output position 0. The CSR is over
+// [out_channels, in_channels/groups * kh * kw] with column (c*kh + ky)*kw + kx, c local to the row's
+// group.
+void conv_tap_offsets(const int32_t* crow, const int32_t* col, const Conv2dGeometry& g,
+                      const PackedConvLayout& layout, int32_t* offsets);
+
+// out[o, oy, ox] = wide[o, oy*phase_w + ox] for channels [o_begin, o_end).
+void crop_wide_output(const Conv2dGeometry& g, const PackedConvLayout& layout, const float* wide,
+                      float* out, int64_t o_begin, int64_t o_end);
 
 }  // namespace sparse_rt::cpu

@@ -1,6 +1,7 @@
-// y = act(x @ W.T + bias) with W in CSR. x is fp32 row-major [batch, cols]; y is fp32 row-major
-// [batch, rows]. Each call computes output features [row_begin, row_end) for the whole batch, so
-// the caller can split rows across threads (the kernels never spawn threads themselves).
+// y = act(x @ W.T + bias) with W in CSR for small batches. x is fp32 row-major [batch, cols]; y is
+// fp32 row-major [batch, rows]. Each call computes output features [row_begin, row_end) for the
+// whole batch, so the caller can split rows across threads (kernels never spawn threads). Batches
+// of kTiledMinBatch and more go to the tiled SpMM (csr_spmm.h) over x transposed.
 #pragma once
 
 #include <cstdint>
@@ -15,13 +16,7 @@ template <typename V>
 void csr_linear_gather(const CsrView<V>& w, const float* x, int64_t batch, float* y, Epilogue ep,
                        int64_t row_begin, int64_t row_end);
 
-// Larger batches: x is passed transposed (xt, [cols, batch], contiguous), so each nonzero scales a
-// contiguous run of the batch (a vectorizable axpy) instead of a scalar gather.
-template <typename V>
-void csr_linear_broadcast(const CsrView<V>& w, const float* xt, int64_t batch, float* y,
-                          Epilogue ep, int64_t row_begin, int64_t row_end);
-
-// The batch size from which csr_linear_broadcast is faster than csr_linear_gather.
-constexpr int64_t kBroadcastMinBatch = 8;
+// The batch size from which the tiled SpMM beats csr_linear_gather (its narrowest tile is 8 wide).
+constexpr int64_t kTiledMinBatch = 8;
 
 }  // namespace sparse_rt::cpu

@@ -13,6 +13,7 @@
 #include "kernels/cpu/bsr_linear.h"
 #include "kernels/cpu/csr_conv2d.h"
 #include "kernels/cpu/csr_linear.h"
+#include "kernels/cpu/csr_spmm.h"
 #include "kernels/cpu/scalar_types.h"
 
 using namespace sparse_rt::cpu;
@@ -112,19 +113,22 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
   std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
   const RandomCsr m = random_csr(rows, cols, density, g);
   const std::vector<V> vals = encode_all<V>(m.val);
-  std::vector<float> x(batch * cols), xt(batch * cols), bias(rows);
+  // The tiled kernel reads x transposed with its batch padded to a multiple of 8 (padding: NaN,
+  // which must never reach a stored output).
+  const int64_t ld = (batch + 7) / 8 * 8;
+  std::vector<float> x(batch * cols), xt(ld * cols, NAN), bias(rows);
   for (auto& v : x) v = exact_value(g);
   for (auto& v : bias) v = exact_value(g);
   for (int64_t n = 0; n < batch; ++n)
-    for (int64_t k = 0; k < cols; ++k) xt[k * batch + n] = x[n * cols + k];
+    for (int64_t k = 0; k < cols; ++k) xt[k * ld + n] = x[n * cols + k];
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
   const Epilogue ep{bias.data(), relu};
-  std::vector<float> y_gather(batch * rows, NAN), y_broadcast(batch * rows, NAN);
+  std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN);
   // Two row ranges, as two threads would compute them.
   const int64_t mid = balanced_row_start(m.crow.data(), rows, 1, 2);
   for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, mid}, {mid, rows}}) {
     csr_linear_gather(w, x.data(), batch, y_gather.data(), ep, r0, r1);
-    csr_linear_broadcast(w, xt.data(), batch, y_broadcast.data(), ep, r0, r1);
+    csr_spmm(w, DenseRows{xt.data(), ld, ld}, StridedOutput{y_tiled.data(), 1, rows, batch}, ep, r0, r1);
   }
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -135,7 +139,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
                                 " batch " + std::to_string(batch) + " at (" + std::to_string(n) +
                                 ", " + std::to_string(r) + ")";
       expect(close(y_gather[n * rows + r], ref), "gather " + where);
-      expect(close(y_broadcast[n * rows + r], ref), "broadcast " + where);
+      expect(close(y_tiled[n * rows + r], ref), "tiled " + where);
     }
   }
 }
@@ -176,8 +180,19 @@ void test_conv(Conv2dGeometry g, double density) {
   for (auto& v : in) v = exact_value(rng);
   for (auto& v : bias) v = exact_value(rng);
   std::vector<float> out(g.out_channels * g.out_h * g.out_w, NAN);
-  const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), g.out_channels, cin_g * g.kh * g.kw};
-  csr_conv2d(w, g, in.data(), out.data(), Epilogue{bias.data(), true}, 0, g.out_channels);
+  // The binding's pipeline: pack the image, turn columns into tap offsets, SpMM the wide output
+  // (odd widths take the scalar tail: width = wide, not wide_padded), crop.
+  const PackedConvLayout layout = packed_conv_layout(g);
+  std::vector<float> packed(layout.packed_len), wide(g.out_channels * layout.wide_padded, NAN);
+  std::vector<int32_t> offsets(m.col.size());
+  pack_conv_input(g, layout, in.data(), packed.data());
+  conv_tap_offsets(m.crow.data(), m.col.data(), g, layout, offsets.data());
+  const CsrView<V> w{m.crow.data(), offsets.data(), vals.data(), g.out_channels, cin_g * g.kh * g.kw};
+  const int64_t width = g.in_channels % 2 ? layout.wide : layout.wide_padded;
+  csr_spmm(w, DenseRows{packed.data(), 1, width},
+           StridedOutput{wide.data(), layout.wide_padded, 1, layout.wide}, Epilogue{bias.data(), true},
+           0, g.out_channels);
+  crop_wide_output(g, layout, wide.data(), out.data(), 0, g.out_channels);
   for (int64_t o = 0; o < g.out_channels; ++o) {
     for (int64_t oy = 0; oy < g.out_h; ++oy) {
       for (int64_t ox = 0; ox < g.out_w; ++ox) {
@@ -217,6 +232,8 @@ void test_value_type() {
   test_conv<V>({6, 12, 11, 6, 0, 0, 3, 5, 1, 2, 2, 1, 2, 1, 3}, 0.4);
   test_conv<V>({4, 9, 9, 4, 0, 0, 3, 3, 3, 1, 0, 4, 1, 3, 4}, 0.6);
   test_conv<V>({3, 5, 5, 2, 0, 0, 7, 7, 1, 1, 3, 3, 1, 1, 1}, 1.0);
+  test_conv<V>({5, 13, 11, 7, 0, 0, 3, 3, 2, 3, 1, 2, 2, 1, 1}, 0.5);  // stride and dilation together
+  test_conv<V>({16, 70, 70, 4, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.2);  // 64-wide tiles
   test_conv<V>({8, 6, 6, 8, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.0);
 }
 

@@ -1,6 +1,9 @@
 #include <torch/library.h>
 
+#include <limits>
+
 #include "../../kernels/cpu/csr_conv2d.h"
+#include "../../kernels/cpu/csr_spmm.h"
 #include "../checks.h"
 #include "cpu_common.h"
 
@@ -33,17 +36,42 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const cpu::Conv2dGeometry g{in_channels, input.size(2), input.size(3), info.rows, out_hw[0],
                                 out_hw[1], kernel_size[0], kernel_size[1], stride[0], stride[1],
                                 padding[0], padding[1], dilation[0], dilation[1], groups};
-    const int64_t in_image = in_channels * g.height * g.width, out_image = info.rows * out_hw[0] * out_hw[1];
+    const cpu::PackedConvLayout layout = cpu::packed_conv_layout(g);
+    TORCH_CHECK(layout.packed_len < std::numeric_limits<int32_t>::max(), "sparse_rt.", op,
+                ": an input image of ", layout.packed_len, " packed floats exceeds int32 offsets");
+    const int64_t in_image = in_channels * g.height * g.width, out_image = y[0].numel();
+    // The output is computed "wide" (rows of phase_w columns); when phase_w == out_w the wide rows
+    // are the output rows and the kernel writes y directly, otherwise a buffer is cropped into y.
+    const bool crop = layout.phase_w != g.out_w;
+    at::Tensor packed = at::empty({batch, layout.packed_len}, x.options());
+    at::Tensor offsets = at::empty({info.nnz}, crow.options());
+    at::Tensor wide = crop ? at::empty({batch, info.rows, layout.wide_padded}, x.options()) : at::Tensor();
+    cpu::conv_tap_offsets(crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(), g, layout,
+                          offsets.mutable_data_ptr<int32_t>());
     const float* xp = x.const_data_ptr<float>();
+    float* packed_p = packed.mutable_data_ptr<float>();
+    at::parallel_for(0, batch, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        cpu::pack_conv_input(g, layout, xp + n * in_image, packed_p + n * layout.packed_len);
+      }
+    });
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();
     dispatch_value_type(values.scalar_type(), [&](auto tag) {
       using V = decltype(tag);
-      const cpu::CsrView<V> w{crow_p, col.const_data_ptr<int32_t>(), values_ptr<V>(values),
+      // Column indices of the SpMM are the tap offsets into the packed image.
+      const cpu::CsrView<V> w{crow_p, offsets.const_data_ptr<int32_t>(), values_ptr<V>(values),
                               info.rows, cols};
-      parallel_over_rows(crow_p, info.rows, batch, (info.nnz + info.rows) * out_image / info.rows,
+      parallel_over_rows(crow_p, info.rows, batch, info.nnz * layout.wide,
                          [&](int64_t n, int64_t o0, int64_t o1) {
-                           cpu::csr_conv2d(w, g, xp + n * in_image, yp + n * out_image, ep, o0, o1);
+                           const cpu::DenseRows b{packed_p + n * layout.packed_len, 1, layout.wide_padded};
+                           if (crop) {
+                             float* wide_p = wide.mutable_data_ptr<float>() + n * info.rows * layout.wide_padded;
+                             cpu::csr_spmm(w, b, {wide_p, layout.wide_padded, 1, layout.wide}, ep, o0, o1);
+                             cpu::crop_wide_output(g, layout, wide_p, yp + n * out_image, o0, o1);
+                           } else {
+                             cpu::csr_spmm(w, b, {yp + n * out_image, layout.wide, 1, layout.wide}, ep, o0, o1);
+                           }
                          });
     });
   }

@@ -1,6 +1,9 @@
 #include <torch/library.h>
 
+#include <ATen/ops/zeros.h>
+
 #include "../../kernels/cpu/csr_linear.h"
+#include "../../kernels/cpu/csr_spmm.h"
 #include "../checks.h"
 #include "cpu_common.h"
 #include "linear_common.h"
@@ -22,10 +25,14 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
   if (flat.batch > 0 && info.rows > 0) {
     const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;
     const cpu::Epilogue ep = make_epilogue(bias32, relu);
-    const bool broadcast = flat.batch >= cpu::kBroadcastMinBatch;
-    // The broadcast kernel wants the batch contiguous per input feature.
-    const at::Tensor x = broadcast ? flat.x.t().contiguous() : flat.x;
-    const float* xp = x.const_data_ptr<float>();
+    const bool tiled = flat.batch >= cpu::kTiledMinBatch;
+    // The tiled SpMM reads x transposed, its batch padded with zeros to a multiple of 8.
+    const int64_t ld = (flat.batch + 7) / 8 * 8;
+    at::Tensor xt;
+    if (tiled) {
+      xt = at::zeros({in_features, ld}, flat.x.options());
+      xt.narrow(1, 0, flat.batch).copy_(flat.x.t());
+    }
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();
     dispatch_value_type(values.scalar_type(), [&](auto tag) {
@@ -34,10 +41,12 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
                               info.rows, in_features};
       parallel_over_rows(crow_p, info.rows, 1, info.nnz * flat.batch,
                          [&](int64_t, int64_t r0, int64_t r1) {
-                           if (broadcast) {
-                             cpu::csr_linear_broadcast(w, xp, flat.batch, yp, ep, r0, r1);
+                           if (tiled) {
+                             cpu::csr_spmm(w, {xt.const_data_ptr<float>(), ld, ld},
+                                           {yp, 1, info.rows, flat.batch}, ep, r0, r1);
                            } else {
-                             cpu::csr_linear_gather(w, xp, flat.batch, yp, ep, r0, r1);
+                             cpu::csr_linear_gather(w, flat.x.const_data_ptr<float>(), flat.batch,
+                                                    yp, ep, r0, r1);
                            }
                          });
     });

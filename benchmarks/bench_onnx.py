@@ -1,0 +1,135 @@
+"""onnxruntime: the dense ONNX export vs sparse_rt's two flavours, file sizes and batch-1 latency.
+
+    python benchmarks/bench_onnx.py                      # ResNet-50 and BERT-base encoder at 90%
+    python benchmarks/bench_onnx.py --models resnet50 --runs 20 --threads 2
+
+Each model is magnitude-pruned (first conv left dense), converted, and exported three times:
+dense (torch.onnx.export of the pruned nn.Module), portable and sparse. The three onnxruntime
+sessions run the same input interleaved, after warm-up; medians are reported. Writes
+benchmarks/results/onnx-DATE.json with the machine, versions, thread settings and every figure.
+"""
+
+import argparse
+import os
+import sys
+
+# sparse_rt's kernels run on OpenMP threads next to onnxruntime's pool; spinning OpenMP workers
+# would steal the cores onnxruntime's next node needs. Must be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from importlib import metadata  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import sparse_rt  # noqa: E402
+import sparse_rt.onnx  # noqa: E402
+from sparse_rt import models  # noqa: E402
+
+MODELS = {"resnet50": ((1, 3, 224, 224), ("conv1",)), "bert_encoder": ((1, 128, 768), ())}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _versions():
+    names = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-extensions", "numpy")
+    out = {"python": platform.python_version(), "sparse_rt": sparse_rt.__version__}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _bytes(path):
+    extra = path + ".data"
+    return os.path.getsize(path) + (os.path.getsize(extra) if os.path.exists(extra) else 0)
+
+
+def bench_model(name, sparsity, threads, runs, workdir, echo):
+    shape, keep_dense = MODELS[name]
+    torch.manual_seed(0)
+    pruned = sparse_rt.magnitude_prune(models.create(name).eval(), sparsity, exclude=keep_dense)
+    model = sparse_rt.sparsify(pruned).eval()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    paths = {flavor: os.path.join(workdir, f"{name}-{flavor}.onnx") for flavor in ("dense", "portable", "sparse")}
+    torch.onnx.export(pruned, (x,), paths["dense"], dynamo=True, external_data=False, verbose=False)
+    checks = {}
+    for flavor in ("portable", "sparse"):
+        result = sparse_rt.onnx.export(model, paths[flavor], x, flavor=flavor, check=True)
+        checks[flavor] = result.max_rel_diff
+        echo(f"  {result}")
+    sizes = {flavor: _bytes(p) for flavor, p in paths.items()}
+
+    options = dict(intra_op_num_threads=threads, inter_op_num_threads=1)
+    sessions = {
+        "dense": sparse_rt.onnx.session(paths["dense"], register_ops=False, **options),
+        "portable": sparse_rt.onnx.session(paths["portable"], register_ops=False, **options),
+        # onnxruntime's own workers must not spin while sparse_rt's kernel holds the cores
+        "sparse": sparse_rt.onnx.session(paths["sparse"], config={"session.intra_op.allow_spinning": "0"}, **options),
+    }
+    feed = x.numpy()
+    samples = {k: [] for k in sessions}
+    for _ in range(2):  # warm-up
+        for sess in sessions.values():
+            sess.run(None, {sess.get_inputs()[0].name: feed})
+    for _ in range(runs):
+        for key, sess in sessions.items():
+            inputs = {sess.get_inputs()[0].name: feed}
+            t0 = time.perf_counter()
+            sess.run(None, inputs)
+            samples[key].append(time.perf_counter() - t0)
+    ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    row = {
+        "input_shape": list(shape), "dense_layers": list(keep_dense), "sparsity": sparsity,
+        "bytes": sizes,
+        "size_vs_dense": {k: sizes[k] / sizes["dense"] for k in ("portable", "sparse")},
+        "median_ms": ms, "runs": runs,
+        "speedup_vs_dense": {k: ms["dense"] / ms[k] for k in ("portable", "sparse")},
+        "max_rel_diff_vs_pytorch": checks,
+    }
+    echo(f"  size vs dense: portable {row['size_vs_dense']['portable']:.1%}, sparse {row['size_vs_dense']['sparse']:.1%}")
+    echo(f"  median ms: dense {ms['dense']:.1f}, portable {ms['portable']:.1f}, sparse {ms['sparse']:.1f} "
+         f"-> sparse {row['speedup_vs_dense']['sparse']:.2f}x faster than dense")
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="onnxruntime intra-op threads and torch threads (default: torch's)")
+    p.add_argument("--runs", type=int, default=15, help="timed runs per session, interleaved")
+    p.add_argument("--out", default=None, help="result file (default benchmarks/results/onnx-DATE.json)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    report = {
+        "date": now.isoformat(timespec="seconds"),
+        "command": "python " + " ".join([os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())},
+        "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "versions": _versions(), "models": {},
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            print(f"{name} at {args.sparsity:.0%}, batch 1, {args.threads} threads")
+            report["models"][name] = bench_model(name, args.sparsity, args.threads, args.runs, workdir, print)
+    report["machine"]["load_average_after"] = list(os.getloadavg())
+    out = args.out or os.path.join(RESULTS, f"onnx-{now.date().isoformat()}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+#include "csr_spmm.h"
+
+#include <algorithm>
+
+#include "isa.h"
+#include "scalar_types.h"
+
+namespace sparse_rt::cpu {
+namespace {
+
+// 16 or 8 floats as one value: in the AVX-512 clone a vec16 is a zmm register, in the AVX2 clone
+// two ymm, otherwise four xmm. Explicit vectors keep the tile in registers; left to itself the
+// compiler vectorizes across nonzeros with gathers instead.
+typedef float vec16 __attribute__((vector_size(64)));
+// Vectors never cross a function boundary (the helpers below are always inlined), so GCC's note
+// about their calling convention differing between ISA levels does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vec8 __attribute__((vector_size(32)));
+
+template <typename Vec>
+[[gnu::always_inline]] inline Vec load(const float* p) {
+  Vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// One row, output columns [q0, q0 + VECS * lanes); always inlined, so that each ISA clone of
+// csr_spmm compiles it for its own vector width. Each nonzero costs VECS loads and FMAs. Narrow
+// tiles split the nonzeros over several partial sums so that consecutive FMAs don't wait on each
+// other's latency (about four cycles): four independent chains keep the FMA unit busy.
+template <typename Vec, int VECS, typename V>
+[[gnu::always_inline]] inline void row_tile(const CsrView<V>& w, const DenseRows& b, const StridedOutput& y,
+                     const Epilogue& ep, int64_t r, int64_t q0) {
+  constexpr int kLanes = sizeof(Vec) / sizeof(float);
+  constexpr int kPartials = VECS >= 4 ? 1 : 4 / VECS;
+  Vec acc[kPartials][VECS] = {};
+  const int64_t begin = w.crow[r], end = w.crow[r + 1];
+  int64_t k = begin;
+  for (; k + kPartials <= end; k += kPartials) {
+    for (int p = 0; p < kPartials; ++p) {
+      const float v = to_float(w.values[k + p]);
+      const float* src = b.data + int64_t(w.col[k + p]) * b.ld + q0;
+      for (int i = 0; i < VECS; ++i) acc[p][i] += v * load<Vec>(src + kLanes * i);
+    }
+  }
+  for (; k < end; ++k) {
+    const float v = to_float(w.values[k]);
+    const float* src = b.data + int64_t(w.col[k]) * b.ld + q0;
+    for (int i = 0; i < VECS; ++i) acc[0][i] += v * load<Vec>(src + kLanes * i);
+  }
+  for (int p = 1; p < kPartials; ++p) {
+    for (int i = 0; i < VECS; ++i) acc[0][i] += acc[p][i];
+  }
+  // Spill the finished tile once; indexing the vectors element-wise here would keep them in
+  // memory during the loop above.
+  float tile[VECS * kLanes];
+  __builtin_memcpy(tile, acc[0], sizeof tile);
+  float* out = y.data + r * y.row_stride;
+  const int64_t stored = std::min<int64_t>(VECS * kLanes, y.columns - q0);
+  for (int64_t j = 0; j < stored; ++j) out[(q0 + j) * y.col_stride] = ep.apply(tile[j], r);
+}
+
+// Columns past the last multiple of 8, one at a time (callers pad the width to avoid them).
+template <typename V>
+inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOutput& y,
+                       const Epilogue& ep, int64_t r, int64_t q) {
+  float acc = 0.f;
+  for (int64_t k = w.crow[r]; k < w.crow[r + 1]; ++k) {
+    acc += to_float(w.values[k]) * b.data[int64_t(w.col[k]) * b.ld + q];
+  }
+  if (q < y.columns) y.data[r * y.row_stride + q * y.col_stride] = ep.apply(acc, r);
+}
+
+}  // namespace
+
+template <typename V>
+SPARSE_RT_MULTIVERSION void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y,
+                                     Epilogue ep, int64_t row_begin, int64_t row_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    int64_t q = 0;
+    for (; q + 64 <= b.width; q += 64) row_tile<vec16, 4>(w, b, y, ep, r, q);
+    for (; q + 32 <= b.width; q += 32) row_tile<vec16, 2>(w, b, y, ep, r, q);
+    for (; q + 16 <= b.width; q += 16) row_tile<vec16, 1>(w, b, y, ep, r, q);
+    for (; q + 8 <= b.width; q += 8) row_tile<vec8, 1>(w, b, y, ep, r, q);
+    for (; q < b.width; ++q) row_column(w, b, y, ep, r, q);
+  }
+}
+
+template void csr_spmm<float>(const CsrView<float>&, const DenseRows&, StridedOutput, Epilogue,
+                              int64_t, int64_t);
+template void csr_spmm<half_t>(const CsrView<half_t>&, const DenseRows&, StridedOutput, Epilogue,
+                               int64_t, int64_t);
+template void csr_spmm<bfloat16_t>(const CsrView<bfloat16_t>&, const DenseRows&, StridedOutput,
+                                   Epilogue, int64_t, int64_t);
+
+}  // namespace sparse_rt::cpu

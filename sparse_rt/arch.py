@@ -1,0 +1,73 @@
+"""Architectures named by a spec: a zoo name ("cifar_resnet") or an import string
+("pkg.module:factory"), plus JSON-serializable keyword arguments. The spec is what a .srt file
+records so that the model can be rebuilt."""
+
+import importlib
+import json
+
+from torch import nn
+
+from . import models
+
+
+class ArchitectureError(ValueError):
+    """The architecture cannot be built from what was given."""
+
+
+def is_import_string(name):
+    return ":" in name
+
+
+def build_arch(arch, kwargs=None):
+    """Returns (module, spec). `arch` is an nn.Module (used as is; spec None, since a module
+    instance cannot be recorded), a zoo name or "pkg.module:factory"; `kwargs` go to the factory.
+    spec is {"name": arch, "kwargs": kwargs}."""
+    kwargs = dict(kwargs or {})
+    if isinstance(arch, nn.Module):
+        if kwargs:
+            raise ArchitectureError("arch_kwargs apply to a zoo name or an import string, not to an "
+                                    "nn.Module instance")
+        return arch, None
+    if not isinstance(arch, str) or not arch:
+        raise ArchitectureError(f"arch must be an nn.Module, a zoo name or 'pkg.module:factory', "
+                                f"got {arch!r}")
+    try:
+        json.dumps(kwargs)
+    except TypeError as e:
+        raise ArchitectureError(f"arch_kwargs for {arch!r} must be JSON values (they are recorded in "
+                                f"the .srt file): {e}") from None
+    module = _from_import_string(arch, kwargs) if is_import_string(arch) else _from_zoo(arch, kwargs)
+    return module, {"name": arch, "kwargs": kwargs}
+
+
+def _from_zoo(name, kwargs):
+    if name not in models.names():
+        raise ArchitectureError(f"arch {name!r} is neither a zoo model ({', '.join(models.names())}) "
+                                "nor an import string 'pkg.module:factory'")
+    try:
+        return models.create(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ArchitectureError(str(e)) from None
+
+
+def _from_import_string(spec, kwargs):
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise ArchitectureError(f"import string {spec!r} must look like 'pkg.module:factory'")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ArchitectureError(f"arch {spec!r}: cannot import {module_name!r}: {e}") from None
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise ArchitectureError(f"arch {spec!r}: {obj.__name__!r} has no attribute {attr!r}")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise ArchitectureError(f"arch {spec!r} is not callable")
+    try:
+        module = obj(**kwargs)
+    except TypeError as e:
+        raise ArchitectureError(f"arch {spec!r} rejected the keyword arguments {kwargs}: {e}") from None
+    if not isinstance(module, nn.Module):
+        raise ArchitectureError(f"arch {spec!r} returned a {type(module).__name__}, not an nn.Module")
+    return module

@@ -1,0 +1,92 @@
+"""Measured format choice: time each layer dense and sparse on its real input and keep the faster,
+remembering the verdict on disk per layer shape, input shape, dtype, thread count and machine."""
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from . import __version__
+
+# sparse_rt.bench and sparse_rt.io import sparse_rt.model, which imports this module: their pieces
+# are imported where they are used.
+
+
+def default_cache_path():
+    root = os.environ.get("SPARSE_RT_CACHE_DIR") or Path.home() / ".cache" / "sparse_rt"
+    return Path(root) / "autotune.json"
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class AutotuneCache:
+    """{key: {"format", "dense_s", "sparse_s"}} in a JSON file, written atomically."""
+
+    def __init__(self, path=None):
+        self.path = Path(path) if path else default_cache_path()
+        try:
+            self.entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}  # a missing or unreadable cache is only a cold cache
+
+    @staticmethod
+    def key(layer, x, nnz):
+        """Identifies a measurement by what decides it, never by the layer's name."""
+        parts = [type(layer).__name__, tuple(layer.weight.shape), nnz, tuple(x.shape), str(x.dtype),
+                 getattr(layer, "stride", None), getattr(layer, "padding", None),
+                 getattr(layer, "dilation", None), getattr(layer, "groups", None),
+                 torch.get_num_threads(), _cpu_model(), __version__]
+        return repr(parts)
+
+    def save(self):
+        from .io.atomic import atomic_write
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.path, "w") as f:
+            json.dump(self.entries, f, indent=0, sort_keys=True)
+
+
+def capture_layer_inputs(model, example_inputs, names):
+    """{name: first positional input} of the named submodules during one forward pass."""
+    captured, handles = {}, []
+    for name in names:
+        def hook(module, args, name=name):
+            captured.setdefault(name, args[0].detach())
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def measure(dense_layer, sparse_layer, x, nnz, cache):
+    """Returns (format of the faster, reason); consults and fills `cache`."""
+    from .bench.timing import compare_latency, median
+
+    key = cache.key(dense_layer, x, nnz)
+    entry = cache.entries.get(key)
+    source = "cached autotune"
+    if entry is None:
+        with torch.inference_mode():
+            samples = compare_latency({"dense": lambda: dense_layer(x), "sparse": lambda: sparse_layer(x)},
+                                      warmup=0.01, min_time=0.05, min_rounds=5)
+        dense_s, sparse_s = median(samples["dense"]), median(samples["sparse"])
+        entry = {"format": "csr" if sparse_s < dense_s else "dense", "dense_s": dense_s, "sparse_s": sparse_s}
+        cache.entries[key] = entry
+        source = "autotuned"
+    ratio = entry["dense_s"] / entry["sparse_s"]
+    return entry["format"], (f"{source}: sparse {entry['sparse_s'] * 1e3:.3f} ms vs dense "
+                             f"{entry['dense_s'] * 1e3:.3f} ms ({ratio:.2f}x)")

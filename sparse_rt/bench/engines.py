@@ -1,0 +1,173 @@
+"""The engines a benchmark compares: sparse_rt itself and its baselines, each a callable x -> y.
+
+dense         the same model with every sparse layer turned back into nn.Linear / nn.Conv2d
+torch-sparse  the dense model with the layers sparse_rt runs sparse holding torch.sparse CSR
+              weights (torch.sparse.mm; convolutions as unfold + sparse mm)
+onnxruntime   the dense model exported to ONNX (torch.onnx.export, dynamo) in stock onnxruntime
+"""
+
+import copy
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import replace_submodule
+from ..nn import SparseConv2d, SparseLinear
+
+BASELINES = ("dense", "torch-sparse", "onnxruntime")
+
+
+@dataclass
+class Engine:
+    name: str
+    prepare: object  # x -> zero-argument callable returning the output for x
+    note: str = ""
+    graphable: bool = True  # a torch module CUDA graphs can capture
+
+
+class EngineUnavailable(RuntimeError):
+    """This engine cannot run here; the message says why (recorded in the report)."""
+
+
+def parse_baselines(spec):
+    names = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    return list(dict.fromkeys(names))
+
+
+def densify(module):
+    """A copy of `module` whose SparseLinear / SparseConv2d layers are nn.Linear / nn.Conv2d with
+    the same (zero-filled) weights."""
+    dense = copy.deepcopy(module)
+    for name, layer in list(dense.named_modules()):
+        if isinstance(layer, SparseLinear):
+            new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        elif isinstance(layer, SparseConv2d):
+            new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                            layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None)
+        else:
+            continue
+        weight = layer.dense_weight()
+        new = new.to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(weight)
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        replace_submodule(dense, name, new)
+    return dense.eval()
+
+
+def _to_csr(weight):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return weight.to_sparse_csr()
+
+
+class TorchSparseLinear(nn.Module):
+    def __init__(self, linear):
+        super().__init__()
+        self.weight = _to_csr(linear.weight.detach())
+        self.bias = linear.bias
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        y = torch.sparse.mm(self.weight, flat.t()).t()
+        y = y + self.bias if self.bias is not None else y
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class TorchSparseConv2d(nn.Module):
+    """conv2d as W_csr @ unfold(x), the way torch.sparse runs a convolution."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.weight = _to_csr(conv.weight.detach().reshape(conv.out_channels, -1))
+        self.bias = conv.bias
+        self.conv = dict(kernel_size=conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                         stride=conv.stride)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        cols = F.unfold(x, **self.conv)  # [N, Cin*kh*kw, L]
+        k, positions = cols.shape[1:]
+        y = torch.sparse.mm(self.weight, cols.transpose(0, 1).reshape(k, n * positions))
+        y = y.reshape(-1, n, positions).transpose(0, 1)
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        (kh, kw), (sh, sw) = self.conv["kernel_size"], self.conv["stride"]
+        (ph, pw), (dh, dw) = self.conv["padding"], self.conv["dilation"]
+        out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        return y.reshape(n, -1, out_h, positions // out_h)
+
+
+def torch_sparse_model(dense, summary):
+    """(model, note): `dense` with the layers the plan runs sparse holding torch.sparse CSR
+    weights; grouped convolutions stay dense (torch.sparse.mm has no grouped form)."""
+    model = copy.deepcopy(dense)
+    kept = []
+    for row in summary:
+        if row.format == "dense":
+            continue
+        layer = model.get_submodule(row.name)
+        if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or isinstance(layer.padding, str)):
+            kept.append(row.name)
+            continue
+        replace_submodule(model, row.name, (TorchSparseLinear if isinstance(layer, nn.Linear)
+                                            else TorchSparseConv2d)(layer))
+    note = (f"{len(kept)} grouped or string-padded conv layer(s) left dense: {', '.join(kept[:4])}"
+            f"{', ...' if len(kept) > 4 else ''}" if kept else "")
+    return model.eval(), note
+
+
+def onnxruntime_engine(dense, example, directory, *, threads, device):
+    """Exports `dense` (batch dimension dynamic) to ONNX under `directory` and returns an Engine
+    running it in onnxruntime with `threads` intra-op threads."""
+    try:
+        import onnxruntime as ort
+
+        from ..onnx import session
+    except ImportError as e:
+        raise EngineUnavailable(f"onnxruntime or onnx is not installed ({e})") from None
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise EngineUnavailable("this onnxruntime has no CUDAExecutionProvider")
+        providers.insert(0, "CUDAExecutionProvider")
+    path = os.path.join(directory, "dense.onnx")
+    # sparse_rt.onnx.export fixes the input shapes; exported here with a dynamic batch dimension,
+    # one export serves every batch size. A batch of 2 keeps the exporter from specializing the batch dimension to 1.
+    sample = example[:1].expand(2, *example.shape[1:]).contiguous().cpu()
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # the exporter warns about unrelated missing torchvision ops
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(copy.deepcopy(dense).cpu(), (sample,), path, dynamo=True, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as e:  # the exporter raises many types; any of them means no ONNX baseline
+        raise EngineUnavailable(f"torch.onnx.export failed: {type(e).__name__}: {str(e)[:300]}") from None
+    finally:
+        onnx_logger.setLevel(level)
+    sess = session(path, register_ops=False, providers=providers,
+                   **({"intra_op_num_threads": threads} if threads else {}))
+    input_name = sess.get_inputs()[0].name
+
+    def prepare(x):
+        # Host arrays in and out (the plain onnxruntime API); for CUDA this includes the copies.
+        feed = {input_name: x.detach().cpu().numpy()}
+        return lambda: sess.run(None, feed)[0]
+
+    note = "host numpy in/out (copies included)" if device.type == "cuda" else ""
+    return Engine("onnxruntime", prepare, note, graphable=False)
+
+
+def torch_engine(name, module, note=""):
+    return Engine(name, lambda x: (lambda: module(x)), note)

@@ -1,0 +1,61 @@
+"""What every result file records about where it was measured (machine, versions, date)."""
+
+import datetime
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def _cpuinfo():
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model():
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def physical_cores():
+    """Distinct (physical id, core id) pairs of /proc/cpuinfo; None where it does not say."""
+    cores, socket = set(), None
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            socket = value.strip()
+        elif key.strip() == "core id":
+            cores.add((socket, value.strip()))
+    return len(cores) or None
+
+
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info():
+    """{"date", "machine": {cpu, cores, physical_cores, threads, platform, gpu, load_average_1m},
+    "versions": {python, torch, cuda, sparse_rt, sparse_rt_build, numpy, onnxruntime}}."""
+    import sparse_rt
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "physical_cores": physical_cores(),
+                    "threads": torch.get_num_threads(), "platform": platform.platform(), "gpu": gpu,
+                    # other processes competing for the cores make every number here slower
+                    "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "cuda": torch.version.cuda, "sparse_rt": sparse_rt.__version__,
+                     "sparse_rt_build": sparse_rt.ops.build_info(), "numpy": _version("numpy"),
+                     "onnxruntime": _version("onnxruntime")},
+    }

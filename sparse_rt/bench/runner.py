@@ -1,0 +1,320 @@
+"""sparse_rt.bench.run: sparse_rt against its baselines, interleaved in one run, with ShrinkBench
+metrics and a per-layer time profile; returns a BenchReport."""
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import models
+from ..convert import parse_dtype
+from ..metrics import model_metrics
+from ..model import SparseModel, sparsify
+from ..pruning import magnitude_prune
+from .engines import (BASELINES, EngineUnavailable, densify, onnxruntime_engine, parse_baselines,
+                      torch_engine, torch_sparse_model)
+from .machine import machine_info
+from .report import BenchReport
+from .stats import latency_stats
+from .timing import compare_latency, layer_times
+
+SUBJECT = "sparse_rt"
+
+
+@dataclass
+class _Variant:
+    sparsity: float  # None when the model came pruned
+    model: SparseModel
+
+
+def load_variants(model, sparsity=None, *, arch=None, seed=0):
+    """(name, [variants], per-sample input shape or None) for what `run` accepts as `model`:
+    a SparseModel; an nn.Module (pruned already, or magnitude-pruned to each `sparsity`); a .srt
+    path; a checkpoint path with `arch`; or a zoo name with `sparsity` (magnitude-pruned, seeded,
+    its first layer left dense as in `sparse-rt demo`)."""
+    from ..demo import DEMO_INPUTS  # layers magnitude pruning leaves dense, per zoo model
+
+    sparsities = _sparsities(sparsity)
+    if isinstance(model, SparseModel):
+        if sparsities:
+            raise ValueError("sparsity applies to a dense model or a zoo name, not to a SparseModel")
+        return "model", [_Variant(None, model)], _spec_shape(model.arch_spec)
+    if isinstance(model, nn.Module):
+        pruned = [(s, magnitude_prune(model, s)) for s in sparsities] or [(None, model)]
+        return type(model).__name__, [_Variant(s, sparsify(m.eval())) for s, m in pruned], None
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a SparseModel, an nn.Module or a str, got {type(model).__name__}")
+    text = os.fspath(model)
+    if text.endswith(".srt"):
+        from ..io import load
+
+        if sparsities:
+            raise ValueError("--sparsity applies to a zoo model name, not to a .srt file")
+        loaded = load(text, arch)
+        return os.path.basename(text), [_Variant(None, loaded)], _spec_shape(loaded.arch_spec)
+    if os.path.exists(text):
+        if arch is None:
+            raise ValueError(f"{text} is a checkpoint: name its architecture with --arch (a zoo name "
+                             "or 'pkg.module:factory')")
+        if sparsities:
+            raise ValueError("--sparsity applies to a zoo model name, not to a checkpoint")
+        converted = SparseModel.from_checkpoint(text, arch)
+        return os.path.basename(text), [_Variant(None, converted)], _spec_shape(converted.arch_spec)
+    if text not in models.names():
+        raise ValueError(f"model {text!r} is neither a file (.srt or checkpoint) nor a zoo model "
+                         f"({', '.join(models.names())})")
+    if not sparsities:
+        raise ValueError(f"zoo model {text!r} is dense: give --sparsity (e.g. 0.9 or 0.5,0.9) to "
+                         "magnitude-prune it")
+    torch.manual_seed(seed)
+    dense = models.create(text).eval()
+    keep_dense = DEMO_INPUTS.get(text, ((), ()))[1]
+    variants = [_Variant(s, sparsify(magnitude_prune(dense, s, exclude=keep_dense))) for s in sparsities]
+    return text, variants, models.input_shape(text)
+
+
+def _sparsities(sparsity):
+    if sparsity is None:
+        return []
+    values = [float(s) for s in sparsity.split(",")] if isinstance(sparsity, str) else (
+        [float(s) for s in sparsity] if isinstance(sparsity, (list, tuple)) else [float(sparsity)])
+    for s in values:
+        if not 0.0 <= s < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {s}")
+    return values
+
+
+def _spec_shape(spec):
+    if spec and spec["name"] in models.names():
+        return models.input_shape(spec["name"], **spec.get("kwargs", {}))
+    return None
+
+
+def _model_dtype(model):
+    floating = (t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+    return next(floating, torch.ones(0)).dtype
+
+
+def _batches(batch, inputs):
+    if batch is None:
+        return [inputs.shape[0]] if isinstance(inputs, torch.Tensor) else [1]
+    values = [int(b) for b in batch.split(",")] if isinstance(batch, str) else (
+        [int(b) for b in batch] if isinstance(batch, (list, tuple)) else [int(batch)])
+    if not values or min(values) < 1:
+        raise ValueError(f"batch sizes must be positive integers, got {batch!r}")
+    return values
+
+
+def _input_maker(inputs, shape, seed, device, dtype):
+    """batch size -> input tensor: rows of `inputs` (a tensor, cycled to the batch size) or seeded
+    random normal samples of `inputs` / `shape` (a per-sample shape)."""
+    if isinstance(inputs, torch.Tensor):
+        if inputs.dim() < 1 or inputs.shape[0] < 1:
+            raise ValueError("inputs must be a tensor with a nonempty batch dimension")
+        return lambda b: inputs[torch.arange(b) % inputs.shape[0]].to(device=device, dtype=dtype)
+    shape = tuple(inputs) if inputs is not None else shape
+    if shape is None:
+        raise ValueError("the input shape is unknown for this model: pass inputs (a tensor) or a "
+                         "per-sample shape (--input-shape, e.g. 3,224,224)")
+    return lambda b: torch.randn(b, *shape, generator=torch.Generator().manual_seed(seed)).to(
+        device=device, dtype=dtype)
+
+
+def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=BASELINES, device="cpu",
+        dtype=None, threads=None, warmup=2.0, time=10.0, min_iterations=1, cuda_graphs=False, seed=0,
+        progress=False):
+    """Benchmarks sparse_rt against `baselines` ('dense', 'torch-sparse', 'onnxruntime') and returns
+    a BenchReport (print it, .to_json(), .to_csv(), .plot()).
+
+    model:     a SparseModel, an nn.Module (already pruned, or pruned here to each `sparsity`),
+               a .srt path, a checkpoint path with `arch`, or a zoo name with `sparsity`.
+    inputs:    a tensor (its rows are cycled to each batch size) or a per-sample shape such as
+               (3, 224, 224) for seeded random inputs; None takes the zoo model's standard shape.
+    batch:     batch sizes ("1,8,32" or [1, 8, 32]); sparsity: one value or several ("0.5,0.9").
+    warmup:    seconds each engine runs before timing, per batch size (0: none).
+    time:      seconds of interleaved timing rounds per batch size, at least `min_iterations` rounds.
+    threads:   torch (and onnxruntime) intra-op threads for the run; dtype: 'fp32', 'fp16', 'bf16'.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device 'cuda' requested, but CUDA is not available (torch {torch.__version__})")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError("cuda_graphs needs device='cuda'")
+    if warmup < 0 or time < 0 or min_iterations < 1:
+        raise ValueError("warmup and time must be >= 0 and min_iterations >= 1")
+    dtype = parse_dtype(dtype)
+    baselines = parse_baselines(baselines)
+    batches = _batches(batch, inputs)
+    name, variants, shape = load_variants(model, sparsity, arch=arch, seed=seed)
+    dtype = dtype or _model_dtype(variants[0].model)
+    make_input = _input_maker(inputs, shape, seed, device, dtype)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        settings = _Settings(baselines, batches, device, threads, warmup, time, min_iterations, cuda_graphs)
+        data = {**machine_info(), "model": {"name": name, "input_shape": list(make_input(1).shape[1:])},
+                "config": {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                           "threads": torch.get_num_threads(), "batches": batches, "baselines": baselines,
+                           "warmup_s": warmup, "time_s": time, "min_iterations": min_iterations,
+                           "cuda_graphs": cuda_graphs, "seed": seed},
+                "variants": []}
+        with _progress(progress, len(variants) * len(batches)) as step, torch.inference_mode():
+            for variant in variants:
+                sparse = variant.model.to(device=device, dtype=dtype).eval()
+                data["variants"].append({"sparsity": variant.sparsity,
+                                         **_bench_model(sparse, make_input, settings, step, variant.sparsity)})
+    finally:
+        torch.set_num_threads(previous_threads)
+    return BenchReport(data)
+
+
+@dataclass
+class _Settings:
+    baselines: list
+    batches: list
+    device: torch.device
+    threads: int
+    warmup: float
+    seconds: float
+    min_iterations: int
+    cuda_graphs: bool
+
+
+def _bench_model(sparse, make_input, settings, step, sparsity):
+    """{metrics, engines, results, layers, forward_ms} of one SparseModel over the batch sizes."""
+    module, cuda = sparse.module, settings.device.type == "cuda"
+    engines, status = _build_engines(sparse, settings.baselines, make_input(1), settings.device, settings.threads)
+    metrics = model_metrics(module, tuple(make_input(1).shape[1:]))
+    results, profiles = [], []
+    for b in settings.batches:
+        step(("" if sparsity is None else f"sparsity {sparsity:g}, ") + f"batch {b}")
+        x = make_input(b)
+        fns = _prepare(engines, status, x, settings.cuda_graphs, check=b == settings.batches[0])
+        samples = compare_latency(fns, warmup=settings.warmup, min_time=settings.seconds,
+                                  min_rounds=settings.min_iterations, cuda=cuda)
+        stats = {name: latency_stats(s, b) for name, s in samples.items()}
+        for name, s in stats.items():
+            speedup = None if name == SUBJECT else s["p50_ms"] / stats[SUBJECT]["p50_ms"]
+            results.append({"batch": b, "engine": name, **s, "speedup": speedup})
+        profiles.append(layer_times(module, lambda: sparse(x), max_seconds=settings.seconds / 4, cuda=cuda))
+    return {"metrics": metrics.as_dict(), "engines": status, "results": results,
+            "layers": _layer_rows(module, sparse.summary(), metrics, profiles),
+            "forward_ms": [wall * 1e3 for _, wall in profiles]}
+
+
+def _build_engines(sparse, baselines, example, device, threads):
+    """({name: Engine}, {name: status dict}); a baseline that cannot run is recorded, not fatal."""
+    dense = densify(sparse.module)
+    engines = {SUBJECT: torch_engine(SUBJECT, sparse)}
+    status = {SUBJECT: {"status": "ok", "note": ""}}
+    with tempfile.TemporaryDirectory(prefix="sparse_rt_bench_") as tmp:
+        for name in baselines:
+            try:
+                if name == "dense":
+                    engine = torch_engine(name, dense)
+                elif name == "torch-sparse":
+                    engine = torch_engine(name, *torch_sparse_model(dense, sparse.summary()))
+                else:
+                    engine = onnxruntime_engine(dense, example, tmp, threads=threads, device=device)
+            except EngineUnavailable as e:
+                status[name] = {"status": "unavailable", "note": str(e)}
+                continue
+            engines[name] = engine
+            status[name] = {"status": "ok", "note": engine.note}
+    return engines, status
+
+
+def _prepare(engines, status, x, cuda_graphs, check):
+    """{name: zero-argument callable} for input x. With `check` (the first batch size; the weights
+    and code paths are the same at the others), each engine runs once first: its output is checked
+    against sparse_rt's (max |diff| / max |sparse_rt|) and an engine that fails is dropped from the
+    run with the error recorded."""
+    fns, reference = {}, None
+    for name, engine in list(engines.items()):
+        fn = engine.prepare(x)
+        if check:
+            try:
+                out = torch.as_tensor(fn()).to(x.device).float()
+            except Exception as e:  # a baseline may lack a kernel for this dtype or device
+                if name == SUBJECT:
+                    raise
+                status[name] = {"status": "failed", "note": f"{type(e).__name__}: {str(e)[:300]}"}
+                del engines[name]
+                continue
+            reference = out if reference is None else reference  # sparse_rt runs first
+            status[name]["max_rel_diff"] = ((out - reference).abs().max()
+                                            / reference.abs().max().clamp_min(1e-30)).item()
+        fns[name] = _cuda_graph(fn, status[name]) if cuda_graphs and engine.graphable else fn
+    return fns
+
+
+def _cuda_graph(fn, status):
+    """fn replayed from a CUDA graph (launch overhead removed), or fn itself if capture fails."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs advises
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError as e:
+        status["cuda_graph"] = f"capture failed, eager: {str(e)[:200]}"
+        return fn
+    status["cuda_graph"] = "on"
+    return graph.replay
+
+
+def _layer_rows(module, summary, metrics, profiles):
+    """Per leaf layer: planner decision and reason (Linear/Conv2d), ShrinkBench metrics, and the
+    measured time and share of the forward per batch size."""
+    plans = {row.name: row for row in summary}
+    counts = {m.name: m for m in metrics.layers}
+    rows = []
+    for name in profiles[0][0]:
+        row = {"name": name, "kind": type(module.get_submodule(name)).__name__, "format": None,
+               "reason": None, "density": None}
+        if name in plans:
+            plan = plans[name]
+            row.update(kind=plan.kind, format=plan.format, reason=plan.reason, density=plan.density)
+        if name in counts:
+            m = counts[name]
+            row.update(kind=m.kind, shape=list(m.shape), params=m.params, nonzeros=m.nonzeros,
+                       compression_ratio=m.params / m.nonzeros if m.nonzeros else float("inf"),
+                       dense_macs=m.dense_macs, nonzero_macs=m.nonzero_macs,
+                       theoretical_speedup=(m.dense_macs / m.nonzero_macs if m.nonzero_macs
+                                            else float("inf")) if m.dense_macs is not None else None)
+        row["time_ms"] = [times.get(name, 0.0) * 1e3 for times, _ in profiles]
+        row["time_share"] = [times.get(name, 0.0) / wall if wall else 0.0 for times, wall in profiles]
+        rows.append(row)
+    return rows
+
+
+@contextlib.contextmanager
+def _progress(enabled, total):
+    """Yields step(description): a rich progress bar over the sweep's configurations (on stderr)."""
+    if not enabled:
+        yield lambda description: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("bench {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=total)
+        started = [False]
+
+        def step(description):
+            if started[0]:
+                bar.advance(task)
+            started[0] = True
+            bar.update(task, description=description)
+
+        yield step
+        bar.update(task, completed=total)

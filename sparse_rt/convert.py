@@ -1,0 +1,80 @@
+"""Training checkpoint -> SparseModel: read (sparse_rt.ingest), match keys, load, sparsify."""
+
+import copy
+import os
+
+import torch
+
+from .arch import build_arch
+from .formats import BSR, CSR
+from .ingest import match_masks, match_state_dict, read_checkpoint
+from .model import LayerSummary, Summary, convertible_layers, sparsify
+from .plan import plan_layer
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype):
+    """None, a torch floating dtype, or one of 'fp32', 'fp16', 'bf16'."""
+    if dtype is None or dtype in DTYPES.values():
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or the torch dtype), got {dtype!r}")
+
+
+def from_checkpoint(path, arch, masks=None, mask_form="auto", *, arch_kwargs=None, rename=None,
+                    min_sparsity=0.5, format="auto", dtype=None, unsafe=False, cs_s0=0.0, progress=None):
+    """Returns the SparseModel of the checkpoint at `path` (a file or an OpenLTH folder).
+
+    arch:         an nn.Module (not changed), a zoo name or "pkg.module:factory"; arch_kwargs go
+                  to the factory and are recorded for .srt files.
+    masks, mask_form, unsafe, cs_s0: as sparse_rt.ingest.read_checkpoint.
+    rename:       {"old.prefix.": "new.prefix."} for keys that differ by more than a prefix
+                  (prefixes such as 'module.' are found and mapped without it).
+    min_sparsity, format, progress: as sparse_rt.sparsify.
+    dtype:        converts the result ('fp32', 'fp16', 'bf16' or a torch dtype).
+    Raises sparse_rt.ingest errors (IngestError) and ArchitectureError, naming what to change.
+    """
+    dtype = parse_dtype(dtype)
+    module, spec = build_arch(arch, arch_kwargs)
+    if spec is None:
+        module = copy.deepcopy(module)  # loading the checkpoint must not change the caller's module
+    ckpt = read_checkpoint(path, mask_form=mask_form, masks=masks, model=module, unsafe=unsafe, cs_s0=cs_s0)
+    state = match_state_dict(ckpt, module, rename=rename)
+    layer_masks = match_masks(ckpt.masks, module, key_map=state.key_map)
+    module.load_state_dict(state, strict=True)
+    # Other masks (biases, embeddings) are already multiplied into the state dict; sparsify takes
+    # the masks of the layers it can convert.
+    layers = convertible_layers(module)
+    weight_masks = {k: m for k, m in layer_masks.items()
+                    if k.endswith(".weight") and k.removesuffix(".weight") in layers}
+    model = sparsify(module.eval(), weight_masks, min_sparsity=min_sparsity, format=format, progress=progress)
+    model.arch_spec = spec
+    model.source = {"sha256": ckpt.source_sha256, "form": ckpt.form, "file": os.path.basename(os.fspath(path)),
+                    "masks_sha256": ckpt.masks_sha256, "notes": list(ckpt.notes)}
+    return model.to(dtype) if dtype is not None else model
+
+
+def checkpoint_summary(ckpt, *, min_sparsity=0.5, format="auto"):
+    """The Summary sparsify() would give, from a Checkpoint alone (no architecture): one row per
+    masked 2-D or 4-D weight, taken as a Linear or a Conv2d by its rank; bytes count weights only."""
+    rows = []
+    for key, mask in ckpt.masks.items():
+        weight = ckpt.state_dict[key]
+        if not key.endswith("weight") or weight.dim() not in (2, 4):
+            continue
+        kind = "Linear" if weight.dim() == 2 else "Conv2d"
+        flat, flat_mask = weight.reshape(weight.shape[0], -1), mask.reshape(weight.shape[0], -1)
+        density = flat_mask.float().mean().item() if mask.numel() else 1.0
+        plan = plan_layer(kind, tuple(flat.shape), 1.0 - density, min_sparsity=min_sparsity, format=format)
+        dense_bytes = weight.numel() * weight.element_size()
+        if plan.format == "csr":
+            sparse_bytes = CSR.from_dense(flat, flat_mask).nbytes
+        elif plan.format == "bsr":
+            sparse_bytes = BSR.from_dense(flat, flat_mask, plan.blocksize).nbytes
+        else:
+            sparse_bytes = dense_bytes
+        rows.append(LayerSummary(key.removesuffix(".weight"), kind, tuple(weight.shape), density, plan.label,
+                                 dense_bytes, sparse_bytes, plan.reason))
+    return Summary(rows)

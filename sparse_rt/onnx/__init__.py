@@ -1,0 +1,17 @@
+"""ONNX export in two flavours and onnxruntime sessions that run them.
+
+    sparse_rt.onnx.export(model, "m.onnx", x, flavor="portable")   # standard ops, stock onnxruntime
+    sparse_rt.onnx.export(model, "m.onnx", x, flavor="sparse")     # our ops, sparse compute
+    sess = sparse_rt.onnx.session("m.onnx")                        # onnxruntime + our ops
+
+Needs onnx and onnxscript (export) and onnxruntime (+ onnxruntime-extensions for the sparse
+flavour) at run time.
+"""
+
+from .export import FLAVORS, ExportResult, compare, export
+from .session import session
+from .sparse_ops import DOMAIN, register_schemas
+
+register_schemas()  # so onnx.checker / shape inference in this process know our ops
+
+__all__ = ["export", "session", "compare", "ExportResult", "FLAVORS", "DOMAIN", "register_schemas"]

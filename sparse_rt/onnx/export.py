@@ -1,0 +1,143 @@
+"""ONNX export of any nn.Module holding sparse_rt layers (SparseModel, ensembles, plain modules)."""
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import onnx
+import onnx_ir.passes.common as passes
+import torch
+
+from . import portable, sparse_ops
+
+FLAVORS = ("portable", "sparse")
+# Protobuf cannot serialize 2 GiB; above this many initializer bytes, weights go to a side file.
+_EXTERNAL_DATA_BYTES = 1 << 30
+
+
+@dataclass
+class ExportResult:
+    path: str
+    flavor: str
+    opset: int
+    ir_version: int
+    file_bytes: int  # the .onnx file plus its external data file, if any
+    max_abs_diff: float = None  # onnxruntime vs PyTorch on the example inputs (check=True)
+    max_rel_diff: float = None  # max_abs_diff / max |PyTorch output|
+
+    def __str__(self):
+        s = (f"{self.path}: {self.flavor} flavour, opset {self.opset}, IR {self.ir_version}, "
+             f"{self.file_bytes / 2**20:.2f} MiB")
+        if self.max_abs_diff is not None:
+            s += (f"; onnxruntime vs PyTorch: max |diff| {self.max_abs_diff:.3e} "
+                  f"(relative {self.max_rel_diff:.3e})")
+        return s
+
+
+def _as_tuple(x):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _external_data_path(path):
+    return path + ".data"
+
+
+def export(model, path, example_inputs, *, flavor="portable", opset=None, check=False,
+           external_data=None):
+    """Exports `model` (an nn.Module whose sparse layers are sparse_rt's) to ONNX at `path`.
+
+    flavor "portable": standard ONNX ops only; each sparse weight is stored as values + uint8
+    index deltas and rebuilt into a dense tensor by standard ops (stock onnxruntime runs it).
+    flavor "sparse": our ops (domain "sparse_rt": CsrLinear, BsrLinear, CsrConv2d) with
+    crow/col/values as initializers; run it with sparse_rt.onnx.session.
+    `example_inputs` (a tensor or a tuple) fixes the input shapes. `opset` defaults to torch's.
+    `external_data`: weights in `path + ".data"`; None = only above 1 GiB of weights.
+    `check`: run onnxruntime on the example inputs and compare with the model (fills
+    max_abs_diff / max_rel_diff of the returned ExportResult).
+    """
+    if flavor not in FLAVORS:
+        raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"export expects an nn.Module, got {type(model).__name__}")
+    path = os.fspath(path)
+    args = _as_tuple(example_inputs)
+    model = model.eval()
+    if flavor == "portable":
+        traced, table = portable.to_portable(model), None
+    else:
+        traced, table = model, sparse_ops.translation_table()
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    with warnings.catch_warnings(), torch.inference_mode(False):
+        # The exporter's chatter (deprecations, "torchvision is not installed") is noise here.
+        warnings.simplefilter("ignore")
+        exporter_log.setLevel(logging.ERROR)
+        try:
+                program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
+                                        custom_translation_table=table, verbose=False,
+                                        # no constant folding: it would rebuild the dense weights
+                                        optimize=flavor == "sparse")
+        finally:
+            exporter_log.setLevel(level)
+    # Node metadata (stack traces with local paths) would outweigh a small model's weights;
+    # unused initializers (e.g. an ensemble's per-member copies next to the fused ones) go too.
+    for cleanup in (passes.ClearMetadataAndDocStringPass(), passes.RemoveUnusedNodesPass()):
+        cleanup(program.model)
+    proto = program.model_proto
+    # The newest onnx writes an IR version onnxruntime may not read yet; the opsets used fix the
+    # smallest one that is valid.
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    _save(proto, path, external_data)
+    onnx.checker.check_model(path, full_check=True)
+    result = ExportResult(path, flavor, _onnx_opset(proto), proto.ir_version, _file_bytes(path))
+    if check:
+        result.max_abs_diff, result.max_rel_diff = compare(model, path, args, flavor)
+    return result
+
+
+def _onnx_opset(proto):
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _save(proto, path, external_data):
+    location = _external_data_path(path)
+    if external_data is None:
+        external_data = sum(len(t.raw_data) for t in proto.graph.initializer) > _EXTERNAL_DATA_BYTES
+    if os.path.exists(location):
+        os.remove(location)  # onnx appends to an existing data file
+    if external_data:
+        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(location), size_threshold=1024)
+    else:
+        onnx.save_model(proto, path)
+
+
+def _file_bytes(path):
+    extra = _external_data_path(path)
+    return os.path.getsize(path) + (os.path.getsize(extra) if os.path.exists(extra) else 0)
+
+
+def compare(model, path, example_inputs, flavor):
+    """(max |onnxruntime - PyTorch|, that / max |PyTorch|) over all outputs on `example_inputs`."""
+    from .session import session
+
+    args = _as_tuple(example_inputs)
+    sess = session(path) if flavor == "sparse" else session(path, register_ops=False)
+    feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
+    got = sess.run(None, feeds)
+    with torch.inference_mode():
+        expected = [t.detach().float().cpu() for t in _flatten(model(*args))]
+    if len(got) != len(expected):
+        raise RuntimeError(f"{path}: onnxruntime returned {len(got)} outputs, PyTorch {len(expected)}")
+    diff = max((torch.from_numpy(g).float() - e).abs().max().item() for g, e in zip(got, expected))
+    scale = max(e.abs().max().item() for e in expected)
+    return diff, diff / scale if scale else diff
+
+
+def _flatten(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for item in out for t in _flatten(item)]

@@ -1,0 +1,85 @@
+"""The "portable" flavour: standard ONNX ops only. Each sparse layer becomes a dense Linear/Conv
+whose weight the graph rebuilds from compact initializers:
+
+    values  [n]  the nonzeros, row-major order of the dense weight (plus zero-valued fillers)
+    deltas  [n]  uint8 gaps between consecutive flat positions (the first counts from 0)
+    weight = ScatterElements(zeros[numel], CumSum(Cast<int64>(deltas)), values).reshape(shape)
+
+A gap over 255 is bridged by fillers (value 0) every 255 positions, so one byte per index always
+suffices. onnxruntime folds the rebuild into a dense initializer when it loads the model; the
+file keeps the compact form because export runs no constant folding (optimize=False).
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import replace_submodule
+from ..nn import SparseConv2d, SparseLinear
+
+_MAX_GAP = 255
+
+
+def encode(dense):
+    """Dense tensor -> (values, uint8 deltas) with decode(values, deltas, dense.shape) == dense."""
+    flat = dense.detach().reshape(-1)
+    positions = flat.nonzero().reshape(-1)
+    gaps = torch.diff(positions, prepend=positions.new_zeros(1))
+    fillers = ((gaps - 1).clamp(min=0) // _MAX_GAP)  # entries inserted before each nonzero
+    group = fillers + 1
+    ends = group.cumsum(0) - 1  # where each nonzero lands in the padded arrays
+    total = int(group.sum())
+    deltas = torch.full((total,), _MAX_GAP, dtype=torch.int64)
+    values = torch.zeros(total, dtype=flat.dtype)
+    deltas[ends] = gaps - _MAX_GAP * fillers
+    values[ends] = flat[positions]
+    return values, deltas.to(torch.uint8)
+
+
+def decode(values, deltas, shape):
+    """The dense weight; only standard ops, so the ONNX graph does the same."""
+    positions = torch.cumsum(deltas.to(torch.int64), 0)
+    dense = torch.zeros(torch.Size(shape).numel(), dtype=values.dtype, device=values.device)
+    return dense.scatter(0, positions, values).reshape(shape)
+
+
+class _RebuiltWeight(nn.Module):
+    def __init__(self, dense_weight, bias):
+        super().__init__()
+        values, deltas = encode(dense_weight)
+        self.register_buffer("values", values)
+        self.register_buffer("deltas", deltas)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.weight_shape = tuple(dense_weight.shape)
+
+    def weight(self):
+        return decode(self.values, self.deltas, self.weight_shape)
+
+
+class PortableLinear(_RebuiltWeight):
+    def __init__(self, layer):
+        super().__init__(layer.dense_weight(), layer.bias)
+
+    def forward(self, input):
+        return F.linear(input, self.weight(), self.bias)
+
+
+class PortableConv2d(_RebuiltWeight):
+    def __init__(self, layer):
+        super().__init__(layer.dense_weight(), layer.bias)
+        self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    def forward(self, input):
+        return F.conv2d(input, self.weight(), self.bias, *self.conv_args)
+
+
+def to_portable(module):
+    """A copy of `module` with every SparseLinear / SparseConv2d replaced by its portable twin."""
+    module = copy.deepcopy(module)
+    twins = {SparseLinear: PortableLinear, SparseConv2d: PortableConv2d}
+    for name, layer in list(module.named_modules()):
+        if type(layer) in twins:
+            replace_submodule(module, name, twins[type(layer)](layer))
+    return module

@@ -1,0 +1,169 @@
+"""sparse_rt.bench and `sparse-rt bench`: the report's arithmetic on known inputs, the engines'
+correctness, and end-to-end runs that must write every field of the JSON and the PNG."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sparse_rt
+from sparse_rt import bench, models
+from sparse_rt.bench import runner
+from sparse_rt.bench.engines import TorchSparseConv2d, densify, torch_sparse_model
+from sparse_rt.bench.stats import latency_stats, percentile
+from sparse_rt.cli import main
+
+LATENCY = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "items_per_s", "iterations",
+           "speedup", "batch", "engine"}
+METRICS = {"params", "nonzeros", "compression_ratio", "dense_macs", "nonzero_macs", "theoretical_speedup"}
+LAYER = {"name", "kind", "format", "reason", "density", "time_ms", "time_share"}
+MACHINE = {"cpu", "cores", "threads", "gpu"}
+VERSIONS = {"torch", "cuda", "sparse_rt", "python"}
+
+
+def test_percentile_matches_numpy_linear_interpolation():
+    assert percentile([5, 1, 4, 2, 3], 50) == 3
+    assert percentile([1, 2, 3, 4, 5], 90) == pytest.approx(4.6)
+    assert percentile([1, 2, 3, 4, 5], 99) == pytest.approx(4.96)
+    assert percentile([7.0], 99) == 7.0
+    samples = np.random.default_rng(0).exponential(size=101).tolist()
+    for q in (0, 50, 90, 99, 100):
+        assert percentile(samples, q) == pytest.approx(np.percentile(samples, q))
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_latency_stats_on_known_samples():
+    s = latency_stats([0.004, 0.001, 0.003, 0.002], batch=8)
+    assert s["p50_ms"] == pytest.approx(2.5)
+    assert s["mean_ms"] == pytest.approx(2.5)
+    assert s["std_ms"] == pytest.approx(np.std([1, 2, 3, 4]))  # population std, as numpy
+    assert (s["min_ms"], s["max_ms"]) == (pytest.approx(1.0), pytest.approx(4.0))
+    assert s["items_per_s"] == pytest.approx(8 / 0.0025)
+    assert s["iterations"] == 4
+
+
+def _hand_model():
+    """Linear(16 -> 4): 4 of 64 weights nonzero, 4 nonzero biases. Parameters 68, nonzeros 8;
+    multiply-adds per sample 64 dense, 4 nonzero."""
+    layer = nn.Linear(16, 4)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[torch.arange(4), torch.arange(4) * 4] = torch.tensor([1.0, -2.0, 3.0, -4.0])
+        layer.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    return nn.Sequential(layer)
+
+
+def test_report_arithmetic_on_a_hand_computable_model(monkeypatch):
+    # Known latencies per engine (seconds): sparse_rt's p50 is 2 ms, dense's 6 ms, torch-sparse's 3 ms.
+    fake = {"sparse_rt": [0.001, 0.002, 0.003], "dense": [0.004, 0.006, 0.008], "torch-sparse": [0.003] * 3}
+    monkeypatch.setattr(runner, "compare_latency", lambda fns, **kw: {n: fake[n] for n in fns})
+    report = bench.run(_hand_model(), (16,), batch=[1, 4], baselines="dense,torch-sparse", warmup=0, time=0)
+    variant = report.data["variants"][0]
+    m = variant["metrics"]
+    assert (m["params"], m["nonzeros"]) == (68, 8)
+    assert m["compression_ratio"] == pytest.approx(8.5)
+    assert (m["dense_macs"], m["nonzero_macs"]) == (64, 4)
+    assert m["theoretical_speedup"] == pytest.approx(16.0)
+    assert report.speedup("dense", 4) == pytest.approx(3.0)
+    assert report.speedup("torch-sparse", 1) == pytest.approx(1.5)
+    rows = {(r["batch"], r["engine"]): r for r in report.rows()}
+    assert rows[(4, "sparse_rt")]["items_per_s"] == pytest.approx(4 / 0.002)
+    assert rows[(1, "dense")]["p90_ms"] == pytest.approx(7.6)
+    assert rows[(1, "sparse_rt")]["speedup"] is None
+    (layer,) = variant["layers"]
+    summary = sparse_rt.sparsify(_hand_model()).summary()[0]
+    assert (layer["name"], layer["format"], layer["reason"]) == ("0", "csr", summary.reason)
+    assert (layer["params"], layer["nonzeros"], layer["theoretical_speedup"]) == (64, 4, 16.0)
+    assert all(0 < share <= 1 for share in layer["time_share"])
+    assert all(s["max_rel_diff"] < 1e-6 for s in variant["engines"].values())
+    csv_lines = report.to_csv().splitlines()
+    assert csv_lines[0].startswith("sparsity,batch,engine,p50_ms") and len(csv_lines) == 1 + 2 * 3
+    assert "sparse_rt" in str(report) and "theoretical speedup" in str(report)
+
+
+def test_torch_sparse_conv_and_densify_match_the_sparse_model():
+    conv = nn.Conv2d(6, 5, 3, stride=2, padding=2, dilation=2, bias=True)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) > 0.7)
+    x = torch.randn(3, 6, 11, 9)
+    assert torch.allclose(TorchSparseConv2d(conv)(x), conv(x), atol=1e-5)
+
+    pruned = sparse_rt.magnitude_prune(models.create("cifar_resnet").eval(), 0.8, exclude=("conv",))
+    sparse = sparse_rt.sparsify(pruned)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        dense = densify(sparse.module)
+        assert torch.allclose(dense(x), pruned(x), atol=1e-5)
+        baseline, note = torch_sparse_model(dense, sparse.summary())
+        assert note == "" and any(isinstance(m, TorchSparseConv2d) for m in baseline.modules())
+        assert torch.allclose(baseline(x), pruned(x), atol=1e-4)
+
+
+def test_srt_and_checkpoint_forms(tmp_path):
+    pruned = sparse_rt.magnitude_prune(models.create("cifar_resnet").eval(), 0.9, exclude=("conv",))
+    sparse = sparse_rt.sparsify(pruned)
+    sparse.arch_spec = {"name": "cifar_resnet", "kwargs": {}}
+    sparse.save(tmp_path / "m.srt")
+    torch.save(pruned.state_dict(), tmp_path / "ckpt.pt")
+    for model, arch in ((str(tmp_path / "m.srt"), None), (str(tmp_path / "ckpt.pt"), "cifar_resnet")):
+        report = bench.run(model, arch=arch, baselines="dense", warmup=0, time=0)
+        assert report.data["model"]["input_shape"] == [3, 32, 32]
+        assert report.data["variants"][0]["metrics"]["nonzeros"] == sparse_rt.metrics.model_metrics(sparse).nonzeros
+
+
+def test_bench_errors(capsys):
+    assert main(["bench", "cifar_resnet"]) == 2
+    assert "give --sparsity" in capsys.readouterr().err
+    assert main(["bench", "cifar_resnet", "--sparsity", "0.9", "--baselines", "dense,tvm"]) == 2
+    assert "unknown baseline(s) tvm" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="input shape is unknown"):
+        bench.run(_hand_model())
+
+
+def _check_report_file(path, batches, baselines):
+    report = json.loads(path.read_text())
+    assert {"date", "machine", "versions", "model", "config", "variants"} <= set(report)
+    assert MACHINE <= set(report["machine"]) and VERSIONS <= set(report["versions"])
+    assert report["config"]["batches"] == batches
+    for variant in report["variants"]:
+        assert METRICS <= set(variant["metrics"])
+        assert {e for e, s in variant["engines"].items() if s["status"] == "ok"} == {"sparse_rt", *baselines}
+        assert {(r["batch"], r["engine"]) for r in variant["results"]} == {
+            (b, e) for b in batches for e in ("sparse_rt", *baselines)}
+        for row in variant["results"]:
+            assert LATENCY <= set(row) and row["iterations"] >= 1
+            assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+            assert (row["speedup"] is None) == (row["engine"] == "sparse_rt")
+        planned = [layer for layer in variant["layers"] if layer["format"] is not None]
+        assert planned and all(LAYER | METRICS - {"compression_ratio"} <= set(layer) for layer in planned)
+        assert any(layer["format"] == "csr" for layer in planned)
+        assert all(len(layer["time_ms"]) == len(batches) for layer in variant["layers"])
+    return report
+
+
+def _check_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_cli_end_to_end_cifar(tmp_path):
+    out = tmp_path / "out"
+    assert main(["bench", "cifar_resnet", "--sparsity", "0.9", "--batch", "1,2", "--time", "0.2", "--warmup", "0.05",
+                 "--json", str(out / "r.json"), "--plot", str(out / "r.png"), "--csv", str(tmp_path / "r.csv"),
+                 "--no-progress"]) == 0
+    _check_report_file(out / "r.json", [1, 2], ["dense", "torch-sparse", "onnxruntime"])
+    _check_png(out / "r.png")
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 2 * 4
+
+
+def test_issue_command_resnet50(tmp_path):
+    """The issue's command, with short timing: `bench resnet50 --sparsity 0.9 --batch 1,8
+    --json r.json --plot r.png`."""
+    json_path, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["bench", "resnet50", "--sparsity", "0.9", "--batch", "1,8", "--json", str(json_path),
+                 "--plot", str(png), "--time", "0", "--warmup", "0", "--no-progress"]) == 0
+    report = _check_report_file(json_path, [1, 8], ["dense", "torch-sparse", "onnxruntime"])
+    assert report["variants"][0]["metrics"]["theoretical_speedup"] > 5
+    _check_png(png)

@@ -1,0 +1,115 @@
+"""`sparse-rt convert` and `sparse-rt inspect`, through sparse_rt.cli.main, and the ShrinkBench-style
+numbers inspect prints."""
+
+import pytest
+import torch
+from torch import nn
+
+import sparse_rt
+from sparse_rt import models
+from sparse_rt.cli import main
+from sparse_rt.metrics import model_metrics, state_dict_metrics
+
+
+@pytest.fixture(scope="module")
+def resnet20(tmp_path_factory):
+    """A magnitude-pruned cifar_resnet-20 saved as FreeTickets does, under DataParallel."""
+    torch.manual_seed(0)
+    dense = sparse_rt.magnitude_prune(models.create("cifar_resnet", depth=20).eval(), 0.9, exclude=("conv",))
+    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
+    torch.save({"epoch": 160, "state_dict": {"module." + k: v for k, v in dense.state_dict().items()}}, path)
+    return dense, path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_convert_then_inspect(tmp_path, capsys, resnet20):
+    dense, ckpt = resnet20
+    out_path = tmp_path / "r20.srt"
+    code, out, err = _run(capsys, "convert", ckpt, "--arch", "cifar_resnet", "--arch-kwargs", "depth=20",
+                          "--format", "csr", "-o", out_path)
+    assert code == 0, err
+    assert "[dense_zeros]" in out and "stripped 'module.'" in out
+    assert "blocks.8.conv2" in out and "compression ratio" in out and "theoretical speedup" in out
+    assert f"wrote {out_path}" in out
+    model = sparse_rt.load(out_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert ((model(x) - dense(x)).norm() / dense(x).norm()).item() <= 1e-5
+
+    code, inspected, err = _run(capsys, "inspect", out_path)
+    assert code == 0, err
+    assert "arch cifar_resnet(depth=20)" in inspected
+    totals = inspected.strip().splitlines()[-1]
+    assert totals == out.strip().splitlines()[-2]  # the same totals as convert printed
+    metrics = model_metrics(model, (3, 32, 32))
+    assert f"theoretical speedup {metrics.theoretical_speedup:.2f}x" in totals
+    assert f"parameters {metrics.params:,}" in totals
+
+
+def test_inspect_checkpoint(capsys, resnet20):
+    _, ckpt = resnet20
+    code, out, err = _run(capsys, "inspect", ckpt)
+    assert code == 0, err
+    assert "[dense_zeros]" in out and "blocks.0.conv1" in out and "csr" in out
+    assert "theoretical speedup n/a (convolutions need --arch)" in out
+    code, out, err = _run(capsys, "inspect", ckpt, "--arch", "cifar_resnet")
+    assert code == 0, err
+    assert "form dense_zeros" in out and "theoretical speedup" in out and "n/a" not in out
+
+
+def test_metrics_follow_shrinkbench():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
+                        nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    with torch.no_grad():
+        net[0].weight[:, :, 0] = 0  # 1/3 of the first conv pruned
+        net[3].weight[5:] = 0       # half of the linear pruned
+    dense_macs = [8 * 3 * 9 * 8 * 8, 8 * 4 * 9 * 4 * 4, 128 * 10]
+    nonzero_macs = [8 * 3 * 6 * 8 * 8, 8 * 4 * 9 * 4 * 4, 128 * 5]
+    params = sum(p.numel() for p in net.parameters())
+    nonzeros = params - 8 * 3 * 3 - 128 * 5
+    for model in (net, sparse_rt.sparsify(net, min_sparsity=0.3)):
+        m = model_metrics(model, (3, 8, 8))
+        assert [layer.dense_macs for layer in m.layers] == dense_macs
+        assert [layer.nonzero_macs for layer in m.layers] == nonzero_macs
+        assert (m.params, m.nonzeros) == (params, nonzeros)
+        assert m.theoretical_speedup == pytest.approx(sum(dense_macs) / sum(nonzero_macs))
+        assert m.compression_ratio == pytest.approx(params / nonzeros)
+    sd = state_dict_metrics(net.state_dict())
+    assert (sd.params, sd.nonzeros, sd.theoretical_speedup) == (params, nonzeros, None)
+
+
+def _one_line_error(capsys, *argv):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2
+    assert err.startswith(f"sparse-rt {argv[0]}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_errors_are_one_line(tmp_path, capsys, resnet20):
+    _, ckpt = resnet20
+    out = tmp_path / "x.srt"
+    err = _one_line_error(capsys, "convert", ckpt, "--arch", "cifar_resnet", "--arch-kwargs", "depth=32", "-o", out)
+    assert "missing in checkpoint" in err and "rename=" in err
+    assert not out.exists()
+    err = _one_line_error(capsys, "convert", ckpt, "--arch", "resnet9000", "-o", out)
+    assert "neither a zoo model" in err
+
+    sd = models.create("cifar_resnet", depth=8).state_dict()
+    sd["fc.scores"] = torch.ones(10, 64)
+    torch.save(sd, tmp_path / "odd.pt")
+    err = _one_line_error(capsys, "inspect", tmp_path / "odd.pt")
+    assert "unknown mask layout" in err and "fc.scores" in err
+
+    err = _one_line_error(capsys, "inspect", tmp_path / "missing.pt")
+    assert "not found" in err
+
+    code, _, _ = _run(capsys, "convert", ckpt, "--arch", "cifar_resnet", "-o", out)
+    assert code == 0
+    out.write_bytes(out.read_bytes()[:-64])
+    err = _one_line_error(capsys, "inspect", out)
+    assert "truncated" in err
