@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 DATE := $(shell date -u +%Y-%m-%d)
 
-.PHONY: install demo test test-cpp test-sanitize test-python cuda-check cuda-check-if-available bench bench-report clean
+.PHONY: install demo test test-cpp test-sanitize test-python cuda-check cuda-check-if-available bench bench-report fuzz clean
 
 # torch is pinned and the extension is built without build isolation, so pip never pulls a second
 # torch (an unpinned one brings gigabytes of CUDA packages).
@@ -57,6 +57,12 @@ bench-report: install
 			|| exit 1; \
 	done
 	$(PYTHON) benchmarks/update_readme.py bench
+
+# Fuzzes the .srt and checkpoint loaders and the ops' argument checks (tools/fuzz.py), each target
+# in a subprocess so that crashes are counted; the report goes to benchmarks/results/.
+FUZZ_CASES ?= 100000
+fuzz: install
+	$(PYTHON) tools/fuzz.py --cases $(FUZZ_CASES) --workdir build/fuzz --json benchmarks/results/fuzz-$(DATE).json
 
 clean:
 	rm -rf build sparse_rt/*.so *.egg-info

@@ -1,14 +1,16 @@
 """Sparse linear on real pruned Transformer layers (DLMC transformer, magnitude pruning 0.9):
-sparse_rt against dense torch (same weights with zeros) and torch.sparse CSR (MKL), fp32.
+sparse_rt against dense torch (same weights with zeros), torch.sparse CSR (MKL, int32 indices,
+prebuilt) and scipy.sparse CSR, fp32.
 
     python -m pytest benchmarks/test_cpu_linear.py --benchmark-max-time=0.25
 """
 
 import pytest
+import scipy.sparse
 import torch
 
 from sparse_rt import ops
-from sparse_rt.formats import load_smtx
+from sparse_rt.formats import CSR, load_smtx
 
 # Every 4th layer of the 96: all shapes (512x512, 2048x512, 512x2048) in encoder and decoder.
 LAYER_STRIDE = 4
@@ -23,16 +25,20 @@ def _engines(w, batch):
     x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(1))
     dense = w.to_dense()
     torch_csr = torch.sparse_csr_tensor(w.crow_indices, w.col_indices, w.values, w.shape)
-    xt = x.t().contiguous()
+    scipy_csr = scipy.sparse.csr_matrix((w.values.numpy(), w.col_indices.numpy(), w.crow_indices.numpy()),
+                                        shape=w.shape)
+    x_np = x.numpy()
     return {
         "sparse_rt": lambda: ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, cols),
         "dense": lambda: torch.nn.functional.linear(x, dense),
-        "torch_csr": lambda: torch.sparse.mm(torch_csr, xt),
+        # Every engine gets x as a linear layer does; y = W x^T (a transposed view of x @ W.T).
+        "torch_csr": lambda: torch.sparse.mm(torch_csr, x.t()),
+        "scipy": lambda: scipy_csr @ x_np.T,
     }
 
 
 @pytest.mark.parametrize("batch", [1, 32])
-@pytest.mark.parametrize("engine", ["sparse_rt", "dense", "torch_csr"])
+@pytest.mark.parametrize("engine", ["sparse_rt", "dense", "torch_csr", "scipy"])
 @pytest.mark.parametrize("layer", range(96 // LAYER_STRIDE))
 def test_transformer_linear(benchmark, dlmc, layer, engine, batch):
     path = _layers(dlmc)[layer]
@@ -43,3 +49,31 @@ def test_transformer_linear(benchmark, dlmc, layer, engine, batch):
     benchmark.extra_info["series"] = f"N={batch}"
     with torch.inference_mode():
         benchmark(fn)
+
+
+def _large_layer():
+    """11008x4096 at 90% (uniform random mask): its CSR (~36 MB) exceeds a 32 MiB L3."""
+    rows, cols = 11008, 4096
+    g = torch.Generator().manual_seed(2)
+    nnz_per_row = cols // 10
+    col = torch.stack([torch.randperm(cols, generator=g)[:nnz_per_row].sort().values for _ in range(rows)])
+    crow = torch.arange(0, rows * nnz_per_row + 1, nnz_per_row, dtype=torch.int32)
+    return CSR(crow, col.flatten().int(), torch.randn(rows * nnz_per_row, generator=g), (rows, cols)).validate()
+
+
+@pytest.mark.parametrize("engine", ["sparse_rt", "stream"])
+def test_batch1_bandwidth(benchmark, engine):
+    """stream reads as many bytes as the batch-1 kernel must (indices, values, input, output), so
+    stream time / sparse_rt time is the fraction of the streaming bandwidth the kernel reaches."""
+    w = _large_layer()
+    x = torch.randn(1, w.shape[1])
+    must_read = w.nbytes + x.numel() * 4 + w.shape[0] * 4
+    block = torch.ones(must_read // 4)
+    fns = {"sparse_rt": lambda: ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, w.shape[1]),
+           "stream": lambda: block.sum()}
+    benchmark.group = f"batch-1 bandwidth 11008x4096 90% ({must_read / 2**20:.0f} MiB)"
+    benchmark.extra_info["engine"] = engine
+    benchmark.extra_info["series"] = "bandwidth"
+    benchmark.extra_info["bytes"] = must_read
+    with torch.inference_mode():
+        benchmark(fns[engine])

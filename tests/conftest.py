@@ -1,5 +1,8 @@
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 import sparse_rt
 from sparse_rt.bench.dlmc import dlmc_root
@@ -29,3 +32,10 @@ requires_compiled_ops = pytest.mark.skipif(
     not sparse_rt.ops.HAS_COMPILED_OPS,
     reason=f"sparse_rt._C is not built ({sparse_rt.ops._library.LOAD_ERROR})",
 )
+
+
+# Property tests (test_properties.py): a few examples each in the normal run;
+# HYPOTHESIS_PROFILE=long for a longer search.
+settings.register_profile("quick", max_examples=15, deadline=None)
+settings.register_profile("long", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))

@@ -1,16 +1,166 @@
-"""Malformed arguments to the compiled ops: each raises before any kernel reads memory, with a
-message naming the op, the tensor and the problem."""
+"""The catalogue of bad inputs. Each one fails with a documented exception type and a message that
+names the layer or op, the tensor and the problem, before any kernel reads memory:
+
+* formats   CSR / BSR .validate()                                   ValueError
+* modules   SparseLinear / SparseConv2d construction, load_state_dict  ValueError
+* ops       torch.ops.sparse_rt.* (C++ TORCH_CHECKs; crow always,     RuntimeError
+            every col index with full_index_checks())
+* .srt      damaged, foreign and forged files (sha256 recomputed)     sparse_rt.io.SrtError subclasses
+* checkpoints  pickles, damaged files, bad masks                      sparse_rt.ingest.IngestError subclasses
+* ONNX      export / session arguments, hostile index arrays          ValueError / TypeError / ...
+"""
+
+import hashlib
+import json
+import threading
 
 import pytest
 import torch
+from torch import nn
 
 import sparse_rt
+from sparse_rt import ingest
+from sparse_rt.formats import BSR, CSR
+from sparse_rt.io import SrtArchError, SrtCorruptError, SrtHeaderError, SrtIntegrityError, SrtVersionError, srt
+from sparse_rt.nn import SparseConv2d, SparseLinear
 
 from conftest import DEVICES, requires_compiled_ops
 from sparse_cases import randn, random_bsr, random_csr
 
-pytestmark = requires_compiled_ops
+# --------------------------------------------------------------------------------------- formats
 
+def _csr(crow, col, values=None, shape=(3, 4), index_dtype=torch.int32):
+    values = torch.ones(len(col)) if values is None else values
+    return CSR(torch.tensor(crow, dtype=index_dtype), torch.tensor(col, dtype=index_dtype), values, shape)
+
+
+@pytest.mark.parametrize("csr,message", [
+    (_csr([1, 1, 2, 2], [0, 1]), r"crow_indices\[0\] must be 0, got 1"),
+    (_csr([0, 2, 1, 2], [0, 1]), r"non-decreasing, but crow_indices\[1\]=2 > crow_indices\[2\]=1"),
+    (_csr([0, 1, 2, 3], [0, 1]), r"crow_indices\[-1\]=3 but col_indices holds 2 entries"),
+    (_csr([0, 1, 2], [0, 1]), r"crow_indices has 3 entries, expected rows \+ 1 = 4"),
+    (_csr([0, 1, 2, 2], [0, 4]), r"col_indices\[1\]=4 is out of range \[0, 4\)"),
+    (_csr([0, 1, 2, 2], [0, -1]), r"col_indices\[1\]=-1 is out of range"),
+    (_csr([0, 2, 2, 2], [3, 1]), r"col_indices of row 0 are not strictly increasing"),
+    (_csr([0, 2, 2, 2], [1, 1]), r"col_indices of row 0 are not strictly increasing"),
+    (_csr([0, 1, 2, 2], [0, 1], index_dtype=torch.int64), r"crow_indices must be int32, got torch.int64"),
+    (_csr([0, 1, 2, 2], [0, 1], values=torch.ones(3)), r"values has shape \(3,\), expected \(2,\)"),
+    (_csr([0, 1, 2, 2], [0, 1], values=torch.ones(2, dtype=torch.int32)), r"values must be floating point"),
+    (_csr([0, 1, 2, 2], [0, 1], shape=(3, -4)), r"shape must be two non-negative sizes"),
+])
+def test_csr_validate_names_the_problem(csr, message):
+    with pytest.raises(ValueError, match=message):
+        csr.validate()
+
+
+def test_bsr_validate_names_the_problem():
+    ok = BSR.from_dense(torch.ones(4, 4), blocksize=(2, 2))
+    with pytest.raises(ValueError, match=r"values has shape \(4, 2, 2\), expected \(4, 2, 1\)"):
+        BSR(ok.crow_indices, ok.col_indices, ok.values, (4, 2), (2, 1)).validate()
+    with pytest.raises(ValueError, match="does not divide"):
+        BSR(ok.crow_indices, ok.col_indices, ok.values, (4, 4), (3, 2)).validate()
+
+
+
+def test_bsr_and_device_problems():
+    ok = BSR.from_dense(torch.ones(4, 4), blocksize=(2, 2))
+    cases = [
+        (BSR(ok.crow_indices, torch.tensor([0, 2, 0, 1], dtype=torch.int32), ok.values, (4, 4), (2, 2)),
+         r"BSR \[4, 4\] blocks \(2, 2\): col_indices\[1\]=2 is out of range \[0, 2\)"),
+        (BSR(ok.crow_indices, ok.col_indices, ok.values, (-4, 4), (2, 2)), r"shape must be two non-negative sizes"),
+        (BSR(ok.crow_indices, ok.col_indices, ok.values, (4, 4), (0, 2)), r"does not divide"),
+        (CSR(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32),
+             torch.ones(1, device="meta"), (1, 2)), r"values is on meta but the indices are on cpu"),
+        (CSR(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32, device="meta"),
+             torch.ones(1), (1, 2)), r"crow_indices is on cpu but col_indices is on meta"),
+        (CSR(torch.tensor([[0, 1]], dtype=torch.int32), torch.tensor([0], dtype=torch.int32), torch.ones(1), (1, 2)),
+         r"crow_indices must be 1-D, got shape \(1, 2\)"),
+    ]
+    for container, message in cases:
+        with pytest.raises(ValueError, match=message):
+            container.validate()
+
+
+# --------------------------------------------------------------------------------------- modules
+
+def _csr_weight(rows=4, cols=8, dtype=torch.float32):
+    return random_csr(rows, cols, 0.5, seed=0, dtype=dtype)
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: SparseLinear(8, 4, _csr_weight(dtype=torch.float64)),
+     r"SparseLinear: values dtype torch.float64 is not one the kernels implement"),
+    (lambda: SparseLinear(8, 4, _csr_weight(), torch.zeros(5)), r"SparseLinear: bias must have shape \(4,\), got \(5,\)"),
+    (lambda: SparseLinear(8, 4, _csr_weight(), torch.zeros(4, dtype=torch.float16)),
+     r"bias dtype torch.float16 differs from the values dtype torch.float32"),
+    (lambda: SparseLinear(8, 4, _csr_weight(), torch.zeros(4, device="meta")), r"bias is on meta but the weight is on cpu"),
+    (lambda: SparseLinear(9, 4, _csr_weight()), r"weight shape \(4, 8\) is not \(out_features, in_features\) = \(4, 9\)"),
+    (lambda: SparseLinear(-1, 4, _csr_weight()), r"in_features and out_features must be ints >= 0"),
+    (lambda: SparseConv2d(4, 6, (3, 3), _csr_weight(6, 36), stride=(0, 1)), r"stride must be two ints >= 1, got \(0, 1\)"),
+    (lambda: SparseConv2d(4, 6, (3, 3), _csr_weight(6, 36), padding=(-1, 0)), r"padding must be two ints >= 0"),
+    (lambda: SparseConv2d(4, 6, (3,), _csr_weight(6, 36)), r"kernel_size must be two ints >= 1, got \(3,\)"),
+    (lambda: SparseConv2d(4, 6, (3, 3), _csr_weight(6, 36), groups=0),
+     r"groups=0 must be >= 1 and divide in_channels=4 and out_channels=6"),
+    (lambda: SparseConv2d(4, 6, (3, 3), _csr_weight(6, 36), groups=4), r"groups=4 must be >= 1 and divide"),
+    (lambda: SparseConv2d(4, 6, (3, 3), _csr_weight(6, 35)), r"weight shape \(6, 35\) is not"),
+])
+def test_module_construction_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def _linear_state():
+    model = nn.Sequential(SparseLinear(8, 4, _csr_weight(), torch.zeros(4)))
+    return model, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _edited(**edits):
+    def edit(state):
+        for key, fn in edits.items():
+            state[f"0.{key}"] = fn(state[f"0.{key}"])
+        return state
+    return edit
+
+
+@pytest.mark.parametrize("assign", [False, True])
+@pytest.mark.parametrize("edit,message", [
+    (_edited(col_indices=lambda c: torch.full_like(c, 8)), r"col_indices\[0\]=8 is out of range \[0, 8\)"),
+    (_edited(crow_indices=lambda c: c.flip(0)), r"crow_indices\[0\] must be 0"),
+    (_edited(col_indices=lambda c: c[:-1], values=lambda v: v[:-1]), r"crow_indices\[-1\]=\d+ but col_indices holds"),
+    (_edited(col_indices=lambda c: c.long()), r"col_indices must be int32, got torch.int64"),
+])
+def test_load_state_dict_validates_indices(assign, edit, message):
+    model, state = _linear_state()
+    with pytest.raises(ValueError, match=r"layer '0': invalid sparse weight in state_dict: .*" + message):
+        model.load_state_dict(edit(state), assign=assign)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_edited(values=lambda v: v.double()), r"values dtype torch.float64 is not one the kernels implement"),
+    (_edited(values=lambda v: torch.stack([v, v], 1)[:, 0]), r"values must be contiguous"),
+    (_edited(bias=lambda b: b.half()), r"bias dtype torch.float16 differs from the values dtype torch.float32"),
+    (_edited(bias=lambda b: b.to("meta")), r"bias is on meta but the weight is on cpu"),
+])
+def test_load_state_dict_assign_checks_what_the_kernels_take(edit, message):
+    # assign=True (the .srt loader's path) keeps the given tensors as they are.
+    model, state = _linear_state()
+    with pytest.raises(ValueError, match=r"layer '0': invalid sparse weight in state_dict: " + message):
+        model.load_state_dict(edit(state), assign=True)
+
+
+@requires_compiled_ops
+def test_module_changed_after_validation_is_caught_by_the_op():
+    layer = SparseLinear(8, 4, _csr_weight())
+    with pytest.raises(RuntimeError, match=r"csr_linear: values must be float32, float16 or bfloat16, got Double"):
+        layer.to(torch.float64)(randn(2, 8).double())
+    # Buffers assigned directly bypass the Python validation; full checks catch them in the op.
+    layer = SparseLinear(8, 4, _csr_weight())
+    layer.col_indices = torch.full_like(layer.col_indices, 99)
+    with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=r"col_indices\[0\]=99 is out of range"):
+        layer(randn(2, 8))
+
+
+# ------------------------------------------------------------------------ ops (C++ binding checks)
 
 def _linear(x=None, crow=None, col=None, values=None, bias=None, in_features=8, device="cpu"):
     w = random_csr(4, 8, 0.5, seed=0, device=device)
@@ -24,6 +174,7 @@ def _int32(values, device="cpu"):
     return torch.tensor(values, dtype=torch.int32, device=device)
 
 
+@requires_compiled_ops
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kwargs,message", [
     (dict(x=torch.randn(3, 9)), r"csr_linear: input has shape \[3, 9\] but the layer expects in_features=8"),
@@ -40,6 +191,7 @@ def test_csr_linear_argument_errors(device, kwargs, message):
         _linear(device=device, **kwargs)
 
 
+@requires_compiled_ops
 def test_csr_linear_index_errors():
     w = random_csr(4, 8, 0.5, seed=0)
     nnz = w.col_indices.numel()
@@ -58,6 +210,7 @@ def test_csr_linear_index_errors():
             _linear(**kwargs)
 
 
+@requires_compiled_ops
 def test_row_pointers_are_checked_without_opting_in():
     w = random_csr(4, 8, 0.5, seed=0)
     crow = w.crow_indices.tolist()
@@ -68,6 +221,7 @@ def test_row_pointers_are_checked_without_opting_in():
         _linear(crow=_int32([0, 1, 2, 3, w.col_indices.numel() + 5]))
 
 
+@requires_compiled_ops
 def test_bsr_linear_errors():
     w = random_bsr(8, 12, (4, 4), 0.5, seed=1)
     x = randn(2, 12)
@@ -80,6 +234,7 @@ def test_bsr_linear_errors():
         op(x, w.crow_indices, torch.full_like(w.col_indices, 3), w.values, None, 12)
 
 
+@requires_compiled_ops
 def test_csr_conv2d_errors():
     w = random_csr(6, 4 * 9, 0.5, seed=2)
     op = torch.ops.sparse_rt.csr_conv2d
@@ -96,3 +251,252 @@ def test_csr_conv2d_errors():
     for call_args, message in cases:
         with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=message):
             op(*call_args)
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("call,message", [
+    (lambda x, w: (x, *w, None, 4, [3], [1, 1], [1, 1], [1, 1], 1), r"kernel_size, stride, padding and dilation must have 2 entries"),
+    (lambda x, w: (x, *w, None, 4, [3, 3], [1, 1], [2**40, 1], [1, 1], 1), r"padding >= 0 \(each below 2\^31\)"),
+    (lambda x, w: (x, *w, None, 0, [3, 3], [1, 1], [1, 1], [1, 1], 1), r"in_channels must be >= 1, got 0"),
+    (lambda x, w: (x, *w, None, 4, [3, 3], [1, 1], [1, 1], [1, 1], 0), r"groups=0 must divide in_channels=4"),
+])
+def test_csr_conv2d_geometry_is_checked_before_use(call, message):
+    w = random_csr(6, 4 * 9, 0.5, seed=2)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.sparse_rt.csr_conv2d(*call(randn(1, 4, 8, 8), (w.crow_indices, w.col_indices, w.values)))
+
+
+@requires_compiled_ops
+def test_bsr_block_shape_is_bounded():
+    crow = torch.zeros(2, dtype=torch.int32)
+    values = torch.empty(0, 2**40, 1)  # zero elements, absurd block height
+    with pytest.raises(RuntimeError, match=r"block shape must be positive \(and below 2\^31\), got 1099511627776x1"):
+        torch.ops.sparse_rt.bsr_linear(randn(1, 4), crow, crow[:0], values, None, 4)
+
+
+@requires_compiled_ops
+def test_full_index_checks_are_per_thread_inside_the_context_manager():
+    enabled = sparse_rt.ops._library._C.full_index_checks_enabled
+    seen = {}
+
+    def other_thread():
+        seen["other"] = enabled()
+
+    with sparse_rt.ops.full_index_checks():
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert enabled()
+    assert seen["other"] is False and not enabled()
+    previous = sparse_rt.ops.set_full_index_checks(True)  # process-wide: every thread
+    try:
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert seen["other"] is True
+        with sparse_rt.ops.full_index_checks(False):  # a thread may still opt out inside a block
+            assert not enabled()
+    finally:
+        sparse_rt.ops.set_full_index_checks(previous)
+
+
+# -------------------------------------------------------------------------------------- .srt files
+
+def _tiny_arch():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+
+
+@pytest.fixture(scope="module")
+def tiny_srt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("srt") / "tiny.srt"
+    sparse_rt.sparsify(sparse_rt.magnitude_prune(_tiny_arch(), 0.6), min_sparsity=0.0, format="csr").save(path)
+    return path
+
+
+def _forge(src, dst, edit):
+    """Copies a .srt file through edit(header, manifest, body) and recomputes both sha256, as a
+    forger would: the integrity check passes, so validation has to catch the damage."""
+    raw = src.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header, body = json.loads(raw[8:8 + n]), bytearray(raw[8 + n:])
+    manifest = json.loads(header.pop("__metadata__")[srt.MANIFEST_KEY])
+    edit(header, manifest, body)
+    manifest["tensors_sha256"] = hashlib.sha256(body).hexdigest()
+    manifest["header_sha256"] = srt._header_digest(header, manifest)
+    header["__metadata__"] = {srt.MANIFEST_KEY: json.dumps(manifest)}
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    dst.write_bytes(len(head).to_bytes(8, "little") + head + bytes(body))
+
+
+def _set_int32(name, index, value):
+    def edit(header, manifest, body):
+        start = header[name]["data_offsets"][0] + 4 * index
+        body[start:start + 4] = value.to_bytes(4, "little", signed=True)
+    return edit
+
+
+def _manifest_edit(fn):
+    return lambda header, manifest, body: fn(manifest)
+
+
+@pytest.mark.parametrize("edit,error,message", [
+    (_set_int32("3.col_indices", 0, 99), SrtArchError,
+     r"layer '3': invalid sparse weight in state_dict: .*col_indices\[0\]=99 is out of range \[0, 64\)"),
+    (_set_int32("0.crow_indices", 1, 10**6), SrtArchError, r"layer '0': .*crow_indices must be non-decreasing"),
+    (lambda h, m, b: h["0.values"].update(dtype="I32"), SrtArchError, r"layer '0': .*values must be floating point"),
+    (_manifest_edit(lambda m: m.update(format_version=2)), SrtVersionError, r"format version 2 .*upgrade sparse_rt"),
+    (_manifest_edit(lambda m: m.update(format_version="1")), SrtVersionError, r"format version '1'"),
+    (_manifest_edit(lambda m: m.update(layers="all")), SrtHeaderError, r"manifest's 'layers' field is missing or has the wrong type"),
+    (_manifest_edit(lambda m: m.update(source=True)), SrtHeaderError, r"manifest's 'source' field"),
+    (_manifest_edit(lambda m: m["layers"][0].pop("kind")), SrtHeaderError, r"malformed manifest record 0 .*kind"),
+    (_manifest_edit(lambda m: m["layers"][0].update(shape=[10**9, 3, 3, 3])), SrtArchError,
+     r"layer '0' has 1000000000 \(block\) rows in the manifest but crow_indices of shape \(5,\) in the file"),
+    (_manifest_edit(lambda m: m["layers"][0].update(dtype="complex_thing")), SrtHeaderError, r"unknown dtype 'complex_thing'"),
+    (_manifest_edit(lambda m: m["layers"][0].update(stride=[0, 1])), SrtHeaderError,
+     r"malformed manifest record for layer '0': ValueError: SparseConv2d: stride must be two ints >= 1"),
+    (_manifest_edit(lambda m: m["layers"][1].update(kind="Conv2d")), SrtArchError,
+     r"layer '3' is a sparse Conv2d in the file but a Linear in the architecture"),
+])
+def test_forged_srt_files(tmp_path, tiny_srt, edit, error, message):
+    _forge(tiny_srt, tmp_path / "forged.srt", edit)
+    with pytest.raises(error, match=message):
+        sparse_rt.load(tmp_path / "forged.srt", arch=_tiny_arch())
+
+
+def test_forged_architecture_record(tmp_path, tiny_srt):
+    _forge(tiny_srt, tmp_path / "forged.srt", _manifest_edit(lambda m: m.update(arch={"name": 5})))
+    with pytest.raises(SrtHeaderError, match=r"the manifest's architecture record is malformed: \{'name': 5\}"):
+        sparse_rt.load(tmp_path / "forged.srt")
+
+
+@pytest.mark.parametrize("damage,error,message", [
+    (lambda raw: raw[:len(raw) - 10], SrtCorruptError, r"truncated: the tensors need \d+ bytes of data"),
+    (lambda raw: raw[:5], SrtCorruptError, r"5 bytes, too short for a .srt file"),
+    (lambda raw: raw + b"\0" * 3, SrtCorruptError, r"has trailing bytes"),
+    (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), SrtIntegrityError, r"tensor data sha256 .* the file is corrupt"),
+    (lambda raw: raw.replace(b'"F32"', b'"I32"', 1), SrtIntegrityError, r"manifest or tensor table was altered"),
+    (lambda raw: (2**40).to_bytes(8, "little") + raw[8:], SrtHeaderError, r"header length 1099511627776 exceeds"),
+    (lambda raw: b"\x10" + raw[1:], SrtHeaderError, r"header is not valid JSON"),
+])
+def test_damaged_srt_files(tmp_path, tiny_srt, damage, error, message):
+    bad = tmp_path / "bad.srt"
+    bad.write_bytes(damage(tiny_srt.read_bytes()))
+    with pytest.raises(error, match=message):
+        sparse_rt.load(bad, arch=_tiny_arch())
+
+
+def test_srt_tensor_count_limit(tiny_srt, monkeypatch):
+    monkeypatch.setattr(srt, "MAX_TENSORS", 3)
+    with pytest.raises(SrtHeaderError, match=r"tensors exceed the limit of 3"):
+        sparse_rt.load(tiny_srt, arch=_tiny_arch())
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _state():
+    torch.manual_seed(0)
+    return sparse_rt.magnitude_prune(_tiny_arch(), 0.6).state_dict()
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": _state(), "hook": _Payload(str(marker))}, path)
+    with pytest.raises(ingest.UnsafeCheckpointError, match=r"(?s)pickles Python objects that are not tensors: io.open.*pass unsafe=True"):
+        ingest.read_checkpoint(path)
+    assert not marker.exists()
+
+
+def _saved_bytes(obj, zipped=True):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=zipped)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,content,error,message", [
+    ("trunc.pt", lambda: _saved_bytes(_state())[:300], ingest.CorruptCheckpointError,
+     r"cannot read checkpoint .*trunc.pt: truncated, damaged, or not a torch.save file \(RuntimeError: .*zip"),
+    ("garbage.pt", lambda: bytes(range(200, 256)), ingest.CorruptCheckpointError, r"UnpicklingError: Unsupported operand"),
+    ("empty.pt", lambda: b"", ingest.CorruptCheckpointError, r"truncated, damaged, or not a torch.save file \(EOFError"),
+    ("bad.safetensors", lambda: b"\xff" * 64, ingest.CorruptCheckpointError, r"cannot read checkpoint .* as safetensors"),
+    ("list.pt", lambda: _saved_bytes([torch.ones(2)]), ingest.UnknownLayoutError, r"expected a dict .*got list"),
+    ("scalars.pt", lambda: _saved_bytes({"epoch": 3}), ingest.UnknownLayoutError, r"could not find a state_dict"),
+])
+def test_damaged_checkpoints(tmp_path, name, content, error, message):
+    path = tmp_path / name
+    path.write_bytes(content())
+    with pytest.raises(error, match=message):
+        ingest.read_checkpoint(path)
+
+
+@pytest.mark.parametrize("masks,error,message", [
+    ({"0.weight": torch.full((4, 3, 3, 3), 0.5)}, ingest.MaskValueError, r"0.weight"),
+    ({"0.weight": torch.ones(2, 2)}, ingest.MaskShapeError, r"0.weight"),
+    ({"9.weight": torch.ones(2, 2)}, ingest.MaskKeyError, r"9.weight"),
+    ([torch.ones(2)], ingest.MaskValueError, r"masks must be a dict \{name: tensor\}, got list"),
+])
+def test_bad_masks(tmp_path, masks, error, message):
+    path = tmp_path / "dense.pt"
+    torch.save(_state(), path)
+    with pytest.raises(error, match=message):
+        ingest.read_checkpoint(path, masks=masks)
+
+
+def test_checkpoint_path_errors(tmp_path):
+    with pytest.raises(ingest.CheckpointNotFoundError, match=r"checkpoint not found: .*missing.pt"):
+        ingest.read_checkpoint(tmp_path / "missing.pt")
+
+
+# -------------------------------------------------------------------------------------------- ONNX
+
+def test_onnx_export_and_session_arguments(tmp_path):
+    pytest.importorskip("onnxscript")
+    from sparse_rt import onnx as srt_onnx
+
+    model = sparse_rt.sparsify(sparse_rt.magnitude_prune(_tiny_arch(), 0.6), min_sparsity=0.0)
+    with pytest.raises(ValueError, match=r"flavor must be one of \('portable', 'sparse'\), got 'dense'"):
+        srt_onnx.export(model, tmp_path / "m.onnx", torch.randn(1, 3, 4, 4), flavor="dense")
+    with pytest.raises(TypeError, match=r"export expects an nn.Module, got dict"):
+        srt_onnx.export({}, tmp_path / "m.onnx", torch.randn(1, 3, 4, 4))
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(FileNotFoundError, match=r"no ONNX file at .*absent.onnx"):
+        srt_onnx.session(tmp_path / "absent.onnx")
+
+
+@requires_compiled_ops
+def test_onnx_session_checks_index_arrays_from_the_file(tmp_path):
+    pytest.importorskip("onnxruntime_extensions")
+    import onnx
+    from onnx import numpy_helper
+
+    from sparse_rt import onnx as srt_onnx
+
+    torch.manual_seed(0)
+    model = sparse_rt.sparsify(sparse_rt.magnitude_prune(nn.Sequential(nn.Linear(16, 8)), 0.5), min_sparsity=0.0,
+                               format="csr")
+    x = torch.randn(2, 16)
+    srt_onnx.export(model, tmp_path / "m.onnx", x, flavor="sparse")
+    proto = onnx.load(tmp_path / "m.onnx")
+    col = next(t for t in proto.graph.initializer if numpy_helper.to_array(t).dtype.name == "int32"
+               and len(numpy_helper.to_array(t)) == int(model.module[0].col_indices.numel()))
+    forged = numpy_helper.to_array(col).copy()
+    forged[0] = 1000  # a hostile file: out of range for in_features=16
+    col.CopyFrom(numpy_helper.from_array(forged, col.name))
+    onnx.save(proto, tmp_path / "forged.onnx")
+    sess = srt_onnx.session(tmp_path / "forged.onnx")
+    with pytest.raises(Exception, match=r"csr_linear: col_indices\[0\]=1000 is out of range \[0, 16\)"):
+        sess.run(None, {sess.get_inputs()[0].name: x.numpy()})

@@ -197,6 +197,16 @@ def test_grouped_first_conv_and_dense_layers_fuse():
         assert _rel(ensemble.forward_members(x), torch.stack([m(x) for m in members])) <= 1e-5
 
 
+def test_members_with_a_layer_dense_in_one_and_sparse_in_another_fuse():
+    pruned = [_pruned("cifar_resnet", seed) for seed in range(2)]
+    members = [sparse_rt.sparsify(pruned[0], format="dense"), sparse_rt.sparsify(pruned[1], format="csr")]
+    ensemble = SparseEnsemble.from_models(members)
+    assert ensemble.fused is not None
+    x = _x(2)
+    with torch.inference_mode():
+        assert _rel(ensemble.forward_members(x), torch.stack([m(x) for m in pruned])) <= 1e-5
+
+
 # --- superposition, mask algebra, ERK -------------------------------------------------------------
 
 def test_superpose_keeps_the_global_budget_and_averages():
@@ -269,6 +279,7 @@ def test_srt_round_trip(tmp_path):
     ensemble.save(path)
     loaded = SparseEnsemble.load(path)
     assert loaded.combine == "vote" and loaded.fused is not None and len(loaded.members) == 2
+    assert isinstance(sparse_rt.load(path), SparseEnsemble)
     x = _x(2)
     with torch.inference_mode():
         assert torch.equal(loaded.forward_members(x), ensemble.forward_members(x))

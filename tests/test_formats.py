@@ -46,38 +46,6 @@ def test_from_dense_rejects_bad_mask():
         CSR.from_dense(torch.ones(3, 3, 3))
 
 
-def _csr(crow, col, values=None, shape=(3, 4), index_dtype=torch.int32):
-    values = torch.ones(len(col)) if values is None else values
-    return CSR(torch.tensor(crow, dtype=index_dtype), torch.tensor(col, dtype=index_dtype), values, shape)
-
-
-@pytest.mark.parametrize("csr,message", [
-    (_csr([1, 1, 2, 2], [0, 1]), r"crow_indices\[0\] must be 0, got 1"),
-    (_csr([0, 2, 1, 2], [0, 1]), r"non-decreasing, but crow_indices\[1\]=2 > crow_indices\[2\]=1"),
-    (_csr([0, 1, 2, 3], [0, 1]), r"crow_indices\[-1\]=3 but col_indices holds 2 entries"),
-    (_csr([0, 1, 2], [0, 1]), r"crow_indices has 3 entries, expected rows \+ 1 = 4"),
-    (_csr([0, 1, 2, 2], [0, 4]), r"col_indices\[1\]=4 is out of range \[0, 4\)"),
-    (_csr([0, 1, 2, 2], [0, -1]), r"col_indices\[1\]=-1 is out of range"),
-    (_csr([0, 2, 2, 2], [3, 1]), r"col_indices of row 0 are not strictly increasing"),
-    (_csr([0, 2, 2, 2], [1, 1]), r"col_indices of row 0 are not strictly increasing"),
-    (_csr([0, 1, 2, 2], [0, 1], index_dtype=torch.int64), r"crow_indices must be int32, got torch.int64"),
-    (_csr([0, 1, 2, 2], [0, 1], values=torch.ones(3)), r"values has shape \(3,\), expected \(2,\)"),
-    (_csr([0, 1, 2, 2], [0, 1], values=torch.ones(2, dtype=torch.int32)), r"values must be floating point"),
-    (_csr([0, 1, 2, 2], [0, 1], shape=(3, -4)), r"shape must be two non-negative sizes"),
-])
-def test_csr_validate_names_the_problem(csr, message):
-    with pytest.raises(ValueError, match=message):
-        csr.validate()
-
-
-def test_bsr_validate_names_the_problem():
-    ok = BSR.from_dense(torch.ones(4, 4), blocksize=(2, 2))
-    with pytest.raises(ValueError, match=r"values has shape \(4, 2, 2\), expected \(4, 2, 1\)"):
-        BSR(ok.crow_indices, ok.col_indices, ok.values, (4, 2), (2, 1)).validate()
-    with pytest.raises(ValueError, match="does not divide"):
-        BSR(ok.crow_indices, ok.col_indices, ok.values, (4, 4), (3, 2)).validate()
-
-
 def test_load_smtx(tmp_path, dlmc):
     path = tmp_path / "m.smtx"
     path.write_text("3, 4, 3\n0 2 2 3\n1 3 0\n")

@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
 #include <algorithm>
 #include <atomic>
@@ -46,8 +47,10 @@ SparseWeightInfo check_sparse_weight(const char* op, const at::Tensor& crow, con
               col.numel(), " stored entries exceed the int32 index range");
   const int64_t bh = value_rank == 3 ? values.size(1) : 1;
   const int64_t bw = value_rank == 3 ? values.size(2) : 1;
-  TORCH_CHECK(bh > 0 && bw > 0, "sparse_rt.", op, ": block shape must be positive, got ", bh, "x",
-              bw);
+  // Below 2^31, (rows + 1) * bh cannot overflow int64.
+  TORCH_CHECK(bh > 0 && bw > 0 && bh <= std::numeric_limits<int32_t>::max() &&
+                  bw <= std::numeric_limits<int32_t>::max(),
+              "sparse_rt.", op, ": block shape must be positive (and below 2^31), got ", bh, "x", bw);
   return {(crow.numel() - 1) * bh, col.numel(), bh, bw};
 }
 
@@ -59,12 +62,23 @@ bool env_flag(const char* name) {
 }
 
 std::atomic<bool> full_index_checks{env_flag("SPARSE_RT_CHECK_INDICES")};
+thread_local int thread_full_index_checks = -1;
 
 }  // namespace
 
-bool full_index_checks_enabled() { return full_index_checks.load(std::memory_order_relaxed); }
+bool full_index_checks_enabled() {
+  return thread_full_index_checks >= 0 ? thread_full_index_checks == 1
+                                       : full_index_checks.load(std::memory_order_relaxed);
+}
 
 void set_full_index_checks(bool enabled) { full_index_checks.store(enabled); }
+
+int set_thread_full_index_checks(int state) {
+  TORCH_CHECK(state >= -1 && state <= 1, "sparse_rt: thread full-index-check state must be -1, 0 or 1");
+  const int previous = thread_full_index_checks;
+  thread_full_index_checks = state;
+  return previous;
+}
 
 void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col,
                           int64_t cols) {
@@ -133,39 +147,43 @@ void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const at:
               " but the weight is on ", values.device());
 }
 
-std::array<int64_t, 2> check_conv_geometry(const at::Tensor& input, int64_t in_channels,
-                                           int64_t out_channels, int64_t weight_cols,
-                                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                           at::IntArrayRef padding, at::IntArrayRef dilation,
-                                           int64_t groups) {
+ConvGeometry check_conv_geometry(const at::Tensor& input, int64_t in_channels, int64_t out_channels,
+                                 at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "csr_conv2d";
   TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 &&
                   dilation.size() == 2,
               "sparse_rt.", op, ": kernel_size, stride, padding and dilation must have 2 entries");
   TORCH_CHECK(input.dim() == 4, "sparse_rt.", op, ": input must be 4-D [N, C, H, W], got shape ",
               input.sizes());
+  TORCH_CHECK(in_channels >= 1, "sparse_rt.", op, ": in_channels must be >= 1, got ", in_channels);
   TORCH_CHECK(input.size(1) == in_channels, "sparse_rt.", op, ": input has ", input.size(1),
               " channels (shape ", input.sizes(), ") but the layer expects ", in_channels);
   TORCH_CHECK(groups >= 1 && in_channels % groups == 0 && out_channels % groups == 0,
               "sparse_rt.", op, ": groups=", groups, " must divide in_channels=", in_channels,
               " and out_channels=", out_channels);
+  // The bound keeps every product and sum below int64 overflow.
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   for (int i = 0; i < 2; ++i) {
-    TORCH_CHECK(kernel_size[i] >= 1 && stride[i] >= 1 && dilation[i] >= 1 && padding[i] >= 0,
-                "sparse_rt.", op, ": need kernel_size, stride, dilation >= 1 and padding >= 0, ",
-                "got kernel_size=", kernel_size, " stride=", stride, " padding=", padding,
-                " dilation=", dilation);
+    TORCH_CHECK(kernel_size[i] >= 1 && stride[i] >= 1 && dilation[i] >= 1 && padding[i] >= 0 &&
+                    kernel_size[i] <= kMax && stride[i] <= kMax && dilation[i] <= kMax &&
+                    padding[i] <= kMax,
+                "sparse_rt.", op, ": need kernel_size, stride, dilation >= 1 and padding >= 0 ",
+                "(each below 2^31), got kernel_size=", kernel_size, " stride=", stride,
+                " padding=", padding, " dilation=", dilation);
   }
-  TORCH_CHECK(weight_cols == in_channels / groups * kernel_size[0] * kernel_size[1], "sparse_rt.",
-              op, ": the weight has ", weight_cols, " columns but in_channels/groups*kh*kw = ",
-              in_channels / groups * kernel_size[0] * kernel_size[1]);
-  std::array<int64_t, 2> out{};
+  int64_t weight_cols = 0;
+  TORCH_CHECK(!c10::mul_overflows<int64_t>(in_channels / groups, kernel_size[0] * kernel_size[1],
+                                            &weight_cols),
+              "sparse_rt.", op, ": in_channels/groups*kh*kw overflows int64");
+  ConvGeometry g{0, 0, weight_cols};
   for (int i = 0; i < 2; ++i) {
     const int64_t span = input.size(2 + i) + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1);
     TORCH_CHECK(span >= 1, "sparse_rt.", op, ": input ", input.sizes(),
                 " is smaller than the dilated kernel after padding");
-    out[i] = (span - 1) / stride[i] + 1;
+    (i == 0 ? g.out_h : g.out_w) = (span - 1) / stride[i] + 1;
   }
-  return out;
+  return g;
 }
 
 }  // namespace sparse_rt

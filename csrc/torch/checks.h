@@ -6,7 +6,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
-#include <array>
 #include <cstdint>
 
 namespace sparse_rt {
@@ -26,10 +25,13 @@ SparseWeightInfo check_sparse_weight(const char* op, const at::Tensor& crow, con
 
 // Whether direct op calls validate every column index (O(nnz)). Off by default: sparse_rt's
 // modules validate their weights in Python when built or loaded, so the hot path pays only for the
-// O(rows) row-pointer check. Opt in with SPARSE_RT_CHECK_INDICES=1 or
-// sparse_rt.ops.set_full_index_checks(True).
+// O(rows) row-pointer check. Opt in process-wide with SPARSE_RT_CHECK_INDICES=1 or
+// sparse_rt.ops.set_full_index_checks(True); a thread's own setting (-1: follow the process-wide
+// one, 0: off, 1: on), used by sparse_rt.ops.full_index_checks(), overrides it for that thread so
+// that concurrent callers cannot turn each other's checks off.
 bool full_index_checks_enabled();
 void set_full_index_checks(bool enabled);
+int set_thread_full_index_checks(int state);  // returns the thread's previous state
 
 // Index validation of CPU tensors before a kernel reads them: crow starts at 0, is non-decreasing
 // and ends at nnz (always); every column index lies in [0, cols) (when full checks are enabled).
@@ -42,12 +44,16 @@ void check_activation(const char* op, const at::Tensor& input, const at::Tensor&
 void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const at::Tensor& values,
                 int64_t rows);
 
-// Convolution geometry: positive kernel/stride/dilation, non-negative padding, groups dividing
-// both channel counts, a non-empty output. Returns {out_h, out_w}.
-std::array<int64_t, 2> check_conv_geometry(const at::Tensor& input, int64_t in_channels,
-                                           int64_t out_channels, int64_t weight_cols,
-                                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                           at::IntArrayRef padding, at::IntArrayRef dilation,
-                                           int64_t groups);
+struct ConvGeometry {
+  int64_t out_h, out_w;
+  int64_t weight_cols;  // in_channels / groups * kh * kw: the columns of the CSR weight
+};
+
+// Convolution geometry, checked before any of it is used: two entries per list, positive
+// kernel/stride/dilation and non-negative padding (each below 2^31), groups dividing both channel
+// counts, no overflow, a non-empty output.
+ConvGeometry check_conv_geometry(const at::Tensor& input, int64_t in_channels, int64_t out_channels,
+                                 at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
 }  // namespace sparse_rt

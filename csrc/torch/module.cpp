@@ -17,4 +17,6 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("full_index_checks_enabled", &sparse_rt::full_index_checks_enabled);
   m.def("set_full_index_checks", &sparse_rt::set_full_index_checks, pybind11::arg("enabled"));
+  m.def("set_thread_full_index_checks", &sparse_rt::set_thread_full_index_checks,
+        pybind11::arg("state"));
 }

@@ -84,8 +84,9 @@ def _fuse_conv(layers, name, shared_input):
     """Stacked rows on the shared input, else groups x M; dense members stay a dense conv."""
     _same(layers, name, "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
     first, m = layers[0], len(layers)
-    if isinstance(first, nn.Conv2d):
-        _same(layers, name, "padding_mode")
+    modes = {getattr(layer, "padding_mode", "zeros") for layer in layers}  # SparseConv2d pads zeros
+    if len(modes) > 1:
+        raise FusionError(name, f"members differ in padding_mode ({', '.join(sorted(modes))})")
     groups = first.groups if shared_input else first.groups * m
     in_channels = first.in_channels if shared_input else first.in_channels * m
     if all(isinstance(layer, nn.Conv2d) for layer in layers):

@@ -27,7 +27,8 @@ def ensemble_info(manifest):
 def load_ensemble(path, arch=None, *, arch_kwargs=None, trust_arch=False, combine=None, fuse=True):
     from .core import SparseEnsemble
 
-    info = ensemble_info(srt.read_manifest(path))
+    manifest = srt.read_manifest(path)
+    info = ensemble_info(manifest)
     if not info:
         raise srt.SrtHeaderError(f"{path} holds a single model, not an ensemble: read it with sparse_rt.load")
     modules, specs = [], []
@@ -35,7 +36,7 @@ def load_ensemble(path, arch=None, *, arch_kwargs=None, trust_arch=False, combin
         module, spec = srt._build({"arch": member["arch"]}, arch, arch_kwargs, trust_arch, path)
         modules.append(copy.deepcopy(module) if isinstance(arch, nn.Module) else module)
         specs.append(spec)
-    whole = srt.load(path, nn.ModuleList(modules))
+    whole = srt.load_model(path, manifest, nn.ModuleList(modules), None, trust_arch)
     members = []
     for i, (module, spec, member) in enumerate(zip(whole.module, specs, info["members"])):
         prefix = f"{i}."

@@ -50,11 +50,13 @@ def check_compressed_rows(crow, col, n_rows, n_cols, what):
                          f"({col64[i - 1].item()} then {col64[i].item()})")
 
 
-def check_values(values, nnz, tail_shape, what):
+def check_values(values, nnz, tail_shape, device, what):
     if not isinstance(values, torch.Tensor):
         raise ValueError(f"{what}: values must be a tensor, got {type(values).__name__}")
     if not values.is_floating_point():
         raise ValueError(f"{what}: values must be floating point, got {values.dtype}")
+    if values.device != device:
+        raise ValueError(f"{what}: values is on {values.device} but the indices are on {device}")
     expected = (nnz, *tail_shape)
     if tuple(values.shape) != expected:
         raise ValueError(f"{what}: values has shape {tuple(values.shape)}, expected {expected}")

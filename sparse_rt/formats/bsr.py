@@ -65,8 +65,10 @@ class BSR:
         if len(self.shape) != 2 or len(self.blocksize) != 2:
             raise ValueError(f"{what}: shape and blocksize must each have two entries")
         (rows, cols), (bh, bw) = self.shape, self.blocksize
+        if rows < 0 or cols < 0:
+            raise ValueError(f"{what}: shape must be two non-negative sizes")
         if bh < 1 or bw < 1 or rows % bh or cols % bw:
             raise ValueError(f"{what}: the block shape does not divide the matrix shape")
         check_compressed_rows(self.crow_indices, self.col_indices, rows // bh, cols // bw, what)
-        check_values(self.values, self.col_indices.numel(), (bh, bw), what)
+        check_values(self.values, self.col_indices.numel(), (bh, bw), self.crow_indices.device, what)
         return self

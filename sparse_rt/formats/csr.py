@@ -53,5 +53,5 @@ class CSR:
         rows, cols = self.shape
         what = f"CSR {list(self.shape)}"
         check_compressed_rows(self.crow_indices, self.col_indices, rows, cols, what)
-        check_values(self.values, self.nnz, (), what)
+        check_values(self.values, self.nnz, (), self.crow_indices.device, what)
         return self

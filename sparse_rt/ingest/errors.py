@@ -12,6 +12,7 @@ __all__ = [
     "IngestError",
     "CheckpointNotFoundError",
     "UnsafeCheckpointError",
+    "CorruptCheckpointError",
     "UnknownLayoutError",
     "AmbiguousFormError",
     "FormNotPresentError",
@@ -43,6 +44,11 @@ class UnsafeCheckpointError(IngestError, ValueError):
     """``torch.load(weights_only=True)`` refused the file (it holds pickled
     Python objects).  Re-run with ``unsafe=True`` (CLI: ``--unsafe``) if the
     file comes from a source you trust."""
+
+
+class CorruptCheckpointError(IngestError, ValueError):
+    """The file cannot be read as a checkpoint at all: truncated, damaged, or not a
+    ``torch.save`` / safetensors file."""
 
 
 class UnknownLayoutError(IngestError, ValueError):

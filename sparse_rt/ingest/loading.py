@@ -34,12 +34,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import pickle
 import warnings
 from typing import Any, Iterable, Mapping
 
 import torch
 
-from .errors import CheckpointNotFoundError, UnknownLayoutError, UnsafeCheckpointError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, UnknownLayoutError, UnsafeCheckpointError
 
 __all__ = [
     "UnsafeLoadWarning",
@@ -92,9 +93,13 @@ def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> A
     if os.path.isdir(path):
         raise CheckpointNotFoundError(f"{what} is a directory, expected a file: {path}")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
 
-        return dict(st_load(path, device="cpu"))
+        try:
+            return dict(st_load(path, device="cpu"))
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise CorruptCheckpointError(f"cannot read {what} {path} as safetensors: {exc}") from None
     if unsafe:
         warnings.warn(
             f"loading {path} with weights_only=False (unsafe=True): unpickling can run "
@@ -108,6 +113,14 @@ def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> A
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (zip/legacy issues), ...
         bad = _unsafe_globals(path)
+        # The restricted unpickler refuses globals ("Unsupported global", "was not an allowed
+        # global"); anything else (a bad opcode, a broken zip, EOF) means the file is damaged.
+        unpickler_error = str(exc).partition("WeightsUnpickler error:")[2].strip()
+        if not bad and not (isinstance(exc, pickle.UnpicklingError) and "global" in unpickler_error):
+            reason = (unpickler_error or str(exc) or "-").splitlines()[0]
+            raise CorruptCheckpointError(
+                f"cannot read {what} {path}: truncated, damaged, or not a torch.save file "
+                f"({type(exc).__name__}: {reason})") from None
         if bad:
             detail = "it pickles Python objects that are not tensors: " + ", ".join(bad[:10])
             if len(bad) > 10:

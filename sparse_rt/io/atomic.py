@@ -1,4 +1,7 @@
-"""Atomic file writes: readers see the old file or the complete new one, never a partial one."""
+"""Atomic file writes: readers see the old file or the complete new one, never a partial one.
+
+A writer killed mid-way (SIGKILL, power loss) leaves its temporary file, `.NAME.PID.XXXX.tmp`,
+beside the target; the next successful save of NAME removes those whose process is gone."""
 
 import contextlib
 import os
@@ -12,8 +15,10 @@ def atomic_write(path, mode="wb"):
     exception the temporary file is removed and `path` is left as it was."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    # Same directory as the target: os.replace is only atomic within one file system.
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    prefix = f".{os.path.basename(path)}."
+    # Same directory as the target: os.replace is only atomic within one file system. The pid in
+    # the name lets a later save recognise the leftover of a killed writer.
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, mode) as f:
@@ -26,6 +31,7 @@ def atomic_write(path, mode="wb"):
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+    _remove_stale_temps(directory, prefix)
 
 
 def _umask():
@@ -42,3 +48,23 @@ def _fsync_directory(directory):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _remove_stale_temps(directory, prefix):
+    if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX (on Windows it kills)
+        return
+    for name in os.listdir(directory):
+        pid = name[len(prefix):].split(".", 1)[0]
+        if name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -157,6 +157,11 @@ def read_manifest(path):
     if manifest.get("tensors_sha256") != digest.hexdigest():
         raise SrtIntegrityError(f"{path}: tensor data sha256 {digest.hexdigest()[:16]}... differs from the "
                                 f"recorded {str(manifest.get('tensors_sha256'))[:16]}...: the file is corrupt")
+    # The digests prove the file is as written, not that its writer was sparse_rt: check the types
+    # of the fields every reader relies on.
+    for key, types in (("source", (dict, type(None))), ("arch", (dict, type(None))), ("layers", list)):
+        if not isinstance(manifest.get(key), types):
+            raise SrtHeaderError(f"{path}: the manifest's {key!r} field is missing or has the wrong type")
     return manifest
 
 
@@ -204,6 +209,9 @@ def _build(manifest, arch, arch_kwargs, trust_arch, path):
     if spec is None:
         raise SrtArchError(f"{path} was converted from an nn.Module instance, which a file cannot record: "
                            "pass arch= (the module, a zoo name or 'pkg.module:factory') to load it")
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+            and isinstance(spec.get("kwargs") or {}, dict)):
+        raise SrtHeaderError(f"{path}: the manifest's architecture record is malformed: {spec!r}")
     if is_import_string(spec["name"]) and not trust_arch:
         raise SrtArchError(f"{path} builds its architecture by importing {spec['name']!r}, which runs code: "
                            "pass trust_arch=True (CLI: --trust-arch) if you trust the file, or arch=")
@@ -213,7 +221,7 @@ def _build(manifest, arch, arch_kwargs, trust_arch, path):
         raise SrtArchError(f"{path}: cannot rebuild the architecture: {e}") from None
 
 
-def _placeholder(record, module, path):
+def _placeholder(record, module, tensors, path):
     """An empty sparse layer with the recorded geometry; load_state_dict(assign=True) fills it."""
     name, kind = record["name"], record["kind"]
     expected = nn.Linear if kind == "Linear" else nn.Conv2d
@@ -224,9 +232,19 @@ def _placeholder(record, module, path):
     dtype = getattr(torch, record["dtype"], None)
     if not isinstance(dtype, torch.dtype):
         raise SrtHeaderError(f"{path}: layer {name!r} has an unknown dtype {record['dtype']!r}")
+    bh, bw = record["blocksize"] if record["sparse_format"] == "bsr" else (1, 1)
+    if not (isinstance(rows, int) and isinstance(bh, int) and rows >= 0 and bh >= 1 and rows % bh == 0):
+        raise SrtHeaderError(f"{path}: layer {name!r} has a malformed shape {record['shape']!r} or "
+                             f"blocksize {record.get('blocksize')!r}")
+    # The placeholders are as large as the manifest says: bound that by the file's own tensors
+    # before allocating (a hostile manifest could otherwise ask for any amount of memory).
+    crow = tensors.get(f"{name}.crow_indices")
+    if crow is None or tuple(crow.shape) != (rows // bh + 1,):
+        found = "no crow_indices tensor" if crow is None else f"crow_indices of shape {tuple(crow.shape)}"
+        raise SrtArchError(f"{path}: layer {name!r} has {rows // bh} (block) rows in the manifest but "
+                           f"{found} in the file")
     bias = torch.zeros(rows, dtype=dtype) if record["bias"] else None
     if record["sparse_format"] == "bsr":
-        bh, bw = record["blocksize"]
         weight = BSR(torch.zeros(rows // bh + 1, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
                      torch.zeros(0, bh, bw, dtype=dtype), (rows, cols), (bh, bw))
     else:
@@ -239,7 +257,7 @@ def _placeholder(record, module, path):
 
 
 def load(path, arch=None, *, arch_kwargs=None, trust_arch=False):
-    """Loads a .srt file into a SparseModel.
+    """Loads a .srt file into a SparseModel (a SparseEnsemble when the file holds an ensemble).
 
     The architecture is rebuilt from the manifest (a zoo name; an import string only with
     `trust_arch=True`, since importing runs code), or from `arch` (an nn.Module, a zoo name or
@@ -248,34 +266,57 @@ def load(path, arch=None, *, arch_kwargs=None, trust_arch=False):
     """
     path = os.fspath(path)
     manifest = read_manifest(path)
+    if (manifest.get("source") or {}).get("ensemble"):
+        from ..ensemble.srt import load_ensemble  # the ensemble package builds on this module
+
+        return load_ensemble(path, arch, arch_kwargs=arch_kwargs, trust_arch=trust_arch)
+    return load_model(path, manifest, arch, arch_kwargs, trust_arch)
+
+
+def load_model(path, manifest, arch, arch_kwargs, trust_arch):
+    """The whole file as one SparseModel (an ensemble file: its members in one nn.ModuleList)."""
     try:
         tensors = safetensors.torch.load_file(path)
     except (safetensors.SafetensorError, ValueError, RuntimeError) as e:
         raise SrtCorruptError(f"{path}: cannot read the tensors: {e}") from None
     module, spec = _build(manifest, arch, arch_kwargs, trust_arch, path)
-    records = manifest["layers"]
+    records = _layer_records(manifest, path)
     if isinstance(arch, nn.Module):
         module = copy.deepcopy(module)  # the caller's module stays as it was
     for record in records:
         if record["format"] == "dense":
             continue
         try:
-            layer = _placeholder(record, _submodule(module, record["name"], path), path)
+            layer = _placeholder(record, _submodule(module, record["name"], path), tensors, path)
         except SrtError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise SrtHeaderError(f"{path}: malformed manifest record for layer {record.get('name')!r}: "
                                  f"{type(e).__name__}: {e}") from None
         replace_submodule(module, record["name"], layer)
     try:
+        # The sparse layers validate the file's index arrays here, before any kernel can run.
         module.load_state_dict(tensors, strict=True, assign=True)
     except (RuntimeError, ValueError) as e:
         raise SrtArchError(f"{path}: the architecture does not match the file's tensors: {e}") from None
-    fields = {f.name for f in dataclasses.fields(LayerSummary)}
-    rows = [LayerSummary(**{k: tuple(v) if k == "shape" else v for k, v in r.items() if k in fields})
+    rows = [LayerSummary(**{k: tuple(v) if k == "shape" else v for k, v in r.items() if k in _SUMMARY_FIELDS})
             for r in records]
     model = SparseModel(module, Summary(rows), arch_spec=spec, source=manifest.get("source"))
     return model.eval()
+
+
+_SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary)}
+
+
+def _layer_records(manifest, path):
+    """The manifest's per-layer records, each checked to be a dict with every summary field."""
+    records = manifest["layers"]
+    for i, record in enumerate(records):
+        missing = _SUMMARY_FIELDS - set(record) if isinstance(record, dict) else _SUMMARY_FIELDS
+        if missing or not isinstance(record["name"], str) or not isinstance(record["shape"], list):
+            raise SrtHeaderError(f"{path}: malformed manifest record {i} (missing or mistyped: "
+                                 f"{sorted(missing) or ['name', 'shape']})")
+    return records
 
 
 def _submodule(module, name, path):

@@ -4,6 +4,33 @@ from torch import nn
 from ..formats import BSR, CSR
 
 
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_weight_and_bias(weight, bias, what, contiguous=False):
+    """Raises ValueError unless `weight` (CSR/BSR) is valid and, with `bias`, is what the kernels
+    take: a value dtype they implement, one device, bias [rows] of that dtype (and, with
+    `contiguous`, contiguous tensors: the kernels read them as flat arrays)."""
+    weight.validate()
+    where = f"{what}: " if what else ""
+    if weight.values.dtype not in KERNEL_DTYPES:
+        raise ValueError(f"{where}values dtype {weight.values.dtype} is not one the kernels implement "
+                         f"(float32, float16, bfloat16)")
+    for name in ("crow_indices", "col_indices", "values") if contiguous else ():
+        if not getattr(weight, name).is_contiguous():
+            raise ValueError(f"{where}{name} must be contiguous")
+    if bias is None:
+        return
+    rows = weight.shape[0]
+    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (rows,):
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"{where}bias must have shape ({rows},), got {got}")
+    if bias.dtype != weight.values.dtype:
+        raise ValueError(f"{where}bias dtype {bias.dtype} differs from the values dtype {weight.values.dtype}")
+    if bias.device != weight.values.device:
+        raise ValueError(f"{where}bias is on {bias.device} but the weight is on {weight.values.device}")
+
+
 class SparseWeightModule(nn.Module):
     """Base of the sparse layers: the weight lives in three plain buffers (crow_indices,
     col_indices, values) plus an optional bias buffer, so state_dict, .to(), torch.export and ONNX
@@ -12,7 +39,7 @@ class SparseWeightModule(nn.Module):
     format = "csr"
 
     def _set_weight(self, weight, bias):
-        weight.validate()
+        check_weight_and_bias(weight, bias, type(self).__name__)
         self.register_buffer("crow_indices", weight.crow_indices.contiguous())
         self.register_buffer("col_indices", weight.col_indices.contiguous())
         self.register_buffer("values", weight.values.detach().contiguous())
@@ -45,12 +72,21 @@ class SparseWeightModule(nn.Module):
                               unexpected_keys, error_msgs):
         # A checkpoint may hold a different number of nonzeros than this module: validate the
         # incoming index structure first, then resize the buffers to it before torch copies.
+        # With assign=True (the .srt loader's path) the tensors are taken as they are, so their
+        # dtypes, devices and contiguity are checked too; otherwise torch copies them into this
+        # module's buffers, which already satisfy those.
         keys = [prefix + n for n in ("crow_indices", "col_indices", "values")]
         if all(k in state_dict for k in keys):
             crow, col, values = (state_dict[k] for k in keys)
+            assign = local_metadata.get("assign_to_params_buffers", False)
+            bias = state_dict.get(prefix + "bias", self.bias) if assign else None
             layer = prefix[:-1] or type(self).__name__
             try:
-                self._container(crow, col, values).validate()
+                weight = self._container(crow, col, values)
+                if assign:
+                    check_weight_and_bias(weight, bias, "", contiguous=True)
+                else:
+                    weight.validate()
             except ValueError as e:
                 raise ValueError(f"layer '{layer}': invalid sparse weight in state_dict: {e}") from None
             self.crow_indices = torch.empty_like(crow, device=self.crow_indices.device)

@@ -20,6 +20,18 @@ def explicit_padding(conv):
     return tuple(conv.padding)
 
 
+def check_conv_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups):
+    """Raises ValueError naming the first argument the convolution kernel cannot take."""
+    for name, pair, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                              ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(pair) != 2 or not all(isinstance(v, int) and v >= least for v in pair):
+            raise ValueError(f"SparseConv2d: {name} must be two ints >= {least}, got {pair!r}")
+    if not (isinstance(groups, int) and groups >= 1 and in_channels >= 1 and out_channels >= 1
+            and in_channels % groups == 0 and out_channels % groups == 0):
+        raise ValueError(f"SparseConv2d: groups={groups!r} must be >= 1 and divide in_channels={in_channels} "
+                         f"and out_channels={out_channels}")
+
+
 class SparseConv2d(SparseWeightModule):
     """Drop-in replacement of nn.Conv2d (zero padding) whose weight is CSR over
     [out_channels, in_channels/groups * kh * kw], the row-major flattening of the dense weight."""
@@ -27,6 +39,7 @@ class SparseConv2d(SparseWeightModule):
     def __init__(self, in_channels, out_channels, kernel_size, weight, bias=None, stride=(1, 1),
                  padding=(0, 0), dilation=(1, 1), groups=1):
         super().__init__()
+        check_conv_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         kh, kw = kernel_size
         expected = (out_channels, in_channels // groups * kh * kw)
         if tuple(weight.shape) != expected:

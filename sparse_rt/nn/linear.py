@@ -10,6 +10,10 @@ class SparseLinear(SparseWeightModule):
 
     def __init__(self, in_features, out_features, weight, bias=None):
         super().__init__()
+        if not (isinstance(in_features, int) and isinstance(out_features, int)
+                and in_features >= 0 and out_features >= 0):
+            raise ValueError(f"SparseLinear: in_features and out_features must be ints >= 0, got "
+                             f"{in_features!r} and {out_features!r}")
         if tuple(weight.shape) != (out_features, in_features):
             raise ValueError(f"SparseLinear: weight shape {tuple(weight.shape)} is not "
                              f"(out_features, in_features) = {(out_features, in_features)}")

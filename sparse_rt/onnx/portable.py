@@ -68,7 +68,10 @@ class PortableLinear(_RebuiltWeight):
 
 class PortableConv2d(_RebuiltWeight):
     def __init__(self, layer):
-        super().__init__(layer.dense_weight(), layer.bias)
+        # Without a bias the exporter derives a zero one from the rebuilt weight's shape at run
+        # time, and that non-constant input keeps onnxruntime from fusing BatchNorm into the Conv.
+        bias = layer.bias if layer.bias is not None else layer.values.new_zeros(layer.out_channels)
+        super().__init__(layer.dense_weight(), bias)
         self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
 
     def forward(self, input):

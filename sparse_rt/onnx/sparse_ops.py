@@ -14,6 +14,8 @@ import onnx
 import onnx.defs
 import torch
 
+from ..ops import full_index_checks
+
 DOMAIN = "sparse_rt"
 VERSION = 1
 
@@ -187,7 +189,9 @@ def _invoke(op_id, feed, attributes):
         return _ocos._on_pyop_invocation(op_id, feed, attributes)
     kernel, names = entry
     inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in feed]
-    with torch.inference_mode():
+    # The index arrays come from the ONNX file, which nothing has validated: check every column
+    # index (O(nnz), small next to the O(nnz * batch) kernel).
+    with torch.inference_mode(), full_index_checks():
         y = kernel(*inputs, {name: int(attributes[name]) for name in names})
     y = y.numpy()
     return op_id, y.shape, y

@@ -41,9 +41,13 @@ def set_full_index_checks(enabled):
 
 @contextlib.contextmanager
 def full_index_checks(enabled=True):
-    """Context manager form of set_full_index_checks."""
-    previous = set_full_index_checks(enabled)
+    """Turns full index checks on (or off) for op calls made by the current thread inside the
+    block; other threads keep their own setting, so concurrent blocks cannot undo each other."""
+    if not HAS_COMPILED_OPS:
+        yield
+        return
+    previous = _C.set_thread_full_index_checks(int(bool(enabled)))
     try:
         yield
     finally:
-        set_full_index_checks(previous)
+        _C.set_thread_full_index_checks(previous)

@@ -73,6 +73,21 @@ inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOut
 
 }  // namespace
 
+void pack_transposed(const float* x, int64_t rows, int64_t cols, int64_t ld, float* xt) {
+  // 16x16 blocks: both the rows read from x and the rows written to xt stay in L1.
+  constexpr int64_t kBlock = 16;
+  for (int64_t k0 = 0; k0 < cols; k0 += kBlock) {
+    const int64_t k1 = std::min(k0 + kBlock, cols);
+    for (int64_t n0 = 0; n0 < rows; n0 += kBlock) {
+      const int64_t n1 = std::min(n0 + kBlock, rows);
+      for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t n = n0; n < n1; ++n) xt[k * ld + n] = x[n * cols + k];
+      }
+    }
+    for (int64_t k = k0; k < k1; ++k) std::fill(xt + k * ld + rows, xt + (k + 1) * ld, 0.f);
+  }
+}
+
 template <typename V>
 SPARSE_RT_MULTIVERSION void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y,
                                      Epilogue ep, int64_t row_begin, int64_t row_end) {

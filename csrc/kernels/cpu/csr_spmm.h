@@ -30,6 +30,10 @@ struct StridedOutput {
   int64_t columns;  // columns stored (<= DenseRows::width; the rest is padding)
 };
 
+// xt[k * ld + n] = x[n * cols + k] for n < rows, and 0 for rows <= n < ld: the dense operand of a
+// batched linear layer (x is [rows, cols] row-major).
+void pack_transposed(const float* x, int64_t rows, int64_t cols, int64_t ld, float* xt);
+
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,
               int64_t row_begin, int64_t row_end);

@@ -113,14 +113,19 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
   std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
   const RandomCsr m = random_csr(rows, cols, density, g);
   const std::vector<V> vals = encode_all<V>(m.val);
-  // The tiled kernel reads x transposed with its batch padded to a multiple of 8 (padding: NaN,
-  // which must never reach a stored output).
+  // The tiled kernel reads x transposed with its batch padded to a multiple of 8 by zeros
+  // (pack_transposed; the padding is checked too).
   const int64_t ld = (batch + 7) / 8 * 8;
   std::vector<float> x(batch * cols), xt(ld * cols, NAN), bias(rows);
   for (auto& v : x) v = exact_value(g);
   for (auto& v : bias) v = exact_value(g);
-  for (int64_t n = 0; n < batch; ++n)
-    for (int64_t k = 0; k < cols; ++k) xt[k * ld + n] = x[n * cols + k];
+  pack_transposed(x.data(), batch, cols, ld, xt.data());
+  for (int64_t k = 0; k < cols; ++k) {
+    for (int64_t n = 0; n < ld; ++n) {
+      expect(xt[k * ld + n] == (n < batch ? x[n * cols + k] : 0.f), "pack_transposed at (" +
+             std::to_string(k) + ", " + std::to_string(n) + ")");
+    }
+  }
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
   const Epilogue ep{bias.data(), relu};
   std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN);

@@ -1,5 +1,6 @@
 #include <torch/library.h>
 
+#include <array>
 #include <limits>
 
 #include "../../kernels/cpu/csr_conv2d.h"
@@ -19,12 +20,10 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
   const SparseWeightInfo info = check_sparse_weight(op, crow, col, values, 1);
   check_activation(op, input, values);
   check_bias(op, bias, values, info.rows);
-  TORCH_CHECK(in_channels >= 1, "sparse_rt.", op, ": in_channels must be >= 1, got ", in_channels);
-  TORCH_CHECK(groups >= 1 && in_channels % groups == 0, "sparse_rt.", op, ": groups=", groups,
-              " must divide in_channels=", in_channels);
-  const int64_t cols = in_channels / groups * kernel_size[0] * kernel_size[1];
-  const auto out_hw = check_conv_geometry(input, in_channels, info.rows, cols, kernel_size, stride,
-                                          padding, dilation, groups);
+  const ConvGeometry geom = check_conv_geometry(input, in_channels, info.rows, kernel_size, stride,
+                                                padding, dilation, groups);
+  const int64_t cols = geom.weight_cols;
+  const std::array<int64_t, 2> out_hw{geom.out_h, geom.out_w};
   check_sparse_indices(op, crow, col, cols);
   const int64_t batch = input.size(0);
   at::Tensor y = at::empty({batch, info.rows, out_hw[0], out_hw[1]},

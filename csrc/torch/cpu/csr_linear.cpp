@@ -1,7 +1,5 @@
 #include <torch/library.h>
 
-#include <ATen/ops/zeros.h>
-
 #include "../../kernels/cpu/csr_linear.h"
 #include "../../kernels/cpu/csr_spmm.h"
 #include "../checks.h"
@@ -28,10 +26,12 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const bool tiled = flat.batch >= cpu::kTiledMinBatch;
     // The tiled SpMM reads x transposed, its batch padded with zeros to a multiple of 8.
     const int64_t ld = (flat.batch + 7) / 8 * 8;
+    // Packed serially: a second parallel region costs more than the copy saves.
     at::Tensor xt;
     if (tiled) {
-      xt = at::zeros({in_features, ld}, flat.x.options());
-      xt.narrow(1, 0, flat.batch).copy_(flat.x.t());
+      xt = at::empty({in_features, ld}, flat.x.options());
+      cpu::pack_transposed(flat.x.const_data_ptr<float>(), flat.batch, in_features, ld,
+                           xt.mutable_data_ptr<float>());
     }
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();

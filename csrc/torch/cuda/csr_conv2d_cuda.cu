@@ -2,6 +2,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <limits>
 
 #include "../checks.h"
@@ -22,11 +23,10 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
   const SparseWeightInfo info = check_sparse_weight(op, crow_indices, col_indices, values, 1);
   check_activation(op, input, values);
   check_bias(op, bias, values, info.rows);
-  TORCH_CHECK(groups > 0 && kernel_size.size() == 2, op,
-              ": groups must be positive and kernel_size two values");
-  const int64_t weight_cols = in_channels / groups * kernel_size[0] * kernel_size[1];
-  const auto out_hw = check_conv_geometry(input, in_channels, info.rows, weight_cols, kernel_size,
-                                          stride, padding, dilation, groups);
+  const ConvGeometry geom = check_conv_geometry(input, in_channels, info.rows, kernel_size, stride,
+                                                padding, dilation, groups);
+  const int64_t weight_cols = geom.weight_cols;
+  const std::array<int64_t, 2> out_hw{geom.out_h, geom.out_w};
   // The kernel keeps a channel index in 32 bits (its shared-memory tap table).
   TORCH_CHECK(in_channels <= std::numeric_limits<int32_t>::max(), op, ": too many input channels");
 
