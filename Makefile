@@ -40,11 +40,16 @@ cuda-check-if-available:
 		$(MAKE) --no-print-directory cuda-check; \
 	else echo "cuda-check skipped: nvcc not found"; fi
 
-# CPU benchmarks on DLMC patterns; the speedups of this run go to benchmarks/results/.
+# CPU benchmarks (DLMC linear and conv layers, end-to-end models); the speedups of this run go to
+# benchmarks/results/cpu-*.json, then a PNG and the README's table are made from them.
+CPU_BENCH_FLAGS := -q -p no:cacheprovider --benchmark-max-time=0.25 --benchmark-warmup=on --benchmark-columns=median,iqr,rounds
 bench: install
-	$(PYTHON) -m pytest benchmarks/test_cpu_linear.py -q -p no:cacheprovider --benchmark-max-time=0.25 --benchmark-warmup=on \
-		--benchmark-columns=median,iqr,rounds --speedup-json benchmarks/results/cpu-linear-$(DATE).json
-	$(PYTHON) benchmarks/update_readme.py cpu-linear
+	for suite in linear conv e2e; do \
+		$(PYTHON) -m pytest benchmarks/test_cpu_$$suite.py $(CPU_BENCH_FLAGS) \
+			--speedup-json benchmarks/results/cpu-$$suite-$(DATE).json || exit 1; \
+	done
+	$(PYTHON) benchmarks/plot_cpu.py
+	$(PYTHON) benchmarks/update_readme.py cpu
 
 # `sparse-rt bench` on zoo models (MODEL:SPARSITIES) against dense, torch.sparse and onnxruntime;
 # writes benchmarks/results/bench-MODEL-DATE.{json,png}, then the README's table from them.

@@ -25,7 +25,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from importlib import metadata  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sparse_rt  # noqa: E402

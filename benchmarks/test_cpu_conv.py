@@ -1,5 +1,10 @@
-"""Sparse convolution on the real pruned ResNet-50 layers of DLMC (magnitude pruning 0.8/0.9/...)
-with their real shapes at batch 1, against dense torch (oneDNN) on the same weights, fp32.
+"""Sparse convolution on the real pruned ResNet-50 layers of DLMC (magnitude pruning) with their
+real shapes at batch 1, against dense torch (oneDNN) on the same weights, fp32.
+
+Series "kernel sparsity=S": the sparse kernel on every layer. Series "planned sparsity=S": what
+sparsify(format="auto") runs for the layer - the sparse kernel where the planner's cost model
+expects it to win, else the dense convolution - so its ratio shows whether the planner ever makes a
+layer slower than dense.
 
     python -m pytest benchmarks/test_cpu_conv.py --benchmark-warmup=on
 """
@@ -11,8 +16,10 @@ import torch.nn.functional as F
 from sparse_rt import ops
 from sparse_rt.bench.dlmc import rn50_conv_geometry, rn50_output_pixels
 from sparse_rt.formats import load_smtx
+from sparse_rt.plan import plan_layer
 
-SPARSITIES = ["0.8", "0.9"]
+SERIES = [("kernel", "0.8"), ("kernel", "0.9"), ("kernel", "0.95"), ("kernel", "0.98"),
+          ("planned", "0.8"), ("planned", "0.9")]
 LAYERS = 54  # matrices per sparsity level
 
 
@@ -24,21 +31,22 @@ def _case(dlmc, sparsity, index):
     x = torch.randn(1, g.in_channels, g.in_side, g.in_side, generator=torch.Generator().manual_seed(1))
     dense = w.to_dense().view(w.shape[0], g.in_channels, g.kernel, g.kernel)
     k, s, p = (g.kernel,) * 2, (g.stride,) * 2, (g.padding,) * 2
-    engines = {
-        "sparse_rt": lambda: ops.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, None,
-                                            g.in_channels, k, s, p, (1, 1), 1),
-        "dense": lambda: F.conv2d(x, dense, None, s, p),
-    }
-    return name, g, engines
+    sparse_fn = lambda: ops.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, None, g.in_channels,
+                                       k, s, p, (1, 1), 1)
+    dense_fn = lambda: F.conv2d(x, dense, None, s, p)
+    planned = plan_layer("Conv2d", w.shape, 1.0 - w.density, min_sparsity=0.5)
+    return name, g, {"kernel": sparse_fn, "planned": sparse_fn if planned.format == "csr" else dense_fn}, dense_fn
 
 
 @pytest.mark.parametrize("engine", ["sparse_rt", "dense"])
-@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("series", SERIES, ids=lambda s: f"{s[0]}-{s[1]}")
 @pytest.mark.parametrize("layer", range(LAYERS))
-def test_rn50_conv(benchmark, dlmc, layer, sparsity, engine):
-    name, g, engines = _case(dlmc, sparsity, layer)
-    benchmark.group = f"rn50 {sparsity} {name} {g.kernel}x{g.kernel}/{g.stride} {g.in_channels}ch {g.out_side}^2"
+def test_rn50_conv(benchmark, dlmc, layer, series, engine):
+    mode, sparsity = series
+    name, g, sparse_fns, dense_fn = _case(dlmc, sparsity, layer)
+    benchmark.group = (f"rn50 {mode} {sparsity} {name} {g.kernel}x{g.kernel}/{g.stride} "
+                       f"{g.in_channels}ch {g.out_side}^2")
     benchmark.extra_info["engine"] = engine
-    benchmark.extra_info["series"] = f"sparsity={sparsity}"
+    benchmark.extra_info["series"] = f"{mode} sparsity={sparsity}"
     with torch.inference_mode():
-        benchmark(engines[engine])
+        benchmark(sparse_fns[mode] if engine == "sparse_rt" else dense_fn)

@@ -3,8 +3,8 @@ so the numbers there always come from a real run:
 
     python benchmarks/update_readme.py [TABLE ...]     (default: every table with results)
 
-cpu-linear  <- cpu-linear-DATE.json (`make bench`)
-bench       <- bench-MODEL-DATE.json, the newest per model (`make bench-report`)
+cpu    <- cpu-{linear,conv,e2e}-DATE.json, the newest of each (`make bench`)
+bench  <- bench-MODEL-DATE.json, the newest per model (`make bench-report`)
 """
 
 import json
@@ -22,18 +22,26 @@ def _measured(r, paths):
             f"torch {r['versions']['torch']}; from {files}.")
 
 
-def cpu_linear_table():
-    results = sorted(RESULTS.glob("cpu-linear-*.json"))
-    if not results:
+CPU_SUITES = {  # result file prefix: what its cases are
+    "cpu-linear": "Linear, DLMC transformer 0.9 layers",
+    "cpu-conv": "Conv2d, DLMC ResNet-50 layers, real shapes, batch 1",
+    "cpu-e2e": "End to end, batch 1",
+}
+
+
+def cpu_table():
+    newest = {p: sorted(RESULTS.glob(f"{p}-*.json")) for p in CPU_SUITES}
+    newest = {p: files[-1] for p, files in newest.items() if files}
+    if not newest:
         return None
-    r = json.loads(results[-1].read_text())
-    lines = [_measured(r, results[-1:]), "",
-             "| batch | vs dense torch, geomean (min–max) | vs torch.sparse CSR, geomean (min–max) | layers |",
-             "| --- | --- | --- | --- |"]
-    for series, by_engine in sorted(r["summary"].items(), key=lambda kv: int(kv[0].split("=")[1])):
-        cells = [f"{s['geomean']:.2f}x ({s['min']:.2f}–{s['max']:.2f})"
-                 for s in (by_engine["dense"], by_engine["torch_csr"])]
-        lines.append(f"| {series.split('=')[1]} | {cells[0]} | {cells[1]} | {by_engine['dense']['cases']} |")
+    reports = {p: json.loads(path.read_text()) for p, path in newest.items()}
+    lines = [_measured(next(iter(reports.values())), list(newest.values())), "",
+             "| suite | series | sparse_rt vs | geomean | min–max | cases |", "| --- " * 6 + "|"]
+    for prefix, r in reports.items():
+        for series, by_engine in r["summary"].items():
+            for engine, s in sorted(by_engine.items()):
+                lines.append(f"| {CPU_SUITES[prefix]} | {series} | {engine} | **{s['geomean']:.2f}x** | "
+                             f"{s['min']:.2f}–{s['max']:.2f} | {s['cases']} |")
     return "\n".join(lines)
 
 
@@ -62,7 +70,7 @@ def bench_table():
     return "\n".join(lines)
 
 
-TABLES = {"cpu-linear": cpu_linear_table, "bench": bench_table}
+TABLES = {"cpu": cpu_table, "bench": bench_table}
 
 
 def replace_between_markers(text, name, body):

@@ -18,11 +18,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 
 import safetensors
 import safetensors.torch
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
 
 from .. import __version__
 from ..arch import ArchitectureError, build_arch, is_import_string
@@ -36,6 +38,9 @@ FORMAT_VERSION = 1
 MANIFEST_KEY = "sparse_rt"
 MAX_HEADER_BYTES = 64 << 20
 MAX_TENSORS = 1_000_000
+# An architecture rebuilt from a manifest may hold at most this many dense parameter elements per
+# byte of the file (99.9%-sparse fp16 layers need about 170).
+MAX_ARCH_ELEMENTS_PER_BYTE = 1024
 _DIGESTS = ("tensors_sha256", "header_sha256")
 
 
@@ -216,9 +221,42 @@ def _build(manifest, arch, arch_kwargs, trust_arch, path):
         raise SrtArchError(f"{path} builds its architecture by importing {spec['name']!r}, which runs code: "
                            "pass trust_arch=True (CLI: --trust-arch) if you trust the file, or arch=")
     try:
+        _check_arch_size(spec["name"], spec.get("kwargs"), path)
         return build_arch(spec["name"], spec.get("kwargs"))
     except ArchitectureError as e:
         raise SrtArchError(f"{path}: cannot rebuild the architecture: {e}") from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _check_arch_size(name, kwargs, path):
+    """Builds the manifest's architecture on the meta device (no memory), stopping it as soon as it
+    registers more tensors or elements than the file can account for: its keyword arguments come
+    from the file, and one like depth=2**31 would otherwise allocate without bound."""
+    with safetensors.safe_open(path, "pt") as f:
+        max_tensors = 2 * len(f.keys()) + 64  # sparse layers store more tensors than dense ones
+    max_elements = MAX_ARCH_ELEMENTS_PER_BYTE * os.path.getsize(path) + (1 << 20)
+    owner, seen = threading.get_ident(), [0, 0]
+
+    def count(module, name, tensor):  # the hooks are global: count this thread's build only
+        if tensor is not None and threading.get_ident() == owner:
+            seen[0] += 1
+            seen[1] += tensor.numel()
+            if seen[0] > max_tensors or seen[1] > max_elements:
+                raise _TooLarge
+
+    hooks = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
+    try:
+        with torch.device("meta"):
+            build_arch(name, kwargs)
+    except _TooLarge:
+        raise SrtArchError(f"{path}: the architecture {name!r} with {kwargs} is larger than the file can hold "
+                           f"(over {max_tensors} tensors or {max_elements} elements): refusing to build it") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _placeholder(record, module, tensors, path):

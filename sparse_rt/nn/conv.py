@@ -21,11 +21,12 @@ def explicit_padding(conv):
 
 
 def check_conv_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups):
-    """Raises ValueError naming the first argument the convolution kernel cannot take."""
+    """Raises ValueError naming the first argument the convolution kernel cannot take (the limits
+    of the op's own check, so that a layer that passes here runs)."""
     for name, pair, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
                               ("padding", padding, 0), ("dilation", dilation, 1)):
-        if len(pair) != 2 or not all(isinstance(v, int) and v >= least for v in pair):
-            raise ValueError(f"SparseConv2d: {name} must be two ints >= {least}, got {pair!r}")
+        if len(pair) != 2 or not all(isinstance(v, int) and least <= v < 2**31 for v in pair):
+            raise ValueError(f"SparseConv2d: {name} must be two ints >= {least} (below 2^31), got {pair!r}")
     if not (isinstance(groups, int) and groups >= 1 and in_channels >= 1 and out_channels >= 1
             and in_channels % groups == 0 and out_channels % groups == 0):
         raise ValueError(f"SparseConv2d: groups={groups!r} must be >= 1 and divide in_channels={in_channels} "

@@ -13,7 +13,8 @@ def session(path, *, register_ops=True, config=None, **ort_options):
     needs nothing (register_ops=False gives a stock session). `ort_options` set attributes of
     onnxruntime.SessionOptions (intra_op_num_threads=2, graph_optimization_level=...) or pass
     `providers` / `provider_options` on; `config` holds session config entries
-    ({"session.intra_op.allow_spinning": "0"}).
+    ({"session.intra_op.allow_spinning": "0"}). With `register_ops`, the sparse weights in the
+    file are validated first (ValueError naming the node).
     """
     import onnxruntime as ort
 
@@ -30,8 +31,11 @@ def session(path, *, register_ops=True, config=None, **ort_options):
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, str(value))
     if register_ops:
-        from .sparse_ops import register_ort_kernels
+        import onnx
 
+        from .sparse_ops import check_weights, register_ort_kernels
+
+        check_weights(onnx.load(path), path)
         options.register_custom_ops_library(register_ort_kernels())
     session_args.setdefault("providers", ["CPUExecutionProvider"])
     return ort.InferenceSession(path, options, **session_args)

@@ -159,6 +159,52 @@ def translation_table():
             for op_type, (torch_op, _, _) in _OPS.items()}
 
 
+# --- weight validation ----------------------------------------------------------------------------
+
+def check_weights(model, path):
+    """Raises ValueError naming the node and the problem unless every node of our domain takes a
+    valid sparse weight and bias from constants. Run before onnxruntime sees the model: an
+    exception inside an onnxruntime-extensions Python op aborts the process, so a bad index array
+    from the file must be refused here."""
+    from ..formats import BSR, CSR
+    from ..nn._sparse_weight import check_weight_and_bias
+    from ..nn.conv import check_conv_geometry
+
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" and not n.domain
+                      for a in n.attribute if a.name == "value"})
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        what = f"{path}: node {node.name!r} ({node.op_type})"
+        if node.op_type not in _OPS:
+            raise ValueError(f"{what}: unknown op of domain {DOMAIN!r}")
+        if len(node.input) != 5 or any(name not in constants for name in node.input[1:]):
+            raise ValueError(f"{what}: crow_indices, col_indices, values and bias must be initializers")
+        crow, col, values, bias = (torch.from_numpy(onnx.numpy_helper.to_array(constants[name]).copy())
+                                   for name in node.input[1:])
+        a = {attr.name: attr.i for attr in node.attribute}
+        try:
+            if node.op_type == "CsrConv2d":
+                check_conv_geometry(a["in_channels"], crow.numel() - 1, (a["kernel_h"], a["kernel_w"]),
+                                    (a["stride_h"], a["stride_w"]), (a["pad_h"], a["pad_w"]),
+                                    (a["dilation_h"], a["dilation_w"]), a["group"])
+                cols = a["in_channels"] // a["group"] * a["kernel_h"] * a["kernel_w"]
+                weight = CSR(crow, col, values, (crow.numel() - 1, cols))
+            elif node.op_type == "CsrLinear":
+                weight = CSR(crow, col, values, (crow.numel() - 1, a["in_features"]))
+            else:
+                if values.dim() != 3:
+                    raise ValueError(f"values must be 3-D [nblocks, bh, bw], got shape {tuple(values.shape)}")
+                bh, bw = values.shape[1:]
+                weight = BSR(crow, col, values, ((crow.numel() - 1) * bh, a["in_features"]), (bh, bw))
+            check_weight_and_bias(weight, bias, "")
+        except KeyError as e:
+            raise ValueError(f"{what}: attribute {e} is missing") from None
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+
+
 # --- onnxruntime kernels --------------------------------------------------------------------------
 
 def _linear_kernel(torch_op):
@@ -189,8 +235,8 @@ def _invoke(op_id, feed, attributes):
         return _ocos._on_pyop_invocation(op_id, feed, attributes)
     kernel, names = entry
     inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in feed]
-    # The index arrays come from the ONNX file, which nothing has validated: check every column
-    # index (O(nnz), small next to the O(nnz * batch) kernel).
+    # sparse_rt.onnx.session validated the weights already; a session built around
+    # register_ort_kernels() directly gets the per-call check (O(nnz), small next to the kernel).
     with torch.inference_mode(), full_index_checks():
         y = kernel(*inputs, {name: int(attributes[name]) for name in names})
     y = y.numpy()

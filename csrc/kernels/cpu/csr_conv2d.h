@@ -35,6 +35,11 @@ struct PackedConvLayout {
 
 PackedConvLayout packed_conv_layout(const Conv2dGeometry& g);
 
+// A 1x1, stride-1, unpadded convolution reads the image as it is: packing would only copy it.
+inline bool conv_reads_input_directly(const Conv2dGeometry& g) {
+  return g.kh == 1 && g.kw == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
+}
+
 // Packs one image ([in_channels, height, width]) into `packed` (layout.packed_len floats).
 void pack_conv_input(const Conv2dGeometry& g, const PackedConvLayout& layout, const float* in,
                      float* packed);

@@ -42,18 +42,27 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
     // The output is computed "wide" (rows of phase_w columns); when phase_w == out_w the wide rows
     // are the output rows and the kernel writes y directly, otherwise a buffer is cropped into y.
     const bool crop = layout.phase_w != g.out_w;
-    at::Tensor packed = at::empty({batch, layout.packed_len}, x.options());
+    // The SpMM's dense operand: the packed image, or the input itself for 1x1 stride-1 unpadded
+    // convolutions (whose layout is the input's; then the width is not padded, so no read runs
+    // past the input, and the last wide % 8 columns take the kernel's scalar tail).
+    const bool direct = cpu::conv_reads_input_directly(g);
+    const int64_t image_stride = direct ? in_image : layout.packed_len;
+    const int64_t width = direct ? layout.wide : layout.wide_padded;
+    at::Tensor packed = direct ? x : at::empty({batch, layout.packed_len}, x.options());
     at::Tensor offsets = at::empty({info.nnz}, crow.options());
     at::Tensor wide = crop ? at::empty({batch, info.rows, layout.wide_padded}, x.options()) : at::Tensor();
     cpu::conv_tap_offsets(crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(), g, layout,
                           offsets.mutable_data_ptr<int32_t>());
-    const float* xp = x.const_data_ptr<float>();
-    float* packed_p = packed.mutable_data_ptr<float>();
-    at::parallel_for(0, batch, 1, [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n) {
-        cpu::pack_conv_input(g, layout, xp + n * in_image, packed_p + n * layout.packed_len);
-      }
-    });
+    if (!direct) {
+      const float* xp = x.const_data_ptr<float>();
+      float* packed_p = packed.mutable_data_ptr<float>();
+      at::parallel_for(0, batch, 1, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) {
+          cpu::pack_conv_input(g, layout, xp + n * in_image, packed_p + n * layout.packed_len);
+        }
+      });
+    }
+    const float* packed_p = packed.const_data_ptr<float>();
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();
     dispatch_value_type(values.scalar_type(), [&](auto tag) {
@@ -63,7 +72,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
                               info.rows, cols};
       parallel_over_rows(crow_p, info.rows, batch, info.nnz * layout.wide,
                          [&](int64_t n, int64_t o0, int64_t o1) {
-                           const cpu::DenseRows b{packed_p + n * layout.packed_len, 1, layout.wide_padded};
+                           const cpu::DenseRows b{packed_p + n * image_stride, 1, width};
                            if (crop) {
                              float* wide_p = wide.mutable_data_ptr<float>() + n * info.rows * layout.wide_padded;
                              cpu::csr_spmm(w, b, {wide_p, layout.wide_padded, 1, layout.wide}, ep, o0, o1);

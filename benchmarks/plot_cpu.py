@@ -1,0 +1,62 @@
+"""Plots the newest CPU results (benchmarks/results/cpu-{linear,conv}-*.json) as a PNG: speedup of
+sparse_rt against batch size (Linear, per baseline) and against sparsity (Conv2d, kernel and
+planner), geometric means with min–max bars.    python benchmarks/plot_cpu.py"""
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _newest(prefix):
+    files = sorted(RESULTS.glob(f"{prefix}-*.json"))
+    return (files[-1], json.loads(files[-1].read_text())) if files else (None, None)
+
+
+def _bars(ax, xs, stats, label, offset):
+    g = [s["geomean"] for s in stats]
+    low = [s["geomean"] - s["min"] for s in stats]
+    high = [s["max"] - s["geomean"] for s in stats]
+    ax.errorbar([x + offset for x in xs], g, yerr=[low, high], marker="o", capsize=4, label=label)
+
+
+def main():
+    linear_path, linear = _newest("cpu-linear")
+    conv_path, conv = _newest("cpu-conv")
+    if not linear or not conv:
+        sys.exit("run `make bench` first: cpu-linear-*.json and cpu-conv-*.json are needed")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    batches = sorted((s for s in linear["summary"] if s.startswith("N=")), key=lambda s: int(s[2:]))
+    for i, engine in enumerate(sorted({e for s in batches for e in linear["summary"][s]})):
+        _bars(left, range(len(batches)), [linear["summary"][s][engine] for s in batches], f"vs {engine}", 0.08 * i)
+    left.set_xticks(range(len(batches)), [s.replace("N=", "batch ") for s in batches])
+    left.set_title("Linear: DLMC transformer 0.9 layers")
+    for mode in ("kernel", "planned"):
+        series = sorted((s for s in conv["summary"] if s.startswith(mode)), key=lambda s: float(s.split("=")[1]))
+        xs = [float(s.split("=")[1]) for s in series]
+        _bars(right, xs, [conv["summary"][s]["dense"] for s in series], f"{mode} vs dense (oneDNN)",
+              0.003 if mode == "planned" else 0)
+    right.set_xlabel("sparsity")
+    right.set_title("Conv2d: DLMC ResNet-50 layers, real shapes, batch 1")
+    for ax in (left, right):
+        ax.axhline(1.0, color="gray", lw=1, ls="--")
+        ax.set_ylabel("speedup of sparse_rt (x, log scale)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    machine = linear["machine"]
+    fig.suptitle(f"sparse_rt CPU speedups, fp32, {machine['cpu']}, {machine['threads']} threads, {linear['date'][:10]}")
+    fig.tight_layout()
+    out = RESULTS / "cpu-speedup.png"  # one name, so the README always shows the newest
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out} from {linear_path.name} and {conv_path.name}")
+
+
+if __name__ == "__main__":
+    main()
