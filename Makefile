@@ -44,7 +44,7 @@ cuda-check-if-available:
 # benchmarks/results/cpu-*.json, then a PNG and the README's table are made from them.
 CPU_BENCH_FLAGS := -q -p no:cacheprovider --benchmark-max-time=0.25 --benchmark-warmup=on --benchmark-columns=median,iqr,rounds
 bench: install
-	for suite in linear conv e2e; do \
+	for suite in linear conv plan e2e; do \
 		$(PYTHON) -m pytest benchmarks/test_cpu_$$suite.py $(CPU_BENCH_FLAGS) \
 			--speedup-json benchmarks/results/cpu-$$suite-$(DATE).json || exit 1; \
 	done

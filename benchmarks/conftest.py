@@ -24,14 +24,16 @@ def dlmc():
 
 
 def _collect(config):
-    """({case: {engine: median s}}, {case: series})"""
+    """({case: {engine: median s}}, {case: series}, {case: other extra_info, e.g. density})"""
     session = getattr(config, "_benchmarksession", None)
-    medians, series = {}, {}
+    medians, series, info = {}, {}, {}
     for bench in getattr(session, "benchmarks", []):
         if bench.stats and "engine" in bench.extra_info:
-            medians.setdefault(bench.group, {})[bench.extra_info["engine"]] = bench.stats.median
-            series[bench.group] = bench.extra_info.get("series", "all")
-    return medians, series
+            extra = dict(bench.extra_info)
+            medians.setdefault(bench.group, {})[extra.pop("engine")] = bench.stats.median
+            series[bench.group] = extra.pop("series", "all")
+            info.setdefault(bench.group, {}).update(extra)
+    return medians, series, info
 
 
 def _summary(ratios, series):
@@ -46,7 +48,7 @@ def _summary(ratios, series):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    medians, series = _collect(config)
+    medians, series, info = _collect(config)
     ratios = speedups(medians)
     if not ratios:
         return
@@ -63,6 +65,7 @@ def pytest_terminal_summary(terminalreporter, config):
             **machine_info(),  # date, machine (CPU, cores, threads, GPU), versions
             "medians_s": medians,
             "series": series,
+            "case_info": info,
             "summary": summary,
             "speedup_per_case": ratios,
         }

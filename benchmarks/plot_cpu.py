@@ -1,4 +1,4 @@
-"""Plots the newest CPU results (benchmarks/results/cpu-{linear,conv}-*.json) as a PNG: speedup of
+"""Plots the newest CPU results (benchmarks/results/cpu-{linear,conv,plan}-*.json) as a PNG: speedup of
 sparse_rt against batch size (Linear, per baseline) and against sparsity (Conv2d, kernel and
 planner), geometric means with min–max bars.    python benchmarks/plot_cpu.py"""
 
@@ -29,19 +29,19 @@ def _bars(ax, xs, stats, label, offset):
 def main():
     linear_path, linear = _newest("cpu-linear")
     conv_path, conv = _newest("cpu-conv")
-    if not linear or not conv:
-        sys.exit("run `make bench` first: cpu-linear-*.json and cpu-conv-*.json are needed")
+    plan_path, plan = _newest("cpu-plan")
+    if not linear or not conv or not plan:
+        sys.exit("run `make bench` first: cpu-linear-*.json, cpu-conv-*.json and cpu-plan-*.json are needed")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     batches = sorted((s for s in linear["summary"] if s.startswith("N=")), key=lambda s: int(s[2:]))
     for i, engine in enumerate(sorted({e for s in batches for e in linear["summary"][s]})):
         _bars(left, range(len(batches)), [linear["summary"][s][engine] for s in batches], f"vs {engine}", 0.08 * i)
     left.set_xticks(range(len(batches)), [s.replace("N=", "batch ") for s in batches])
     left.set_title("Linear: DLMC transformer 0.9 layers")
-    for mode in ("kernel", "planned"):
-        series = sorted((s for s in conv["summary"] if s.startswith(mode)), key=lambda s: float(s.split("=")[1]))
+    for mode, result, offset in (("kernel", conv, 0), ("planned", plan, 0.003)):
+        series = sorted(result["summary"], key=lambda s: float(s.split("=")[1]))
         xs = [float(s.split("=")[1]) for s in series]
-        _bars(right, xs, [conv["summary"][s]["dense"] for s in series], f"{mode} vs dense (oneDNN)",
-              0.003 if mode == "planned" else 0)
+        _bars(right, xs, [result["summary"][s]["dense"] for s in series], f"{mode} vs dense (oneDNN)", offset)
     right.set_xlabel("sparsity")
     right.set_title("Conv2d: DLMC ResNet-50 layers, real shapes, batch 1")
     for ax in (left, right):
@@ -55,7 +55,7 @@ def main():
     fig.tight_layout()
     out = RESULTS / "cpu-speedup.png"  # one name, so the README always shows the newest
     fig.savefig(out, dpi=110)
-    print(f"wrote {out} from {linear_path.name} and {conv_path.name}")
+    print(f"wrote {out} from {linear_path.name}, {conv_path.name} and {plan_path.name}")
 
 
 if __name__ == "__main__":

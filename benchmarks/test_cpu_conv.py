@@ -1,10 +1,8 @@
 """Sparse convolution on the real pruned ResNet-50 layers of DLMC (magnitude pruning) with their
 real shapes at batch 1, against dense torch (oneDNN) on the same weights, fp32.
 
-Series "kernel sparsity=S": the sparse kernel on every layer. Series "planned sparsity=S": what
-sparsify(format="auto") runs for the layer - the sparse kernel where the planner's cost model
-expects it to win, else the dense convolution - so its ratio shows whether the planner ever makes a
-layer slower than dense.
+Series "kernel sparsity=S": the sparse kernel on every layer. benchmarks/test_cpu_plan.py runs the
+same layers as the planner chooses.
 
     python -m pytest benchmarks/test_cpu_conv.py --benchmark-warmup=on
 """
@@ -16,10 +14,9 @@ import torch.nn.functional as F
 from sparse_rt import ops
 from sparse_rt.bench.dlmc import rn50_conv_geometry, rn50_output_pixels
 from sparse_rt.formats import load_smtx
-from sparse_rt.plan import plan_layer
+from sparse_rt.plan import plan_layer, regime
 
-SERIES = [("kernel", "0.8"), ("kernel", "0.9"), ("kernel", "0.95"), ("kernel", "0.98"),
-          ("planned", "0.8"), ("planned", "0.9")]
+SERIES = [("kernel", "0.8"), ("kernel", "0.9"), ("kernel", "0.95"), ("kernel", "0.98")]
 LAYERS = 54  # matrices per sparsity level
 
 
@@ -34,8 +31,10 @@ def _case(dlmc, sparsity, index):
     sparse_fn = lambda: ops.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, None, g.in_channels,
                                        k, s, p, (1, 1), 1)
     dense_fn = lambda: F.conv2d(x, dense, None, s, p)
-    planned = plan_layer("Conv2d", w.shape, 1.0 - w.density, min_sparsity=0.5)
-    return name, g, {"kernel": sparse_fn, "planned": sparse_fn if planned.format == "csr" else dense_fn}, dense_fn
+    layer_regime = regime("Conv2d", kernel_size=k, stride=s, padding=p, out_pixels=g.out_side ** 2)
+    planned = plan_layer("Conv2d", w.shape, 1.0 - w.density, min_sparsity=0.5, layer_regime=layer_regime)
+    fns = {"kernel": sparse_fn, "planned": sparse_fn if planned.format == "csr" else dense_fn}
+    return name, g, fns, dense_fn, {"density": w.density, "regime": layer_regime}
 
 
 @pytest.mark.parametrize("engine", ["sparse_rt", "dense"])
@@ -43,10 +42,11 @@ def _case(dlmc, sparsity, index):
 @pytest.mark.parametrize("layer", range(LAYERS))
 def test_rn50_conv(benchmark, dlmc, layer, series, engine):
     mode, sparsity = series
-    name, g, sparse_fns, dense_fn = _case(dlmc, sparsity, layer)
+    name, g, sparse_fns, dense_fn, info = _case(dlmc, sparsity, layer)
     benchmark.group = (f"rn50 {mode} {sparsity} {name} {g.kernel}x{g.kernel}/{g.stride} "
                        f"{g.in_channels}ch {g.out_side}^2")
     benchmark.extra_info["engine"] = engine
     benchmark.extra_info["series"] = f"{mode} sparsity={sparsity}"
+    benchmark.extra_info.update(info)
     with torch.inference_mode():
         benchmark(sparse_fns[mode] if engine == "sparse_rt" else dense_fn)

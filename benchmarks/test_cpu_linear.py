@@ -11,6 +11,7 @@ import torch
 
 from sparse_rt import ops
 from sparse_rt.formats import CSR, load_smtx
+from sparse_rt.plan import regime
 
 # Every 4th layer of the 96: all shapes (512x512, 2048x512, 512x2048) in encoder and decoder.
 LAYER_STRIDE = 4
@@ -47,6 +48,7 @@ def test_transformer_linear(benchmark, dlmc, layer, engine, batch):
     benchmark.group = f"{path.name.removesuffix('.smtx.gz')} {w.shape[0]}x{w.shape[1]} N={batch}"
     benchmark.extra_info["engine"] = engine
     benchmark.extra_info["series"] = f"N={batch}"
+    benchmark.extra_info.update(density=w.density, regime=regime("Linear", batch))
     with torch.inference_mode():
         benchmark(fn)
 

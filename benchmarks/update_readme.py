@@ -3,7 +3,7 @@ so the numbers there always come from a real run:
 
     python benchmarks/update_readme.py [TABLE ...]     (default: every table with results)
 
-cpu    <- cpu-{linear,conv,e2e}-DATE.json, the newest of each (`make bench`)
+cpu    <- cpu-{linear,conv,plan,e2e}-DATE.json, the newest of each (`make bench`)
 bench  <- bench-MODEL-DATE.json, the newest per model (`make bench-report`)
 """
 
@@ -25,6 +25,7 @@ def _measured(r, paths):
 CPU_SUITES = {  # result file prefix: what its cases are
     "cpu-linear": "Linear, DLMC transformer 0.9 layers",
     "cpu-conv": "Conv2d, DLMC ResNet-50 layers, real shapes, batch 1",
+    "cpu-plan": "Conv2d as sparsify() plans it, same layers",
     "cpu-e2e": "End to end, batch 1",
 }
 

@@ -9,7 +9,7 @@ from torch import nn
 from .nn import SparseConv2d, SparseLinear
 from .nn.conv import explicit_padding
 from .autotune import AutotuneCache, capture_layer_inputs, measure
-from .plan import FormatSpec, LayerPlan, plan_layer
+from .plan import FormatSpec, LayerPlan, plan_layer, regime
 
 _CONVERTIBLE = {nn.Linear: "Linear", nn.Conv2d: "Conv2d"}
 
@@ -174,8 +174,14 @@ def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto", example_inp
         kind = _CONVERTIBLE[type(layer)]
         x = inputs.get(name)
         batch = x.numel() // x.shape[-1] if kind == "Linear" and x is not None and x.dim() else 1
+        out_pixels = None
+        if kind == "Conv2d" and x is not None and x.dim() == 4 and x.shape[0]:
+            with torch.no_grad():
+                out_pixels = layer(x[:1]).shape[-2:].numel()
+        layer_regime = regime(kind, batch, getattr(layer, "kernel_size", None), getattr(layer, "stride", None),
+                              getattr(layer, "padding", None), out_pixels)
         plan = plan_layer(kind, (weight.shape[0], weight[0].numel()), sparsity,
-                          min_sparsity=min_sparsity, format=format, batch=batch)
+                          min_sparsity=min_sparsity, format=format, layer_regime=layer_regime)
         if kind == "Conv2d" and plan.format != "dense":
             try:
                 explicit_padding(layer)

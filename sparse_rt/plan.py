@@ -39,25 +39,36 @@ class LayerPlan:
         return f"bsr{self.blocksize[0]}x{self.blocksize[1]}" if self.format == "bsr" else self.format
 
 
-# Speed of the sparse kernels relative to dense torch per multiply-add, measured on the reference
-# machine (2-core AMD EPYC with AVX-512; `make bench`): a layer of density d is predicted to run
-# efficiency / d times faster sparse. "gemv": a Linear layer at batch < 8 (gather dot products, bound
-# by the gathers); "gemm": batched Linear layers and convolutions (the tiled SpMM). Where these
-# estimates are off for a machine, sparsify(..., autotune=True) measures instead.
-SPARSE_EFFICIENCY = {"gemv": 0.17, "gemm": 0.2}
+# Speed of the sparse kernels relative to dense torch per multiply-add: a layer of density d is
+# predicted to run efficiency / d times faster sparse. Fitted by benchmarks/calibrate_plan.py from
+# `make bench` on the reference machine (2-core AMD EPYC with AVX-512), as the geometric mean of
+# speedup x density over the DLMC layers of each regime: "gemv" a Linear layer at batch < 8 (gather
+# dot products), "gemm" a batched Linear layer (tiled SpMM), "conv1x1" a 1x1 stride-1 unpadded
+# convolution (tiled SpMM straight on the input), "conv" any other convolution (packed input), and a
+# 1x1 one with fewer than 8 output pixels (narrower than the SpMM's narrowest tile).
+# Where these estimates are off for a machine, sparsify(..., autotune=True) measures instead.
+SPARSE_EFFICIENCY = {"gemv": 0.200, "gemm": 0.247, "conv1x1": 0.309, "conv": 0.151}
 
 
-def predicted_speedup(kind, density, batch=1):
-    """Predicted dense time / sparse time of one layer (`batch`: rows of a Linear layer's input)."""
-    regime = "gemv" if kind == "Linear" and batch < 8 else "gemm"
-    return SPARSE_EFFICIENCY[regime] / max(density, 1e-9)
+def regime(kind, batch=1, kernel_size=None, stride=None, padding=None, out_pixels=None):
+    """The SPARSE_EFFICIENCY entry that describes a layer (out_pixels: per image, when known)."""
+    if kind == "Linear":
+        return "gemv" if batch < 8 else "gemm"
+    pointwise = tuple(kernel_size or ()) == (1, 1) and tuple(stride or ()) == (1, 1) and not any(padding or ())
+    return "conv1x1" if pointwise and (out_pixels is None or out_pixels >= 8) else "conv"
 
 
-def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", batch=1):
+def predicted_speedup(layer_regime, density):
+    """Predicted dense time / sparse time of a layer of this regime and density."""
+    return SPARSE_EFFICIENCY[layer_regime] / max(density, 1e-9)
+
+
+def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", layer_regime=None):
     """Chooses the format of one Linear/Conv2d layer.
 
     Layers below `min_sparsity` stay dense. With format='auto' the cost model keeps a layer dense
-    where it predicts the sparse kernel to be slower; 'csr' and 'bsr:RxC' force the format (a BSR
+    where it predicts the sparse kernel to be slower (`layer_regime`: see regime(); by default a
+    Linear layer at batch 1 or a packed convolution); 'csr' and 'bsr:RxC' force the format (a BSR
     request falls back to CSR where BSR does not apply).
     """
     spec = FormatSpec.parse(format)
@@ -75,7 +86,7 @@ def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", bat
         return LayerPlan("bsr", (bh, bw), f"bsr {bh}x{bw} requested")
     if spec.kind == "csr":
         return LayerPlan("csr", None, "csr requested")
-    estimate = predicted_speedup(kind, 1.0 - sparsity, batch)
+    estimate = predicted_speedup(layer_regime or regime(kind), 1.0 - sparsity)
     if estimate < 1.0:
         return LayerPlan("dense", None, f"cost model: sparse est. {estimate:.2f}x dense")
     return LayerPlan("csr", None, f"cost model: sparse est. {estimate:.1f}x dense")

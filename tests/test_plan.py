@@ -6,19 +6,26 @@ from torch import nn
 
 import sparse_rt
 from sparse_rt.nn import SparseLinear
-from sparse_rt.plan import SPARSE_EFFICIENCY, FormatSpec, plan_layer, predicted_speedup
+from sparse_rt.plan import SPARSE_EFFICIENCY, FormatSpec, plan_layer, predicted_speedup, regime
 
 from sparse_cases import randn
 
 
+def test_regimes():
+    assert regime("Linear", batch=1) == "gemv" and regime("Linear", batch=8) == "gemm"
+    assert regime("Conv2d", kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)) == "conv1x1"
+    assert regime("Conv2d", kernel_size=(1, 1), stride=(2, 2), padding=(0, 0)) == "conv"
+    assert regime("Conv2d", kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)) == "conv"
+
+
 def test_cost_model_keeps_moderately_sparse_layers_dense():
-    assert predicted_speedup("Linear", 0.1, batch=1) == pytest.approx(SPARSE_EFFICIENCY["gemv"] / 0.1)
-    assert predicted_speedup("Linear", 0.1, batch=32) == pytest.approx(SPARSE_EFFICIENCY["gemm"] / 0.1)
-    assert predicted_speedup("Conv2d", 0.1) == pytest.approx(SPARSE_EFFICIENCY["gemm"] / 0.1)
-    sparse = plan_layer("Conv2d", (64, 576), 0.95, min_sparsity=0.5)
+    for name, efficiency in SPARSE_EFFICIENCY.items():
+        assert predicted_speedup(name, 0.1) == pytest.approx(efficiency / 0.1)
+    conv = SPARSE_EFFICIENCY["conv"]
+    sparse = plan_layer("Conv2d", (64, 576), 1 - conv / 4, min_sparsity=0.5, layer_regime="conv")
     assert (sparse.format, sparse.reason) == ("csr", "cost model: sparse est. 4.0x dense")
-    dense = plan_layer("Conv2d", (64, 576), 0.6, min_sparsity=0.5)
-    assert dense.format == "dense" and dense.reason.startswith("cost model: sparse est. 0.50x")
+    dense = plan_layer("Conv2d", (64, 576), 1 - conv * 2, min_sparsity=0.5, layer_regime="conv")
+    assert dense.format == "dense" and dense.reason == "cost model: sparse est. 0.50x dense"
     assert plan_layer("Conv2d", (64, 576), 0.6, min_sparsity=0.5, format="csr").format == "csr"
     assert plan_layer("Linear", (64, 64), 0.4, min_sparsity=0.5, format="csr").format == "dense"
 
