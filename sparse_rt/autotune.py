@@ -3,7 +3,6 @@ remembering the verdict on disk per layer shape, input shape, dtype, thread coun
 
 import json
 import os
-import platform
 from pathlib import Path
 
 import torch
@@ -19,16 +18,6 @@ def default_cache_path():
     return Path(root) / "autotune.json"
 
 
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 class AutotuneCache:
     """{key: {"format", "dense_s", "sparse_s"}} in a JSON file, written atomically."""
 
@@ -42,10 +31,12 @@ class AutotuneCache:
     @staticmethod
     def key(layer, x, nnz):
         """Identifies a measurement by what decides it, never by the layer's name."""
+        from .bench.machine import cpu_model
+
         parts = [type(layer).__name__, tuple(layer.weight.shape), nnz, tuple(x.shape), str(x.dtype),
                  getattr(layer, "stride", None), getattr(layer, "padding", None),
                  getattr(layer, "dilation", None), getattr(layer, "groups", None),
-                 torch.get_num_threads(), _cpu_model(), __version__]
+                 torch.get_num_threads(), cpu_model(), __version__]
         return repr(parts)
 
     def save(self):
