@@ -1,37 +1,33 @@
 """onnxruntime: the dense ONNX export vs sparse_rt's two flavours, file sizes and batch-1 latency.
 
     python benchmarks/bench_onnx.py                      # ResNet-50 and BERT-base encoder at 90%
-    python benchmarks/bench_onnx.py --models resnet50 --runs 20 --threads 2
+    python benchmarks/bench_onnx.py --models resnet50 --runs 32 --threads 2
 
 Each model is magnitude-pruned (first conv left dense), converted, and exported three times:
 dense (torch.onnx.export of the pruned nn.Module), portable and sparse. The three onnxruntime
-sessions run the same input interleaved, after warm-up; medians are reported. Writes
+sessions run the same input taking turns in blocks, after warm-up; medians are reported. Writes
 benchmarks/results/onnx-DATE.json with the machine, versions, thread settings and every figure.
 """
 
 import argparse
+import datetime
+import json
 import os
+import platform
+import statistics
 import sys
+import tempfile
+import time
+from importlib import metadata
 
-# sparse_rt's kernels run on OpenMP threads next to onnxruntime's pool; spinning OpenMP workers
-# would steal the cores onnxruntime's next node needs. Must be set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from importlib import metadata  # noqa: E402
-
-import torch  # noqa: E402
-
-import sparse_rt  # noqa: E402
-import sparse_rt.onnx  # noqa: E402
-from sparse_rt import models  # noqa: E402
+import sparse_rt
+import sparse_rt.onnx
+from sparse_rt import models
 
 MODELS = {"resnet50": ((1, 3, 224, 224), ("conv1",)), "bert_encoder": ((1, 128, 768), ())}
+_WARMUP_PER_BLOCK, _TIMED_PER_BLOCK = 2, 8
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -70,26 +66,28 @@ def bench_model(name, sparsity, threads, runs, workdir, echo):
     sessions = {
         "dense": sparse_rt.onnx.session(paths["dense"], register_ops=False, **options),
         "portable": sparse_rt.onnx.session(paths["portable"], register_ops=False, **options),
-        # onnxruntime's own workers must not spin while sparse_rt's kernel holds the cores
-        "sparse": sparse_rt.onnx.session(paths["sparse"], config={"session.intra_op.allow_spinning": "0"}, **options),
+        "sparse": sparse_rt.onnx.session(paths["sparse"], **options),
     }
     feed = x.numpy()
     samples = {k: [] for k in sessions}
-    for _ in range(2):  # warm-up
-        for sess in sessions.values():
-            sess.run(None, {sess.get_inputs()[0].name: feed})
-    for _ in range(runs):
+    # Sessions take turns in blocks: a session's thread pool keeps spinning for a while after its
+    # run, and would slow whichever session ran next if they alternated run by run. The first
+    # runs of each block (warm-up after the switch) are not timed.
+    rounds = max(1, -(-runs // _TIMED_PER_BLOCK))
+    for _ in range(rounds):
         for key, sess in sessions.items():
             inputs = {sess.get_inputs()[0].name: feed}
-            t0 = time.perf_counter()
-            sess.run(None, inputs)
-            samples[key].append(time.perf_counter() - t0)
+            for i in range(_WARMUP_PER_BLOCK + _TIMED_PER_BLOCK):
+                t0 = time.perf_counter()
+                sess.run(None, inputs)
+                if i >= _WARMUP_PER_BLOCK:
+                    samples[key].append(time.perf_counter() - t0)
     ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
     row = {
         "input_shape": list(shape), "dense_layers": list(keep_dense), "sparsity": sparsity,
         "bytes": sizes,
         "size_vs_dense": {k: sizes[k] / sizes["dense"] for k in ("portable", "sparse")},
-        "median_ms": ms, "runs": runs,
+        "median_ms": ms, "runs": len(samples["dense"]),
         "speedup_vs_dense": {k: ms["dense"] / ms[k] for k in ("portable", "sparse")},
         "max_rel_diff_vs_pytorch": checks,
     }
@@ -105,7 +103,7 @@ def main(argv=None):
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="onnxruntime intra-op threads and torch threads (default: torch's)")
-    p.add_argument("--runs", type=int, default=15, help="timed runs per session, interleaved")
+    p.add_argument("--runs", type=int, default=16, help="timed runs per session (in blocks of 8, sessions taking turns)")
     p.add_argument("--out", default=None, help="result file (default benchmarks/results/onnx-DATE.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -115,7 +113,7 @@ def main(argv=None):
         "command": "python " + " ".join([os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())},
-        "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "threads": args.threads,
         "versions": _versions(), "models": {},
     }
     with tempfile.TemporaryDirectory() as workdir:

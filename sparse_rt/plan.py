@@ -47,7 +47,7 @@ class LayerPlan:
 # convolution (tiled SpMM straight on the input), "conv" any other convolution (packed input), and a
 # 1x1 one with fewer than 8 output pixels (narrower than the SpMM's narrowest tile).
 # Where these estimates are off for a machine, sparsify(..., autotune=True) measures instead.
-SPARSE_EFFICIENCY = {"gemv": 0.200, "gemm": 0.247, "conv1x1": 0.309, "conv": 0.151}
+SPARSE_EFFICIENCY = {"gemv": 0.200, "gemm": 0.247, "conv1x1": 0.353, "conv": 0.173}
 
 
 def regime(kind, batch=1, kernel_size=None, stride=None, padding=None, out_pixels=None):

@@ -144,6 +144,86 @@ def test_file_size_at_90_percent(tmp_path):
         assert result.file_bytes <= 0.25 * dense_bytes, (flavor, result.file_bytes, dense_bytes)
 
 
+class _ConvBnBlock(torch.nn.Module):
+    """conv -> bn -> relu (folds entirely), conv -> bn whose conv output is also used elsewhere
+    (must stay), and a final conv -> bn that is the graph output (folds, no relu)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+        self.conv3, self.bn3 = torch.nn.Conv2d(8, 6, 1, bias=False), torch.nn.BatchNorm2d(6)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        y = self.conv2(x)
+        x = torch.relu(self.bn2(y)) + y
+        return self.bn3(self.conv3(x))
+
+
+def _random_batchnorm_stats(module, generator):
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=generator) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=generator)
+            m.running_mean = torch.randn(m.num_features, generator=generator)
+            m.running_var = torch.rand(m.num_features, generator=generator) + 0.1
+
+
+@needs_ortx
+@requires_compiled_ops
+def test_sparse_flavour_folds_batchnorm_and_relu(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    net = _ConvBnBlock().eval()
+    _random_batchnorm_stats(net, torch.Generator().manual_seed(1))
+    model = sparse_rt.sparsify(sparse_rt.magnitude_prune(net, 0.6), format="csr").eval()
+    x = torch.randn(2, 3, 9, 7)
+    result = model.export_onnx(tmp_path / "m.onnx", x, flavor="sparse", check=True)
+    assert result.max_rel_diff <= 1e-5, result
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("CsrConv2d") == 3
+    assert ops.count("BatchNormalization") == 1  # bn2: its conv's output is also added to
+    assert ops.count("Relu") == 1  # after the unfolded bn2
+    relu = {n.output[0]: onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "relu"))
+            for n in graph.node if n.op_type == "CsrConv2d"}
+    assert sorted(relu.values()) == [0, 0, 1]
+    assert graph.output[0].name in relu  # conv3 + bn3 folded, still the graph output
+
+
+@needs_ortx
+@requires_compiled_ops
+def test_session_binds_weights_and_releases_them(tmp_path):
+    import gc
+
+    import onnx
+    import onnxruntime as ort
+
+    from sparse_rt.onnx import sparse_ops
+
+    _, model, x = _sparse_model("cifar_resnet")
+    path = tmp_path / "m.onnx"
+    model.export_onnx(path, x, flavor="sparse")
+    ours = sum(n.domain == "sparse_rt" for n in onnx.load(path).graph.node)
+    before = len(sparse_ops._BOUND_WEIGHTS)
+    sess = sparse_rt.onnx.session(path)
+    assert len(sparse_ops._BOUND_WEIGHTS) == before + ours
+    # The file as it is, in a session the user builds: weights arrive as inputs on every call.
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(sparse_ops.register_ort_kernels())
+    plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    with torch.inference_mode():
+        expected = model(x)
+    for s in (sess, plain):
+        torch.testing.assert_close(torch.from_numpy(s.run(None, feed)[0]), expected, rtol=1e-5, atol=1e-5)
+    del sess
+    gc.collect()
+    assert len(sparse_ops._BOUND_WEIGHTS) == before
+
+
 def test_portable_encoding_roundtrip_with_long_gaps():
     from sparse_rt.onnx.portable import decode, encode
 

@@ -10,6 +10,7 @@ import onnx_ir.passes.common as passes
 import torch
 
 from . import portable, sparse_ops
+from .fold import fold_batchnorm_and_relu
 
 FLAVORS = ("portable", "sparse")
 # Protobuf cannot serialize 2 GiB; above this many initializer bytes, weights go to a side file.
@@ -50,7 +51,8 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     flavor "portable": standard ONNX ops only; each sparse weight is stored as values + uint8
     index deltas and rebuilt into a dense tensor by standard ops (stock onnxruntime runs it).
     flavor "sparse": our ops (domain "sparse_rt": CsrLinear, BsrLinear, CsrConv2d) with
-    crow/col/values as initializers; run it with sparse_rt.onnx.session.
+    crow/col/values as initializers, batch norm and ReLU after a sparse conv folded into it; run
+    it with sparse_rt.onnx.session.
     `example_inputs` (a tensor or a tuple) fixes the input shapes. `opset` defaults to torch's.
     `external_data`: weights in `path + ".data"`; None = only above 1 GiB of weights.
     `check`: run onnxruntime on the example inputs and compare with the model (fills
@@ -74,7 +76,7 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
         warnings.simplefilter("ignore")
         exporter_log.setLevel(logging.ERROR)
         try:
-                program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
+            program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
                                         custom_translation_table=table, verbose=False,
                                         # no constant folding: it would rebuild the dense weights
                                         optimize=flavor == "sparse")
@@ -85,6 +87,8 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     for cleanup in (passes.ClearMetadataAndDocStringPass(), passes.RemoveUnusedNodesPass()):
         cleanup(program.model)
     proto = program.model_proto
+    if flavor == "sparse":
+        fold_batchnorm_and_relu(proto)
     # The newest onnx writes an IR version onnxruntime may not read yet; the opsets used fix the
     # smallest one that is valid.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)

@@ -1,8 +1,10 @@
 """onnxruntime sessions for exported models, with sparse_rt's ops registered."""
 
 import os
+import weakref
 
 _SESSION_ARGS = ("providers", "provider_options")
+_MAX_PROTO_BYTES = 2**31 - 1
 
 
 def session(path, *, register_ops=True, config=None, **ort_options):
@@ -14,7 +16,8 @@ def session(path, *, register_ops=True, config=None, **ort_options):
     onnxruntime.SessionOptions (intra_op_num_threads=2, graph_optimization_level=...) or pass
     `providers` / `provider_options` on; `config` holds session config entries
     ({"session.intra_op.allow_spinning": "0"}). With `register_ops`, the sparse weights in the
-    file are validated first (ValueError naming the node).
+    file are validated first (ValueError naming the node) and then bound to the session
+    (sparse_ops.bind_weights): a call of our op then copies its activation only.
     """
     import onnxruntime as ort
 
@@ -28,14 +31,33 @@ def session(path, *, register_ops=True, config=None, **ort_options):
             raise TypeError(f"session: {name!r} is neither an onnxruntime.SessionOptions attribute nor "
                             f"one of {_SESSION_ARGS}")
         setattr(options, name, value)
-    for key, value in (config or {}).items():
-        options.add_session_config_entry(key, str(value))
+    config = dict(config or {})
     if register_ops:
-        import onnx
-
-        from .sparse_ops import check_weights, register_ort_kernels
-
-        check_weights(onnx.load(path), path)
-        options.register_custom_ops_library(register_ort_kernels())
+        # sparse_rt's kernels run on torch's OpenMP threads: onnxruntime's own workers spinning
+        # between nodes would take the cores those kernels need.
+        config.setdefault("session.intra_op.allow_spinning", "0")
+    for key, value in config.items():
+        options.add_session_config_entry(key, str(value))
     session_args.setdefault("providers", ["CPUExecutionProvider"])
-    return ort.InferenceSession(path, options, **session_args)
+    if not register_ops:
+        return ort.InferenceSession(path, options, **session_args)
+    import onnx
+
+    from .sparse_ops import bind_weights, check_weights, register_ort_kernels, release_weights
+
+    model = onnx.load(path)
+    check_weights(model, path)
+    options.register_custom_ops_library(register_ort_kernels())
+    keys = bind_weights(model)
+    if model.ByteSize() > _MAX_PROTO_BYTES:
+        # The rewritten graph travels as bytes, within protobuf's limit; past it the file runs as
+        # it is (its weights then copied on every call).
+        release_weights(keys)
+        return ort.InferenceSession(path, options, **session_args)
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), options, **session_args)
+    except BaseException:
+        release_weights(keys)
+        raise
+    weakref.finalize(sess, release_weights, keys)
+    return sess

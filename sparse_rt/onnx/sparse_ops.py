@@ -9,6 +9,8 @@ without bias gets a zero bias. Attributes are scalar ints because onnxruntime-ex
 no int lists.
 """
 
+import itertools
+
 import numpy as np
 import onnx
 import onnx.defs
@@ -159,7 +161,18 @@ def translation_table():
             for op_type, (torch_op, _, _) in _OPS.items()}
 
 
-# --- weight validation ----------------------------------------------------------------------------
+# --- weight validation and binding ---------------------------------------------------------------
+
+def _constants(model):
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" and not n.domain
+                      for a in n.attribute if a.name == "value"})
+    return constants
+
+
+def _weight_tensors(node, constants):
+    return [torch.from_numpy(onnx.numpy_helper.to_array(constants[name]).copy()) for name in node.input[1:]]
+
 
 def check_weights(model, path):
     """Raises ValueError naming the node and the problem unless every node of our domain takes a
@@ -170,9 +183,7 @@ def check_weights(model, path):
     from ..nn._sparse_weight import check_weight_and_bias
     from ..nn.conv import check_conv_geometry
 
-    constants = {t.name: t for t in model.graph.initializer}
-    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" and not n.domain
-                      for a in n.attribute if a.name == "value"})
+    constants = _constants(model)
     for node in model.graph.node:
         if node.domain != DOMAIN:
             continue
@@ -181,8 +192,7 @@ def check_weights(model, path):
             raise ValueError(f"{what}: unknown op of domain {DOMAIN!r}")
         if len(node.input) != 5 or any(name not in constants for name in node.input[1:]):
             raise ValueError(f"{what}: crow_indices, col_indices, values and bias must be initializers")
-        crow, col, values, bias = (torch.from_numpy(onnx.numpy_helper.to_array(constants[name]).copy())
-                                   for name in node.input[1:])
+        crow, col, values, bias = _weight_tensors(node, constants)
         a = {attr.name: attr.i for attr in node.attribute}
         try:
             if node.op_type == "CsrConv2d":
@@ -205,6 +215,43 @@ def check_weights(model, path):
             raise ValueError(f"{what}: {e}") from None
 
 
+_BOUND_WEIGHTS = {}  # key -> ([crow, col, values, bias], int attributes) of a node of a live session
+_BOUND_SUFFIX = "Bound"
+_bound_keys = itertools.count()
+
+
+def bind_weights(model):
+    """Moves the weights of our nodes out of `model` (in place, validated weights) into tensors
+    held here, each node becoming its "...Bound" twin that takes only X and names its weights by a
+    string attribute. onnxruntime-extensions copies every input of a Python op on every call; bound
+    weights are not inputs, so a call copies only the activation. Returns the keys, for
+    release_weights when the session goes away."""
+    constants = _constants(model)
+    keys = []
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        key = f"{next(_bound_keys)}:{node.name}"
+        _, names, _ = _OPS[node.op_type]
+        ints = {a.name: a.i for a in node.attribute if a.name in names}
+        _BOUND_WEIGHTS[key] = (_weight_tensors(node, constants), ints)
+        keys.append(key)
+        del node.input[1:]
+        node.op_type += _BOUND_SUFFIX
+        node.attribute.append(onnx.helper.make_attribute("weights", key))
+    used = {name for n in model.graph.node for name in n.input}
+    for t in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(t)
+    for n in [n for n in model.graph.node if n.op_type == "Constant" and not n.domain and n.output[0] not in used]:
+        model.graph.node.remove(n)
+    return keys
+
+
+def release_weights(keys):
+    for key in keys:
+        _BOUND_WEIGHTS.pop(key, None)
+
+
 # --- onnxruntime kernels --------------------------------------------------------------------------
 
 def _linear_kernel(torch_op):
@@ -220,7 +267,7 @@ def _conv_kernel(x, crow, col, values, bias, a):
         a["group"], bool(a["relu"]))
 
 
-_KERNELS = {}  # onnxruntime-extensions op id -> (kernel, attribute names)
+_KERNELS = {}  # onnxruntime-extensions op id -> (kernel, attribute names, bound)
 
 
 def _invoke(op_id, feed, attributes):
@@ -233,19 +280,26 @@ def _invoke(op_id, feed, attributes):
         from onnxruntime_extensions import _ocos
 
         return _ocos._on_pyop_invocation(op_id, feed, attributes)
-    kernel, names = entry
-    inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in feed]
-    # sparse_rt.onnx.session validated the weights already; a session built around
-    # register_ort_kernels() directly gets the per-call check (O(nnz), small next to the kernel).
-    with torch.inference_mode(), full_index_checks():
-        y = kernel(*inputs, {name: int(attributes[name]) for name in names})
+    kernel, names, bound = entry
+    x = torch.from_numpy(np.ascontiguousarray(feed[0]))
+    with torch.inference_mode():
+        if bound:  # validated, and its attributes parsed, when bound
+            weights, ints = _BOUND_WEIGHTS[attributes["weights"]]
+            y = kernel(x, *weights, ints)
+        else:
+            # A session built around register_ort_kernels() directly gets the per-call check
+            # (O(nnz), small next to the kernel).
+            ints = {name: int(attributes[name]) for name in names}
+            with full_index_checks():
+                y = kernel(x, *(torch.from_numpy(np.ascontiguousarray(a)) for a in feed[1:]), ints)
     y = y.numpy()
     return op_id, y.shape, y
 
 
 def register_ort_kernels():
-    """Registers our ops as onnxruntime-extensions Python ops (fp32); idempotent. Returns the
-    custom-op library path to pass to SessionOptions.register_custom_ops_library."""
+    """Registers our ops as onnxruntime-extensions Python ops (fp32), each with its "...Bound"
+    twin (see bind_weights); idempotent. Returns the custom-op library path to pass to
+    SessionOptions.register_custom_ops_library."""
     try:
         import onnxruntime_extensions as ortx
         from onnxruntime_extensions import PyCustomOpDef
@@ -259,8 +313,13 @@ def register_ort_kernels():
                    "CsrConv2d": _conv_kernel}
         f32, i32 = PyCustomOpDef.dt_float, PyCustomOpDef.dt_int32
         for op_type, (_, attrs, _) in _OPS.items():
-            opdef = ortx.onnx_op(op_type=f"{DOMAIN}::{op_type}", inputs=[f32, i32, i32, f32, f32],
-                                 outputs=[f32], attrs={a: PyCustomOpDef.dt_int64 for a in attrs})(kernels[op_type])
-            _KERNELS[opdef._nativedef.obj_id] = (kernels[op_type], attrs)
+            int_attrs = {a: PyCustomOpDef.dt_int64 for a in attrs}
+            for bound in (False, True):
+                opdef = ortx.onnx_op(
+                    op_type=f"{DOMAIN}::{op_type}{_BOUND_SUFFIX if bound else ''}",
+                    inputs=[f32] if bound else [f32, i32, i32, f32, f32], outputs=[f32],
+                    attrs={**int_attrs, "weights": PyCustomOpDef.dt_string} if bound else int_attrs,
+                )(kernels[op_type])
+                _KERNELS[opdef._nativedef.obj_id] = (kernels[op_type], attrs, bound)
         PyCustomOpDef.install_hooker(_invoke)
     return ortx.get_library_path()

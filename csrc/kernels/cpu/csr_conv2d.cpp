@@ -2,65 +2,91 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 namespace sparse_rt::cpu {
+namespace {
+
+// Marks the phases (tap offset modulo stride) that some tap of one axis reads and numbers them.
+std::vector<int32_t> phase_slots(int64_t taps, int64_t dilation, int64_t stride, int64_t* stored) {
+  std::vector<int32_t> slot(stride, -1);
+  for (int64_t t = 0; t < taps; ++t) slot[(t * dilation) % stride] = 0;
+  *stored = 0;
+  for (auto& s : slot) {
+    if (s == 0) s = int32_t((*stored)++);
+  }
+  return slot;
+}
+
+}  // namespace
 
 PackedConvLayout packed_conv_layout(const Conv2dGeometry& g) {
   PackedConvLayout l;
   l.phase_h = (g.height + 2 * g.pad_h + g.stride_h - 1) / g.stride_h;
   l.phase_w = (g.width + 2 * g.pad_w + g.stride_w - 1) / g.stride_w;
   l.plane = l.phase_h * l.phase_w;
+  int64_t stored_rows = 0;
+  l.row_slot = phase_slots(g.kh, g.dil_h, g.stride_h, &stored_rows);
+  l.col_slot = phase_slots(g.kw, g.dil_w, g.stride_w, &l.stored_cols);
+  l.phases = stored_rows * l.stored_cols;
   l.wide = g.out_h * l.phase_w;
   l.wide_padded = (l.wide + 7) / 8 * 8;
   // A tap reads [offset, offset + wide_padded), which may run past the last plane by up to
   // wide_padded floats: the zero tail keeps those reads inside the buffer.
-  l.packed_len = g.in_channels * g.stride_h * g.stride_w * l.plane + l.wide_padded;
+  l.packed_len = g.in_channels * l.phases * l.plane + l.wide_padded;
   return l;
 }
 
 void pack_conv_input(const Conv2dGeometry& g, const PackedConvLayout& l, const float* in,
-                     float* packed) {
-  std::memset(packed, 0, sizeof(float) * l.packed_len);
-  const int64_t sh = g.stride_h, sw = g.stride_w;
-  for (int64_t c = 0; c < g.in_channels; ++c) {
+                     float* packed, int64_t c_begin, int64_t c_end) {
+  const int64_t sh = g.stride_h, sw = g.stride_w, channel_len = l.phases * l.plane;
+  std::memset(packed + c_begin * channel_len, 0, sizeof(float) * (c_end - c_begin) * channel_len);
+  if (c_end == g.in_channels) {
+    std::memset(packed + g.in_channels * channel_len, 0, sizeof(float) * l.wide_padded);
+  }
+  for (int64_t c = c_begin; c < c_end; ++c) {
     for (int64_t y = 0; y < g.height; ++y) {
       const int64_t py = y + g.pad_h;  // padded row: phase py % sh, phase row py / sh
+      const int32_t row_slot = l.row_slot[py % sh];
+      if (row_slot < 0) continue;
       const float* src = in + (c * g.height + y) * g.width;
-      float* row = packed + (c * sh + py % sh) * sw * l.plane + (py / sh) * l.phase_w;
+      float* row = packed + c * channel_len + row_slot * l.stored_cols * l.plane + (py / sh) * l.phase_w;
       if (sw == 1) {
         std::memcpy(row + g.pad_w, src, sizeof(float) * g.width);
         continue;
       }
-      // Column x lands in phase (x + pad_w) % sw at (x + pad_w) / sw: walk each phase's columns.
+      // Column x lands in phase (x + pad_w) % sw at (x + pad_w) / sw: walk each stored phase's columns.
       for (int64_t b = 0; b < sw; ++b) {
+        if (l.col_slot[b] < 0) continue;
         const int64_t x0 = ((b - g.pad_w) % sw + sw) % sw;
-        float* dst = row + b * l.plane + (x0 + g.pad_w) / sw;
+        float* dst = row + l.col_slot[b] * l.plane + (x0 + g.pad_w) / sw;
         for (int64_t x = x0; x < g.width; x += sw) *dst++ = src[x];
       }
     }
   }
 }
 
-void conv_tap_offsets(const int32_t* crow, const int32_t* col, const Conv2dGeometry& g,
-                      const PackedConvLayout& l, int32_t* offsets) {
-  const int64_t taps = g.kh * g.kw;
-  const int64_t cin_per_group = g.in_channels / g.groups;
-  const int64_t cout_per_group = g.out_channels / g.groups;
-  // The offset of a column within its group's channels, computed once per column: the per-nonzero
-  // loop then needs no division.
-  std::vector<int64_t> column_offset(cin_per_group * taps);
+std::vector<int32_t> conv_column_offsets(const Conv2dGeometry& g, const PackedConvLayout& l) {
+  const int64_t taps = g.kh * g.kw, cin_per_group = g.in_channels / g.groups;
+  std::vector<int32_t> offsets(cin_per_group * taps);
   for (int64_t c = 0; c < cin_per_group; ++c) {
     for (int64_t tap = 0; tap < taps; ++tap) {
       const int64_t ty = (tap / g.kw) * g.dil_h, tx = (tap % g.kw) * g.dil_w;
-      const int64_t phase = (c * g.stride_h + ty % g.stride_h) * g.stride_w + tx % g.stride_w;
-      column_offset[c * taps + tap] = phase * l.plane + (ty / g.stride_h) * l.phase_w + tx / g.stride_w;
+      const int64_t phase = l.row_slot[ty % g.stride_h] * l.stored_cols + l.col_slot[tx % g.stride_w];
+      offsets[c * taps + tap] = int32_t((c * l.phases + phase) * l.plane + (ty / g.stride_h) * l.phase_w +
+                                        tx / g.stride_w);
     }
   }
-  const int64_t group_stride = cin_per_group * g.stride_h * g.stride_w * l.plane;
-  for (int64_t o = 0; o < g.out_channels; ++o) {
-    const int64_t base = (o / cout_per_group) * group_stride;
-    for (int64_t k = crow[o]; k < crow[o + 1]; ++k) offsets[k] = int32_t(base + column_offset[col[k]]);
+  return offsets;
+}
+
+void conv_tap_offsets(const int32_t* crow, const int32_t* col, const Conv2dGeometry& g,
+                      const PackedConvLayout& l, const std::vector<int32_t>& column_offsets,
+                      int32_t* offsets, int64_t row_begin, int64_t row_end) {
+  const int64_t cout_per_group = g.out_channels / g.groups;
+  const int64_t group_stride = g.in_channels / g.groups * l.phases * l.plane;
+  for (int64_t o = row_begin; o < row_end; ++o) {
+    const int32_t base = int32_t((o / cout_per_group) * group_stride);
+    for (int64_t k = crow[o]; k < crow[o + 1]; ++k) offsets[k] = base + column_offsets[col[k]];
   }
 }
 

@@ -60,8 +60,8 @@ template <typename Vec, int VECS, typename V>
   for (int64_t j = 0; j < stored; ++j) out[(q0 + j) * y.col_stride] = ep.apply(tile[j], r);
 }
 
-// Columns past the last multiple of 8, one at a time (callers pad the width to avoid them; a
-// 1x1 output is all tail), with four partial sums for the same reason as row_tile.
+// Columns of an operand narrower than 8, one at a time (a 1x1 output is all tail), with four
+// partial sums for the same reason as row_tile.
 template <typename V>
 inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOutput& y,
                        const Epilogue& ep, int64_t r, int64_t q) {
@@ -112,6 +112,12 @@ SPARSE_RT_MULTIVERSION void csr_spmm(const CsrView<V>& w, const DenseRows& b, St
   }
   for (; q + 8 <= b.width; q += 8) {
     for (int64_t r = row_begin; r < row_end; ++r) row_tile<vec8, 1>(w, b, y, ep, r, q);
+  }
+  if (q < b.width && b.width >= 8) {
+    // The last few columns as one 8-wide tile ending at the last column: it recomputes up to
+    // seven columns already stored (same sums, same values), which beats one pass per column.
+    for (int64_t r = row_begin; r < row_end; ++r) row_tile<vec8, 1>(w, b, y, ep, r, b.width - 8);
+    return;
   }
   for (; q < b.width; ++q) {
     for (int64_t r = row_begin; r < row_end; ++r) row_column(w, b, y, ep, r, q);

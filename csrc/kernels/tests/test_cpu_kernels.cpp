@@ -1,6 +1,7 @@
 // Tests of the torch-free CPU kernels against dense references accumulated in double: odd shapes,
 // empty and full rows, nnz = 0, every value type. Built by CMake (also under ASan + UBSan) and run
 // by ctest; no torch involved.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -190,8 +191,14 @@ void test_conv(Conv2dGeometry g, double density) {
   const PackedConvLayout layout = packed_conv_layout(g);
   std::vector<float> packed(layout.packed_len), wide(g.out_channels * layout.wide_padded, NAN);
   std::vector<int32_t> offsets(m.col.size());
-  pack_conv_input(g, layout, in.data(), packed.data());
-  conv_tap_offsets(m.crow.data(), m.col.data(), g, layout, offsets.data());
+  // Packed in two channel ranges and offset in two row ranges, as the binding's threads do.
+  std::fill(packed.begin(), packed.end(), NAN);
+  pack_conv_input(g, layout, in.data(), packed.data(), g.in_channels / 2, g.in_channels);
+  pack_conv_input(g, layout, in.data(), packed.data(), 0, g.in_channels / 2);
+  const std::vector<int32_t> column_offsets = conv_column_offsets(g, layout);
+  conv_tap_offsets(m.crow.data(), m.col.data(), g, layout, column_offsets, offsets.data(), 0, g.out_channels / 2);
+  conv_tap_offsets(m.crow.data(), m.col.data(), g, layout, column_offsets, offsets.data(), g.out_channels / 2,
+                   g.out_channels);
   const CsrView<V> w{m.crow.data(), offsets.data(), vals.data(), g.out_channels, cin_g * g.kh * g.kw};
   const int64_t width = g.in_channels % 2 ? layout.wide : layout.wide_padded;
   csr_spmm(w, DenseRows{packed.data(), 1, width},
@@ -240,6 +247,8 @@ void test_value_type() {
   test_conv<V>({5, 13, 11, 7, 0, 0, 3, 3, 2, 3, 1, 2, 2, 1, 1}, 0.5);  // stride and dilation together
   test_conv<V>({16, 70, 70, 4, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.2);  // 64-wide tiles
   test_conv<V>({8, 6, 6, 8, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.0);
+  test_conv<V>({6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
+  test_conv<V>({4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
 }
 
 void test_balanced_rows() {

@@ -1,5 +1,6 @@
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <limits>
 
@@ -44,27 +45,34 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const bool crop = layout.phase_w != g.out_w;
     // The SpMM's dense operand: the packed image, or the input itself for 1x1 stride-1 unpadded
     // convolutions (whose layout is the input's; then the width is not padded, so no read runs
-    // past the input, and the last wide % 8 columns take the kernel's scalar tail).
+    // past the input, and the last wide % 8 columns take the kernel's overlapping last tile).
     const bool direct = cpu::conv_reads_input_directly(g);
     const int64_t image_stride = direct ? in_image : layout.packed_len;
     const int64_t width = direct ? layout.wide : layout.wide_padded;
     at::Tensor packed = direct ? x : at::empty({batch, layout.packed_len}, x.options());
     at::Tensor offsets = at::empty({info.nnz}, crow.options());
     at::Tensor wide = crop ? at::empty({batch, info.rows, layout.wide_padded}, x.options()) : at::Tensor();
-    cpu::conv_tap_offsets(crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(), g, layout,
-                          offsets.mutable_data_ptr<int32_t>());
+    const int32_t* crow_p = crow.const_data_ptr<int32_t>();
+    const std::vector<int32_t> column_offsets = cpu::conv_column_offsets(g, layout);
+    at::parallel_for(0, info.rows, 64, [&](int64_t o0, int64_t o1) {
+      cpu::conv_tap_offsets(crow_p, col.const_data_ptr<int32_t>(), g, layout, column_offsets,
+                            offsets.mutable_data_ptr<int32_t>(), o0, o1);
+    });
     if (!direct) {
+      // Split by image and channel: a batch-1 image is packed by every thread too.
       const float* xp = x.const_data_ptr<float>();
       float* packed_p = packed.mutable_data_ptr<float>();
-      at::parallel_for(0, batch, 1, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n) {
-          cpu::pack_conv_input(g, layout, xp + n * in_image, packed_p + n * layout.packed_len);
+      at::parallel_for(0, batch * in_channels, 16, [&](int64_t u0, int64_t u1) {
+        while (u0 < u1) {
+          const int64_t n = u0 / in_channels, c0 = u0 % in_channels;
+          const int64_t c1 = std::min(in_channels, c0 + (u1 - u0));
+          cpu::pack_conv_input(g, layout, xp + n * in_image, packed_p + n * layout.packed_len, c0, c1);
+          u0 += c1 - c0;
         }
       });
     }
     const float* packed_p = packed.const_data_ptr<float>();
     float* yp = y.mutable_data_ptr<float>();
-    const int32_t* crow_p = crow.const_data_ptr<int32_t>();
     dispatch_value_type(values.scalar_type(), [&](auto tag) {
       using V = decltype(tag);
       // Column indices of the SpMM are the tap offsets into the packed image.

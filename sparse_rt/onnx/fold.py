@@ -1,0 +1,103 @@
+"""Graph rewrites of the "sparse" flavour that onnxruntime cannot do for ops of our domain.
+
+onnxruntime folds an inference BatchNormalization into the Conv before it and fuses a following
+Relu, but only for its own Conv: after a CsrConv2d both would stay separate passes over the
+activation. This folds them into the sparse layer itself, exactly as for a dense conv:
+
+    BN(conv(x)) = conv'(x)   with  values'[k] = values[k] * s[row(k)],
+                                   bias' = (bias - mean) * s + beta,  s = gamma / sqrt(var + eps)
+
+and then Relu(conv'(x)) becomes conv' with relu=1. The sparsity pattern is unchanged. Folded
+weights are new initializers: the exporter shares identical constants between nodes.
+"""
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .sparse_ops import DOMAIN
+
+_FOLDABLE = ("CsrConv2d",)  # NCHW: BatchNormalization scales axis 1, the op's rows
+
+
+def fold_batchnorm_and_relu(model):
+    """Rewrites `model` (an onnx.ModelProto, in place); returns the number of nodes removed."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    removed = []
+    for node in graph.node:
+        if node.domain != DOMAIN or node.op_type not in _FOLDABLE:
+            continue
+        bn = _sole_consumer(graph, node.output[0], graph_outputs)
+        if bn is not None and _foldable_batchnorm(bn, initializers) and _attribute(node, "relu") == 0:
+            _fold(graph, node, bn, initializers)
+            node.output[0] = bn.output[0]
+            removed.append(bn)
+        relu = _sole_consumer(graph, node.output[0], graph_outputs)
+        if relu is not None and relu.op_type == "Relu" and not relu.domain:
+            _set_attribute(node, "relu", 1)
+            node.output[0] = relu.output[0]
+            removed.append(relu)
+    for n in removed:
+        graph.node.remove(n)
+    used = {name for n in graph.node for name in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    return len(removed)
+
+
+def _sole_consumer(graph, name, graph_outputs):
+    if name in graph_outputs:
+        return None
+    consumers = [n for n in graph.node if name in n.input]
+    return consumers[0] if len(consumers) == 1 else None
+
+
+def _foldable_batchnorm(node, initializers):
+    return (node.op_type == "BatchNormalization" and not node.domain and len(node.output) == 1
+            and _attribute(node, "training_mode", 0) == 0
+            and all(name in initializers for name in node.input[1:5]))
+
+
+def _fold(graph, node, bn, initializers):
+    gamma, beta, mean, var = (numpy_helper.to_array(initializers[name]).astype(np.float64)
+                              for name in bn.input[1:5])
+    scale = gamma / np.sqrt(var + _attribute(bn, "epsilon", 1e-5))
+    crow = numpy_helper.to_array(initializers[node.input[1]])
+    values_proto, bias_proto = initializers[node.input[3]], initializers[node.input[4]]
+    values = numpy_helper.to_array(values_proto)
+    bias = numpy_helper.to_array(bias_proto).astype(np.float64)
+    row_of_value = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+    folded = {
+        3: (values * scale[row_of_value]).astype(values.dtype),
+        4: ((bias - mean) * scale + beta).astype(values.dtype),
+    }
+    for index, array in folded.items():
+        name = _unique_name(f"{node.input[index]}.bn_folded", initializers)
+        tensor = numpy_helper.from_array(array, name)
+        graph.initializer.append(tensor)
+        initializers[name] = tensor
+        node.input[index] = name
+
+
+def _unique_name(base, taken):
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}.{i}", i + 1
+    return name
+
+
+def _attribute(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _set_attribute(node, name, value):
+    for a in node.attribute:
+        if a.name == name:
+            a.i = value
+            return
+    node.attribute.append(onnx.helper.make_attribute(name, value))
