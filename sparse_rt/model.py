@@ -207,6 +207,28 @@ def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto", example_inp
     return SparseModel(model, rows)
 
 
+def dense_copy(module):
+    """A copy of `module` whose SparseLinear / SparseConv2d layers are nn.Linear / nn.Conv2d with
+    the same (zero-filled) weights, on the same device and dtype."""
+    dense = copy.deepcopy(module)
+    for name, layer in list(dense.named_modules()):
+        if isinstance(layer, SparseLinear):
+            new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        elif isinstance(layer, SparseConv2d):
+            new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                            layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None)
+        else:
+            continue
+        weight = layer.dense_weight()
+        new = new.to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(weight)
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        replace_submodule(dense, name, new)
+    return dense
+
+
 def replace_submodule(root, qualified_name, new):
     if not qualified_name:
         raise ValueError("sparsify: the model itself is a single Linear/Conv2d; wrap it in nn.Sequential")

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import replace_submodule
-from ..nn import SparseConv2d, SparseLinear
+from ..model import dense_copy, replace_submodule
 
 BASELINES = ("dense", "torch-sparse", "onnxruntime")
 
@@ -43,25 +42,8 @@ def parse_baselines(spec):
 
 
 def densify(module):
-    """A copy of `module` whose SparseLinear / SparseConv2d layers are nn.Linear / nn.Conv2d with
-    the same (zero-filled) weights."""
-    dense = copy.deepcopy(module)
-    for name, layer in list(dense.named_modules()):
-        if isinstance(layer, SparseLinear):
-            new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        elif isinstance(layer, SparseConv2d):
-            new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                            layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None)
-        else:
-            continue
-        weight = layer.dense_weight()
-        new = new.to(device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        replace_submodule(dense, name, new)
-    return dense.eval()
+    """The dense baseline of a sparse model: dense_copy in eval mode."""
+    return dense_copy(module).eval()
 
 
 def _to_csr(weight):

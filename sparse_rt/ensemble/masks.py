@@ -1,14 +1,13 @@
 """Weights and masks of ensemble members, and the mask algebra used to analyse them: union,
 intersection and Jaccard overlap between members' sparsity patterns."""
 
-import copy
 import itertools
 
 import torch
 from torch import nn
 
 from ..formats import CSR
-from ..model import SparseModel, replace_submodule
+from ..model import SparseModel, dense_copy
 from ..nn import SparseConv2d, SparseLinear
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)
@@ -68,22 +67,7 @@ def member_masks(member):
 
 def densify(member):
     """A copy of the member's module with every sparse layer turned back into nn.Linear / nn.Conv2d."""
-    module = copy.deepcopy(_module(member))
-    for name, layer in weight_layers(module).items():
-        if isinstance(layer, SparseLinear):
-            dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        elif isinstance(layer, SparseConv2d):
-            dense = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                              layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None)
-        else:
-            continue
-        dense = dense.to(device=layer.values.device, dtype=layer.values.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(layer.dense_weight())
-            if layer.bias is not None:
-                dense.bias.copy_(layer.bias)
-        replace_submodule(module, name, dense)
-    return module
+    return dense_copy(_module(member))
 
 
 def _aligned(members):

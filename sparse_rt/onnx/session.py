@@ -46,9 +46,9 @@ def session(path, *, register_ops=True, config=None, **ort_options):
     from .sparse_ops import bind_weights, check_weights, register_ort_kernels, release_weights
 
     model = onnx.load(path)
-    check_weights(model, path)
+    weights = check_weights(model, path)
     options.register_custom_ops_library(register_ort_kernels())
-    keys = bind_weights(model)
+    keys = bind_weights(model, weights)
     if model.ByteSize() > _MAX_PROTO_BYTES:
         # The rewritten graph travels as bytes, within protobuf's limit; past it the file runs as
         # it is (its weights then copied on every call).

@@ -178,13 +178,15 @@ def check_weights(model, path):
     """Raises ValueError naming the node and the problem unless every node of our domain takes a
     valid sparse weight and bias from constants. Run before onnxruntime sees the model: an
     exception inside an onnxruntime-extensions Python op aborts the process, so a bad index array
-    from the file must be refused here."""
+    from the file must be refused here. Returns {index in graph.node: [crow, col, values, bias]}
+    as tensors (node names need not be unique)."""
     from ..formats import BSR, CSR
     from ..nn._sparse_weight import check_weight_and_bias
     from ..nn.conv import check_conv_geometry
 
     constants = _constants(model)
-    for node in model.graph.node:
+    checked = {}
+    for index, node in enumerate(model.graph.node):
         if node.domain != DOMAIN:
             continue
         what = f"{path}: node {node.name!r} ({node.op_type})"
@@ -192,7 +194,7 @@ def check_weights(model, path):
             raise ValueError(f"{what}: unknown op of domain {DOMAIN!r}")
         if len(node.input) != 5 or any(name not in constants for name in node.input[1:]):
             raise ValueError(f"{what}: crow_indices, col_indices, values and bias must be initializers")
-        crow, col, values, bias = _weight_tensors(node, constants)
+        crow, col, values, bias = checked[index] = _weight_tensors(node, constants)
         a = {attr.name: attr.i for attr in node.attribute}
         try:
             if node.op_type == "CsrConv2d":
@@ -213,6 +215,7 @@ def check_weights(model, path):
             raise ValueError(f"{what}: attribute {e} is missing") from None
         except ValueError as e:
             raise ValueError(f"{what}: {e}") from None
+    return checked
 
 
 _BOUND_WEIGHTS = {}  # key -> ([crow, col, values, bias], int attributes) of a node of a live session
@@ -220,21 +223,20 @@ _BOUND_SUFFIX = "Bound"
 _bound_keys = itertools.count()
 
 
-def bind_weights(model):
-    """Moves the weights of our nodes out of `model` (in place, validated weights) into tensors
-    held here, each node becoming its "...Bound" twin that takes only X and names its weights by a
-    string attribute. onnxruntime-extensions copies every input of a Python op on every call; bound
+def bind_weights(model, weights):
+    """Moves the weights of our nodes out of `model` (in place) into `weights` (check_weights'
+    result) held here, each node becoming its "...Bound" twin that takes only X and names its
+    weights by a string attribute. onnxruntime-extensions copies every input of a Python op on every call; bound
     weights are not inputs, so a call copies only the activation. Returns the keys, for
     release_weights when the session goes away."""
-    constants = _constants(model)
     keys = []
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         if node.domain != DOMAIN:
             continue
         key = f"{next(_bound_keys)}:{node.name}"
         _, names, _ = _OPS[node.op_type]
         ints = {a.name: a.i for a in node.attribute if a.name in names}
-        _BOUND_WEIGHTS[key] = (_weight_tensors(node, constants), ints)
+        _BOUND_WEIGHTS[key] = (weights[index], ints)
         keys.append(key)
         del node.input[1:]
         node.op_type += _BOUND_SUFFIX
