@@ -3,7 +3,7 @@
 An M-member WRN-28-10 ensemble (FreeTickets layout) at global density 0.2 with ERK per-layer
 densities (random masks, as DST training starts from; the latency depends on the densities, not on
 which weights survive), converted with sparse_rt.sparsify's defaults (layers below
-min_sparsity 0.5 stay dense). Interleaved medians (sparse_rt.bench.timing.compare_latency).
+min_sparsity 0.5 stay dense). Interleaved medians (sparse_rt.timing.compare_latency).
 
     python benchmarks/bench_ensemble.py                      # CPU; writes benchmarks/results/ensemble-cpu-DATE.json
     python benchmarks/bench_ensemble.py --device cuda        # GPU, CUDA-event timing
@@ -21,8 +21,8 @@ import torch
 
 import sparse_rt
 from sparse_rt import models
-from sparse_rt.bench.machine import machine_info
-from sparse_rt.bench.timing import compare_latency, median
+from sparse_rt.machine import machine_info
+from sparse_rt.timing import compare_latency, median
 from sparse_rt.ensemble import SparseEnsemble, erk_densities, erk_masks
 
 

@@ -1,16 +1,12 @@
 """sparse_rt: run pruned PyTorch models on sparse CPU/CUDA kernels."""
 
-__version__ = "0.1.0"
+from ._version import __version__
+from . import formats, nn, ops
+from .model import LayerSummary, SparseModel, Summary, sparsify
+from .pruning import magnitude_prune
+from . import ensemble
+from .ensemble import SparseEnsemble
+from .serialize import load, save
 
-from . import formats, nn, ops  # noqa: E402
-from .io import load  # noqa: E402
-from .model import LayerSummary, SparseModel, Summary, sparsify  # noqa: E402
-from .pruning import magnitude_prune  # noqa: E402
-
-__all__ = ["formats", "nn", "ops", "sparsify", "SparseModel", "Summary", "LayerSummary", "load",
-           "magnitude_prune", "__version__"]
-
-from . import ensemble  # noqa: E402
-from .ensemble import SparseEnsemble  # noqa: E402
-
-__all__ += ["ensemble", "SparseEnsemble"]
+__all__ = ["formats", "nn", "ops", "sparsify", "SparseModel", "Summary", "LayerSummary", "load", "save",
+           "magnitude_prune", "ensemble", "SparseEnsemble", "__version__"]

@@ -18,6 +18,14 @@ def is_import_string(name):
     return ":" in name
 
 
+def spec_input_shape(spec):
+    """The standard per-sample input shape of the architecture a spec names, when it is a zoo
+    model that knows its shape; None otherwise (a module instance, an import string, ...)."""
+    if spec is None or is_import_string(spec["name"]) or spec["name"] not in models.names():
+        return None
+    return models.input_shape(spec["name"], **(spec.get("kwargs") or {}))
+
+
 def build_arch(arch, kwargs=None):
     """Returns (module, spec). `arch` is an nn.Module (used as is; spec None, since a module
     instance cannot be recorded), a zoo name or "pkg.module:factory"; `kwargs` go to the factory.

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-
-# sparse_rt.bench and sparse_rt.io import sparse_rt.model, which imports this module: their pieces
-# are imported where they are used.
+from ._version import __version__
+from .io.atomic import atomic_write
+from .machine import cpu_model
+from .timing import compare_latency, median
 
 
 def default_cache_path():
@@ -31,8 +31,6 @@ class AutotuneCache:
     @staticmethod
     def key(layer, x, nnz):
         """Identifies a measurement by what decides it, never by the layer's name."""
-        from .bench.machine import cpu_model
-
         parts = [type(layer).__name__, tuple(layer.weight.shape), nnz, tuple(x.shape), str(x.dtype),
                  getattr(layer, "stride", None), getattr(layer, "padding", None),
                  getattr(layer, "dilation", None), getattr(layer, "groups", None),
@@ -40,8 +38,6 @@ class AutotuneCache:
         return repr(parts)
 
     def save(self):
-        from .io.atomic import atomic_write
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.path, "w") as f:
             json.dump(self.entries, f, indent=0, sort_keys=True)
@@ -65,8 +61,6 @@ def capture_layer_inputs(model, example_inputs, names):
 
 def measure(dense_layer, sparse_layer, x, nnz, cache):
     """Returns (format of the faster, reason); consults and fills `cache`."""
-    from .bench.timing import compare_latency, median
-
     key = cache.key(dense_layer, x, nnz)
     entry = cache.entries.get(key)
     source = "cached autotune"

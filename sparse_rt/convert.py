@@ -8,7 +8,8 @@ import torch
 from .arch import build_arch
 from .formats import BSR, CSR
 from .ingest import match_masks, match_state_dict, read_checkpoint
-from .model import LayerSummary, Summary, convertible_layers, sparsify
+from .model import LayerSummary, Summary, sparsify
+from .nn.surgery import convertible_layers
 from .plan import plan_layer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -75,6 +76,6 @@ def checkpoint_summary(ckpt, *, min_sparsity=0.5, format="auto"):
             sparse_bytes = BSR.from_dense(flat, flat_mask, plan.blocksize).nbytes
         else:
             sparse_bytes = dense_bytes
-        rows.append(LayerSummary(key.removesuffix(".weight"), kind, tuple(weight.shape), density, plan.label,
-                                 dense_bytes, sparse_bytes, plan.reason))
+        rows.append(LayerSummary(key.removesuffix(".weight"), kind, tuple(weight.shape), density, plan.format,
+                                 dense_bytes, sparse_bytes, plan.reason, plan.blocksize))
     return Summary(rows)

@@ -6,27 +6,16 @@ import time
 import torch
 
 from . import models
-from .bench.timing import compare_latency, median
 from .model import sparsify
 from .pruning import magnitude_prune
-
-# Per zoo model: example input shape at batch 1 and the layers magnitude pruning leaves dense.
-DEMO_INPUTS = {
-    "bert_encoder": ((1, 128, 768), ()),
-    "resnet18": ((1, 3, 224, 224), ("conv1",)),
-    "resnet50": ((1, 3, 224, 224), ("conv1",)),
-    "mobilenet_v2": ((1, 3, 224, 224), ("features.0.0",)),
-    "cifar_resnet": ((1, 3, 32, 32), ("conv",)),
-    "wrn": ((1, 3, 32, 32), ("conv1",)),
-    "vgg_cifar": ((1, 3, 32, 32), ("feature.0",)),
-}
+from .timing import compare_latency, median
 
 
 def run_demo(model_name="bert_encoder", sparsity=0.9, batch=1, seconds=2.0, seed=0, echo=print):
     """Returns {max_abs_diff, max_rel_diff, dense_ms, sparse_ms, speedup}; prints as it goes."""
-    if model_name not in DEMO_INPUTS:
-        raise ValueError(f"demo model must be one of {sorted(DEMO_INPUTS)}, got {model_name!r}")
-    shape, keep_dense = DEMO_INPUTS[model_name]
+    if model_name not in models.names():
+        raise ValueError(f"demo model must be one of {models.names()}, got {model_name!r}")
+    shape, keep_dense = models.input_shape(model_name), models.keep_dense(model_name)
     torch.manual_seed(seed)
     echo(f"sparse_rt demo: {model_name}, magnitude-pruned to {sparsity:.0%} "
          f"(dense: {', '.join(keep_dense) or 'none'}), batch {batch}, {torch.get_num_threads()} threads")
@@ -35,7 +24,7 @@ def run_demo(model_name="bert_encoder", sparsity=0.9, batch=1, seconds=2.0, seed
     sparse = sparsify(dense).eval()
     echo(f"converted in {time.perf_counter() - t0:.1f} s\n")
     echo(str(sparse.summary()) + "\n")
-    x = torch.randn(batch, *shape[1:], generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         expected, actual = dense(x), sparse(x)
         max_abs = (actual - expected).abs().max().item()

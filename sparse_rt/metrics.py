@@ -15,11 +15,8 @@ counts each token. Sparse layers count their logical dense weight and its stored
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from .nn import SparseConv2d, SparseLinear
-
-_LAYERS = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)
+from .nn.surgery import SPARSE_LAYERS, WEIGHT_LAYERS, layer_kind
 
 
 @dataclass(frozen=True)
@@ -73,8 +70,8 @@ def _sum_or_none(values):
 
 def _weight_counts(layer):
     """(weight shape, entries, nonzero entries) of a dense or sparse layer."""
-    if isinstance(layer, (SparseLinear, SparseConv2d)):
-        shape = tuple(layer.weight_shape) if isinstance(layer, SparseLinear) else (
+    if isinstance(layer, SPARSE_LAYERS):
+        shape = tuple(layer.weight_shape) if layer_kind(layer) == "Linear" else (
             layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
         return shape, int(torch.Size(shape).numel()), int(torch.count_nonzero(layer.values))
     return tuple(layer.weight.shape), layer.weight.numel(), int(torch.count_nonzero(layer.weight))
@@ -87,14 +84,14 @@ def model_metrics(model, input_shape=None):
     layers = []
     params = nonzeros = 0
     for name, layer in model.named_modules():
-        if not isinstance(layer, _LAYERS):
+        if not isinstance(layer, WEIGHT_LAYERS):
             continue
         shape, numel, nnz = _weight_counts(layer)
-        kind = "Linear" if isinstance(layer, (nn.Linear, SparseLinear)) else "Conv2d"
+        kind = layer_kind(layer)
         n = positions.get(name)
         layers.append(LayerMetrics(name, kind, shape, numel, nnz, None if n is None else numel * n,
                                    None if n is None else nnz * n))
-        if isinstance(layer, (SparseLinear, SparseConv2d)):  # their tensors are buffers
+        if isinstance(layer, SPARSE_LAYERS):  # their tensors are buffers
             bias = layer.bias if layer.bias is not None else torch.zeros(0)
             params += numel + bias.numel()
             nonzeros += nnz + int(torch.count_nonzero(bias))
@@ -111,12 +108,12 @@ def _output_positions(model, input_shape):
 
     def record(name):
         def hook(module, args, output):
-            channels = output.shape[-1] if isinstance(module, (nn.Linear, SparseLinear)) else output.shape[1]
+            channels = output.shape[-1] if layer_kind(module) == "Linear" else output.shape[1]
             positions[name] = output.numel() // (output.shape[0] * channels)
         return hook
 
     for name, layer in model.named_modules():
-        if isinstance(layer, _LAYERS):
+        if isinstance(layer, WEIGHT_LAYERS):
             hooks.append(layer.register_forward_hook(record(name)))
     reference = next((t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()), None)
     dtype = reference.dtype if reference is not None else torch.float32

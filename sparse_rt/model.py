@@ -6,12 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .autotune import AutotuneCache, capture_layer_inputs, measure
 from .nn import SparseConv2d, SparseLinear
 from .nn.conv import explicit_padding
-from .autotune import AutotuneCache, capture_layer_inputs, measure
-from .plan import FormatSpec, LayerPlan, plan_layer, regime
-
-_CONVERTIBLE = {nn.Linear: "Linear", nn.Conv2d: "Conv2d"}
+from .nn.surgery import CONVERTIBLE, convertible_layers, replace_submodule
+from .plan import FormatSpec, LayerPlan, format_label, plan_layer, regime
 
 
 @dataclass(frozen=True)
@@ -20,10 +19,16 @@ class LayerSummary:
     kind: str
     shape: tuple
     density: float
-    format: str
+    format: str  # "csr" | "bsr" | "dense"
     dense_bytes: int
     sparse_bytes: int
     reason: str
+    blocksize: tuple = None  # (rows, cols) of a BSR layer's blocks
+
+    @property
+    def label(self):
+        """The format as tables show it: 'csr', 'dense' or 'bsrRxC'."""
+        return format_label(self.format, self.blocksize)
 
 
 class Summary(list):
@@ -39,7 +44,7 @@ class Summary(list):
 
     def __str__(self):
         header = ("layer", "kind", "shape", "density", "format", "dense KiB", "sparse KiB")
-        rows = [(r.name, r.kind, "x".join(map(str, r.shape)), f"{r.density:.3f}", r.format,
+        rows = [(r.name, r.kind, "x".join(map(str, r.shape)), f"{r.density:.3f}", r.label,
                  f"{r.dense_bytes / 1024:.1f}", f"{r.sparse_bytes / 1024:.1f}") for r in self]
         t = self.totals()
         ratio = t["dense_bytes"] / t["sparse_bytes"] if t["sparse_bytes"] else float("nan")
@@ -62,7 +67,7 @@ class SparseModel(nn.Module):
     def __init__(self, module, layers, *, arch_spec=None, source=None):
         super().__init__()
         self.module = module
-        self.layers = Summary(layers)
+        self._summary = Summary(layers)
         # What save() records so that load() can rebuild the model: the architecture spec
         # ({"name": zoo name or "pkg.module:factory", "kwargs": {...}}; None for a module instance)
         # and the checkpoint it came from (sha256, form, file name, ingest notes).
@@ -75,7 +80,7 @@ class SparseModel(nn.Module):
     def summary(self):
         """Per-layer name, kind, shape, density, format, dense bytes, sparse bytes (a Summary:
         a list of LayerSummary whose str() is a table with totals)."""
-        return self.layers
+        return self._summary
 
     @classmethod
     def from_checkpoint(cls, path, arch, masks=None, mask_form="auto", **options):
@@ -84,13 +89,13 @@ class SparseModel(nn.Module):
         `arch` is an nn.Module, a zoo name or "pkg.module:factory"; see
         sparse_rt.convert.from_checkpoint for the options (arch_kwargs, rename, min_sparsity,
         format, dtype, unsafe, cs_s0, progress)."""
-        from .convert import from_checkpoint
+        from .convert import from_checkpoint  # facade: the conversion layer builds on this one
 
         return from_checkpoint(path, arch, masks=masks, mask_form=mask_form, **options)
 
     def save(self, path):
         """Writes a .srt file (safetensors + JSON manifest) atomically; read it with sparse_rt.load."""
-        from .io import save
+        from .serialize import save  # facade: the artifact layer builds on this one
 
         save(self, path)
 
@@ -98,13 +103,13 @@ class SparseModel(nn.Module):
                     external_data=None):
         """Writes an ONNX file: flavor "portable" (standard ops, stock onnxruntime) or "sparse"
         (sparse_rt's ops; run with sparse_rt.onnx.session). See sparse_rt.onnx.export."""
-        from .onnx import export
+        from .onnx import export  # facade: the ONNX layer builds on this one
 
         return export(self, path, example_inputs, flavor=flavor, opset=opset, check=check,
                       external_data=external_data)
 
 
-def _normalize_masks(masks, layer_names):
+def _masks_by_layer(masks, layer_names):
     """{parameter or layer name: mask} -> {layer name: bool mask}; unknown names are an error."""
     normalized = {}
     for key, mask in (masks or {}).items():
@@ -123,11 +128,6 @@ def _convert(name, layer, mask, plan):
     if isinstance(layer, nn.Linear):
         return SparseLinear.from_dense(layer, mask, plan.format, plan.blocksize)
     return SparseConv2d.from_dense(layer, mask)
-
-
-def convertible_layers(module):
-    """{name: layer} of the nn.Linear / nn.Conv2d layers sparsify() considers."""
-    return {n: m for n, m in module.named_modules() if type(m) in _CONVERTIBLE}
 
 
 def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto", example_inputs=None,
@@ -157,7 +157,7 @@ def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto", example_inp
     FormatSpec.parse(format)
     model = copy.deepcopy(module)
     candidates = convertible_layers(model)
-    masks = _normalize_masks(masks, candidates)
+    masks = _masks_by_layer(masks, candidates)
     inputs = {} if example_inputs is None else capture_layer_inputs(model, tuple(example_inputs), candidates)
     cache = AutotuneCache(autotune_cache) if autotune else None
     rows = []
@@ -171,7 +171,7 @@ def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto", example_inp
         mask = mask.to(weight.device) if mask is not None else None
         effective = mask if mask is not None else weight != 0
         sparsity = 1.0 - effective.float().mean().item() if weight.numel() else 0.0
-        kind = _CONVERTIBLE[type(layer)]
+        kind = CONVERTIBLE[type(layer)]
         x = inputs.get(name)
         batch = x.numel() // x.shape[-1] if kind == "Linear" and x is not None and x.dim() else 1
         out_pixels = None
@@ -200,37 +200,8 @@ def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto", example_inp
         replace_submodule(model, name, new)
         dense_bytes = _bytes(layer.weight, layer.bias)
         sparse_bytes = dense_bytes if new is layer else _bytes(new.crow_indices, new.col_indices, new.values, new.bias)
-        rows.append(LayerSummary(name, kind, tuple(weight.shape), 1.0 - sparsity, plan.label,
-                                 dense_bytes, sparse_bytes, plan.reason))
+        rows.append(LayerSummary(name, kind, tuple(weight.shape), 1.0 - sparsity, plan.format,
+                                 dense_bytes, sparse_bytes, plan.reason, plan.blocksize))
     if cache is not None:
         cache.save()
     return SparseModel(model, rows)
-
-
-def dense_copy(module):
-    """A copy of `module` whose SparseLinear / SparseConv2d layers are nn.Linear / nn.Conv2d with
-    the same (zero-filled) weights, on the same device and dtype."""
-    dense = copy.deepcopy(module)
-    for name, layer in list(dense.named_modules()):
-        if isinstance(layer, SparseLinear):
-            new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        elif isinstance(layer, SparseConv2d):
-            new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                            layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None)
-        else:
-            continue
-        weight = layer.dense_weight()
-        new = new.to(device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        replace_submodule(dense, name, new)
-    return dense
-
-
-def replace_submodule(root, qualified_name, new):
-    if not qualified_name:
-        raise ValueError("sparsify: the model itself is a single Linear/Conv2d; wrap it in nn.Sequential")
-    parent_name, _, child = qualified_name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)

@@ -33,10 +33,10 @@ class LayerPlan:
     blocksize: tuple
     reason: str
 
-    @property
-    def label(self):
-        """The format as summaries show it: 'csr', 'dense' or 'bsrRxC'."""
-        return f"bsr{self.blocksize[0]}x{self.blocksize[1]}" if self.format == "bsr" else self.format
+
+def format_label(format, blocksize):
+    """The format as summaries show it: 'csr', 'dense' or 'bsrRxC'."""
+    return f"bsr{blocksize[0]}x{blocksize[1]}" if format == "bsr" else format
 
 
 # Speed of the sparse kernels relative to dense torch per multiply-add: a layer of density d is

@@ -3,10 +3,11 @@
 import copy
 
 import torch
-from torch import nn
+
+from .nn.surgery import CONVERTIBLE
 
 
-def magnitude_prune(module, sparsity, *, exclude=(), layer_types=(nn.Linear, nn.Conv2d)):
+def magnitude_prune(module, sparsity, *, exclude=(), layer_types=tuple(CONVERTIBLE)):
     """Returns a copy of `module` whose Linear/Conv2d weights are pruned layer by layer: in each,
     the round(sparsity * numel) smallest-magnitude entries become zero. Layers whose qualified
     name is in `exclude` (e.g. the first conv) stay dense. The input module is not changed."""

@@ -326,7 +326,7 @@ def _forge(src, dst, edit):
     manifest = json.loads(header.pop("__metadata__")[srt.MANIFEST_KEY])
     edit(header, manifest, body)
     manifest["tensors_sha256"] = hashlib.sha256(body).hexdigest()
-    manifest["header_sha256"] = srt._header_digest(header, manifest)
+    manifest["header_sha256"] = srt.header_digest(header, manifest)
     header["__metadata__"] = {srt.MANIFEST_KEY: json.dumps(manifest)}
     head = json.dumps(header).encode()
     head += b" " * (-len(head) % 8)

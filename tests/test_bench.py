@@ -11,7 +11,8 @@ from torch import nn
 import sparse_rt
 from sparse_rt import bench, models
 from sparse_rt.bench import runner
-from sparse_rt.bench.engines import TorchSparseConv2d, densify, torch_sparse_model
+from sparse_rt.bench.engines import TorchSparseConv2d, torch_sparse_model
+from sparse_rt.nn.surgery import dense_copy
 from sparse_rt.bench.stats import latency_stats, percentile
 from sparse_rt.cli import main
 
@@ -95,7 +96,7 @@ def test_torch_sparse_conv_and_densify_match_the_sparse_model():
     sparse = sparse_rt.sparsify(pruned, format="csr")  # every conv sparse, whatever the planner says
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
-        dense = densify(sparse.module)
+        dense = dense_copy(sparse.module).eval()
         assert torch.allclose(dense(x), pruned(x), atol=1e-5)
         baseline, note = torch_sparse_model(dense, sparse.summary())
         assert note == "" and any(isinstance(m, TorchSparseConv2d) for m in baseline.modules())

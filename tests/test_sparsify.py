@@ -102,7 +102,7 @@ def test_min_sparsity_and_summary():
 def test_bsr_format():
     pruned = sparse_rt.magnitude_prune(_mlp(), 0.9)
     model = sparse_rt.sparsify(pruned, format="bsr:4x4")
-    assert [r.format for r in model.summary()] == ["bsr4x4", "bsr4x4", "csr"]  # 10 rows: not divisible
+    assert [r.label for r in model.summary()] == ["bsr4x4", "bsr4x4", "csr"]  # 10 rows: not divisible
     x = randn(3, 64)
     with torch.no_grad():
         assert _rel_err(model(x), pruned(x)) <= 1e-5

@@ -161,7 +161,7 @@ class SrtTarget:
         manifest = json.loads(meta[self.srt.MANIFEST_KEY])
         if isinstance(manifest, dict):
             manifest["tensors_sha256"] = hashlib.sha256(body).hexdigest()
-            manifest["header_sha256"] = self.srt._header_digest(header, manifest)
+            manifest["header_sha256"] = self.srt.header_digest(header, manifest)
             meta[self.srt.MANIFEST_KEY] = json.dumps(manifest)
         header["__metadata__"] = meta
         head = json.dumps(header).encode()

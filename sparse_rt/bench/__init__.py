@@ -1,11 +1,11 @@
 """Benchmarks: `run` (sparse_rt against dense, torch.sparse and onnxruntime baselines, one run)
 returning a BenchReport; same-run latency comparison, statistics and machine information."""
 
-from .machine import machine_info
+from ..machine import machine_info
 from .report import BenchReport
 from .runner import run
 from .stats import geomean, latency_stats, percentile, speedups
-from .timing import compare_latency
+from ..timing import compare_latency
 
 __all__ = ["run", "BenchReport", "machine_info", "geomean", "latency_stats", "percentile", "speedups",
            "compare_latency"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import dense_copy, replace_submodule
+from ..nn.surgery import replace_submodule
 
 BASELINES = ("dense", "torch-sparse", "onnxruntime")
 
@@ -39,11 +39,6 @@ def parse_baselines(spec):
     if unknown:
         raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     return list(dict.fromkeys(names))
-
-
-def densify(module):
-    """The dense baseline of a sparse model: dense_copy in eval mode."""
-    return dense_copy(module).eval()
 
 
 def _to_csr(weight):

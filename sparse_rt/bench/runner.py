@@ -9,17 +9,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import models
+from ..arch import spec_input_shape
 from ..convert import parse_dtype
 from ..metrics import model_metrics
 from ..model import SparseModel, sparsify
+from ..nn.surgery import dense_copy
 from ..pruning import magnitude_prune
-from .engines import (BASELINES, EngineUnavailable, densify, onnxruntime_engine, parse_baselines,
-                      torch_engine, torch_sparse_model)
-from .machine import machine_info
+from ..resolve import resolve_model
+from .engines import (BASELINES, EngineUnavailable, onnxruntime_engine, parse_baselines, torch_engine,
+                      torch_sparse_model)
+from ..machine import machine_info
 from .report import BenchReport
 from .stats import latency_stats
-from .timing import compare_latency, layer_times
+from ..timing import compare_latency, layer_times
 
 SUBJECT = "sparse_rt"
 
@@ -32,48 +34,27 @@ class _Variant:
 
 def load_variants(model, sparsity=None, *, arch=None, seed=0):
     """(name, [variants], per-sample input shape or None) for what `run` accepts as `model`:
-    a SparseModel; an nn.Module (pruned already, or magnitude-pruned to each `sparsity`); a .srt
-    path; a checkpoint path with `arch`; or a zoo name with `sparsity` (magnitude-pruned, seeded,
-    its first layer left dense as in `sparse-rt demo`)."""
-    from ..demo import DEMO_INPUTS  # layers magnitude pruning leaves dense, per zoo model
-
+    a SparseModel; an nn.Module (pruned already, or magnitude-pruned to each `sparsity`); or a
+    reference sparse_rt.resolve.resolve_model takes (a .srt path, a checkpoint path with `arch`,
+    a zoo name with `sparsity`: magnitude-pruned, seeded, its stem left dense)."""
     sparsities = _sparsities(sparsity)
     if isinstance(model, SparseModel):
         if sparsities:
             raise ValueError("sparsity applies to a dense model or a zoo name, not to a SparseModel")
-        return "model", [_Variant(None, model)], _spec_shape(model.arch_spec)
+        return "model", [_Variant(None, model)], spec_input_shape(model.arch_spec)
     if isinstance(model, nn.Module):
         pruned = [(s, magnitude_prune(model, s)) for s in sparsities] or [(None, model)]
         return type(model).__name__, [_Variant(s, sparsify(m.eval())) for s, m in pruned], None
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a SparseModel, an nn.Module or a str, got {type(model).__name__}")
-    text = os.fspath(model)
-    if text.endswith(".srt"):
-        from ..io import load
-
-        if sparsities:
-            raise ValueError("--sparsity applies to a zoo model name, not to a .srt file")
-        loaded = load(text, arch)
-        return os.path.basename(text), [_Variant(None, loaded)], _spec_shape(loaded.arch_spec)
-    if os.path.exists(text):
-        if arch is None:
-            raise ValueError(f"{text} is a checkpoint: name its architecture with --arch (a zoo name "
-                             "or 'pkg.module:factory')")
-        if sparsities:
-            raise ValueError("--sparsity applies to a zoo model name, not to a checkpoint")
-        converted = SparseModel.from_checkpoint(text, arch)
-        return os.path.basename(text), [_Variant(None, converted)], _spec_shape(converted.arch_spec)
-    if text not in models.names():
-        raise ValueError(f"model {text!r} is neither a file (.srt or checkpoint) nor a zoo model "
-                         f"({', '.join(models.names())})")
-    if not sparsities:
-        raise ValueError(f"zoo model {text!r} is dense: give --sparsity (e.g. 0.9 or 0.5,0.9) to "
-                         "magnitude-prune it")
-    torch.manual_seed(seed)
-    dense = models.create(text).eval()
-    keep_dense = DEMO_INPUTS.get(text, ((), ()))[1]
-    variants = [_Variant(s, sparsify(magnitude_prune(dense, s, exclude=keep_dense))) for s in sparsities]
-    return text, variants, models.input_shape(text)
+    name = os.path.basename(os.fspath(model))
+    variants, shape = [], None
+    for s in sparsities or [None]:
+        resolved, _, shape = resolve_model(model, arch=arch, sparsity=s, seed=seed)
+        if not isinstance(resolved, SparseModel):
+            raise ValueError(f"{name} holds an ensemble; sparse-rt bench times single models")
+        variants.append(_Variant(s, resolved))
+    return name, variants, shape
 
 
 def _sparsities(sparsity):
@@ -85,12 +66,6 @@ def _sparsities(sparsity):
         if not 0.0 <= s < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {s}")
     return values
-
-
-def _spec_shape(spec):
-    if spec and spec["name"] in models.names():
-        return models.input_shape(spec["name"], **spec.get("kwargs", {}))
-    return None
 
 
 def _model_dtype(model):
@@ -208,7 +183,7 @@ def _bench_model(sparse, make_input, settings, step, sparsity):
 
 def _build_engines(sparse, baselines, example, device, threads):
     """({name: Engine}, {name: status dict}); a baseline that cannot run is recorded, not fatal."""
-    dense = densify(sparse.module)
+    dense = dense_copy(sparse.module).eval()
     engines = {SUBJECT: torch_engine(SUBJECT, sparse)}
     status = {SUBJECT: {"status": "ok", "note": ""}}
     with tempfile.TemporaryDirectory(prefix="sparse_rt_bench_") as tmp:
@@ -282,7 +257,7 @@ def _layer_rows(module, summary, metrics, profiles):
                "reason": None, "density": None}
         if name in plans:
             plan = plans[name]
-            row.update(kind=plan.kind, format=plan.format, reason=plan.reason, density=plan.density)
+            row.update(kind=plan.kind, format=plan.label, reason=plan.reason, density=plan.density)
         if name in counts:
             m = counts[name]
             row.update(kind=m.kind, shape=list(m.shape), params=m.params, nonzeros=m.nonzeros,

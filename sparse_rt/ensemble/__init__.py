@@ -14,9 +14,9 @@ from .combine import COMBINE_RULES, combine, uncertainty
 from .core import SparseEnsemble
 from .erk import erk_densities, erk_masks
 from .fuse import FusionError, fuse_members
-from .masks import density, densify, jaccard, mask_intersection, mask_union, member_masks, pairwise_jaccard
+from .masks import density, jaccard, mask_intersection, mask_union, member_masks, pairwise_jaccard
 from .superpose import recalibrate_bn, superpose
 
 __all__ = ["SparseEnsemble", "combine", "uncertainty", "COMBINE_RULES", "fuse_members", "FusionError",
            "superpose", "recalibrate_bn", "member_masks", "mask_union", "mask_intersection", "jaccard",
-           "pairwise_jaccard", "density", "densify", "erk_densities", "erk_masks"]
+           "pairwise_jaccard", "density", "erk_densities", "erk_masks"]

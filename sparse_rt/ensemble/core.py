@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..convert import from_checkpoint
 from ..model import SparseModel, sparsify
 from .combine import check_rule, combine, uncertainty
 from .fuse import FusionError, fuse_members
@@ -71,7 +72,7 @@ class SparseEnsemble(nn.Module):
         """Members from checkpoint files (a list, or a folder read in natural order: member_2
         before member_10), each converted by SparseModel.from_checkpoint(path, arch,
         **convert_options) (masks, mask_form, arch_kwargs, min_sparsity, format, dtype, ...)."""
-        members = [SparseModel.from_checkpoint(p, arch, **convert_options) for p in member_paths(paths)]
+        members = [from_checkpoint(p, arch, **convert_options) for p in member_paths(paths)]
         return cls(members, combine=combine, fuse=fuse)
 
     def forward_members(self, *args, **kwargs):
@@ -104,14 +105,14 @@ class SparseEnsemble(nn.Module):
 
     def save(self, path):
         """One .srt file holding every member (the fused graph is rebuilt on load)."""
-        from .srt import save_ensemble
+        from ..serialize import save  # facade: the artifact layer builds on this one
 
-        save_ensemble(self, path)
+        save(self, path)
 
     @classmethod
     def load(cls, path, arch=None, *, arch_kwargs=None, trust_arch=False, combine=None, fuse=True):
         """Reads an ensemble .srt (see save); arguments as sparse_rt.load, `combine` overrides the
         recorded rule."""
-        from .srt import load_ensemble
+        from ..serialize import load_ensemble  # facade: the artifact layer builds on this one
 
         return load_ensemble(path, arch, arch_kwargs=arch_kwargs, trust_arch=trust_arch, combine=combine, fuse=fuse)

@@ -4,7 +4,8 @@ scaled so the whole network keeps the global density; layers that would exceed 1
 rest are rescaled."""
 
 import torch
-from torch import nn
+
+from ..nn.surgery import CONVERTIBLE
 
 
 def erk_densities(module, density, *, power=1.0, dense=()):
@@ -13,7 +14,7 @@ def erk_densities(module, density, *, power=1.0, dense=()):
     scales the ERK ratio as RigL's erk_power_scale."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    shapes = {n: m.weight.shape for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    shapes = {n: m.weight.shape for n, m in module.named_modules() if isinstance(m, tuple(CONVERTIBLE))}
     unknown = set(dense) - set(shapes)
     if unknown:
         raise ValueError(f"dense: {sorted(unknown)} name no Linear/Conv2d layer")

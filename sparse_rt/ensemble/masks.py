@@ -7,17 +7,15 @@ import torch
 from torch import nn
 
 from ..formats import CSR
-from ..model import SparseModel, dense_copy
-from ..nn import SparseConv2d, SparseLinear
-
-WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)
+from ..model import SparseModel
+from ..nn.surgery import SPARSE_LAYERS, dense_weight, weight_layers
 
 
 def layer_csr(layer):
     """The weight of a Linear/Conv2d layer, dense or sparse, as a CSR over [rows, fan-in]. BSR
     blocks keep their stored zeros; a dense layer stores every entry (its zeros included), so the
     fused layer computes exactly what the member computes."""
-    if isinstance(layer, (SparseLinear, SparseConv2d)):
+    if isinstance(layer, SPARSE_LAYERS):
         if layer.format == "csr":
             return layer.sparse_weight()
         bsr = layer.sparse_weight()
@@ -28,23 +26,17 @@ def layer_csr(layer):
     return CSR.from_dense(w, torch.ones_like(w, dtype=torch.bool))
 
 
-def dense_weight(layer):
-    """The layer's weight as a dense tensor shaped like the nn.Linear / nn.Conv2d weight."""
-    if isinstance(layer, (SparseLinear, SparseConv2d)):
-        return layer.dense_weight()
-    return layer.weight.detach()
-
-
 def weight_mask(layer):
     """Where the layer keeps weights: the stored entries of a sparse layer, the nonzeros of a dense one."""
-    if isinstance(layer, (SparseLinear, SparseConv2d)):
+    if isinstance(layer, SPARSE_LAYERS):
         csr = layer_csr(layer)
         ones = CSR(csr.crow_indices, csr.col_indices, torch.ones_like(csr.values, dtype=torch.bool), csr.shape)
         return ones.to_dense().reshape(dense_weight(layer).shape)
     return layer.weight.detach() != 0
 
 
-def _module(member):
+def member_module(member):
+    """The nn.Module of a member given as a SparseModel or a module."""
     if isinstance(member, SparseModel):
         return member.module
     if isinstance(member, nn.Module):
@@ -52,22 +44,12 @@ def _module(member):
     raise TypeError(f"expected a SparseModel or an nn.Module, got {type(member).__name__}")
 
 
-def weight_layers(member):
-    """{name: layer} of the member's Linear/Conv2d layers, dense or sparse."""
-    return {n: m for n, m in _module(member).named_modules() if isinstance(m, WEIGHT_LAYERS)}
-
-
 def member_masks(member):
     """{layer name: bool mask shaped like its weight} for every Linear/Conv2d of `member` (a
     SparseModel, an nn.Module, or already such a dict)."""
     if isinstance(member, dict):
         return {k: torch.as_tensor(v).bool() for k, v in member.items()}
-    return {name: weight_mask(layer) for name, layer in weight_layers(member).items()}
-
-
-def densify(member):
-    """A copy of the member's module with every sparse layer turned back into nn.Linear / nn.Conv2d."""
-    return dense_copy(_module(member))
+    return {name: weight_mask(layer) for name, layer in weight_layers(member_module(member)).items()}
 
 
 def _aligned(members):

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from ..model import SparseModel, sparsify
+from ..nn.surgery import dense_copy, weight_layers
 from .masks import density as member_density
-from .masks import densify, weight_layers
+from .masks import member_module
 
 
 def superpose(members, density=None, weights=None, **sparsify_options):
@@ -30,7 +31,7 @@ def superpose(members, density=None, weights=None, **sparsify_options):
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
 
-    modules = [densify(m) for m in members]
+    modules = [dense_copy(member_module(m)) for m in members]
     states = [m.state_dict() for m in modules]
     for i, s in enumerate(states[1:], 1):
         if s.keys() != states[0].keys() or any(s[k].shape != v.shape for k, v in states[0].items()):

@@ -1,4 +1,5 @@
-"""Saving and loading: the .srt artifact (srt.py) and atomic file writes (atomic.py)."""
+"""The .srt container (srt.py: layout, limits, digests, errors) and atomic file writes (atomic.py).
+Turning models into .srt files and back is sparse_rt.serialize's job."""
 
 from .atomic import atomic_write
 from .srt import (
@@ -8,10 +9,8 @@ from .srt import (
     SrtHeaderError,
     SrtIntegrityError,
     SrtVersionError,
-    load,
     read_manifest,
-    save,
 )
 
-__all__ = ["save", "load", "read_manifest", "atomic_write", "SrtError", "SrtCorruptError",
-           "SrtHeaderError", "SrtIntegrityError", "SrtVersionError", "SrtArchError"]
+__all__ = ["read_manifest", "atomic_write", "SrtError", "SrtCorruptError", "SrtHeaderError", "SrtIntegrityError",
+           "SrtVersionError", "SrtArchError"]

@@ -31,27 +31,13 @@ Usage::
 
 New families register with the :func:`register` decorator::
 
-    @register("my_net")
+    @register("my_net", input_shape=(3, 32, 32), keep_dense=("stem",))
     def my_net(*, num_classes: int = 10) -> nn.Module: ...
 """
 
-from ._registry import ModelArgumentError, create, get_factory, names, register
+from ._registry import ModelArgumentError, create, get_factory, input_shape, keep_dense, names, register
 
 # Importing the family modules fills the registry.
 from . import bert, cifar_resnet, mobilenet, resnet, vgg, wrn  # noqa: E402,F401
 
-__all__ = ["create", "names", "register", "get_factory", "input_shape", "ModelArgumentError"]
-
-_IMAGENET, _CIFAR = (3, 224, 224), (3, 32, 32)
-_INPUT_SHAPES = {"resnet18": _IMAGENET, "resnet34": _IMAGENET, "resnet50": _IMAGENET,
-                 "mobilenet_v2": _IMAGENET, "cifar_resnet": _CIFAR, "wrn": _CIFAR, "vgg_cifar": _CIFAR}
-
-
-def input_shape(name: str, **kwargs) -> tuple:
-    """The standard per-sample input shape of zoo model ``name`` built with ``kwargs`` (no batch
-    dimension): ImageNet or CIFAR images, or 128 tokens of embedded ``bert_encoder`` input.
-    ``None`` for a registered model without a known shape."""
-    if name == "bert_encoder":
-        return (128, kwargs.get("hidden", 768))
-    get_factory(name)  # unknown names raise
-    return _INPUT_SHAPES.get(name)
+__all__ = ["create", "names", "register", "get_factory", "input_shape", "keep_dense", "ModelArgumentError"]

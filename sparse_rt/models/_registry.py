@@ -7,15 +7,26 @@ circular import through ``sparse_rt/models/__init__.py``.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Dict, List
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
-__all__ = ["ModelArgumentError", "register", "create", "names", "get_factory"]
+__all__ = ["ModelArgumentError", "register", "create", "names", "get_factory", "input_shape", "keep_dense"]
 
 Factory = Callable[..., nn.Module]
+# A fixed per-sample shape, or a function of the factory's keyword arguments.
+InputShape = Union[Tuple[int, ...], Callable[..., Tuple[int, ...]], None]
 
-_REGISTRY: Dict[str, Factory] = {}
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Factory
+    input_shape: InputShape
+    keep_dense: Tuple[str, ...]
+
+
+_REGISTRY: Dict[str, _Entry] = {}
 
 
 class ModelArgumentError(TypeError, ValueError):
@@ -26,8 +37,12 @@ class ModelArgumentError(TypeError, ValueError):
     """
 
 
-def register(name: str) -> Callable[[Factory], Factory]:
-    """Decorator: ``@register("resnet18")`` adds a factory under ``name``.
+def register(name: str, *, input_shape: InputShape = None,
+             keep_dense: Tuple[str, ...] = ()) -> Callable[[Factory], Factory]:
+    """Decorator: ``@register("resnet18", input_shape=(3, 224, 224), keep_dense=("conv1",))`` adds
+    a factory under ``name`` with the facts other parts ask of a zoo model: its standard per-sample
+    input shape (a tuple, or a function of the factory's keyword arguments) and the layers that
+    pruning recipes leave dense (the stem convolution of a CNN).
 
     A factory takes keyword arguments only and returns an ``nn.Module``.
     Registering the same name twice is an error.
@@ -36,9 +51,9 @@ def register(name: str) -> Callable[[Factory], Factory]:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
 
     def deco(fn: Factory) -> Factory:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+        if name in _REGISTRY and _REGISTRY[name].factory is not fn:
             raise ValueError(f"model name {name!r} is already registered")
-        _REGISTRY[name] = fn
+        _REGISTRY[name] = _Entry(fn, input_shape, tuple(keep_dense))
         return fn
 
     return deco
@@ -49,14 +64,30 @@ def names() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def get_factory(name: str) -> Factory:
-    """The factory registered under ``name`` (``ValueError`` if unknown)."""
+def _entry(name: str) -> _Entry:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown model {name!r}; known models: {', '.join(names())}"
         ) from None
+
+
+def get_factory(name: str) -> Factory:
+    """The factory registered under ``name`` (``ValueError`` if unknown)."""
+    return _entry(name).factory
+
+
+def input_shape(name: str, **kwargs) -> Optional[Tuple[int, ...]]:
+    """The standard per-sample input shape of zoo model ``name`` built with ``kwargs`` (no batch
+    dimension); ``None`` for a model registered without one."""
+    shape = _entry(name).input_shape
+    return shape(**kwargs) if callable(shape) else shape
+
+
+def keep_dense(name: str) -> Tuple[str, ...]:
+    """The layers of zoo model ``name`` that pruning recipes leave dense."""
+    return _entry(name).keep_dense
 
 
 def _describe_params(fn: Factory) -> str:

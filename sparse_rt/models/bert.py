@@ -217,7 +217,12 @@ class BertEncoderModel(nn.Module):
         return self.pooler(hidden_states)
 
 
-@register("bert_encoder")
+def _embedded_tokens(*, hidden: int = 768, **_) -> tuple:
+    """128 tokens of embedded input: what the encoder's forward takes."""
+    return (128, hidden)
+
+
+@register("bert_encoder", input_shape=_embedded_tokens)
 def bert_encoder(*, layers: int = 12, hidden: int = 768, heads: int = 12,
                  intermediate: int = 3072, vocab_size: Optional[int] = None,
                  max_position: int = 512, type_vocab_size: int = 2, dropout: float = 0.1,

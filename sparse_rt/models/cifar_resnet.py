@@ -95,7 +95,7 @@ class CifarResNet(nn.Module):
         return self.head(self.fc(out))
 
 
-@register("cifar_resnet")
+@register("cifar_resnet", input_shape=(3, 32, 32), keep_dense=("conv",))
 def cifar_resnet(*, depth: int = 20, width: int = 16, num_classes: int = 10,
                  log_softmax: bool = False) -> CifarResNet:
     """OpenLTH ``cifar_resnet_{depth}[_{width}]``; depth must be 6n+2 (20, 32, 44, 56, 110, ...)."""

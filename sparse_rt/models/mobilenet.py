@@ -128,7 +128,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-@register("mobilenet_v2")
+@register("mobilenet_v2", input_shape=(3, 224, 224), keep_dense=("features.0.0",))
 def mobilenet_v2(*, num_classes: int = 1000, width_mult: float = 1.0,
                  dropout: float = 0.2) -> MobileNetV2:
     """MobileNetV2, torchvision layout (``features.N...``, ``classifier.1``)."""

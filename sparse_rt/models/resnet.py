@@ -147,21 +147,21 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-@register("resnet18")
+@register("resnet18", input_shape=(3, 224, 224), keep_dense=("conv1",))
 def resnet18(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]), torchvision layout."""
     check_int("num_classes", num_classes)
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual)
 
 
-@register("resnet34")
+@register("resnet34", input_shape=(3, 224, 224), keep_dense=("conv1",))
 def resnet34(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet-34 (BasicBlock, [3, 4, 6, 3]), torchvision layout."""
     check_int("num_classes", num_classes)
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, zero_init_residual)
 
 
-@register("resnet50")
+@register("resnet50", input_shape=(3, 224, 224), keep_dense=("conv1",))
 def resnet50(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet-50 (Bottleneck v1.5, [3, 4, 6, 3]), torchvision layout."""
     check_int("num_classes", num_classes)

@@ -82,7 +82,7 @@ class VGGCifar(nn.Module):
         return self.head(self.classifier(x))
 
 
-@register("vgg_cifar")
+@register("vgg_cifar", input_shape=(3, 32, 32), keep_dense=("feature.0",))
 def vgg_cifar(*, depth: int = 19, num_classes: int = 10, batchnorm: bool = True,
               affine: bool = True, log_softmax: bool = False) -> VGGCifar:
     """Sup-tickets CIFAR VGG (``feature.N``, ``classifier``); depth in {11, 13, 16, 19}."""

@@ -110,7 +110,7 @@ class WideResNet(nn.Module):
         return self.head(self.fc(out))
 
 
-@register("wrn")
+@register("wrn", input_shape=(3, 32, 32), keep_dense=("conv1",))
 def wrn(*, depth: int = 28, widen_factor: int = 10, num_classes: int = 10,
         dropout: float = 0.0, log_softmax: bool = False) -> WideResNet:
     """FreeTickets ``wrn-{depth}-{widen_factor}``; depth must be 6n+4 (16, 22, 28, 40, ...)."""

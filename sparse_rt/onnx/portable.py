@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import replace_submodule
+from ..nn.surgery import replace_submodule
 from ..nn import SparseConv2d, SparseLinear
 
 _MAX_GAP = 255

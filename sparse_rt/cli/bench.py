@@ -1,16 +1,10 @@
-"""`sparse-rt bench`: the command-line face of sparse_rt.bench.run."""
+"""`sparse-rt bench MODEL`: the command-line face of sparse_rt.bench.run."""
 
-import argparse
 import sys
 
-from .engines import BASELINES
-
-
-def _shape(text):
-    try:
-        return tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 3,224,224, got {text!r}") from None
+from ..bench import run as run_bench
+from ..bench.engines import BASELINES
+from . import args as cli_args
 
 
 def add_parser(sub):
@@ -21,8 +15,7 @@ def add_parser(sub):
     p.add_argument("--arch", help="architecture of a checkpoint: zoo name or pkg.module:factory")
     p.add_argument("--sparsity", help="zoo models: sparsity to prune to; several give a sweep, e.g. 0.5,0.9")
     p.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
-    p.add_argument("--input-shape", type=_shape, metavar="C,H,W",
-                   help="one sample's input shape (zoo architectures know theirs)")
+    cli_args.add_input_shape(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: the model's own")
     p.add_argument("--threads", type=int, help="intra-op threads for torch and onnxruntime")
@@ -38,15 +31,13 @@ def add_parser(sub):
                    help="write the result rows as CSV (to stdout without PATH)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: latency vs batch, speedup vs sparsity")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=_run)
+    p.set_defaults(run=run)
 
 
-def _run(args):
-    from rich.console import Console
+def run(args):
+    from rich.console import Console  # an optional dependency (the bench extra)
 
-    from .runner import run
-
-    report = run(args.model, args.input_shape, batch=args.batch, sparsity=args.sparsity, arch=args.arch,
+    report = run_bench(args.model, args.input_shape, batch=args.batch, sparsity=args.sparsity, arch=args.arch,
                  baselines=args.baselines, device=args.device, dtype=args.dtype, threads=args.threads,
                  warmup=args.warmup, time=args.time, min_iterations=args.min_iterations,
                  cuda_graphs=args.cuda_graphs, seed=args.seed, progress=not args.no_progress)

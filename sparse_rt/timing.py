@@ -1,3 +1,5 @@
+"""Same-run latency: interleaved timing of several callables, and per-layer time profiles."""
+
 import statistics
 import time
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ._version import __version__
+from .ops import build_info
+
 
 def _cpuinfo():
     try:
@@ -45,8 +48,6 @@ def _version(dist):
 def machine_info():
     """{"date", "machine": {cpu, cores, physical_cores, threads, platform, gpu, load_average_1m},
     "versions": {python, torch, cuda, sparse_rt, sparse_rt_build, numpy, onnxruntime}}."""
-    import sparse_rt
-
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -55,7 +56,7 @@ def machine_info():
                     # other processes competing for the cores make every number here slower
                     "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "cuda": torch.version.cuda, "sparse_rt": sparse_rt.__version__,
-                     "sparse_rt_build": sparse_rt.ops.build_info(), "numpy": _version("numpy"),
+                     "cuda": torch.version.cuda, "sparse_rt": __version__,
+                     "sparse_rt_build": build_info(), "numpy": _version("numpy"),
                      "onnxruntime": _version("onnxruntime")},
     }

@@ -1,0 +1,28 @@
+"""The sparse-rt command line: one module per subcommand, each with add_parser(sub) and run(args).
+Every error leaves through main: one line on stderr, exit status 2."""
+
+import argparse
+import sys
+
+from ..ingest import IngestError
+from ..io import SrtError
+from . import bench, convert, demo, export, inspect
+
+SUBCOMMANDS = (demo, convert, inspect, bench, export)
+# What bad input raises (unreadable files, unknown names, missing optional packages), as opposed
+# to a bug, whose traceback is worth seeing.
+USER_ERRORS = (ValueError, OSError, KeyError, ImportError, IngestError, SrtError)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="sparse-rt", description="sparse inference runtime for PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in SUBCOMMANDS:
+        command.add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as e:
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"sparse-rt {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,287 @@
+"""Models and ensembles <-> .srt artifacts (the container itself is sparse_rt.io.srt).
+
+A model is saved as its module's state_dict plus a manifest recording the architecture spec, the
+checkpoint it came from and, per Linear/Conv2d layer, its summary row and geometry. Loading
+rebuilds the architecture (rebuild_arch), puts an empty sparse layer of the recorded geometry
+where each sparse layer goes, and assigns the file's tensors, which the sparse layers validate.
+
+An ensemble is saved as its members' modules in one nn.ModuleList (tensor keys "0.conv1.values",
+"1.conv1.values", ...), the manifest's "kind" being "ensemble" and its "ensemble" record holding
+the combine rule and each member's architecture and source.
+"""
+
+import copy
+import dataclasses
+import os
+import threading
+
+import torch
+from torch import nn
+from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
+
+from .arch import ArchitectureError, build_arch, is_import_string
+from .ensemble import SparseEnsemble
+from .formats import BSR, CSR
+from .io import srt
+from .io.srt import SrtArchError, SrtError, SrtHeaderError
+from .model import LayerSummary, SparseModel, Summary
+from .nn import SparseConv2d, SparseLinear
+from .nn.surgery import replace_submodule
+
+KINDS = ("model", "ensemble")
+# An architecture rebuilt from a manifest may hold at most this many dense parameter elements per
+# byte of the file (99.9%-sparse fp16 layers need about 170).
+MAX_ARCH_ELEMENTS_PER_BYTE = 1024
+_SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary)}
+_REQUIRED_SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary) if f.default is dataclasses.MISSING}
+
+
+def save(obj, path):
+    """Writes a SparseModel or a SparseEnsemble to `path` atomically (temporary file, fsync, rename)."""
+    if isinstance(obj, SparseEnsemble):
+        module, rows, manifest = _ensemble_payload(obj)
+    elif isinstance(obj, SparseModel):
+        module, rows = obj.module, obj.summary()
+        manifest = {"kind": "model", "arch": obj.arch_spec, "source": obj.source}
+    else:
+        raise TypeError(f"save expects a SparseModel or a SparseEnsemble, got {type(obj).__name__}")
+    manifest["layers"] = [_layer_record(row, module.get_submodule(row.name)) for row in rows]
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    srt.write(path, tensors, manifest)
+
+
+def _ensemble_payload(ensemble):
+    members = list(ensemble.members)
+    rows = [dataclasses.replace(row, name=f"{i}.{row.name}") for i, m in enumerate(members) for row in m.summary()]
+    record = {"combine": ensemble.combine, "members": [{"arch": m.arch_spec, "source": m.source} for m in members]}
+    manifest = {"kind": "ensemble", "arch": None, "source": {}, "ensemble": record}
+    return nn.ModuleList([m.module for m in members]), rows, manifest
+
+
+def artifact_kind(manifest, path):
+    """"model" or "ensemble". Files written before the manifest recorded its kind held the
+    ensemble record in their source."""
+    kind = manifest.get("kind")
+    if kind is None:
+        return "ensemble" if _legacy_ensemble_record(manifest) else "model"
+    if kind not in KINDS:
+        raise SrtHeaderError(f"{path}: the manifest's kind {kind!r} is none of {', '.join(KINDS)}")
+    return kind
+
+
+def ensemble_record(manifest, path):
+    """{"combine", "members": [{"arch", "source"}]} of an ensemble file."""
+    record = manifest.get("ensemble") if "kind" in manifest else _legacy_ensemble_record(manifest)
+    if not (isinstance(record, dict) and isinstance(record.get("members"), list) and record["members"]
+            and all(isinstance(m, dict) for m in record["members"])):
+        raise SrtHeaderError(f"{path}: the manifest's ensemble record is malformed")
+    return record
+
+
+def _legacy_ensemble_record(manifest):
+    return (manifest.get("source") or {}).get("ensemble")
+
+
+def _layer_record(row, layer):
+    record = dataclasses.asdict(row)
+    if isinstance(layer, SparseLinear):
+        record.update(dtype=_dtype_name(layer.values.dtype), in_features=layer.in_features,
+                      out_features=layer.out_features, bias=layer.bias is not None,
+                      sparse_format=layer.format)
+        if layer.format == "bsr":
+            record["blocksize"] = list(layer.values.shape[1:])
+    elif isinstance(layer, SparseConv2d):
+        record.update(dtype=_dtype_name(layer.values.dtype), in_channels=layer.in_channels,
+                      out_channels=layer.out_channels, kernel_size=list(layer.kernel_size),
+                      stride=list(layer.stride), padding=list(layer.padding),
+                      dilation=list(layer.dilation), groups=layer.groups,
+                      bias=layer.bias is not None, sparse_format="csr")
+    else:
+        record["dtype"] = _dtype_name(layer.weight.dtype)
+    return record
+
+
+def _dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def load(path, arch=None, *, arch_kwargs=None, trust_arch=False):
+    """Loads a .srt file into a SparseModel (a SparseEnsemble when the file holds an ensemble).
+
+    The architecture is rebuilt from the manifest (a zoo name; an import string only with
+    `trust_arch=True`, since importing runs code), or from `arch` (an nn.Module, a zoo name or
+    "pkg.module:factory", with `arch_kwargs`), which files converted from a module instance need.
+    Tensors stay mapped from the file. Raises an SrtError subclass for a bad file.
+    """
+    path = os.fspath(path)
+    manifest = srt.read_manifest(path)
+    if artifact_kind(manifest, path) == "ensemble":
+        return _load_ensemble(path, manifest, arch, arch_kwargs, trust_arch)
+    module, spec = rebuild_arch(manifest.get("arch"), path, arch, arch_kwargs, trust_arch)
+    return _load_model(path, manifest, module, spec)
+
+
+def load_ensemble(path, arch=None, *, arch_kwargs=None, trust_arch=False, combine=None, fuse=True):
+    """Reads an ensemble .srt; arguments as load, `combine` overrides the recorded rule."""
+    path = os.fspath(path)
+    manifest = srt.read_manifest(path)
+    if artifact_kind(manifest, path) != "ensemble":
+        raise SrtHeaderError(f"{path} holds a single model, not an ensemble: read it with sparse_rt.load")
+    return _load_ensemble(path, manifest, arch, arch_kwargs, trust_arch, combine, fuse)
+
+
+def _load_ensemble(path, manifest, arch, arch_kwargs, trust_arch, combine=None, fuse=True):
+    record = ensemble_record(manifest, path)
+    modules, specs = [], []
+    for member in record["members"]:
+        module, spec = rebuild_arch(member.get("arch"), path, arch, arch_kwargs, trust_arch)
+        modules.append(module)
+        specs.append(spec)
+    whole = _load_model(path, manifest, nn.ModuleList(modules), None)
+    members = []
+    for i, (module, spec, member) in enumerate(zip(whole.module, specs, record["members"])):
+        prefix = f"{i}."
+        rows = [dataclasses.replace(r, name=r.name[len(prefix):]) for r in whole.summary() if r.name.startswith(prefix)]
+        members.append(SparseModel(module, Summary(rows), arch_spec=spec, source=member.get("source")).eval())
+    return SparseEnsemble(members, combine=combine or record["combine"], fuse=fuse)
+
+
+def rebuild_arch(spec, path, arch=None, arch_kwargs=None, trust_arch=False):
+    """(module, spec) of the architecture a file records (`spec`), or of `arch` when given (an
+    nn.Module is copied: the caller's module stays as it was). A recorded import string is
+    imported only with `trust_arch`, and a recorded architecture is first built on the meta device
+    to check that it is no larger than the file can hold."""
+    if arch is not None:
+        module, given = build_arch(arch, arch_kwargs)
+        return (copy.deepcopy(module) if given is None else module), given or spec
+    if spec is None:
+        raise SrtArchError(f"{path} was converted from an nn.Module instance, which a file cannot record: "
+                           "pass arch= (the module, a zoo name or 'pkg.module:factory') to load it")
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+            and isinstance(spec.get("kwargs") or {}, dict)):
+        raise SrtHeaderError(f"{path}: the manifest's architecture record is malformed: {spec!r}")
+    if is_import_string(spec["name"]) and not trust_arch:
+        raise SrtArchError(f"{path} builds its architecture by importing {spec['name']!r}, which runs code: "
+                           "pass trust_arch=True (CLI: --trust-arch) if you trust the file, or arch=")
+    try:
+        _check_arch_size(spec["name"], spec.get("kwargs"), path)
+        return build_arch(spec["name"], spec.get("kwargs"))
+    except ArchitectureError as e:
+        raise SrtArchError(f"{path}: cannot rebuild the architecture: {e}") from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _check_arch_size(name, kwargs, path):
+    """Builds the manifest's architecture on the meta device (no memory), stopping it as soon as it
+    registers more tensors or elements than the file can account for: its keyword arguments come
+    from the file, and one like depth=2**31 would otherwise allocate without bound."""
+    max_tensors = 2 * srt.tensor_count(path) + 64  # sparse layers store more tensors than dense ones
+    max_elements = MAX_ARCH_ELEMENTS_PER_BYTE * os.path.getsize(path) + (1 << 20)
+    owner, seen = threading.get_ident(), [0, 0]
+
+    def count(module, name, tensor):  # the hooks are global: count this thread's build only
+        if tensor is not None and threading.get_ident() == owner:
+            seen[0] += 1
+            seen[1] += tensor.numel()
+            if seen[0] > max_tensors or seen[1] > max_elements:
+                raise _TooLarge
+
+    hooks = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
+    try:
+        with torch.device("meta"):
+            build_arch(name, kwargs)
+    except _TooLarge:
+        raise SrtArchError(f"{path}: the architecture {name!r} with {kwargs} is larger than the file can hold "
+                           f"(over {max_tensors} tensors or {max_elements} elements): refusing to build it") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _load_model(path, manifest, module, spec):
+    """The whole file as one SparseModel of `module` (an ensemble file: its members in one nn.ModuleList)."""
+    tensors = srt.read_tensors(path)
+    records = _layer_records(manifest, path)
+    for record in records:
+        if record["format"] == "dense":
+            continue
+        try:
+            layer = _placeholder(record, _submodule(module, record["name"], path), tensors, path)
+        except SrtError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
+            raise SrtHeaderError(f"{path}: malformed manifest record for layer {record.get('name')!r}: "
+                                 f"{type(e).__name__}: {e}") from None
+        replace_submodule(module, record["name"], layer)
+    try:
+        # The sparse layers validate the file's index arrays here, before any kernel can run.
+        module.load_state_dict(tensors, strict=True, assign=True)
+    except (RuntimeError, ValueError) as e:
+        raise SrtArchError(f"{path}: the architecture does not match the file's tensors: {e}") from None
+    rows = [_summary_row(record) for record in records]
+    return SparseModel(module, Summary(rows), arch_spec=spec, source=manifest.get("source")).eval()
+
+
+def _layer_records(manifest, path):
+    """The manifest's per-layer records, each checked to be a dict with every summary field."""
+    records = manifest["layers"]
+    for i, record in enumerate(records):
+        missing = _REQUIRED_SUMMARY_FIELDS - set(record) if isinstance(record, dict) else _REQUIRED_SUMMARY_FIELDS
+        if missing or not isinstance(record["name"], str) or not isinstance(record["shape"], list):
+            raise SrtHeaderError(f"{path}: malformed manifest record {i} (missing or mistyped: "
+                                 f"{sorted(missing) or ['name', 'shape']})")
+    return records
+
+
+def _summary_row(record):
+    fields = {k: v for k, v in record.items() if k in _SUMMARY_FIELDS}
+    fields["shape"] = tuple(fields["shape"])
+    if str(fields["format"]).startswith("bsr"):
+        # files written before the summary kept format and blocksize apart say "bsr4x4"
+        fields["format"], fields["blocksize"] = "bsr", tuple(record["blocksize"])
+    return LayerSummary(**fields)
+
+
+def _submodule(module, name, path):
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        raise SrtArchError(f"{path}: layer {name!r} of the file does not exist in the architecture") from None
+
+
+def _placeholder(record, module, tensors, path):
+    """An empty sparse layer with the recorded geometry; load_state_dict(assign=True) fills it."""
+    name, kind = record["name"], record["kind"]
+    expected = nn.Linear if kind == "Linear" else nn.Conv2d
+    if not isinstance(module, expected):
+        raise SrtArchError(f"{path}: layer {name!r} is a sparse {kind} in the file but a "
+                           f"{type(module).__name__} in the architecture")
+    rows, cols = record["shape"][0], int(torch.Size(record["shape"][1:]).numel())
+    dtype = getattr(torch, record["dtype"], None)
+    if not isinstance(dtype, torch.dtype):
+        raise SrtHeaderError(f"{path}: layer {name!r} has an unknown dtype {record['dtype']!r}")
+    bh, bw = record["blocksize"] if record["sparse_format"] == "bsr" else (1, 1)
+    if not (isinstance(rows, int) and isinstance(bh, int) and rows >= 0 and bh >= 1 and rows % bh == 0):
+        raise SrtHeaderError(f"{path}: layer {name!r} has a malformed shape {record['shape']!r} or "
+                             f"blocksize {record.get('blocksize')!r}")
+    # The placeholders are as large as the manifest says: bound that by the file's own tensors
+    # before allocating (a hostile manifest could otherwise ask for any amount of memory).
+    crow = tensors.get(f"{name}.crow_indices")
+    if crow is None or tuple(crow.shape) != (rows // bh + 1,):
+        found = "no crow_indices tensor" if crow is None else f"crow_indices of shape {tuple(crow.shape)}"
+        raise SrtArchError(f"{path}: layer {name!r} has {rows // bh} (block) rows in the manifest but "
+                           f"{found} in the file")
+    bias = torch.zeros(rows, dtype=dtype) if record["bias"] else None
+    if record["sparse_format"] == "bsr":
+        weight = BSR(torch.zeros(rows // bh + 1, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
+                     torch.zeros(0, bh, bw, dtype=dtype), (rows, cols), (bh, bw))
+    else:
+        weight = CSR(torch.zeros(rows + 1, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
+                     torch.zeros(0, dtype=dtype), (rows, cols))
+    if kind == "Linear":
+        return SparseLinear(record["in_features"], record["out_features"], weight, bias)
+    return SparseConv2d(record["in_channels"], record["out_channels"], record["kernel_size"], weight, bias,
+                        record["stride"], record["padding"], record["dilation"], record["groups"])
