@@ -107,9 +107,9 @@ def bench_linear_case(name, w: SparseWeight, batch, args, with_torch_sparse=True
 
 
 def suite_linear(args, rows):
-    files = sorted((dlmc_root() / "transformer" / "magnitude_pruning" / "0.9").glob("*.smtx.gz"))
+    files = sorted((dlmc_root(REPO) / "transformer" / "magnitude_pruning" / "0.9").glob("*.smtx.gz"))
     if not files:
-        print(f"warning: no DLMC transformer patterns under {dlmc_root()}", file=sys.stderr)
+        print(f"warning: no DLMC transformer patterns under {dlmc_root(REPO)}", file=sys.stderr)
     cases = [(f.name.removesuffix(".smtx.gz"), lambda f=f: SparseWeight(*load_smtx(f), torch.float16))
              for f in files[: args.max_dlmc]]
     for m, k in ((4096, 4096), (11008, 4096)):
@@ -145,7 +145,7 @@ def suite_bsr(args, rows):
 
 
 def suite_conv(args, rows):
-    base = dlmc_root()
+    base = dlmc_root(REPO)
     sizes_file = base / "rn50_batchsizes.txt"
     files = sorted((base / "rn50" / "magnitude_pruning" / "0.9").glob("*.smtx.gz"))
     if not files or not sizes_file.exists():

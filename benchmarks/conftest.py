@@ -17,7 +17,7 @@ def pytest_addoption(parser):
 
 @pytest.fixture
 def dlmc():
-    root = dlmc_root()
+    root = dlmc_root(Path(__file__).parents[1])
     if not root.is_dir():
         pytest.skip(f"DLMC patterns not found at {root} (set SPARSE_RT_DLMC)")
     return root

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 @pytest.fixture
 def dlmc():
-    root = dlmc_root()
+    root = dlmc_root(Path(__file__).parents[1])
     if not root.is_dir():
         pytest.skip(f"DLMC patterns not found at {root} (set SPARSE_RT_DLMC)")
     return root

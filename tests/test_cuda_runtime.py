@@ -181,7 +181,7 @@ def test_opt_in_index_check_reports_bad_column():
 
 
 def _dlmc_dir() -> Path:
-    return Path(os.environ.get("SPARSE_RT_DLMC", REPO.parent / "shared" / "dlmc"))
+    return dlmc_root(REPO)
 
 
 def load_smtx(path: Path, dtype, seed=0):

@@ -15,13 +15,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 _STRIDED = re.compile(r"^(initial_conv|bottleneck_(2|projection)_block_group_projection_block_group[234])$")
 
 
-def dlmc_root():
-    """$SPARSE_RT_DLMC, else ../shared/dlmc beside the repository."""
-    return Path(os.environ.get("SPARSE_RT_DLMC", REPO.parent / "shared" / "dlmc"))
+def dlmc_root(checkout):
+    """$SPARSE_RT_DLMC, else shared/dlmc beside `checkout`, a repository checkout (the data is not
+    installed with the package: the tests and benchmarks find it from where they stand)."""
+    return Path(os.environ.get("SPARSE_RT_DLMC") or Path(checkout).resolve().parent / "shared" / "dlmc")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,8 @@
 """The --plot figure: latency vs batch per engine; with several sparsities also the measured
 speedup vs sparsity per baseline and batch, next to the theoretical (ShrinkBench) speedup."""
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
+# A Figure of its own, not pyplot: it needs no backend and leaves the caller's pyplot state alone.
+from matplotlib.figure import Figure
 
 COLORS = {"sparse_rt": "tab:red", "dense": "tab:blue", "torch-sparse": "tab:green", "onnxruntime": "tab:purple"}
 LINESTYLES = ("-", "--", ":", "-.")
@@ -14,7 +12,8 @@ def plot_report(report, path):
     data = report.data
     variants = data["variants"]
     several = len(variants) > 1
-    fig, axes = plt.subplots(1, 2 if several else 1, figsize=(13 if several else 7, 5), squeeze=False)
+    fig = Figure(figsize=(13 if several else 7, 5))
+    axes = fig.subplots(1, 2 if several else 1, squeeze=False)
     shown = max(variants, key=lambda v: v["sparsity"] or 0.0)
     _latency_panel(axes[0][0], shown, data["config"]["batches"])
     if several:
@@ -25,7 +24,6 @@ def plot_report(report, path):
                  f"{cfg['threads']} threads, {cfg['dtype']}), {data['date'][:10]}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _latency_panel(ax, variant, batches):

@@ -5,7 +5,7 @@ beside the target; the next successful save of NAME removes those whose process 
 
 import contextlib
 import os
-import tempfile
+import secrets
 
 
 @contextlib.contextmanager
@@ -16,11 +16,8 @@ def atomic_write(path, mode="wb"):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}."
-    # Same directory as the target: os.replace is only atomic within one file system. The pid in
-    # the name lets a later save recognise the leftover of a killed writer.
-    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temp(directory, prefix)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -34,10 +31,18 @@ def atomic_write(path, mode="wb"):
     _remove_stale_temps(directory, prefix)
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(directory, prefix):
+    """(fd, path) of a new file `PREFIX.PID.RANDOM.tmp` in `directory`. Same directory as the
+    target: os.replace is only atomic within one file system; the pid lets a later save recognise
+    the leftover of a killed writer. Mode 0o666 lets the kernel apply the umask as for any new file
+    (mkstemp would make it 0600, and reading the umask means setting it, which races other threads)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, f"{prefix}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _fsync_directory(directory):
