@@ -20,6 +20,11 @@ Layout, as written by open_lth itself:
   :mod:`sparse_rt.ingest.forms`, form ``open_lth``); used only when a level has no
   ``model_ep*_it*.pth`` yet.
 
+``pruning/pruned_model.py``: a ``PrunedModel``'s own state dict (what ``checkpoint.pth``
+holds) keeps each mask as a buffer ``mask_<name with "." replaced by "___">``
+(``PrunedModel.to_mask_name``) beside the weights under ``model.<name>``; such a
+checkpoint carries its masks, so ``mask.pth`` beside it is not read.
+
 ``path`` may be a level folder (holding ``mask.pth``), a ``level_<L>`` folder (holding
 ``main/``), a replicate folder (holding ``level_*/main``; the highest level with a
 model file is taken and a note says so), or a ``model_ep*_it*.pth`` file with
@@ -30,13 +35,50 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Mapping
+
+import torch
 
 from .errors import CheckpointNotFoundError
+from .loading import load_file
+from .masks import load_mask_mapping
 
-__all__ = ["MODEL_RE", "resolve_openlth", "looks_like_openlth"]
+__all__ = [
+    "MODEL_RE",
+    "resolve_openlth",
+    "looks_like_openlth",
+    "mask_buffer_keys",
+    "masked_name",
+    "has_mask_buffers",
+    "load_side_masks",
+]
 
 MODEL_RE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 _LEVEL_RE = re.compile(r"^level_(\d+)$")
+
+
+def mask_buffer_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The ``mask_<name>`` buffer keys of a ``PrunedModel`` state dict (top level: no dots)."""
+    return [key for key in state_dict if key.startswith("mask_") and "." not in key]
+
+
+def masked_name(buffer_key: str) -> str:
+    """The parameter a mask buffer masks: ``PrunedModel.to_mask_name`` undone (``mask_a___b`` -> ``a.b``)."""
+    return buffer_key[len("mask_"):].replace("___", ".")
+
+
+def has_mask_buffers(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state_dict`` is a ``PrunedModel``'s: mask buffers beside ``model.``-prefixed weights."""
+    return any(("model." + masked_name(key)) in state_dict for key in mask_buffer_keys(state_dict))
+
+
+def load_side_masks(mask_file: str | None, state_dict: Mapping[str, torch.Tensor],
+                    unsafe: bool) -> dict[str, torch.Tensor] | None:
+    """The masks of ``mask.pth`` beside the weights file, or ``None`` when there is none
+    or the state dict carries its own mask buffers."""
+    if mask_file is None or not os.path.isfile(mask_file) or has_mask_buffers(state_dict):
+        return None
+    return load_mask_mapping(load_file(mask_file, unsafe=unsafe, what="OpenLTH mask"), mask_file)
 
 
 def looks_like_openlth(path: str) -> bool:
