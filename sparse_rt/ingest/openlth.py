@@ -88,31 +88,33 @@ def looks_like_openlth(path: str) -> bool:
     return bool(MODEL_RE.match(base)) and os.path.isfile(os.path.join(os.path.dirname(path), "mask.pth"))
 
 
-def _models_in(d: str) -> list[tuple[int, int, str]]:
-    out = []
-    for f in os.listdir(d):
-        m = MODEL_RE.match(f)
-        if m and os.path.isfile(os.path.join(d, f)):
-            out.append((int(m.group(1)), int(m.group(2)), f))
-    return sorted(out)
+def _models_in(folder: str) -> list[tuple[int, int, str]]:
+    """``(ep, it, file name)`` of every ``model_ep*_it*.pth`` in ``folder``, oldest first."""
+    models = []
+    for name in os.listdir(folder):
+        match = MODEL_RE.match(name)
+        if match and os.path.isfile(os.path.join(folder, name)):
+            models.append((int(match.group(1)), int(match.group(2)), name))
+    return sorted(models)
 
 
-def _levels_in(d: str, experiment: str = "main") -> list[tuple[int, str]]:
-    out = []
-    for f in os.listdir(d):
-        m = _LEVEL_RE.match(f)
-        run = os.path.join(d, f, experiment)
-        if m and os.path.isfile(os.path.join(run, "mask.pth")):
-            out.append((int(m.group(1)), run))
-    return sorted(out)
+def _levels_in(folder: str, experiment: str = "main") -> list[tuple[int, str]]:
+    """``(level, run folder)`` of every ``level_<L>/<experiment>`` holding a mask.pth, lowest first."""
+    levels = []
+    for name in os.listdir(folder):
+        match = _LEVEL_RE.match(name)
+        run = os.path.join(folder, name, experiment)
+        if match and os.path.isfile(os.path.join(run, "mask.pth")):
+            levels.append((int(match.group(1)), run))
+    return sorted(levels)
 
 
 def resolve_openlth(path: str) -> tuple[str, str | None, list[str]]:
     """Return ``(weights_file, mask_file_or_None, notes)`` for an OpenLTH path."""
     notes: list[str] = []
     if os.path.isfile(path):
-        d = os.path.dirname(path) or "."
-        return path, os.path.join(d, "mask.pth"), [f"open_lth: mask.pth beside {os.path.basename(path)}"]
+        folder = os.path.dirname(path) or "."
+        return path, os.path.join(folder, "mask.pth"), [f"open_lth: mask.pth beside {os.path.basename(path)}"]
     if not os.path.isdir(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
 
@@ -122,14 +124,14 @@ def resolve_openlth(path: str) -> tuple[str, str | None, list[str]]:
     elif os.path.isfile(os.path.join(path, "main", "mask.pth")):
         run = os.path.join(path, "main")
     else:
-        levels = [lv for lv in _levels_in(path) if _models_in(lv[1]) or
-                  os.path.isfile(os.path.join(lv[1], "checkpoint.pth"))]
+        levels = [(level, folder) for level, folder in _levels_in(path)
+                  if _models_in(folder) or os.path.isfile(os.path.join(folder, "checkpoint.pth"))]
         if levels:
-            lvl, run = levels[-1]
+            highest, run = levels[-1]
             if len(levels) > 1:
                 notes.append(
-                    f"open_lth: took the highest level, level_{lvl} (levels found: "
-                    f"{[lv for lv, _ in levels]}); pass {os.path.join(path, 'level_N', 'main')} to choose"
+                    f"open_lth: took the highest level, level_{highest} (levels found: "
+                    f"{[level for level, _ in levels]}); pass {os.path.join(path, 'level_N', 'main')} to choose"
                 )
     if run is None:
         listing = sorted(os.listdir(path))[:20]
@@ -139,14 +141,14 @@ def resolve_openlth(path: str) -> tuple[str, str | None, list[str]]:
         )
     models = _models_in(run)
     if models:
-        ep, it, f = models[-1]
+        latest = models[-1][2]
         if len(models) > 1:
-            notes.append(f"open_lth: took {f}, the latest of {[m[2] for m in models]}")
-        return os.path.join(run, f), os.path.join(run, "mask.pth"), notes
-    ck = os.path.join(run, "checkpoint.pth")
-    if os.path.isfile(ck):
+            notes.append(f"open_lth: took {latest}, the latest of {[name for _, _, name in models]}")
+        return os.path.join(run, latest), os.path.join(run, "mask.pth"), notes
+    resumable = os.path.join(run, "checkpoint.pth")
+    if os.path.isfile(resumable):
         notes.append("open_lth: no model_ep*_it*.pth in the level folder; using checkpoint.pth (training unfinished)")
-        return ck, os.path.join(run, "mask.pth"), notes
+        return resumable, os.path.join(run, "mask.pth"), notes
     raise CheckpointNotFoundError(
         f"{run} holds mask.pth but no model_ep*_it*.pth or checkpoint.pth (contents: {sorted(os.listdir(run))[:20]})"
     )
