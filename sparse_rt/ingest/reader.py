@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import CheckpointNotFoundError
 from .detection import choose_form
+from .errors import CheckpointNotFoundError
 from .forms import FORMS, CheckpointContents, Form, ReadOptions, form_named
 from .loading import find_state_dict, load_file, sha256_of_files
 from .masks import align_mask_names, as_bool_mask, load_mask_mapping
