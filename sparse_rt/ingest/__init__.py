@@ -7,13 +7,15 @@
     ckpt.state_dict   # {name: effective dense tensor}  (masks applied, prefixes removed)
     ckpt.masks        # {name: bool mask} for every masked tensor
     ckpt.form, ckpt.notes, ckpt.source_sha256
-    sd = match_state_dict(ckpt, model)               # keys mapped onto model's; KeyError-derived
-    masks = match_masks(ckpt.masks, model, key_map=sd.key_map)
-    model.load_state_dict(sd, strict=True)
+    state_dict = match_state_dict(ckpt, model)       # keys mapped onto model's; KeyError-derived
+    masks = match_masks(ckpt.masks, model, key_map=state_dict.key_map)
+    model.load_state_dict(state_dict, strict=True)
 
-Forms (:data:`FORMS`; key names and the source files they were confirmed in are in
-:mod:`sparse_rt.ingest.forms`, the OpenLTH folder layout in :mod:`sparse_rt.ingest.openlth`,
-wrapper keys and safe loading in :mod:`sparse_rt.ingest.loading`):
+Forms (:data:`FORMS`; each is one entry of :data:`sparse_rt.ingest.forms.FORM_TABLE`: its
+detector, its reader and where its key names were confirmed; the OpenLTH folder layout
+is in :mod:`sparse_rt.ingest.openlth`, auto-detection in :mod:`sparse_rt.ingest.detection`,
+wrapper keys and safe loading in :mod:`sparse_rt.ingest.loading`, mask validation in
+:mod:`sparse_rt.ingest.masks`):
 
 ``dense_zeros``                plain state dict, pruned weights are zeros (FreeTickets, Sup-tickets,
                                sparselearning/DST-family code); masks inferred as ``w != 0``

@@ -145,42 +145,42 @@ def sha256_of_files(paths: Iterable[str]) -> str:
     For one file this equals ``sha256sum FILE``; for several it equals
     ``cat A B | sha256sum``.
     """
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _tensor_fraction(d: Mapping) -> float:
-    if not d:
+def _tensor_fraction(mapping: Mapping) -> float:
+    if not mapping:
         return 0.0
-    return sum(isinstance(v, torch.Tensor) for v in d.values()) / len(d)
+    return sum(isinstance(value, torch.Tensor) for value in mapping.values()) / len(mapping)
 
 
 def _describe_top(obj: Mapping) -> str:
     parts = []
-    for k, v in list(obj.items())[:20]:
-        if isinstance(v, torch.Tensor):
-            t = f"Tensor{tuple(v.shape)}"
-        elif isinstance(v, Mapping):
-            t = f"dict[{len(v)}]"
-        elif isinstance(v, (list, tuple)):
-            t = f"{type(v).__name__}[{len(v)}]"
+    for key, value in list(obj.items())[:20]:
+        if isinstance(value, torch.Tensor):
+            kind = f"Tensor{tuple(value.shape)}"
+        elif isinstance(value, Mapping):
+            kind = f"dict[{len(value)}]"
+        elif isinstance(value, (list, tuple)):
+            kind = f"{type(value).__name__}[{len(value)}]"
         else:
-            t = type(v).__name__
-        parts.append(f"{k!r}: {t}")
+            kind = type(value).__name__
+        parts.append(f"{key!r}: {kind}")
     more = f", ... (+{len(obj) - 20})" if len(obj) > 20 else ""
     return "{" + ", ".join(parts) + more + "}"
 
 
 def key_families(keys: Iterable[str], limit: int = 12) -> str:
     """Summarise keys by their last dotted component: ``*.weight (12), *.bias (8), ...``."""
-    c = collections.Counter(str(k).rsplit(".", 1)[-1] for k in keys)
-    items = [f"*.{k} ({n})" for k, n in c.most_common(limit)]
-    if len(c) > limit:
-        items.append(f"... (+{len(c) - limit} families)")
+    families = collections.Counter(str(key).rsplit(".", 1)[-1] for key in keys)
+    items = [f"*.{family} ({count})" for family, count in families.most_common(limit)]
+    if len(families) > limit:
+        items.append(f"... (+{len(families) - limit} families)")
     return ", ".join(items) if items else "(no keys)"
 
 
@@ -188,6 +188,16 @@ def _module_state_dict(obj: Any) -> Any:
     if isinstance(obj, torch.nn.Module):
         return obj.state_dict()
     return obj
+
+
+def _wrapped_state_dict(level: Mapping) -> tuple[str, Mapping] | None:
+    """``(wrapper key, non-empty dict under it)`` for the first of :data:`WRAPPER_KEYS` present."""
+    for wrapper_key in WRAPPER_KEYS:
+        if wrapper_key in level:
+            candidate = _module_state_dict(level[wrapper_key])
+            if isinstance(candidate, Mapping) and len(candidate) > 0:
+                return wrapper_key, candidate
+    return None
 
 
 def find_state_dict(obj: Any, source: str) -> tuple[dict, str | None, dict]:
@@ -204,27 +214,22 @@ def find_state_dict(obj: Any, source: str) -> tuple[dict, str | None, dict]:
         )
     path: list[str] = []
     meta: dict = {}
-    cur: Mapping = obj
+    level: Mapping = obj
     for _ in range(3):
-        for k, v in cur.items():
-            if isinstance(k, str) and isinstance(v, (int, float, str, bool)):
-                meta.setdefault(k, v)
-            elif isinstance(k, str) and isinstance(v, torch.Tensor) and v.numel() == 1 and _tensor_fraction(cur) < 0.5:
-                meta.setdefault(k, v.item())
-        nxt = None
-        for wk in WRAPPER_KEYS:
-            if wk in cur:
-                cand = _module_state_dict(cur[wk])
-                if isinstance(cand, Mapping) and len(cand) > 0:
-                    nxt = (wk, cand)
-                    break
-        if nxt is not None and _tensor_fraction(cur) < 0.5:
-            path.append(nxt[0])
-            cur = nxt[1]
+        for key, value in level.items():
+            if isinstance(key, str) and isinstance(value, (int, float, str, bool)):
+                meta.setdefault(key, value)
+            elif (isinstance(key, str) and isinstance(value, torch.Tensor) and value.numel() == 1
+                  and _tensor_fraction(level) < 0.5):
+                meta.setdefault(key, value.item())
+        wrapped = _wrapped_state_dict(level)
+        if wrapped is not None and _tensor_fraction(level) < 0.5:
+            path.append(wrapped[0])
+            level = wrapped[1]
             continue
         break
-    if _tensor_fraction(cur) >= 0.5 and all(isinstance(k, str) for k in cur):
-        return dict(cur), (">".join(path) if path else None), meta
+    if _tensor_fraction(level) >= 0.5 and all(isinstance(key, str) for key in level):
+        return dict(level), (">".join(path) if path else None), meta
     raise UnknownLayoutError(
         f"{source}: could not find a state_dict. Top-level entries: {_describe_top(obj)}. "
         f"Looked for a dict of tensors at the top level or under one of {list(WRAPPER_KEYS)}. "

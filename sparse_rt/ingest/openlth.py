@@ -20,6 +20,11 @@ Layout, as written by open_lth itself:
   :mod:`sparse_rt.ingest.forms`, form ``open_lth``); used only when a level has no
   ``model_ep*_it*.pth`` yet.
 
+``pruning/pruned_model.py``: a ``PrunedModel``'s own state dict (what ``checkpoint.pth``
+holds) keeps each mask as a buffer ``mask_<name with "." replaced by "___">``
+(``PrunedModel.to_mask_name``) beside the weights under ``model.<name>``; such a
+checkpoint carries its masks, so ``mask.pth`` beside it is not read.
+
 ``path`` may be a level folder (holding ``mask.pth``), a ``level_<L>`` folder (holding
 ``main/``), a replicate folder (holding ``level_*/main``; the highest level with a
 model file is taken and a note says so), or a ``model_ep*_it*.pth`` file with
@@ -30,13 +35,50 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Mapping
+
+import torch
 
 from .errors import CheckpointNotFoundError
+from .loading import load_file
+from .masks import load_mask_mapping
 
-__all__ = ["MODEL_RE", "resolve_openlth", "looks_like_openlth"]
+__all__ = [
+    "MODEL_RE",
+    "resolve_openlth",
+    "looks_like_openlth",
+    "mask_buffer_keys",
+    "masked_name",
+    "has_mask_buffers",
+    "load_side_masks",
+]
 
 MODEL_RE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 _LEVEL_RE = re.compile(r"^level_(\d+)$")
+
+
+def mask_buffer_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The ``mask_<name>`` buffer keys of a ``PrunedModel`` state dict (top level: no dots)."""
+    return [key for key in state_dict if key.startswith("mask_") and "." not in key]
+
+
+def masked_name(buffer_key: str) -> str:
+    """The parameter a mask buffer masks: ``PrunedModel.to_mask_name`` undone (``mask_a___b`` -> ``a.b``)."""
+    return buffer_key[len("mask_"):].replace("___", ".")
+
+
+def has_mask_buffers(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state_dict`` is a ``PrunedModel``'s: mask buffers beside ``model.``-prefixed weights."""
+    return any(("model." + masked_name(key)) in state_dict for key in mask_buffer_keys(state_dict))
+
+
+def load_side_masks(mask_file: str | None, state_dict: Mapping[str, torch.Tensor],
+                    unsafe: bool) -> dict[str, torch.Tensor] | None:
+    """The masks of ``mask.pth`` beside the weights file, or ``None`` when there is none
+    or the state dict carries its own mask buffers."""
+    if mask_file is None or not os.path.isfile(mask_file) or has_mask_buffers(state_dict):
+        return None
+    return load_mask_mapping(load_file(mask_file, unsafe=unsafe, what="OpenLTH mask"), mask_file)
 
 
 def looks_like_openlth(path: str) -> bool:
@@ -46,31 +88,33 @@ def looks_like_openlth(path: str) -> bool:
     return bool(MODEL_RE.match(base)) and os.path.isfile(os.path.join(os.path.dirname(path), "mask.pth"))
 
 
-def _models_in(d: str) -> list[tuple[int, int, str]]:
-    out = []
-    for f in os.listdir(d):
-        m = MODEL_RE.match(f)
-        if m and os.path.isfile(os.path.join(d, f)):
-            out.append((int(m.group(1)), int(m.group(2)), f))
-    return sorted(out)
+def _models_in(folder: str) -> list[tuple[int, int, str]]:
+    """``(ep, it, file name)`` of every ``model_ep*_it*.pth`` in ``folder``, oldest first."""
+    models = []
+    for name in os.listdir(folder):
+        match = MODEL_RE.match(name)
+        if match and os.path.isfile(os.path.join(folder, name)):
+            models.append((int(match.group(1)), int(match.group(2)), name))
+    return sorted(models)
 
 
-def _levels_in(d: str, experiment: str = "main") -> list[tuple[int, str]]:
-    out = []
-    for f in os.listdir(d):
-        m = _LEVEL_RE.match(f)
-        run = os.path.join(d, f, experiment)
-        if m and os.path.isfile(os.path.join(run, "mask.pth")):
-            out.append((int(m.group(1)), run))
-    return sorted(out)
+def _levels_in(folder: str, experiment: str = "main") -> list[tuple[int, str]]:
+    """``(level, run folder)`` of every ``level_<L>/<experiment>`` holding a mask.pth, lowest first."""
+    levels = []
+    for name in os.listdir(folder):
+        match = _LEVEL_RE.match(name)
+        run = os.path.join(folder, name, experiment)
+        if match and os.path.isfile(os.path.join(run, "mask.pth")):
+            levels.append((int(match.group(1)), run))
+    return sorted(levels)
 
 
 def resolve_openlth(path: str) -> tuple[str, str | None, list[str]]:
     """Return ``(weights_file, mask_file_or_None, notes)`` for an OpenLTH path."""
     notes: list[str] = []
     if os.path.isfile(path):
-        d = os.path.dirname(path) or "."
-        return path, os.path.join(d, "mask.pth"), [f"open_lth: mask.pth beside {os.path.basename(path)}"]
+        folder = os.path.dirname(path) or "."
+        return path, os.path.join(folder, "mask.pth"), [f"open_lth: mask.pth beside {os.path.basename(path)}"]
     if not os.path.isdir(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
 
@@ -80,14 +124,14 @@ def resolve_openlth(path: str) -> tuple[str, str | None, list[str]]:
     elif os.path.isfile(os.path.join(path, "main", "mask.pth")):
         run = os.path.join(path, "main")
     else:
-        levels = [lv for lv in _levels_in(path) if _models_in(lv[1]) or
-                  os.path.isfile(os.path.join(lv[1], "checkpoint.pth"))]
+        levels = [(level, folder) for level, folder in _levels_in(path)
+                  if _models_in(folder) or os.path.isfile(os.path.join(folder, "checkpoint.pth"))]
         if levels:
-            lvl, run = levels[-1]
+            highest, run = levels[-1]
             if len(levels) > 1:
                 notes.append(
-                    f"open_lth: took the highest level, level_{lvl} (levels found: "
-                    f"{[lv for lv, _ in levels]}); pass {os.path.join(path, 'level_N', 'main')} to choose"
+                    f"open_lth: took the highest level, level_{highest} (levels found: "
+                    f"{[level for level, _ in levels]}); pass {os.path.join(path, 'level_N', 'main')} to choose"
                 )
     if run is None:
         listing = sorted(os.listdir(path))[:20]
@@ -97,14 +141,14 @@ def resolve_openlth(path: str) -> tuple[str, str | None, list[str]]:
         )
     models = _models_in(run)
     if models:
-        ep, it, f = models[-1]
+        latest = models[-1][2]
         if len(models) > 1:
-            notes.append(f"open_lth: took {f}, the latest of {[m[2] for m in models]}")
-        return os.path.join(run, f), os.path.join(run, "mask.pth"), notes
-    ck = os.path.join(run, "checkpoint.pth")
-    if os.path.isfile(ck):
+            notes.append(f"open_lth: took {latest}, the latest of {[name for _, _, name in models]}")
+        return os.path.join(run, latest), os.path.join(run, "mask.pth"), notes
+    resumable = os.path.join(run, "checkpoint.pth")
+    if os.path.isfile(resumable):
         notes.append("open_lth: no model_ep*_it*.pth in the level folder; using checkpoint.pth (training unfinished)")
-        return ck, os.path.join(run, "mask.pth"), notes
+        return resumable, os.path.join(run, "mask.pth"), notes
     raise CheckpointNotFoundError(
         f"{run} holds mask.pth but no model_ep*_it*.pth or checkpoint.pth (contents: {sorted(os.listdir(run))[:20]})"
     )

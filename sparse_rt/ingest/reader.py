@@ -1,4 +1,9 @@
-"""``read_checkpoint``: one entry point for every checkpoint form (see :mod:`.forms`)."""
+"""``read_checkpoint``: one entry point for every checkpoint form (see :mod:`.forms`).
+
+Stages: check the request, locate the files (an OpenLTH folder names two), load and
+unwrap the state dict, choose the form (:mod:`.detection`), let the form's reader undo
+it, add the masks given with ``masks=``, then validate the masks and multiply them in.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,12 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import (
-    AmbiguousFormError,
-    CheckpointNotFoundError,
-    FormNotPresentError,
-    MaskKeyError,
-    MaskShapeError,
-    MaskValueError,
-    MissingMasksError,
-)
-from .forms import FORMS, HANDLERS, detect_forms, suspicious_keys, unknown_layout, _has_openlth_ckpt
-from .loading import find_state_dict, key_families, load_file, sha256_of_files
-from .matching import align_subset
-from .openlth import looks_like_openlth, resolve_openlth
+from .detection import choose_form
+from .errors import CheckpointNotFoundError
+from .forms import FORMS, CheckpointContents, Form, ReadOptions, form_named
+from .loading import find_state_dict, load_file, sha256_of_files
+from .masks import align_mask_names, as_bool_mask, load_mask_mapping
+from .openlth import load_side_masks, looks_like_openlth, resolve_openlth
 
 __all__ = ["Checkpoint", "read_checkpoint"]
 
@@ -74,104 +72,11 @@ class Checkpoint:
         return "\n".join(lines)
 
 
-def _tensorish(v: Any):
-    if isinstance(v, torch.Tensor):
-        return v
-    try:
-        import numpy as np
-
-        if isinstance(v, np.ndarray):
-            return torch.as_tensor(v)
-    except ImportError:  # pragma: no cover
-        pass
-    return v
-
-
-def _normalize_masks(obj: Any, source: str) -> dict:
-    """Accept ``{name: mask}``, ``sparsifier.state_dict()``, ``sparsifier.state``,
-    rigl-reproducibility ``Masking.state_dict()`` or a whole rigl-reproducibility checkpoint."""
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    if not isinstance(obj, Mapping):
-        raise MaskValueError(f"{source}: masks must be a dict {{name: tensor}}, got {type(obj).__name__}")
-    if isinstance(obj.get("state"), Mapping) and "groups" in obj:
-        obj = obj["state"]
-    elif isinstance(obj.get("mask"), Mapping) and isinstance(obj["mask"].get("masks"), Mapping):
-        obj = obj["mask"]["masks"]
-    elif isinstance(obj.get("masks"), Mapping):
-        obj = obj["masks"]
-    out = {}
-    for k, v in obj.items():
-        if isinstance(v, Mapping) and "mask" in v:
-            v = v["mask"]
-        if v is None:
-            continue
-        v = _tensorish(v)
-        if not isinstance(v, torch.Tensor):
-            raise MaskValueError(f"{source}: masks[{k!r}] is a {type(v).__name__}, expected a 0/1 tensor")
-        out[str(k)] = v
-    return out
-
-
-def _as_bool_mask(name: str, m: torch.Tensor, shape, source: str) -> torch.Tensor:
-    if tuple(m.shape) != tuple(shape):
-        if m.numel() == int(torch.Size(shape).numel()):
-            hint = " (same number of elements: a reshaped or transposed mask?)"
-        else:
-            hint = ""
-        raise MaskShapeError(
-            f"{source}: mask for {name!r} has shape {list(m.shape)} but the tensor has shape {list(shape)}{hint}"
-        )
-    if m.dtype == torch.bool:
-        return m.clone()
-    if m.is_complex():
-        raise MaskValueError(f"{source}: mask for {name!r} is complex ({m.dtype})")
-    bad = (m != 0) & (m != 1)
-    if bool(bad.any()):
-        vals = torch.unique(m[bad])[:5].tolist()
-        raise MaskValueError(
-            f"{source}: mask for {name!r} ({m.dtype}) holds values other than 0 and 1, e.g. {vals} "
-            f"({int(bad.sum())} of {m.numel()} entries). Masks must be 0/1 (or bool); scores need their "
-            "form's mask_form= (e.g. 'continuous_sparsification')."
-        )
-    return m != 0
-
-
-def _align_to(masks: dict, weights: Mapping, source: str, notes: list, what: str) -> dict:
-    if not masks:
-        return {}
-    missing = [k for k in masks if k not in weights]
-    if not missing:
-        return dict(masks)
-    amap, desc = align_subset(list(masks), list(weights))
-    bad = [k for k in masks if amap[k] not in weights]
-    if bad:
-        raise MaskKeyError(
-            f"{source}: {what} name {len(bad)} tensors the checkpoint does not have: {bad[:10]}"
-            f"{' ...' if len(bad) > 10 else ''}. Checkpoint key families: {key_families(weights)}; "
-            f"first keys: {list(weights)[:5]}"
-        )
-    if desc:
-        notes.append(f"{what}: {desc} on {len(masks)} names to match the checkpoint keys")
-    return {amap[k]: v for k, v in masks.items()}
-
-
-def _strip_module(sd: dict, notes: list) -> dict:
-    total = 0
-    while sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-        total += 1
-    if total:
-        notes.append(f"stripped 'module.' prefix (DataParallel/DDP) from {len(sd)} keys"
-                     + (f" ({total} levels)" if total > 1 else ""))
-    return sd
-
-
 def read_checkpoint(
-    path,
+    path: str | os.PathLike,
     *,
     mask_form: str = "auto",
-    masks=None,
+    masks: Any = None,
     model: torch.nn.Module | None = None,
     unsafe: bool = False,
     cs_s0: float = 0.0,
@@ -189,124 +94,128 @@ def read_checkpoint(
     unsafe:    allow arbitrary pickles (``torch.load(weights_only=False)``; warns).
     cs_s0:     Continuous Sparsification ``mask_initial_value`` (scale ``1/sigmoid(s0)``).
     """
-    if mask_form != "auto" and mask_form not in FORMS:
-        raise ValueError(f"mask_form={mask_form!r} is not one of 'auto', {', '.join(map(repr, FORMS))}")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    path = _checked_path(path, mask_form)
     notes: list[str] = []
-    files: list[str] = []
+    weights_file, mask_file = _locate_files(path, mask_form, notes)
+    top, state_dict, meta = _load_state_dict(weights_file, unsafe, notes)
+    side_masks = load_side_masks(mask_file, state_dict, unsafe)
+    files = [weights_file] if side_masks is None else [weights_file, mask_file]
+    contents = CheckpointContents(state_dict=state_dict, top=top, source=weights_file, side_masks=side_masks)
 
-    mask_file = None
-    if os.path.isdir(path) or (mask_form in ("auto", "open_lth") and looks_like_openlth(path)):
-        wfile, mask_file, n = resolve_openlth(path)
-        notes += n
-    else:
-        wfile = path
+    form = _settle_form(mask_form, contents, masks is not None, mask_file, notes)
+    weights, saved_masks, notes_of_form = form.read(
+        contents, ReadOptions(model=model, cs_s0=cs_s0, user_masks_given=masks is not None))
+    notes += notes_of_form
+    saved_masks = align_mask_names(saved_masks, weights, weights_file, notes, f"{form.name} masks")
 
-    top = load_file(wfile, unsafe=unsafe)
-    files.append(wfile)
-    sd, wrapper, meta = find_state_dict(top, wfile)
-    if wrapper:
-        beside = [k for k in top if k != wrapper.split(">")[0]] if isinstance(top, Mapping) else []
-        notes.append(f"state dict found under {wrapper!r}" + (f" (beside: {', '.join(map(str, beside[:8]))})" if beside else ""))
-    non_tensor = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if non_tensor:
-        sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-        notes.append(f"dropped {len(non_tensor)} non-tensor entries: {non_tensor[:5]}")
-    sd = _strip_module(sd, notes)
-
-    file_masks = None
-    if mask_file is not None and os.path.isfile(mask_file) and not _has_openlth_ckpt(sd):
-        file_masks = _normalize_masks(load_file(mask_file, unsafe=unsafe, what="OpenLTH mask"), mask_file)
-        files.append(mask_file)
-
-    # ---- which form
-    if mask_form == "auto":
-        found = detect_forms(sd, top)
-        if file_masks is not None:
-            if found:
-                raise AmbiguousFormError(
-                    f"{wfile}: has mask.pth beside it (OpenLTH) but also keys of {found}; pass mask_form="
-                )
-            form = "open_lth"
-        elif len(found) > 1:
-            raise AmbiguousFormError(
-                f"{wfile}: keys of several mask forms found: {found}. Pass mask_form= one of them. "
-                f"Key families seen: {key_families(sd)}"
-            )
-        elif found:
-            form = found[0]
-        else:
-            sus = suspicious_keys(sd)
-            if sus and masks is None:
-                raise unknown_layout(wfile, sd, sus)
-            form = "explicit" if masks is not None else "dense_zeros"
-    else:
-        form = mask_form
-    notes.insert(0, f"form: {form}" + (" (detected)" if mask_form == "auto" else " (forced)"))
-
-    if file_masks is not None and form != "open_lth":
-        notes.append(f"ignored {mask_file} (mask_form={form!r} forced)")
-        file_masks = None
-
-    ctx = dict(top=top, model=model, cs_s0=cs_s0, source=wfile, user_masks=masks is not None)
-    if form == "open_lth" and not _has_openlth_ckpt(sd):
-        if file_masks is None:
-            raise FormNotPresentError(
-                f"mask_form='open_lth' but {wfile} has no 'mask_<name>' buffers and no mask.pth beside it"
-            )
-        weights, fmasks, fnotes = dict(sd), dict(file_masks), [f"open_lth: {len(file_masks)} masks from mask.pth"]
-    else:
-        if form == "explicit" and masks is None:
-            raise MissingMasksError("mask_form='explicit' needs masks= (a dict or a file of {name: 0/1 tensor})")
-        weights, fmasks, fnotes = HANDLERS[form](sd, ctx)
-    notes += fnotes
-    fmasks = _align_to(fmasks, weights, wfile, notes, f"{form} masks")
-    inferred = form == "dense_zeros"
-
-    masks_sha = None
+    form_name, inferred, masks_sha256 = form.name, form.masks_inferred, None
     if masks is not None:
-        if isinstance(masks, (str, os.PathLike)):
-            mpath = os.fspath(masks)
-            umasks = _normalize_masks(load_file(mpath, unsafe=unsafe, what="masks file"), mpath)
-            masks_sha = sha256_of_files([mpath])
-            msrc = mpath
-        else:
-            msrc = "masks="
-            umasks = _normalize_masks(masks, msrc)
-        umasks = _align_to(umasks, weights, msrc, notes, "masks=")
-        if inferred:
-            fmasks = {}
-            inferred = False
-            if form == "dense_zeros":
-                form = "explicit"
-                notes[0] = "form: explicit (masks= given)"
-        over = sorted(set(umasks) & set(fmasks))
-        if over:
-            notes.append(f"masks= overrides the checkpoint's own mask for {len(over)} tensors: {over[:5]}")
-        fmasks.update(umasks)
-        notes.append(f"{len(umasks)} masks from {msrc}")
+        user_masks, masks_source, masks_sha256 = _load_user_masks(masks, unsafe, weights, notes)
+        if inferred:  # masks= replaces masks guessed from zeros: the checkpoint is read as explicit
+            saved_masks, inferred, form_name = {}, False, "explicit"
+            notes[0] = "form: explicit (masks= given)"
+        saved_masks = _override_masks(saved_masks, user_masks, masks_source, notes)
 
-    out_masks: dict[str, torch.Tensor] = {}
-    state = dict(weights)
-    src = wfile
-    for k, m in fmasks.items():
-        w = weights[k]
-        b = _as_bool_mask(k, m, w.shape, src)
-        out_masks[k] = b
-        if not inferred:
-            state[k] = torch.where(b, w, torch.zeros((), dtype=w.dtype))
-
+    effective, bool_masks = _apply_masks(weights, saved_masks, inferred, weights_file)
     return Checkpoint(
-        state_dict=state,
-        masks=out_masks,
-        form=form,
+        state_dict=effective,
+        masks=bool_masks,
+        form=form_name,
         notes=notes,
         source_sha256=sha256_of_files(files),
         path=path,
         files=files,
         masks_inferred=inferred,
-        masks_sha256=masks_sha,
+        masks_sha256=masks_sha256,
         meta=meta,
     )
+
+
+def _checked_path(path: str | os.PathLike, mask_form: str) -> str:
+    if mask_form != "auto" and mask_form not in FORMS:
+        raise ValueError(f"mask_form={mask_form!r} is not one of 'auto', {', '.join(map(repr, FORMS))}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def _locate_files(path: str, mask_form: str, notes: list[str]) -> tuple[str, str | None]:
+    """``(weights file, OpenLTH mask.pth or None)``: a folder or an OpenLTH model file names both."""
+    if os.path.isdir(path) or (mask_form in ("auto", "open_lth") and looks_like_openlth(path)):
+        weights_file, mask_file, openlth_notes = resolve_openlth(path)
+        notes += openlth_notes
+        return weights_file, mask_file
+    return path, None
+
+
+def _load_state_dict(weights_file: str, unsafe: bool, notes: list[str]) -> tuple[Any, dict, dict]:
+    """``(loaded object, state dict, meta)``: the state dict unwrapped, tensors only, no ``module.`` prefix."""
+    top = load_file(weights_file, unsafe=unsafe)
+    state_dict, wrapper, meta = find_state_dict(top, weights_file)
+    if wrapper:
+        beside = [k for k in top if k != wrapper.split(">")[0]] if isinstance(top, Mapping) else []
+        notes.append(f"state dict found under {wrapper!r}"
+                     + (f" (beside: {', '.join(map(str, beside[:8]))})" if beside else ""))
+    non_tensor = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if non_tensor:
+        state_dict = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
+        notes.append(f"dropped {len(non_tensor)} non-tensor entries: {non_tensor[:5]}")
+    return top, _strip_module(state_dict, notes), meta
+
+
+def _strip_module(state_dict: dict, notes: list[str]) -> dict:
+    levels = 0
+    while state_dict and all(key.startswith("module.") for key in state_dict):
+        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+        levels += 1
+    if levels:
+        notes.append(f"stripped 'module.' prefix (DataParallel/DDP) from {len(state_dict)} keys"
+                     + (f" ({levels} levels)" if levels > 1 else ""))
+    return state_dict
+
+
+def _settle_form(mask_form: str, contents: CheckpointContents, user_masks_given: bool,
+                 mask_file: str | None, notes: list[str]) -> Form:
+    """The form to read with (detected or forced); its note goes first."""
+    detected = mask_form == "auto"
+    name = choose_form(contents, user_masks_given) if detected else mask_form
+    notes.insert(0, f"form: {name}" + (" (detected)" if detected else " (forced)"))
+    if contents.side_masks is not None and name != "open_lth":  # only open_lth reads mask.pth
+        notes.append(f"ignored {mask_file} (mask_form={name!r} forced)")
+    return form_named(name)
+
+
+def _load_user_masks(masks: Any, unsafe: bool, weights: Mapping,
+                     notes: list[str]) -> tuple[dict, str, str | None]:
+    """``(masks keyed like weights, where they came from, sha256 of their file or None)``."""
+    if isinstance(masks, (str, os.PathLike)):
+        masks_file = os.fspath(masks)
+        user_masks = load_mask_mapping(load_file(masks_file, unsafe=unsafe, what="masks file"), masks_file)
+        masks_source, masks_sha256 = masks_file, sha256_of_files([masks_file])
+    else:
+        masks_source, masks_sha256 = "masks=", None
+        user_masks = load_mask_mapping(masks, masks_source)
+    return align_mask_names(user_masks, weights, masks_source, notes, "masks="), masks_source, masks_sha256
+
+
+def _override_masks(saved_masks: dict, user_masks: dict, masks_source: str, notes: list[str]) -> dict:
+    """The checkpoint's masks with ``user_masks`` taking precedence name by name."""
+    overridden = sorted(set(user_masks) & set(saved_masks))
+    if overridden:
+        notes.append(f"masks= overrides the checkpoint's own mask for {len(overridden)} tensors: {overridden[:5]}")
+    notes.append(f"{len(user_masks)} masks from {masks_source}")
+    return {**saved_masks, **user_masks}
+
+
+def _apply_masks(weights: dict, masks: dict, inferred: bool,
+                 source: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(effective state dict, bool masks)``; masks inferred from zeros are already in the weights."""
+    effective = dict(weights)
+    bool_masks: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        weight = weights[name]
+        bool_masks[name] = as_bool_mask(name, mask, weight.shape, source)
+        if not inferred:
+            effective[name] = torch.where(bool_masks[name], weight, torch.zeros((), dtype=weight.dtype))
+    return effective, bool_masks
