@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 import sparse_rt  # also registers torch.ops.sparse_rt
 from sparse_rt.bench.dlmc import dlmc_root, rn50_conv_geometry, rn50_output_pixels
+from sparse_rt.timing import cuda_graph_replay
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,17 +59,7 @@ class SparseWeight:
 
 def time_ms(fn, args) -> float:
     """Median milliseconds per call of fn()."""
-    graph = None
-    if args.graphs and getattr(fn, "small_batch", False):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-    call = graph.replay if graph is not None else fn
+    call = cuda_graph_replay(fn, warmup_calls=1) if args.graphs and getattr(fn, "small_batch", False) else fn
     for _ in range(args.warmup):
         call()
     samples = []

@@ -4,6 +4,7 @@ records so that the model can be rebuilt."""
 
 import importlib
 import json
+from typing import Optional, Tuple, Union
 
 from torch import nn
 
@@ -14,11 +15,11 @@ class ArchitectureError(ValueError):
     """The architecture cannot be built from what was given."""
 
 
-def is_import_string(name):
+def is_import_string(name: str) -> bool:
     return ":" in name
 
 
-def spec_input_shape(spec):
+def spec_input_shape(spec: Optional[dict]) -> Optional[tuple]:
     """The standard per-sample input shape of the architecture a spec names, when it is a zoo
     model that knows its shape; None otherwise (a module instance, an import string, ...)."""
     if spec is None or is_import_string(spec["name"]) or spec["name"] not in models.names():
@@ -26,7 +27,7 @@ def spec_input_shape(spec):
     return models.input_shape(spec["name"], **(spec.get("kwargs") or {}))
 
 
-def build_arch(arch, kwargs=None):
+def build_arch(arch: Union[nn.Module, str], kwargs: Optional[dict] = None) -> Tuple[nn.Module, Optional[dict]]:
     """Returns (module, spec). `arch` is an nn.Module (used as is; spec None, since a module
     instance cannot be recorded), a zoo name or "pkg.module:factory"; `kwargs` go to the factory.
     spec is {"name": arch, "kwargs": kwargs}."""

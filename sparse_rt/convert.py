@@ -2,20 +2,22 @@
 
 import copy
 import os
+from typing import Callable, Optional, Union
 
 import torch
+from torch import nn
 
 from .arch import build_arch
 from .formats import BSR, CSR
 from .ingest import match_masks, match_state_dict, read_checkpoint
-from .model import LayerSummary, Summary, sparsify
+from .model import LayerSummary, SparseModel, Summary, sparsify
 from .nn.surgery import convertible_layers
 from .plan import plan_layer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def parse_dtype(dtype):
+def parse_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
     """None, a torch floating dtype, or one of 'fp32', 'fp16', 'bf16'."""
     if dtype is None or dtype in DTYPES.values():
         return dtype
@@ -24,8 +26,10 @@ def parse_dtype(dtype):
     raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or the torch dtype), got {dtype!r}")
 
 
-def from_checkpoint(path, arch, masks=None, mask_form="auto", *, arch_kwargs=None, rename=None,
-                    min_sparsity=0.5, format="auto", dtype=None, unsafe=False, cs_s0=0.0, progress=None):
+def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], masks=None, mask_form: str = "auto", *,
+                    arch_kwargs: Optional[dict] = None, rename: Optional[dict] = None, min_sparsity: float = 0.5,
+                    format: str = "auto", dtype: Union[str, torch.dtype, None] = None, unsafe: bool = False,
+                    cs_s0: float = 0.0, progress: Optional[Callable] = None) -> SparseModel:
     """Returns the SparseModel of the checkpoint at `path` (a file or an OpenLTH folder).
 
     arch:         an nn.Module (not changed), a zoo name or "pkg.module:factory"; arch_kwargs go

@@ -13,6 +13,7 @@ counts each token. Sparse layers count their logical dense weight and its stored
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -77,7 +78,7 @@ def _weight_counts(layer):
     return tuple(layer.weight.shape), layer.weight.numel(), int(torch.count_nonzero(layer.weight))
 
 
-def model_metrics(model, input_shape=None):
+def model_metrics(model: torch.nn.Module, input_shape: Optional[tuple] = None) -> ModelMetrics:
     """ModelMetrics of `model` (an nn.Module or SparseModel). With `input_shape` (one sample, no
     batch dimension) a forward pass on zeros counts the multiply-adds; without it they are None."""
     positions = _output_positions(model, input_shape) if input_shape is not None else {}

@@ -1,7 +1,9 @@
 """SparseModel and sparsify(): a pruned nn.Module with its sparse layers swapped for ours."""
 
 import copy
+import os
 from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -64,7 +66,8 @@ class SparseModel(nn.Module):
     """A converted model: `module` is a copy of the user's model whose sparse Linear/Conv2d layers
     run on sparse_rt's kernels. Call it like the original."""
 
-    def __init__(self, module, layers, *, arch_spec=None, source=None):
+    def __init__(self, module: nn.Module, layers: Sequence[LayerSummary], *, arch_spec: Optional[dict] = None,
+                 source: Optional[dict] = None) -> None:
         super().__init__()
         self.module = module
         self._summary = Summary(layers)
@@ -77,13 +80,14 @@ class SparseModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
-    def summary(self):
+    def summary(self) -> Summary:
         """Per-layer name, kind, shape, density, format, dense bytes, sparse bytes (a Summary:
         a list of LayerSummary whose str() is a table with totals)."""
         return self._summary
 
     @classmethod
-    def from_checkpoint(cls, path, arch, masks=None, mask_form="auto", **options):
+    def from_checkpoint(cls, path: Union[str, os.PathLike], arch: Union[nn.Module, str], masks=None,
+                        mask_form: str = "auto", **options) -> "SparseModel":
         """Reads a training checkpoint (any form of sparse_rt.ingest) into `arch` and sparsifies it.
 
         `arch` is an nn.Module, a zoo name or "pkg.module:factory"; see
@@ -93,14 +97,14 @@ class SparseModel(nn.Module):
 
         return from_checkpoint(path, arch, masks=masks, mask_form=mask_form, **options)
 
-    def save(self, path):
+    def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes a .srt file (safetensors + JSON manifest) atomically; read it with sparse_rt.load."""
         from .serialize import save  # facade: the artifact layer builds on this one
 
         save(self, path)
 
-    def export_onnx(self, path, example_inputs, flavor="portable", opset=None, *, check=False,
-                    external_data=None):
+    def export_onnx(self, path: Union[str, os.PathLike], example_inputs, flavor: str = "portable",
+                    opset: Optional[int] = None, *, check: bool = False, external_data: Optional[bool] = None):
         """Writes an ONNX file: flavor "portable" (standard ops, stock onnxruntime) or "sparse"
         (sparse_rt's ops; run with sparse_rt.onnx.session). See sparse_rt.onnx.export."""
         from .onnx import export  # facade: the ONNX layer builds on this one
@@ -130,8 +134,10 @@ def _convert(name, layer, mask, plan):
     return SparseConv2d.from_dense(layer, mask)
 
 
-def sparsify(module, masks=None, *, min_sparsity=0.5, format="auto", example_inputs=None,
-             autotune=False, autotune_cache=None, progress=None):
+def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None, *, min_sparsity: float = 0.5,
+             format: str = "auto", example_inputs: Optional[Sequence] = None, autotune: bool = False,
+             autotune_cache: Optional[Union[str, os.PathLike]] = None,
+             progress: Optional[Callable] = None) -> SparseModel:
     """Converts a pruned model into a SparseModel; `module` itself is not changed.
 
     Every nn.Linear / nn.Conv2d whose sparsity reaches `min_sparsity` is considered; with

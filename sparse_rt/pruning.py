@@ -1,13 +1,16 @@
 """Magnitude pruning, to make pruned models from dense ones (demos, benchmarks, tests)."""
 
 import copy
+from typing import Sequence, Tuple
 
 import torch
+from torch import nn
 
 from .nn.surgery import CONVERTIBLE
 
 
-def magnitude_prune(module, sparsity, *, exclude=(), layer_types=tuple(CONVERTIBLE)):
+def magnitude_prune(module: nn.Module, sparsity: float, *, exclude: Sequence[str] = (),
+                    layer_types: Tuple[type, ...] = tuple(CONVERTIBLE)) -> nn.Module:
     """Returns a copy of `module` whose Linear/Conv2d weights are pruned layer by layer: in each,
     the round(sparsity * numel) smallest-magnitude entries become zero. Layers whose qualified
     name is in `exclude` (e.g. the first conv) stay dense. The input module is not changed."""

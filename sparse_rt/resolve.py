@@ -3,8 +3,10 @@ training checkpoint with its architecture, or a zoo name magnitude-pruned on the
 line and sparse_rt.bench.run take the same references through this one function."""
 
 import os
+from typing import Optional, Tuple, Union
 
 import torch
+from torch import nn
 
 from . import models
 from .arch import spec_input_shape
@@ -15,8 +17,9 @@ from .pruning import magnitude_prune
 from .serialize import load
 
 
-def resolve_model(ref, *, arch=None, arch_kwargs=None, sparsity=None, seed=0, trust_arch=False,
-                  **convert_options):
+def resolve_model(ref: Union[str, os.PathLike], *, arch: Union[nn.Module, str, None] = None,
+                  arch_kwargs: Optional[dict] = None, sparsity: Optional[float] = None, seed: int = 0,
+                  trust_arch: bool = False, **convert_options) -> Tuple[nn.Module, Optional[dict], Optional[tuple]]:
     """(module, arch spec, per-sample input shape or None) for `ref`:
 
     - a path ending in .srt: loaded (a SparseModel or a SparseEnsemble; `arch`, `arch_kwargs`,

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import os
 import threading
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ _SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary)}
 _REQUIRED_SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary) if f.default is dataclasses.MISSING}
 
 
-def save(obj, path):
+def save(obj: Union[SparseModel, SparseEnsemble], path: Union[str, os.PathLike]) -> None:
     """Writes a SparseModel or a SparseEnsemble to `path` atomically (temporary file, fsync, rename)."""
     if isinstance(obj, SparseEnsemble):
         module, rows, manifest = _ensemble_payload(obj)
@@ -58,7 +59,7 @@ def _ensemble_payload(ensemble):
     return nn.ModuleList([m.module for m in members]), rows, manifest
 
 
-def artifact_kind(manifest, path):
+def artifact_kind(manifest: dict, path: str) -> str:
     """"model" or "ensemble". Files written before the manifest recorded its kind held the
     ensemble record in their source."""
     kind = manifest.get("kind")
@@ -69,7 +70,7 @@ def artifact_kind(manifest, path):
     return kind
 
 
-def ensemble_record(manifest, path):
+def ensemble_record(manifest: dict, path: str) -> dict:
     """{"combine", "members": [{"arch", "source"}]} of an ensemble file."""
     record = manifest.get("ensemble") if "kind" in manifest else _legacy_ensemble_record(manifest)
     if not (isinstance(record, dict) and isinstance(record.get("members"), list) and record["members"]
@@ -105,7 +106,8 @@ def _dtype_name(dtype):
     return str(dtype).removeprefix("torch.")
 
 
-def load(path, arch=None, *, arch_kwargs=None, trust_arch=False):
+def load(path: Union[str, os.PathLike], arch: Union[nn.Module, str, None] = None, *,
+         arch_kwargs: Optional[dict] = None, trust_arch: bool = False) -> Union[SparseModel, SparseEnsemble]:
     """Loads a .srt file into a SparseModel (a SparseEnsemble when the file holds an ensemble).
 
     The architecture is rebuilt from the manifest (a zoo name; an import string only with
@@ -121,7 +123,9 @@ def load(path, arch=None, *, arch_kwargs=None, trust_arch=False):
     return _load_model(path, manifest, module, spec)
 
 
-def load_ensemble(path, arch=None, *, arch_kwargs=None, trust_arch=False, combine=None, fuse=True):
+def load_ensemble(path: Union[str, os.PathLike], arch: Union[nn.Module, str, None] = None, *,
+                  arch_kwargs: Optional[dict] = None, trust_arch: bool = False, combine: Optional[str] = None,
+                  fuse: bool = True) -> SparseEnsemble:
     """Reads an ensemble .srt; arguments as load, `combine` overrides the recorded rule."""
     path = os.fspath(path)
     manifest = srt.read_manifest(path)
@@ -146,7 +150,8 @@ def _load_ensemble(path, manifest, arch, arch_kwargs, trust_arch, combine=None, 
     return SparseEnsemble(members, combine=combine or record["combine"], fuse=fuse)
 
 
-def rebuild_arch(spec, path, arch=None, arch_kwargs=None, trust_arch=False):
+def rebuild_arch(spec: Optional[dict], path: str, arch: Union[nn.Module, str, None] = None,
+                 arch_kwargs: Optional[dict] = None, trust_arch: bool = False) -> Tuple[nn.Module, Optional[dict]]:
     """(module, spec) of the architecture a file records (`spec`), or of `arch` when given (an
     nn.Module is copied: the caller's module stays as it was). A recorded import string is
     imported only with `trust_arch`, and a recorded architecture is first built on the meta device

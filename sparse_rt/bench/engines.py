@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.surgery import replace_submodule
+from ..ops import conv2d_output_hw
 
 BASELINES = ("dense", "torch-sparse", "onnxruntime")
 
@@ -78,10 +79,8 @@ class TorchSparseConv2d(nn.Module):
         y = y.reshape(-1, n, positions).transpose(0, 1)
         if self.bias is not None:
             y = y + self.bias[:, None]
-        (kh, kw), (sh, sw) = self.conv["kernel_size"], self.conv["stride"]
-        (ph, pw), (dh, dw) = self.conv["padding"], self.conv["dilation"]
-        out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        return y.reshape(n, -1, out_h, positions // out_h)
+        out_h, out_w = conv2d_output_hw((h, w), **self.conv)
+        return y.reshape(n, -1, out_h, out_w)
 
 
 def torch_sparse_model(dense, summary):

@@ -21,7 +21,7 @@ from .engines import (BASELINES, EngineUnavailable, onnxruntime_engine, parse_ba
 from ..machine import machine_info
 from .report import BenchReport
 from .stats import latency_stats
-from ..timing import compare_latency, layer_times
+from ..timing import compare_latency, cuda_graph_replay, layer_times
 
 SUBJECT = "sparse_rt"
 
@@ -230,20 +230,12 @@ def _prepare(engines, status, x, cuda_graphs, check):
 def _cuda_graph(fn, status):
     """fn replayed from a CUDA graph (launch overhead removed), or fn itself if capture fails."""
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs advises
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        replay = cuda_graph_replay(fn)
     except RuntimeError as e:
         status["cuda_graph"] = f"capture failed, eager: {str(e)[:200]}"
         return fn
     status["cuda_graph"] = "on"
-    return graph.replay
+    return replay
 
 
 def _layer_rows(module, summary, metrics, profiles):

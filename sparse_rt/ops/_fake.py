@@ -3,6 +3,8 @@ torch.export and FakeTensor tracing."""
 
 import torch
 
+from .geometry import conv2d_output_hw
+
 
 def _linear_out(input, crow_indices, values, in_features, rows_per_crow):
     torch._check(input.shape[-1] == in_features, lambda: f"input has {input.shape[-1]} features, expected {in_features}")
@@ -20,13 +22,8 @@ def _bsr_linear_fake(input, crow_indices, col_indices, values, bias, in_features
     return _linear_out(input, crow_indices, values, in_features, values.shape[1])
 
 
-def conv2d_output_size(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 @torch.library.register_fake("sparse_rt::csr_conv2d")
 def _csr_conv2d_fake(input, crow_indices, col_indices, values, bias, in_channels, kernel_size,
                      stride, padding, dilation, groups, relu=False):
-    out_hw = [conv2d_output_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
-              for i in range(2)]
+    out_hw = conv2d_output_hw(input.shape[2:], kernel_size, stride, padding, dilation)
     return input.new_empty((input.shape[0], crow_indices.shape[0] - 1, *out_hw))
