@@ -1,8 +1,6 @@
 """ONNX export of any nn.Module holding sparse_rt layers (SparseModel, ensembles, plain modules)."""
 
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 
 import onnx
@@ -11,6 +9,7 @@ import torch
 
 from . import portable, sparse_ops
 from .fold import fold_batchnorm_and_relu
+from .quiet import quiet_exporter
 
 FLAVORS = ("portable", "sparse")
 # Protobuf cannot serialize 2 GiB; above this many initializer bytes, weights go to a side file.
@@ -69,19 +68,11 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
         traced, table = portable.to_portable(model), None
     else:
         traced, table = model, sparse_ops.translation_table()
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        # The exporter's chatter (deprecations, "torchvision is not installed") is noise here.
-        warnings.simplefilter("ignore")
-        exporter_log.setLevel(logging.ERROR)
-        try:
-            program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
-                                        custom_translation_table=table, verbose=False,
-                                        # no constant folding: it would rebuild the dense weights
-                                        optimize=flavor == "sparse")
-        finally:
-            exporter_log.setLevel(level)
+    with quiet_exporter(), torch.inference_mode(False):
+        program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
+                                    custom_translation_table=table, verbose=False,
+                                    # no constant folding: it would rebuild the dense weights
+                                    optimize=flavor == "sparse")
     # Node metadata (stack traces with local paths) would outweigh a small model's weights;
     # unused initializers (e.g. an ensemble's per-member copies next to the fused ones) go too.
     for cleanup in (passes.ClearMetadataAndDocStringPass(), passes.RemoveUnusedNodesPass()):
