@@ -7,9 +7,10 @@ import onnx
 import onnx_ir.passes.common as passes
 import torch
 
-from . import portable, sparse_ops
+from . import portable
 from .fold import fold_batchnorm_and_relu
 from .quiet import quiet_exporter
+from .translation import translation_table
 
 FLAVORS = ("portable", "sparse")
 # Protobuf cannot serialize 2 GiB; above this many initializer bytes, weights go to a side file.
@@ -67,7 +68,7 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     if flavor == "portable":
         traced, table = portable.to_portable(model), None
     else:
-        traced, table = model, sparse_ops.translation_table()
+        traced, table = model, translation_table()
     with quiet_exporter(), torch.inference_mode(False):
         program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
                                     custom_translation_table=table, verbose=False,
