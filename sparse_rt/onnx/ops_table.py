@@ -2,10 +2,9 @@
 its OpSpec below; schemas.py, translation.py and runtime.py derive the ONNX schemas, the
 torch.onnx translations and the onnxruntime kernels from this table.
 
-Every op takes INPUTS (X, crow_indices, col_indices, values, bias) and scalar int attributes.
-All five inputs are required (onnxruntime-extensions' Python ops have no optional inputs), so a
-layer without bias gets a zero bias. Attributes are scalar ints because onnxruntime-extensions
-reads no int lists.
+Every op takes INPUTS (X, crow_indices, col_indices, values, bias) and gives Y. All five inputs
+are required (onnxruntime-extensions' Python ops have no optional inputs), so a layer without bias
+gets a zero bias. Every attribute is a scalar int: onnxruntime-extensions reads no int lists.
 """
 
 from collections.abc import Callable
@@ -22,7 +21,7 @@ INPUTS = (("X", "T"), ("crow_indices", "I"), ("col_indices", "I"), ("values", "T
 class OpSpec:
     name: str  # the op type in DOMAIN
     torch_op: str  # the torch.ops.sparse_rt op it exports and runs
-    attributes: tuple[str, ...]  # its int attributes
+    attributes: tuple[str, ...]  # names of its (int) attributes
     doc: str
     # Values are [nblocks, bh, bw] blocks: the weight has (len(crow_indices) - 1) * bh rows.
     blocked: bool
@@ -39,7 +38,7 @@ class OpSpec:
     # (crow, col, values, attributes) -> the CSR / BSR weight, its geometry checked (ValueError)
     weight: Callable
 
-    def weight_rows(self, crow_length, block_height):
+    def weight_rows(self, crow_length: int | None, block_height: int | None) -> int | None:
         """Rows of the dense weight (the output features or channels); None where a length it
         needs is (block_height counts for a blocked op only)."""
         if crow_length is None or (self.blocked and block_height is None):
