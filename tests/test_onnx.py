@@ -201,18 +201,18 @@ def test_session_binds_weights_and_releases_them(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from sparse_rt.onnx import sparse_ops
+    from sparse_rt.onnx import runtime
 
     _, model, x = _sparse_model("cifar_resnet")
     path = tmp_path / "m.onnx"
     model.export_onnx(path, x, flavor="sparse")
     ours = sum(n.domain == "sparse_rt" for n in onnx.load(path).graph.node)
-    before = len(sparse_ops._BOUND_WEIGHTS)
+    before = len(runtime._BOUND_WEIGHTS)
     sess = sparse_rt.onnx.session(path)
-    assert len(sparse_ops._BOUND_WEIGHTS) == before + ours
+    assert len(runtime._BOUND_WEIGHTS) == before + ours
     # The file as it is, in a session the user builds: weights arrive as inputs on every call.
     options = ort.SessionOptions()
-    options.register_custom_ops_library(sparse_ops.register_ort_kernels())
+    options.register_custom_ops_library(runtime.register_ort_kernels())
     plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x.numpy()}
     with torch.inference_mode():
@@ -221,7 +221,7 @@ def test_session_binds_weights_and_releases_them(tmp_path):
         torch.testing.assert_close(torch.from_numpy(s.run(None, feed)[0]), expected, rtol=1e-5, atol=1e-5)
     del sess
     gc.collect()
-    assert len(sparse_ops._BOUND_WEIGHTS) == before
+    assert len(runtime._BOUND_WEIGHTS) == before
 
 
 def test_portable_encoding_roundtrip_with_long_gaps():

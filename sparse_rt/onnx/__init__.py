@@ -10,7 +10,8 @@ flavour) at run time.
 
 from .export import FLAVORS, ExportResult, compare, export
 from .session import session
-from .sparse_ops import DOMAIN, register_schemas
+from .ops_table import DOMAIN
+from .schemas import register_schemas
 
 register_schemas()  # so onnx.checker / shape inference in this process know our ops
 

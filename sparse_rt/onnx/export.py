@@ -1,16 +1,16 @@
 """ONNX export of any nn.Module holding sparse_rt layers (SparseModel, ensembles, plain modules)."""
 
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 
 import onnx
 import onnx_ir.passes.common as passes
 import torch
 
-from . import portable, sparse_ops
+from . import portable
 from .fold import fold_batchnorm_and_relu
+from .quiet import quiet_exporter
+from .translation import translation_table
 
 FLAVORS = ("portable", "sparse")
 # Protobuf cannot serialize 2 GiB; above this many initializer bytes, weights go to a side file.
@@ -68,20 +68,12 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     if flavor == "portable":
         traced, table = portable.to_portable(model), None
     else:
-        traced, table = model, sparse_ops.translation_table()
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        # The exporter's chatter (deprecations, "torchvision is not installed") is noise here.
-        warnings.simplefilter("ignore")
-        exporter_log.setLevel(logging.ERROR)
-        try:
-            program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
-                                        custom_translation_table=table, verbose=False,
-                                        # no constant folding: it would rebuild the dense weights
-                                        optimize=flavor == "sparse")
-        finally:
-            exporter_log.setLevel(level)
+        traced, table = model, translation_table()
+    with quiet_exporter(), torch.inference_mode(False):
+        program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
+                                    custom_translation_table=table, verbose=False,
+                                    # no constant folding: it would rebuild the dense weights
+                                    optimize=flavor == "sparse")
     # Node metadata (stack traces with local paths) would outweigh a small model's weights;
     # unused initializers (e.g. an ensemble's per-member copies next to the fused ones) go too.
     for cleanup in (passes.ClearMetadataAndDocStringPass(), passes.RemoveUnusedNodesPass()):

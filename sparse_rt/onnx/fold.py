@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .sparse_ops import DOMAIN
+from .ops_table import DOMAIN, OPS
 
-_FOLDABLE = ("CsrConv2d",)  # NCHW: BatchNormalization scales axis 1, the op's rows
+_FOLDABLE = {spec.name for spec in OPS.values() if spec.folds_batchnorm}
 
 
 def fold_batchnorm_and_relu(model):

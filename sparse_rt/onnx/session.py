@@ -17,7 +17,7 @@ def session(path, *, register_ops=True, config=None, **ort_options):
     `providers` / `provider_options` on; `config` holds session config entries
     ({"session.intra_op.allow_spinning": "0"}). With `register_ops`, the sparse weights in the
     file are validated first (ValueError naming the node) and then bound to the session
-    (sparse_ops.bind_weights): a call of our op then copies its activation only.
+    (runtime.bind_weights): a call of our op then copies its activation only.
     """
     import onnxruntime as ort
 
@@ -43,7 +43,7 @@ def session(path, *, register_ops=True, config=None, **ort_options):
         return ort.InferenceSession(path, options, **session_args)
     import onnx
 
-    from .sparse_ops import bind_weights, check_weights, register_ort_kernels, release_weights
+    from .runtime import bind_weights, check_weights, register_ort_kernels, release_weights
 
     model = onnx.load(path)
     weights = check_weights(model, path)

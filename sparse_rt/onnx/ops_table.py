@@ -1,0 +1,146 @@
+"""The "sparse" flavour's ONNX ops, in our own domain: everything particular to one op stands in
+its OpSpec below; schemas.py, translation.py and runtime.py derive the ONNX schemas, the
+torch.onnx translations and the onnxruntime kernels from this table.
+
+Every op takes INPUTS (X, crow_indices, col_indices, values, bias) and gives Y. All five inputs
+are required (onnxruntime-extensions' Python ops have no optional inputs), so a layer without bias
+gets a zero bias. Every attribute is a scalar int: onnxruntime-extensions reads no int lists.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DOMAIN = "sparse_rt"
+VERSION = 1
+
+# (name, type variable): "T" values and activations, "I" indices
+INPUTS = (("X", "T"), ("crow_indices", "I"), ("col_indices", "I"), ("values", "T"), ("bias", "T"))
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str  # the op type in DOMAIN
+    torch_op: str  # the torch.ops.sparse_rt op it exports and runs
+    attributes: tuple[str, ...]  # names of its (int) attributes
+    doc: str
+    # Values are [nblocks, bh, bw] blocks: the weight has (len(crow_indices) - 1) * bh rows.
+    blocked: bool
+    # NCHW output, so a BatchNormalization after it scales its rows (fold.py).
+    folds_batchnorm: bool
+    # (X's dims, the weight's rows, attribute(name) -> int) -> Y's dims; a dim is an int, or
+    # something else that is unknown here (a symbolic dim passes through as it is).
+    output_dims: Callable
+    # emit(X, crow, col, values, bias, **attributes) -> the translation of the torch op: a
+    # function with the torch op's parameters (the exporter matches arguments to them by name).
+    translation: Callable
+    # attributes -> the torch op's arguments after (X, crow, col, values, bias)
+    torch_arguments: Callable
+    # (crow, col, values, attributes) -> the CSR / BSR weight, its geometry checked (ValueError)
+    weight: Callable
+
+    def weight_rows(self, crow_length: int | None, block_height: int | None) -> int | None:
+        """Rows of the dense weight (the output features or channels); None where a length it
+        needs is (block_height counts for a blocked op only)."""
+        if crow_length is None or (self.blocked and block_height is None):
+            return None
+        return (crow_length - 1) * (block_height if self.blocked else 1)
+
+
+_LINEAR_ATTRIBUTES = ("in_features", "relu")
+_CONV_ATTRIBUTES = ("in_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w",
+                    "dilation_h", "dilation_w", "group", "relu")
+
+
+def _linear_output_dims(x, rows, attribute):
+    return [*x[:-1], rows]
+
+
+def _linear_translation(emit):
+    def translation(input, crow, col, values, bias=None, in_features=0, relu=False):
+        return emit(input, crow, col, values, bias, in_features=in_features, relu=int(relu))
+    return translation
+
+
+def _linear_torch_arguments(a):
+    return a["in_features"], bool(a["relu"])
+
+
+def _csr_linear_weight(crow, col, values, a):
+    from ..formats import CSR
+
+    return CSR(crow, col, values, (crow.numel() - 1, a["in_features"]))
+
+
+def _bsr_linear_weight(crow, col, values, a):
+    from ..formats import BSR
+
+    if values.dim() != 3:
+        raise ValueError(f"values must be 3-D [nblocks, bh, bw], got shape {tuple(values.shape)}")
+    bh, bw = values.shape[1:]
+    return BSR(crow, col, values, ((crow.numel() - 1) * bh, a["in_features"]), (bh, bw))
+
+
+def _conv_output_dims(x, rows, attribute):
+    def size(axis, s):
+        if not isinstance(x[axis], int):
+            return None
+        return ((x[axis] + 2 * attribute(f"pad_{s}") - attribute(f"dilation_{s}") * (attribute(f"kernel_{s}") - 1) - 1)
+                // attribute(f"stride_{s}") + 1)
+    return [x[0], rows, size(2, "h"), size(3, "w")]
+
+
+def _conv_translation(emit):
+    def translation(input, crow, col, values, bias, in_channels, kernel_size, stride, padding, dilation,
+                    groups, relu=False):
+        return emit(input, crow, col, values, bias, in_channels=in_channels,
+                    kernel_h=kernel_size[0], kernel_w=kernel_size[1], stride_h=stride[0], stride_w=stride[1],
+                    pad_h=padding[0], pad_w=padding[1], dilation_h=dilation[0], dilation_w=dilation[1],
+                    group=groups, relu=int(relu))
+    return translation
+
+
+def _conv_geometry(a):
+    """(in_channels, kernel_size, stride, padding, dilation, groups) as SparseConv2d takes them."""
+    return (a["in_channels"], (a["kernel_h"], a["kernel_w"]), (a["stride_h"], a["stride_w"]),
+            (a["pad_h"], a["pad_w"]), (a["dilation_h"], a["dilation_w"]), a["group"])
+
+
+def _conv_torch_arguments(a):
+    return *_conv_geometry(a), bool(a["relu"])
+
+
+def _conv_weight(crow, col, values, a):
+    from ..formats import CSR
+    from ..nn.conv import check_conv_geometry
+
+    in_channels, kernel_size, stride, padding, dilation, groups = _conv_geometry(a)
+    rows = crow.numel() - 1
+    check_conv_geometry(in_channels, rows, kernel_size, stride, padding, dilation, groups)
+    return CSR(crow, col, values, (rows, in_channels // groups * kernel_size[0] * kernel_size[1]))
+
+
+OPS = {spec.name: spec for spec in (
+    OpSpec("CsrLinear", "csr_linear", _LINEAR_ATTRIBUTES,
+           "Y = X @ W^T + bias (then ReLU if relu=1); W [len(crow)-1, in_features] in CSR.",
+           blocked=False, folds_batchnorm=False, output_dims=_linear_output_dims,
+           translation=_linear_translation, torch_arguments=_linear_torch_arguments, weight=_csr_linear_weight),
+    OpSpec("BsrLinear", "bsr_linear", _LINEAR_ATTRIBUTES,
+           "Y = X @ W^T + bias (then ReLU if relu=1); W in BSR, values [nblocks, bh, bw].",
+           blocked=True, folds_batchnorm=False, output_dims=_linear_output_dims,
+           translation=_linear_translation, torch_arguments=_linear_torch_arguments, weight=_bsr_linear_weight),
+    OpSpec("CsrConv2d", "csr_conv2d", _CONV_ATTRIBUTES,
+           "NCHW conv2d with symmetric zero padding; W in CSR over "
+           "[out_channels, in_channels/group*kernel_h*kernel_w] (row-major OIHW flattening).",
+           blocked=False, folds_batchnorm=True, output_dims=_conv_output_dims,
+           translation=_conv_translation, torch_arguments=_conv_torch_arguments, weight=_conv_weight),
+)}
+
+
+def require_compiled_ops() -> None:
+    """Raises RuntimeError unless torch.ops.sparse_rt (the ops of the table) is loaded."""
+    from ..ops import HAS_COMPILED_OPS
+
+    if not HAS_COMPILED_OPS:
+        # Without them the layers run pure-torch references, which trace to dense ops.
+        raise RuntimeError("the 'sparse' ONNX flavour needs sparse_rt's compiled ops, which failed to "
+                           "load; build them with: pip install --no-build-isolation -e .")

@@ -1,0 +1,34 @@
+"""torch.onnx translations of torch.ops.sparse_rt.* into the op table's ONNX ops."""
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import torch
+
+from .ops_table import DOMAIN, OPS, VERSION, OpSpec, require_compiled_ops
+from .schemas import register_schemas
+
+
+def _emitter(spec: OpSpec, onnx_op):
+    def emit(input, crow, col, values, bias, **attributes):
+        if bias is None:
+            from onnxscript import opset18 as op
+
+            block_height = values.shape[1] if spec.blocked else None
+            zeros = np.zeros(spec.weight_rows(crow.shape[0], block_height), dtype=values.dtype.numpy())
+            bias = op.Constant(value=onnx.numpy_helper.from_array(zeros))
+        return onnx_op(input, crow, col, values, bias, **attributes)
+    return emit
+
+
+def translation_table() -> dict[object, Callable]:
+    """{torch op: onnxscript function} for torch.onnx.export(custom_translation_table=...)."""
+    import onnxscript
+
+    require_compiled_ops()
+    register_schemas()  # onnxscript looks the ops up in onnx's schema registry
+    ours = onnxscript.values.Opset(DOMAIN, VERSION)
+    return {getattr(torch.ops.sparse_rt, spec.torch_op).default:
+            spec.translation(_emitter(spec, getattr(ours, spec.name)))
+            for spec in OPS.values()}
