@@ -1,5 +1,5 @@
 // How the torch-free kernels run on several threads without owning a thread pool: the caller passes
-// its parallel-for (at::parallel_for in the binding, a plain loop or std::threads in the C++ tests),
+// its parallel-for (at::parallel_for in the binding, a serial loop over chunks in the C++ tests),
 // so the code that splits the work is the same in both.
 #pragma once
 

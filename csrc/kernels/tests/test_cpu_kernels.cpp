@@ -178,13 +178,14 @@ void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch) {
 
 // The tests' parallel-for: three chunks (grain ignored, so that small shapes split too), run last
 // first, so that results cannot depend on the order threads would run them in.
-const ParallelFor kThreeChunks{[](int64_t begin, int64_t end, int64_t, RangeFn body) {
-                                 const int64_t step = std::max<int64_t>(1, (end - begin + 2) / 3);
-                                 for (int64_t b = begin + (end - begin - 1) / step * step; b >= begin; b -= step) {
-                                   body(b, std::min(end, b + step));
-                                 }
-                               },
-                               3};
+void three_chunks_backwards(int64_t begin, int64_t end, int64_t, RangeFn body) {
+  if (begin >= end) return;
+  const int64_t step = (end - begin + 2) / 3;
+  for (int64_t b = begin + (end - begin - 1) / step * step; b >= begin; b -= step) {
+    body(b, std::min(end, b + step));
+  }
+}
+const ParallelFor kThreeChunks{three_chunks_backwards, 3};
 
 template <typename V>
 void test_conv(Conv2dShape s, double density) {
