@@ -1,12 +1,20 @@
-// Argument checks shared by every backend's binding. Each check names the op, the tensor and the
-// problem, so a user who calls an op directly with a malformed weight gets a clear error instead of
-// an out-of-bounds access inside a kernel.
+// The front half every backend's binding shares: argument checks, shape derivation and their
+// messages. Each check names the op, the tensor and the problem, so a user who calls an op directly
+// with a malformed weight gets a clear error instead of an out-of-bounds access inside a kernel.
+// Torch-only (no CUDA headers): compiled into the CPU-only and the CUDA build alike.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <vector>
+
+#include "../kernels/conv_shape.h"
+
+// Every error of an op reads "sparse_rt.<op>: <message>".
+#define SPARSE_RT_CHECK(cond, op, ...) TORCH_CHECK(cond, "sparse_rt.", op, ": ", __VA_ARGS__)
 
 namespace sparse_rt {
 
@@ -18,10 +26,34 @@ struct SparseWeightInfo {
   int64_t block_w;   // 1 for CSR
 };
 
-// Structural checks on (crow, col, values) that cost O(1): ranks, dtypes, devices, contiguity and
-// the agreement of their lengths. `value_rank` is 1 for CSR and 3 for BSR ([nblocks, bh, bw]).
-SparseWeightInfo check_sparse_weight(const char* op, const at::Tensor& crow, const at::Tensor& col,
-                                     const at::Tensor& values, int64_t value_rank);
+// A linear op's arguments, checked: weight, activation, bias, in_features and the input shape.
+struct LinearProblem {
+  SparseWeightInfo weight;
+  int64_t batch;                   // the product of the input's leading dimensions
+  std::vector<int64_t> out_shape;  // input.shape[:-1] + [weight.rows]
+  int64_t index_cols;              // column indices lie in [0, index_cols): in_features / block_w
+};
+
+// `value_rank` is 1 for CSR and 3 for BSR ([nblocks, bh, bw]). Index values are not read here:
+// each backend validates them its own way (check_sparse_indices, or on the device).
+LinearProblem prepare_linear(const char* op, const at::Tensor& input, const at::Tensor& crow,
+                             const at::Tensor& col, const at::Tensor& values,
+                             const c10::optional<at::Tensor>& bias, int64_t in_features,
+                             int64_t value_rank);
+
+// csr_conv2d's arguments, checked: weight, activation, bias and the geometry (two entries per list,
+// positive kernel/stride/dilation and non-negative padding, each below 2^31, groups dividing both
+// channel counts, no overflow, a non-empty output).
+struct ConvProblem {
+  SparseWeightInfo weight;
+  Conv2dShape shape;
+  int64_t index_cols;  // in_channels / groups * kh * kw: the columns of the CSR weight
+};
+
+ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
+                         const at::Tensor& values, const c10::optional<at::Tensor>& bias,
+                         int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
 // Whether direct op calls validate every column index (O(nnz)). Off by default: sparse_rt's
 // modules validate their weights in Python when built or loaded, so the hot path pays only for the
@@ -36,24 +68,5 @@ int set_thread_full_index_checks(int state);  // returns the thread's previous s
 // Index validation of CPU tensors before a kernel reads them: crow starts at 0, is non-decreasing
 // and ends at nnz (always); every column index lies in [0, cols) (when full checks are enabled).
 void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t cols);
-
-// The activation must share the weight's device and floating dtype.
-void check_activation(const char* op, const at::Tensor& input, const at::Tensor& values);
-
-// Bias, when given: 1-D, `rows` long, same dtype and device as the values.
-void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const at::Tensor& values,
-                int64_t rows);
-
-struct ConvGeometry {
-  int64_t out_h, out_w;
-  int64_t weight_cols;  // in_channels / groups * kh * kw: the columns of the CSR weight
-};
-
-// Convolution geometry, checked before any of it is used: two entries per list, positive
-// kernel/stride/dilation and non-negative padding (each below 2^31), groups dividing both channel
-// counts, no overflow, a non-empty output.
-ConvGeometry check_conv_geometry(const at::Tensor& input, int64_t in_channels, int64_t out_channels,
-                                 at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
 }  // namespace sparse_rt

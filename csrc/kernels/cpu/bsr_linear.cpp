@@ -7,9 +7,12 @@
 
 namespace sparse_rt::cpu {
 
+namespace {
+
 template <typename V>
-SPARSE_RT_MULTIVERSION void bsr_linear(const BsrView<V>& w, const float* x, int64_t batch, float* y, Epilogue ep,
-                int64_t brow_begin, int64_t brow_end) {
+[[gnu::always_inline]] inline void bsr_rows(const BsrView<V>& w, const float* x, int64_t batch,
+                                            float* y, const Epilogue& ep, int64_t brow_begin,
+                                            int64_t brow_end) {
   const int64_t bh = w.bh, bw = w.bw;
   const int64_t cols = w.block_cols * bw, rows = w.block_rows * bh;
   float acc[kMaxBlockHeight];
@@ -32,6 +35,14 @@ SPARSE_RT_MULTIVERSION void bsr_linear(const BsrView<V>& w, const float* x, int6
       }
     }
   }
+}
+
+}  // namespace
+
+template <typename V>
+void bsr_linear(const BsrView<V>& w, const float* x, int64_t batch, float* y, Epilogue ep,
+                int64_t brow_begin, int64_t brow_end) {
+  SPARSE_RT_DISPATCH_ISA(bsr_rows(w, x, batch, y, ep, brow_begin, brow_end))
 }
 
 template void bsr_linear<float>(const BsrView<float>&, const float*, int64_t, float*, Epilogue,

@@ -13,19 +13,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "../conv_shape.h"
+#include "parallel.h"
 #include "sparse_matrix.h"
 
 namespace sparse_rt::cpu {
-
-struct Conv2dGeometry {
-  int64_t in_channels, height, width;
-  int64_t out_channels, out_h, out_w;
-  int64_t kh, kw;
-  int64_t stride_h, stride_w;
-  int64_t pad_h, pad_w;
-  int64_t dil_h, dil_w;
-  int64_t groups;
-};
 
 struct PackedConvLayout {
   int64_t phase_h, phase_w;  // size of one stride phase of the padded image (Hs, Ws)
@@ -37,33 +29,37 @@ struct PackedConvLayout {
   int64_t wide;              // out_h * phase_w: output positions computed per channel
   int64_t wide_padded;       // wide rounded up to a multiple of 8 (the SpMM's vector width)
   int64_t packed_len;        // floats in a packed image, including the zero tail the SpMM may read
+  // A 1x1, stride-1, unpadded convolution reads the image as it is: packing would only copy it.
+  // Then the width is not padded either, so no read runs past the input, and the last wide % 8
+  // columns take the SpMM's overlapping last tile.
+  bool direct;
+  // The wide rows are the output rows when phase_w == out_w, and the SpMM writes y directly;
+  // otherwise it writes a scratch buffer that is cropped into y.
+  bool crop;
 };
 
-PackedConvLayout packed_conv_layout(const Conv2dGeometry& g);
+PackedConvLayout packed_conv_layout(const Conv2dShape& s);
 
-// A 1x1, stride-1, unpadded convolution reads the image as it is: packing would only copy it.
-inline bool conv_reads_input_directly(const Conv2dGeometry& g) {
-  return g.kh == 1 && g.kw == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
-}
+// Scratch that csr_conv2d needs, in elements: the packed images (none when the layout is direct),
+// one tap offset per nonzero, and the wide outputs (none without crop). The caller allocates it,
+// with its own allocator, before the call.
+struct ConvScratch {
+  float* packed;     // batch * packed_len
+  int32_t* offsets;  // nnz
+  float* wide;       // batch * out_channels * wide_padded
+};
+struct ConvScratchSizes {
+  int64_t packed, offsets, wide;
+};
+ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout& layout, int64_t nnz);
 
-// Packs channels [c_begin, c_end) of one image ([in_channels, height, width]) into `packed`
-// (layout.packed_len floats); disjoint channel ranges may be packed concurrently. The range that
-// ends at the last channel also zeroes the tail.
-void pack_conv_input(const Conv2dGeometry& g, const PackedConvLayout& layout, const float* in,
-                     float* packed, int64_t c_begin, int64_t c_end);
-
-// The packed position read at output position 0 by each weight column (c*kh + ky)*kw + kx, c local
-// to a group, relative to the group's first channel.
-std::vector<int32_t> conv_column_offsets(const Conv2dGeometry& g, const PackedConvLayout& layout);
-
-// offsets[k] = packed position read by nonzero k at output position 0, for the nonzeros of rows
-// [row_begin, row_end). The CSR is over [out_channels, in_channels/groups * kh * kw].
-void conv_tap_offsets(const int32_t* crow, const int32_t* col, const Conv2dGeometry& g,
-                      const PackedConvLayout& layout, const std::vector<int32_t>& column_offsets,
-                      int32_t* offsets, int64_t row_begin, int64_t row_end);
-
-// out[o, oy, ox] = wide[o, oy*phase_w + ox] for channels [o_begin, o_end).
-void crop_wide_output(const Conv2dGeometry& g, const PackedConvLayout& layout, const float* wide,
-                      float* out, int64_t o_begin, int64_t o_end);
+// y = act(conv2d(x, W) + bias) for the whole batch: x is fp32 [batch, in_channels, height, width],
+// y fp32 [batch, out_channels, out_h, out_w], W (w.cols = in_channels / groups * kh * kw) as in
+// conv_shape.h. Tap offsets and packing run on pf's threads split by rows and by (image, channel),
+// the SpMM by (image, nnz-balanced rows); a batch-1 image is packed by every thread too.
+template <typename V>
+void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& layout, const CsrView<V>& w,
+                const float* x, float* y, Epilogue ep, const ConvScratch& scratch,
+                const ParallelFor& pf);
 
 }  // namespace sparse_rt::cpu

@@ -8,8 +8,8 @@
 namespace sparse_rt::cpu {
 namespace {
 
-// 16 or 8 floats as one value: in the AVX-512 clone a vec16 is a zmm register, in the AVX2 clone
-// two ymm, otherwise four xmm. Explicit vectors keep the tile in registers; left to itself the
+// 16 or 8 floats as one value: compiled for AVX-512 a vec16 is a zmm register, for AVX2 two ymm,
+// otherwise four xmm. Explicit vectors keep the tile in registers; left to itself the
 // compiler vectorizes across nonzeros with gathers instead.
 typedef float vec16 __attribute__((vector_size(64)));
 // Vectors never cross a function boundary (the helpers below are always inlined), so GCC's note
@@ -24,7 +24,7 @@ template <typename Vec>
   return v;
 }
 
-// One row, output columns [q0, q0 + VECS * lanes); always inlined, so that each ISA clone of
+// One row, output columns [q0, q0 + VECS * lanes); always inlined, so that each ISA version of
 // csr_spmm compiles it for its own vector width. Each nonzero costs VECS loads and FMAs. Narrow
 // tiles split the nonzeros over several partial sums so that consecutive FMAs don't wait on each
 // other's latency (about four cycles): four independent chains keep the FMA unit busy.
@@ -77,26 +77,10 @@ inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOut
   }
 }
 
-}  // namespace
-
-void pack_transposed(const float* x, int64_t rows, int64_t cols, int64_t ld, float* xt) {
-  // 16x16 blocks: both the rows read from x and the rows written to xt stay in L1.
-  constexpr int64_t kBlock = 16;
-  for (int64_t k0 = 0; k0 < cols; k0 += kBlock) {
-    const int64_t k1 = std::min(k0 + kBlock, cols);
-    for (int64_t n0 = 0; n0 < rows; n0 += kBlock) {
-      const int64_t n1 = std::min(n0 + kBlock, rows);
-      for (int64_t k = k0; k < k1; ++k) {
-        for (int64_t n = n0; n < n1; ++n) xt[k * ld + n] = x[n * cols + k];
-      }
-    }
-    for (int64_t k = k0; k < k1; ++k) std::fill(xt + k * ld + rows, xt + (k + 1) * ld, 0.f);
-  }
-}
-
 template <typename V>
-SPARSE_RT_MULTIVERSION void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y,
-                                     Epilogue ep, int64_t row_begin, int64_t row_end) {
+[[gnu::always_inline]] inline void spmm_rows(const CsrView<V>& w, const DenseRows& b,
+                                             const StridedOutput& y, const Epilogue& ep,
+                                             int64_t row_begin, int64_t row_end) {
   // Column tiles outermost: while every row of the range uses one tile, the window of B it reads
   // (a tile's width in each of B's rows) stays in L2. Row-outermost order streams the whole of B
   // through the cache once per row, which is what made wide convolutions slow.
@@ -122,6 +106,29 @@ SPARSE_RT_MULTIVERSION void csr_spmm(const CsrView<V>& w, const DenseRows& b, St
   for (; q < b.width; ++q) {
     for (int64_t r = row_begin; r < row_end; ++r) row_column(w, b, y, ep, r, q);
   }
+}
+
+}  // namespace
+
+void pack_transposed(const float* x, int64_t rows, int64_t cols, int64_t ld, float* xt) {
+  // 16x16 blocks: both the rows read from x and the rows written to xt stay in L1.
+  constexpr int64_t kBlock = 16;
+  for (int64_t k0 = 0; k0 < cols; k0 += kBlock) {
+    const int64_t k1 = std::min(k0 + kBlock, cols);
+    for (int64_t n0 = 0; n0 < rows; n0 += kBlock) {
+      const int64_t n1 = std::min(n0 + kBlock, rows);
+      for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t n = n0; n < n1; ++n) xt[k * ld + n] = x[n * cols + k];
+      }
+    }
+    for (int64_t k = k0; k < k1; ++k) std::fill(xt + k * ld + rows, xt + (k + 1) * ld, 0.f);
+  }
+}
+
+template <typename V>
+void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,
+              int64_t row_begin, int64_t row_end) {
+  SPARSE_RT_DISPATCH_ISA(spmm_rows(w, b, y, ep, row_begin, row_end))
 }
 
 template void csr_spmm<float>(const CsrView<float>&, const DenseRows&, StridedOutput, Epilogue,

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "../conv_shape.h"
+
 namespace sparse_rt {
 namespace cuda {
 
@@ -39,13 +41,7 @@ SPARSE_RT_DECLARE_BSR_SPMM(__half)
 SPARSE_RT_DECLARE_BSR_SPMM(__nv_bfloat16)
 #undef SPARSE_RT_DECLARE_BSR_SPMM
 
-// sparse_conv2d.cu: PyTorch conv2d semantics (NCHW, zero padding, dilation, groups) with the
-// weight as CSR over [cout, cin / groups * kh * kw], column = (c_local * kh + ky) * kw + kx.
-struct Conv2dShape {
-  int64_t n, cin, h, w;    // input
-  int64_t cout, oh, ow;    // output
-  int64_t kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
-};
+// sparse_conv2d.cu: the convolution described by `shape` (conv_shape.h).
 #define SPARSE_RT_DECLARE_CSR_CONV2D(T)                                                           \
   cudaError_t csr_conv2d(const T* x, const int32_t* crow, const int32_t* col, const T* val,       \
                          const T* bias, T* y, const Conv2dShape& shape, bool relu,                 \

@@ -30,24 +30,24 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
   static_assert(THREADS % 32 == 0 && THREADS <= kMaxThreads, "whole warps, bounded smem");
   __shared__ Tap taps[THREADS];
 
-  const int64_t out_pixels = s.oh * s.ow;
-  const int64_t in_pixels = s.h * s.w;
+  const int64_t out_pixels = s.out_h * s.out_w;
+  const int64_t in_pixels = s.height * s.width;
   const int64_t pixel = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
   // Threads past the plane still help decode taps, so no early return before the barriers.
   const bool active = pixel < out_pixels;
-  const int64_t oy = active ? pixel / s.ow : 0;
-  const int64_t ox = active ? pixel % s.ow : 0;
+  const int64_t oy = active ? pixel / s.out_w : 0;
+  const int64_t ox = active ? pixel % s.out_w : 0;
   const int64_t iy0 = oy * s.stride_h;
   const int64_t ix0 = ox * s.stride_w;
-  const int64_t cin_per_group = s.cin / s.groups;
-  const int64_t cout_per_group = s.cout / s.groups;
+  const int64_t cin_per_group = s.in_channels / s.groups;
+  const int64_t cout_per_group = s.out_channels / s.groups;
   const int64_t taps_per_channel = s.kh * s.kw;
 
-  for (int64_t plane = blockIdx.y; plane < s.n * s.cout; plane += gridDim.y) {
-    const int64_t image = plane / s.cout;
-    const int64_t o = plane % s.cout;
+  for (int64_t plane = blockIdx.y; plane < s.batch * s.out_channels; plane += gridDim.y) {
+    const int64_t image = plane / s.out_channels;
+    const int64_t o = plane % s.out_channels;
     const int64_t channel_base = (o / cout_per_group) * cin_per_group;
-    const T* __restrict__ xn = x + image * s.cin * in_pixels;
+    const T* __restrict__ xn = x + image * s.in_channels * in_pixels;
     const int64_t start = crow[o];
     const int64_t end = crow[o + 1];
     float acc = 0.f;
@@ -68,8 +68,8 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
         const Tap tap = taps[t];
         const int64_t iy = iy0 + tap.dy;
         const int64_t ix = ix0 + tap.dx;
-        if (active && iy >= 0 && iy < s.h && ix >= 0 && ix < s.w)
-          acc += tap.value * to_float(xn[tap.plane * in_pixels + iy * s.w + ix]);
+        if (active && iy >= 0 && iy < s.height && ix >= 0 && ix < s.width)
+          acc += tap.value * to_float(xn[tap.plane * in_pixels + iy * s.width + ix]);
       }
     }
     if (active) y[plane * out_pixels + pixel] = epilogue(acc, bias, o, relu);
@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
 template <typename T, int THREADS>
 cudaError_t launch(const T* x, const int32_t* crow, const int32_t* col, const T* val,
                    const T* bias, T* y, const Conv2dShape& s, bool relu, cudaStream_t stream) {
-  const dim3 grid(grid_dim(s.oh * s.ow, THREADS, kMaxGridX), grid_dim(s.n * s.cout, 1, kMaxGridY));
+  const dim3 grid(grid_dim(s.out_h * s.out_w, THREADS, kMaxGridX), grid_dim(s.batch * s.out_channels, 1, kMaxGridY));
   csr_conv2d_kernel<T, THREADS><<<grid, THREADS, 0, stream>>>(x, crow, col, val, bias, y, s, relu);
   return cudaGetLastError();
 }
@@ -88,10 +88,10 @@ template <typename T>
 cudaError_t csr_conv2d_impl(const T* x, const int32_t* crow, const int32_t* col, const T* val,
                             const T* bias, T* y, const Conv2dShape& s, bool relu,
                             cudaStream_t stream) {
-  if (s.n == 0 || s.cout == 0 || s.oh * s.ow == 0) return cudaSuccess;
+  if (s.batch == 0 || s.out_channels == 0 || s.out_h * s.out_w == 0) return cudaSuccess;
   // Late ResNet stages have 7x7 or 14x14 output planes: small blocks keep the threads busy.
-  if (s.oh * s.ow <= 64) return launch<T, 64>(x, crow, col, val, bias, y, s, relu, stream);
-  if (s.oh * s.ow <= 128) return launch<T, 128>(x, crow, col, val, bias, y, s, relu, stream);
+  if (s.out_h * s.out_w <= 64) return launch<T, 64>(x, crow, col, val, bias, y, s, relu, stream);
+  if (s.out_h * s.out_w <= 128) return launch<T, 128>(x, crow, col, val, bias, y, s, relu, stream);
   return launch<T, kMaxThreads>(x, crow, col, val, bias, y, s, relu, stream);
 }
 

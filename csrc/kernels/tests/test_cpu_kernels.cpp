@@ -15,8 +15,10 @@
 #include "kernels/cpu/csr_conv2d.h"
 #include "kernels/cpu/csr_linear.h"
 #include "kernels/cpu/csr_spmm.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scalar_types.h"
 
+using sparse_rt::Conv2dShape;
 using namespace sparse_rt::cpu;
 
 namespace {
@@ -174,52 +176,55 @@ void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch) {
   }
 }
 
+// The tests' parallel-for: three chunks (grain ignored, so that small shapes split too), run last
+// first, so that results cannot depend on the order threads would run them in.
+void three_chunks_backwards(int64_t begin, int64_t end, int64_t, RangeFn body) {
+  if (begin >= end) return;
+  const int64_t step = (end - begin + 2) / 3;
+  for (int64_t b = begin + (end - begin - 1) / step * step; b >= begin; b -= step) {
+    body(b, std::min(end, b + step));
+  }
+}
+const ParallelFor kThreeChunks{three_chunks_backwards, 3};
+
 template <typename V>
-void test_conv(Conv2dGeometry g, double density) {
-  std::mt19937 rng(unsigned(g.in_channels * 13 + g.kh * 5 + g.stride_w));
-  const int64_t cin_g = g.in_channels / g.groups, cout_g = g.out_channels / g.groups;
-  g.out_h = (g.height + 2 * g.pad_h - g.dil_h * (g.kh - 1) - 1) / g.stride_h + 1;
-  g.out_w = (g.width + 2 * g.pad_w - g.dil_w * (g.kw - 1) - 1) / g.stride_w + 1;
-  const RandomCsr m = random_csr(g.out_channels, cin_g * g.kh * g.kw, density, rng);
+void test_conv(Conv2dShape s, double density) {
+  s = with_output_size(s);
+  std::mt19937 rng(unsigned(s.in_channels * 13 + s.kh * 5 + s.stride_w));
+  const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
+  const int64_t in_image = s.in_channels * s.height * s.width, out_plane = s.out_h * s.out_w;
+  const RandomCsr m = random_csr(s.out_channels, cin_g * s.kh * s.kw, density, rng);
   const std::vector<V> vals = encode_all<V>(m.val);
-  std::vector<float> in(g.in_channels * g.height * g.width), bias(g.out_channels);
+  std::vector<float> in(s.batch * in_image), bias(s.out_channels);
   for (auto& v : in) v = exact_value(rng);
   for (auto& v : bias) v = exact_value(rng);
-  std::vector<float> out(g.out_channels * g.out_h * g.out_w, NAN);
-  // The binding's pipeline: pack the image, turn columns into tap offsets, SpMM the wide output
-  // (odd widths take the scalar tail: width = wide, not wide_padded), crop.
-  const PackedConvLayout layout = packed_conv_layout(g);
-  std::vector<float> packed(layout.packed_len), wide(g.out_channels * layout.wide_padded, NAN);
-  std::vector<int32_t> offsets(m.col.size());
-  // Packed in two channel ranges and offset in two row ranges, as the binding's threads do.
-  std::fill(packed.begin(), packed.end(), NAN);
-  pack_conv_input(g, layout, in.data(), packed.data(), g.in_channels / 2, g.in_channels);
-  pack_conv_input(g, layout, in.data(), packed.data(), 0, g.in_channels / 2);
-  const std::vector<int32_t> column_offsets = conv_column_offsets(g, layout);
-  conv_tap_offsets(m.crow.data(), m.col.data(), g, layout, column_offsets, offsets.data(), 0, g.out_channels / 2);
-  conv_tap_offsets(m.crow.data(), m.col.data(), g, layout, column_offsets, offsets.data(), g.out_channels / 2,
-                   g.out_channels);
-  const CsrView<V> w{m.crow.data(), offsets.data(), vals.data(), g.out_channels, cin_g * g.kh * g.kw};
-  const int64_t width = g.in_channels % 2 ? layout.wide : layout.wide_padded;
-  csr_spmm(w, DenseRows{packed.data(), 1, width},
-           StridedOutput{wide.data(), layout.wide_padded, 1, layout.wide}, Epilogue{bias.data(), true},
-           0, g.out_channels);
-  crop_wide_output(g, layout, wide.data(), out.data(), 0, g.out_channels);
-  for (int64_t o = 0; o < g.out_channels; ++o) {
-    for (int64_t oy = 0; oy < g.out_h; ++oy) {
-      for (int64_t ox = 0; ox < g.out_w; ++ox) {
-        double ref = bias[o];
-        for (int64_t k = m.crow[o]; k < m.crow[o + 1]; ++k) {
-          const int64_t c = m.col[k] / (g.kh * g.kw), ky = m.col[k] / g.kw % g.kh, kx = m.col[k] % g.kw;
-          const int64_t iy = oy * g.stride_h - g.pad_h + ky * g.dil_h;
-          const int64_t ix = ox * g.stride_w - g.pad_w + kx * g.dil_w;
-          if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) continue;
-          ref += double(m.val[k]) * in[((o / cout_g) * cin_g + c) * g.height * g.width + iy * g.width + ix];
+  std::vector<float> out(s.batch * s.out_channels * out_plane, NAN);
+  // Scratch starts as NaN: any element read before it is written shows in the result.
+  const PackedConvLayout layout = packed_conv_layout(s);
+  const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, int64_t(m.col.size()));
+  std::vector<float> packed(sizes.packed, NAN), wide(sizes.wide, NAN);
+  std::vector<int32_t> offsets(sizes.offsets, -1);
+  const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), s.out_channels, cin_g * s.kh * s.kw};
+  csr_conv2d(s, layout, w, in.data(), out.data(), Epilogue{bias.data(), true},
+             ConvScratch{packed.data(), offsets.data(), wide.data()}, kThreeChunks);
+  for (int64_t n = 0; n < s.batch; ++n) {
+    for (int64_t o = 0; o < s.out_channels; ++o) {
+      for (int64_t oy = 0; oy < s.out_h; ++oy) {
+        for (int64_t ox = 0; ox < s.out_w; ++ox) {
+          double ref = bias[o];
+          for (int64_t k = m.crow[o]; k < m.crow[o + 1]; ++k) {
+            const int64_t c = m.col[k] / (s.kh * s.kw), ky = m.col[k] / s.kw % s.kh, kx = m.col[k] % s.kw;
+            const int64_t iy = oy * s.stride_h - s.pad_h + ky * s.dil_h;
+            const int64_t ix = ox * s.stride_w - s.pad_w + kx * s.dil_w;
+            if (iy < 0 || iy >= s.height || ix < 0 || ix >= s.width) continue;
+            ref += double(m.val[k]) *
+                   in[n * in_image + ((o / cout_g) * cin_g + c) * s.height * s.width + iy * s.width + ix];
+          }
+          ref = std::max(ref, 0.0);
+          expect(close(out[(n * s.out_channels + o) * out_plane + oy * s.out_w + ox], ref),
+                 "csr_conv2d image " + std::to_string(n) + " channel " + std::to_string(o) + " at (" +
+                     std::to_string(oy) + ", " + std::to_string(ox) + ")");
         }
-        ref = std::max(ref, 0.0);
-        expect(close(out[(o * g.out_h + oy) * g.out_w + ox], ref),
-               "csr_conv2d channel " + std::to_string(o) + " at (" + std::to_string(oy) + ", " +
-                   std::to_string(ox) + ")");
       }
     }
   }
@@ -238,17 +243,19 @@ void test_value_type() {
   for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {
     test_bsr_linear<V>(bh, bw, 3);
   }
-  // {in_channels, height, width, out_channels, out_h, out_w, kh, kw, stride, pad, dil, groups}
-  test_conv<V>({3, 7, 9, 5, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
-  test_conv<V>({8, 17, 15, 16, 0, 0, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 0.3);
-  test_conv<V>({6, 12, 11, 6, 0, 0, 3, 5, 1, 2, 2, 1, 2, 1, 3}, 0.4);
-  test_conv<V>({4, 9, 9, 4, 0, 0, 3, 3, 3, 1, 0, 4, 1, 3, 4}, 0.6);
-  test_conv<V>({3, 5, 5, 2, 0, 0, 7, 7, 1, 1, 3, 3, 1, 1, 1}, 1.0);
-  test_conv<V>({5, 13, 11, 7, 0, 0, 3, 3, 2, 3, 1, 2, 2, 1, 1}, 0.5);  // stride and dilation together
-  test_conv<V>({16, 70, 70, 4, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.2);  // 64-wide tiles
-  test_conv<V>({8, 6, 6, 8, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.0);
-  test_conv<V>({6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
-  test_conv<V>({4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
+  // {batch, in_channels, height, width, out_channels, out_h, out_w, kh, kw, stride, pad, dil, groups}
+  test_conv<V>({2, 3, 7, 9, 5, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
+  test_conv<V>({2, 8, 17, 15, 16, 0, 0, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 0.3);
+  test_conv<V>({2, 6, 12, 11, 6, 0, 0, 3, 5, 1, 2, 2, 1, 2, 1, 3}, 0.4);
+  test_conv<V>({2, 4, 9, 9, 4, 0, 0, 3, 3, 3, 1, 0, 4, 1, 3, 4}, 0.6);
+  test_conv<V>({2, 3, 5, 5, 2, 0, 0, 7, 7, 1, 1, 3, 3, 1, 1, 1}, 1.0);
+  test_conv<V>({2, 5, 13, 11, 7, 0, 0, 3, 3, 2, 3, 1, 2, 2, 1, 1}, 0.5);  // stride and dilation together
+  test_conv<V>({1, 16, 70, 70, 4, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.2);  // 64-wide tiles
+  test_conv<V>({2, 8, 6, 6, 8, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.0);
+  test_conv<V>({2, 5, 6, 7, 6, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // read directly, overlapping last tile
+  test_conv<V>({3, 4, 2, 3, 3, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // read directly, narrower than 8
+  test_conv<V>({2, 6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
+  test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
 }
 
 void test_balanced_rows() {

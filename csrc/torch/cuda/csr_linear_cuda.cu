@@ -14,27 +14,23 @@ at::Tensor csr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indic
                            const at::Tensor& col_indices, const at::Tensor& values,
                            const c10::optional<at::Tensor>& bias, int64_t in_features, bool relu) {
   constexpr const char* op = "csr_linear";
-  const SparseWeightInfo info = check_sparse_weight(op, crow_indices, col_indices, values, 1);
-  check_activation(op, input, values);
-  check_bias(op, bias, values, info.rows);
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == in_features, op,
-              ": input's last dimension must be in_features (", in_features, "), got shape ",
-              input.sizes());
+  const LinearProblem p = prepare_linear(op, input, crow_indices, col_indices, values, bias,
+                                         in_features, 1);
+  const SparseWeightInfo& info = p.weight;
 
   const c10::cuda::CUDAGuard guard(input.device());
-  maybe_check_indices(op, crow_indices, col_indices, in_features);
+  maybe_check_indices(op, crow_indices, col_indices, p.index_cols);
   const at::Tensor x = input.contiguous();
   const at::Tensor b = contiguous_bias(bias);
-  at::Tensor y = at::empty(linear_output_shape(input, info.rows), x.options());
+  at::Tensor y = at::empty(p.out_shape, x.options());
   if (y.numel() == 0) return y;
 
-  const int64_t n = leading_rows(x);
   const cudaStream_t stream = current_stream();
   dispatch_floating(op, x.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     C10_CUDA_CHECK(cuda::csr_spmm(ptr<T>(x), crow_indices.const_data_ptr<int32_t>(),
                                   col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
-                                  ptr_or_null<T>(b), mutable_ptr<T>(y), n, info.rows,
+                                  ptr_or_null<T>(b), mutable_ptr<T>(y), p.batch, info.rows,
                                   in_features, info.nnz, relu, stream));
   });
   return y;

@@ -8,9 +8,6 @@
 // avoids ATen/cuda/CUDAContext.h, which pulls in the cuBLAS/cuSPARSE/cuSOLVER headers.
 #include <c10/cuda/CUDAStream.h>
 
-#include <utility>
-#include <vector>
-
 #include "../../kernels/cuda/launch.h"
 #include "../checks.h"
 
@@ -36,7 +33,7 @@ void dispatch_floating(const char* op, at::ScalarType dtype, Fn&& fn) {
     case at::kBFloat16:
       return fn(TypeTag<__nv_bfloat16>{});
     default:
-      TORCH_CHECK(false, op, ": CUDA kernels support float32, float16 and bfloat16, got ", dtype);
+      SPARSE_RT_CHECK(false, op, "CUDA kernels support float32, float16 and bfloat16, got ", dtype);
   }
 }
 
@@ -78,37 +75,23 @@ inline void check_indices_on_device(const char* op, const at::Tensor& crow, cons
     case cuda::kIndicesOk:
       return;
     case cuda::kCrowFirstNotZero:
-      TORCH_CHECK(false, op, ": crow_indices[0] must be 0");
+      SPARSE_RT_CHECK(false, op, "crow_indices[0] must be 0");
     case cuda::kCrowDecreasing:
-      TORCH_CHECK(false, op, ": crow_indices must be non-decreasing, but crow_indices[", where + 1,
-                  "] < crow_indices[", where, "]");
+      SPARSE_RT_CHECK(false, op, "crow_indices must be non-decreasing, but crow_indices[", where + 1,
+                      "] < crow_indices[", where, "]");
     case cuda::kCrowLastNotNnz:
-      TORCH_CHECK(false, op, ": crow_indices[-1] must equal the number of stored entries (",
-                  col.numel(), ")");
+      SPARSE_RT_CHECK(false, op, "crow_indices[-1] must equal the number of stored entries (",
+                      col.numel(), ")");
     case cuda::kColOutOfRange:
-      TORCH_CHECK(false, op, ": col_indices[", where, "] is outside [0, ", cols, ")");
+      SPARSE_RT_CHECK(false, op, "col_indices[", where, "] is outside [0, ", cols, ")");
     default:
-      TORCH_CHECK(false, op, ": index validation returned unknown code ", code);
+      SPARSE_RT_CHECK(false, op, "index validation returned unknown code ", code);
   }
 }
 
 inline void maybe_check_indices(const char* op, const at::Tensor& crow, const at::Tensor& col,
                                 int64_t cols) {
   if (full_index_checks_enabled()) check_indices_on_device(op, crow, col, cols);
-}
-
-// Output shape of a linear op: the input's leading dims, then `out_features`.
-inline std::vector<int64_t> linear_output_shape(const at::Tensor& input, int64_t out_features) {
-  std::vector<int64_t> shape = input.sizes().vec();
-  shape.back() = out_features;
-  return shape;
-}
-
-// Rows of the flattened [N, in_features] view (well defined when in_features == 0 too).
-inline int64_t leading_rows(const at::Tensor& input) {
-  int64_t n = 1;
-  for (int64_t d = 0; d + 1 < input.dim(); ++d) n *= input.size(d);
-  return n;
 }
 
 }  // namespace cuda_binding

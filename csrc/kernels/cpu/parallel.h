@@ -1,0 +1,52 @@
+// How the torch-free kernels run on several threads without owning a thread pool: the caller passes
+// its parallel-for (at::parallel_for in the binding, a serial loop over chunks in the C++ tests),
+// so the code that splits the work is the same in both.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "sparse_matrix.h"
+
+namespace sparse_rt::cpu {
+
+// A non-owning reference to a callable void(int64_t begin, int64_t end): unlike std::function it
+// never allocates, so handing a body to the caller's parallel-for costs one indirect call per chunk.
+class RangeFn {
+ public:
+  template <typename F>
+  RangeFn(const F& f)  // NOLINT(google-explicit-constructor): lambdas convert implicitly
+      : object_(&f), call_([](const void* o, int64_t b, int64_t e) { (*static_cast<const F*>(o))(b, e); }) {}
+  void operator()(int64_t begin, int64_t end) const { call_(object_, begin, end); }
+
+ private:
+  const void* object_;
+  void (*call_)(const void*, int64_t, int64_t);
+};
+
+struct ParallelFor {
+  // Calls body over disjoint chunks covering [begin, end), each at least `grain` long where the
+  // range allows, possibly concurrently; returns when all are done.
+  void (*run)(int64_t begin, int64_t end, int64_t grain, RangeFn body);
+  int64_t num_threads;  // the parallelism `run` offers, for splitting work into that many parts
+};
+
+// Below this many multiply-adds a single thread beats the cost of waking the pool.
+constexpr int64_t kMinParallelWork = 1 << 13;
+
+// Runs body(outer, row_begin, row_end) over outer x (rows split into nnz-balanced parts).
+template <typename F>
+void parallel_over_rows(const ParallelFor& pf, const int32_t* crow, int64_t rows, int64_t outer,
+                        int64_t work, const F& body) {
+  const int64_t parts =
+      work < kMinParallelWork ? 1 : std::max<int64_t>(1, std::min<int64_t>(rows, pf.num_threads));
+  pf.run(0, outer * parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t part = u % parts;
+      body(u / parts, balanced_row_start(crow, rows, part, parts),
+           balanced_row_start(crow, rows, part + 1, parts));
+    }
+  });
+}
+
+}  // namespace sparse_rt::cpu
