@@ -21,7 +21,7 @@ namespace sparse_rt {
 // The sizes implied by a CSR (or BSR) weight once its tensors have passed the structural checks.
 struct SparseWeightInfo {
   int64_t rows;      // output features / channels (for BSR: block rows * block height)
-  int64_t nnz;       // stored entries (for BSR: stored blocks)
+  int64_t stored;    // entries of col_indices: nonzeros for CSR, blocks for BSR (BSR.nblocks)
   int64_t block_h;   // 1 for CSR
   int64_t block_w;   // 1 for CSR
 };

@@ -7,7 +7,6 @@ onnxruntime   the dense model exported to ONNX (torch.onnx.export, dynamo) in st
 """
 
 import copy
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -109,6 +108,7 @@ def onnxruntime_engine(dense, example, directory, *, threads, device):
         import onnxruntime as ort
 
         from ..onnx import session
+        from ..onnx.quiet import quiet_exporter
     except ImportError as e:
         raise EngineUnavailable(f"onnxruntime or onnx is not installed ({e})") from None
     providers = ["CPUExecutionProvider"]
@@ -120,18 +120,12 @@ def onnxruntime_engine(dense, example, directory, *, threads, device):
     # sparse_rt.onnx.export fixes the input shapes; exported here with a dynamic batch dimension,
     # one export serves every batch size. A batch of 2 keeps the exporter from specializing the batch dimension to 1.
     sample = example[:1].expand(2, *example.shape[1:]).contiguous().cpu()
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)  # the exporter warns about unrelated missing torchvision ops
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_exporter():  # the exporter warns about unrelated missing torchvision ops
             torch.onnx.export(copy.deepcopy(dense).cpu(), (sample,), path, dynamo=True, verbose=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as e:  # the exporter raises many types; any of them means no ONNX baseline
         raise EngineUnavailable(f"torch.onnx.export failed: {type(e).__name__}: {str(e)[:300]}") from None
-    finally:
-        onnx_logger.setLevel(level)
     sess = session(path, register_ops=False, providers=providers,
                    **({"intra_op_num_threads": threads} if threads else {}))
     input_name = sess.get_inputs()[0].name

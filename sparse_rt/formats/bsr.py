@@ -41,6 +41,11 @@ class BSR:
         return self.values.numel()
 
     @property
+    def nblocks(self):
+        """Stored blocks: the length of col_indices (what the C++ front half calls `stored`)."""
+        return self.values.shape[0]
+
+    @property
     def density(self):
         rows, cols = self.shape
         return self.nnz / (rows * cols) if rows * cols else 0.0

@@ -10,6 +10,8 @@ gets a zero bias. Every attribute is a scalar int: onnxruntime-extensions reads 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..ops.geometry import conv2d_output_size
+
 DOMAIN = "sparse_rt"
 VERSION = 1
 
@@ -84,8 +86,8 @@ def _conv_output_dims(x, rows, attribute):
     def size(axis, s):
         if not isinstance(x[axis], int):
             return None
-        return ((x[axis] + 2 * attribute(f"pad_{s}") - attribute(f"dilation_{s}") * (attribute(f"kernel_{s}") - 1) - 1)
-                // attribute(f"stride_{s}") + 1)
+        return conv2d_output_size(x[axis], attribute(f"kernel_{s}"), attribute(f"stride_{s}"), attribute(f"pad_{s}"),
+                                  attribute(f"dilation_{s}"))
     return [x[0], rows, size(2, "h"), size(3, "w")]
 
 

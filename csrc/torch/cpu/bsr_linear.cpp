@@ -31,7 +31,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
       const cpu::BsrView<V> w{crow_p, col.const_data_ptr<int32_t>(), values_ptr<V>(values),
                               block_rows, p.index_cols, info.block_h, info.block_w};
       cpu::parallel_over_rows(torch_parallel_for(), crow_p, block_rows, 1,
-                              info.nnz * info.block_h * info.block_w * batch,
+                              info.stored * info.block_h * info.block_w * batch,
                               [&](int64_t, int64_t r0, int64_t r1) {
                                 cpu::bsr_linear(w, xp, batch, yp, ep, r0, r1);
                               });

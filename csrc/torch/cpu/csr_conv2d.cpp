@@ -38,7 +38,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
     // A limit of this backend's kernel (int32 tap offsets), not of the op.
     SPARSE_RT_CHECK(layout.packed_len < std::numeric_limits<int32_t>::max(), op,
                     "an input image of ", layout.packed_len, " packed floats exceeds int32 offsets");
-    const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, p.weight.nnz);
+    const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, p.weight.stored);
     at::Tensor packed = scratch(sizes.packed, x.options());
     at::Tensor offsets = scratch(sizes.offsets, crow.options());
     at::Tensor wide = scratch(sizes.wide, x.options());

@@ -36,7 +36,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
       using V = decltype(tag);
       const cpu::CsrView<V> w{crow_p, col.const_data_ptr<int32_t>(), values_ptr<V>(values), rows,
                               in_features};
-      cpu::parallel_over_rows(torch_parallel_for(), crow_p, rows, 1, p.weight.nnz * batch,
+      cpu::parallel_over_rows(torch_parallel_for(), crow_p, rows, 1, p.weight.stored * batch,
                               [&](int64_t, int64_t r0, int64_t r1) {
                                 if (tiled) {
                                   cpu::csr_spmm(w, {xt.const_data_ptr<float>(), ld, ld},
