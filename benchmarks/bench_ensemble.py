@@ -21,9 +21,9 @@ import torch
 
 import sparse_rt
 from sparse_rt import models
+from sparse_rt.ensemble import SparseEnsemble, erk_densities, erk_masks
 from sparse_rt.machine import machine_info
 from sparse_rt.timing import compare_latency, median
-from sparse_rt.ensemble import SparseEnsemble, erk_densities, erk_masks
 
 
 def log(message):

@@ -91,7 +91,8 @@ def bench_model(name, sparsity, threads, runs, workdir, echo):
         "speedup_vs_dense": {k: ms["dense"] / ms[k] for k in ("portable", "sparse")},
         "max_rel_diff_vs_pytorch": checks,
     }
-    echo(f"  size vs dense: portable {row['size_vs_dense']['portable']:.1%}, sparse {row['size_vs_dense']['sparse']:.1%}")
+    size = row["size_vs_dense"]
+    echo(f"  size vs dense: portable {size['portable']:.1%}, sparse {size['sparse']:.1%}")
     echo(f"  median ms: dense {ms['dense']:.1f}, portable {ms['portable']:.1f}, sparse {ms['sparse']:.1f} "
          f"-> sparse {row['speedup_vs_dense']['sparse']:.2f}x faster than dense")
     return row
@@ -103,7 +104,8 @@ def main(argv=None):
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="onnxruntime intra-op threads and torch threads (default: torch's)")
-    p.add_argument("--runs", type=int, default=16, help="timed runs per session (in blocks of 8, sessions taking turns)")
+    p.add_argument("--runs", type=int, default=16,
+                   help="timed runs per session (in blocks of 8, sessions taking turns)")
     p.add_argument("--out", default=None, help="result file (default benchmarks/results/onnx-DATE.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -22,7 +22,8 @@ def fit():
             series, by_engine = r["series"][case], r["medians_s"][case]
             # Only cases that time the kernel itself, not the planner's choice.
             if "regime" in info and not series.startswith("planned") and {"dense", "sparse_rt"} <= set(by_engine):
-                samples.setdefault(info["regime"], []).append(by_engine["dense"] / by_engine["sparse_rt"] * info["density"])
+                efficiency = by_engine["dense"] / by_engine["sparse_rt"] * info["density"]
+                samples.setdefault(info["regime"], []).append(efficiency)
     return {name: geomean(values) for name, values in sorted(samples.items())}, {k: len(v) for k, v in samples.items()}
 
 

@@ -11,6 +11,7 @@ import pytest
 from sparse_rt.bench import geomean, machine_info, speedups
 from sparse_rt.bench.dlmc import dlmc_root
 
+
 def pytest_addoption(parser):
     parser.addoption("--speedup-json", default=None, help="write the per-case speedups to this JSON file")
 

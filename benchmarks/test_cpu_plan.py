@@ -6,9 +6,7 @@ ratio against dense shows whether the planner ever makes a layer slower than den
 """
 
 import pytest
-
 import test_cpu_conv as conv  # a module import: pytest would collect an imported test function
-
 
 SERIES = [("planned", "0.8"), ("planned", "0.9")]
 

@@ -18,7 +18,10 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from .arch import ArchitectureError, build_arch, is_import_string
 from .ensemble import SparseEnsemble

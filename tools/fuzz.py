@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import platform
 import shutil
 import subprocess
@@ -127,7 +126,8 @@ class SrtTarget:
         import torch
 
         import sparse_rt
-        from sparse_rt import SparseModel, io as srt_io, models
+        from sparse_rt import SparseModel, models
+        from sparse_rt import io as srt_io
         from sparse_rt.io import srt
 
         self.srt, self.torch, self.sparse_rt = srt, torch, sparse_rt

@@ -2,10 +2,10 @@
 returning a BenchReport; same-run latency comparison, statistics and machine information."""
 
 from ..machine import machine_info
+from ..timing import compare_latency
 from .report import BenchReport
 from .runner import run
 from .stats import geomean, latency_stats, percentile, speedups
-from ..timing import compare_latency
 
 __all__ = ["run", "BenchReport", "machine_info", "geomean", "latency_stats", "percentile", "speedups",
            "compare_latency"]

@@ -11,17 +11,16 @@ from torch import nn
 
 from ..arch import spec_input_shape
 from ..convert import parse_dtype
+from ..machine import machine_info
 from ..metrics import model_metrics
 from ..model import SparseModel, sparsify
 from ..nn.surgery import dense_copy
 from ..pruning import magnitude_prune
 from ..resolve import resolve_model
-from .engines import (BASELINES, EngineUnavailable, onnxruntime_engine, parse_baselines, torch_engine,
-                      torch_sparse_model)
-from ..machine import machine_info
+from ..timing import compare_latency, cuda_graph_replay, layer_times
+from .engines import BASELINES, EngineUnavailable, onnxruntime_engine, parse_baselines, torch_engine, torch_sparse_model
 from .report import BenchReport
 from .stats import latency_stats
-from ..timing import compare_latency, cuda_graph_replay, layer_times
 
 SUBJECT = "sparse_rt"
 

@@ -3,9 +3,10 @@ the file (its layout, limits, digests and errors), not the models in it: sparse_
 models and ensembles into tensors and a manifest and back.
 
 Manifest (``__metadata__["sparse_rt"]``, a JSON string): ``format`` ("sparse_rt.srt"),
-``format_version``, ``sparse_rt_version``, ``kind`` ("model" or "ensemble"; files written before
-it was recorded are models unless their source holds an ensemble record), ``arch`` (``{"name": zoo name or "pkg.module:factory",
-"kwargs": {...}}``, or null when the model came from an nn.Module instance), ``source`` (sha256,
+``format_version``, ``sparse_rt_version``, ``kind`` ("model" or "ensemble", with the members in
+``ensemble``; files written before the kind was recorded keep that record in their source),
+``arch`` (``{"name": zoo name or "pkg.module:factory", "kwargs": {...}}``, or null when the model
+came from an nn.Module instance), ``source`` (sha256,
 form and file name of the checkpoint it was converted from), ``layers`` (per Linear/Conv2d layer:
 the Summary row, dtype, and for sparse layers their format and geometry), ``tensors_sha256``
 (sha256 of the data section: the bytes after the header) and ``header_sha256`` (sha256 of the
@@ -156,10 +157,11 @@ def _parse_header(raw, path):
 def _check_version(manifest, path):
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise SrtVersionError(
             f"{path}: format version {version!r} (written by sparse_rt "
             f"{manifest.get('sparse_rt_version', '?')}); this sparse_rt {__version__} reads version "
-            f"{FORMAT_VERSION} only" + ("; upgrade sparse_rt" if isinstance(version, int) and version > FORMAT_VERSION else ""))
+            f"{FORMAT_VERSION} only" + ("; upgrade sparse_rt" if newer else ""))
 
 
 def read_tensors(path):

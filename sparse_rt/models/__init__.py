@@ -35,9 +35,8 @@ New families register with the :func:`register` decorator::
     def my_net(*, num_classes: int = 10) -> nn.Module: ...
 """
 
-from ._registry import ModelArgumentError, create, get_factory, input_shape, keep_dense, names, register
-
 # Importing the family modules fills the registry.
 from . import bert, cifar_resnet, mobilenet, resnet, vgg, wrn  # noqa: E402,F401
+from ._registry import ModelArgumentError, create, get_factory, input_shape, keep_dense, names, register
 
 __all__ = ["create", "names", "register", "get_factory", "input_shape", "keep_dense", "ModelArgumentError"]

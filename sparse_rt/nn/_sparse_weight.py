@@ -3,7 +3,6 @@ from torch import nn
 
 from ..formats import BSR, CSR
 
-
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -9,9 +9,9 @@ flavour) at run time.
 """
 
 from .export import FLAVORS, ExportResult, compare, export
-from .session import session
 from .ops_table import DOMAIN
 from .schemas import register_schemas
+from .session import session
 
 register_schemas()  # so onnx.checker / shape inference in this process know our ops
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.surgery import replace_submodule
 from ..nn import SparseConv2d, SparseLinear
+from ..nn.surgery import replace_submodule
 
 _MAX_GAP = 255
 

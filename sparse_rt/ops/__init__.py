@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 import torch
 
 from . import reference
-from .geometry import conv2d_output_hw, conv2d_output_size
 from ._library import HAS_COMPILED_OPS, build_info, full_index_checks, set_full_index_checks
+from .geometry import conv2d_output_hw, conv2d_output_size
 
 if HAS_COMPILED_OPS:
     from . import _fake  # noqa: F401  (registers the fake kernels)

@@ -7,7 +7,8 @@ from .geometry import conv2d_output_hw
 
 
 def _linear_out(input, crow_indices, values, in_features, rows_per_crow):
-    torch._check(input.shape[-1] == in_features, lambda: f"input has {input.shape[-1]} features, expected {in_features}")
+    torch._check(input.shape[-1] == in_features,
+                 lambda: f"input has {input.shape[-1]} features, expected {in_features}")
     out_features = (crow_indices.shape[0] - 1) * rows_per_crow
     return input.new_empty((*input.shape[:-1], out_features))
 
