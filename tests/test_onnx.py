@@ -9,7 +9,7 @@ import torch
 import sparse_rt
 from sparse_rt import models
 
-from conftest import requires_compiled_ops
+from helpers import requires_compiled_ops
 
 _MISSING = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"ONNX export needs {', '.join(_MISSING)}")
