@@ -207,6 +207,8 @@ def test_sparsify_progress_wraps_layers():
         seen.extend(name for name, _ in items)
         return items
 
-    sparse_rt.sparsify(sparse_rt.magnitude_prune(Net(), 0.9), progress=progress)
+    pruned = sparse_rt.magnitude_prune(Net(), 0.9)
+    model = sparse_rt.sparsify(pruned, progress=progress)
     assert seen == [name.removesuffix(".weight") for name in PRUNABLE]
-    assert isinstance(Net().features[0], nn.Conv2d)
+    assert [row.name for row in model.summary()] == seen
+    assert isinstance(model.module.features[0], SparseConv2d) and isinstance(pruned.features[0], nn.Conv2d)
