@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -76,6 +77,7 @@ SRT_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_srt_save_killed_as_its_temporary_file_grows(tmp_path):
     target = tmp_path / "m.srt"
     torch.manual_seed(0)

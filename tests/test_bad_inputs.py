@@ -24,8 +24,7 @@ from sparse_rt.formats import BSR, CSR
 from sparse_rt.io import SrtArchError, SrtCorruptError, SrtHeaderError, SrtIntegrityError, SrtVersionError, srt
 from sparse_rt.nn import SparseConv2d, SparseLinear
 
-from conftest import DEVICES, requires_compiled_ops
-from sparse_cases import randn, random_bsr, random_csr
+from helpers import DEVICES, assert_close, randn, random_bsr, random_csr, requires_compiled_ops
 
 # --------------------------------------------------------------------------------------- formats
 
@@ -211,6 +210,20 @@ def test_csr_linear_index_errors():
     for kwargs, message in cases:
         with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=message):
             _linear(**kwargs)
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
+def test_full_index_checks_find_a_bad_column_and_leave_the_op_usable(device):
+    w = random_csr(16, 32, 0.5, seed=0, device=device)
+    bad = w.col_indices.clone()
+    bad[-1] = 32
+    x = randn(2, 32, device=device)
+    # The devices word the rest differently (CPU "=32 is out of range", CUDA "is outside").
+    with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=rf"col_indices\[{bad.numel() - 1}\]"):
+        torch.ops.sparse_rt.csr_linear(x, w.crow_indices, bad, w.values, None, 32, False)
+    y = torch.ops.sparse_rt.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, 32, False)
+    assert_close(y, x @ w.to_dense().T, torch.float32)
 
 
 @requires_compiled_ops

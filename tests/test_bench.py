@@ -149,6 +149,7 @@ def _check_png(path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_cifar(tmp_path):
     out = tmp_path / "out"
     assert main(["bench", "cifar_resnet", "--sparsity", "0.9", "--batch", "1,2", "--time", "0.2", "--warmup", "0.05",
@@ -159,6 +160,7 @@ def test_cli_end_to_end_cifar(tmp_path):
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 2 * 4
 
 
+@pytest.mark.slow
 def test_issue_command_resnet50(tmp_path):
     """The issue's command, with short timing: `bench resnet50 --sparsity 0.9 --batch 1,8
     --json r.json --plot r.png`."""

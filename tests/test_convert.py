@@ -1,6 +1,6 @@
 """SparseModel.from_checkpoint end to end: every checkpoint form, written with the training
-codebases' key names and file layouts (writers shared with test_ingest), converted and compared
-with the masked dense model."""
+codebases' key names and file layouts (on helpers.py's Net, as in test_ingest), converted and
+compared with the masked dense model."""
 
 import copy
 
@@ -14,11 +14,7 @@ from sparse_rt.arch import ArchitectureError
 from sparse_rt.ingest import CheckpointMismatchError, rigl_torch_weight_names
 from sparse_rt.nn import SparseConv2d, SparseLinear
 
-from test_ingest import PRUNABLE, X, Net, make_model, masked_copy, random_masks, sgd_state
-
-
-def _rel(out, ref):
-    return ((out - ref).norm() / ref.norm()).item()
+from helpers import PRUNABLE, X, Net, make_model, masked_copy, random_masks, rel_err, sgd_state
 
 
 def _dense_zeros_dataparallel(tmp_path, model, masks):
@@ -143,7 +139,7 @@ def test_from_checkpoint_every_form(tmp_path, form):
     assert sparse.source["form"] == form and len(sparse.source["sha256"]) == 64
     ref = masked_copy(model, masks)
     with torch.no_grad():
-        assert _rel(sparse(X), ref(X)) <= 1e-5
+        assert rel_err(sparse(X), ref(X)) <= 1e-5
     converted = {name for name, m in sparse.module.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))}
     assert converted == {name.removesuffix(".weight") for name in masks}
 
@@ -157,16 +153,16 @@ def test_arch_as_zoo_name_with_prefixed_keys(tmp_path):
     assert any("'model.'" in note for note in sparse.source["notes"])  # the mapping is reported
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert _rel(sparse(x), dense(x)) <= 1e-5
+        assert rel_err(sparse(x), dense(x)) <= 1e-5
 
 
 def test_arch_as_import_string_with_kwargs(tmp_path):
     model = make_model()
     masks = random_masks(model)
     path, _ = _shrinkbench(tmp_path, model, masks)
-    sparse = SparseModel.from_checkpoint(path, "test_ingest:make_model", arch_kwargs={"seed": 3},
+    sparse = SparseModel.from_checkpoint(path, "helpers:make_model", arch_kwargs={"seed": 3},
                                          format="bsr:2x2", dtype="fp16")
-    assert sparse.arch_spec == {"name": "test_ingest:make_model", "kwargs": {"seed": 3}}
+    assert sparse.arch_spec == {"name": "helpers:make_model", "kwargs": {"seed": 3}}
     assert sparse.module.classifier[0].format == "bsr"
     assert sparse.module.classifier[0].values.dtype == torch.float16
 
@@ -193,10 +189,10 @@ def test_architecture_mismatch_lists_keys_and_rename(tmp_path):
 @pytest.mark.parametrize("arch, kwargs, match", [
     ("no_such_model", {}, "neither a zoo model"),
     ("cifar_resnet", {"depth": 9}, "6n\\+2"),
-    ("test_ingest:nothing", {}, "no attribute 'nothing'"),
+    ("helpers:nothing", {}, "no attribute 'nothing'"),
     ("no_such_pkg.mod:fn", {}, "cannot import"),
-    ("test_ingest:make_model", {"colour": 1}, "rejected the keyword"),
-    ("test_ingest:PRUNABLE", {}, "not callable"),
+    ("helpers:make_model", {"colour": 1}, "rejected the keyword"),
+    ("helpers:PRUNABLE", {}, "not callable"),
 ])
 def test_bad_arch(tmp_path, arch, kwargs, match):
     torch.save(make_model().state_dict(), tmp_path / "m.pt")
@@ -211,6 +207,8 @@ def test_sparsify_progress_wraps_layers():
         seen.extend(name for name, _ in items)
         return items
 
-    sparse_rt.sparsify(sparse_rt.magnitude_prune(Net(), 0.9), progress=progress)
+    pruned = sparse_rt.magnitude_prune(Net(), 0.9)
+    model = sparse_rt.sparsify(pruned, progress=progress)
     assert seen == [name.removesuffix(".weight") for name in PRUNABLE]
-    assert isinstance(Net().features[0], nn.Conv2d)
+    assert [row.name for row in model.summary()] == seen
+    assert isinstance(model.module.features[0], SparseConv2d) and isinstance(pruned.features[0], nn.Conv2d)

@@ -13,6 +13,8 @@ from sparse_rt import models
 from sparse_rt.ensemble import (SparseEnsemble, combine, erk_densities, erk_masks, jaccard, mask_intersection,
                                 mask_union, pairwise_jaccard, recalibrate_bn, superpose)
 
+from helpers import rel_err
+
 SMALL = {"wrn": dict(depth=10, widen_factor=1), "cifar_resnet": dict(depth=8)}
 
 
@@ -40,10 +42,6 @@ def _pruned(name, seed, density=0.2, **kwargs):
 
 def _members(name, m=3, **kwargs):
     return [sparse_rt.sparsify(_pruned(name, seed, **kwargs)) for seed in range(m)]
-
-
-def _rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def _x(batch=4, channels=3):
@@ -89,13 +87,13 @@ def test_fused_equals_members_and_references(name):
         outs = [m(x) for m in members]
         got = fused.forward_members(x)
         assert got.shape == (3, 4, 10)
-        assert _rel(got, torch.stack(outs)) <= 1e-5
+        assert rel_err(got, torch.stack(outs)) <= 1e-5
         assert torch.equal(per_member.forward_members(x), torch.stack(outs))
         references = {"mean_prob": _ref_mean_prob(outs), "mean_logit": sum(outs) / len(outs), "vote": _ref_vote(outs)}
         for rule, ref in references.items():
             fused.combine = per_member.combine = rule
-            assert _rel(fused(x), ref) <= 1e-5, rule
-            assert _rel(per_member(x), ref) <= 1e-5, rule
+            assert rel_err(fused(x), ref) <= 1e-5, rule
+            assert rel_err(per_member(x), ref) <= 1e-5, rule
         assert torch.equal(fused.forward_members(x).argmax(-1), torch.stack(outs).argmax(-1))
 
 
@@ -113,7 +111,7 @@ def test_log_softmax_members_give_the_same_mean_prob():
     x = _x()
     with torch.inference_mode():
         a, b = SparseEnsemble(logits)(x), SparseEnsemble(log_probs)(x)
-        assert _rel(b, a) <= 1e-5
+        assert rel_err(b, a) <= 1e-5
         # The fused per-member log-softmax is a normalized distribution per member.
         assert torch.allclose(SparseEnsemble(log_probs).forward_members(x).exp().sum(-1), torch.ones(2, 4), atol=1e-5)
 
@@ -136,7 +134,7 @@ def test_functional_log_softmax_runs_per_member():
     assert ensemble.fused is not None
     x = torch.randn(5, 6)
     with torch.inference_mode():
-        assert _rel(ensemble.forward_members(x), torch.stack([m(x) for m in members])) <= 1e-5
+        assert rel_err(ensemble.forward_members(x), torch.stack([m(x) for m in members])) <= 1e-5
 
 
 def test_uncertainty_matches_reference():
@@ -194,7 +192,7 @@ def test_grouped_first_conv_and_dense_layers_fuse():
     assert ensemble.fused is not None
     x = _x(2, channels=4)
     with torch.inference_mode():
-        assert _rel(ensemble.forward_members(x), torch.stack([m(x) for m in members])) <= 1e-5
+        assert rel_err(ensemble.forward_members(x), torch.stack([m(x) for m in members])) <= 1e-5
 
 
 def test_members_with_a_layer_dense_in_one_and_sparse_in_another_fuse():
@@ -204,7 +202,7 @@ def test_members_with_a_layer_dense_in_one_and_sparse_in_another_fuse():
     assert ensemble.fused is not None
     x = _x(2)
     with torch.inference_mode():
-        assert _rel(ensemble.forward_members(x), torch.stack([m(x) for m in pruned])) <= 1e-5
+        assert rel_err(ensemble.forward_members(x), torch.stack([m(x) for m in pruned])) <= 1e-5
 
 
 # --- superposition, mask algebra, ERK -------------------------------------------------------------
@@ -218,7 +216,7 @@ def test_superpose_keeps_the_global_budget_and_averages():
     same = superpose([members[0]] * 3)
     x = _x(2)
     with torch.inference_mode():
-        assert _rel(same(x), members[0](x)) <= 1e-5
+        assert rel_err(same(x), members[0](x)) <= 1e-5
     with pytest.raises(ValueError, match="density"):
         superpose(members, density=1.5)
 
@@ -268,7 +266,7 @@ def test_from_checkpoints_reads_a_folder_in_natural_order(tmp_path):
     assert [m.source["file"] for m in ensemble.members] == ["member_1.pth", "member_2.pth", "member_10.pth"]
     x = _x(2)
     with torch.inference_mode():
-        assert _rel(ensemble.forward_members(x), torch.stack([nets[i](x) for i in (1, 2, 10)])) <= 1e-5
+        assert rel_err(ensemble.forward_members(x), torch.stack([nets[i](x) for i in (1, 2, 10)])) <= 1e-5
 
 
 def test_srt_round_trip(tmp_path):

@@ -28,66 +28,7 @@ from sparse_rt.ingest import (
     rigl_torch_weight_names,
 )
 
-PRUNABLE = ["features.0.weight", "features.4.weight", "classifier.0.weight", "classifier.3.weight"]
-
-
-class Net(nn.Module):
-    """Tiny CNN + MLP: Conv2d, BatchNorm2d, Linear (+ a BatchNorm1d, which rigl-torch counts)."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-        )
-        self.classifier = nn.Sequential(
-            nn.Linear(16 * 4 * 4, 32),
-            nn.BatchNorm1d(32),
-            nn.ReLU(),
-            nn.Linear(32, 10),
-        )
-
-    def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))
-
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    m = Net()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                mod.running_mean.normal_(0, 0.1)
-                mod.running_var.uniform_(0.5, 1.5)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0, 0.1)
-                mod.num_batches_tracked.fill_(7)
-    return m.eval()
-
-
-def random_masks(model, density=0.4, seed=1, names=PRUNABLE):
-    g = torch.Generator().manual_seed(seed)
-    sd = model.state_dict()
-    return {n: torch.rand(sd[n].shape, generator=g) < density for n in names}
-
-
-def masked_copy(model, masks, scale=None):
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if n in masks:
-                p.mul_(masks[n].to(p.dtype))
-                if scale is not None:
-                    p.mul_(scale)
-    return m.eval()
-
-
-X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+from helpers import PRUNABLE, X, Net, make_model, masked_copy, random_masks, rel_err, sgd_state
 
 
 def check_outputs(ckpt, ref_model, expected_masks):
@@ -97,8 +38,7 @@ def check_outputs(ckpt, ref_model, expected_masks):
     fresh.eval()
     with torch.no_grad():
         out, ref = fresh(X), ref_model(X)
-    rel = ((out - ref).norm() / ref.norm()).item()
-    assert rel <= 1e-5, rel
+    assert rel_err(out, ref) <= 1e-5
     assert set(ckpt.masks) == set(expected_masks)
     for k, m in expected_masks.items():
         assert ckpt.masks[k].dtype == torch.bool
@@ -106,15 +46,6 @@ def check_outputs(ckpt, ref_model, expected_masks):
     assert len(ckpt.source_sha256) == 64
     assert ckpt.form in FORMS
     return fresh
-
-
-def sgd_state(model):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model.train()
-    model(X).sum().backward()
-    opt.step()
-    model.eval()
-    return opt.state_dict()
 
 
 # --------------------------------------------------------------------------- forms

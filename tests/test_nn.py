@@ -5,8 +5,7 @@ from torch import nn
 from sparse_rt.nn import SparseConv2d, SparseLinear
 from sparse_rt.pruning import magnitude_prune
 
-from conftest import DEVICES
-from sparse_cases import assert_close, randn
+from helpers import DEVICES, assert_close, randn
 
 
 def _pruned_linear(seed=0, in_f=40, out_f=24, sparsity=0.8):

@@ -9,7 +9,7 @@ import torch
 import sparse_rt
 from sparse_rt import models
 
-from conftest import requires_compiled_ops
+from helpers import requires_compiled_ops
 
 _MISSING = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"ONNX export needs {', '.join(_MISSING)}")
@@ -41,7 +41,7 @@ _FULL = os.environ.get("SPARSE_RT_ONNX_FULL") == "1"
 def _matrix():
     for name in sorted(ZOO):
         for flavor in ("portable", "sparse"):
-            marks = [needs_ortx, requires_compiled_ops] if flavor == "sparse" else []
+            marks = [pytest.mark.slow] + ([needs_ortx, requires_compiled_ops] if flavor == "sparse" else [])
             if not _FULL and flavor not in _DEFAULT_FLAVORS.get(name, (flavor,)):
                 marks.append(pytest.mark.skip(reason="large graph, left to the full run (SPARSE_RT_ONNX_FULL=1)"))
             yield pytest.param(name, flavor, marks=marks, id=f"{name}-{flavor}")
@@ -113,6 +113,7 @@ def test_sparse_flavour_bsr_and_external_data(tmp_path):
     assert result.file_bytes == os.path.getsize(path) + os.path.getsize(str(path) + ".data")
 
 
+@pytest.mark.slow
 @requires_compiled_ops
 def test_shape_inference_of_our_ops(tmp_path):
     import onnx
@@ -130,6 +131,7 @@ def test_shape_inference_of_our_ops(tmp_path):
     assert shapes[first_conv.output[0]] == [2, 16, 32, 32]  # blocks.0.conv1
 
 
+@pytest.mark.slow
 def test_file_size_at_90_percent(tmp_path):
     """Both flavours at most a quarter of the dense export's bytes."""
     torch.manual_seed(0)
@@ -170,6 +172,7 @@ def _random_batchnorm_stats(module, generator):
             m.running_var = torch.rand(m.num_features, generator=generator) + 0.1
 
 
+@pytest.mark.slow
 @needs_ortx
 @requires_compiled_ops
 def test_sparse_flavour_folds_batchnorm_and_relu(tmp_path):
@@ -193,6 +196,7 @@ def test_sparse_flavour_folds_batchnorm_and_relu(tmp_path):
     assert graph.output[0].name in relu  # conv3 + bn3 folded, still the graph output
 
 
+@pytest.mark.slow
 @needs_ortx
 @requires_compiled_ops
 def test_session_binds_weights_and_releases_them(tmp_path):
@@ -236,6 +240,7 @@ def test_portable_encoding_roundtrip_with_long_gaps():
     assert torch.equal(decode(empty_values, empty_deltas, (3, 4)), torch.zeros(3, 4))
 
 
+@pytest.mark.slow
 @needs_ortx
 @requires_compiled_ops
 def test_ensemble_exports_with_its_combine_rule(tmp_path):
@@ -268,6 +273,7 @@ def test_session_rejects_unknown_option(tmp_path):
         sparse_rt.onnx.session(tmp_path / "m.onnx", register_ops=False, not_an_option=1)
 
 
+@pytest.mark.slow
 @needs_ortx
 @requires_compiled_ops
 def test_cli_export(tmp_path, capsys):

@@ -3,14 +3,13 @@
 import pytest
 import torch
 
-from conftest import DEVICES, requires_compiled_ops
-from sparse_cases import randn, random_csr, random_bsr
+from helpers import DEVICES, DTYPES, randn, random_bsr, random_csr, requires_compiled_ops
 
 pytestmark = requires_compiled_ops
 
 
 def _linear_samples(device):
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for dtype in DTYPES:
         w = random_csr(12, 20, 0.3, seed=1, dtype=dtype, device=device)
         for x, bias, relu in [(randn(3, 20, dtype=dtype, device=device), randn(12, dtype=dtype, device=device), False),
                               (randn(2, 4, 20, dtype=dtype, device=device), None, True),
@@ -43,10 +42,19 @@ def test_opcheck_csr_conv2d(device):
         torch.library.opcheck(torch.ops.sparse_rt.csr_conv2d.default, args)
 
 
-def test_ops_compile_fullgraph():
-    """torch.compile traces the ops through their fake kernels without graph breaks."""
-    w = random_csr(12, 20, 0.3, seed=4)
-    layer = lambda x: torch.ops.sparse_rt.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, 20, True)
-    x = randn(3, 20)
-    compiled = torch.compile(layer, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(x), layer(x))
+@pytest.mark.parametrize("device", DEVICES)
+def test_ops_compile_fullgraph(device):
+    """torch.compile traces the ops through their fake kernels without graph breaks. CUDA runs the
+    compiled graph through inductor; CPU only traces (inductor's C++ build would take a minute)."""
+    w1 = random_csr(96, 40, 0.3, seed=4, device=device)
+    w2 = random_bsr(64, 96, (16, 16), 0.5, seed=5, device=device)
+
+    def layers(x):
+        h = torch.ops.sparse_rt.csr_linear(x, w1.crow_indices, w1.col_indices, w1.values, None, 40, True)
+        return torch.ops.sparse_rt.bsr_linear(h * 2.0, w2.crow_indices, w2.col_indices, w2.values, None, 96, False)
+
+    x = randn(3, 5, 40, device=device)
+    compiled = torch.compile(layers, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
+    y = compiled(x)
+    assert y.shape == (3, 5, 64)
+    torch.testing.assert_close(y, layers(x))

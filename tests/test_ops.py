@@ -1,5 +1,7 @@
 """Every op against its pure-torch reference run in float64 (double accumulation)."""
 
+import gzip
+
 import pytest
 import torch
 
@@ -7,8 +9,7 @@ from sparse_rt import ops
 from sparse_rt.formats import load_smtx
 from sparse_rt.ops import reference
 
-from conftest import DEVICES, DTYPES
-from sparse_cases import assert_close, randn, random_bsr, random_csr, to_device
+from helpers import DEVICES, DTYPES, assert_close, randn, random_bsr, random_csr, to_device
 
 LINEAR_CASES = [
     # (out_features, in_features, leading input shape, density, rows_kw)
@@ -21,6 +22,10 @@ LINEAR_CASES = [
     (300, 257, (1,), 0.1, {}),  # enough work to run on several threads
     (128, 200, (33,), 0.2, {}),  # broadcast kernel, batch not a multiple of its tile
 ]
+
+
+# (average nonzeros per row, batch)
+LINEAR_KERNEL_CASES = [(avg_row, batch) for avg_row in (3, 80, 300) for batch in (1, 2, 3, 5, 17)]
 
 
 def _linear_ref(x, w, bias, relu):
@@ -53,18 +58,60 @@ def test_csr_linear_non_contiguous_input(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", LINEAR_KERNEL_CASES, ids=lambda c: f"row{c[0]}-batch{c[1]}")
+def test_csr_linear_row_lengths_and_batch_tiles(device, dtype, case):
+    """Average row lengths that select each CUDA subwarp width, batches around each batch tile."""
+    avg_row, batch = case
+    in_f = 1024
+    w = random_csr(75, in_f, avg_row / in_f, seed=avg_row, dtype=dtype, device=device)
+    x = randn(batch, in_f, dtype=dtype, device=device, seed=batch)
+    bias = randn(75, dtype=dtype, device=device, seed=2)
+    y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, bias, in_f, True)
+    assert_close(y, _linear_ref(x, w, bias, True), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_linear_misaligned_indices(device, dtype):
+    """Index and value arrays starting one element into their buffers (CUDA: the scalar path)."""
+    w = random_csr(33, 200, 0.5, seed=11, dtype=dtype, device=device)
+    nnz = w.col_indices.numel()
+    col_buf = torch.empty(nnz + 1, dtype=torch.int32, device=device)
+    val_buf = torch.empty(nnz + 1, dtype=dtype, device=device)
+    col_buf[1:], val_buf[1:] = w.col_indices, w.values
+    w.col_indices, w.values = col_buf[1:], val_buf[1:]
+    x = randn(5, 200, dtype=dtype, device=device, seed=12)
+    y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, 200)
+    assert_close(y, _linear_ref(x, w, None, False), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("blocksize", [(1, 1), (4, 4), (2, 8), (16, 16), (32, 32)])
-@pytest.mark.parametrize("batch", [1, 5, 64])
+@pytest.mark.parametrize("batch", [1, 5, 7, 9, 33, 64, 100])
 def test_bsr_linear(device, dtype, blocksize, batch):
+    """16x16 and 32x32 blocks in half precision take the CUDA tensor-core path; the batches
+    straddle its tiles. Block row 0 is empty."""
     bh, bw = blocksize
-    rows, cols = bh * 6, bw * 5
-    w = random_bsr(rows, cols, blocksize, 0.3, seed=bh * 31 + bw, dtype=dtype, device=device)
+    rows, cols = bh * 8, bw * 12
+    w = random_bsr(rows, cols, blocksize, 0.4, seed=bh * 31 + bw, dtype=dtype, device=device, empty_rows=(0,))
     x = randn(batch, cols, dtype=dtype, device=device, seed=4)
     bias = randn(rows, dtype=dtype, device=device, seed=5)
-    y = ops.bsr_linear(x, w.crow_indices, w.col_indices, w.values, bias, cols, True)
-    ref = reference.bsr_linear(x, w.crow_indices, w.col_indices, w.values, bias, cols, True,
-                               compute_dtype=torch.float64)
-    assert_close(y, ref, dtype)
+    for relu in (False, True):
+        y = ops.bsr_linear(x, w.crow_indices, w.col_indices, w.values, bias, cols, relu)
+        ref = reference.bsr_linear(x, w.crow_indices, w.col_indices, w.values, bias, cols, relu,
+                                   compute_dtype=torch.float64)
+        assert_close(y, ref, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bsr_linear_misaligned_input(device):
+    """A contiguous half-precision input 2-byte aligned only (CUDA: no 32-bit fragment loads)."""
+    w = random_bsr(64, 64, (16, 16), 0.5, seed=13, dtype=torch.float16, device=device)
+    x = randn(3 * 64 + 1, dtype=torch.float16, device=device, seed=14)[1:].view(3, 64)
+    y = ops.bsr_linear(x, w.crow_indices, w.col_indices, w.values, None, 64)
+    ref = reference.bsr_linear(x, w.crow_indices, w.col_indices, w.values, None, 64, compute_dtype=torch.float64)
+    assert_close(y, ref, torch.float16)
 
 
 CONV_CASES = [
@@ -111,14 +158,25 @@ def _dlmc_files(dlmc, subdir, count):
     return files[:: max(1, len(files) // count)][:count]
 
 
+def _one_file_per_shape(dlmc, subdir):
+    """The first file of each matrix shape in the set (DLMC repeats a few shapes many times)."""
+    first = {}
+    for path in sorted((dlmc / subdir).glob("*.smtx.gz")):
+        with gzip.open(path, "rt") as f:
+            first.setdefault(tuple(f.readline().split(",")[:2]), path)
+    assert first, f"no patterns in {dlmc / subdir}"
+    return list(first.values())
+
+
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 16])
-def test_csr_linear_dlmc_transformer(dlmc, device, batch):
-    for path in _dlmc_files(dlmc, "transformer/magnitude_pruning/0.9", 4):
-        w = to_device(load_smtx(path, seed=0), device)
-        x = randn(batch, w.shape[1], device=device, seed=9)
+def test_csr_linear_dlmc_transformer(dlmc, device, dtype, batch):
+    for path in _one_file_per_shape(dlmc, "transformer/magnitude_pruning/0.9"):
+        w = to_device(load_smtx(path, seed=0, dtype=dtype), device)
+        x = randn(batch, w.shape[1], dtype=dtype, device=device, seed=9)
         y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, w.shape[1])
-        assert_close(y, _linear_ref(x, w, None, False), torch.float32)
+        assert_close(y, _linear_ref(x, w, None, False), dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)

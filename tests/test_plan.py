@@ -8,7 +8,7 @@ import sparse_rt
 from sparse_rt.nn import SparseLinear
 from sparse_rt.plan import SPARSE_EFFICIENCY, FormatSpec, plan_layer, predicted_speedup, regime
 
-from sparse_cases import randn
+from helpers import randn
 
 
 def test_regimes():
@@ -45,31 +45,72 @@ def _mixed_mlp():
                          sparse_rt.magnitude_prune(model[2:], 0.55)[0])
 
 
-def test_autotune_measures_caches_and_reports(tmp_path):
+def _fake_timing(monkeypatch, seconds):
+    """Makes autotune's timing return `seconds` ({layer call: [dense samples], [sparse samples]}
+    in call order) after checking that what it would time computes the layer; returns the calls."""
+    calls = []
+
+    def compare_latency(fns, **kwargs):
+        assert set(fns) == {"dense", "sparse"}
+        torch.testing.assert_close(fns["sparse"](), fns["dense"](), rtol=1e-5, atol=1e-5)
+        dense, sparse = seconds[len(calls)]
+        calls.append(kwargs)
+        return {"dense": dense, "sparse": sparse}
+
+    monkeypatch.setattr(sparse_rt.autotune, "compare_latency", compare_latency)
+    return calls
+
+
+def test_autotune_keeps_the_faster_measurement_and_caches_it(tmp_path, monkeypatch):
     model = _mixed_mlp()
     cache = tmp_path / "autotune.json"
     x = randn(16, 256)
+    # Against the cost model both ways: the very sparse layer measures slower sparse, the
+    # moderately sparse one faster. Medians decide, not the first or the fastest sample.
+    calls = _fake_timing(monkeypatch, [([1e-3, 1e-3, 1e-3], [0.5e-3, 2e-3, 3e-3]),
+                                       ([4e-3, 4e-3, 1e-3], [3e-3, 3e-3, 3e-3])])
     tuned = sparse_rt.sparsify(model, example_inputs=(x,), autotune=True, autotune_cache=cache)
-    entries = json.loads(cache.read_text())
-    assert len(entries) == 2
-    for row in tuned.summary():
-        assert row.reason.startswith("autotuned: sparse ")
-    # Each choice is the faster of its two measurements.
-    for entry in entries.values():
-        assert entry["format"] == ("csr" if entry["sparse_s"] < entry["dense_s"] else "dense")
+    assert len(calls) == 2
+    assert [r.format for r in tuned.summary()] == ["dense", "csr"]
+    assert [r.reason for r in tuned.summary()] == ["autotuned: sparse 2.000 ms vs dense 1.000 ms (0.50x)",
+                                                   "autotuned: sparse 3.000 ms vs dense 4.000 ms (1.33x)"]
+    assert isinstance(tuned.module[0], nn.Linear) and isinstance(tuned.module[2], SparseLinear)
     with torch.inference_mode():
         torch.testing.assert_close(tuned(x), model(x), rtol=1e-5, atol=1e-5)
+    entries = sorted(json.loads(cache.read_text()).values(), key=lambda e: e["dense_s"])
+    assert entries == [{"format": "dense", "dense_s": 1e-3, "sparse_s": 2e-3},
+                       {"format": "csr", "dense_s": 4e-3, "sparse_s": 3e-3}]
+
+    # The file alone answers a second call: no timing, same choices.
     again = sparse_rt.sparsify(model, example_inputs=(x,), autotune=True, autotune_cache=cache)
-    assert [r.reason.startswith("cached autotune") for r in again.summary()] == [True, True]
-    assert [r.format for r in again.summary()] == [r.format for r in tuned.summary()]
+    assert len(calls) == 2
+    assert [r.format for r in again.summary()] == ["dense", "csr"]
+    assert [r.reason for r in again.summary()] == ["cached autotune: sparse 2.000 ms vs dense 1.000 ms (0.50x)",
+                                                   "cached autotune: sparse 3.000 ms vs dense 4.000 ms (1.33x)"]
+    # Another input shape is another measurement.
+    _fake_timing(monkeypatch, [([1e-3], [2e-3]), ([1e-3], [2e-3])])
+    sparse_rt.sparsify(model, example_inputs=(randn(1, 256),), autotune=True, autotune_cache=cache)
+    assert len(json.loads(cache.read_text())) == 4
 
 
 def test_example_inputs_give_the_cost_model_the_batch():
-    model = _mixed_mlp()
-    at_batch_1 = sparse_rt.sparsify(model, example_inputs=(randn(1, 256),)).summary()[0].reason
-    at_batch_64 = sparse_rt.sparsify(model, example_inputs=(randn(64, 256),)).summary()[0].reason
-    assert at_batch_1 != at_batch_64
-    assert isinstance(sparse_rt.sparsify(model).module[0], SparseLinear)
+    """A density between the gemv and gemm break-even densities (0.200 and 0.247 of
+    SPARSE_EFFICIENCY) runs dense at batch 1 and sparse at batch 64."""
+    torch.manual_seed(0)
+    model = sparse_rt.magnitude_prune(nn.Sequential(nn.Linear(256, 512)), 0.78)
+
+    def first_row(*example_inputs):
+        return sparse_rt.sparsify(model, example_inputs=example_inputs or None).summary()[0]
+
+    at_batch_1, at_batch_64 = first_row(randn(1, 256)), first_row(randn(64, 256))
+    density = at_batch_1.density
+    assert (at_batch_1.format, at_batch_1.reason) == (
+        "dense", f"cost model: sparse est. {predicted_speedup('gemv', density):.2f}x dense")
+    assert (at_batch_64.format, at_batch_64.reason) == (
+        "csr", f"cost model: sparse est. {predicted_speedup('gemm', density):.1f}x dense")
+    assert first_row(randn(4, 16, 256)).format == "csr"  # leading dimensions make the batch
+    assert first_row().reason == at_batch_1.reason  # without example inputs: batch 1
+    assert isinstance(sparse_rt.sparsify(_mixed_mlp()).module[0], SparseLinear)
 
 
 def test_autotune_needs_example_inputs():

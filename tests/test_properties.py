@@ -12,14 +12,10 @@ import sparse_rt
 from sparse_rt import ops
 from sparse_rt.formats import BSR, CSR
 
-from conftest import requires_compiled_ops
-from sparse_cases import assert_close
-
-OP_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
+from helpers import DTYPES, assert_close, requires_compiled_ops
 
 @st.composite
-def masked_weights(draw, rows=st.integers(0, 12), cols=st.integers(0, 12), dtypes=OP_DTYPES):
+def masked_weights(draw, rows=st.integers(0, 12), cols=st.integers(0, 12), dtypes=DTYPES):
     """(weight, bool mask) with the mask's density drawn too (empty and full rows included)."""
     r, c = draw(rows), draw(cols)
     seed = draw(st.integers(0, 2**31 - 1))
@@ -29,7 +25,7 @@ def masked_weights(draw, rows=st.integers(0, 12), cols=st.integers(0, 12), dtype
     return weight, mask
 
 
-@given(masked_weights(dtypes=OP_DTYPES + [torch.float64]))
+@given(masked_weights(dtypes=DTYPES + [torch.float64]))
 def test_csr_round_trip(wm):
     weight, mask = wm
     csr = CSR.from_dense(weight, mask).validate()
@@ -83,7 +79,7 @@ def test_csr_linear_matches_dense(wm, lead, with_bias, relu):
 
 @requires_compiled_ops
 @given(st.integers(1, 4), st.integers(1, 4), st.integers(0, 4), st.integers(0, 4), st.integers(0, 6),
-       st.sampled_from(OP_DTYPES), st.booleans(), st.integers(0, 2**31 - 1))
+       st.sampled_from(DTYPES), st.booleans(), st.integers(0, 2**31 - 1))
 def test_bsr_linear_matches_dense(bh, bw, block_rows, block_cols, batch, dtype, relu, seed):
     g = torch.Generator().manual_seed(seed)
     rows, cols = block_rows * bh, block_cols * bw
@@ -110,7 +106,7 @@ def conv_cases(draw):
 
 
 @requires_compiled_ops
-@given(conv_cases(), st.integers(0, 2), st.sampled_from(OP_DTYPES), st.sampled_from([0.0, 0.3, 1.0]),
+@given(conv_cases(), st.integers(0, 2), st.sampled_from(DTYPES), st.sampled_from([0.0, 0.3, 1.0]),
        st.booleans(), st.integers(0, 2**31 - 1))
 def test_csr_conv2d_matches_dense(case, batch, dtype, density, relu, seed):
     groups, cin, cout, k, stride, padding, dilation, hw = case

@@ -5,12 +5,7 @@ from torch import nn
 import sparse_rt
 from sparse_rt.nn import SparseConv2d, SparseLinear
 
-from conftest import DEVICES
-from sparse_cases import randn
-
-
-def _rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from helpers import DEVICES, randn, rel_err
 
 
 def _mlp():
@@ -40,7 +35,7 @@ def test_mlp_matches_dense(device):
     model = sparse_rt.sparsify(pruned)
     x = randn(7, 64, device=device)
     with torch.no_grad():
-        assert _rel_err(model(x), pruned(x)) <= 1e-5
+        assert rel_err(model(x), pruned(x)) <= 1e-5
     assert all(isinstance(m, SparseLinear) for m in (model.module[0], model.module[2], model.module[4]))
 
 
@@ -52,7 +47,7 @@ def test_cnn_with_stride_padding_dilation_groups_matches_dense(device):
     model = sparse_rt.sparsify(pruned)
     x = randn(2, 3, 33, 29, device=device)
     with torch.no_grad():
-        assert _rel_err(model(x), pruned(x)) <= 1e-5
+        assert rel_err(model(x), pruned(x)) <= 1e-5
     assert isinstance(model.module.stem, nn.Conv2d)  # left dense: no zeros
     assert sum(isinstance(m, SparseConv2d) for m in model.modules()) == 4
 
@@ -77,7 +72,7 @@ def test_explicit_masks_by_parameter_or_layer_name():
         for name, mask in masks.items():
             reference.get_submodule(name.removesuffix(".weight")).weight.mul_(mask)
         x = randn(4, 64)
-        assert _rel_err(model(x), reference(x)) <= 1e-5
+        assert rel_err(model(x), reference(x)) <= 1e-5
     assert [r.format for r in model.summary()] == ["csr", "csr", "dense"]
     assert isinstance(model.module[4], nn.Linear)
 
@@ -105,7 +100,7 @@ def test_bsr_format():
     assert [r.label for r in model.summary()] == ["bsr4x4", "bsr4x4", "csr"]  # 10 rows: not divisible
     x = randn(3, 64)
     with torch.no_grad():
-        assert _rel_err(model(x), pruned(x)) <= 1e-5
+        assert rel_err(model(x), pruned(x)) <= 1e-5
 
 
 def test_bad_arguments():

@@ -12,7 +12,7 @@ from sparse_rt import SparseModel, models
 from sparse_rt.io import (SrtArchError, SrtCorruptError, SrtHeaderError, SrtIntegrityError, SrtVersionError,
                           read_manifest)
 
-from test_ingest import X, Net, make_model, random_masks
+from helpers import X, Net, make_model, random_masks
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_round_trip_bsr_import_string_and_instance(tmp_path):
     model = make_model()
     masks = random_masks(model)
     torch.save(model.state_dict(), tmp_path / "dense.pt")
-    sparse = SparseModel.from_checkpoint(tmp_path / "dense.pt", "test_ingest:make_model", masks=masks,
+    sparse = SparseModel.from_checkpoint(tmp_path / "dense.pt", "helpers:make_model", masks=masks,
                                          format="bsr:2x2")
     assert sparse.module.classifier[0].format == "bsr"
     sparse.save(tmp_path / "m.srt")
@@ -74,9 +74,9 @@ def test_round_trip_bsr_import_string_and_instance(tmp_path):
 def test_sparsify_result_saves_and_needs_arch(tmp_path):
     sparse = sparse_rt.sparsify(sparse_rt.magnitude_prune(make_model(), 0.7), format="csr")
     sparse.save(tmp_path / "s.srt")
-    loaded = sparse_rt.load(tmp_path / "s.srt", arch="test_ingest:Net")
+    loaded = sparse_rt.load(tmp_path / "s.srt", arch="helpers:Net")
     _assert_same(sparse, loaded, X)
-    assert loaded.arch_spec == {"name": "test_ingest:Net", "kwargs": {}}  # a later save records it
+    assert loaded.arch_spec == {"name": "helpers:Net", "kwargs": {}}  # a later save records it
     with pytest.raises(SrtArchError, match="layer .features.0. of the file does not exist"):
         sparse_rt.load(tmp_path / "s.srt", arch="cifar_resnet", arch_kwargs={"depth": 8})
 

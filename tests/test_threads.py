@@ -10,8 +10,7 @@ from torch import nn
 
 import sparse_rt
 
-from conftest import requires_compiled_ops
-from sparse_cases import random_csr
+from helpers import random_csr, requires_compiled_ops
 
 pytestmark = requires_compiled_ops
 
