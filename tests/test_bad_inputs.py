@@ -16,15 +16,28 @@ import threading
 
 import pytest
 import torch
+from helpers import (
+    DEVICES,
+    assert_close,
+    randn,
+    random_bsr,
+    random_csr,
+    requires_compiled_ops,
+)
 from torch import nn
 
 import sparse_rt
 from sparse_rt import ingest
 from sparse_rt.formats import BSR, CSR
-from sparse_rt.io import SrtArchError, SrtCorruptError, SrtHeaderError, SrtIntegrityError, SrtVersionError, srt
+from sparse_rt.io import (
+    SrtArchError,
+    SrtCorruptError,
+    SrtHeaderError,
+    SrtIntegrityError,
+    SrtVersionError,
+    srt,
+)
 from sparse_rt.nn import SparseConv2d, SparseLinear
-
-from helpers import DEVICES, assert_close, randn, random_bsr, random_csr, requires_compiled_ops
 
 # --------------------------------------------------------------------------------------- formats
 

@@ -12,9 +12,9 @@ import sparse_rt
 from sparse_rt import bench, models
 from sparse_rt.bench import runner
 from sparse_rt.bench.engines import TorchSparseConv2d, torch_sparse_model
-from sparse_rt.nn.surgery import dense_copy
 from sparse_rt.bench.stats import latency_stats, percentile
 from sparse_rt.cli import main
+from sparse_rt.nn.surgery import dense_copy
 
 LATENCY = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "items_per_s", "iterations",
            "speedup", "batch", "engine"}

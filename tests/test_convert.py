@@ -6,6 +6,16 @@ import copy
 
 import pytest
 import torch
+from helpers import (
+    PRUNABLE,
+    Net,
+    X,
+    make_model,
+    masked_copy,
+    random_masks,
+    rel_err,
+    sgd_state,
+)
 from torch import nn
 
 import sparse_rt
@@ -13,8 +23,6 @@ from sparse_rt import SparseModel, models
 from sparse_rt.arch import ArchitectureError
 from sparse_rt.ingest import CheckpointMismatchError, rigl_torch_weight_names
 from sparse_rt.nn import SparseConv2d, SparseLinear
-
-from helpers import PRUNABLE, X, Net, make_model, masked_copy, random_masks, rel_err, sgd_state
 
 
 def _dense_zeros_dataparallel(tmp_path, model, masks):
@@ -80,8 +88,8 @@ def _rigl_torch(tmp_path, model, masks):
 
 def _torch_ao(tmp_path, model, masks):
     """Parametrized model state dict; the masks come from the sparsifier, passed as a file."""
-    from torch.nn.utils import parametrize
     from torch.ao.pruning.sparsifier.utils import FakeSparsity
+    from torch.nn.utils import parametrize
 
     prepared = copy.deepcopy(model)
     for name, mask in masks.items():

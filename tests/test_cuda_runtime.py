@@ -5,10 +5,9 @@ the `cuda` case of the device-parametrised tests in test_ops.py, test_bad_inputs
 test_opcheck.py. Skips with the reason where the CUDA kernels cannot run."""
 
 import torch
+from helpers import assert_close, randn, random_csr, requires_cuda
 
 from sparse_rt.ops import reference
-
-from helpers import assert_close, randn, random_csr, requires_cuda
 
 pytestmark = requires_cuda
 

@@ -6,14 +6,23 @@ import math
 
 import pytest
 import torch
+from helpers import rel_err
 from torch import nn
 
 import sparse_rt
 from sparse_rt import models
-from sparse_rt.ensemble import (SparseEnsemble, combine, erk_densities, erk_masks, jaccard, mask_intersection,
-                                mask_union, pairwise_jaccard, recalibrate_bn, superpose)
-
-from helpers import rel_err
+from sparse_rt.ensemble import (
+    SparseEnsemble,
+    combine,
+    erk_densities,
+    erk_masks,
+    jaccard,
+    mask_intersection,
+    mask_union,
+    pairwise_jaccard,
+    recalibrate_bn,
+    superpose,
+)
 
 SMALL = {"wrn": dict(depth=10, widen_factor=1), "cifar_resnet": dict(depth=8)}
 

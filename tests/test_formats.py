@@ -1,9 +1,8 @@
 import pytest
 import torch
+from helpers import random_weight
 
 from sparse_rt.formats import BSR, CSR, load_smtx
-
-from helpers import random_weight
 
 
 @pytest.mark.parametrize("shape,density", [((7, 13), 0.3), ((1, 1), 1.0), ((5, 9), 0.0), ((0, 4), 0.5)])

@@ -9,6 +9,16 @@ import warnings
 
 import pytest
 import torch
+from helpers import (
+    PRUNABLE,
+    Net,
+    X,
+    make_model,
+    masked_copy,
+    random_masks,
+    rel_err,
+    sgd_state,
+)
 from torch import nn
 
 from sparse_rt.ingest import (
@@ -27,8 +37,6 @@ from sparse_rt.ingest import (
     read_checkpoint,
     rigl_torch_weight_names,
 )
-
-from helpers import PRUNABLE, X, Net, make_model, masked_copy, random_masks, rel_err, sgd_state
 
 
 def check_outputs(ckpt, ref_model, expected_masks):

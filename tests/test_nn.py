@@ -1,11 +1,10 @@
 import pytest
 import torch
+from helpers import DEVICES, assert_close, randn
 from torch import nn
 
 from sparse_rt.nn import SparseConv2d, SparseLinear
 from sparse_rt.pruning import magnitude_prune
-
-from helpers import DEVICES, assert_close, randn
 
 
 def _pruned_linear(seed=0, in_f=40, out_f=24, sparsity=0.8):
@@ -37,7 +36,8 @@ def test_sparse_linear_explicit_mask():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kw", [dict(stride=2, padding=1), dict(padding="same", dilation=2), dict(groups=4, padding=(0, 2))])
+@pytest.mark.parametrize("kw", [dict(stride=2, padding=1), dict(padding="same", dilation=2),
+                                dict(groups=4, padding=(0, 2))])
 def test_sparse_conv_matches_dense(device, kw):
     dense = _pruned_conv(**kw).to(device)
     sparse = SparseConv2d.from_dense(dense)
@@ -61,7 +61,8 @@ def test_state_dict_with_bad_indices_is_rejected_with_the_layer_name():
     state = model.state_dict()
     state["0.col_indices"] = state["0.col_indices"].clone()
     state["0.col_indices"][0] = 40
-    with pytest.raises(ValueError, match=r"layer '0': invalid sparse weight in state_dict: .*col_indices\[0\]=40 is out of range"):
+    message = r"layer '0': invalid sparse weight in state_dict: .*col_indices\[0\]=40 is out of range"
+    with pytest.raises(ValueError, match=message):
         model.load_state_dict(state)
 
 

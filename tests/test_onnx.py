@@ -5,11 +5,10 @@ import os
 
 import pytest
 import torch
+from helpers import requires_compiled_ops
 
 import sparse_rt
 from sparse_rt import models
-
-from helpers import requires_compiled_ops
 
 _MISSING = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"ONNX export needs {', '.join(_MISSING)}")
@@ -19,16 +18,17 @@ if not _MISSING:
 HAS_ORTX = importlib.util.find_spec("onnxruntime_extensions") is not None
 needs_ortx = pytest.mark.skipif(not HAS_ORTX, reason="the sparse flavour runs through onnxruntime-extensions")
 
-# Every zoo model, small: name -> (kwargs, input shape, layers left dense)
+# Every zoo model, small: name -> (kwargs, input shape); the layers left dense are the zoo's own
+# (models.keep_dense).
 ZOO = {
-    "resnet18": ({"num_classes": 10}, (1, 3, 32, 32), ("conv1",)),
-    "resnet34": ({"num_classes": 10}, (1, 3, 32, 32), ("conv1",)),
-    "resnet50": ({"num_classes": 10}, (1, 3, 32, 32), ("conv1",)),
-    "mobilenet_v2": ({"num_classes": 10, "width_mult": 0.5}, (1, 3, 32, 32), ("features.0.0",)),
-    "cifar_resnet": ({"depth": 20}, (2, 3, 32, 32), ("conv",)),
-    "wrn": ({"depth": 10, "widen_factor": 2}, (1, 3, 32, 32), ("conv1",)),
-    "vgg_cifar": ({"depth": 11}, (1, 3, 32, 32), ("feature.0",)),
-    "bert_encoder": ({"layers": 1, "hidden": 64, "heads": 4, "intermediate": 128}, (2, 7, 64), ()),
+    "resnet18": ({"num_classes": 10}, (1, 3, 32, 32)),
+    "resnet34": ({"num_classes": 10}, (1, 3, 32, 32)),
+    "resnet50": ({"num_classes": 10}, (1, 3, 32, 32)),
+    "mobilenet_v2": ({"num_classes": 10, "width_mult": 0.5}, (1, 3, 32, 32)),
+    "cifar_resnet": ({"depth": 20}, (2, 3, 32, 32)),
+    "wrn": ({"depth": 10, "widen_factor": 2}, (1, 3, 32, 32)),
+    "vgg_cifar": ({"depth": 11}, (1, 3, 32, 32)),
+    "bert_encoder": ({"layers": 1, "hidden": 64, "heads": 4, "intermediate": 128}, (2, 7, 64)),
 }
 # Exporting is mostly torch.export time, which grows with the graph: the four small graphs run in
 # both flavours, the ImageNet ones in the sparse flavour only (the flavours differ per layer, not
@@ -55,9 +55,9 @@ def _tiny():
 
 
 def _sparse_model(name, sparsity=0.9, format="auto", seed=0):
-    kwargs, shape, dense = ZOO[name]
+    kwargs, shape = ZOO[name]
     torch.manual_seed(seed)
-    pruned = sparse_rt.magnitude_prune(models.create(name, **kwargs).eval(), sparsity, exclude=dense)
+    pruned = sparse_rt.magnitude_prune(models.create(name, **kwargs).eval(), sparsity, exclude=models.keep_dense(name))
     return pruned, sparse_rt.sparsify(pruned, format=format).eval(), torch.randn(*shape)
 
 

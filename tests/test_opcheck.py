@@ -2,8 +2,14 @@
 
 import pytest
 import torch
-
-from helpers import DEVICES, DTYPES, randn, random_bsr, random_csr, requires_compiled_ops
+from helpers import (
+    DEVICES,
+    DTYPES,
+    randn,
+    random_bsr,
+    random_csr,
+    requires_compiled_ops,
+)
 
 pytestmark = requires_compiled_ops
 
@@ -29,7 +35,8 @@ def test_opcheck_bsr_linear(device):
         w = random_bsr(16, 24, (4, 8), 0.4, seed=2, dtype=dtype, device=device)
         for x in (randn(5, 24, dtype=dtype, device=device), randn(2, 3, 24, dtype=dtype, device=device)):
             torch.library.opcheck(torch.ops.sparse_rt.bsr_linear.default,
-                                  (x, w.crow_indices, w.col_indices, w.values, randn(16, dtype=dtype, device=device), 24, False))
+                                  (x, w.crow_indices, w.col_indices, w.values,
+                                   randn(16, dtype=dtype, device=device), 24, False))
 
 
 @pytest.mark.parametrize("device", DEVICES)

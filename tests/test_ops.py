@@ -4,12 +4,19 @@ import gzip
 
 import pytest
 import torch
+from helpers import (
+    DEVICES,
+    DTYPES,
+    assert_close,
+    randn,
+    random_bsr,
+    random_csr,
+    to_device,
+)
 
 from sparse_rt import ops
 from sparse_rt.formats import load_smtx
 from sparse_rt.ops import reference
-
-from helpers import DEVICES, DTYPES, assert_close, randn, random_bsr, random_csr, to_device
 
 LINEAR_CASES = [
     # (out_features, in_features, leading input shape, density, rows_kw)
@@ -128,9 +135,13 @@ CONV_CASES = [
 ]
 
 
+def _conv_case_id(c):
+    return "-".join(map(str, c[:6])) + f"-s{c[6]}-p{c[7]}-d{c[8]}-g{c[9]}"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c[:6])) + f"-s{c[6]}-p{c[7]}-d{c[8]}-g{c[9]}")
+@pytest.mark.parametrize("case", CONV_CASES, ids=_conv_case_id)
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_csr_conv2d(device, dtype, case, with_bias):
     n, cin, h, w_, cout, k, stride, padding, dilation, groups, density = case

@@ -2,13 +2,18 @@ import json
 
 import pytest
 import torch
+from helpers import randn
 from torch import nn
 
 import sparse_rt
 from sparse_rt.nn import SparseLinear
-from sparse_rt.plan import SPARSE_EFFICIENCY, FormatSpec, plan_layer, predicted_speedup, regime
-
-from helpers import randn
+from sparse_rt.plan import (
+    SPARSE_EFFICIENCY,
+    FormatSpec,
+    plan_layer,
+    predicted_speedup,
+    regime,
+)
 
 
 def test_regimes():

@@ -5,6 +5,7 @@ examples each in the normal run; HYPOTHESIS_PROFILE=long for a longer search."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DTYPES, assert_close, requires_compiled_ops
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -12,7 +13,6 @@ import sparse_rt
 from sparse_rt import ops
 from sparse_rt.formats import BSR, CSR
 
-from helpers import DTYPES, assert_close, requires_compiled_ops
 
 @st.composite
 def masked_weights(draw, rows=st.integers(0, 12), cols=st.integers(0, 12), dtypes=DTYPES):
@@ -52,7 +52,7 @@ def test_validate_catches_any_out_of_range_column(wm, data):
     i = data.draw(st.integers(0, csr.nnz - 1))
     bad = data.draw(st.one_of(st.integers(-2**31, -1), st.integers(weight.shape[1], 2**31 - 1)))
     csr.col_indices[i] = bad
-    with pytest.raises(ValueError, match=rf"col_indices\[\d+\]=-?\d+ is out of range"):
+    with pytest.raises(ValueError, match=r"col_indices\[\d+\]=-?\d+ is out of range"):
         csr.validate()
     if ops.HAS_COMPILED_OPS:
         with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match="is out of range"):

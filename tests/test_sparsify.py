@@ -1,11 +1,10 @@
 import pytest
 import torch
+from helpers import DEVICES, randn, rel_err
 from torch import nn
 
 import sparse_rt
 from sparse_rt.nn import SparseConv2d, SparseLinear
-
-from helpers import DEVICES, randn, rel_err
 
 
 def _mlp():

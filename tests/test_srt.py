@@ -6,13 +6,18 @@ import sys
 
 import pytest
 import torch
+from helpers import Net, X, make_model, random_masks
 
 import sparse_rt
 from sparse_rt import SparseModel, models
-from sparse_rt.io import (SrtArchError, SrtCorruptError, SrtHeaderError, SrtIntegrityError, SrtVersionError,
-                          read_manifest)
-
-from helpers import X, Net, make_model, random_masks
+from sparse_rt.io import (
+    SrtArchError,
+    SrtCorruptError,
+    SrtHeaderError,
+    SrtIntegrityError,
+    SrtVersionError,
+    read_manifest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +88,8 @@ def test_sparsify_result_saves_and_needs_arch(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_load_maps_the_file(tmp_path, resnet_ckpt):
-    SparseModel.from_checkpoint(resnet_ckpt, "cifar_resnet", arch_kwargs={"depth": 8}, format="csr").save(tmp_path / "m.srt")
+    model = SparseModel.from_checkpoint(resnet_ckpt, "cifar_resnet", arch_kwargs={"depth": 8}, format="csr")
+    model.save(tmp_path / "m.srt")
     values = sparse_rt.load(tmp_path / "m.srt").module.blocks[0].conv1.values
     ptr = values.data_ptr()
     with open("/proc/self/maps") as f:

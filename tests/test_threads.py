@@ -6,11 +6,10 @@ import time
 
 import pytest
 import torch
+from helpers import random_csr, requires_compiled_ops
 from torch import nn
 
 import sparse_rt
-
-from helpers import random_csr, requires_compiled_ops
 
 pytestmark = requires_compiled_ops
 
