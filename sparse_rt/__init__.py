@@ -1,6 +1,6 @@
 """sparse_rt: run pruned PyTorch models on sparse CPU/CUDA kernels."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import formats, nn, ops  # noqa: E402
 from .io import load  # noqa: E402
