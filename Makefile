@@ -18,9 +18,10 @@ STAMP := build/.installed-$(INSTALL_ID)
 INSTALL_INPUTS := pyproject.toml setup.py tools/build_config.py tools/build_flags.json $(shell find csrc)
 install: $(STAMP)
 $(STAMP): $(INSTALL_INPUTS) $(if $(wildcard sparse_rt/_C*.so),,FORCE)
+	@mkdir -p $(@D) && touch $@.new  # the stamp's time is the start: edits made meanwhile count
 	$(PYTHON) tools/build_config.py build-requires --exclude torch | xargs $(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
-	@mkdir -p $(@D) && touch $@
+	@mv $@.new $@
 
 demo: install
 	$(PYTHON) -m sparse_rt demo
