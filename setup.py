@@ -8,6 +8,7 @@ compiled against. Compile flags and the nvcc lookup come from tools/build_config
 """
 
 import glob
+import hashlib
 import importlib.util
 import os
 import sys
@@ -109,12 +110,14 @@ def _extension_and_build_ext():
 
 def _persistent_build_ext(base, torch):
     """base with its object files under build/ rather than in the temporary folder that pip's
-    (editable) wheel builds use, so that a rebuild recompiles only what changed (ninja)."""
+    (editable) wheel builds use, so that a rebuild recompiles only what changed (ninja). One folder
+    per environment (its include folder is on the command line) and torch."""
 
     class BuildExt(base):
         def finalize_options(self):
             if self.build_temp is None:
-                tag = f"{sys.implementation.cache_tag}-torch{torch.__version__}"
+                env = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]
+                tag = f"{sys.implementation.cache_tag}-torch{torch.__version__}-{env}"
                 self.build_temp = os.path.join(ROOT, "build", f"ext-{tag}")
             super().finalize_options()
 
