@@ -2,22 +2,36 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= onnx,bench,test
 DATE := $(shell date -u +%Y-%m-%d)
 
-.PHONY: install demo test test-cpp test-sanitize test-python cuda-check cuda-check-if-available bench bench-report fuzz clean
+.PHONY: install demo test lint test-cpp test-sanitize test-python cuda-check cuda-check-if-available bench bench-report fuzz clean FORCE
 
 # torch is pinned and the extension is built without build isolation, so pip never pulls a second
-# torch (an unpinned one brings gigabytes of CUDA packages).
-install:
-	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -r requirements.txt
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+# torch (an unpinned one brings gigabytes of CUDA packages). The build requirements, the runtime
+# dependencies and the extras are those of pyproject.toml.
+# The install is redone only when its inputs changed: the stamp, one per interpreter, torch pin and
+# extras, is newer than pyproject.toml, setup.py, the build settings and every file and folder under
+# csrc/ (folders: a source added or removed), and the extension is there. `make -B install` forces it.
+INSTALL_ID := $(shell $(PYTHON) -c 'import hashlib, sys; print(hashlib.sha1(repr((sys.prefix, sys.argv[1:])).encode()).hexdigest()[:12])' '$(TORCH_SPEC)' '$(EXTRAS)' 2>/dev/null)
+STAMP := build/.installed-$(INSTALL_ID)
+INSTALL_INPUTS := pyproject.toml setup.py tools/build_config.py tools/build_flags.json $(shell find csrc)
+install: $(STAMP)
+$(STAMP): $(INSTALL_INPUTS) $(if $(wildcard sparse_rt/_C*.so),,FORCE)
+	@mkdir -p $(@D) && touch $@.new  # the stamp's time is the start: edits made meanwhile count
+	$(PYTHON) tools/build_config.py build-requires --exclude torch | xargs $(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
+	@mv $@.new $@
 
 demo: install
 	$(PYTHON) -m sparse_rt demo
 
-# C++ kernel tests (plain and under ASan + UBSan), the nvcc compile check, then the Python suite.
-test: install test-cpp test-sanitize cuda-check-if-available test-python
+# Lint, the C++ kernel tests (plain and under ASan + UBSan), the nvcc compile check, then the Python suite.
+test: install lint test-cpp test-sanitize cuda-check-if-available test-python
+
+# ruff's rules are in pyproject.toml ([tool.ruff]).
+lint: install
+	$(PYTHON) -m ruff check .
 
 test-cpp:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
@@ -32,11 +46,12 @@ test-sanitize:
 test-python:
 	$(PYTHON) -m pytest tests -q
 
+# nvcc, its flags and the architectures (sm_80, sm_90) come from tools/build_config.py.
 cuda-check:
-	$(PYTHON) tools/cuda_check.py --arch 80,90
+	$(PYTHON) tools/cuda_check.py
 
 cuda-check-if-available:
-	@if command -v nvcc > /dev/null || [ -x "$${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then \
+	@if $(PYTHON) tools/build_config.py nvcc > /dev/null 2>&1; then \
 		$(MAKE) --no-print-directory cuda-check; \
 	else echo "cuda-check skipped: nvcc not found"; fi
 

@@ -1,20 +1,42 @@
-"""Build of sparse_rt and its compiled ops, sparse_rt._C.
+"""Build of sparse_rt's compiled ops, sparse_rt._C; the project's metadata is in pyproject.toml.
 
 The CPU kernels are always built. The CUDA kernels and their torch binding are built when the
 installed torch is a CUDA build (torch.version.cuda) and nvcc is found; SPARSE_RT_CUDA=0|1 forces
 either way and SPARSE_RT_CUDA_ARCHS (e.g. "8.0;9.0") picks the architectures. Build without
 isolation (pip install --no-build-isolation ...) so that the torch already installed is the one
-compiled against.
+compiled against. Compile flags and the nvcc lookup come from tools/build_config.py.
 """
 
 import glob
+import hashlib
+import importlib.util
 import os
 import sys
 
-from setuptools import find_packages, setup
-from torch.utils import cpp_extension
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _build_config():
+    """tools/build_config.py, loaded by path (tools/ is not a package and not on sys.path here)."""
+    path = os.path.join(ROOT, "tools", "build_config.py")
+    spec = importlib.util.spec_from_file_location("sparse_rt_build_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        sys.exit("sparse_rt's extension is compiled against the installed torch, and none was found.\n"
+                 "Install torch first, then build without build isolation, e.g.\n"
+                 "    pip install torch==2.13.0\n"
+                 "    pip install --no-build-isolation -e .\n"
+                 "(`make install` does both).")
+    return torch
 
 
 def _sources(*patterns):
@@ -24,13 +46,10 @@ def _sources(*patterns):
     return files
 
 
-def _resolve_cuda():
+def _resolve_cuda(torch, nvcc):
     """Returns (build_cuda, reason)."""
-    import torch
-
     forced = os.environ.get("SPARSE_RT_CUDA")
     torch_cuda = torch.version.cuda
-    nvcc = cpp_extension.CUDA_HOME and os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
     if forced == "0":
         return False, "SPARSE_RT_CUDA=0"
     if forced == "1":
@@ -46,24 +65,28 @@ def _resolve_cuda():
         return False, f"torch {torch.__version__} is a CPU-only build"
     if not nvcc:
         return False, "nvcc not found (set CUDA_HOME)"
-    return True, f"torch CUDA {torch_cuda} and nvcc at {cpp_extension.CUDA_HOME}"
+    return True, f"torch CUDA {torch_cuda} and nvcc at {nvcc}"
 
 
-def _extension():
-    import torch
+def _extension_and_build_ext():
+    """(sparse_rt._C, its build_ext command); the only place torch is imported."""
+    config = _build_config()
+    nvcc = config.find_nvcc()
+    if nvcc and not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        # torch finds its toolkit on import of cpp_extension, in the same order: make it this one.
+        os.environ["CUDA_HOME"] = config.find_cuda_home()
+    torch = _import_torch()
+    from torch.utils import cpp_extension
 
-    build_cuda, reason = _resolve_cuda()
+    build_cuda, reason = _resolve_cuda(torch, nvcc)
     sources = _sources("torch/*.cpp", "torch/cpu/*.cpp", "kernels/cpu/*.cpp")
-    # at::parallel_for is inlined as `omp parallel`: without -fopenmp it would run serially. The
-    # resulting libgomp.so.1 dependency resolves to the copy torch already loaded (one thread pool).
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
-    extra = {"cxx": cxx_flags}
+    extra = {"cxx": config.cxx_flags()}
     define_macros = []
     kind = cpp_extension.CppExtension
     if build_cuda:
         kind = cpp_extension.CUDAExtension
         sources += _sources("kernels/cuda/*.cu", "torch/cuda/*.cu")
-        extra["nvcc"] = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = config.nvcc_flags()
         define_macros.append(("SPARSE_RT_WITH_CUDA", None))
         archs = os.environ.get("SPARSE_RT_CUDA_ARCHS")
         if archs:
@@ -74,23 +97,37 @@ def _extension():
     if build_cuda:
         print(f"  CUDA archs     {os.environ.get('TORCH_CUDA_ARCH_LIST', 'torch default')}")
     print(f"  sources        {len(sources)} files")
-    return kind(
+    extension = kind(
         "sparse_rt._C",
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=config.cxx_link_flags(),
     )
+    return extension, _persistent_build_ext(cpp_extension.BuildExtension.with_options(use_ninja=True), torch)
 
 
-setup(
-    name="sparse_rt",
-    version="0.1.0",
-    description="Sparse inference runtime for PyTorch: pruned checkpoints to fast CPU/CUDA kernels",
-    packages=find_packages(include=["sparse_rt", "sparse_rt.*"]),
-    python_requires=">=3.10",
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["sparse-rt=sparse_rt.cli:main"]},
-)
+def _persistent_build_ext(base, torch):
+    """base with its object files under build/ rather than in the temporary folder that pip's
+    (editable) wheel builds use, so that a rebuild recompiles only what changed (ninja). One folder
+    per environment (its include folder is on the command line) and torch."""
+
+    class BuildExt(base):
+        def finalize_options(self):
+            if self.build_temp is None:
+                env = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]
+                tag = f"{sys.implementation.cache_tag}-torch{torch.__version__}-{env}"
+                self.build_temp = os.path.join(ROOT, "build", f"ext-{tag}")
+            super().finalize_options()
+
+    return BuildExt
+
+
+def main():
+    extension, build_ext = _extension_and_build_ext()
+    setup(ext_modules=[extension], cmdclass={"build_ext": build_ext})
+
+
+if __name__ == "__main__":
+    main()

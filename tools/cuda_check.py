@@ -5,6 +5,8 @@ The kernels are torch-free, so this runs on any machine with the CUDA toolkit (n
 torch). It compiles each file once per architecture with `-Xptxas -v`, prints one line per kernel
 and exits non-zero on a compile error or on any spill store/load. The torch extension's
 __CUDA_NO_HALF_* defines are set so that code relying on implicit half conversions fails here too.
+The nvcc flags, the default architectures and the nvcc lookup are the extension build's
+(tools/build_config.py).
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_config  # noqa: E402  (tools/build_config.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_DIR = REPO / "csrc" / "kernels" / "cuda"
@@ -33,14 +38,8 @@ SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 REGS = re.compile(r"Used (\d+) registers")
 
 
-def find_nvcc(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    for candidate in (os.environ.get("NVCC"), shutil.which("nvcc")):
-        if candidate:
-            return candidate
-    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    return str(Path(cuda_home) / "bin" / "nvcc")
+def find_nvcc(explicit: str | None) -> str | None:
+    return explicit or build_config.find_nvcc()
 
 
 def demangle(names: list[str]) -> dict[str, str]:
@@ -60,7 +59,7 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 def compile_one(nvcc: str, source: Path, arch: str, outdir: Path) -> tuple[Path, str, int, str]:
     cmd = [
-        nvcc, "-c", "-std=c++17", "-O3",
+        nvcc, "-c", *build_config.nvcc_flags(),
         f"-gencode=arch=compute_{arch},code=sm_{arch}",
         "-Xptxas", "-v", *TORCH_DEFINES,
         str(source), "-o", str(outdir / f"{source.stem}.sm_{arch}.o"),
@@ -87,14 +86,16 @@ def parse(log: str) -> list[tuple[str, str, int, int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nvcc", help="nvcc to use (default: $NVCC, PATH, $CUDA_HOME/bin/nvcc)")
-    parser.add_argument("--arch", default="80,90", help="comma-separated SM versions (default 80,90)")
+    default_archs = ",".join(build_config.cuda_check_archs())
+    parser.add_argument("--nvcc", help="nvcc to use (default: $CUDA_HOME/bin/nvcc, PATH, /usr/local/cuda)")
+    parser.add_argument("--arch", default=default_archs, help=f"comma-separated SM versions (default {default_archs})")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel nvcc runs")
     args = parser.parse_args(argv)
 
     nvcc = find_nvcc(args.nvcc)
-    if not Path(nvcc).exists() and not shutil.which(nvcc):
-        print(f"cuda_check: nvcc not found at {nvcc!r} (use --nvcc PATH)", file=sys.stderr)
+    if not nvcc or (not Path(nvcc).exists() and not shutil.which(nvcc)):
+        where = f"at {nvcc!r}" if nvcc else "(set CUDA_HOME)"
+        print(f"cuda_check: nvcc not found {where} (or use --nvcc PATH)", file=sys.stderr)
         return 2
     archs = [a.strip().removeprefix("sm_") for a in args.arch.split(",") if a.strip()]
     sources = sorted(KERNEL_DIR.glob("*.cu"))

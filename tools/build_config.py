@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Build settings of sparse_rt in one place: compile flags (from build_flags.json) and the nvcc lookup.
+
+Used by setup.py, tools/cuda_check.py and the Makefile; CMakeLists.txt reads build_flags.json itself.
+Standard library only, so that it runs before anything is installed. From the shell:
+
+    python tools/build_config.py nvcc            # path of nvcc, exit status 1 when there is none
+    python tools/build_config.py flags           # the resolved flags as JSON
+    python tools/build_config.py build-requires  # pyproject's [build-system] requires, one a line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS_FILE = Path(__file__).resolve().with_name("build_flags.json")
+
+
+def _flags() -> dict:
+    with open(FLAGS_FILE, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def std_flag() -> str:
+    """-std=c++N of the host and the CUDA code."""
+    return f"-std=c++{_flags()['cxx_standard']}"
+
+
+def cxx_flags() -> list[str]:
+    """g++ flags of the extension's C++ sources."""
+    return [std_flag(), *_flags()["cxx"]]
+
+
+def cxx_link_flags() -> list[str]:
+    return list(_flags()["cxx_link"])
+
+
+def nvcc_flags() -> list[str]:
+    """nvcc flags of every .cu file (the extension and tools/cuda_check.py)."""
+    return [std_flag(), *_flags()["nvcc"]]
+
+
+def cuda_check_archs() -> list[str]:
+    return list(_flags()["cuda_check_archs"])
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit the build and the check use, found as torch.utils.cpp_extension finds it:
+    $CUDA_HOME or $CUDA_PATH, else the folder above the bin/ of the nvcc on PATH, else /usr/local/cuda
+    when it exists. setup.py exports it as CUDA_HOME, so torch compiles with this same toolkit."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        return home
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(nvcc))
+    return "/usr/local/cuda" if os.path.exists("/usr/local/cuda") else None
+
+
+def find_nvcc() -> str | None:
+    """Path of the toolkit's nvcc, or None when there is none."""
+    home = find_cuda_home()
+    nvcc = os.path.join(home, "bin", "nvcc") if home else None
+    return nvcc if nvcc and os.path.isfile(nvcc) and os.access(nvcc, os.X_OK) else None
+
+
+def build_requires(exclude: tuple[str, ...] = ()) -> list[str]:
+    """[build-system] requires of pyproject.toml, less the named projects."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    try:
+        import tomllib
+
+        requires = tomllib.loads(text)["build-system"]["requires"]
+    except ModuleNotFoundError:  # Python 3.10: the array is a flat list of strings
+        block = re.search(r"^\[build-system\][^\[]*?requires\s*=\s*\[(.*?)\]", text, re.S | re.M)
+        requires = re.findall(r"\"([^\"]+)\"", block.group(1)) if block else []
+    name = re.compile(r"^[A-Za-z0-9._-]+")
+    skip = {e.lower() for e in exclude}
+    return [r for r in requires if name.match(r).group(0).lower() not in skip]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("nvcc", help="print the path of nvcc; exit status 1 when there is none")
+    sub.add_parser("flags", help="print the resolved compile flags as JSON")
+    req = sub.add_parser("build-requires", help="print pyproject's build requirements, one a line")
+    req.add_argument("--exclude", action="append", default=[], help="leave out this project (repeatable)")
+    args = parser.parse_args(argv)
+
+    if args.command == "nvcc":
+        nvcc = find_nvcc()
+        if not nvcc:
+            print("nvcc not found (set CUDA_HOME or put nvcc on PATH)", file=sys.stderr)
+            return 1
+        print(nvcc)
+    elif args.command == "flags":
+        print(json.dumps({"cxx": cxx_flags(), "cxx_link": cxx_link_flags(), "nvcc": nvcc_flags(),
+                          "cuda_check_archs": cuda_check_archs()}, indent=2))
+    else:
+        print("\n".join(build_requires(tuple(args.exclude))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
