@@ -29,9 +29,10 @@ demo: install
 # Lint, the C++ kernel tests (plain and under ASan + UBSan), the nvcc compile check, then the Python suite.
 test: install lint test-cpp test-sanitize cuda-check-if-available test-python
 
-# ruff's rules are in pyproject.toml ([tool.ruff]).
+# ruff's rules are in pyproject.toml ([tool.ruff]); the package's import layers in .importlinter.
 lint: install
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -c 'from importlinter.cli import lint_imports_command; lint_imports_command()' --no-cache
 
 test-cpp:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
