@@ -2,17 +2,22 @@
 
 import json
 import os
+import subprocess
 import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import Net, X, make_model, random_masks
+from helpers import Net, X, forge_srt, make_model, random_masks
 
 import sparse_rt
 from sparse_rt import SparseModel, models
 from sparse_rt.io import (
     SrtArchError,
     SrtCorruptError,
+    SrtError,
     SrtHeaderError,
     SrtIntegrityError,
     SrtVersionError,
@@ -86,16 +91,95 @@ def test_sparsify_result_saves_and_needs_arch(tmp_path):
         sparse_rt.load(tmp_path / "s.srt", arch="cifar_resnet", arch_kwargs={"depth": 8})
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_load_maps_the_file(tmp_path, resnet_ckpt):
+def _run_python(code, *args, memory_gib=4, timeout=120):
+    """Runs `code` in a child Python (argv[1:] = args) under a memory cap, so that a crash (SIGBUS,
+    SIGSEGV) or an allocation without bound fails this test instead of killing or swapping the run."""
+    setup = ("import resource\n"
+             f"resource.setrlimit(resource.RLIMIT_AS, ({memory_gib << 30}, {memory_gib << 30}))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    return subprocess.run([sys.executable, "-c", setup + textwrap.dedent(code), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_loaded_model_does_not_change_with_its_file(tmp_path, resnet_ckpt):
+    # Loaded tensors used to stay mapped from the file: truncating or rewriting it in place gave
+    # SIGBUS or silently different weights on the next forward.
     model = SparseModel.from_checkpoint(resnet_ckpt, "cifar_resnet", arch_kwargs={"depth": 8}, format="csr")
     model.save(tmp_path / "m.srt")
-    values = sparse_rt.load(tmp_path / "m.srt").module.blocks[0].conv1.values
-    ptr = values.data_ptr()
-    with open("/proc/self/maps") as f:
-        mapped = [line.split()[-1] for line in f
-                  if int(line.split()[0].split("-")[0], 16) <= ptr < int(line.split()[0].split("-")[1], 16)]
-    assert mapped == [str(tmp_path / "m.srt")]
+    child = _run_python("""
+        import sys, torch, sparse_rt
+        path = sys.argv[1]
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        model = sparse_rt.load(path)
+        with torch.inference_mode():
+            before = model(x)
+            size = len(open(path, "rb").read())
+            with open(path, "r+b") as f:
+                f.truncate(0)
+            after_truncation = model(x)
+            with open(path, "r+b") as f:
+                f.write(bytes([255]) * size)
+            after_rewrite = model(x)
+        assert torch.equal(before, after_truncation) and torch.equal(before, after_rewrite)
+        print("unchanged")
+    """, tmp_path / "m.srt")
+    assert child.returncode == 0 and "unchanged" in child.stdout, (child.returncode, child.stderr[-2000:])
+
+
+def test_load_while_the_file_is_replaced_reads_one_file(tmp_path):
+    # The loader used to open the path up to three times: a file replaced meanwhile mixed one
+    # file's manifest with the other's tensors. Every load must be one file's model, or an SrtError.
+    files = []
+    for i, amount in enumerate((0.5, 0.9)):
+        model = sparse_rt.sparsify(sparse_rt.magnitude_prune(make_model(), amount), format="csr")
+        model.save(tmp_path / f"{i}.srt")
+        files.append(sparse_rt.load(tmp_path / f"{i}.srt", arch="helpers:Net"))
+    path = tmp_path / "m.srt"
+    path.write_bytes((tmp_path / "0.srt").read_bytes())
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import os, sys, time
+        path, blobs = sys.argv[1], [open(p, "rb").read() for p in sys.argv[2:]]
+        end, i = time.monotonic() + 3, 0
+        while time.monotonic() < end:
+            with open(path + ".tmp", "wb") as f:
+                f.write(blobs[i % 2])
+            os.replace(path + ".tmp", path)
+            i += 1
+    """), str(path), str(tmp_path / "0.srt"), str(tmp_path / "1.srt")])
+    loads = 0
+    try:
+        while writer.poll() is None:
+            try:
+                loaded = sparse_rt.load(path, arch="helpers:Net")
+            except SrtError:
+                continue
+            loads += 1
+            state = loaded.state_dict()
+            assert any(list(f.summary()) == list(loaded.summary()) and f.state_dict().keys() == state.keys()
+                       and all(torch.equal(v, state[k]) for k, v in f.state_dict().items()) for f in files)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert loads > 20
+
+
+def test_bert_buffers_the_file_does_not_store_are_rebuilt(tmp_path):
+    # The architecture is rebuilt on the meta device; non-persistent buffers (position_ids) come
+    # from the constructor, not from the file.
+    kwargs = dict(layers=1, hidden=32, heads=2, intermediate=64, vocab_size=50, max_position=16)
+    torch.manual_seed(0)
+    torch.save(sparse_rt.magnitude_prune(models.create("bert_encoder", **kwargs), 0.8).state_dict(),
+               tmp_path / "bert.pt")
+    model = SparseModel.from_checkpoint(tmp_path / "bert.pt", "bert_encoder", arch_kwargs=kwargs, format="csr")
+    model.save(tmp_path / "bert.srt")
+    loaded = sparse_rt.load(tmp_path / "bert.srt")
+    assert not any(t.is_meta for t in [*loaded.module.parameters(), *loaded.module.buffers()])
+    assert torch.equal(loaded.module.embeddings.position_ids, model.module.embeddings.position_ids)
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.inference_mode():
+        assert torch.equal(loaded.module.embed(ids), model.module.embed(ids))
+        hidden = torch.randn(2, 9, 32)
+        assert torch.equal(loaded(hidden), model(hidden))
 
 
 @pytest.fixture
