@@ -39,7 +39,6 @@ KINDS = ("model", "ensemble")
 # byte of the file (99.9%-sparse fp16 layers need about 170).
 MAX_ARCH_ELEMENTS_PER_BYTE = 256
 _SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary)}
-_REQUIRED_SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary) if f.default is dataclasses.MISSING}
 
 
 def save(obj: Union[SparseModel, SparseEnsemble], path: Union[str, os.PathLike]) -> None:
@@ -180,8 +179,8 @@ def rebuild_arch(spec: Optional[dict], path: str, arch: Union[nn.Module, str, No
                            "pass arch= (the module, a zoo name or 'pkg.module:factory') to load it")
     if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
             and isinstance(spec.get("kwargs") or {}, dict) and _is_plain_json(spec.get("kwargs"))):
-        raise SrtHeaderError(f"{path}: the manifest's architecture record is malformed (its keyword arguments "
-                             f"must be JSON values with finite numbers of at most 64 bits): {str(spec)[:200]}")
+        raise SrtHeaderError(f"{path}: the manifest's architecture record is malformed: {str(spec)[:200]} (a name, "
+                             "and keyword arguments of JSON values with finite numbers of at most 64 bits)")
     if is_import_string(spec["name"]) and not trust_arch:
         raise SrtArchError(f"{path} builds its architecture by importing {spec['name']!r}, which runs code: "
                            "pass trust_arch=True (CLI: --trust-arch) if you trust the file, or arch=")
@@ -275,14 +274,32 @@ def _restore_unstored_buffers(module, spec):
 
 
 def _layer_records(manifest, path):
-    """The manifest's per-layer records, each checked to be a dict with every summary field."""
+    """The manifest's per-layer records, each checked to be a dict with every summary field of its type."""
     records = manifest["layers"]
     for i, record in enumerate(records):
-        missing = _REQUIRED_SUMMARY_FIELDS - set(record) if isinstance(record, dict) else _REQUIRED_SUMMARY_FIELDS
-        if missing or not isinstance(record["name"], str) or not isinstance(record["shape"], list):
-            raise SrtHeaderError(f"{path}: malformed manifest record {i} (missing or mistyped: "
-                                 f"{sorted(missing) or ['name', 'shape']})")
+        if not isinstance(record, dict):
+            raise SrtHeaderError(f"{path}: malformed manifest record {i} (not a JSON object)")
+        mistyped = [field for field, check in _SUMMARY_FIELD_CHECKS.items() if not check(record.get(field))]
+        if str(record.get("format")).startswith("bsr") and not _is_pair_of_ints(record.get("blocksize")):
+            mistyped.append("blocksize")
+        if mistyped:
+            raise SrtHeaderError(f"{path}: malformed manifest record {i} (missing or mistyped: {mistyped})")
     return records
+
+
+def _is_int(value):
+    return type(value) is int
+
+
+def _is_pair_of_ints(value):
+    return isinstance(value, list) and len(value) == 2 and all(map(_is_int, value))
+
+
+_SUMMARY_FIELD_CHECKS = {
+    "name": lambda v: isinstance(v, str), "kind": lambda v: isinstance(v, str),
+    "shape": lambda v: isinstance(v, list) and all(map(_is_int, v)),
+    "density": lambda v: type(v) in (int, float) and math.isfinite(v), "format": lambda v: isinstance(v, str),
+    "dense_bytes": _is_int, "sparse_bytes": _is_int, "reason": lambda v: isinstance(v, str)}
 
 
 def _summary_row(record):

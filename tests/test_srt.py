@@ -13,6 +13,7 @@ import torch
 from helpers import Net, X, forge_srt, make_model, random_masks
 
 import sparse_rt
+from sparse_rt.io import srt
 from sparse_rt import SparseModel, models
 from sparse_rt.io import (
     SrtArchError,
@@ -283,3 +284,117 @@ def test_failed_save_leaves_no_partial_file(tmp_path, srt_file, monkeypatch):
         other.save(tmp_path / "new.srt")
     assert srt_file.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.srt"]
+
+
+def _padded(header, manifest, body, nbytes):
+    """Adds a tensor of `nbytes` to the file: a forger's way to raise the size-based bounds."""
+    end = len(body)
+    header["pad"] = {"dtype": "U8", "shape": [nbytes], "data_offsets": [end, end + nbytes]}
+    body.extend(bytes(nbytes))
+
+
+def test_forged_architecture_is_refused_before_it_is_allocated(tmp_path, srt_file):
+    # A 1 MiB file naming wrn-10-118 (1.03e9 elements) passed the old bound of 1024 elements per
+    # byte and was then built for real: 4 GiB, a RuntimeError under a 3 GiB cap.
+    def forge(header, manifest, body):
+        _padded(header, manifest, body, (1 << 20) - srt_file.stat().st_size)
+        manifest["arch"] = {"name": "wrn", "kwargs": {"depth": 10, "widen_factor": 118}}
+
+    forge_srt(srt_file, tmp_path / "forged.srt", forge)
+    child = _run_python("""
+        import sys, sparse_rt
+        from sparse_rt.io import SrtArchError
+        try:
+            sparse_rt.load(sys.argv[1])
+        except SrtArchError as e:
+            print("refused:", e)
+    """, tmp_path / "forged.srt", memory_gib=3)
+    assert child.returncode == 0 and "is larger than the file can hold" in child.stdout, child.stderr[-2000:]
+
+
+def _empty_tensors_header(count):
+    table = ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(count))
+    return ('{' + table + ',"__metadata__":{"sparse_rt":"{}"}}').encode()
+
+
+@pytest.mark.parametrize("count,message", [
+    (900_000, r"header length \d+ exceeds the 8388608-byte limit"),  # 57 MiB: 56-78 s before
+    (srt.MAX_TENSORS + 1, r"32769 tensors exceed the limit of 32768"),
+])
+def test_hostile_header_is_refused_cheaply(tmp_path, count, message):
+    head = _empty_tensors_header(count)
+    (tmp_path / "h.srt").write_bytes(len(head).to_bytes(8, "little") + head)
+    started = time.perf_counter()
+    with pytest.raises(SrtHeaderError, match=message):
+        sparse_rt.load(tmp_path / "h.srt", arch=Net())
+    assert time.perf_counter() - started < 1
+
+
+def _nested(depth):
+    return "[" * depth + "]" * depth
+
+
+def _ensemble_srt(tmp_path):
+    ensemble = sparse_rt.SparseEnsemble.from_models(
+        [sparse_rt.magnitude_prune(models.create("cifar_resnet", depth=8), 0.8) for _ in range(2)], fuse=False)
+    for member in ensemble.members:
+        member.arch_spec = {"name": "cifar_resnet", "kwargs": {"depth": 8}}
+    ensemble.save(tmp_path / "ens.srt")
+    return tmp_path / "ens.srt"
+
+
+def _edit_raw_manifest(path, edit):
+    """Replaces the manifest's JSON text by edit(text), unsigned: for text json.dumps cannot write."""
+    header, data = _split(path)
+    header["__metadata__"]["sparse_rt"] = edit(header["__metadata__"]["sparse_rt"])
+    _write(path, header, data)
+
+
+def _signed(edit):
+    return lambda path: forge_srt(path, path, lambda header, manifest, body: edit(header, manifest))
+
+
+def _entry(header, suffix):
+    return header[next(name for name in header if name.startswith("0.") and name.endswith(suffix))]
+
+
+def _arch(**kwargs):
+    return _signed(lambda h, m: m.update(arch={"name": "mobilenet_v2", "kwargs": kwargs}))
+
+
+def _members(edit):
+    return _signed(lambda h, m: edit(m["ensemble"]))
+
+
+@pytest.mark.parametrize("ensemble,forge,error,message", [
+    (False, lambda p: _edit_raw_manifest(p, lambda t: t[:-1] + ',"deep":' + _nested(100_000) + "}"),
+     SrtHeaderError, r"the sparse_rt manifest is not valid JSON \(RecursionError"),
+    (False, lambda p: p.write_bytes((100_000).to_bytes(8, "little") + b"[" * 100_000),
+     SrtHeaderError, r"header is not valid JSON \(RecursionError"),
+    (False, lambda p: _edit_raw_manifest(p, lambda t: t[:-1] + ',"big":' + "9" * 5000 + "}"),
+     SrtHeaderError, r"manifest is not valid JSON \(ValueError: Exceeds the limit"),
+    (False, _arch(width_mult=float("inf")), SrtHeaderError, r"finite numbers of at most 64 bits"),
+    (False, _arch(width_mult=float("nan")), SrtHeaderError, r"finite numbers"),
+    (False, _arch(width_mult=1e300), SrtArchError, r"cannot rebuild the architecture"),
+    (False, _arch(num_classes=10**30), SrtHeaderError, r"finite numbers of at most 64 bits"),
+    (False, _signed(lambda h, m: m["layers"][0].update(format="bsr4x4")), SrtHeaderError,
+     r"malformed manifest record 0"),
+    (False, _signed(lambda h, m: m["layers"][0].update(density="x")), SrtHeaderError, r"malformed manifest record 0"),
+    (True, _members(lambda e: e.update(combine=["mean_prob"])), SrtHeaderError, r"combine rule .* is none of"),
+    (True, _members(lambda e: e.update(combine=5)), SrtHeaderError, r"combine rule .* is none of"),
+    (True, _members(lambda e: e["members"][0].update(source=7)), SrtHeaderError, r"ensemble record is malformed"),
+    (True, _members(lambda e: e["members"][0].update(arch={"name": "wrn", "kwargs": [1]})), SrtHeaderError,
+     r"architecture record is malformed"),
+    (True, _signed(lambda h, m: _entry(h, ".running_mean").update(dtype="X9")), SrtHeaderError,
+     r"tensor '0\.\S+running_mean' has a malformed header entry"),
+    (True, _signed(lambda h, m: _entry(h, ".running_mean").update(shape=[1, 2])), SrtCorruptError,
+     r"tensor '0\.\S+running_mean' of shape \[1, 2\] .* do not match its size"),
+    (True, _signed(lambda h, m: _entry(h, ".running_mean").update(data_offsets=[0, 2**70])), SrtCorruptError,
+     r"takes bytes \[0, 1180591620717411303424\)"),
+])
+def test_forged_manifests_raise_srt_errors(tmp_path, srt_file, ensemble, forge, error, message):
+    # Each used to escape as RecursionError, ValueError, OverflowError, TypeError or SafetensorError.
+    path = _ensemble_srt(tmp_path) if ensemble else srt_file
+    forge(path)
+    with pytest.raises(error, match=message):
+        sparse_rt.load(path)

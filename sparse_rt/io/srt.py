@@ -31,10 +31,10 @@ from .atomic import atomic_write
 FORMAT = "sparse_rt.srt"
 FORMAT_VERSION = 1
 MANIFEST_KEY = "sparse_rt"
-# A model has at most a few thousand tensors, an ensemble of many members a few tens of thousands;
-# a tensor takes under 256 header bytes (its table entry and its share of the manifest). Bounding
-# both keeps a hostile header cheap to refuse: parsing 16 MiB of JSON takes a fraction of a second.
-MAX_TENSORS = 1 << 16
+# A model has at most a few thousand tensors (BERT-base: ~350), an ensemble of a hundred members a
+# few tens of thousands; a tensor takes under 256 header bytes (its table entry and its share of
+# the manifest). Both bounds keep a hostile header cheap: it is refused before or by parsing 8 MiB.
+MAX_TENSORS = 1 << 15
 MAX_HEADER_BYTES = 256 * MAX_TENSORS
 _DIGESTS = ("tensors_sha256", "header_sha256")
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -175,6 +175,11 @@ def _parse_json(text, what, path):
 
 
 def _parse_header(raw, path):
+    # Counting the entries' keys in the raw bytes refuses a table of too many tensors before the
+    # (far costlier) parse; the count after parsing is the exact check.
+    counted = raw.count(b'"data_offsets"')
+    if counted > MAX_TENSORS:
+        raise SrtHeaderError(f"{path}: {counted} tensors exceed the limit of {MAX_TENSORS}")
     header = _parse_json(raw, "header", path)
     if not isinstance(header, dict):
         raise SrtHeaderError(f"{path}: header is not a JSON object")
@@ -194,28 +199,25 @@ def _parse_header(raw, path):
 def _check_tensor_table(header, path):
     """Each entry names a known dtype, a shape of non-negative ints and the byte range that shape
     needs; the ranges tile the data section in order, as safetensors writes them."""
-    end = 0
-    for name, entry in sorted(header.items(), key=lambda item: _offsets(item[1]) or (-1, -1)):
-        offsets = _offsets(entry)
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        dtype = _DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) and isinstance(entry.get("dtype"), str) \
-            else None
-        if not (offsets and dtype is not None and isinstance(shape, list)
-                and all(type(d) is int and d >= 0 for d in shape)):
+    ranges = []
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and entry["dtype"] in _DTYPES
+                and _is_list_of_sizes(entry.get("shape")) and _is_list_of_sizes(entry.get("data_offsets"))
+                and len(entry["data_offsets"]) == 2 and entry["data_offsets"][0] <= entry["data_offsets"][1]):
             raise SrtHeaderError(f"{path}: tensor {name!r} has a malformed header entry: {str(entry)[:200]}")
-        if offsets[0] != end or offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
-            raise SrtCorruptError(f"{path}: tensor {name!r} of shape {shape} and dtype {entry['dtype']} takes "
-                                  f"bytes {offsets}, which do not follow the previous tensor's end {end} "
-                                  "or do not match its size")
-        end = offsets[1]
+        ranges.append((*entry["data_offsets"], name))
+    end = 0
+    for start, stop, name in sorted(ranges):
+        entry = header[name]
+        if start != end or stop - start != math.prod(entry["shape"]) * _DTYPES[entry["dtype"]].itemsize:
+            raise SrtCorruptError(f"{path}: tensor {name!r} of shape {entry['shape']} and dtype {entry['dtype']} "
+                                  f"takes bytes [{start}, {stop}), which do not follow the previous tensor's end "
+                                  f"{end} or do not match its size")
+        end = stop
 
 
-def _offsets(entry):
-    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-    if isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets) \
-            and 0 <= offsets[0] <= offsets[1]:
-        return tuple(offsets)
-    return None
+def _is_list_of_sizes(value):
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
 
 
 def _tensors(header, data):
