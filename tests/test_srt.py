@@ -13,7 +13,6 @@ import torch
 from helpers import Net, X, forge_srt, make_model, random_masks
 
 import sparse_rt
-from sparse_rt.io import srt
 from sparse_rt import SparseModel, models
 from sparse_rt.io import (
     SrtArchError,
@@ -23,6 +22,7 @@ from sparse_rt.io import (
     SrtIntegrityError,
     SrtVersionError,
     read_manifest,
+    srt,
 )
 
 
