@@ -12,6 +12,7 @@ the combine rule and each member's architecture and source.
 
 import copy
 import dataclasses
+import math
 import os
 import threading
 from typing import Optional, Tuple, Union
@@ -25,6 +26,7 @@ from torch.nn.modules.module import (
 
 from .arch import ArchitectureError, build_arch, is_import_string
 from .ensemble import SparseEnsemble
+from .ensemble.combine import COMBINE_RULES
 from .formats import BSR, CSR
 from .io import srt
 from .io.srt import SrtArchError, SrtError, SrtHeaderError
@@ -35,9 +37,8 @@ from .nn.surgery import replace_submodule
 KINDS = ("model", "ensemble")
 # An architecture rebuilt from a manifest may hold at most this many dense parameter elements per
 # byte of the file (99.9%-sparse fp16 layers need about 170).
-MAX_ARCH_ELEMENTS_PER_BYTE = 1024
+MAX_ARCH_ELEMENTS_PER_BYTE = 256
 _SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary)}
-_REQUIRED_SUMMARY_FIELDS = {f.name for f in dataclasses.fields(LayerSummary) if f.default is dataclasses.MISSING}
 
 
 def save(obj: Union[SparseModel, SparseEnsemble], path: Union[str, os.PathLike]) -> None:
@@ -77,8 +78,12 @@ def ensemble_record(manifest: dict, path: str) -> dict:
     """{"combine", "members": [{"arch", "source"}]} of an ensemble file."""
     record = manifest.get("ensemble") if "kind" in manifest else _legacy_ensemble_record(manifest)
     if not (isinstance(record, dict) and isinstance(record.get("members"), list) and record["members"]
-            and all(isinstance(m, dict) for m in record["members"])):
+            and all(isinstance(m, dict) and isinstance(m.get("source"), (dict, type(None)))
+                    for m in record["members"])):
         raise SrtHeaderError(f"{path}: the manifest's ensemble record is malformed")
+    if record.get("combine") not in COMBINE_RULES:
+        raise SrtHeaderError(f"{path}: the ensemble's combine rule {str(record.get('combine'))[:100]!r} is none of "
+                             f"{', '.join(COMBINE_RULES)}")
     return record
 
 
@@ -116,14 +121,17 @@ def load(path: Union[str, os.PathLike], arch: Union[nn.Module, str, None] = None
     The architecture is rebuilt from the manifest (a zoo name; an import string only with
     `trust_arch=True`, since importing runs code), or from `arch` (an nn.Module, a zoo name or
     "pkg.module:factory", with `arch_kwargs`), which files converted from a module instance need.
-    Tensors stay mapped from the file. Raises an SrtError subclass for a bad file.
+    The file is read once into memory: the model's tensors are copies, unaffected by later changes
+    to the file. Raises an SrtError subclass for a bad file.
     """
     path = os.fspath(path)
-    manifest = srt.read_manifest(path)
-    if artifact_kind(manifest, path) == "ensemble":
-        return _load_ensemble(path, manifest, arch, arch_kwargs, trust_arch)
-    module, spec = rebuild_arch(manifest.get("arch"), path, arch, arch_kwargs, trust_arch)
-    return _load_model(path, manifest, module, spec)
+    contents = srt.read(path)
+    if artifact_kind(contents.manifest, path) == "ensemble":
+        return _load_ensemble(path, contents, arch, arch_kwargs, trust_arch)
+    module, spec = rebuild_arch(contents.manifest.get("arch"), path, arch, arch_kwargs, trust_arch, contents)
+    model = _load_model(path, contents, module, spec)
+    _restore_unstored_buffers(model.module, spec)
+    return model
 
 
 def load_ensemble(path: Union[str, os.PathLike], arch: Union[nn.Module, str, None] = None, *,
@@ -131,22 +139,23 @@ def load_ensemble(path: Union[str, os.PathLike], arch: Union[nn.Module, str, Non
                   fuse: bool = True) -> SparseEnsemble:
     """Reads an ensemble .srt; arguments as load, `combine` overrides the recorded rule."""
     path = os.fspath(path)
-    manifest = srt.read_manifest(path)
-    if artifact_kind(manifest, path) != "ensemble":
+    contents = srt.read(path)
+    if artifact_kind(contents.manifest, path) != "ensemble":
         raise SrtHeaderError(f"{path} holds a single model, not an ensemble: read it with sparse_rt.load")
-    return _load_ensemble(path, manifest, arch, arch_kwargs, trust_arch, combine, fuse)
+    return _load_ensemble(path, contents, arch, arch_kwargs, trust_arch, combine, fuse)
 
 
-def _load_ensemble(path, manifest, arch, arch_kwargs, trust_arch, combine=None, fuse=True):
-    record = ensemble_record(manifest, path)
+def _load_ensemble(path, contents, arch, arch_kwargs, trust_arch, combine=None, fuse=True):
+    record = ensemble_record(contents.manifest, path)
     modules, specs = [], []
     for member in record["members"]:
-        module, spec = rebuild_arch(member.get("arch"), path, arch, arch_kwargs, trust_arch)
+        module, spec = rebuild_arch(member.get("arch"), path, arch, arch_kwargs, trust_arch, contents)
         modules.append(module)
         specs.append(spec)
-    whole = _load_model(path, manifest, nn.ModuleList(modules), None)
+    whole = _load_model(path, contents, nn.ModuleList(modules), None)
     members = []
     for i, (module, spec, member) in enumerate(zip(whole.module, specs, record["members"])):
+        _restore_unstored_buffers(module, spec)
         prefix = f"{i}."
         rows = [dataclasses.replace(r, name=r.name[len(prefix):]) for r in whole.summary() if r.name.startswith(prefix)]
         members.append(SparseModel(module, Summary(rows), arch_spec=spec, source=member.get("source")).eval())
@@ -154,11 +163,14 @@ def _load_ensemble(path, manifest, arch, arch_kwargs, trust_arch, combine=None, 
 
 
 def rebuild_arch(spec: Optional[dict], path: str, arch: Union[nn.Module, str, None] = None,
-                 arch_kwargs: Optional[dict] = None, trust_arch: bool = False) -> Tuple[nn.Module, Optional[dict]]:
+                 arch_kwargs: Optional[dict] = None, trust_arch: bool = False,
+                 contents: Optional[srt.SrtContents] = None) -> Tuple[nn.Module, Optional[dict]]:
     """(module, spec) of the architecture a file records (`spec`), or of `arch` when given (an
     nn.Module is copied: the caller's module stays as it was). A recorded import string is
-    imported only with `trust_arch`, and a recorded architecture is first built on the meta device
-    to check that it is no larger than the file can hold."""
+    imported only with `trust_arch`. A recorded architecture is built on the meta device, checked
+    to be no larger than the file (`contents`, read by srt.read) can hold, and returned there: the
+    file's tensors replace its parameters and persistent buffers at load, so the dense weights of
+    its sparse layers are never allocated."""
     if arch is not None:
         module, given = build_arch(arch, arch_kwargs)
         return (copy.deepcopy(module) if given is None else module), given or spec
@@ -166,28 +178,43 @@ def rebuild_arch(spec: Optional[dict], path: str, arch: Union[nn.Module, str, No
         raise SrtArchError(f"{path} was converted from an nn.Module instance, which a file cannot record: "
                            "pass arch= (the module, a zoo name or 'pkg.module:factory') to load it")
     if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
-            and isinstance(spec.get("kwargs") or {}, dict)):
-        raise SrtHeaderError(f"{path}: the manifest's architecture record is malformed: {spec!r}")
+            and isinstance(spec.get("kwargs") or {}, dict) and _is_plain_json(spec.get("kwargs"))):
+        raise SrtHeaderError(f"{path}: the manifest's architecture record is malformed: {str(spec)[:200]} (a name, "
+                             "and keyword arguments of JSON values with finite numbers of at most 64 bits)")
     if is_import_string(spec["name"]) and not trust_arch:
         raise SrtArchError(f"{path} builds its architecture by importing {spec['name']!r}, which runs code: "
                            "pass trust_arch=True (CLI: --trust-arch) if you trust the file, or arch=")
+    # The keyword arguments come from the file: whatever the factory makes of them is the file's fault.
     try:
-        _check_arch_size(spec["name"], spec.get("kwargs"), path)
-        return build_arch(spec["name"], spec.get("kwargs"))
-    except ArchitectureError as e:
-        raise SrtArchError(f"{path}: cannot rebuild the architecture: {e}") from None
+        return _build_on_meta(spec["name"], spec.get("kwargs"), path, contents), spec
+    except (ArchitectureError, ArithmeticError, RuntimeError) as e:
+        raise SrtArchError(f"{path}: cannot rebuild the architecture: {type(e).__name__}: {e}") from None
+
+
+def _is_plain_json(value, depth=0):
+    """True for JSON values whose numbers are finite floats or ints within 64 bits (json accepts
+    Infinity, NaN and ints of thousands of digits, which architecture factories do not expect)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return -(1 << 63) <= value < (1 << 63)
+    if isinstance(value, (list, dict)):
+        items = value.values() if isinstance(value, dict) else value
+        return depth < 8 and all(_is_plain_json(v, depth + 1) for v in items)
+    return value is None or isinstance(value, str)
 
 
 class _TooLarge(Exception):
     pass
 
 
-def _check_arch_size(name, kwargs, path):
+def _build_on_meta(name, kwargs, path, contents):
     """Builds the manifest's architecture on the meta device (no memory), stopping it as soon as it
     registers more tensors or elements than the file can account for: its keyword arguments come
-    from the file, and one like depth=2**31 would otherwise allocate without bound."""
-    max_tensors = 2 * srt.tensor_count(path) + 64  # sparse layers store more tensors than dense ones
-    max_elements = MAX_ARCH_ELEMENTS_PER_BYTE * os.path.getsize(path) + (1 << 20)
+    from the file, and one like depth=2**31 would otherwise build without bound. The element bound
+    also bounds the real build that restores buffers the file does not store (_restore_unstored_buffers)."""
+    max_tensors = 2 * len(contents.tensors) + 64  # sparse layers store more tensors than dense ones
+    max_elements = MAX_ARCH_ELEMENTS_PER_BYTE * contents.file_size + (1 << 20)
     owner, seen = threading.get_ident(), [0, 0]
 
     def count(module, name, tensor):  # the hooks are global: count this thread's build only
@@ -200,7 +227,7 @@ def _check_arch_size(name, kwargs, path):
     hooks = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
     try:
         with torch.device("meta"):
-            build_arch(name, kwargs)
+            return build_arch(name, kwargs)[0]
     except _TooLarge:
         raise SrtArchError(f"{path}: the architecture {name!r} with {kwargs} is larger than the file can hold "
                            f"(over {max_tensors} tensors or {max_elements} elements): refusing to build it") from None
@@ -209,9 +236,9 @@ def _check_arch_size(name, kwargs, path):
             hook.remove()
 
 
-def _load_model(path, manifest, module, spec):
+def _load_model(path, contents, module, spec):
     """The whole file as one SparseModel of `module` (an ensemble file: its members in one nn.ModuleList)."""
-    tensors = srt.read_tensors(path)
+    manifest, tensors = contents.manifest, contents.tensors
     records = _layer_records(manifest, path)
     for record in records:
         if record["format"] == "dense":
@@ -233,15 +260,46 @@ def _load_model(path, manifest, module, spec):
     return SparseModel(module, Summary(rows), arch_spec=spec, source=manifest.get("source")).eval()
 
 
+def _restore_unstored_buffers(module, spec):
+    """Buffers a file does not store (non-persistent ones, like BERT's position_ids) are still on
+    the meta device after loading: the constructor computes them, so take them from a real build
+    (of a size _build_on_meta bounded)."""
+    unstored = [name for name, buffer in module.named_buffers() if buffer.is_meta]
+    if not unstored or spec is None:
+        return
+    built, _ = build_arch(spec["name"], spec.get("kwargs"))
+    for name in unstored:
+        owner, _, attr = name.rpartition(".")
+        module.get_submodule(owner).register_buffer(attr, built.get_buffer(name), persistent=False)
+
+
 def _layer_records(manifest, path):
-    """The manifest's per-layer records, each checked to be a dict with every summary field."""
+    """The manifest's per-layer records, each checked to be a dict with every summary field of its type."""
     records = manifest["layers"]
     for i, record in enumerate(records):
-        missing = _REQUIRED_SUMMARY_FIELDS - set(record) if isinstance(record, dict) else _REQUIRED_SUMMARY_FIELDS
-        if missing or not isinstance(record["name"], str) or not isinstance(record["shape"], list):
-            raise SrtHeaderError(f"{path}: malformed manifest record {i} (missing or mistyped: "
-                                 f"{sorted(missing) or ['name', 'shape']})")
+        if not isinstance(record, dict):
+            raise SrtHeaderError(f"{path}: malformed manifest record {i} (not a JSON object)")
+        mistyped = [field for field, check in _SUMMARY_FIELD_CHECKS.items() if not check(record.get(field))]
+        if str(record.get("format")).startswith("bsr") and not _is_pair_of_ints(record.get("blocksize")):
+            mistyped.append("blocksize")
+        if mistyped:
+            raise SrtHeaderError(f"{path}: malformed manifest record {i} (missing or mistyped: {mistyped})")
     return records
+
+
+def _is_int(value):
+    return type(value) is int
+
+
+def _is_pair_of_ints(value):
+    return isinstance(value, list) and len(value) == 2 and all(map(_is_int, value))
+
+
+_SUMMARY_FIELD_CHECKS = {
+    "name": lambda v: isinstance(v, str), "kind": lambda v: isinstance(v, str),
+    "shape": lambda v: isinstance(v, list) and all(map(_is_int, v)),
+    "density": lambda v: type(v) in (int, float) and math.isfinite(v), "format": lambda v: isinstance(v, str),
+    "dense_bytes": _is_int, "sparse_bytes": _is_int, "reason": lambda v: isinstance(v, str)}
 
 
 def _summary_row(record):

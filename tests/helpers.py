@@ -3,6 +3,8 @@ the ops' tolerance rule, and the small pruned CNN of the ingest/convert/.srt tes
 Test files import it as `from helpers import ...` (pytest puts tests/ on sys.path)."""
 
 import copy
+import hashlib
+import json
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 
 import sparse_rt
 from sparse_rt.formats import BSR, CSR
+from sparse_rt.io import srt
 
 # --------------------------------------------------------------------------- devices and dtypes
 
@@ -170,3 +173,21 @@ def sgd_state(model):
     opt.step()
     model.eval()
     return opt.state_dict()
+
+
+# --------------------------------------------------------------------------------- .srt forgery
+
+def forge_srt(src, dst, edit):
+    """Copies a .srt file through edit(header, manifest, body) and recomputes both sha256, as a
+    forger would: the integrity check passes, so validation has to catch the damage."""
+    raw = src.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header, body = json.loads(raw[8:8 + n]), bytearray(raw[8 + n:])
+    manifest = json.loads(header.pop("__metadata__")[srt.MANIFEST_KEY])
+    edit(header, manifest, body)
+    manifest["tensors_sha256"] = hashlib.sha256(body).hexdigest()
+    manifest["header_sha256"] = srt.header_digest(header, manifest)
+    header["__metadata__"] = {srt.MANIFEST_KEY: json.dumps(manifest)}
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    dst.write_bytes(len(head).to_bytes(8, "little") + head + bytes(body))

@@ -2,21 +2,27 @@
 
 import json
 import os
+import subprocess
 import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import Net, X, make_model, random_masks
+from helpers import Net, X, forge_srt, make_model, random_masks
 
 import sparse_rt
 from sparse_rt import SparseModel, models
 from sparse_rt.io import (
     SrtArchError,
     SrtCorruptError,
+    SrtError,
     SrtHeaderError,
     SrtIntegrityError,
     SrtVersionError,
     read_manifest,
+    srt,
 )
 
 
@@ -86,16 +92,95 @@ def test_sparsify_result_saves_and_needs_arch(tmp_path):
         sparse_rt.load(tmp_path / "s.srt", arch="cifar_resnet", arch_kwargs={"depth": 8})
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_load_maps_the_file(tmp_path, resnet_ckpt):
+def _run_python(code, *args, memory_gib=4, timeout=120):
+    """Runs `code` in a child Python (argv[1:] = args) under a memory cap, so that a crash (SIGBUS,
+    SIGSEGV) or an allocation without bound fails this test instead of killing or swapping the run."""
+    setup = ("import resource\n"
+             f"resource.setrlimit(resource.RLIMIT_AS, ({memory_gib << 30}, {memory_gib << 30}))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    return subprocess.run([sys.executable, "-c", setup + textwrap.dedent(code), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_loaded_model_does_not_change_with_its_file(tmp_path, resnet_ckpt):
+    # Loaded tensors used to stay mapped from the file: truncating or rewriting it in place gave
+    # SIGBUS or silently different weights on the next forward.
     model = SparseModel.from_checkpoint(resnet_ckpt, "cifar_resnet", arch_kwargs={"depth": 8}, format="csr")
     model.save(tmp_path / "m.srt")
-    values = sparse_rt.load(tmp_path / "m.srt").module.blocks[0].conv1.values
-    ptr = values.data_ptr()
-    with open("/proc/self/maps") as f:
-        mapped = [line.split()[-1] for line in f
-                  if int(line.split()[0].split("-")[0], 16) <= ptr < int(line.split()[0].split("-")[1], 16)]
-    assert mapped == [str(tmp_path / "m.srt")]
+    child = _run_python("""
+        import sys, torch, sparse_rt
+        path = sys.argv[1]
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        model = sparse_rt.load(path)
+        with torch.inference_mode():
+            before = model(x)
+            size = len(open(path, "rb").read())
+            with open(path, "r+b") as f:
+                f.truncate(0)
+            after_truncation = model(x)
+            with open(path, "r+b") as f:
+                f.write(bytes([255]) * size)
+            after_rewrite = model(x)
+        assert torch.equal(before, after_truncation) and torch.equal(before, after_rewrite)
+        print("unchanged")
+    """, tmp_path / "m.srt")
+    assert child.returncode == 0 and "unchanged" in child.stdout, (child.returncode, child.stderr[-2000:])
+
+
+def test_load_while_the_file_is_replaced_reads_one_file(tmp_path):
+    # The loader used to open the path up to three times: a file replaced meanwhile mixed one
+    # file's manifest with the other's tensors. Every load must be one file's model, or an SrtError.
+    files = []
+    for i, amount in enumerate((0.5, 0.9)):
+        model = sparse_rt.sparsify(sparse_rt.magnitude_prune(make_model(), amount), format="csr")
+        model.save(tmp_path / f"{i}.srt")
+        files.append(sparse_rt.load(tmp_path / f"{i}.srt", arch="helpers:Net"))
+    path = tmp_path / "m.srt"
+    path.write_bytes((tmp_path / "0.srt").read_bytes())
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import os, sys, time
+        path, blobs = sys.argv[1], [open(p, "rb").read() for p in sys.argv[2:]]
+        end, i = time.monotonic() + 3, 0
+        while time.monotonic() < end:
+            with open(path + ".tmp", "wb") as f:
+                f.write(blobs[i % 2])
+            os.replace(path + ".tmp", path)
+            i += 1
+    """), str(path), str(tmp_path / "0.srt"), str(tmp_path / "1.srt")])
+    loads = 0
+    try:
+        while writer.poll() is None:
+            try:
+                loaded = sparse_rt.load(path, arch="helpers:Net")
+            except SrtError:
+                continue
+            loads += 1
+            state = loaded.state_dict()
+            assert any(list(f.summary()) == list(loaded.summary()) and f.state_dict().keys() == state.keys()
+                       and all(torch.equal(v, state[k]) for k, v in f.state_dict().items()) for f in files)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert loads > 20
+
+
+def test_bert_buffers_the_file_does_not_store_are_rebuilt(tmp_path):
+    # The architecture is rebuilt on the meta device; non-persistent buffers (position_ids) come
+    # from the constructor, not from the file.
+    kwargs = dict(layers=1, hidden=32, heads=2, intermediate=64, vocab_size=50, max_position=16)
+    torch.manual_seed(0)
+    torch.save(sparse_rt.magnitude_prune(models.create("bert_encoder", **kwargs), 0.8).state_dict(),
+               tmp_path / "bert.pt")
+    model = SparseModel.from_checkpoint(tmp_path / "bert.pt", "bert_encoder", arch_kwargs=kwargs, format="csr")
+    model.save(tmp_path / "bert.srt")
+    loaded = sparse_rt.load(tmp_path / "bert.srt")
+    assert not any(t.is_meta for t in [*loaded.module.parameters(), *loaded.module.buffers()])
+    assert torch.equal(loaded.module.embeddings.position_ids, model.module.embeddings.position_ids)
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.inference_mode():
+        assert torch.equal(loaded.module.embed(ids), model.module.embed(ids))
+        hidden = torch.randn(2, 9, 32)
+        assert torch.equal(loaded(hidden), model(hidden))
 
 
 @pytest.fixture
@@ -199,3 +284,117 @@ def test_failed_save_leaves_no_partial_file(tmp_path, srt_file, monkeypatch):
         other.save(tmp_path / "new.srt")
     assert srt_file.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.srt"]
+
+
+def _padded(header, manifest, body, nbytes):
+    """Adds a tensor of `nbytes` to the file: a forger's way to raise the size-based bounds."""
+    end = len(body)
+    header["pad"] = {"dtype": "U8", "shape": [nbytes], "data_offsets": [end, end + nbytes]}
+    body.extend(bytes(nbytes))
+
+
+def test_forged_architecture_is_refused_before_it_is_allocated(tmp_path, srt_file):
+    # A 1 MiB file naming wrn-10-118 (1.03e9 elements) passed the old bound of 1024 elements per
+    # byte and was then built for real: 4 GiB, a RuntimeError under a 3 GiB cap.
+    def forge(header, manifest, body):
+        _padded(header, manifest, body, (1 << 20) - srt_file.stat().st_size)
+        manifest["arch"] = {"name": "wrn", "kwargs": {"depth": 10, "widen_factor": 118}}
+
+    forge_srt(srt_file, tmp_path / "forged.srt", forge)
+    child = _run_python("""
+        import sys, sparse_rt
+        from sparse_rt.io import SrtArchError
+        try:
+            sparse_rt.load(sys.argv[1])
+        except SrtArchError as e:
+            print("refused:", e)
+    """, tmp_path / "forged.srt", memory_gib=3)
+    assert child.returncode == 0 and "is larger than the file can hold" in child.stdout, child.stderr[-2000:]
+
+
+def _empty_tensors_header(count):
+    table = ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(count))
+    return ('{' + table + ',"__metadata__":{"sparse_rt":"{}"}}').encode()
+
+
+@pytest.mark.parametrize("count,message", [
+    (900_000, r"header length \d+ exceeds the 8388608-byte limit"),  # 57 MiB: 56-78 s before
+    (srt.MAX_TENSORS + 1, r"32769 tensors exceed the limit of 32768"),
+])
+def test_hostile_header_is_refused_cheaply(tmp_path, count, message):
+    head = _empty_tensors_header(count)
+    (tmp_path / "h.srt").write_bytes(len(head).to_bytes(8, "little") + head)
+    started = time.perf_counter()
+    with pytest.raises(SrtHeaderError, match=message):
+        sparse_rt.load(tmp_path / "h.srt", arch=Net())
+    assert time.perf_counter() - started < 1
+
+
+def _nested(depth):
+    return "[" * depth + "]" * depth
+
+
+def _ensemble_srt(tmp_path):
+    ensemble = sparse_rt.SparseEnsemble.from_models(
+        [sparse_rt.magnitude_prune(models.create("cifar_resnet", depth=8), 0.8) for _ in range(2)], fuse=False)
+    for member in ensemble.members:
+        member.arch_spec = {"name": "cifar_resnet", "kwargs": {"depth": 8}}
+    ensemble.save(tmp_path / "ens.srt")
+    return tmp_path / "ens.srt"
+
+
+def _edit_raw_manifest(path, edit):
+    """Replaces the manifest's JSON text by edit(text), unsigned: for text json.dumps cannot write."""
+    header, data = _split(path)
+    header["__metadata__"]["sparse_rt"] = edit(header["__metadata__"]["sparse_rt"])
+    _write(path, header, data)
+
+
+def _signed(edit):
+    return lambda path: forge_srt(path, path, lambda header, manifest, body: edit(header, manifest))
+
+
+def _entry(header, suffix):
+    return header[next(name for name in header if name.startswith("0.") and name.endswith(suffix))]
+
+
+def _arch(**kwargs):
+    return _signed(lambda h, m: m.update(arch={"name": "mobilenet_v2", "kwargs": kwargs}))
+
+
+def _members(edit):
+    return _signed(lambda h, m: edit(m["ensemble"]))
+
+
+@pytest.mark.parametrize("ensemble,forge,error,message", [
+    (False, lambda p: _edit_raw_manifest(p, lambda t: t[:-1] + ',"deep":' + _nested(100_000) + "}"),
+     SrtHeaderError, r"the sparse_rt manifest is not valid JSON \(RecursionError"),
+    (False, lambda p: p.write_bytes((100_000).to_bytes(8, "little") + b"[" * 100_000),
+     SrtHeaderError, r"header is not valid JSON \(RecursionError"),
+    (False, lambda p: _edit_raw_manifest(p, lambda t: t[:-1] + ',"big":' + "9" * 5000 + "}"),
+     SrtHeaderError, r"manifest is not valid JSON \(ValueError: Exceeds the limit"),
+    (False, _arch(width_mult=float("inf")), SrtHeaderError, r"finite numbers of at most 64 bits"),
+    (False, _arch(width_mult=float("nan")), SrtHeaderError, r"finite numbers"),
+    (False, _arch(width_mult=1e300), SrtArchError, r"cannot rebuild the architecture"),
+    (False, _arch(num_classes=10**30), SrtHeaderError, r"finite numbers of at most 64 bits"),
+    (False, _signed(lambda h, m: m["layers"][0].update(format="bsr4x4")), SrtHeaderError,
+     r"malformed manifest record 0"),
+    (False, _signed(lambda h, m: m["layers"][0].update(density="x")), SrtHeaderError, r"malformed manifest record 0"),
+    (True, _members(lambda e: e.update(combine=["mean_prob"])), SrtHeaderError, r"combine rule .* is none of"),
+    (True, _members(lambda e: e.update(combine=5)), SrtHeaderError, r"combine rule .* is none of"),
+    (True, _members(lambda e: e["members"][0].update(source=7)), SrtHeaderError, r"ensemble record is malformed"),
+    (True, _members(lambda e: e["members"][0].update(arch={"name": "wrn", "kwargs": [1]})), SrtHeaderError,
+     r"architecture record is malformed"),
+    (True, _signed(lambda h, m: _entry(h, ".running_mean").update(dtype="X9")), SrtHeaderError,
+     r"tensor '0\.\S+running_mean' has a malformed header entry"),
+    (True, _signed(lambda h, m: _entry(h, ".running_mean").update(shape=[1, 2])), SrtCorruptError,
+     r"tensor '0\.\S+running_mean' of shape \[1, 2\] .* do not match its size"),
+    (True, _signed(lambda h, m: _entry(h, ".running_mean").update(data_offsets=[0, 2**70])), SrtCorruptError,
+     r"takes bytes \[0, 1180591620717411303424\)"),
+])
+def test_forged_manifests_raise_srt_errors(tmp_path, srt_file, ensemble, forge, error, message):
+    # Each used to escape as RecursionError, ValueError, OverflowError, TypeError or SafetensorError.
+    path = _ensemble_srt(tmp_path) if ensemble else srt_file
+    forge(path)
+    with pytest.raises(error, match=message):
+        sparse_rt.load(path)
