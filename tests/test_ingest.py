@@ -4,7 +4,10 @@ codebases' own key names and file layouts, read back with auto detection."""
 from __future__ import annotations
 
 import copy
+import json
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -473,3 +476,64 @@ def test_not_a_state_dict(tmp_path):
     torch.save({"epoch": 3, "history": [1.0, 2.0]}, p)
     with pytest.raises(UnknownLayoutError, match="could not find a state_dict"):
         read_checkpoint(p)
+
+
+# --------------------------------------------------------------------------- hostile files
+# Each read that could hang or allocate without bound runs in a child process under a timeout
+# and an address-space cap, so a regression fails the test instead of taking the machine down.
+
+_READ_IN_CHILD = """
+import json, resource, sys
+import torch
+from sparse_rt.ingest import read_checkpoint
+cap = int(sys.argv[3]) << 20
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+try:
+    read_checkpoint(sys.argv[1], **json.loads(sys.argv[2]))
+    result = {"error": None}
+except BaseException as exc:
+    result = {"error": type(exc).__name__, "ingest": "IngestError" in {c.__name__ for c in type(exc).__mro__},
+              "message": str(exc)}
+print(json.dumps(result))
+"""
+
+
+def read_in_child(path, memory_mib=1536, timeout=120, **kwargs):
+    """``{"error": exception class name or None, "ingest": bool, "message"}`` of ``read_checkpoint(path)``
+    run in a child with at most ``memory_mib`` MiB of address space."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", _READ_IN_CHILD, str(path), json.dumps(kwargs), str(memory_mib)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+@pytest.mark.parametrize("layout", ["checkpoint", "masks file", "mask.pth", "model file"])
+def test_fifo_is_refused_without_opening_it(tmp_path, layout):
+    """A FIFO blocks whoever opens it until a writer comes: the reader must refuse it by its stat."""
+    state = make_model().state_dict()
+    kwargs = {}
+    if layout == "checkpoint":
+        path = _fifo(tmp_path / "ckpt.pt")
+    elif layout == "masks file":
+        path = tmp_path / "ckpt.pt"
+        torch.save(state, path)
+        kwargs["masks"] = str(_fifo(tmp_path / "masks.pt"))
+    else:  # an OpenLTH level folder
+        path = tmp_path / "level_1" / "main"
+        path.mkdir(parents=True)
+        if layout == "mask.pth":
+            torch.save(state, path / "model_ep2_it0.pth")
+            _fifo(path / "mask.pth")
+        else:
+            torch.save(_openlth_masks(make_model()), path / "mask.pth")
+            _fifo(path / "model_ep2_it0.pth")
+    result = read_in_child(path, timeout=60, **kwargs)
+    assert result["error"] == "CheckpointNotFoundError", result
+    assert "is a FIFO, not a regular file" in result["message"], result

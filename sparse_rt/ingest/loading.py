@@ -35,6 +35,7 @@ import collections
 import hashlib
 import os
 import pickle
+import stat
 import warnings
 from typing import Any, Iterable, Mapping
 
@@ -45,6 +46,7 @@ from .errors import CheckpointNotFoundError, CorruptCheckpointError, UnknownLayo
 __all__ = [
     "UnsafeLoadWarning",
     "load_file",
+    "require_regular_file",
     "sha256_of_files",
     "find_state_dict",
     "key_families",
@@ -86,12 +88,28 @@ def _unsafe_globals(path: str) -> list[str]:
         return []
 
 
+def require_regular_file(path: str, what: str) -> None:
+    """Refuse a path that is not a regular file, by its ``stat`` alone: opening a FIFO
+    blocks until a writer comes, and a device or socket is no checkpoint either."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{what} not found: {path}") from None
+    if stat.S_ISDIR(mode):
+        raise CheckpointNotFoundError(f"{what} is a directory, expected a file: {path}")
+    if not stat.S_ISREG(mode):
+        raise CheckpointNotFoundError(f"{what} is a {_file_kind(mode)}, not a regular file: {path}")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"))
+    return next((name for is_kind, name in kinds if is_kind(mode)), "special file")
+
+
 def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> Any:
     """Load one file safely (see module docstring).  ``what`` is used in messages."""
-    if not os.path.exists(path):
-        raise CheckpointNotFoundError(f"{what} not found: {path}")
-    if os.path.isdir(path):
-        raise CheckpointNotFoundError(f"{what} is a directory, expected a file: {path}")
+    require_regular_file(path, what)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
