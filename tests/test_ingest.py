@@ -28,6 +28,7 @@ from sparse_rt.ingest import (
     FORMS,
     CheckpointMismatchError,
     FormNotPresentError,
+    InvalidOptionError,
     MaskShapeError,
     MaskValueError,
     MissingMasksError,
@@ -35,6 +36,7 @@ from sparse_rt.ingest import (
     UnknownLayoutError,
     UnsafeCheckpointError,
     UnsafeLoadWarning,
+    UnsupportedTensorError,
     match_masks,
     match_state_dict,
     read_checkpoint,
@@ -537,3 +539,62 @@ def test_fifo_is_refused_without_opening_it(tmp_path, layout):
     result = read_in_child(path, timeout=60, **kwargs)
     assert result["error"] == "CheckpointNotFoundError", result
     assert "is a FIFO, not a regular file" in result["message"], result
+
+
+class _Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(3, 4)
+
+
+_W = torch.randn(4, 3)
+
+
+@pytest.mark.parametrize("content,kwargs,error,message", [
+    ({"l.weight": torch.ones(4, 3, dtype=torch.bool), "l.threshold": torch.zeros(4)}, {},
+     UnsupportedTensorError, r"weight 'l.weight' is torch.bool; weights must be real floating"),
+    ({"l.weight": _W, "l.mask_weight": torch.randn(4, 3, dtype=torch.complex64)}, {},
+     UnsupportedTensorError, r"score 'l.mask_weight' is torch.complex64"),
+    ({"l.weight_orig": torch.ones(4, 3, dtype=torch.int32), "l.weight_mask": torch.ones(4, 3)}, {},
+     UnsupportedTensorError, r"masked weight 'l.weight' is torch.int32"),
+    ({"l.weight": _W.to_sparse()}, {}, UnsupportedTensorError, r"'l.weight' has layout torch.sparse_coo"),
+    ({"l.weight": _W.to_sparse_csr()}, {}, UnsupportedTensorError, r"'l.weight' has layout torch.sparse_csr"),
+    ({"l.weight": _W, "l.weight_mask": torch.ones(4, 3).to_sparse()}, {},
+     UnsupportedTensorError, r"'l.weight_mask' has layout torch.sparse_coo"),
+    ({"l.weight": torch.quantize_per_tensor(_W, 0.1, 0, torch.qint8)}, {},
+     UnsupportedTensorError, r"'l.weight' is quantized \(torch.qint8\)"),
+    ({"l.weight": torch.empty(4, 3, device="meta")}, {}, UnsupportedTensorError, r"'l.weight' is on the meta device"),
+    ({"l.weight": torch.zeros(1).expand(4000, 4000)}, {},
+     UnsupportedTensorError, r"'l.weight' holds 16000000 elements but its storage only 4 bytes"),
+    ({"state_dict": {"l.weight": _W, "l.bias": torch.zeros(4)}, "pruner": {"backward_masks": [3]}},
+     {"model": _Layer()}, MaskValueError, r"mask for 'l.weight' is a int, expected a 0/1 tensor"),
+    ({"state_dict": {"l.weight": _W}, "pruner": {"backward_masks": [torch.ones(4, 3).to_sparse()]}},
+     {"model": _Layer()}, UnsupportedTensorError, r"'pruner>backward_masks\[0\]' has layout torch.sparse_coo"),
+    ({"l.weight": _W, "l.mask_weight": torch.randn(4, 3)}, {"cs_s0": -1000.0},
+     InvalidOptionError, r"cs_s0=-1000.0: .* finite number >= -80"),
+    ({"l.weight": _W, "l.mask_weight": torch.randn(4, 3)}, {"cs_s0": float("nan")},
+     InvalidOptionError, r"cs_s0=nan"),
+])
+def test_tensors_the_forms_cannot_use_are_refused_by_key(tmp_path, content, kwargs, error, message):
+    path = tmp_path / "hostile.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR and quantized tensors warn when saved
+        torch.save(content, path)
+    with pytest.raises(error, match=message):
+        read_checkpoint(path, **kwargs)
+
+
+class _RunsCode:  # a pickle payload: unpickling it would call os.system
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
+def test_legacy_pickle_payload_is_unsafe_not_corrupt(tmp_path):
+    """A legacy (non-zip) file's refusal reads "Trying to load unsupported GLOBAL posix.system whose
+    module posix is blocked" (no "WeightsUnpickler error:"), and torch lists unsafe globals of zip files only."""
+    path = tmp_path / "legacy.pt"
+    torch.save({"l.weight": _W, "payload": _RunsCode()}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match=r"(?s)not tensors \(.*GLOBAL (posix|os|nt)\.system.*unsafe=True"):
+        read_checkpoint(path)
+    torch.save({"l.weight": _W}, path, _use_new_zipfile_serialization=False)
+    assert read_checkpoint(path).form == "dense_zeros"
