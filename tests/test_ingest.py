@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import warnings
+import zipfile
 
 import pytest
 import torch
@@ -598,3 +599,33 @@ def test_legacy_pickle_payload_is_unsafe_not_corrupt(tmp_path):
         read_checkpoint(path)
     torch.save({"l.weight": _W}, path, _use_new_zipfile_serialization=False)
     assert read_checkpoint(path).form == "dense_zeros"
+
+
+def _rezipped(source, target, inflate_to=0):
+    """``source`` re-zipped with deflate; ``inflate_to`` > 0 grows storage data/0 to that many zero bytes
+    (and the pickle's element count with it): a zip bomb of a few KiB."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if inflate_to and info.filename.endswith("data/0"):
+                data = bytes(inflate_to)
+            if inflate_to and info.filename.endswith("data.pkl"):
+                data = data.replace(b"K\x04t", b"J" + (inflate_to // 4).to_bytes(4, "little") + b"t", 1)
+            zout.writestr(info.filename, data)
+    return target
+
+
+def test_zip_bomb_is_refused_before_inflating(tmp_path):
+    torch.save({"w": torch.zeros(4)}, tmp_path / "small.pt")
+    bomb = _rezipped(tmp_path / "small.pt", tmp_path / "bomb.pt", inflate_to=256 << 20)
+    assert os.path.getsize(bomb) < 1 << 20
+    result = read_in_child(bomb, memory_mib=1536)
+    assert result["error"] == "CorruptCheckpointError", result
+    assert "zip members declare 268435" in result["message"] and "bomb.pt" in result["message"], result
+
+
+def test_deflated_sparse_checkpoint_still_loads(tmp_path):
+    weight = torch.randn(256, 256) * (torch.rand(256, 256) < 0.05)  # 95% zeros
+    torch.save({"l.weight": weight}, tmp_path / "plain.pt")
+    ckpt = read_checkpoint(_rezipped(tmp_path / "plain.pt", tmp_path / "deflated.pt"))
+    assert torch.equal(ckpt.state_dict["l.weight"], weight)

@@ -37,6 +37,7 @@ import os
 import pickle
 import stat
 import warnings
+import zipfile
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -124,8 +125,30 @@ def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> A
     return loaded
 
 
+# torch.save stores zip members uncompressed; a re-zipped checkpoint may deflate them.  A pruned
+# checkpoint that is 99% zeros deflates about 100:1; a zip bomb is runs of one byte at deflate's ~1000:1.
+MAX_EXPANSION = 256
+
+
+def _check_zip_sizes(path: str, what: str) -> None:
+    """Refuse a zip whose members declare more than :data:`MAX_EXPANSION` bytes per byte of the
+    file, before torch.load inflates them (reads the central directory only)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, ValueError):  # not a zip (a legacy torch.save file) or damaged: torch says which
+        return
+    file_size = os.stat(path).st_size
+    if declared > MAX_EXPANSION * max(file_size, 1):
+        raise CorruptCheckpointError(
+            f"refusing {what} {path}: its zip members declare {declared} bytes uncompressed from a "
+            f"{file_size}-byte file (more than {MAX_EXPANSION}x): a zip bomb, or damaged")
+
+
 def _load(path: str, unsafe: bool, what: str) -> Any:
     require_regular_file(path, what)
+    if not path.endswith(".safetensors"):
+        _check_zip_sizes(path, what)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
