@@ -4,8 +4,12 @@ codebases' own key names and file layouts, read back with auto detection."""
 from __future__ import annotations
 
 import copy
+import json
 import os
+import subprocess
+import sys
 import warnings
+import zipfile
 
 import pytest
 import torch
@@ -25,6 +29,7 @@ from sparse_rt.ingest import (
     FORMS,
     CheckpointMismatchError,
     FormNotPresentError,
+    InvalidOptionError,
     MaskShapeError,
     MaskValueError,
     MissingMasksError,
@@ -32,6 +37,7 @@ from sparse_rt.ingest import (
     UnknownLayoutError,
     UnsafeCheckpointError,
     UnsafeLoadWarning,
+    UnsupportedTensorError,
     match_masks,
     match_state_dict,
     read_checkpoint,
@@ -473,3 +479,153 @@ def test_not_a_state_dict(tmp_path):
     torch.save({"epoch": 3, "history": [1.0, 2.0]}, p)
     with pytest.raises(UnknownLayoutError, match="could not find a state_dict"):
         read_checkpoint(p)
+
+
+# --------------------------------------------------------------------------- hostile files
+# Each read that could hang or allocate without bound runs in a child process under a timeout
+# and an address-space cap, so a regression fails the test instead of taking the machine down.
+
+_READ_IN_CHILD = """
+import json, resource, sys
+import torch
+from sparse_rt.ingest import read_checkpoint
+cap = int(sys.argv[3]) << 20
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+try:
+    read_checkpoint(sys.argv[1], **json.loads(sys.argv[2]))
+    result = {"error": None}
+except BaseException as exc:
+    result = {"error": type(exc).__name__, "ingest": "IngestError" in {c.__name__ for c in type(exc).__mro__},
+              "message": str(exc)}
+print(json.dumps(result))
+"""
+
+
+def read_in_child(path, memory_mib=1536, timeout=120, **kwargs):
+    """``{"error": exception class name or None, "ingest": bool, "message"}`` of ``read_checkpoint(path)``
+    run in a child with at most ``memory_mib`` MiB of address space."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", _READ_IN_CHILD, str(path), json.dumps(kwargs), str(memory_mib)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+@pytest.mark.parametrize("layout", ["checkpoint", "masks file", "mask.pth", "model file"])
+def test_fifo_is_refused_without_opening_it(tmp_path, layout):
+    """A FIFO blocks whoever opens it until a writer comes: the reader must refuse it by its stat."""
+    state = make_model().state_dict()
+    kwargs = {}
+    if layout == "checkpoint":
+        path = _fifo(tmp_path / "ckpt.pt")
+    elif layout == "masks file":
+        path = tmp_path / "ckpt.pt"
+        torch.save(state, path)
+        kwargs["masks"] = str(_fifo(tmp_path / "masks.pt"))
+    else:  # an OpenLTH level folder
+        path = tmp_path / "level_1" / "main"
+        path.mkdir(parents=True)
+        if layout == "mask.pth":
+            torch.save(state, path / "model_ep2_it0.pth")
+            _fifo(path / "mask.pth")
+        else:
+            torch.save(_openlth_masks(make_model()), path / "mask.pth")
+            _fifo(path / "model_ep2_it0.pth")
+    result = read_in_child(path, timeout=60, **kwargs)
+    assert result["error"] == "CheckpointNotFoundError", result
+    assert "is a FIFO, not a regular file" in result["message"], result
+
+
+class _Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(3, 4)
+
+
+_W = torch.randn(4, 3)
+
+
+@pytest.mark.parametrize("content,kwargs,error,message", [
+    ({"l.weight": torch.ones(4, 3, dtype=torch.bool), "l.threshold": torch.zeros(4)}, {},
+     UnsupportedTensorError, r"weight 'l.weight' is torch.bool; weights must be real floating"),
+    ({"l.weight": _W, "l.mask_weight": torch.randn(4, 3, dtype=torch.complex64)}, {},
+     UnsupportedTensorError, r"score 'l.mask_weight' is torch.complex64"),
+    ({"l.weight_orig": torch.ones(4, 3, dtype=torch.int32), "l.weight_mask": torch.ones(4, 3)}, {},
+     UnsupportedTensorError, r"masked weight 'l.weight' is torch.int32"),
+    ({"l.weight": _W.to_sparse()}, {}, UnsupportedTensorError, r"'l.weight' has layout torch.sparse_coo"),
+    ({"l.weight": _W.to_sparse_csr()}, {}, UnsupportedTensorError, r"'l.weight' has layout torch.sparse_csr"),
+    ({"l.weight": _W, "l.weight_mask": torch.ones(4, 3).to_sparse()}, {},
+     UnsupportedTensorError, r"'l.weight_mask' has layout torch.sparse_coo"),
+    ({"l.weight": torch.quantize_per_tensor(_W, 0.1, 0, torch.qint8)}, {},
+     UnsupportedTensorError, r"'l.weight' is quantized \(torch.qint8\)"),
+    ({"l.weight": torch.empty(4, 3, device="meta")}, {}, UnsupportedTensorError, r"'l.weight' is on the meta device"),
+    ({"l.weight": torch.zeros(1).expand(4000, 4000)}, {},
+     UnsupportedTensorError, r"'l.weight' holds 16000000 elements but its storage only 4 bytes"),
+    ({"state_dict": {"l.weight": _W, "l.bias": torch.zeros(4)}, "pruner": {"backward_masks": [3]}},
+     {"model": _Layer()}, MaskValueError, r"mask for 'l.weight' is a int, expected a 0/1 tensor"),
+    ({"state_dict": {"l.weight": _W}, "pruner": {"backward_masks": [torch.ones(4, 3).to_sparse()]}},
+     {"model": _Layer()}, UnsupportedTensorError, r"'pruner>backward_masks\[0\]' has layout torch.sparse_coo"),
+    ({"l.weight": _W, "l.mask_weight": torch.randn(4, 3)}, {"cs_s0": -1000.0},
+     InvalidOptionError, r"cs_s0=-1000.0: .* finite number >= -80"),
+    ({"l.weight": _W, "l.mask_weight": torch.randn(4, 3)}, {"cs_s0": float("nan")},
+     InvalidOptionError, r"cs_s0=nan"),
+])
+def test_tensors_the_forms_cannot_use_are_refused_by_key(tmp_path, content, kwargs, error, message):
+    path = tmp_path / "hostile.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR and quantized tensors warn when saved
+        torch.save(content, path)
+    with pytest.raises(error, match=message):
+        read_checkpoint(path, **kwargs)
+
+
+class _RunsCode:  # a pickle payload: unpickling it would call os.system
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
+def test_legacy_pickle_payload_is_unsafe_not_corrupt(tmp_path):
+    """A legacy (non-zip) file's refusal reads "Trying to load unsupported GLOBAL posix.system whose
+    module posix is blocked" (no "WeightsUnpickler error:"), and torch lists unsafe globals of zip files only."""
+    path = tmp_path / "legacy.pt"
+    torch.save({"l.weight": _W, "payload": _RunsCode()}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match=r"(?s)not tensors \(.*GLOBAL (posix|os|nt)\.system.*unsafe=True"):
+        read_checkpoint(path)
+    torch.save({"l.weight": _W}, path, _use_new_zipfile_serialization=False)
+    assert read_checkpoint(path).form == "dense_zeros"
+
+
+def _rezipped(source, target, inflate_to=0):
+    """``source`` re-zipped with deflate; ``inflate_to`` > 0 grows storage data/0 to that many zero bytes
+    (and the pickle's element count with it): a zip bomb of a few KiB."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if inflate_to and info.filename.endswith("data/0"):
+                data = bytes(inflate_to)
+            if inflate_to and info.filename.endswith("data.pkl"):
+                data = data.replace(b"K\x04t", b"J" + (inflate_to // 4).to_bytes(4, "little") + b"t", 1)
+            zout.writestr(info.filename, data)
+    return target
+
+
+def test_zip_bomb_is_refused_before_inflating(tmp_path):
+    torch.save({"w": torch.zeros(4)}, tmp_path / "small.pt")
+    bomb = _rezipped(tmp_path / "small.pt", tmp_path / "bomb.pt", inflate_to=256 << 20)
+    assert os.path.getsize(bomb) < 1 << 20
+    result = read_in_child(bomb, memory_mib=1536)
+    assert result["error"] == "CorruptCheckpointError", result
+    assert "zip members declare 268435" in result["message"] and "bomb.pt" in result["message"], result
+
+
+def test_deflated_sparse_checkpoint_still_loads(tmp_path):
+    weight = torch.randn(256, 256) * (torch.rand(256, 256) < 0.05)  # 95% zeros
+    torch.save({"l.weight": weight}, tmp_path / "plain.pt")
+    ckpt = read_checkpoint(_rezipped(tmp_path / "plain.pt", tmp_path / "deflated.pt"))
+    assert torch.equal(ckpt.state_dict["l.weight"], weight)

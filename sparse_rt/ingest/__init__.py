@@ -41,6 +41,7 @@ from .errors import (
     CorruptCheckpointError,
     FormNotPresentError,
     IngestError,
+    InvalidOptionError,
     MaskKeyError,
     MaskShapeError,
     MaskValueError,
@@ -48,6 +49,7 @@ from .errors import (
     ModelRequiredError,
     UnknownLayoutError,
     UnsafeCheckpointError,
+    UnsupportedTensorError,
 )
 from .forms import FORMS, rigl_torch_weight_names
 from .loading import UnsafeLoadWarning
@@ -76,4 +78,6 @@ __all__ = [
     "MissingMasksError",
     "ModelRequiredError",
     "CheckpointMismatchError",
+    "UnsupportedTensorError",
+    "InvalidOptionError",
 ]

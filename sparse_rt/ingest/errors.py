@@ -22,6 +22,8 @@ __all__ = [
     "MissingMasksError",
     "ModelRequiredError",
     "CheckpointMismatchError",
+    "UnsupportedTensorError",
+    "InvalidOptionError",
 ]
 
 
@@ -49,6 +51,16 @@ class UnsafeCheckpointError(IngestError, ValueError):
 class CorruptCheckpointError(IngestError, ValueError):
     """The file cannot be read as a checkpoint at all: truncated, damaged, or not a
     ``torch.save`` / safetensors file."""
+
+
+class UnsupportedTensorError(IngestError, ValueError):
+    """A tensor the reader cannot use: a sparse or quantized layout, the meta device, more
+    elements than its storage holds (an expanded view), or a dtype its form cannot compute
+    with (weights and scores must be real floating point)."""
+
+
+class InvalidOptionError(IngestError, ValueError):
+    """An argument of ``read_checkpoint`` is out of its range (``mask_form=``, ``cs_s0=``)."""
 
 
 class UnknownLayoutError(IngestError, ValueError):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .errors import FormNotPresentError, MissingMasksError, ModelRequiredError
-from .loading import key_families
+from .loading import key_families, require_real_floating
 from .matching import align_subset
 from .openlth import has_mask_buffers, mask_buffer_keys, masked_name
 
@@ -346,6 +346,9 @@ def _read_continuous_sparsification(contents: CheckpointContents, options: ReadO
     dropped = set()
     for key, value in state_dict.items():
         if _is_cs_score(key, state_dict):
+            require_real_floating(key, value, contents.source, "score")
+            require_real_floating(_sibling(key, "weight"), state_dict[_sibling(key, "weight")], contents.source,
+                                  "weight")
             masks[_sibling(key, "weight")] = value > 0
             dropped.update((key, _sibling(key, "init_weight")))
     weights = {key: value * scale if key in masks else value
@@ -382,6 +385,8 @@ def _read_dst(contents: CheckpointContents, options: ReadOptions) -> FormReading
     reset = []
     for threshold_key, weight_key in pairs:
         weight, threshold = state_dict[weight_key], state_dict[threshold_key]
+        require_real_floating(weight_key, weight, contents.source, "weight")
+        require_real_floating(threshold_key, threshold, contents.source, "threshold")
         rows = weight.abs().reshape(weight.shape[0], -1)
         mask = (rows - threshold.reshape(-1, 1).to(rows.dtype)) > 0
         if mask.sum().item() / max(mask.numel(), 1) <= 0.01:

@@ -35,18 +35,30 @@ import collections
 import hashlib
 import os
 import pickle
+import stat
 import warnings
+import zipfile
 from typing import Any, Iterable, Mapping
 
 import torch
 
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, UnknownLayoutError, UnsafeCheckpointError
+from .errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnknownLayoutError,
+    UnsafeCheckpointError,
+    UnsupportedTensorError,
+)
 
 __all__ = [
     "UnsafeLoadWarning",
     "load_file",
+    "require_regular_file",
     "sha256_of_files",
     "find_state_dict",
+    "check_tensor",
+    "check_loaded_tensors",
+    "require_real_floating",
     "key_families",
     "WRAPPER_KEYS",
 ]
@@ -86,12 +98,57 @@ def _unsafe_globals(path: str) -> list[str]:
         return []
 
 
-def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> Any:
-    """Load one file safely (see module docstring).  ``what`` is used in messages."""
-    if not os.path.exists(path):
-        raise CheckpointNotFoundError(f"{what} not found: {path}")
-    if os.path.isdir(path):
+def require_regular_file(path: str, what: str) -> None:
+    """Refuse a path that is not a regular file, by its ``stat`` alone: opening a FIFO
+    blocks until a writer comes, and a device or socket is no checkpoint either."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{what} not found: {path}") from None
+    if stat.S_ISDIR(mode):
         raise CheckpointNotFoundError(f"{what} is a directory, expected a file: {path}")
+    if not stat.S_ISREG(mode):
+        raise CheckpointNotFoundError(f"{what} is a {_file_kind(mode)}, not a regular file: {path}")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"))
+    return next((name for is_kind, name in kinds if is_kind(mode)), "special file")
+
+
+def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> Any:
+    """Load one file safely (see module docstring) and :func:`check_loaded_tensors` on what it holds.
+    ``what`` is used in messages."""
+    loaded = _load(path, unsafe, what)
+    check_loaded_tensors(loaded, path)
+    return loaded
+
+
+# torch.save stores zip members uncompressed; a re-zipped checkpoint may deflate them.  A pruned
+# checkpoint that is 99% zeros deflates about 100:1; a zip bomb is runs of one byte at deflate's ~1000:1.
+MAX_EXPANSION = 256
+
+
+def _check_zip_sizes(path: str, what: str) -> None:
+    """Refuse a zip whose members declare more than :data:`MAX_EXPANSION` bytes per byte of the
+    file, before torch.load inflates them (reads the central directory only)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, ValueError):  # not a zip (a legacy torch.save file) or damaged: torch says which
+        return
+    file_size = os.stat(path).st_size
+    if declared > MAX_EXPANSION * max(file_size, 1):
+        raise CorruptCheckpointError(
+            f"refusing {what} {path}: its zip members declare {declared} bytes uncompressed from a "
+            f"{file_size}-byte file (more than {MAX_EXPANSION}x): a zip bomb, or damaged")
+
+
+def _load(path: str, unsafe: bool, what: str) -> Any:
+    require_regular_file(path, what)
+    if not path.endswith(".safetensors"):
+        _check_zip_sizes(path, what)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
@@ -112,11 +169,10 @@ def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> A
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (zip/legacy issues), ...
-        bad = _unsafe_globals(path)
-        # The restricted unpickler refuses globals ("Unsupported global", "was not an allowed
-        # global"); anything else (a bad opcode, a broken zip, EOF) means the file is damaged.
-        unpickler_error = str(exc).partition("WeightsUnpickler error:")[2].strip()
-        if not bad and not (isinstance(exc, pickle.UnpicklingError) and "global" in unpickler_error):
+        bad = _unsafe_globals(path)  # zip files only
+        refused_global = _refused_global(exc)
+        if not bad and refused_global is None:  # a bad opcode, a broken zip, EOF: the file is damaged
+            unpickler_error = str(exc).partition("WeightsUnpickler error:")[2].strip()
             reason = (unpickler_error or str(exc) or "-").splitlines()[0]
             raise CorruptCheckpointError(
                 f"cannot read {what} {path}: truncated, damaged, or not a torch.save file "
@@ -126,7 +182,7 @@ def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> A
             if len(bad) > 10:
                 detail += f" (+{len(bad) - 10} more)"
         else:
-            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            detail = f"it pickles Python objects that are not tensors ({refused_global})"
         hint = ""
         if "collections.defaultdict" in bad:
             hint = (" (a torch.ao.pruning sparsifier.state_dict() holds a defaultdict: save "
@@ -137,6 +193,56 @@ def load_file(path: str, *, unsafe: bool = False, what: str = "checkpoint") -> A
             "(CLI: --unsafe) to load it with weights_only=False — that runs its pickle code. "
             "Better: re-save it as a plain dict of tensors or as .safetensors."
         ) from exc
+
+
+def check_tensor(key: str, tensor: torch.Tensor, source: str) -> None:
+    """Refuse a tensor no reader can compute with: every tensor a form reads passes here
+    (:func:`check_loaded_tensors` on the loaded file, :func:`.masks.as_bool_mask` on masks)."""
+    problem = None
+    if tensor.layout != torch.strided:
+        problem = f"has layout {tensor.layout} (sparse); save it dense (.to_dense())"
+    elif tensor.is_meta:
+        problem = "is on the meta device: it has no values"
+    elif tensor.is_quantized:
+        problem = f"is quantized ({tensor.dtype}); save the float tensor (.dequantize())"
+    elif tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+        # an expanded (stride-0) view: a file of a few bytes whose every later op allocates numel
+        problem = (f"holds {tensor.numel()} elements but its storage only {tensor.untyped_storage().nbytes()} "
+                   "bytes (an expanded view); save it with .contiguous()")
+    if problem:
+        raise UnsupportedTensorError(f"{source}: tensor {key!r} {problem}")
+
+
+def check_loaded_tensors(obj: Any, source: str) -> None:
+    """:func:`check_tensor` on every tensor in a loaded object (dicts, lists, tuples at any depth),
+    named by its key path (``pruner>backward_masks[2]``).  Iterative: a pickle can nest deeply or loop."""
+    pending, seen = [("", obj)], set()
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, torch.Tensor):
+            check_tensor(path, value, source)
+        elif isinstance(value, Mapping) and id(value) not in seen:
+            seen.add(id(value))
+            pending += [(f"{path}>{key}" if path else str(key), item) for key, item in value.items()]
+        elif isinstance(value, (list, tuple)) and id(value) not in seen:
+            seen.add(id(value))
+            pending += [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+
+
+def require_real_floating(key: str, tensor: torch.Tensor, source: str, role: str) -> None:
+    """Weights and scores that a form computes with must be real floating point."""
+    if not tensor.is_floating_point():
+        raise UnsupportedTensorError(
+            f"{source}: {role} {key!r} is {tensor.dtype}; {role}s must be real floating point")
+
+
+def _refused_global(exc: Exception) -> str | None:
+    """The restricted unpickler's line refusing a global, if that is why it failed.  Zip files say
+    "WeightsUnpickler error: Unsupported global: ...", legacy (non-zip) files "Trying to load
+    unsupported GLOBAL posix.system ..."; a bad opcode or EOF mentions no global."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    return next((line.strip() for line in str(exc).splitlines() if "global" in line.lower()), None)
 
 
 def sha256_of_files(paths: Iterable[str]) -> str:

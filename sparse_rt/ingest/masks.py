@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import torch
 
 from .errors import MaskKeyError, MaskShapeError, MaskValueError
-from .loading import key_families
+from .loading import check_tensor, key_families
 from .matching import align_subset
 
 __all__ = ["load_mask_mapping", "as_bool_mask", "align_mask_names"]
@@ -55,7 +55,10 @@ def load_mask_mapping(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 
 def as_bool_mask(name: str, mask: torch.Tensor, shape, source: str) -> torch.Tensor:
-    """``mask`` as ``torch.bool`` after checking it has ``shape`` and holds only 0 and 1."""
+    """``mask`` as ``torch.bool`` after checking it is a tensor of ``shape`` holding only 0 and 1."""
+    if not isinstance(mask, torch.Tensor):
+        raise MaskValueError(f"{source}: mask for {name!r} is a {type(mask).__name__}, expected a 0/1 tensor")
+    check_tensor(name, mask, source)
     if tuple(mask.shape) != tuple(shape):
         if mask.numel() == int(torch.Size(shape).numel()):
             hint = " (same number of elements: a reshaped or transposed mask?)"

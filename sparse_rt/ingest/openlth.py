@@ -25,6 +25,10 @@ holds) keeps each mask as a buffer ``mask_<name with "." replaced by "___">``
 (``PrunedModel.to_mask_name``) beside the weights under ``model.<name>``; such a
 checkpoint carries its masks, so ``mask.pth`` beside it is not read.
 
+Files are found by name (``os.path.lexists``) whatever their kind; :func:`.loading.load_file`
+then refuses any that is not a regular file (a FIFO would block), so a ``mask.pth`` that is
+a FIFO or a folder is an error, never silently skipped.
+
 ``path`` may be a level folder (holding ``mask.pth``), a ``level_<L>`` folder (holding
 ``main/``), a replicate folder (holding ``level_*/main``; the highest level with a
 model file is taken and a note says so), or a ``model_ep*_it*.pth`` file with
@@ -76,7 +80,7 @@ def load_side_masks(mask_file: str | None, state_dict: Mapping[str, torch.Tensor
                     unsafe: bool) -> dict[str, torch.Tensor] | None:
     """The masks of ``mask.pth`` beside the weights file, or ``None`` when there is none
     or the state dict carries its own mask buffers."""
-    if mask_file is None or not os.path.isfile(mask_file) or has_mask_buffers(state_dict):
+    if mask_file is None or not os.path.lexists(mask_file) or has_mask_buffers(state_dict):
         return None
     return load_mask_mapping(load_file(mask_file, unsafe=unsafe, what="OpenLTH mask"), mask_file)
 
@@ -85,7 +89,7 @@ def looks_like_openlth(path: str) -> bool:
     if os.path.isdir(path):
         return True
     base = os.path.basename(path)
-    return bool(MODEL_RE.match(base)) and os.path.isfile(os.path.join(os.path.dirname(path), "mask.pth"))
+    return bool(MODEL_RE.match(base)) and os.path.lexists(os.path.join(os.path.dirname(path), "mask.pth"))
 
 
 def _models_in(folder: str) -> list[tuple[int, int, str]]:
@@ -93,7 +97,7 @@ def _models_in(folder: str) -> list[tuple[int, int, str]]:
     models = []
     for name in os.listdir(folder):
         match = MODEL_RE.match(name)
-        if match and os.path.isfile(os.path.join(folder, name)):
+        if match and not os.path.isdir(os.path.join(folder, name)):
             models.append((int(match.group(1)), int(match.group(2)), name))
     return sorted(models)
 
@@ -104,7 +108,7 @@ def _levels_in(folder: str, experiment: str = "main") -> list[tuple[int, str]]:
     for name in os.listdir(folder):
         match = _LEVEL_RE.match(name)
         run = os.path.join(folder, name, experiment)
-        if match and os.path.isfile(os.path.join(run, "mask.pth")):
+        if match and os.path.lexists(os.path.join(run, "mask.pth")):
             levels.append((int(match.group(1)), run))
     return sorted(levels)
 
@@ -112,20 +116,20 @@ def _levels_in(folder: str, experiment: str = "main") -> list[tuple[int, str]]:
 def resolve_openlth(path: str) -> tuple[str, str | None, list[str]]:
     """Return ``(weights_file, mask_file_or_None, notes)`` for an OpenLTH path."""
     notes: list[str] = []
-    if os.path.isfile(path):
+    if os.path.lexists(path) and not os.path.isdir(path):
         folder = os.path.dirname(path) or "."
         return path, os.path.join(folder, "mask.pth"), [f"open_lth: mask.pth beside {os.path.basename(path)}"]
     if not os.path.isdir(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
 
     run = None
-    if os.path.isfile(os.path.join(path, "mask.pth")):
+    if os.path.lexists(os.path.join(path, "mask.pth")):
         run = path
-    elif os.path.isfile(os.path.join(path, "main", "mask.pth")):
+    elif os.path.lexists(os.path.join(path, "main", "mask.pth")):
         run = os.path.join(path, "main")
     else:
         levels = [(level, folder) for level, folder in _levels_in(path)
-                  if _models_in(folder) or os.path.isfile(os.path.join(folder, "checkpoint.pth"))]
+                  if _models_in(folder) or os.path.lexists(os.path.join(folder, "checkpoint.pth"))]
         if levels:
             highest, run = levels[-1]
             if len(levels) > 1:
@@ -146,7 +150,7 @@ def resolve_openlth(path: str) -> tuple[str, str | None, list[str]]:
             notes.append(f"open_lth: took {latest}, the latest of {[name for _, _, name in models]}")
         return os.path.join(run, latest), os.path.join(run, "mask.pth"), notes
     resumable = os.path.join(run, "checkpoint.pth")
-    if os.path.isfile(resumable):
+    if os.path.lexists(resumable):
         notes.append("open_lth: no model_ep*_it*.pth in the level folder; using checkpoint.pth (training unfinished)")
         return resumable, os.path.join(run, "mask.pth"), notes
     raise CheckpointNotFoundError(

@@ -7,6 +7,7 @@ it, add the masks given with ``masks=``, then validate the masks and multiply th
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -14,9 +15,9 @@ from typing import Any, Mapping
 import torch
 
 from .detection import choose_form
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, InvalidOptionError
 from .forms import FORMS, CheckpointContents, Form, ReadOptions, form_named
-from .loading import find_state_dict, load_file, sha256_of_files
+from .loading import find_state_dict, load_file, require_real_floating, sha256_of_files
 from .masks import align_mask_names, as_bool_mask, load_mask_mapping
 from .openlth import load_side_masks, looks_like_openlth, resolve_openlth
 
@@ -94,7 +95,7 @@ def read_checkpoint(
     unsafe:    allow arbitrary pickles (``torch.load(weights_only=False)``; warns).
     cs_s0:     Continuous Sparsification ``mask_initial_value`` (scale ``1/sigmoid(s0)``).
     """
-    path = _checked_path(path, mask_form)
+    path = _checked_request(path, mask_form, cs_s0)
     notes: list[str] = []
     weights_file, mask_file = _locate_files(path, mask_form, notes)
     top, state_dict, meta = _load_state_dict(weights_file, unsafe, notes)
@@ -131,9 +132,18 @@ def read_checkpoint(
     )
 
 
-def _checked_path(path: str | os.PathLike, mask_form: str) -> str:
+# 1/sigmoid(s0) = 1 + e^-s0 scales the weights: below -80 it passes 5e34 on its way to float32's
+# overflow (and sigmoid(s0) rounds to 0 in float64 below about -745).
+CS_S0_MIN = -80.0
+
+
+def _checked_request(path: str | os.PathLike, mask_form: str, cs_s0: float) -> str:
     if mask_form != "auto" and mask_form not in FORMS:
-        raise ValueError(f"mask_form={mask_form!r} is not one of 'auto', {', '.join(map(repr, FORMS))}")
+        raise InvalidOptionError(f"mask_form={mask_form!r} is not one of 'auto', {', '.join(map(repr, FORMS))}")
+    if not (isinstance(cs_s0, (int, float)) and math.isfinite(cs_s0) and cs_s0 >= CS_S0_MIN):
+        raise InvalidOptionError(
+            f"cs_s0={cs_s0!r}: the Continuous Sparsification mask_initial_value must be a finite number "
+            f">= {CS_S0_MIN:g} (the weights are scaled by 1/sigmoid(cs_s0) = 1 + e^-cs_s0)")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
@@ -215,6 +225,7 @@ def _apply_masks(weights: dict, masks: dict, inferred: bool,
     bool_masks: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
         weight = weights[name]
+        require_real_floating(name, weight, source, "masked weight")
         bool_masks[name] = as_bool_mask(name, mask, weight.shape, source)
         if not inferred:
             effective[name] = torch.where(bool_masks[name], weight, torch.zeros((), dtype=weight.dtype))
