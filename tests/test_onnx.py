@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 
 import pytest
 import torch
@@ -283,3 +284,195 @@ def test_cli_export(tmp_path, capsys):
     code = main(["export", "cifar_resnet", "--arch-kwargs", "depth=20", "-o", str(out), "--flavor", "sparse"])
     assert code == 0 and out.exists()
     assert "onnxruntime vs PyTorch" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ hostile files in the session
+# Before the fixes each of these aborted the process (SIGABRT) inside onnxruntime-extensions, so
+# the session runs in a child process with bounded memory and time.
+
+_SESSION_CHILD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+import numpy as np, onnxruntime as ort
+import sparse_rt.onnx
+from sparse_rt.onnx import ops_table, runtime
+path, shape, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+x = np.ones(shape, np.float32)
+try:
+    if mode == "no_python_check":  # leave the argument checks to the C++ op (its RuntimeError)
+        for spec in ops_table.OPS.values():
+            object.__setattr__(spec, "check_input", lambda dims, attributes: None)
+    if mode == "by_hand":  # the user's own session: no binding, no reporting
+        options = ort.SessionOptions()
+        options.register_custom_ops_library(runtime.register_ort_kernels())
+        sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    else:
+        sess = sparse_rt.onnx.session(path)
+    y, = sess.run(None, {"X": x})
+    print(json.dumps({"shape": list(y.shape)}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+"""
+
+
+def _session_in_child(path, x_shape, mode="session"):
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    child = subprocess.run([sys.executable, "-c", _SESSION_CHILD, str(path), json.dumps(x_shape), mode],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert child.returncode == 0, child.stderr[-2000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def _hostile_model(path, op="CsrLinear", x_dims=(2, 8), in_features=8, rows=4, dtype="float32", block=None,
+                   conv=None, in_subgraph=False, forge_col=False):
+    """A one-node file of our domain with a valid (unless told) weight; `conv` = (in_channels, k)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    block_rows, bh, bw = (rows // block[0], *block) if block else (rows, 1, 1)
+    crow = np.arange(block_rows + 1, dtype=np.int32)
+    col = np.zeros(block_rows, np.int32)
+    if forge_col:
+        col[0] = 10**6
+    values = np.ones((block_rows, bh, bw) if block else (block_rows,), dtype)
+    weights = [numpy_helper.from_array(a, name) for a, name in
+               ((crow, "crow"), (col, "col"), (values, "values"), (np.zeros(rows, dtype), "bias"))]
+    if conv:
+        attributes = dict(in_channels=conv[0], kernel_h=conv[1], kernel_w=conv[1], stride_h=1, stride_w=1,
+                          pad_h=0, pad_w=0, dilation_h=1, dilation_w=1, group=1, relu=0)
+    else:
+        attributes = dict(in_features=in_features, relu=0)
+    node = helper.make_node(op, ["X", "crow", "col", "values", "bias"], ["Y"], domain="sparse_rt", **attributes)
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_dims))
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    if in_subgraph:  # If(true) { weights as Constants, our node } else { Identity }
+        constants = [helper.make_node("Constant", [], [w.name], value=w) for w in weights]
+        weights = []
+        branch = helper.make_graph([*constants, node], "then", [], [y])
+        other = helper.make_graph([helper.make_node("Identity", ["X"], ["Y2"])], "else", [],
+                                  [helper.make_tensor_value_info("Y2", TensorProto.FLOAT, None)])
+        weights.append(numpy_helper.from_array(np.array(True), "condition"))
+        node = helper.make_node("If", ["condition"], ["Out"], then_branch=branch, else_branch=other)
+        y = helper.make_tensor_value_info("Out", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "hostile", [x], [y], initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
+                              ir_version=8)
+    onnx.save(model, path)
+    return path
+
+
+_HOSTILE = {
+    "width": (dict(x_dims=(2, 6)), (2, 6), r"X has shape \[2, 6\] but in_features=8"),
+    "width_at_run_time": (dict(x_dims=("N", "W")), (2, 6), r"X has shape \[2, 6\] but in_features=8"),
+    "kernel_larger_than_input": (dict(op="CsrConv2d", conv=(1, 5), x_dims=(1, 1, 3, 3)), (1, 1, 3, 3),
+                                 r"X has shape \[1, 1, 3, 3\], smaller than the dilated kernel 5x5"),
+    "kernel_larger_at_run_time": (dict(op="CsrConv2d", conv=(1, 5), x_dims=(1, 1, "H", "W")), (1, 1, 3, 3),
+                                  r"X has shape \[1, 1, 3, 3\], smaller than the dilated kernel 5x5"),
+    "fp16_weights": (dict(dtype="float16"), (2, 8), r"values is torch.float16, but onnxruntime runs our ops in "
+                                                    r"float32 only"),
+    "bsr_blocks_too_tall": (dict(op="BsrLinear", rows=128, block=(128, 8)), (2, 8),
+                            r"block height 128 exceeds the CPU kernel's maximum 64"),
+    "forged_index_in_subgraph": (dict(in_subgraph=True, forge_col=True), (2, 8),
+                                 r"col_indices\[0\]=1000000 is out of range \[0, 8\)"),
+}
+
+
+@pytest.mark.slow  # a child process with torch and onnxruntime
+@needs_ortx
+@requires_compiled_ops
+@pytest.mark.parametrize("name", sorted(_HOSTILE))
+def test_session_refuses_what_would_abort_at_run_time(tmp_path, name):
+    """Refused when the session is built (ValueError) or, for dims the graph leaves symbolic,
+    by a clean exception from session.run; never an abort."""
+    options, x_shape, message = _HOSTILE[name]
+    path = _hostile_model(tmp_path / f"{name}.onnx", **options)
+    got = _session_in_child(path, x_shape)
+    assert got.get("error") == "ValueError", got
+    assert re.search(message, got["message"]), got
+    assert f"{name}.onnx: node" in got["message"]  # names the file and node
+
+
+@pytest.mark.slow  # a child process with torch and onnxruntime
+@needs_ortx
+@requires_compiled_ops
+def test_error_from_the_cpp_op_fails_the_run_cleanly(tmp_path):
+    """With the Python-side check out of the way, the op's own TORCH_CHECK raises RuntimeError inside
+    onnxruntime-extensions: session.run raises it instead of the process aborting."""
+    path = _hostile_model(tmp_path / "m.onnx", x_dims=("N", "W"))
+    got = _session_in_child(path, (2, 6), mode="no_python_check")
+    assert got.get("error") == "RuntimeError" and "in_features=8" in got["message"], got
+
+
+@pytest.mark.slow  # a child process with torch and onnxruntime
+@needs_ortx
+@requires_compiled_ops
+def test_bound_ops_are_private_to_their_session(tmp_path):
+    """A file naming the internal ...Bound op (in a session built by hand) neither aborts nor finds
+    another session's weights: keys are random, and a miss fails the kernel (empty output)."""
+    import onnx
+
+    path = _hostile_model(tmp_path / "m.onnx")
+    proto = onnx.load(path)
+    node = proto.graph.node[0]
+    node.op_type = "CsrLinearBound"
+    del node.input[1:]
+    node.attribute.append(onnx.helper.make_attribute("weights", "0:"))  # the keys before the fix were N:name
+    onnx.save(proto, tmp_path / "bound.onnx")
+    assert _session_in_child(tmp_path / "bound.onnx", (2, 8), mode="by_hand") == {"shape": [0]}
+    with pytest.raises(ValueError, match=r"unknown op of domain 'sparse_rt'"):
+        sparse_rt.onnx.session(tmp_path / "bound.onnx")  # refused before onnxruntime sees it
+
+
+# --------------------------------------------------------------------------- export writes safely
+
+def test_export_leaves_a_data_file_it_does_not_write(tmp_path):
+    model, x = _tiny()
+    (tmp_path / "m.onnx.data").write_bytes(b"the user's own file")
+    model.export_onnx(tmp_path / "m.onnx", x, external_data=False)
+    assert (tmp_path / "m.onnx.data").read_bytes() == b"the user's own file"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", ["m.onnx", "m.onnx.data"])
+def test_export_failing_mid_write_keeps_the_previous_pair(tmp_path, monkeypatch, failing):
+    """Disk full (OSError ENOSPC) half-way through either file: the previous model and data file
+    are untouched and load together; no temporary file is left."""
+    import contextlib
+    import errno
+
+    import onnx
+
+    export_module = importlib.import_module("sparse_rt.onnx.export")  # the package's `export` is the function
+    model, x = _tiny()
+    path = tmp_path / "m.onnx"
+    model.export_onnx(path, x, external_data=True)
+    before = {name: (tmp_path / name).read_bytes() for name in ("m.onnx", "m.onnx.data")}
+    real_atomic_write = export_module.atomic_write
+
+    class DiskFull:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    @contextlib.contextmanager
+    def atomic_write(target, *args):
+        with real_atomic_write(target, *args) as f:
+            yield DiskFull(f) if os.path.basename(target) == failing else f
+
+    monkeypatch.setattr(export_module, "atomic_write", atomic_write)
+    with pytest.raises(OSError, match="No space left"):
+        model.export_onnx(path, x + 1, external_data=True)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+    onnx.checker.check_model(str(path), full_check=True)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 import onnx
 import onnx_ir.passes.common as passes
 import torch
+from onnx.external_data_helper import set_external_data
 
+from ..io import atomic_write
 from . import portable
 from .fold import fold_batchnorm_and_relu
 from .quiet import quiet_exporter
@@ -15,6 +17,7 @@ from .translation import translation_table
 FLAVORS = ("portable", "sparse")
 # Protobuf cannot serialize 2 GiB; above this many initializer bytes, weights go to a side file.
 _EXTERNAL_DATA_BYTES = 1 << 30
+_EXTERNAL_DATA_MIN_TENSOR_BYTES = 1024  # smaller tensors stay in the model file
 
 
 @dataclass
@@ -97,16 +100,37 @@ def _onnx_opset(proto):
 
 
 def _save(proto, path, external_data):
-    location = _external_data_path(path)
+    """Writes `proto` to `path` with sparse_rt.io.atomic_write, and with `external_data` its
+    initializers of 1 KiB or more to `path + ".data"`: both files are complete and fsync'ed
+    under temporary names before the data file is renamed into place, then the model file. A kill
+    before the first rename leaves the previous pair; one between the two renames (a short window)
+    leaves the previous model beside the new data file (see README, "Deploy with ONNX").
+    An existing data file is replaced only together with the model, never removed."""
     if external_data is None:
         external_data = sum(len(t.raw_data) for t in proto.graph.initializer) > _EXTERNAL_DATA_BYTES
-    if os.path.exists(location):
-        os.remove(location)  # onnx appends to an existing data file
-    if external_data:
-        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=os.path.basename(location), size_threshold=1024)
-    else:
-        onnx.save_model(proto, path)
+    with atomic_write(path) as model_file:
+        if external_data:
+            location = _external_data_path(path)
+            with atomic_write(location) as data_file:
+                _move_to_external_data(proto, data_file, os.path.basename(location))
+                model_file.write(proto.SerializeToString())
+                model_file.flush()
+                os.fsync(model_file.fileno())  # so that only the renames stand between the two files
+        else:
+            model_file.write(proto.SerializeToString())
+
+
+def _move_to_external_data(proto, data_file, location):
+    """Streams the raw data of `proto`'s initializers of 1 KiB or more to `data_file` and points
+    them at it (`location`, relative to the model file)."""
+    for tensor in proto.graph.initializer:
+        if len(tensor.raw_data) < _EXTERNAL_DATA_MIN_TENSOR_BYTES:
+            continue
+        offset = data_file.tell()
+        data_file.write(tensor.raw_data)
+        set_external_data(tensor, location, offset, len(tensor.raw_data))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.ClearField("raw_data")
 
 
 def _file_bytes(path):

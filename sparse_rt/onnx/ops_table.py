@@ -14,6 +14,9 @@ from ..ops.geometry import conv2d_output_size
 
 DOMAIN = "sparse_rt"
 VERSION = 1
+# The CPU kernel's limit on BSR block height (its on-stack accumulator; csrc/kernels/cpu/bsr_linear.h
+# kMaxBlockHeight): onnxruntime runs our ops on the CPU kernels only.
+MAX_BLOCK_HEIGHT = 64
 
 # (name, type variable): "T" values and activations, "I" indices
 INPUTS = (("X", "T"), ("crow_indices", "I"), ("col_indices", "I"), ("values", "T"), ("bias", "T"))
@@ -39,6 +42,10 @@ class OpSpec:
     torch_arguments: Callable
     # (crow, col, values, attributes) -> the CSR / BSR weight, its geometry checked (ValueError)
     weight: Callable
+    # (X's dims, attributes) -> None; ValueError unless the op takes an X of those dims (a dim
+    # that is not an int is unknown and passes; None for an unknown rank). Checked against the
+    # graph's shapes when a session is built and against X itself before every kernel call.
+    check_input: Callable
 
     def weight_rows(self, crow_length: int | None, block_height: int | None) -> int | None:
         """Rows of the dense weight (the output features or channels); None where a length it
@@ -55,6 +62,19 @@ _CONV_ATTRIBUTES = ("in_channels", "kernel_h", "kernel_w", "stride_h", "stride_w
 
 def _linear_output_dims(x, rows, attribute):
     return [*x[:-1], rows]
+
+
+def _check_linear_input(x, a):
+    if x is None:
+        return
+    if not x:
+        raise ValueError(f"X must have at least one dimension (in_features={a['in_features']}), got a scalar")
+    if isinstance(x[-1], int) and x[-1] != a["in_features"]:
+        raise ValueError(f"X has shape {_dims(x)} but in_features={a['in_features']}")
+
+
+def _dims(x):
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in x) + "]"
 
 
 def _linear_translation(emit):
@@ -79,6 +99,8 @@ def _bsr_linear_weight(crow, col, values, a):
     if values.dim() != 3:
         raise ValueError(f"values must be 3-D [nblocks, bh, bw], got shape {tuple(values.shape)}")
     bh, bw = values.shape[1:]
+    if bh > MAX_BLOCK_HEIGHT:
+        raise ValueError(f"block height {bh} exceeds the CPU kernel's maximum {MAX_BLOCK_HEIGHT}")
     return BSR(crow, col, values, ((crow.numel() - 1) * bh, a["in_features"]), (bh, bw))
 
 
@@ -89,6 +111,20 @@ def _conv_output_dims(x, rows, attribute):
         return conv2d_output_size(x[axis], attribute(f"kernel_{s}"), attribute(f"stride_{s}"), attribute(f"pad_{s}"),
                                   attribute(f"dilation_{s}"))
     return [x[0], rows, size(2, "h"), size(3, "w")]
+
+
+def _check_conv_input(x, a):
+    if x is None:
+        return
+    if len(x) != 4:
+        raise ValueError(f"X must be 4-D [N, C, H, W], got shape {_dims(x)}")
+    if isinstance(x[1], int) and x[1] != a["in_channels"]:
+        raise ValueError(f"X has shape {_dims(x)} but in_channels={a['in_channels']}")
+    out = _conv_output_dims(x, None, a.__getitem__)[2:]
+    if any(isinstance(d, int) and d < 1 for d in out):
+        raise ValueError(f"X has shape {_dims(x)}, smaller than the dilated kernel "
+                         f"{a['kernel_h']}x{a['kernel_w']} (padding {a['pad_h']}x{a['pad_w']}, dilation "
+                         f"{a['dilation_h']}x{a['dilation_w']}): the output would be {_dims(out)}")
 
 
 def _conv_translation(emit):
@@ -125,16 +161,19 @@ OPS = {spec.name: spec for spec in (
     OpSpec("CsrLinear", "csr_linear", _LINEAR_ATTRIBUTES,
            "Y = X @ W^T + bias (then ReLU if relu=1); W [len(crow)-1, in_features] in CSR.",
            blocked=False, folds_batchnorm=False, output_dims=_linear_output_dims,
-           translation=_linear_translation, torch_arguments=_linear_torch_arguments, weight=_csr_linear_weight),
+           translation=_linear_translation, torch_arguments=_linear_torch_arguments, weight=_csr_linear_weight,
+           check_input=_check_linear_input),
     OpSpec("BsrLinear", "bsr_linear", _LINEAR_ATTRIBUTES,
            "Y = X @ W^T + bias (then ReLU if relu=1); W in BSR, values [nblocks, bh, bw].",
            blocked=True, folds_batchnorm=False, output_dims=_linear_output_dims,
-           translation=_linear_translation, torch_arguments=_linear_torch_arguments, weight=_bsr_linear_weight),
+           translation=_linear_translation, torch_arguments=_linear_torch_arguments, weight=_bsr_linear_weight,
+           check_input=_check_linear_input),
     OpSpec("CsrConv2d", "csr_conv2d", _CONV_ATTRIBUTES,
            "NCHW conv2d with symmetric zero padding; W in CSR over "
            "[out_channels, in_channels/group*kernel_h*kernel_w] (row-major OIHW flattening).",
            blocked=False, folds_batchnorm=True, output_dims=_conv_output_dims,
-           translation=_conv_translation, torch_arguments=_conv_torch_arguments, weight=_conv_weight),
+           translation=_conv_translation, torch_arguments=_conv_torch_arguments, weight=_conv_weight,
+           check_input=_check_conv_input),
 )}
 
 

@@ -1,5 +1,6 @@
 """onnxruntime sessions for exported models, with sparse_rt's ops registered."""
 
+import functools
 import os
 import weakref
 
@@ -46,18 +47,53 @@ def session(path, *, register_ops=True, config=None, **ort_options):
     from .runtime import bind_weights, check_weights, register_ort_kernels, release_weights
 
     model = onnx.load(path)
-    weights = check_weights(model, path)
+    checked = check_weights(model, path)
     options.register_custom_ops_library(register_ort_kernels())
-    keys = bind_weights(model, weights)
+    token, keys = bind_weights(model, checked)
+    session_class = _reporting_session_class(ort)
     if model.ByteSize() > _MAX_PROTO_BYTES:
         # The rewritten graph travels as bytes, within protobuf's limit; past it the file runs as
         # it is (its weights then copied on every call).
         release_weights(keys)
-        return ort.InferenceSession(path, options, **session_args)
+        return session_class(token, path, options, **session_args)
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), options, **session_args)
+        sess = session_class(token, model.SerializeToString(), options, **session_args)
     except BaseException:
         release_weights(keys)
         raise
     weakref.finalize(sess, release_weights, keys)
     return sess
+
+
+@functools.cache
+def _reporting_session_class(ort):
+    """An onnxruntime.InferenceSession whose run, run_with_ort_values and run_with_iobinding go
+    through runtime.run_reporting_failures: a failing kernel of ours fails the call with an
+    exception (one raised inside the op would make onnxruntime-extensions terminate the process)."""
+    from .runtime import run_reporting_failures
+
+    class ReportingSession(ort.InferenceSession):
+        def __init__(self, token, *args, **kwargs):
+            self._sparse_rt_token = token  # the bound weights' session token
+            super().__init__(*args, **kwargs)
+
+        def _reporting(self, method, args, run_options):
+            return run_reporting_failures(functools.partial(method, self), args, run_options,
+                                          self._sparse_rt_token, ort)
+
+        def run(self, output_names, input_feed, run_options=None):
+            return self._reporting(ort.InferenceSession.run, (output_names, input_feed), run_options)
+
+        def run_with_ort_values(self, output_names, input_dict_ort_values, run_options=None):
+            return self._reporting(ort.InferenceSession.run_with_ort_values, (output_names, input_dict_ort_values),
+                                   run_options)
+
+        def run_with_iobinding(self, iobinding, run_options=None):
+            return self._reporting(ort.InferenceSession.run_with_iobinding, (iobinding,), run_options)
+
+        def run_async(self, *args, **kwargs):
+            raise NotImplementedError("sparse_rt.onnx.session: run_async is not supported (its nodes run on "
+                                      "onnxruntime's threads, where a failing kernel's error cannot reach the "
+                                      "caller); call run from a thread of your own")
+
+    return ReportingSession
