@@ -235,8 +235,9 @@ def _scaled_members(**differences):
     return [first, second]
 
 
-@pytest.mark.parametrize("differences, at_fault", [(dict(slope=0.5), r"act: members differ in negative_slope"),
-                                                   (dict(scale=100.0), r"mul \(mul\): members call it with different arguments")])
+@pytest.mark.parametrize("differences, at_fault", [
+    (dict(slope=0.5), r"act: members differ in negative_slope"),
+    (dict(scale=100.0), r"mul \(mul\): members call it with different arguments")])
 def test_members_differing_outside_their_weights_are_not_fused(differences, at_fault):
     members = _scaled_members(**differences)
     with pytest.warns(RuntimeWarning, match=at_fault):

@@ -319,8 +319,8 @@ def fuse_members(modules):
             raise FusionError(f"member {i}", "its traced graph differs from member 0's (another architecture)")
         for node, ours, theirs in zip(nodes, signatures[0], other):
             if not same_value(ours[2], theirs[2]):
-                raise FusionError(_describe(node), f"members call it with different arguments ({ours[2]!r} in member 0, "
-                                  f"{theirs[2]!r} in member {i})")
+                raise FusionError(_describe(node), f"members call it with different arguments "
+                                                   f"({ours[2]!r} in member 0, {theirs[2]!r} in member {i})")
     graph, submodules = fx.Graph(), {}
     env, fused = {}, {}  # new node per old node; whether it carries the members side by side
 

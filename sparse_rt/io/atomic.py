@@ -9,7 +9,6 @@ import re
 import secrets
 import stat
 
-
 _RANDOM_BYTES = 4  # of the temporary file's name, written as 8 hex digits
 
 
