@@ -34,24 +34,21 @@ def shape(text):
     return sizes
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _at_least(convert, least, what):
+    """An argparse type: `convert(text)`, refused below `least` (and when nan)."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not value >= least:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {least}, got {text!r}")
+        return value
+    return parse
 
 
-def non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # nan too
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+positive_int = _at_least(int, 1, "an integer")
+non_negative_float = _at_least(float, 0, "a number")
 
 
 def add_input_shape(p, help_text="one sample's input shape (zoo architectures know theirs)"):
