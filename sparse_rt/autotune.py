@@ -2,7 +2,9 @@
 remembering the verdict on disk per layer shape, input shape, dtype, thread count and machine."""
 
 import json
+import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,9 +26,24 @@ class AutotuneCache:
     def __init__(self, path=None):
         self.path = Path(path) if path else default_cache_path()
         try:
-            self.entries = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.entries = {}  # a missing or unreadable cache is only a cold cache
+            stored = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            stored = {}
+        except (OSError, ValueError) as e:
+            stored = self._ignored(f"cannot be read ({type(e).__name__}: {e})")
+        if not isinstance(stored, dict):
+            stored = self._ignored(f"holds a JSON {type(stored).__name__}, not an object")
+        # Only well-formed entries are kept; save() rewrites the file without the others.
+        self.entries = {key: entry for key, entry in stored.items() if _well_formed(entry)}
+        if len(self.entries) < len(stored):
+            self._ignored(f"has {len(stored) - len(self.entries)} malformed entries (not "
+                          '{"format": "csr" or "dense", "dense_s": seconds > 0, "sparse_s": seconds > 0})')
+
+    def _ignored(self, problem):
+        """A damaged cache is only a cold cache: warn, start empty (the next save rewrites it)."""
+        warnings.warn(f"autotune cache {self.path} {problem}; ignoring it and measuring again", RuntimeWarning,
+                      stacklevel=3)
+        return {}
 
     @staticmethod
     def key(layer, x, nnz):
@@ -41,6 +58,13 @@ class AutotuneCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.path, "w") as f:
             json.dump(self.entries, f, indent=0, sort_keys=True)
+
+
+def _well_formed(entry):
+    def seconds(value):
+        return type(value) in (int, float) and 0 < value < math.inf
+    return (isinstance(entry, dict) and entry.get("format") in ("csr", "dense")
+            and seconds(entry.get("dense_s")) and seconds(entry.get("sparse_s")))
 
 
 def capture_layer_inputs(model, example_inputs, names):

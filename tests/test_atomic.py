@@ -2,6 +2,7 @@
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -97,3 +98,41 @@ def test_srt_save_killed_as_its_temporary_file_grows(tmp_path):
     torch.manual_seed(1)
     new = sparse_rt.sparsify(nn.Sequential(nn.Linear(2048, 2048)), min_sparsity=0.0, format="csr")
     assert torch.equal(values, previous.module[0].values) or torch.equal(values, new.module[0].values)
+
+
+def test_save_leaves_the_temporary_file_of_a_longer_name_alone(tmp_path):
+    # ".ckpt.99999999.PID.XXXXXXXX.tmp" is a save of ckpt.99999999 under way (99999999 is above
+    # Linux's pid limit, so no process of that pid is alive), not a leftover of a save of ckpt.
+    with atomic_write(tmp_path / "ckpt.99999999") as longer:
+        longer.write(b"longer")
+        with atomic_write(tmp_path / "ckpt") as f:
+            f.write(b"short")
+    assert (tmp_path / "ckpt.99999999").read_bytes() == b"longer"
+    assert (tmp_path / "ckpt").read_bytes() == b"short"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_save_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    target = tmp_path / "secret.bin"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    with atomic_write(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+def test_save_through_a_symlink_replaces_the_file_it_points_to(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "model.srt"
+    target.write_bytes(b"old")
+    link = tmp_path / "model.srt"
+    link.symlink_to(target)
+    torch.manual_seed(0)
+    model = sparse_rt.sparsify(nn.Sequential(nn.Linear(8, 4)), min_sparsity=0.0, format="csr")
+    model.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert torch.equal(sparse_rt.load(target, arch=nn.Sequential(nn.Linear(8, 4))).module[0].values,
+                       model.module[0].values)
+    assert _temps(tmp_path / "real", "model.srt") == [] and _temps(tmp_path, "model.srt") == []

@@ -113,3 +113,41 @@ def test_errors_are_one_line(tmp_path, capsys, resnet20):
     out.write_bytes(out.read_bytes()[:-64])
     err = _one_line_error(capsys, "inspect", out)
     assert "truncated" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ("export", "cifar_resnet", "-o", "/nonexistent/x.onnx", "--input-shape", "0,32,32"),
+    ("export", "cifar_resnet", "-o", "/nonexistent/x.onnx", "--batch", "-1"),
+    ("export", "cifar_resnet", "-o", "/nonexistent/x.onnx", "--batch", "0"),
+    ("export", "cifar_resnet", "-o", "/nonexistent/x.onnx", "--opset", "0"),
+    ("export", "cifar_resnet", "-o", "/nonexistent/x.onnx", "--tolerance", "nan"),
+    ("bench", "cifar_resnet", "--sparsity", "0.9", "--threads", "-1"),
+    ("bench", "cifar_resnet", "--sparsity", "0.9", "--input-shape", "3,0,32"),
+    ("demo", "--batch", "0"),
+    ("demo", "--batch", "-2"),
+    ("demo", "--time", "-1"),
+], ids=lambda argv: " ".join(argv[:1] + argv[-2:]))
+def test_bad_numbers_are_refused_by_the_argument_parser(capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"error: argument {argv[-2]}: expected" in err and "Traceback" not in err
+
+
+def test_export_refuses_an_input_shape_the_model_does_not_take(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    out = tmp_path / "x.onnx"
+    err = _one_line_error(capsys, "export", "cifar_resnet", "--arch-kwargs", "depth=8", "--input-shape", "5,32,32",
+                          "--no-check", "-o", out)
+    assert "does not run on inputs of shape (1, 5, 32, 32)" in err and "3 channels" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_export_refuses_an_opset_it_cannot_write(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    out = tmp_path / "x.onnx"
+    code, _, err = _run(capsys, "export", "cifar_resnet", "--arch-kwargs", "depth=8", "--opset", "3", "--no-check",
+                        "-o", out)
+    assert code == 2 and "error: opset 3 cannot be exported" in err.splitlines()[-1] and "Traceback" not in err
+    assert not out.exists()

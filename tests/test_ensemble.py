@@ -214,6 +214,51 @@ def test_members_with_a_layer_dense_in_one_and_sparse_in_another_fuse():
         assert rel_err(ensemble.forward_members(x), torch.stack([m(x) for m in pruned])) <= 1e-5
 
 
+class _ScaledNet(nn.Module):
+    """A LeakyReLU of a given slope, and a forward that multiplies by a plain attribute."""
+
+    def __init__(self, slope=0.01, scale=1.0):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(6, 16), nn.LeakyReLU(slope), nn.Linear(16, 4)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x))) * self.scale
+
+
+def _scaled_members(**differences):
+    """Two pruned _ScaledNets with equal weights, member 1 built with `differences`."""
+    torch.manual_seed(0)
+    first = sparse_rt.magnitude_prune(_ScaledNet().eval(), 0.6)
+    second = _ScaledNet(**differences).eval()
+    second.load_state_dict(first.state_dict())
+    return [first, second]
+
+
+@pytest.mark.parametrize("differences, at_fault", [
+    (dict(slope=0.5), r"act: members differ in negative_slope"),
+    (dict(scale=100.0), r"mul \(mul\): members call it with different arguments")])
+def test_members_differing_outside_their_weights_are_not_fused(differences, at_fault):
+    members = _scaled_members(**differences)
+    with pytest.warns(RuntimeWarning, match=at_fault):
+        ensemble = SparseEnsemble.from_models(members, min_sparsity=0.5)
+    assert ensemble.fused is None
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert rel_err(ensemble.forward_members(x), torch.stack([m(x) for m in members])) <= 1e-5
+
+
+def test_members_equal_outside_their_weights_are_fused():
+    members = _scaled_members()
+    with torch.no_grad():
+        members[1].fc1.weight.mul_(-2)
+    ensemble = SparseEnsemble.from_models(members, min_sparsity=0.5)
+    assert ensemble.fused is not None
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert rel_err(ensemble.forward_members(x), torch.stack([m(x) for m in members])) <= 1e-5
+
+
 # --- superposition, mask algebra, ERK -------------------------------------------------------------
 
 def test_superpose_keeps_the_global_budget_and_averages():

@@ -86,3 +86,26 @@ def test_extra_repr_shows_format_and_density():
 def test_circular_padding_is_refused():
     with pytest.raises(ValueError, match="padding_mode='circular' is not supported"):
         SparseConv2d.from_dense(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"))
+
+
+@pytest.mark.parametrize("layer", [SparseLinear.from_dense(_pruned_linear()), SparseConv2d.from_dense(_pruned_conv())])
+def test_partial_state_dict_with_bad_indices_is_rejected_and_leaves_the_layer_unchanged(layer):
+    model = nn.Sequential(layer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hostile = before["0.col_indices"].clone()
+    hostile[0] = 10**6
+    for strict in (False, True):
+        with pytest.raises(ValueError, match=r"layer '0': invalid sparse weight.*col_indices\[0\]=1000000 is out"):
+            model.load_state_dict({"0.col_indices": hostile}, strict=strict)
+    shorter = {"0.col_indices": before["0.col_indices"][:-1].clone()}
+    with pytest.raises(ValueError, match="layer '0': invalid sparse weight"):
+        model.load_state_dict(shorter, strict=False)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[key]), key
+
+
+def test_partial_state_dict_that_keeps_the_weight_valid_loads():
+    model = nn.Sequential(SparseLinear.from_dense(_pruned_linear()))
+    values = model[0].values * 2
+    model.load_state_dict({"0.values": values}, strict=False)
+    assert torch.equal(model[0].values, values)

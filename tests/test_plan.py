@@ -118,6 +118,29 @@ def test_example_inputs_give_the_cost_model_the_batch():
     assert isinstance(sparse_rt.sparsify(_mixed_mlp()).module[0], SparseLinear)
 
 
+@pytest.mark.parametrize("damage", [lambda entries: [], lambda entries: "{", lambda entries: list(entries),
+                                    lambda entries: {key: "csr" for key in entries},
+                                    lambda entries: {key: {**e, "sparse_s": 0} for key, e in entries.items()},
+                                    lambda entries: {key: {**e, "dense_s": "0.001"} for key, e in entries.items()},
+                                    lambda entries: {key: {**e, "format": None} for key, e in entries.items()}],
+                         ids=["empty-list", "broken-json", "list", "entry-not-object", "zero-seconds",
+                              "string-seconds", "bad-format"])
+def test_damaged_autotune_cache_is_ignored_with_a_warning_and_rewritten(tmp_path, monkeypatch, damage):
+    model, cache, x = _mixed_mlp(), tmp_path / "autotune.json", randn(16, 256)
+    seconds = [([1e-3], [2e-3]), ([4e-3], [3e-3])]
+    _fake_timing(monkeypatch, seconds)
+    sparse_rt.sparsify(model, example_inputs=(x,), autotune=True, autotune_cache=cache)
+    good = json.loads(cache.read_text())
+    damaged = damage(good)
+    cache.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    calls = _fake_timing(monkeypatch, seconds)
+    with pytest.warns(RuntimeWarning, match="autotune cache .* ignoring it and measuring again"):
+        tuned = sparse_rt.sparsify(model, example_inputs=(x,), autotune=True, autotune_cache=cache)
+    assert len(calls) == 2
+    assert [r.format for r in tuned.summary()] == ["dense", "csr"]
+    assert json.loads(cache.read_text()) == good
+
+
 def test_autotune_needs_example_inputs():
     with pytest.raises(ValueError, match="needs example_inputs"):
         sparse_rt.sparsify(_mixed_mlp(), autotune=True)

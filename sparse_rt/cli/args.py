@@ -26,9 +26,29 @@ def renames(text):
 
 def shape(text):
     try:
-        return tuple(int(s) for s in text.split(","))
+        sizes = tuple(int(s) for s in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 3,32,32, got {text!r}") from None
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes >= 1 like 3,32,32, got {text!r}")
+    return sizes
+
+
+def _at_least(convert, least, what):
+    """An argparse type: `convert(text)`, refused below `least` (and when nan)."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not value >= least:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {least}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = _at_least(int, 1, "an integer")
+non_negative_float = _at_least(float, 0, "a number")
 
 
 def add_input_shape(p, help_text="one sample's input shape (zoo architectures know theirs)"):

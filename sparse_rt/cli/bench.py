@@ -18,7 +18,7 @@ def add_parser(sub):
     cli_args.add_input_shape(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: the model's own")
-    p.add_argument("--threads", type=int, help="intra-op threads for torch and onnxruntime")
+    p.add_argument("--threads", type=cli_args.positive_int, help="intra-op threads for torch and onnxruntime")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma list of {', '.join(BASELINES)}")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per engine and batch size")
     p.add_argument("--time", type=float, default=10.0,

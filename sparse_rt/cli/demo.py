@@ -2,14 +2,15 @@
 
 from .. import models
 from ..demo import run_demo
+from .args import non_negative_float, positive_int
 
 
 def add_parser(sub):
     p = sub.add_parser("demo", help="prune a zoo model, convert it, check it and time it against dense")
     p.add_argument("--model", default="bert_encoder", choices=models.names())
     p.add_argument("--sparsity", type=float, default=0.9)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--time", type=float, default=2.0, help="seconds of timing per engine")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--time", type=non_negative_float, default=2.0, help="seconds of timing per engine")
     p.set_defaults(run=run)
 
 

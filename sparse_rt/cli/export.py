@@ -19,12 +19,12 @@ def add_parser(sub):
     p.add_argument("--flavor", default="portable",
                    help="portable: standard ONNX ops (stock onnxruntime); sparse: sparse_rt's ops "
                         "(run with sparse_rt.onnx.session)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+    p.add_argument("--opset", type=cli_args.positive_int, default=None, help="ONNX opset (default: torch's)")
     cli_args.add_input_shape(p)
-    p.add_argument("--batch", type=int, default=1, help="batch size of the exported graph")
+    p.add_argument("--batch", type=cli_args.positive_int, default=1, help="batch size of the exported graph")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip running onnxruntime on a random input and comparing with PyTorch")
-    p.add_argument("--tolerance", type=float, default=1e-5,
+    p.add_argument("--tolerance", type=cli_args.non_negative_float, default=1e-5,
                    help="largest accepted max|diff| / max|PyTorch output| of the check")
     p.add_argument("--external-data", action="store_true", default=None,
                    help="weights in OUTPUT.data (default: only above 1 GiB)")

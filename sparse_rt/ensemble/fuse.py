@@ -56,11 +56,76 @@ def split_members(x, members):
 
 # --- layers -------------------------------------------------------------------------------------
 
-def _same(layers, name, *attrs):
-    for a in attrs:
-        values = {repr(getattr(layer, a)) for layer in layers}
-        if len(values) > 1:
-            raise FusionError(name, f"members differ in {a} ({', '.join(sorted(values))})")
+# Tensors that hold a member's own weights, fused by concatenation; every other attribute, buffer
+# and parameter of a module must be equal in all members, since the fused module keeps member 0's.
+_PER_MEMBER_TENSORS = {nn.Conv2d: {"weight", "bias"}, nn.Linear: {"weight", "bias"},
+                       SparseConv2d: {"crow_indices", "col_indices", "values", "bias"},
+                       SparseLinear: {"crow_indices", "col_indices", "values", "bias"},
+                       nn.BatchNorm2d: {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}}
+# How a weight is stored: members may keep a layer dense or in another sparse format (fused as CSR).
+_WEIGHT_STORAGE = {"format", "weight_shape"}
+# nn.Module's own state (hooks, registries) and the training flag, which the fused module sets.
+_MODULE_BOOKKEEPING = set(vars(nn.Module()))
+
+
+def _config(module):
+    """What a module computes with besides its own weights: its attributes, and the buffers and
+    parameters that are not per-member weights."""
+    weights = next((names for kind, names in _PER_MEMBER_TENSORS.items() if isinstance(module, kind)), set())
+    config = {k: v for k, v in vars(module).items() if k not in _MODULE_BOOKKEEPING | _WEIGHT_STORAGE}
+    tensors = {**module._parameters, **module._buffers}
+    config.update({k: v for k, v in tensors.items() if k not in weights})
+    return config
+
+
+def _check_same_config(layers, name):
+    """Raises FusionError naming the first attribute (or tensor) in which the members differ. A
+    layer dense in one member and sparse in another is compared on the attributes both have."""
+    configs = [_config(layer) for layer in layers]
+    same_type = all(type(layer) is type(layers[0]) for layer in layers)
+    keys = set(configs[0]) if same_type else set.intersection(*(set(c) for c in configs))
+    for i, config in enumerate(configs[1:], 1):
+        if same_type and set(config) != keys:
+            raise FusionError(name, f"members 0 and {i} differ in their attributes "
+                                    f"({', '.join(sorted(keys ^ set(config)))})")
+        for key in sorted(keys):
+            if not same_value(configs[0][key], config[key]):
+                raise FusionError(name, f"members differ in {key} ({configs[0][key]!r} in member 0, "
+                                        f"{config[key]!r} in member {i})")
+
+
+def same_value(a, b):
+    """Exact equality of attribute values and graph constants (tensors elementwise, containers
+    item by item); objects without a value equality are the same only if they are one object."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and a.device == b.device and torch.equal(a, b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, float):
+        return a == b or (a != a and b != b)
+    if isinstance(a, (bool, int, complex, str, bytes, type(None), slice, torch.dtype, torch.device,
+                      torch.memory_format, torch.layout)):
+        return a == b
+    return a is b
+
+
+class _NodeRef(tuple):
+    """A graph node in a compared argument list, by its position in the graph (a tuple subclass, so
+    that it equals only another _NodeRef of that position)."""
+
+    def __repr__(self):
+        return f"%{self[0]}"
+
+
+def _signature(node, index):
+    """A node's operation and arguments, with the nodes it reads by position."""
+    refs = fx.node.map_arg((node.args, node.kwargs), lambda n: _NodeRef((index[n],)))
+    return node.op, node.target, refs
 
 
 def _concat_csr(csrs, col_shift):
@@ -82,7 +147,6 @@ def _bias(layers):
 
 def _fuse_conv(layers, name, shared_input):
     """Stacked rows on the shared input, else groups x M; dense members stay a dense conv."""
-    _same(layers, name, "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
     first, m = layers[0], len(layers)
     modes = {getattr(layer, "padding_mode", "zeros") for layer in layers}  # SparseConv2d pads zeros
     if len(modes) > 1:
@@ -122,7 +186,6 @@ class _FusedLinearInput(nn.Module):
 def _fuse_linear(layers, name, shared_input):
     """Stacked rows on the shared input, else block-diagonal; dense members on the shared input
     stay a dense Linear."""
-    _same(layers, name, "in_features", "out_features")
     first, m = layers[0], len(layers)
     if shared_input and all(isinstance(layer, nn.Linear) for layer in layers):
         fused = nn.Linear(first.in_features, first.out_features * m, bias=first.bias is not None)
@@ -140,7 +203,6 @@ def _fuse_linear(layers, name, shared_input):
 
 
 def _fuse_batchnorm(layers, name):
-    _same(layers, name, "num_features", "eps", "momentum", "affine", "track_running_stats")
     first = layers[0]
     fused = copy.deepcopy(first)
     fused.num_features = first.num_features * len(layers)
@@ -232,8 +294,12 @@ def _check_function(node):
         return
     if node.op == "call_method" and target in _CHANNELWISE_METHODS:
         return
-    what = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
-    raise FusionError(f"{node.name} ({what})", "this operation cannot be fused")
+    raise FusionError(_describe(node), "this operation cannot be fused")
+
+
+def _describe(node):
+    what = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
+    return f"{node.name} ({what})"
 
 
 # --- graph --------------------------------------------------------------------------------------
@@ -244,10 +310,17 @@ def fuse_members(modules):
     m = len(modules)
     traced = [_trace(module) for module in modules]
     nodes = list(traced[0].graph.nodes)
-    for i, t in enumerate(traced[1:], 1):
-        other = list(t.graph.nodes)
-        if [(n.op, n.target) for n in other] != [(n.op, n.target) for n in nodes]:
+    signatures = []
+    for t in traced:
+        index = {n: i for i, n in enumerate(t.graph.nodes)}
+        signatures.append([_signature(n, index) for n in t.graph.nodes])
+    for i, other in enumerate(signatures[1:], 1):
+        if [sig[:2] for sig in other] != [sig[:2] for sig in signatures[0]]:
             raise FusionError(f"member {i}", "its traced graph differs from member 0's (another architecture)")
+        for node, ours, theirs in zip(nodes, signatures[0], other):
+            if not same_value(ours[2], theirs[2]):
+                raise FusionError(_describe(node), f"members call it with different arguments "
+                                                   f"({ours[2]!r} in member 0, {theirs[2]!r} in member {i})")
     graph, submodules = fx.Graph(), {}
     env, fused = {}, {}  # new node per old node; whether it carries the members side by side
 
@@ -268,6 +341,7 @@ def fuse_members(modules):
                 raise FusionError(node.target, "modules with several inputs cannot be fused")
             (x,) = node.all_input_nodes
             layers = [t.get_submodule(node.target) for t in traced]
+            _check_same_config(layers, node.target)
             module, needs_fused = _fuse_module(layers, node.target, not fused[x], m)
             submodules[node.target] = module
             arg = fused_arg(x) if needs_fused else env[x]

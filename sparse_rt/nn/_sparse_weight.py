@@ -20,14 +20,17 @@ def check_weight_and_bias(weight, bias, what, contiguous=False):
             raise ValueError(f"{where}{name} must be contiguous")
     if bias is None:
         return
-    rows = weight.shape[0]
-    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (rows,):
-        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
-        raise ValueError(f"{where}bias must have shape ({rows},), got {got}")
+    check_bias_shape(bias, weight.shape[0], where)
     if bias.dtype != weight.values.dtype:
         raise ValueError(f"{where}bias dtype {bias.dtype} differs from the values dtype {weight.values.dtype}")
     if bias.device != weight.values.device:
         raise ValueError(f"{where}bias is on {bias.device} but the weight is on {weight.values.device}")
+
+
+def check_bias_shape(bias, rows, where):
+    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (rows,):
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"{where}bias must have shape ({rows},), got {got}")
 
 
 class SparseWeightModule(nn.Module):
@@ -69,16 +72,19 @@ class SparseWeightModule(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # A checkpoint may hold a different number of nonzeros than this module: validate the
-        # incoming index structure first, then resize the buffers to it before torch copies.
-        # With assign=True (the .srt loader's path) the tensors are taken as they are, so their
-        # dtypes, devices and contiguity are checked too; otherwise torch copies them into this
-        # module's buffers, which already satisfy those.
-        keys = [prefix + n for n in ("crow_indices", "col_indices", "values")]
-        if all(k in state_dict for k in keys):
-            crow, col, values = (state_dict[k] for k in keys)
+        # A checkpoint may hold a different number of nonzeros than this module, or only some of
+        # the weight's keys (torch loads the keys present, strict or not, and only then raises for
+        # the missing ones): validate the weight as it will be after the load (given tensors where
+        # the state_dict has them, this module's buffers elsewhere) before anything changes, then
+        # resize the given buffers to it before torch copies. With assign=True (the .srt loader's path)
+        # the tensors are taken as they are, so their dtypes, devices and contiguity are checked
+        # too; otherwise torch copies them into this module's buffers, which already satisfy those.
+        names = ("crow_indices", "col_indices", "values")
+        given = {name: state_dict[prefix + name] for name in names if prefix + name in state_dict}
+        if given or prefix + "bias" in state_dict:
+            crow, col, values = (given.get(name, getattr(self, name)) for name in names)
             assign = local_metadata.get("assign_to_params_buffers", False)
-            bias = state_dict.get(prefix + "bias", self.bias) if assign else None
+            bias = state_dict.get(prefix + "bias", self.bias)
             layer = prefix[:-1] or type(self).__name__
             try:
                 weight = self._container(crow, col, values)
@@ -86,10 +92,12 @@ class SparseWeightModule(nn.Module):
                     check_weight_and_bias(weight, bias, "", contiguous=True)
                 else:
                     weight.validate()
+                    if self.bias is not None:
+                        check_bias_shape(bias, weight.shape[0], "")
             except ValueError as e:
                 raise ValueError(f"layer '{layer}': invalid sparse weight in state_dict: {e}") from None
-            self.crow_indices = torch.empty_like(crow, device=self.crow_indices.device)
-            self.col_indices = torch.empty_like(col, device=self.col_indices.device)
-            self.values = torch.empty(values.shape, dtype=self.values.dtype, device=self.values.device)
+            for name, tensor in given.items():
+                current = getattr(self, name)
+                setattr(self, name, torch.empty(tensor.shape, dtype=current.dtype, device=current.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

@@ -72,6 +72,7 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
         traced, table = portable.to_portable(model), None
     else:
         traced, table = model, translation_table()
+    _check_runs(model, args)
     with quiet_exporter(), torch.inference_mode(False):
         program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
                                     custom_translation_table=table, verbose=False,
@@ -82,6 +83,10 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     for cleanup in (passes.ClearMetadataAndDocStringPass(), passes.RemoveUnusedNodesPass()):
         cleanup(program.model)
     proto = program.model_proto
+    if opset is not None and _onnx_opset(proto) != opset:
+        # torch exports at its own opset and converts; a failed conversion only logs and keeps its own
+        raise ValueError(f"opset {opset} cannot be exported: torch.onnx.export produced opset {_onnx_opset(proto)} "
+                         "instead (its conversion to that opset failed)")
     if flavor == "sparse":
         fold_batchnorm_and_relu(proto)
     # The newest onnx writes an IR version onnxruntime may not read yet; the opsets used fix the
@@ -93,6 +98,18 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     if check:
         result.max_abs_diff, result.max_rel_diff = compare(model, path, args, flavor)
     return result
+
+
+def _check_runs(model, args):
+    """Raises ValueError when the model rejects inputs of these shapes, before the exporter fails
+    on them deep inside torch.export."""
+    try:
+        with torch.inference_mode():
+            model(*args)
+    except RuntimeError as e:
+        shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the model does not run on inputs of shape {shapes}: {first_line}") from None
 
 
 def _onnx_opset(proto):
