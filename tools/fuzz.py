@@ -64,6 +64,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import platform
 import shutil
 import signal
@@ -179,6 +180,8 @@ class SrtTarget:
         torch.save(sparse_rt.magnitude_prune(models.create("cifar_resnet", depth=8).eval(), 0.8).state_dict(), ckpt)
         zoo = SparseModel.from_checkpoint(ckpt, "cifar_resnet", arch_kwargs={"depth": 8}, format="csr")
         files.append((self._saved(zoo, "zoo.srt"), None, torch.randn(1, 3, 32, 32)))
+        ensemble = sparse_rt.SparseEnsemble.from_models([_pruned(0), _pruned(1)], min_sparsity=0.0)
+        files.append((self._saved(ensemble, "ensemble.srt"), _tiny_net(), torch.randn(2, 3, 8, 8)))
         # ... and a small module instance (arch= at load) in CSR and BSR.
         for fmt in ("csr", "bsr:2x2"):
             model = sparse_rt.sparsify(_pruned(), format=fmt, min_sparsity=0.0)
@@ -209,9 +212,12 @@ class SrtTarget:
 
     def _mutate(self, data, draw):
         st = draw.st
-        kind = draw(st.sampled_from(["bytes", "header", "manifest", "indices", "version", "length"]))
+        kind = draw(st.sampled_from(["bytes", "header", "manifest", "indices", "version", "length", "raw",
+                                     "table", "ensemble"]))
         if kind == "bytes":
             return _mutate_bytes(data, draw)
+        if kind == "raw":
+            return self._raw_value(data, draw)
         if kind == "length":
             return draw(st.sampled_from([2**63, 2**40, 64 << 20, 0, 7])).to_bytes(8, "little") + data[8:]
         header, body = self._split(data)
@@ -224,6 +230,25 @@ class SrtTarget:
             for _ in range(draw(st.integers(1, 3))):
                 _edit_json(manifest, draw)
             header["__metadata__"][self.srt.MANIFEST_KEY] = json.dumps(manifest)
+        elif kind == "ensemble":  # forge the ensemble record (or make a model file claim to be one)
+            manifest = json.loads(header["__metadata__"][self.srt.MANIFEST_KEY])
+            manifest["kind"] = "ensemble"
+            record = manifest.get("ensemble")
+            if isinstance(record, dict) and record and draw(st.booleans()):
+                for _ in range(draw(st.integers(1, 3))):
+                    _edit_json(record, draw)
+            else:
+                manifest["ensemble"] = draw(st.sampled_from([{"members": 2**31, "combine": "mean_prob"},
+                                                             {"members": [{"prefix": "0."}] * 3}, [], 7]))
+            header["__metadata__"][self.srt.MANIFEST_KEY] = json.dumps(manifest)
+        elif kind == "table":  # one tensor entry forged: dtype, shape, offsets
+            name = draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+            entry, field = header[name], draw(st.sampled_from(["dtype", "shape", "data_offsets"]))
+            start, end = entry["data_offsets"]
+            entry[field] = draw(st.sampled_from({
+                "dtype": ["F64", "BOOL", "C64", "U64", "XX", ""],
+                "shape": [[2**62, 2**62], [-1], [2**31, 0], [], [0], [2**20, 2**20, 2**20]],
+                "data_offsets": [[end, start], [0, 2**63], [0, 0], [start, end + 4], [-8, end], [start, 2**40]]}[field]))
         elif kind == "header":
             table = {k: v for k, v in header.items() if k != "__metadata__"}
             for _ in range(draw(st.integers(1, 3))):
@@ -243,10 +268,43 @@ class SrtTarget:
             body = bytes(body)
         return self._signed(header, body)
 
+    def _raw_value(self, data, draw):
+        """Puts a value json.dumps cannot write into the manifest (the arch kwargs or a layer
+        record) or the tensor table, as raw JSON text: deep nesting, a 5000-digit integer,
+        Infinity / NaN. The digests are recomputed where the text still parses."""
+        st = draw.st
+        raw = draw(st.sampled_from(["[" * 100000 + "]" * 100000, "9" * 5000, "-" + "9" * 5000, "Infinity", "NaN",
+                                    "-Infinity", "1e400", '{"a":' * 50000 + "1" + "}" * 50000]))
+        header, body = self._split(data)
+        manifest = json.loads(header["__metadata__"][self.srt.MANIFEST_KEY])
+        where = draw(st.sampled_from(["arch", "layer", "table"]))
+        if where == "arch" and isinstance(manifest.get("arch"), dict):
+            key = draw(st.sampled_from(["depth", "num_classes", "width"]))
+            manifest["arch"].setdefault("kwargs", {})[key] = "@RAW@"
+        elif where in ("arch", "layer") and manifest.get("layers"):
+            record = manifest["layers"][draw(st.integers(0, len(manifest["layers"]) - 1))]
+            record[draw(st.sampled_from(sorted(record)))] = "@RAW@"
+        else:
+            header["fuzz"] = "@RAW@"
+        text = json.dumps(manifest).replace('"@RAW@"', raw)
+        try:
+            manifest = json.loads(text)
+            manifest["tensors_sha256"] = hashlib.sha256(body).hexdigest()
+            manifest["header_sha256"] = self.srt.header_digest(
+                {k: v for k, v in header.items() if k != "__metadata__"}, manifest)
+            text = json.dumps(manifest)
+        except (ValueError, RecursionError, TypeError):
+            pass  # unparsable here too: the loader must refuse it before any digest
+        header["__metadata__"][self.srt.MANIFEST_KEY] = text
+        head = json.dumps(header).replace('"@RAW@"', raw).encode()
+        head += b" " * (-len(head) % 8)
+        return len(head).to_bytes(8, "little") + head + body
+
     def case(self, draw):
         base, arch, x = self.bases[draw(draw.st.integers(0, len(self.bases) - 1))]
+        data = self._mutate(base, draw)
         with open(self.path, "wb") as f:
-            f.write(self._mutate(base, draw))
+            f.write(data)
         return self.run(arch, x)
 
     def run(self, arch, x):
@@ -290,9 +348,18 @@ class CheckpointTarget:
         model = _pruned()
         sd = model.state_dict()
         masks = {k + "_mask": (v != 0).float() for k, v in sd.items() if k.endswith("weight")}
+        weight = next(k for k in sd if k.endswith("weight"))
+        odd_tensors = [torch.ones(3, dtype=torch.bool), torch.randn(2, dtype=torch.complex64),
+                       torch.randn(3, 3).to_sparse(), torch.randn(3, 3).to_sparse_csr(), torch.empty(3, device="meta"),
+                       torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8)]
         objects = [sd, {"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3, "best_acc1": 0.5},
                    {**{k.replace("weight", "weight_orig"): v for k, v in sd.items()}, **masks},
-                   {"model": sd, "payload": _Payload(self.marker)}]
+                   {"model": sd, "payload": _Payload(self.marker)},
+                   *({**sd, weight: t} for t in odd_tensors),
+                   # rigl-torch's mask list, holding non-tensors; Continuous Sparsification's scores
+                   {"model": sd, "pruner": {"backward_masks": [1, "mask", None, torch.ones(2), [torch.ones(1)]]}},
+                   {**sd, **{k.replace("weight", "mask_weight"): torch.randn_like(v) for k, v in sd.items()
+                             if k.endswith("weight")}}]
         self.bases = []
         for i, obj in enumerate(objects):
             for zipped in (True, False):
@@ -300,6 +367,20 @@ class CheckpointTarget:
                 torch.save(obj, buf, _use_new_zipfile_serialization=zipped)
                 self.bases.append((buf.getvalue(), ".pt"))
         self.bases.append((safetensors.torch.save(sd), ".safetensors"))
+        self.bases.append((pickle.dumps({"model": _Payload(self.marker)}, protocol=2), ".pt"))  # a raw pickle
+        self.bases.append((self._zip_bomb(self.bases[0][0]), ".pt"))
+
+    @staticmethod
+    def _zip_bomb(data):
+        """`data` (a zip) with every entry declaring an uncompressed size near 4 GiB: a small file
+        whose reader would allocate by the declared size."""
+        out = bytearray(data)
+        for signature, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+            at = out.find(signature)
+            while at >= 0:
+                out[at + size_at:at + size_at + 4] = (0xFFFFFFF0).to_bytes(4, "little")
+                at = out.find(signature, at + 4)
+        return bytes(out)
 
     def _mutate_pickle_in_zip(self, data, draw):
         """Mutates data.pkl and rewrites a well-formed zip, so the unpickler itself is exercised."""
@@ -325,8 +406,10 @@ class CheckpointTarget:
         self.path = os.path.join(self.workdir, "checkpoint.input" + suffix)
         with open(self.path, "wb") as f:
             f.write(data)
+        # Continuous Sparsification's s0 (--cs-s0), extreme values included.
+        cs_s0 = draw(st.sampled_from([0.0, 0.0, 0.0, 1e308, -1e308, float("inf"), float("nan"), 5e-324, -50.0]))
         try:
-            self.read(self.path)
+            self.read(self.path, cs_s0=cs_s0)
         finally:
             if os.path.exists(self.marker):  # the payload ran: the loader unpickled it
                 os.remove(self.marker)
