@@ -248,7 +248,7 @@ class SrtTarget:
             entry[field] = draw(st.sampled_from({
                 "dtype": ["F64", "BOOL", "C64", "U64", "XX", ""],
                 "shape": [[2**62, 2**62], [-1], [2**31, 0], [], [0], [2**20, 2**20, 2**20]],
-                "data_offsets": [[end, start], [0, 2**63], [0, 0], [start, end + 4], [-8, end], [start, 2**40]]}[field]))
+                "data_offsets": [[end, start], [0, 2**63], [start, end + 4], [-8, end], [start, 2**40]]}[field]))
         elif kind == "header":
             table = {k: v for k, v in header.items() if k != "__metadata__"}
             for _ in range(draw(st.integers(1, 3))):
