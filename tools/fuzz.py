@@ -641,10 +641,10 @@ class GeometryTarget:
         return self.run(g)
 
     def documented(self, e):
-        if _op_error(e):
+        # The srt surface builds its file from a SparseConv2d, so the layer's refusal counts there too.
+        if _op_error(e) or (isinstance(e, ValueError) and str(e).startswith("SparseConv2d:")):
             return True
-        return {"layer": isinstance(e, ValueError) and str(e).startswith("SparseConv2d:"),
-                "srt": isinstance(e, self.SrtError), "onnx": isinstance(e, ValueError)}.get(self.surface, False)
+        return {"srt": isinstance(e, self.SrtError), "onnx": isinstance(e, ValueError)}.get(self.surface, False)
 
     def _layer(self, g):
         from sparse_rt.formats import CSR
