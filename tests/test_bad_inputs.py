@@ -10,8 +10,6 @@ names the layer or op, the tensor and the problem, before any kernel reads memor
 * ONNX      export / session arguments, hostile index arrays          ValueError / TypeError / ...
 """
 
-import hashlib
-import json
 import threading
 
 import pytest
@@ -19,6 +17,7 @@ import torch
 from helpers import (
     DEVICES,
     assert_close,
+    forge_srt,
     randn,
     random_bsr,
     random_csr,
@@ -343,22 +342,6 @@ def tiny_srt(tmp_path_factory):
     return path
 
 
-def _forge(src, dst, edit):
-    """Copies a .srt file through edit(header, manifest, body) and recomputes both sha256, as a
-    forger would: the integrity check passes, so validation has to catch the damage."""
-    raw = src.read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    header, body = json.loads(raw[8:8 + n]), bytearray(raw[8 + n:])
-    manifest = json.loads(header.pop("__metadata__")[srt.MANIFEST_KEY])
-    edit(header, manifest, body)
-    manifest["tensors_sha256"] = hashlib.sha256(body).hexdigest()
-    manifest["header_sha256"] = srt.header_digest(header, manifest)
-    header["__metadata__"] = {srt.MANIFEST_KEY: json.dumps(manifest)}
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    dst.write_bytes(len(head).to_bytes(8, "little") + head + bytes(body))
-
-
 def _set_int32(name, index, value):
     def edit(header, manifest, body):
         start = header[name]["data_offsets"][0] + 4 * index
@@ -389,13 +372,13 @@ def _manifest_edit(fn):
      r"layer '3' is a sparse Conv2d in the file but a Linear in the architecture"),
 ])
 def test_forged_srt_files(tmp_path, tiny_srt, edit, error, message):
-    _forge(tiny_srt, tmp_path / "forged.srt", edit)
+    forge_srt(tiny_srt, tmp_path / "forged.srt", edit)
     with pytest.raises(error, match=message):
         sparse_rt.load(tmp_path / "forged.srt", arch=_tiny_arch())
 
 
 def test_forged_architecture_record(tmp_path, tiny_srt):
-    _forge(tiny_srt, tmp_path / "forged.srt", _manifest_edit(lambda m: m.update(arch={"name": 5})))
+    forge_srt(tiny_srt, tmp_path / "forged.srt", _manifest_edit(lambda m: m.update(arch={"name": 5})))
     with pytest.raises(SrtHeaderError, match=r"the manifest's architecture record is malformed: \{'name': 5\}"):
         sparse_rt.load(tmp_path / "forged.srt")
 
@@ -403,7 +386,7 @@ def test_forged_architecture_record(tmp_path, tiny_srt):
 def test_forged_architecture_size_is_bounded_by_the_file(tmp_path, tiny_srt):
     # Found by tools/fuzz.py: depth=2**31 made the loader build a resnet without bound.
     arch = {"name": "cifar_resnet", "kwargs": {"depth": 2**31}}  # 6n+2, as the zoo requires
-    _forge(tiny_srt, tmp_path / "forged.srt", _manifest_edit(lambda m: m.update(arch=arch)))
+    forge_srt(tiny_srt, tmp_path / "forged.srt", _manifest_edit(lambda m: m.update(arch=arch)))
     with pytest.raises(SrtArchError, match=r"the architecture 'cifar_resnet' with \{'depth': 2147483648\} is larger than "
                                            r"the file can hold \(over \d+ tensors or \d+ elements\)"):
         sparse_rt.load(tmp_path / "forged.srt")
