@@ -210,4 +210,15 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
                                  dense_bytes, sparse_bytes, plan.reason, plan.blocksize))
     if cache is not None:
         cache.save()
+    _check_blocks_apply(format, rows)
     return SparseModel(model, rows)
+
+
+def _check_blocks_apply(format, rows):
+    """A forced BSR format that no layer can take is refused rather than silently run as CSR
+    (where some layers take it, the others fall back to CSR with the reason in summary())."""
+    fallbacks = [r for r in rows if r.format == "csr"]
+    if FormatSpec.parse(format).kind == "bsr" and fallbacks and not any(r.format == "bsr" for r in rows):
+        reasons = "; ".join(f"{r.name}: {r.reason}" for r in fallbacks[:3])
+        more = f" (and {len(fallbacks) - 3} more)" if len(fallbacks) > 3 else ""
+        raise ValueError(f"format {format!r} applies to no layer of this model: {reasons}{more}")

@@ -102,6 +102,16 @@ def test_bsr_format():
         assert rel_err(model(x), pruned(x)) <= 1e-5
 
 
+def test_block_format_no_layer_takes_is_refused():
+    pruned = sparse_rt.magnitude_prune(_mlp(), 0.9)
+    with pytest.raises(ValueError, match=r"format 'bsr:3x3' applies to no layer of this model: 0: blocks 3x3 "
+                                         r"do not divide 128x64; csr used"):
+        sparse_rt.sparsify(pruned, format="bsr:3x3")
+    convs = sparse_rt.magnitude_prune(torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3)), 0.9)
+    with pytest.raises(ValueError, match="bsr applies to Linear layers"):
+        sparse_rt.sparsify(convs, format="bsr:4x4")
+
+
 def test_bad_arguments():
     pruned = sparse_rt.magnitude_prune(_mlp(), 0.9)
     with pytest.raises(ValueError, match="'fc.weight' names no Linear/Conv2d layer"):

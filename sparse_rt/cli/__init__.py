@@ -14,8 +14,16 @@ SUBCOMMANDS = (demo, convert, inspect, bench, export)
 USER_ERRORS = (ValueError, OSError, KeyError, ImportError, IngestError, SrtError)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments end like every other error: one line on stderr, exit status 2 (argparse's own
+    error() prints the whole usage first). Subcommand parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="sparse-rt", description="sparse inference runtime for PyTorch")
+    parser = _OneLineParser(prog="sparse-rt", description="sparse inference runtime for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in SUBCOMMANDS:
         command.add_parser(sub)
