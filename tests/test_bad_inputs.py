@@ -12,6 +12,8 @@ names the layer or op, the tensor and the problem, before any kernel reads memor
 
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -539,3 +541,69 @@ def test_onnx_session_checks_index_arrays_from_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"forged.onnx: node '.*' \(CsrLinear\): CSR \[8, 16\]: col_indices\[0\]=1000 "
                                          r"is out of range \[0, 16\)"):
         srt_onnx.session(tmp_path / "forged.onnx")
+
+
+# ------------------------------------------------------- convolution geometry far beyond the image
+
+# (in_channels, image (h, w), kernel, stride, padding, dilation), each with a 1-channel output.
+# Before the fix the first crashed the process (the packed image's size wrapped to 2^21 floats and
+# the packing wrote ~2^52 per channel), the others allocated 1.25, 16 and 8.4 GiB for an output of
+# one pixel.
+HOSTILE_CONV_GEOMETRIES = {
+    "wrapped packed size": (4096, (2, 2), (3, 1), (1, 1), (2**31 - 1, 2**19 - 1), (2**31 - 1, 1)),
+    "stride 2^27": (1, (4, 4), (1, 1), (2**27, 2**27), (0, 0), (1, 1)),
+    "stride 2^31-1": (1, (4, 4), (1, 1), (2**31 - 1, 2**31 - 1), (0, 0), (1, 1)),
+    "padding with dilation": (1, (4, 4), (2, 2), (1, 1), (23000, 23000), (46003, 46003)),
+}
+
+# Runs one geometry through the op (full index checks on), the layer, a .srt written by
+# sparse_rt.save and loaded back, and the pure-torch reference (the fallback without the compiled
+# ops), under a 4 GiB address-space cap; prints how far the peak resident memory grew, in MiB.
+_HOSTILE_CONV_CHILD = """
+import json, resource, sys
+import torch
+from torch import nn
+import sparse_rt
+from sparse_rt.nn import SparseConv2d
+from sparse_rt.ops import reference
+
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+in_channels, hw, kernel, stride, padding, dilation = json.loads(sys.argv[1])
+arch = lambda: nn.Sequential(nn.Conv2d(in_channels, 1, kernel, stride, padding, dilation))
+torch.manual_seed(0)
+model = arch()
+with torch.no_grad():
+    model[0].weight.zero_()[0, 0, -1, 0] = 1.0  # a tap that reads the image for every geometry here
+x = torch.randn(1, in_channels, *hw)
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+layer = SparseConv2d.from_dense(model[0])
+w = (layer.crow_indices, layer.col_indices, layer.values, layer.bias)
+with sparse_rt.ops.full_index_checks():
+    y = torch.ops.sparse_rt.csr_conv2d(x, *w, in_channels, list(kernel), list(stride), list(padding),
+                                       list(dilation), 1)
+expected = reference.csr_conv2d(x, *w, in_channels, kernel, stride, padding, dilation, 1)
+assert torch.allclose(y, expected), "op differs from the reference"
+assert torch.equal(layer(x), y), "layer differs from the op"
+path = sys.argv[2]
+sparse_rt.sparsify(model, min_sparsity=0.0, format="csr").save(path)
+assert torch.equal(sparse_rt.load(path, arch=arch())(x), y), ".srt round trip differs from the op"
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)
+"""
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("geometry", list(HOSTILE_CONV_GEOMETRIES.values()), ids=list(HOSTILE_CONV_GEOMETRIES))
+def test_conv_geometry_far_beyond_the_image_costs_what_the_input_and_output_do(tmp_path, geometry):
+    child = subprocess.run([sys.executable, "-c", _HOSTILE_CONV_CHILD, json.dumps(geometry), str(tmp_path / "m.srt")],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, f"child exited with {child.returncode}: {child.stderr[-2000:]}"
+    assert int(child.stdout.split()[-1]) < 256, f"peak memory grew by {child.stdout.split()[-1]} MiB"
+
+
+def test_conv_weight_columns_overflowing_int64_are_refused():
+    weight = _csr_weight(6, 36)
+    with pytest.raises(ValueError, match=r"SparseConv2d: in_channels/groups\*kh\*kw = 4\*2147483647\*2147483647 "
+                                         r"\(the weight's columns\) overflows int64"):
+        SparseConv2d(4, 6, (2**31 - 1, 2**31 - 1), weight)
+    with pytest.raises(ValueError, match=r"SparseConv2d: groups=1 must be >= 1 and divide in_channels=9223372036854775808"):
+        SparseConv2d(2**63, 6, (3, 3), weight)
