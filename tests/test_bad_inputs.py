@@ -556,9 +556,10 @@ HOSTILE_CONV_GEOMETRIES = {
     "padding with dilation": (1, (4, 4), (2, 2), (1, 1), (23000, 23000), (46003, 46003)),
 }
 
-# Runs one geometry through the op (full index checks on), the layer, a .srt written by
-# sparse_rt.save and loaded back, and the pure-torch reference (the fallback without the compiled
-# ops), under a 4 GiB address-space cap; prints how far the peak resident memory grew, in MiB.
+# Runs each geometry through the op (full index checks on), the layer, a .srt written by
+# sparse_rt.save and loaded back, the pure-torch reference (the fallback without the compiled ops)
+# and, with "onnx", a sparse_rt.onnx session, all in one child (one torch import) under a 4 GiB
+# address-space cap; prints, per geometry, how far the peak resident memory has grown, in MiB.
 _HOSTILE_CONV_CHILD = """
 import json, resource, sys
 import torch
@@ -568,42 +569,74 @@ from sparse_rt.nn import SparseConv2d
 from sparse_rt.ops import reference
 
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-in_channels, hw, kernel, stride, padding, dilation = json.loads(sys.argv[1])
-arch = lambda: nn.Sequential(nn.Conv2d(in_channels, 1, kernel, stride, padding, dilation))
-torch.manual_seed(0)
-model = arch()
-with torch.no_grad():
-    model[0].weight.zero_()[0, 0, -1, 0] = 1.0  # a tap that reads the image for every geometry here
-x = torch.randn(1, in_channels, *hw)
+geometries, folder, onnx = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["onnx"]
 start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-layer = SparseConv2d.from_dense(model[0])
-w = (layer.crow_indices, layer.col_indices, layer.values, layer.bias)
-with sparse_rt.ops.full_index_checks():
-    y = torch.ops.sparse_rt.csr_conv2d(x, *w, in_channels, list(kernel), list(stride), list(padding),
-                                       list(dilation), 1)
-expected = reference.csr_conv2d(x, *w, in_channels, kernel, stride, padding, dilation, 1)
-assert torch.allclose(y, expected), "op differs from the reference"
-assert torch.equal(layer(x), y), "layer differs from the op"
-path = sys.argv[2]
-sparse_rt.sparsify(model, min_sparsity=0.0, format="csr").save(path)
-assert torch.equal(sparse_rt.load(path, arch=arch())(x), y), ".srt round trip differs from the op"
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)
+for name, (in_channels, hw, kernel, stride, padding, dilation) in geometries.items():
+    arch = lambda: nn.Sequential(nn.Conv2d(in_channels, 1, kernel, stride, padding, dilation))
+    torch.manual_seed(0)
+    model = arch()
+    with torch.no_grad():
+        model[0].weight.zero_()[0, 0, -1, 0] = 1.0  # a tap that reads the image in every geometry here
+    x = torch.randn(1, in_channels, *hw)
+    layer = SparseConv2d.from_dense(model[0])
+    w = (layer.crow_indices, layer.col_indices, layer.values, layer.bias)
+    with sparse_rt.ops.full_index_checks():
+        y = torch.ops.sparse_rt.csr_conv2d(x, *w, in_channels, list(kernel), list(stride), list(padding),
+                                           list(dilation), 1)
+    expected = reference.csr_conv2d(x, *w, in_channels, kernel, stride, padding, dilation, 1)
+    assert torch.allclose(y, expected), f"{name}: the op differs from the reference"
+    assert torch.equal(layer(x), y), f"{name}: the layer differs from the op"
+    sparse_model = sparse_rt.sparsify(model, min_sparsity=0.0, format="csr")
+    sparse_model.save(f"{folder}/m.srt")
+    assert torch.equal(sparse_rt.load(f"{folder}/m.srt", arch=arch())(x), y), f"{name}: the .srt differs"
+    if onnx:
+        sparse_model.export_onnx(f"{folder}/m.onnx", x, flavor="sparse")
+        session = sparse_rt.onnx.session(f"{folder}/m.onnx")
+        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert torch.equal(torch.from_numpy(out), y), f"{name}: the ONNX session differs"
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024
+    print(name, "grew the peak memory by", grown, flush=True)
 """
 
 
+def _run_hostile_conv_geometries(folder, geometries, *extra):
+    child = subprocess.run([sys.executable, "-c", _HOSTILE_CONV_CHILD, json.dumps(geometries), str(folder), *extra],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, (f"child exited with {child.returncode} after:\n{child.stdout}"
+                                   f"{child.stderr[-2000:]}")
+    for line in child.stdout.splitlines():
+        assert int(line.split()[-1]) < 256, line + " MiB"
+
+
 @requires_compiled_ops
-@pytest.mark.parametrize("geometry", list(HOSTILE_CONV_GEOMETRIES.values()), ids=list(HOSTILE_CONV_GEOMETRIES))
-def test_conv_geometry_far_beyond_the_image_costs_what_the_input_and_output_do(tmp_path, geometry):
-    child = subprocess.run([sys.executable, "-c", _HOSTILE_CONV_CHILD, json.dumps(geometry), str(tmp_path / "m.srt")],
-                           capture_output=True, text=True, timeout=120)
-    assert child.returncode == 0, f"child exited with {child.returncode}: {child.stderr[-2000:]}"
-    assert int(child.stdout.split()[-1]) < 256, f"peak memory grew by {child.stdout.split()[-1]} MiB"
+def test_conv_geometry_far_beyond_the_image_costs_what_the_input_and_output_do(tmp_path):
+    _run_hostile_conv_geometries(tmp_path, HOSTILE_CONV_GEOMETRIES)
+
+
+@pytest.mark.slow
+@requires_compiled_ops
+def test_conv_geometry_far_beyond_the_image_in_an_onnx_session(tmp_path):
+    pytest.importorskip("onnxruntime_extensions")
+    pytest.importorskip("onnxscript")
+    _run_hostile_conv_geometries(tmp_path, {"wrapped packed size": HOSTILE_CONV_GEOMETRIES["wrapped packed size"]},
+                                 "onnx")
 
 
 def test_conv_weight_columns_overflowing_int64_are_refused():
+    """The layer, the ONNX weight check and the op refuse the same geometry, each in its words."""
+    from sparse_rt.onnx.ops_table import OPS
+
     weight = _csr_weight(6, 36)
-    with pytest.raises(ValueError, match=r"SparseConv2d: in_channels/groups\*kh\*kw = 4\*2147483647\*2147483647 "
-                                         r"\(the weight's columns\) overflows int64"):
+    columns = r"in_channels/groups\*kh\*kw = 4\*2147483647\*2147483647"
+    with pytest.raises(ValueError, match=r"SparseConv2d: " + columns + r" \(the weight's columns\) overflows int64"):
         SparseConv2d(4, 6, (2**31 - 1, 2**31 - 1), weight)
-    with pytest.raises(ValueError, match=r"SparseConv2d: groups=1 must be >= 1 and divide in_channels=9223372036854775808"):
+    attributes = dict(in_channels=4, kernel_h=2**31 - 1, kernel_w=2**31 - 1, stride_h=1, stride_w=1, pad_h=0, pad_w=0,
+                      dilation_h=1, dilation_w=1, group=1, relu=0)
+    with pytest.raises(ValueError, match=columns):
+        OPS["CsrConv2d"].weight(weight.crow_indices, weight.col_indices, weight.values, attributes)
+    with pytest.raises(ValueError, match=r"SparseConv2d: groups=1 must be >= 1 and divide in_channels=" + str(2**63)):
         SparseConv2d(2**63, 6, (3, 3), weight)
+    if sparse_rt.ops.HAS_COMPILED_OPS:
+        with pytest.raises(RuntimeError, match=r"sparse_rt.csr_conv2d: " + columns + " overflows int64"):
+            torch.ops.sparse_rt.csr_conv2d(randn(1, 4, 8, 8), weight.crow_indices, weight.col_indices, weight.values,
+                                           None, 4, [2**31 - 1, 2**31 - 1], [1, 1], [0, 0], [1, 1], 1)

@@ -52,7 +52,7 @@ def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu
 def csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels, kernel_size, stride,
                padding, dilation, groups, relu=False, *, compute_dtype=torch.float32):
     out_hw = conv2d_output_hw(input.shape[2:], kernel_size, stride, padding, dilation)
-    if _padding_is_far_beyond_the_image(input.shape[2:], out_hw, padding):
+    if min(out_hw) >= 1 and _padding_is_far_beyond_the_image(input.shape[2:], out_hw, padding):
         y = _gathered_conv2d(input.to(compute_dtype), crow_indices, col_indices, values.to(compute_dtype),
                              in_channels, kernel_size, stride, padding, dilation, groups, out_hw)
         return _finish(y, bias, relu, input.dtype, channel_dim=1)
@@ -95,6 +95,7 @@ def _gathered_conv2d(x, crow_indices, col_indices, values, in_channels, kernel_s
         iy = oy + (ky[part] * dilation[0])[:, None]  # [nonzeros, out_h]
         ix = ox + (kx[part] * dilation[1])[:, None]  # [nonzeros, out_w]
         inside = ((iy >= 0) & (iy < height))[:, :, None] & ((ix >= 0) & (ix < width))[:, None, :]
-        pixels = x[:, channel[part, None, None], iy.clamp(0, height - 1)[:, :, None], ix.clamp(0, width - 1)[:, None, :]]
+        pixels = x[:, channel[part, None, None], iy.clamp(0, height - 1)[:, :, None],
+                   ix.clamp(0, width - 1)[:, None, :]]
         y.index_add_(1, rows[part], pixels * (inside * values[part, None, None]))
     return y
