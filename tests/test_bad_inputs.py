@@ -10,6 +10,9 @@ names the layer or op, the tensor and the problem, before any kernel reads memor
 * ONNX      export / session arguments, hostile index arrays          ValueError / TypeError / ...
 """
 
+import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -522,3 +525,102 @@ def test_onnx_session_checks_index_arrays_from_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"forged.onnx: node '.*' \(CsrLinear\): CSR \[8, 16\]: col_indices\[0\]=1000 "
                                          r"is out of range \[0, 16\)"):
         srt_onnx.session(tmp_path / "forged.onnx")
+
+
+# ------------------------------------------------------- convolution geometry far beyond the image
+
+# (in_channels, image (h, w), kernel, stride, padding, dilation), each with a 1-channel output.
+# Before the fix the first crashed the process (the packed image's size wrapped to 2^21 floats and
+# the packing wrote ~2^52 per channel), the others allocated 1.25, 16 and 8.4 GiB for an output of
+# one pixel.
+HOSTILE_CONV_GEOMETRIES = {
+    "wrapped packed size": (4096, (2, 2), (3, 1), (1, 1), (2**31 - 1, 2**19 - 1), (2**31 - 1, 1)),
+    "stride 2^27": (1, (4, 4), (1, 1), (2**27, 2**27), (0, 0), (1, 1)),
+    "stride 2^31-1": (1, (4, 4), (1, 1), (2**31 - 1, 2**31 - 1), (0, 0), (1, 1)),
+    "padding with dilation": (1, (4, 4), (2, 2), (1, 1), (23000, 23000), (46003, 46003)),
+}
+
+# Runs each geometry through the op (full index checks on), the layer, a .srt written by
+# sparse_rt.save and loaded back, the pure-torch reference (the fallback without the compiled ops)
+# and, with "onnx", a sparse_rt.onnx session, all in one child (one torch import) under a 4 GiB
+# address-space cap; prints, per geometry, how far the peak resident memory has grown, in MiB.
+_HOSTILE_CONV_CHILD = """
+import json, resource, sys
+import torch
+from torch import nn
+import sparse_rt
+from sparse_rt.nn import SparseConv2d
+from sparse_rt.ops import reference
+
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+geometries, folder, onnx = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["onnx"]
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for name, (in_channels, hw, kernel, stride, padding, dilation) in geometries.items():
+    arch = lambda: nn.Sequential(nn.Conv2d(in_channels, 1, kernel, stride, padding, dilation))
+    torch.manual_seed(0)
+    model = arch()
+    with torch.no_grad():
+        model[0].weight.zero_()[0, 0, -1, 0] = 1.0  # a tap that reads the image in every geometry here
+    x = torch.randn(1, in_channels, *hw)
+    layer = SparseConv2d.from_dense(model[0])
+    w = (layer.crow_indices, layer.col_indices, layer.values, layer.bias)
+    with sparse_rt.ops.full_index_checks():
+        y = torch.ops.sparse_rt.csr_conv2d(x, *w, in_channels, list(kernel), list(stride), list(padding),
+                                           list(dilation), 1)
+    expected = reference.csr_conv2d(x, *w, in_channels, kernel, stride, padding, dilation, 1)
+    assert torch.allclose(y, expected), f"{name}: the op differs from the reference"
+    assert torch.equal(layer(x), y), f"{name}: the layer differs from the op"
+    sparse_model = sparse_rt.sparsify(model, min_sparsity=0.0, format="csr")
+    sparse_model.save(f"{folder}/m.srt")
+    assert torch.equal(sparse_rt.load(f"{folder}/m.srt", arch=arch())(x), y), f"{name}: the .srt differs"
+    if onnx:
+        sparse_model.export_onnx(f"{folder}/m.onnx", x, flavor="sparse")
+        session = sparse_rt.onnx.session(f"{folder}/m.onnx")
+        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert torch.equal(torch.from_numpy(out), y), f"{name}: the ONNX session differs"
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024
+    print(name, "grew the peak memory by", grown, flush=True)
+"""
+
+
+def _run_hostile_conv_geometries(folder, geometries, *extra):
+    child = subprocess.run([sys.executable, "-c", _HOSTILE_CONV_CHILD, json.dumps(geometries), str(folder), *extra],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, (f"child exited with {child.returncode} after:\n{child.stdout}"
+                                   f"{child.stderr[-2000:]}")
+    for line in child.stdout.splitlines():
+        assert int(line.split()[-1]) < 256, line + " MiB"
+
+
+@requires_compiled_ops
+def test_conv_geometry_far_beyond_the_image_costs_what_the_input_and_output_do(tmp_path):
+    _run_hostile_conv_geometries(tmp_path, HOSTILE_CONV_GEOMETRIES)
+
+
+@pytest.mark.slow
+@requires_compiled_ops
+def test_conv_geometry_far_beyond_the_image_in_an_onnx_session(tmp_path):
+    pytest.importorskip("onnxruntime_extensions")
+    pytest.importorskip("onnxscript")
+    _run_hostile_conv_geometries(tmp_path, {"wrapped packed size": HOSTILE_CONV_GEOMETRIES["wrapped packed size"]},
+                                 "onnx")
+
+
+def test_conv_weight_columns_overflowing_int64_are_refused():
+    """The layer, the ONNX weight check and the op refuse the same geometry, each in its words."""
+    from sparse_rt.onnx.ops_table import OPS
+
+    weight = _csr_weight(6, 36)
+    columns = r"in_channels/groups\*kh\*kw = 4\*2147483647\*2147483647"
+    with pytest.raises(ValueError, match=r"SparseConv2d: " + columns + r" \(the weight's columns\) overflows int64"):
+        SparseConv2d(4, 6, (2**31 - 1, 2**31 - 1), weight)
+    attributes = dict(in_channels=4, kernel_h=2**31 - 1, kernel_w=2**31 - 1, stride_h=1, stride_w=1, pad_h=0, pad_w=0,
+                      dilation_h=1, dilation_w=1, group=1, relu=0)
+    with pytest.raises(ValueError, match=columns):
+        OPS["CsrConv2d"].weight(weight.crow_indices, weight.col_indices, weight.values, attributes)
+    with pytest.raises(ValueError, match=r"SparseConv2d: groups=1 must be >= 1 and divide in_channels=" + str(2**63)):
+        SparseConv2d(2**63, 6, (3, 3), weight)
+    if sparse_rt.ops.HAS_COMPILED_OPS:
+        with pytest.raises(RuntimeError, match=r"sparse_rt.csr_conv2d: " + columns + " overflows int64"):
+            torch.ops.sparse_rt.csr_conv2d(randn(1, 4, 8, 8), weight.crow_indices, weight.col_indices, weight.values,
+                                           None, 4, [2**31 - 1, 2**31 - 1], [1, 1], [0, 0], [1, 1], 1)

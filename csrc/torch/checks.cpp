@@ -1,7 +1,6 @@
 #include "checks.h"
 
 #include <ATen/Parallel.h>
-#include <c10/util/safe_numerics.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,6 +8,8 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include "../kernels/checked_int.h"
 
 namespace sparse_rt {
 namespace {
@@ -122,17 +123,25 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
                     "(each below 2^31), got kernel_size=", kernel_size, " stride=", stride,
                     " padding=", padding, " dilation=", dilation);
   }
-  int64_t index_cols = 0;
-  SPARSE_RT_CHECK(!c10::mul_overflows<int64_t>(in_channels / groups,
-                                               kernel_size[0] * kernel_size[1], &index_cols),
-                  op, "in_channels/groups*kh*kw overflows int64");
+  const CheckedInt index_cols = CheckedInt(in_channels / groups) * kernel_size[0] * kernel_size[1];
+  SPARSE_RT_CHECK(!index_cols.overflowed(), op, "in_channels/groups*kh*kw = ", in_channels / groups, "*",
+                  kernel_size[0], "*", kernel_size[1], " overflows int64");
+  // The output size formula adds twice the padding to the input size.
+  for (int i = 0; i < 2; ++i) {
+    SPARSE_RT_CHECK(!(CheckedInt(input.size(2 + i)) + CheckedInt(2) * padding[i]).overflowed(), op,
+                    "input size ", input.size(2 + i), " plus twice the padding ", padding[i], " overflows int64");
+  }
   const Conv2dShape shape = with_output_size(
       {input.size(0), in_channels, input.size(2), input.size(3), weight.rows, 0, 0, kernel_size[0],
        kernel_size[1], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
        groups});
   SPARSE_RT_CHECK(shape.out_h >= 1 && shape.out_w >= 1, op, "input ", input.sizes(),
                   " is smaller than the dilated kernel after padding");
-  return {weight, shape, index_cols};
+  SPARSE_RT_CHECK(!(CheckedInt(shape.batch) * shape.out_channels * shape.out_h * shape.out_w).overflowed(), op,
+                  "an output of [", shape.batch, ", ", shape.out_channels, ", ", shape.out_h, ", ", shape.out_w,
+                  "] (input ", input.sizes(), ", padding=", padding, ", dilation=", dilation,
+                  ", stride=", stride, ") has more elements than int64 counts");
+  return {weight, shape, index_cols.value()};
 }
 
 namespace {

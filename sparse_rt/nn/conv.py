@@ -2,6 +2,7 @@ from torch import nn
 
 from .. import ops
 from ..formats import CSR
+from ..ops.geometry import INT64_MAX, int64_product
 from ._sparse_weight import SparseWeightModule
 
 
@@ -27,10 +28,13 @@ def check_conv_geometry(in_channels, out_channels, kernel_size, stride, padding,
                               ("padding", padding, 0), ("dilation", dilation, 1)):
         if len(pair) != 2 or not all(isinstance(v, int) and least <= v < 2**31 for v in pair):
             raise ValueError(f"SparseConv2d: {name} must be two ints >= {least} (below 2^31), got {pair!r}")
-    if not (isinstance(groups, int) and groups >= 1 and in_channels >= 1 and out_channels >= 1
+    if not (isinstance(groups, int) and groups >= 1 and 1 <= in_channels <= INT64_MAX and out_channels >= 1
             and in_channels % groups == 0 and out_channels % groups == 0):
         raise ValueError(f"SparseConv2d: groups={groups!r} must be >= 1 and divide in_channels={in_channels} "
                          f"and out_channels={out_channels}")
+    if int64_product(in_channels // groups, *kernel_size) is None:
+        raise ValueError(f"SparseConv2d: in_channels/groups*kh*kw = {in_channels // groups}*{kernel_size[0]}*"
+                         f"{kernel_size[1]} (the weight's columns) overflows int64")
 
 
 class SparseConv2d(SparseWeightModule):

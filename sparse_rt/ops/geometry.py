@@ -1,5 +1,17 @@
 """Convolution output size: the one Python copy of the formula (the C++ one is
-csrc/kernels/conv_shape.h), used by the fake kernel, the ONNX shape inference and the baselines."""
+csrc/kernels/conv_shape.h), used by the fake kernel, the ONNX shape inference and the baselines;
+and the int64 limit the C++ op's checked arithmetic (csrc/kernels/checked_int.h) enforces."""
+
+INT64_MAX = 2**63 - 1
+
+
+def int64_product(*factors):
+    """The product of non-negative ints, or None when it exceeds int64: where the C++ op's
+    overflow-checked arithmetic refuses a size, so the layers and the ONNX checks refuse it too."""
+    product = 1
+    for factor in factors:
+        product *= factor
+    return product if product <= INT64_MAX else None
 
 
 def conv2d_output_size(size, kernel, stride, padding, dilation):

@@ -4,6 +4,8 @@ double-accumulation reference) and the fallback when the compiled ops are missin
 import torch
 import torch.nn.functional as F
 
+from .geometry import conv2d_output_hw
+
 
 def csr_to_dense(crow_indices, col_indices, values, shape, dtype=None):
     rows, cols = shape
@@ -49,6 +51,11 @@ def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu
 
 def csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels, kernel_size, stride,
                padding, dilation, groups, relu=False, *, compute_dtype=torch.float32):
+    out_hw = conv2d_output_hw(input.shape[2:], kernel_size, stride, padding, dilation)
+    if min(out_hw) >= 1 and _padding_is_far_beyond_the_image(input.shape[2:], out_hw, padding):
+        y = _gathered_conv2d(input.to(compute_dtype), crow_indices, col_indices, values.to(compute_dtype),
+                             in_channels, kernel_size, stride, padding, dilation, groups, out_hw)
+        return _finish(y, bias, relu, input.dtype, channel_dim=1)
     out_channels = crow_indices.numel() - 1
     kh, kw = kernel_size
     cols = in_channels // groups * kh * kw
@@ -56,3 +63,39 @@ def csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels, kern
     weight = weight.view(out_channels, in_channels // groups, kh, kw)
     y = F.conv2d(input.to(compute_dtype), weight, None, tuple(stride), tuple(padding), tuple(dilation), groups)
     return _finish(y, bias, relu, input.dtype, channel_dim=1)
+
+
+def _padding_is_far_beyond_the_image(in_hw, out_hw, padding):
+    """Whether the padded image dwarfs the input and output planes. F.conv2d may then cost time and
+    memory in the padded size (and the dense weight of a kernel as wide as the padding), so the
+    reference gathers instead. Large dilations and kernels need such padding to have an output."""
+    padded = (in_hw[0] + 2 * padding[0]) * (in_hw[1] + 2 * padding[1])
+    return padded > 8 * (in_hw[0] * in_hw[1] + out_hw[0] * out_hw[1]) + 2**16
+
+
+def _gathered_conv2d(x, crow_indices, col_indices, values, in_channels, kernel_size, stride, padding, dilation,
+                     groups, out_hw):
+    """conv2d as a sum over the nonzeros of value * (the input pixels its tap reads), in chunks of
+    nonzeros: O(nnz * output) time and O(output) memory, whatever the padding, stride or dilation."""
+    batch, _, height, width = x.shape
+    out_channels = crow_indices.numel() - 1
+    kh, kw = kernel_size
+    rows = torch.repeat_interleave(torch.arange(out_channels, device=x.device), crow_indices.long().diff())
+    col = col_indices.long()
+    channel = rows // (out_channels // groups) * (in_channels // groups) + col // (kh * kw)
+    ky, kx = col // kw % kh, col % kw
+    y = torch.zeros(batch, out_channels, *out_hw, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return y
+    oy = torch.arange(out_hw[0], device=x.device) * stride[0] - padding[0]
+    ox = torch.arange(out_hw[1], device=x.device) * stride[1] - padding[1]
+    chunk = max(1, 2**22 // y[:, 0].numel())
+    for start in range(0, col.numel(), chunk):
+        part = slice(start, start + chunk)
+        iy = oy + (ky[part] * dilation[0])[:, None]  # [nonzeros, out_h]
+        ix = ox + (kx[part] * dilation[1])[:, None]  # [nonzeros, out_w]
+        inside = ((iy >= 0) & (iy < height))[:, :, None] & ((ix >= 0) & (ix < width))[:, None, :]
+        pixels = x[:, channel[part, None, None], iy.clamp(0, height - 1)[:, :, None],
+                   ix.clamp(0, width - 1)[:, None, :]]
+        y.index_add_(1, rows[part], pixels * (inside * values[part, None, None]))
+    return y

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
+#include "../checked_int.h"
 #include "csr_spmm.h"
 #include "scalar_types.h"
 
@@ -84,28 +86,93 @@ void crop_wide_output(const Conv2dShape& s, const PackedConvLayout& l, const flo
   }
 }
 
+// The output pixels q in [0, out) whose tap at `offset` (k * dilation - pad) reads inside
+// [0, size): 0 <= q * stride + offset < size.
+struct TapRange {
+  int64_t begin, end;
+};
+TapRange tap_range(int64_t offset, int64_t stride, int64_t size, int64_t out) {
+  const int64_t begin = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  const int64_t end = offset >= size ? 0 : std::min(out, (size - 1 - offset) / stride + 1);
+  return {begin, std::max(begin, end)};
+}
+
+// The gather path (PackedConvLayout::gather): one (image, output channel) plane at a time, zeroed,
+// then each nonzero of that channel's row added where its tap reads the image.
+template <typename V>
+void gather_conv2d(const Conv2dShape& s, const CsrView<V>& w, const float* x, float* y, Epilogue ep,
+                   const ParallelFor& pf) {
+  const int64_t taps = s.kh * s.kw, cin_per_group = s.in_channels / s.groups;
+  const int64_t cout_per_group = s.out_channels / s.groups;
+  const int64_t in_plane = s.height * s.width, out_plane = s.out_h * s.out_w;
+  pf.run(0, s.batch * s.out_channels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p / s.out_channels, o = p % s.out_channels;
+      float* out = y + p * out_plane;
+      std::fill(out, out + out_plane, 0.f);
+      for (int64_t k = w.crow[o]; k < w.crow[o + 1]; ++k) {
+        const int64_t tap = w.col[k] % taps;
+        const int64_t offset_y = tap / s.kw * s.dil_h - s.pad_h, offset_x = tap % s.kw * s.dil_w - s.pad_w;
+        const TapRange rows = tap_range(offset_y, s.stride_h, s.height, s.out_h);
+        const TapRange cols = tap_range(offset_x, s.stride_w, s.width, s.out_w);
+        const float value = to_float(w.values[k]);
+        const float* in = x + (n * s.in_channels + (o / cout_per_group) * cin_per_group + w.col[k] / taps) * in_plane;
+        for (int64_t oy = rows.begin; oy < rows.end; ++oy) {
+          // May be negative; the sum is the pixel read, inside the plane for every ox in cols.
+          const int64_t row_start = (oy * s.stride_h + offset_y) * s.width + offset_x;
+          float* out_row = out + oy * s.out_w;
+          for (int64_t ox = cols.begin; ox < cols.end; ++ox) out_row[ox] += value * in[row_start + ox * s.stride_w];
+        }
+      }
+      for (int64_t q = 0; q < out_plane; ++q) out[q] = ep.apply(out[q], o);
+    }
+  });
+}
+
 }  // namespace
 
-PackedConvLayout packed_conv_layout(const Conv2dShape& s) {
-  PackedConvLayout l;
-  l.phase_h = (s.height + 2 * s.pad_h + s.stride_h - 1) / s.stride_h;
-  l.phase_w = (s.width + 2 * s.pad_w + s.stride_w - 1) / s.stride_w;
-  l.plane = l.phase_h * l.phase_w;
+PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
+  PackedConvLayout l{};
+  // What the call reads and writes bounds what the packed path may allocate.
+  const CheckedInt touched = CheckedInt(s.batch) * s.in_channels * s.height * s.width +
+                             CheckedInt(s.batch) * s.out_channels * s.out_h * s.out_w + nnz;
+  const CheckedInt budget = CheckedInt(kPackedScratchPerElement) * touched + kPackedScratchSlack;
+  const int64_t limit = budget.overflowed() ? std::numeric_limits<int64_t>::max() : budget.value();
+  // The phase tables (one entry per stride step) and the column offsets (one per weight column)
+  // are built before the packed sizes are known, so they are bounded first.
+  const CheckedInt tables =
+      CheckedInt(s.stride_h) + s.stride_w + CheckedInt(s.in_channels / s.groups) * s.kh * s.kw;
+  PackedConvLayout gather{};
+  gather.gather = true;
+  if (!tables.at_most(limit)) return gather;
   int64_t stored_rows = 0;
   l.row_slot = phase_slots(s.kh, s.dil_h, s.stride_h, &stored_rows);
   l.col_slot = phase_slots(s.kw, s.dil_w, s.stride_w, &l.stored_cols);
-  l.phases = stored_rows * l.stored_cols;
-  l.wide = s.out_h * l.phase_w;
-  l.wide_padded = (l.wide + 7) / 8 * 8;
+  l.phases = stored_rows * l.stored_cols;  // at most kh * kw
+  const CheckedInt phase_h = (CheckedInt(s.height) + CheckedInt(2) * s.pad_h + (s.stride_h - 1)) / s.stride_h;
+  const CheckedInt phase_w = (CheckedInt(s.width) + CheckedInt(2) * s.pad_w + (s.stride_w - 1)) / s.stride_w;
+  const CheckedInt wide = CheckedInt(s.out_h) * phase_w;
+  const CheckedInt wide_padded = (wide + 7) / 8 * 8;
   // A tap reads [offset, offset + wide_padded), which may run past the last plane by up to
   // wide_padded floats: the zero tail keeps those reads inside the buffer.
-  l.packed_len = s.in_channels * l.phases * l.plane + l.wide_padded;
+  const CheckedInt packed_len = CheckedInt(s.in_channels) * l.phases * phase_h * phase_w + wide_padded;
+  const CheckedInt scratch = tables + CheckedInt(s.batch) * packed_len + nnz +
+                             CheckedInt(s.batch) * s.out_channels * wide_padded;
+  // Tap offsets into a packed image are int32.
+  if (!packed_len.at_most(std::numeric_limits<int32_t>::max() - 1) || !scratch.at_most(limit)) return gather;
+  l.phase_h = phase_h.value();
+  l.phase_w = phase_w.value();
+  l.plane = l.phase_h * l.phase_w;
+  l.wide = wide.value();
+  l.wide_padded = wide_padded.value();
+  l.packed_len = packed_len.value();
   l.direct = s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
   l.crop = l.phase_w != s.out_w;
   return l;
 }
 
 ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout& l, int64_t nnz) {
+  if (l.gather) return {0, 0, 0};
   return {l.direct ? 0 : s.batch * l.packed_len, nnz, l.crop ? s.batch * s.out_channels * l.wide_padded : 0};
 }
 
@@ -113,6 +180,10 @@ template <typename V>
 void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V>& w,
                 const float* x, float* y, Epilogue ep, const ConvScratch& scratch,
                 const ParallelFor& pf) {
+  if (l.gather) {
+    gather_conv2d(s, w, x, y, ep, pf);
+    return;
+  }
   const int64_t in_image = s.in_channels * s.height * s.width;
   const int64_t out_image = s.out_channels * s.out_h * s.out_w;
   const std::vector<int32_t> column_offsets = conv_column_offsets(s, l);

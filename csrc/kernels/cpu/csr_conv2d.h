@@ -8,6 +8,11 @@
 // row (Ws) - so that output position q = oy*Ws + ox maps to packed input position q + offset with
 // one offset per nonzero, and the SpMM runs over contiguous rows. The extra columns (ox >= OW) are
 // cropped away.
+//
+// The packed image spans the padded input, and its stride-phase tables the stride: geometries with
+// padding, stride or dilation far beyond the image would make it huge (and its sizes overflow).
+// Those run a gather path instead, whose cost depends only on the input, the output and the
+// nonzeros (see PackedConvLayout::gather).
 #pragma once
 
 #include <cstdint>
@@ -36,13 +41,24 @@ struct PackedConvLayout {
   // The wide rows are the output rows when phase_w == out_w, and the SpMM writes y directly;
   // otherwise it writes a scratch buffer that is cropped into y.
   bool crop;
+  // The packed path's scratch would exceed kPackedScratchPerElement times the elements the call
+  // reads and writes (input, output, nonzeros) plus kPackedScratchSlack, or its sizes overflow:
+  // then no scratch is used and each nonzero adds its value times the input to the output pixels
+  // whose tap lands inside the image, in O(output + nnz * out_h + reads) time. The other fields
+  // are unset then.
+  bool gather;
 };
 
-PackedConvLayout packed_conv_layout(const Conv2dShape& s);
+constexpr int64_t kPackedScratchPerElement = 8;
+constexpr int64_t kPackedScratchSlack = int64_t(1) << 20;
+
+// Decides the path and, for the packed one, its layout; O(1) work and memory before it has bounded
+// the layout's sizes with overflow-checked arithmetic (checked_int.h). `nnz`: the weight's nonzeros.
+PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz);
 
 // Scratch that csr_conv2d needs, in elements: the packed images (none when the layout is direct),
-// one tap offset per nonzero, and the wide outputs (none without crop). The caller allocates it,
-// with its own allocator, before the call.
+// one tap offset per nonzero, and the wide outputs (none without crop); none on the gather path.
+// The caller allocates it, with its own allocator, before the call.
 struct ConvScratch {
   float* packed;     // batch * packed_len
   int32_t* offsets;  // nnz

@@ -16,9 +16,9 @@ using namespace detail;
 constexpr int kMaxThreads = 256;
 
 struct Tap {
+  int64_t dy;     // ky * dil_h - pad_h: up to 2^62 in magnitude, beyond int32
+  int64_t dx;     // kx * dil_w - pad_w
   int32_t plane;  // input channel (global, group offset included)
-  int32_t dy;     // ky * dil_h - pad_h
-  int32_t dx;     // kx * dil_w - pad_w
   float value;
 };
 
@@ -57,10 +57,8 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
         const int64_t e = chunk + threadIdx.x;
         const int64_t c = col[e];
         const int64_t within = c % taps_per_channel;
-        taps[threadIdx.x] = {static_cast<int32_t>(channel_base + c / taps_per_channel),
-                             static_cast<int32_t>((within / s.kw) * s.dil_h - s.pad_h),
-                             static_cast<int32_t>((within % s.kw) * s.dil_w - s.pad_w),
-                             to_float(val[e])};
+        taps[threadIdx.x] = {(within / s.kw) * s.dil_h - s.pad_h, (within % s.kw) * s.dil_w - s.pad_w,
+                             static_cast<int32_t>(channel_base + c / taps_per_channel), to_float(val[e])};
       }
       __syncthreads();
       const int count = static_cast<int>(min(static_cast<int64_t>(THREADS), end - chunk));

@@ -6,11 +6,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "kernels/checked_int.h"
 #include "kernels/cpu/bsr_linear.h"
 #include "kernels/cpu/csr_conv2d.h"
 #include "kernels/cpu/csr_linear.h"
@@ -18,7 +20,9 @@
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scalar_types.h"
 
+using sparse_rt::CheckedInt;
 using sparse_rt::Conv2dShape;
+using sparse_rt::with_output_size;
 using namespace sparse_rt::cpu;
 
 namespace {
@@ -200,7 +204,7 @@ void test_conv(Conv2dShape s, double density) {
   for (auto& v : bias) v = exact_value(rng);
   std::vector<float> out(s.batch * s.out_channels * out_plane, NAN);
   // Scratch starts as NaN: any element read before it is written shows in the result.
-  const PackedConvLayout layout = packed_conv_layout(s);
+  const PackedConvLayout layout = packed_conv_layout(s, int64_t(m.col.size()));
   const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, int64_t(m.col.size()));
   std::vector<float> packed(sizes.packed, NAN), wide(sizes.wide, NAN);
   std::vector<int32_t> offsets(sizes.offsets, -1);
@@ -256,6 +260,34 @@ void test_value_type() {
   test_conv<V>({3, 4, 2, 3, 3, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // read directly, narrower than 8
   test_conv<V>({2, 6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
+  // The gather path: stride, padding or dilation far beyond the image.
+  test_conv<V>({2, 3, 4, 4, 2, 0, 0, 1, 1, 1 << 27, 2, 0, 0, 1, 1, 1}, 1.0);
+  test_conv<V>({1, 2, 4, 4, 2, 0, 0, 2, 2, 1, 1, 23000, 23000, 46003, 46003, 1}, 1.0);
+  test_conv<V>({2, 4, 5, 3, 4, 0, 0, 3, 2, 1, 2, 1 << 22, 1, 1 << 22, 1, 2}, 0.7);
+}
+
+// The attack geometries of issue 14 choose the gather path in O(1), without a wrapped size.
+void test_conv_layout_is_bounded() {
+  expect(!(CheckedInt(int64_t(1) << 62) * 2).at_most(std::numeric_limits<int64_t>::max()),
+         "CheckedInt: 2^62 * 2 overflows");
+  expect((CheckedInt(int64_t(1) << 31) * (int64_t(1) << 31) + 1).at_most(int64_t(1) << 62 | 1),
+         "CheckedInt: 2^31 * 2^31 + 1 is exact");
+  expect((CheckedInt(std::numeric_limits<int64_t>::max()) + 1).overflowed(), "CheckedInt: max + 1 overflows");
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  const Conv2dShape attacks[] = {
+      // 4096 channels on a 2x2 image: the packed size wrapped to 2^21 and the packing wrote ~2^52 floats.
+      with_output_size({1, 4096, 2, 2, 1, 0, 0, 3, 1, 1, 1, kInt32Max, (1 << 19) - 1, kInt32Max, 1, 1}),
+      with_output_size({1, 1, 4, 4, 1, 0, 0, 1, 1, 1 << 27, 1 << 27, 0, 0, 1, 1, 1}),      // 1 GiB of phase tables
+      with_output_size({1, 1, 4, 4, 1, 0, 0, 1, 1, kInt32Max, kInt32Max, 0, 0, 1, 1, 1}),  // 16 GiB of them
+      with_output_size({1, 1, 4, 4, 1, 0, 0, 2, 2, 1, 1, 23000, 23000, 46003, 46003, 1}),  // 8.4 GiB packed
+  };
+  for (const Conv2dShape& s : attacks) {
+    const PackedConvLayout layout = packed_conv_layout(s, 1);
+    const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, 1);
+    expect(layout.gather && layout.row_slot.empty() && sizes.packed == 0 && sizes.offsets == 0 && sizes.wide == 0,
+           "conv layout of stride " + std::to_string(s.stride_h) + ", padding " + std::to_string(s.pad_h) +
+               " takes the gather path without scratch");
+  }
 }
 
 void test_balanced_rows() {
@@ -275,6 +307,7 @@ void test_balanced_rows() {
 int main() {
   test_16bit_conversions();
   test_balanced_rows();
+  test_conv_layout_is_bounded();
   test_value_type<float>();
   test_value_type<half_t>();
   test_value_type<bfloat16_t>();

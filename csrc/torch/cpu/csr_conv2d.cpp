@@ -1,7 +1,5 @@
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../../kernels/cpu/csr_conv2d.h"
 #include "../checks.h"
 #include "cpu_common.h"
@@ -34,10 +32,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
   if (y.numel() > 0) {
     const at::Tensor x = as_fp32(input);
     const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;
-    const cpu::PackedConvLayout layout = cpu::packed_conv_layout(s);
-    // A limit of this backend's kernel (int32 tap offsets), not of the op.
-    SPARSE_RT_CHECK(layout.packed_len < std::numeric_limits<int32_t>::max(), op,
-                    "an input image of ", layout.packed_len, " packed floats exceeds int32 offsets");
+    const cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, p.weight.stored);
     const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, p.weight.stored);
     at::Tensor packed = scratch(sizes.packed, x.options());
     at::Tensor offsets = scratch(sizes.offsets, crow.options());
