@@ -10,6 +10,7 @@ from torch import nn
 
 from .autotune import AutotuneCache, capture_layer_inputs, measure
 from .nn import SparseConv2d, SparseLinear
+from .nn._sparse_weight import check_keys_before_loading
 from .nn.conv import explicit_padding
 from .nn.surgery import CONVERTIBLE, convertible_layers, replace_submodule
 from .plan import FormatSpec, LayerPlan, format_label, plan_layer, regime
@@ -79,6 +80,10 @@ class SparseModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        check_keys_before_loading(self, state_dict, strict)  # a failed strict load changes nothing
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def summary(self) -> Summary:
         """Per-layer name, kind, shape, density, format, dense bytes, sparse bytes (a Summary:

@@ -338,3 +338,11 @@ def test_log_softmax_option(name, kw):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(b(x), torch.log_softmax(a(x), dim=1))
+
+
+@pytest.mark.parametrize("name, kwargs", [("cifar_resnet", {"depth": 6 * 357913941 + 2}),
+                                          ("wrn", {"depth": 6 * 10**6 + 4}), ("bert_encoder", {"layers": 2**31})])
+def test_depth_beyond_any_real_model_is_refused_before_building(name, kwargs):
+    """Such a depth would make the factory build modules one by one for hours (a hang, not an error)."""
+    with pytest.raises(ValueError, match=r"must be an int <= 10000"):
+        models.create(name, **kwargs)

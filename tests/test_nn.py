@@ -3,6 +3,7 @@ import torch
 from helpers import DEVICES, assert_close, randn
 from torch import nn
 
+import sparse_rt
 from sparse_rt.nn import SparseConv2d, SparseLinear
 from sparse_rt.pruning import magnitude_prune
 
@@ -102,6 +103,19 @@ def test_partial_state_dict_with_bad_indices_is_rejected_and_leaves_the_layer_un
         model.load_state_dict(shorter, strict=False)
     for key, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[key]), key
+
+
+def test_failed_strict_load_changes_nothing():
+    """torch loads the keys present before it reports the missing ones; a SparseModel or a sparse
+    layer checks the keys first, so a strict load that fails leaves it as it was."""
+    layer = SparseLinear.from_dense(_pruned_linear())
+    model = sparse_rt.sparsify(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), min_sparsity=0.0, format="csr")
+    for module, key in ((layer, "values"), (model, "module.0.values")):
+        before = {k: v.clone() for k, v in module.state_dict().items()}
+        with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: .*crow_indices"):
+            module.load_state_dict({key: before[key] * 2}, strict=True)
+        for k, tensor in module.state_dict().items():
+            assert torch.equal(tensor, before[k]), k
 
 
 def test_partial_state_dict_that_keeps_the_weight_valid_loads():

@@ -398,3 +398,22 @@ def test_forged_manifests_raise_srt_errors(tmp_path, srt_file, ensemble, forge, 
     forge(path)
     with pytest.raises(error, match=message):
         sparse_rt.load(path)
+
+
+def test_non_regular_paths_are_refused_without_blocking(tmp_path):
+    """A FIFO would block an open() for reading until a writer came; a folder or a device is no
+    .srt file either. Run in a child with a timeout, so a regression fails instead of hanging."""
+    fifo = tmp_path / "model.srt"
+    os.mkfifo(fifo)
+    code = ("import sparse_rt, sys\n"
+            "for path in sys.argv[1:]:\n"
+            "    try:\n"
+            "        sparse_rt.load(path)\n"
+            "    except sparse_rt.io.SrtCorruptError as e:\n"
+            "        print(e)\n")
+    child = subprocess.run([sys.executable, "-c", code, str(fifo), str(tmp_path), "/dev/zero"],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == [f"{fifo}: a FIFO, not a regular file: not a .srt file",
+                                         f"{tmp_path}: a folder, not a regular file: not a .srt file",
+                                         "/dev/zero: a device or socket, not a regular file: not a .srt file"]

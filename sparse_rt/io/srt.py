@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from typing import NamedTuple
 
 import safetensors.torch
@@ -108,9 +109,7 @@ def read(path):
     open file handle, so that a file replaced while it is read cannot mix two files' contents, and
     returns its SrtContents."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such .srt file: {path}")
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise SrtCorruptError(f"{path}: {size} bytes, too short for a .srt file (truncated?)")
@@ -147,6 +146,22 @@ def read(path):
         if not isinstance(manifest.get(key), types):
             raise SrtHeaderError(f"{path}: the manifest's {key!r} field is missing or has the wrong type")
     return SrtContents(manifest, _tensors(header, data), size)
+
+
+def _open_regular(path):
+    """The file at `path` opened for reading, refused unless it is a regular file. Checked on the
+    open descriptor (no race with a replacement), which is opened non-blocking: opening a FIFO for
+    reading would otherwise wait for a writer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"no such .srt file: {path}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device or socket"
+        raise SrtCorruptError(f"{path}: a {kind}, not a regular file: not a .srt file")
+    return os.fdopen(fd, "rb")
 
 
 def read_manifest(path):

@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ._common import check_int, check_prob
+from ._common import MAX_DEPTH, check_int, check_prob
 from ._registry import register
 
 __all__ = ["BertEncoderModel", "bert_encoder"]
@@ -229,7 +229,7 @@ def bert_encoder(*, layers: int = 12, hidden: int = 768, heads: int = 12,
                  attention_dropout: float = 0.1, layer_norm_eps: float = 1e-12,
                  pooler: bool = False, legacy_position_ids: bool = False) -> BertEncoderModel:
     """BERT encoder, HF names (defaults: BERT-base 12 layers / 768 / 12 heads / 3072)."""
-    check_int("layers", layers)
+    check_int("layers", layers, maximum=MAX_DEPTH)
     check_int("hidden", hidden)
     check_int("heads", heads)
     if hidden % heads != 0:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import check_int
+from ._common import MAX_DEPTH, check_int
 from ._registry import register
 
 __all__ = ["CifarResNet", "Block", "cifar_resnet"]
@@ -99,7 +99,7 @@ class CifarResNet(nn.Module):
 def cifar_resnet(*, depth: int = 20, width: int = 16, num_classes: int = 10,
                  log_softmax: bool = False) -> CifarResNet:
     """OpenLTH ``cifar_resnet_{depth}[_{width}]``; depth must be 6n+2 (20, 32, 44, 56, 110, ...)."""
-    check_int("depth", depth, minimum=8)
+    check_int("depth", depth, minimum=8, maximum=MAX_DEPTH)
     if (depth - 2) % 6 != 0:
         raise ValueError(f"cifar_resnet depth must be 6n+2 (e.g. 20, 32, 56), got {depth}")
     check_int("width", width)

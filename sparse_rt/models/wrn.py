@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import check_int, check_prob
+from ._common import MAX_DEPTH, check_int, check_prob
 from ._registry import register
 
 __all__ = ["WideBasicBlock", "NetworkBlock", "WideResNet", "wrn"]
@@ -114,7 +114,7 @@ class WideResNet(nn.Module):
 def wrn(*, depth: int = 28, widen_factor: int = 10, num_classes: int = 10,
         dropout: float = 0.0, log_softmax: bool = False) -> WideResNet:
     """FreeTickets ``wrn-{depth}-{widen_factor}``; depth must be 6n+4 (16, 22, 28, 40, ...)."""
-    check_int("depth", depth, minimum=10)
+    check_int("depth", depth, minimum=10, maximum=MAX_DEPTH)
     if (depth - 4) % 6 != 0:
         raise ValueError(f"wrn depth must be 6n+4 (e.g. 16, 22, 28), got {depth}")
     check_int("widen_factor", widen_factor)

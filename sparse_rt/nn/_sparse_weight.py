@@ -33,6 +33,22 @@ def check_bias_shape(bias, rows, where):
         raise ValueError(f"{where}bias must have shape ({rows},), got {got}")
 
 
+def check_keys_before_loading(module, state_dict, strict):
+    """With strict=True, raises torch's missing/unexpected-keys error before any tensor is loaded.
+    torch copies the keys that are there first and complains afterwards, which would leave a
+    module half-loaded by a load that failed; its layers cannot tell, since torch passes them
+    strict=True either way."""
+    if not strict:
+        return
+    expected = set(module.state_dict().keys())
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    problems = [f"{what} key(s) in state_dict: {', '.join(repr(k) for k in keys)}."
+                for what, keys in (("Unexpected", unexpected), ("Missing", missing)) if keys]
+    if problems:
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}:\n\t" + "\n\t".join(problems))
+
+
 class SparseWeightModule(nn.Module):
     """Base of the sparse layers: the weight lives in three plain buffers (crow_indices,
     col_indices, values) plus an optional bias buffer, so state_dict, .to(), torch.export and ONNX
@@ -69,6 +85,10 @@ class SparseWeightModule(nn.Module):
         blocks = f"{tuple(self.values.shape[1:])}" if self.format == "bsr" else ""
         return (f"{self._shape_repr()}, bias={self.bias is not None}, format={self.format}{blocks}, "
                 f"density={self.density:.3f}")
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        check_keys_before_loading(self, state_dict, strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
