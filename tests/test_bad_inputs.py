@@ -387,11 +387,16 @@ def test_forged_architecture_record(tmp_path, tiny_srt):
 
 
 def test_forged_architecture_size_is_bounded_by_the_file(tmp_path, tiny_srt):
-    # Found by tools/fuzz.py: depth=2**31 made the loader build a resnet without bound.
-    arch = {"name": "cifar_resnet", "kwargs": {"depth": 2**31}}  # 6n+2, as the zoo requires
+    # Found by tools/fuzz.py: depth=2**31 made the loader build a resnet without bound. The zoo now
+    # refuses such a depth itself; one it accepts must still fit the file.
+    arch = {"name": "cifar_resnet", "kwargs": {"depth": 9998}}  # 6n+2, as the zoo requires
     forge_srt(tiny_srt, tmp_path / "forged.srt", _manifest_edit(lambda m: m.update(arch=arch)))
-    with pytest.raises(SrtArchError, match=r"the architecture 'cifar_resnet' with \{'depth': 2147483648\} is larger than "
+    with pytest.raises(SrtArchError, match=r"the architecture 'cifar_resnet' with \{'depth': 9998\} is larger than "
                                            r"the file can hold \(over \d+ tensors or \d+ elements\)"):
+        sparse_rt.load(tmp_path / "forged.srt")
+    arch = {"name": "cifar_resnet", "kwargs": {"depth": 2**31}}
+    forge_srt(tiny_srt, tmp_path / "forged.srt", _manifest_edit(lambda m: m.update(arch=arch)))
+    with pytest.raises(SrtArchError, match=r"cannot rebuild the architecture: .*depth must be an int <= 10000"):
         sparse_rt.load(tmp_path / "forged.srt")
 
 
