@@ -79,11 +79,12 @@ bench-report: install
 	done
 	$(PYTHON) benchmarks/update_readme.py bench
 
-# Fuzzes the .srt and checkpoint loaders and the ops' argument checks (tools/fuzz.py), each target
-# in a subprocess so that crashes are counted; the report goes to benchmarks/results/.
+# Fuzzes every untrusted-input surface (tools/fuzz.py: .srt and checkpoint loaders, ops, conv geometry,
+# layer state dicts, ONNX sessions, files changed or special, the CLI), each target in a memory-capped
+# subprocess so that crashes and hangs are counted; the report goes to benchmarks/results/.
 FUZZ_CASES ?= 100000
 fuzz: install
-	$(PYTHON) tools/fuzz.py --cases $(FUZZ_CASES) --workdir build/fuzz --json benchmarks/results/fuzz-$(DATE).json
+	$(PYTHON) tools/fuzz.py --cases $(FUZZ_CASES) --jobs 2 --case-timeout 30 --workdir build/fuzz --json benchmarks/results/fuzz-$(DATE).json
 
 clean:
 	rm -rf build sparse_rt/*.so *.egg-info
