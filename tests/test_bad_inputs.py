@@ -543,6 +543,9 @@ HOSTILE_CONV_GEOMETRIES = {
     "stride 2^27": (1, (4, 4), (1, 1), (2**27, 2**27), (0, 0), (1, 1)),
     "stride 2^31-1": (1, (4, 4), (1, 1), (2**31 - 1, 2**31 - 1), (0, 0), (1, 1)),
     "padding with dilation": (1, (4, 4), (2, 2), (1, 1), (23000, 23000), (46003, 46003)),
+    # Found by tools/fuzz.py after the fix above: packing walked every stride phase of every row of
+    # every channel, 65536 x 2 x 2^20 steps for a 3x1 output.
+    "stride far beyond a deep, tiny image": (65536, (2, 4), (2, 2), (3, 2**20 + 1), (3, 0), (1, 3)),
 }
 
 # Runs each geometry through the op (full index checks on), the layer, a .srt written by

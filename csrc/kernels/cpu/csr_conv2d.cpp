@@ -40,6 +40,15 @@ void pack_conv_input(const Conv2dShape& s, const PackedConvLayout& l, const floa
         std::memcpy(row + s.pad_w, src, sizeof(float) * s.width);
         continue;
       }
+      if (sw > s.width) {
+        // Fewer columns than phases (a stride far beyond the image): walk the columns, each in a
+        // phase of its own, so the cost follows the image, not the stride.
+        for (int64_t x = 0; x < s.width; ++x) {
+          const int32_t slot = l.col_slot[(x + s.pad_w) % sw];
+          if (slot >= 0) row[slot * l.plane + (x + s.pad_w) / sw] = src[x];
+        }
+        continue;
+      }
       // Column x lands in phase (x + pad_w) % sw at (x + pad_w) / sw: walk each stored phase's columns.
       for (int64_t b = 0; b < sw; ++b) {
         if (l.col_slot[b] < 0) continue;
