@@ -202,3 +202,15 @@ def test_csr_conv2d_dlmc_rn50(dlmc, device):
         args = (w.crow_indices, w.col_indices, w.values, None, cin, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1)
         assert_close(ops.csr_conv2d(x, *args), reference.csr_conv2d(x, *args, compute_dtype=torch.float64),
                      torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_conv2d_without_output_channels_matches_its_reference(device):
+    """Found by tools/fuzz.py: the op accepts a weight of 0 rows (an empty output) and the pure-torch
+    fallback raised from F.conv2d instead."""
+    x = randn(2, 4, 5, 5, device=device)
+    crow = torch.zeros(1, dtype=torch.int32, device=device)
+    col, values = crow[:0], torch.zeros(0, device=device)
+    args = (x, crow, col, values, None, 4, [3, 3], [1, 1], [1, 1], [1, 1], 1, False)
+    for conv in (ops.csr_conv2d, reference.csr_conv2d):
+        assert conv(*args).shape == (2, 0, 5, 5)
