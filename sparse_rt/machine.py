@@ -1,9 +1,11 @@
-"""What every result file records about where it was measured (machine, versions, date)."""
+"""Facts of the machine: what every result file records about where it was measured (machine,
+versions, date), and the memory a process may still allocate."""
 
 import datetime
 import importlib.metadata
 import os
 import platform
+import resource
 from pathlib import Path
 
 import torch
@@ -36,6 +38,25 @@ def physical_cores():
         elif key.strip() == "core id":
             cores.add((socket, value.strip()))
     return len(cores) or None
+
+
+def memory_headroom() -> int | None:
+    """Bytes this process may still allocate: the smaller of the system's available memory and
+    what its address-space limit (RLIMIT_AS) leaves; None where /proc does not say (not Linux)."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    fields = {line.split(":")[0]: line.split()[1:] for line in (meminfo + status).splitlines() if ":" in line}
+    kib = lambda name: int(fields[name][0]) * 1024 if name in fields else None
+    available = kib("MemAvailable")
+    if available is None:
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY and kib("VmSize") is not None:
+        available = min(available, max(limit - kib("VmSize"), 0))
+    return available
 
 
 def _version(dist):

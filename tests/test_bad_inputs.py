@@ -472,6 +472,33 @@ def test_damaged_checkpoints(tmp_path, name, content, error, message):
         ingest.read_checkpoint(path)
 
 
+def _legacy_bomb():
+    """A 400-byte legacy (non-zip) torch.save file whose one storage declares 2^30 floats."""
+    data = _saved_bytes({"w": torch.randn(16)}, zipped=False)
+    numel = data.index(b"K\x10", data.index(b"cpu"))  # BININT1 16, the storage's element count
+    return data[:numel] + b"J" + (2**30).to_bytes(4, "little") + data[numel + 2:]
+
+
+def test_legacy_checkpoint_declaring_more_than_the_file_is_refused_before_loading(tmp_path, monkeypatch):
+    """Before the fix torch.load allocated the 4 GiB the file declares, then found it truncated."""
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(_legacy_bomb())
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load ran on the bomb"))
+    with pytest.raises(ingest.CorruptCheckpointError,
+                       match=r"refusing checkpoint .*bomb.pt: its storages declare 4294967296 bytes but the file "
+                             r"holds \d+: truncated, or forged"):
+        ingest.read_checkpoint(path)
+
+
+def test_legacy_checkpoint_with_shared_storages_still_loads(tmp_path):
+    state = _state()
+    state["tied.weight"] = state["0.weight"]  # one storage, counted once against the file
+    path = tmp_path / "legacy.pt"
+    path.write_bytes(_saved_bytes(state, zipped=False))
+    loaded = ingest.read_checkpoint(path).state_dict
+    assert torch.equal(loaded["tied.weight"], state["0.weight"])
+
+
 @pytest.mark.parametrize("masks,error,message", [
     ({"0.weight": torch.full((4, 3, 3, 3), 0.5)}, ingest.MaskValueError, r"0.weight"),
     ({"0.weight": torch.ones(2, 2)}, ingest.MaskShapeError, r"0.weight"),
@@ -632,3 +659,45 @@ def test_conv_weight_columns_overflowing_int64_are_refused():
         with pytest.raises(RuntimeError, match=r"sparse_rt.csr_conv2d: " + columns + " overflows int64"):
             torch.ops.sparse_rt.csr_conv2d(randn(1, 4, 8, 8), weight.crow_indices, weight.col_indices, weight.values,
                                            None, 4, [2**31 - 1, 2**31 - 1], [1, 1], [0, 0], [1, 1], 1)
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("padding, stride, message", [
+    # Found by tools/fuzz.py: bytes overflowing int64 escaped as torch's own unprefixed error.
+    ((2**31 - 1, 2**31 - 1), (3, 3), r"cannot allocate the output \[1, 2, 1431655765, 1431655765\] \(over 2\^63 bytes\): "
+                                     r"Storage size calculation overflowed"),
+    # 563 TB: beyond any memory (and x86-64's 128 TB of user addresses, whatever the overcommit
+    # setting), and the allocator's error named no op.
+    ((2**22, 2**22), (1, 1), r"cannot allocate the output \[1, 2, 8388609, 8388609\] \(562950087639048 bytes\): "),
+])
+def test_outputs_that_cannot_be_allocated_name_the_op_and_shape(padding, stride, message):
+    weight = _csr_weight(2, 4)
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_conv2d: " + message):
+        torch.ops.sparse_rt.csr_conv2d(randn(1, 4, 1, 1), weight.crow_indices, weight.col_indices, weight.values,
+                                       None, 4, [1, 1], list(stride), list(padding), [1, 1], 1)
+
+
+# The op once with memory to spare (the packed path), then with too little for the packed image's
+# scratch (found by tools/fuzz.py: the allocator's error escaped): the gather path, same output.
+_SCRATCH_FALLBACK_CHILD = """
+import resource
+import torch
+import sparse_rt
+
+x = torch.randn(1, 2, 4, 5)
+crow, col, values = torch.tensor([0, 2], dtype=torch.int32), torch.tensor([3, 4], dtype=torch.int32), torch.randn(2)
+geometry = (2, [3, 1], [3, 3], [2**25, 1], [3, 3], 1)  # a 268 MB output, a 800 MB packed image
+packed = torch.ops.sparse_rt.csr_conv2d(x, crow, col, values, None, *geometry)
+in_use = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (in_use + 2 * packed.numel() * 4 + (256 << 20), resource.RLIM_INFINITY))
+gathered = torch.ops.sparse_rt.csr_conv2d(x, crow, col, values, None, *geometry)
+assert torch.equal(packed, gathered) and packed.count_nonzero() > 0
+"""
+
+
+@pytest.mark.slow  # a child that allocates 1 GB
+@requires_compiled_ops
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_conv_scratch_that_does_not_fit_falls_back_to_the_gather_path():
+    child = subprocess.run([sys.executable, "-c", _SCRATCH_FALLBACK_CHILD], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]

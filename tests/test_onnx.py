@@ -328,8 +328,9 @@ def _session_in_child(path, x_shape, mode="session"):
 
 
 def _hostile_model(path, op="CsrLinear", x_dims=(2, 8), in_features=8, rows=4, dtype="float32", block=None,
-                   conv=None, in_subgraph=False, forge_col=False):
-    """A one-node file of our domain with a valid (unless told) weight; `conv` = (in_channels, k)."""
+                   conv=None, padding=0, in_subgraph=None, forge_col=False):
+    """A one-node file of our domain with a valid (unless told) weight; `conv` = (in_channels, k);
+    `in_subgraph`: None (the main graph), "if" or "scan"."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -344,13 +345,23 @@ def _hostile_model(path, op="CsrLinear", x_dims=(2, 8), in_features=8, rows=4, d
                ((crow, "crow"), (col, "col"), (values, "values"), (np.zeros(rows, dtype), "bias"))]
     if conv:
         attributes = dict(in_channels=conv[0], kernel_h=conv[1], kernel_w=conv[1], stride_h=1, stride_w=1,
-                          pad_h=0, pad_w=0, dilation_h=1, dilation_w=1, group=1, relu=0)
+                          pad_h=padding, pad_w=padding, dilation_h=1, dilation_w=1, group=1, relu=0)
     else:
         attributes = dict(in_features=in_features, relu=0)
     node = helper.make_node(op, ["X", "crow", "col", "values", "bias"], ["Y"], domain="sparse_rt", **attributes)
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_dims))
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
-    if in_subgraph:  # If(true) { weights as Constants, our node } else { Identity }
+    if in_subgraph == "scan":  # Y = Squeeze(Scan(Unsqueeze(X)) { our node on each slice, of unknown dims })
+        node.input[0], node.output[0] = "x_t", "y_t"
+        unknown = [None] * len(x_dims)  # every op of ours keeps X's rank
+        body = helper.make_graph([node], "body", [helper.make_tensor_value_info("x_t", TensorProto.FLOAT, unknown)],
+                                 [helper.make_tensor_value_info("y_t", TensorProto.FLOAT, unknown)])
+        weights.append(numpy_helper.from_array(np.array([0], np.int64), "axes"))
+        nodes = [helper.make_node("Unsqueeze", ["X", "axes"], ["X_seq"]),
+                 helper.make_node("Scan", ["X_seq"], ["Y_seq"], body=body, num_scan_inputs=1),
+                 helper.make_node("Squeeze", ["Y_seq", "axes"], ["Y"])]
+        graph = helper.make_graph(nodes, "hostile", [x], [y], initializer=weights)
+    elif in_subgraph == "if":  # If(true) { weights as Constants, our node } else { Identity }
         constants = [helper.make_node("Constant", [], [w.name], value=w) for w in weights]
         weights = []
         branch = helper.make_graph([*constants, node], "then", [], [y])
@@ -359,7 +370,8 @@ def _hostile_model(path, op="CsrLinear", x_dims=(2, 8), in_features=8, rows=4, d
         weights.append(numpy_helper.from_array(np.array(True), "condition"))
         node = helper.make_node("If", ["condition"], ["Out"], then_branch=branch, else_branch=other)
         y = helper.make_tensor_value_info("Out", TensorProto.FLOAT, None)
-    graph = helper.make_graph([node], "hostile", [x], [y], initializer=weights)
+    if in_subgraph != "scan":
+        graph = helper.make_graph([node], "hostile", [x], [y], initializer=weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
                               ir_version=8)
     onnx.save(model, path)
@@ -377,7 +389,11 @@ _HOSTILE = {
                                                     r"float32 only"),
     "bsr_blocks_too_tall": (dict(op="BsrLinear", rows=128, block=(128, 8)), (2, 8),
                             r"block height 128 exceeds the CPU kernel's maximum 64"),
-    "forged_index_in_subgraph": (dict(in_subgraph=True, forge_col=True), (2, 8),
+    # A failing kernel's empty output must keep X's rank: another rank inside a Scan body made
+    # onnxruntime size the scan's output from a negative shape and abort.
+    "kernel_failing_in_scan": (dict(op="CsrConv2d", conv=(3, 3), x_dims=(1, 4, 6, 6), in_subgraph="scan"),
+                               (1, 4, 6, 6), r"X has shape \[1, 4, 6, 6\] but in_channels=3"),
+    "forged_index_in_subgraph": (dict(in_subgraph="if", forge_col=True), (2, 8),
                                  r"col_indices\[0\]=1000000 is out of range \[0, 8\)"),
 }
 
@@ -395,6 +411,21 @@ def test_session_refuses_what_would_abort_at_run_time(tmp_path, name):
     assert got.get("error") == "ValueError", got
     assert re.search(message, got["message"]), got
     assert f"{name}.onnx: node" in got["message"]  # names the file and node
+
+
+@pytest.mark.slow  # a child process with torch and onnxruntime
+@needs_ortx
+@requires_compiled_ops
+@pytest.mark.parametrize("in_subgraph", [None, "scan"])
+def test_output_too_large_for_memory_fails_the_run_cleanly(tmp_path, in_subgraph):
+    """A padding that asks for a 400 GB output: the kernel would fail to allocate it, or
+    onnxruntime-extensions its copy of it (which aborts the process), so it is refused first."""
+    path = _hostile_model(tmp_path / "m.onnx", op="CsrConv2d", conv=(3, 3), x_dims=(1, 3, 6, 6),
+                          padding=2**31 - 1, in_subgraph=in_subgraph)
+    got = _session_in_child(path, (1, 3, 6, 6))
+    assert got.get("error") == "RuntimeError", got
+    assert re.search(r"the output \[1, 4, 4294967298, 4294967298\] and onnxruntime's copy of it need \d+ bytes, "
+                     r"more than the \d+ this process can still allocate", got["message"]), got
 
 
 @pytest.mark.slow  # a child process with torch and onnxruntime
@@ -423,7 +454,7 @@ def test_bound_ops_are_private_to_their_session(tmp_path):
     del node.input[1:]
     node.attribute.append(onnx.helper.make_attribute("weights", "0:"))  # the keys before the fix were N:name
     onnx.save(proto, tmp_path / "bound.onnx")
-    assert _session_in_child(tmp_path / "bound.onnx", (2, 8), mode="by_hand") == {"shape": [0]}
+    assert _session_in_child(tmp_path / "bound.onnx", (2, 8), mode="by_hand") == {"shape": [0, 0]}  # empty, of X's rank
     with pytest.raises(ValueError, match=r"unknown op of domain 'sparse_rt'"):
         sparse_rt.onnx.session(tmp_path / "bound.onnx")  # refused before onnxruntime sees it
 

@@ -54,8 +54,9 @@ case running longer than --case-timeout seconds is a hang: the parent kills the 
 group, keeps the input the same way and restarts it. Every case ends as ok, rejected (the
 documented exception type), unexpected (another exception: a bug in the error handling), wrong (a
 result that differs from the reference, a layer left changed or unrunnable), crash or hang. The
-first input of each distinct unexpected / wrong finding is kept under WORKDIR/findings/; every kept
-input reruns with --replay.
+first input of each distinct unexpected / wrong finding is kept under WORKDIR/findings/ (with what
+was raised and its traceback beside it, NAME.case.txt); every kept input reruns with --replay, under
+the same memory cap.
 """
 
 import argparse
@@ -67,12 +68,14 @@ import json
 import os
 import pickle
 import platform
+import re
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import traceback
 import zipfile
 
 TARGETS = ("srt", "checkpoint", "ops", "geometry", "layer", "onnx", "files", "cli")
@@ -374,6 +377,15 @@ class CheckpointTarget:
         self.bases.append((safetensors.torch.save(sd), ".safetensors"))
         self.bases.append((pickle.dumps({"model": _Payload(self.marker)}, protocol=2), ".pt"))  # a raw pickle
         self.bases.append((self._zip_bomb(self.bases[0][0]), ".pt"))
+        self.bases.append((self._legacy_bomb(self.bases[1][0]), ".pt"))
+
+    @staticmethod
+    def _legacy_bomb(data):
+        """`data` (a legacy torch.save file) with every storage declaring 2^30 elements: a small
+        file whose reader would allocate by the declared counts. In each storage's persistent id
+        the count follows the location string ("cpu", then a memo op): BININT1, BININT2 or BININT."""
+        count = re.compile(rb"(cpu(?:q.|r....|\x94)?)(K.|M..|J....)", re.S)
+        return count.sub(lambda m: m.group(1) + b"J" + (2**30).to_bytes(4, "little"), data)
 
     @staticmethod
     def _zip_bomb(data):
@@ -570,25 +582,28 @@ def _check_close(y, expected, dtype, what):
 _LARGE = [2**19 - 1, 2**19, 2**20 + 1, 2**27, 2**30, 2**31 - 1, 2**31, 2**62]
 
 
-def _direct_conv2d(x, dense, bias, stride, padding, dilation, groups, limit=20000):
-    """Float64 convolution computed per output position with Python ints (no overflow, no padded
-    copy of the input); None when the output times the taps exceeds `limit`."""
+def _direct_conv2d(x, crow, col, values, kernel, bias, stride, padding, dilation, groups, limit=20000):
+    """Float64 convolution computed per output position and weight entry with Python ints (no
+    overflow, no padded copy of the input, no dense weight); None when the output times the
+    weight's entries exceeds `limit`."""
     import torch
 
     n, cin, h, w = x.shape
-    cout, cin_g, kh, kw = dense.shape
+    cout, (kh, kw) = crow.numel() - 1, kernel
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     if oh <= 0 or ow <= 0:
         return torch.zeros(n, cout, max(oh, 0), max(ow, 0), dtype=torch.float64)
-    taps = dense.nonzero().tolist()
-    if n * oh * ow * max(len(taps), 1) > limit:
+    rows = torch.repeat_interleave(torch.arange(cout), (crow[1:] - crow[:-1]).long()).tolist()
+    if n * oh * ow * max(len(rows), 1) > limit:
         return None
-    xd, wd = x.double(), dense.double()
+    xd = x.double()
     out = torch.zeros(n, cout, oh, ow, dtype=torch.float64)
     if bias is not None:
         out += bias.double().view(1, -1, 1, 1)
-    for o, c, ky, kx in taps:
+    cin_g = cin // groups
+    for o, column, value in zip(rows, col.tolist(), values.double().tolist()):
+        c, ky, kx = column // (kh * kw), column % (kh * kw) // kw, column % kw
         channel = (o // (cout // groups)) * cin_g + c
         for oy in range(oh):
             iy = oy * stride[0] - padding[0] + ky * dilation[0]
@@ -597,7 +612,7 @@ def _direct_conv2d(x, dense, bias, stride, padding, dilation, groups, limit=2000
             for ox in range(ow):
                 ix = ox * stride[1] - padding[1] + kx * dilation[1]
                 if 0 <= ix < w:
-                    out[:, o, oy, ox] += wd[o, c, ky, kx] * xd[:, channel, iy, ix]
+                    out[:, o, oy, ox] += value * xd[:, channel, iy, ix]
     return out
 
 
@@ -617,14 +632,15 @@ class GeometryTarget:
         self.workdir, self.path = workdir, os.path.join(workdir, "geometry.input")
         self.onnx = _OnnxBases(workdir, only=("conv",)) if _has_onnxruntime_extensions() else None
 
-    def _draw(self, draw):
+    def _draw(self, draw, surface):
         st, torch = draw.st, self.torch
         pair = lambda least: [draw(st.one_of(st.integers(least, 3), st.sampled_from(_LARGE))) for _ in range(2)]
         cin = draw(st.sampled_from([1, 2, 3, 4, 4096, 2**16]))
         groups = draw(st.sampled_from([1, 1, 1, 2])) if cin % 2 == 0 else 1
         cout = groups * draw(st.integers(1, 2))
         # Kernels stay small in the surfaces that build a dense twin (srt, onnx).
-        kernel = pair(1) if draw(st.integers(0, 3)) == 0 else [draw(st.integers(1, 3)) for _ in range(2)]
+        large_kernel = surface in ("op", "layer") and draw(st.integers(0, 3)) == 0
+        kernel = pair(1) if large_kernel else [draw(st.integers(1, 3)) for _ in range(2)]
         stride, padding, dilation = pair(1), pair(0), pair(1)
         hw = [draw(st.sampled_from([1, 2, 4, 5])) for _ in range(2)]
         batch = draw(st.integers(1, 2))
@@ -641,7 +657,8 @@ class GeometryTarget:
 
     def case(self, draw):
         surfaces = self.SURFACES if self.onnx else self.SURFACES[:3]
-        g = dict(self._draw(draw), surface=draw(draw.st.sampled_from(surfaces)))
+        surface = draw(draw.st.sampled_from(surfaces))
+        g = dict(self._draw(draw, surface), surface=surface)
         self.torch.save(g, self.path)
         return self.run(g)
 
@@ -649,20 +666,10 @@ class GeometryTarget:
         # The srt surface builds its file from a SparseConv2d, so the layer's refusal counts there too.
         if _op_error(e) or (isinstance(e, ValueError) and str(e).startswith("SparseConv2d:")):
             return True
-        if self._output_exceeds_the_cap(e):
-            return True
-        return {"srt": isinstance(e, self.SrtError), "onnx": isinstance(e, ValueError)}.get(self.surface, False)
-
-    def _output_exceeds_the_cap(self, e):
-        """torch's own out-of-memory error is the right answer when the output the geometry asks
-        for cannot fit the worker's memory cap by itself: the bound is the output, not the work."""
-        if not (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
-            return False
-        g = self.geometry
-        out_hw = self.sparse_rt.ops.geometry.conv2d_output_hw(g["x"].shape[2:], g["kernel"], g["stride"],
-                                                             g["padding"], g["dilation"])
-        output_bytes = 4 * g["x"].shape[0] * g["cout"] * out_hw[0] * out_hw[1]
-        return output_bytes > resource.getrlimit(resource.RLIMIT_AS)[0] // 4
+        if self.surface == "onnx":  # a refused X, or a kernel failure (an op error, or an output too large)
+            return isinstance(e, ValueError) or (
+                isinstance(e, RuntimeError) and (_op_error(e.__cause__) or isinstance(e.__cause__, MemoryError)))
+        return self.surface == "srt" and isinstance(e, self.SrtError)
 
     def _layer(self, g):
         from sparse_rt.formats import CSR
@@ -689,10 +696,7 @@ class GeometryTarget:
             y = self._through_onnx(g)
         if self.surface != "op" and g["relu"]:
             g = dict(g, relu=False)  # only the op takes relu; the others are the plain conv
-        dense = torch.zeros(g["cout"], g["cin"] // g["groups"] * g["kernel"][0] * g["kernel"][1], dtype=torch.float64)
-        rows = torch.repeat_interleave(torch.arange(g["cout"]), (g["crow"][1:] - g["crow"][:-1]).long())
-        dense[rows, g["col"].long()] = g["values"].double()
-        expected = _direct_conv2d(g["x"], dense.view(g["cout"], -1, *g["kernel"]), g["bias"], g["stride"],
+        expected = _direct_conv2d(g["x"], g["crow"], g["col"], g["values"], g["kernel"], g["bias"], g["stride"],
                                   g["padding"], g["dilation"], g["groups"])
         if expected is None:  # too many outputs for the direct reference: check the shape only
             expected_shape = (g["x"].shape[0], g["cout"], *sparse_rt.ops.geometry.conv2d_output_hw(
@@ -1295,16 +1299,20 @@ OUTCOMES = ("ok", "rejected", "unexpected", "wrong")
 
 # --- worker: runs one target in-process under hypothesis -------------------------------------------
 
+def _cap_memory(memory_gib):
+    """A case asking for unbounded memory fails (MemoryError, an allocator's error) instead of
+    taking the machine down; replays run under the same cap, so they fail as the case did."""
+    limit = int(memory_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def worker(target_name, cases, seed, workdir, memory_gib):
 
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
-    # A case asking for unbounded memory fails (MemoryError, an allocator's RuntimeError) instead
-    # of taking the machine down.
-    limit = int(memory_gib * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    _cap_memory(memory_gib)
     target = CLASSES[target_name](workdir)
     documented = getattr(target, "documented", None) or (lambda e: isinstance(e, target.expected))
     counts = dict.fromkeys(OUTCOMES, 0)
@@ -1313,12 +1321,15 @@ def worker(target_name, cases, seed, workdir, memory_gib):
     os.makedirs(findings, exist_ok=True)
 
     def keep(key):
-        """Keeps the input of a finding's first occurrence (for --replay)."""
+        """Keeps the input of a finding's first occurrence (for --replay), and beside it what was
+        raised, with its traceback."""
         examples[key] = examples.get(key, 0) + 1
         kept = os.path.join(findings, f"{target_name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.case")
         inputs = _inputs(target_name, workdir)
         if inputs and not os.path.exists(kept):
             shutil.copyfile(inputs[0], kept + _suffix(inputs[0]))
+            with open(kept + ".txt", "w") as f:
+                f.write(key + "\n\n" + traceback.format_exc())
     progress = os.path.join(workdir, f"{target_name}.progress")
     with open(progress, "w") as f:
         json.dump(counts, f)
@@ -1487,6 +1498,7 @@ def main():
     if args.replay:
         target = os.path.basename(args.replay).split("-")[0]
         os.makedirs(args.workdir, exist_ok=True)
+        _cap_memory(args.memory_gib)
         return CLASSES[target](args.workdir).replay(args.replay)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(targets) - set(TARGETS)

@@ -1,12 +1,14 @@
 #include "checks.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "../kernels/checked_int.h"
@@ -142,6 +144,18 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
                   "] (input ", input.sizes(), ", padding=", padding, ", dilation=", dilation,
                   ", stride=", stride, ") has more elements than int64 counts");
   return {weight, shape, index_cols.value()};
+}
+
+at::Tensor allocate(const char* op, const char* what, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  try {
+    return at::empty(sizes, options);
+  } catch (const c10::Error& e) {
+    CheckedInt bytes(static_cast<int64_t>(options.dtype().itemsize()));
+    for (const int64_t size : sizes) bytes = bytes * size;
+    SPARSE_RT_CHECK(false, op, "cannot allocate the ", what, " ", sizes, " (",
+                    bytes.overflowed() ? std::string("over 2^63") : std::to_string(bytes.value()),
+                    " bytes): ", e.what_without_backtrace());
+  }
 }
 
 namespace {

@@ -55,6 +55,11 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
+// at::empty(sizes, options), or an error "sparse_rt.<op>: cannot allocate the <what> [sizes] (N bytes)"
+// with the allocator's reason when it refuses (out of memory, or a size whose bytes overflow): the
+// geometry's own bounds allow outputs larger than any memory, and allocator errors name no op.
+at::Tensor allocate(const char* op, const char* what, at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // Whether direct op calls validate every column index (O(nnz)). Off by default: sparse_rt's
 // modules validate their weights in Python when built or loaded, so the hot path pays only for the
 // O(rows) row-pointer check. Opt in process-wide with SPARSE_RT_CHECK_INDICES=1 or

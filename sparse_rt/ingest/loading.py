@@ -145,10 +145,53 @@ def _check_zip_sizes(path: str, what: str) -> None:
             f"{file_size}-byte file (more than {MAX_EXPANSION}x): a zip bomb, or damaged")
 
 
+def _legacy_storage_bytes(path: str) -> int | None:
+    """Bytes of storage a legacy (non-zip) torch.save file declares, read without allocating it:
+    its pickles go through torch's weights-only unpickler with every storage made on the meta
+    device. None where the file is not one, or its pickles fail (torch.load then says why)."""
+    from torch import _weights_only_unpickler as weights_only
+
+    declared = {}
+
+    def meta_storage(saved_id):
+        typename, storage_type, root_key, _location, numel, _view = saved_id
+        if typename != "storage":
+            raise pickle.UnpicklingError(f"persistent id {typename!r}")
+        nbytes = int(numel) * torch._utils._element_size(storage_type.dtype)
+        declared[root_key] = nbytes
+        return torch.storage.TypedStorage(wrap_storage=torch.UntypedStorage(nbytes, device="meta"),
+                                          dtype=storage_type.dtype, _internal=True)
+
+    try:
+        with open(path, "rb") as f, torch.serialization.safe_globals(_numpy_safe_globals()):
+            if zipfile.is_zipfile(f):
+                return None
+            f.seek(0)
+            for _ in range(3):  # magic number, protocol version, system info
+                weights_only.load(f)
+            unpickler = weights_only.Unpickler(f)
+            unpickler.persistent_load = meta_storage
+            unpickler.load()
+    except Exception:  # noqa: BLE001  (damaged or unsafe: torch.load reports it)
+        return None
+    return sum(declared.values())
+
+
+def _check_legacy_sizes(path: str, what: str) -> None:
+    """Refuse a legacy torch.save file whose storages (stored raw, after its pickles) declare more
+    bytes than the file holds, before torch.load allocates them."""
+    declared, file_size = _legacy_storage_bytes(path), os.stat(path).st_size
+    if declared is not None and declared > file_size:
+        raise CorruptCheckpointError(
+            f"refusing {what} {path}: its storages declare {declared} bytes but the file holds {file_size}: "
+            "truncated, or forged")
+
+
 def _load(path: str, unsafe: bool, what: str) -> Any:
     require_regular_file(path, what)
     if not path.endswith(".safetensors"):
         _check_zip_sizes(path, what)
+        _check_legacy_sizes(path, what)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load

@@ -2,6 +2,7 @@
 kernels (sparse_rt's compiled ops) registered as onnxruntime-extensions Python ops."""
 
 import logging
+import math
 import secrets
 import threading
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import numpy as np
 import onnx
 import torch
 
+from ..machine import memory_headroom
 from ..ops import full_index_checks
 from . import ort_extensions
 from .ops_table import DOMAIN, INPUTS, OPS, OpSpec, require_compiled_ops
@@ -216,7 +218,6 @@ def _report_failure(message, error, binding):
 
 _ORT_TYPES = {"T": "float", "I": "int32"}  # INPUTS' type variables; fp32 only
 _KERNELS = {}  # onnxruntime-extensions op id -> (OpSpec, kernel, bound)
-_FAILED_OUTPUT = np.zeros(0, np.float32)  # what a failed kernel returns (the run is stopped)
 
 
 def _kernel(spec: OpSpec):
@@ -224,8 +225,24 @@ def _kernel(spec: OpSpec):
 
     def run(x, crow, col, values, bias, a):
         spec.check_input(list(x.shape), a)  # X's dims the graph left unknown
+        _check_output_fits(spec, list(x.shape), crow, values, a)
         return torch_op(x, crow, col, values, bias, *spec.torch_arguments(a))
     return run
+
+
+def _check_output_fits(spec, x_dims, crow, values, a):
+    """MemoryError unless the output and onnxruntime-extensions' copy of it (made after the kernel
+    returns) fit in the memory this process can still allocate: onnxruntime terminates the process
+    when that copy's allocation fails, so a too-large output must be refused before the kernel."""
+    rows = spec.weight_rows(crow.numel(), values.shape[1] if spec.blocked and values.dim() == 3 else None)
+    dims = spec.output_dims(x_dims, rows, a.__getitem__)
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        return  # the kernel refuses this geometry itself
+    need = 2 * 4 * math.prod(dims)  # fp32, twice
+    headroom = memory_headroom()
+    if headroom is not None and need > headroom:
+        raise MemoryError(f"the output {dims} and onnxruntime's copy of it need {need} bytes, more than the "
+                           f"{headroom} this process can still allocate")
 
 
 def _invoke(op_id, feed, attributes):
@@ -243,9 +260,18 @@ def _invoke(op_id, feed, attributes):
     except BaseException as error:
         what = binding.checked.what if binding else (entry[0].name if entry else f"Python op {op_id}")
         _report_failure(f"{what}: {error}", error, binding)
-        return op_id, _FAILED_OUTPUT.shape, _FAILED_OUTPUT
+        failed = _failed_output(feed)
+        return op_id, failed.shape, failed
     y = y.numpy()
     return op_id, y.shape, y
+
+
+def _failed_output(feed):
+    """What a failed kernel returns while its run is being stopped: empty, of X's rank (every op of
+    ours keeps the rank), because an output of another rank inside a Scan body makes onnxruntime
+    size the scan's output from a negative shape and terminate the process."""
+    rank = np.ndim(feed[0]) if feed else 1
+    return np.zeros((0,) * max(rank, 1), np.float32)
 
 
 def _compute(spec, kernel, bound, binding, feed, attributes):

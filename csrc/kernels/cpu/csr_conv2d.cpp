@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <new>
 
 #include "../checked_int.h"
 #include "csr_spmm.h"
@@ -155,8 +156,12 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
   gather.gather = true;
   if (!tables.at_most(limit)) return gather;
   int64_t stored_rows = 0;
-  l.row_slot = phase_slots(s.kh, s.dil_h, s.stride_h, &stored_rows);
-  l.col_slot = phase_slots(s.kw, s.dil_w, s.stride_w, &l.stored_cols);
+  try {
+    l.row_slot = phase_slots(s.kh, s.dil_h, s.stride_h, &stored_rows);
+    l.col_slot = phase_slots(s.kw, s.dil_w, s.stride_w, &l.stored_cols);
+  } catch (const std::bad_alloc&) {  // tables within the budget may still not fit in memory
+    return gather;
+  }
   l.phases = stored_rows * l.stored_cols;  // at most kh * kw
   const CheckedInt phase_h = (CheckedInt(s.height) + CheckedInt(2) * s.pad_h + (s.stride_h - 1)) / s.stride_h;
   const CheckedInt phase_w = (CheckedInt(s.width) + CheckedInt(2) * s.pad_w + (s.stride_w - 1)) / s.stride_w;

@@ -18,7 +18,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
                   " exceeds the supported maximum ", cpu::kMaxBlockHeight);
   check_sparse_indices(op, crow, col, p.index_cols);
   const int64_t batch = p.batch, block_rows = crow.numel() - 1;
-  at::Tensor y = at::empty({batch, info.rows}, input.options().dtype(at::kFloat));
+  at::Tensor y = allocate(op, "output", {batch, info.rows}, input.options().dtype(at::kFloat));
   if (batch > 0 && info.rows > 0) {
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
     const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;

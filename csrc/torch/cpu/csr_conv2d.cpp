@@ -1,5 +1,7 @@
 #include <torch/library.h>
 
+#include <new>
+
 #include "../../kernels/cpu/csr_conv2d.h"
 #include "../checks.h"
 #include "cpu_common.h"
@@ -27,25 +29,36 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
                                      stride, padding, dilation, groups);
   const Conv2dShape& s = p.shape;
   check_sparse_indices(op, crow, col, p.index_cols);
-  at::Tensor y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
-                           input.options().dtype(at::kFloat));
+  at::Tensor y = allocate(op, "output", {s.batch, s.out_channels, s.out_h, s.out_w},
+                          input.options().dtype(at::kFloat));
   if (y.numel() > 0) {
     const at::Tensor x = as_fp32(input);
     const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;
-    const cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, p.weight.stored);
-    const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, p.weight.stored);
-    at::Tensor packed = scratch(sizes.packed, x.options());
-    at::Tensor offsets = scratch(sizes.offsets, crow.options());
-    at::Tensor wide = scratch(sizes.wide, x.options());
+    cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, p.weight.stored);
+    at::Tensor packed, offsets, wide;
+    try {
+      const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, p.weight.stored);
+      packed = scratch(sizes.packed, x.options());
+      offsets = scratch(sizes.offsets, crow.options());
+      wide = scratch(sizes.wide, x.options());
+    } catch (const c10::Error&) {
+      // The packed path's scratch does not fit in memory: the gather path needs none.
+      layout.gather = true;
+      packed = offsets = wide = at::Tensor();
+    }
     const cpu::ConvScratch buffers{data_or_null<float>(packed), data_or_null<int32_t>(offsets),
                                    data_or_null<float>(wide)};
-    dispatch_value_type(values.scalar_type(), [&](auto tag) {
-      using V = decltype(tag);
-      const cpu::CsrView<V> w{crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(),
-                              values_ptr<V>(values), s.out_channels, p.index_cols};
-      cpu::csr_conv2d(s, layout, w, x.const_data_ptr<float>(), y.mutable_data_ptr<float>(),
-                      make_epilogue(bias32, relu), buffers, torch_parallel_for());
-    });
+    try {
+      dispatch_value_type(values.scalar_type(), [&](auto tag) {
+        using V = decltype(tag);
+        const cpu::CsrView<V> w{crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(),
+                                values_ptr<V>(values), s.out_channels, p.index_cols};
+        cpu::csr_conv2d(s, layout, w, x.const_data_ptr<float>(), y.mutable_data_ptr<float>(),
+                        make_epilogue(bias32, relu), buffers, torch_parallel_for());
+      });
+    } catch (const std::bad_alloc&) {  // the packed path's table of one offset per weight column
+      SPARSE_RT_CHECK(false, op, "out of memory for the offsets of the weight's ", p.index_cols, " columns");
+    }
   }
   return y.to(input.scalar_type());
 }

@@ -15,7 +15,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
   const LinearProblem p = prepare_linear(op, input, crow, col, values, bias, in_features, 1);
   check_sparse_indices(op, crow, col, p.index_cols);
   const int64_t batch = p.batch, rows = p.weight.rows;
-  at::Tensor y = at::empty({batch, rows}, input.options().dtype(at::kFloat));
+  at::Tensor y = allocate(op, "output", {batch, rows}, input.options().dtype(at::kFloat));
   if (batch > 0 && rows > 0) {
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
     const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;
@@ -26,7 +26,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
     // Packed serially: a second parallel region costs more than the copy saves.
     at::Tensor xt;
     if (tiled) {
-      xt = at::empty({in_features, ld}, x.options());
+      xt = allocate(op, "transposed input", {in_features, ld}, x.options());
       cpu::pack_transposed(x.const_data_ptr<float>(), batch, in_features, ld,
                            xt.mutable_data_ptr<float>());
     }

@@ -29,7 +29,7 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
   maybe_check_indices(op, crow_indices, col_indices, p.index_cols);
   const at::Tensor x = input.contiguous();
   const at::Tensor b = contiguous_bias(bias);
-  at::Tensor y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
+  at::Tensor y = allocate(op, "output", {s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
   if (y.numel() == 0) return y;
 
   const cudaStream_t stream = current_stream();

@@ -22,7 +22,7 @@ at::Tensor csr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indic
   maybe_check_indices(op, crow_indices, col_indices, p.index_cols);
   const at::Tensor x = input.contiguous();
   const at::Tensor b = contiguous_bias(bias);
-  at::Tensor y = at::empty(p.out_shape, x.options());
+  at::Tensor y = allocate(op, "output", p.out_shape, x.options());
   if (y.numel() == 0) return y;
 
   const cudaStream_t stream = current_stream();
