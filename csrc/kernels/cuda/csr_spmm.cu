@@ -8,6 +8,7 @@
 // batches while the x rows of the tile stay resident in L1/L2.
 #include "common.cuh"
 #include "launch.h"
+#include "vector_span.h"
 
 namespace sparse_rt {
 namespace cuda {
@@ -41,10 +42,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
   const int64_t start = crow[row];
   const int64_t end = crow[row + 1];
-  // Vector loads need an index aligned to VEC: a scalar head up to the first aligned entry, a
-  // vector body, and the scalar loop below for the tail (and for everything when VEC == 1).
-  const int64_t head_end = VEC == 1 ? start : min(end, (start + VEC - 1) / VEC * VEC);
-  const int64_t body_end = head_end + (end - head_end) / VEC * VEC;
+  // Scalar head, vector body, scalar tail (the whole row when VEC == 1): vector_span.h.
+  const VectorSpan span = vector_span<VEC>(start, end);
+  const int64_t head_end = span.head_end, body_end = span.body_end;
 
   const int64_t tiles = (n + BN - 1) / BN;
   for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {

@@ -1,6 +1,6 @@
 // Tests of the torch-free CPU kernels against dense references accumulated in double: odd shapes,
-// empty and full rows, nnz = 0, every value type. Built by CMake (also under ASan + UBSan) and run
-// by ctest; no torch involved.
+// empty and full rows, nnz = 0, every value type; and of the CUDA kernels' host-compilable index
+// arithmetic. Built by CMake (also under ASan + UBSan) and run by ctest; no torch involved.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +19,7 @@
 #include "kernels/cpu/csr_spmm.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scalar_types.h"
+#include "kernels/cuda/vector_span.h"
 
 using sparse_rt::CheckedInt;
 using sparse_rt::Conv2dShape;
@@ -302,10 +303,35 @@ void test_balanced_rows() {
   }
 }
 
+// The CUDA CSR kernel (csr_spmm.cu) reads a row as a scalar head and a vector body when VEC > 1,
+// then a scalar tail from body_end: every entry must be read exactly once, the body aligned.
+template <int VEC>
+void test_vector_span() {
+  for (int64_t start = 0; start < 12; ++start) {
+    for (int64_t end = start; end < 24; ++end) {
+      const sparse_rt::VectorSpan span = sparse_rt::vector_span<VEC>(start, end);
+      const std::string what = "vector_span<" + std::to_string(VEC) + ">(" + std::to_string(start) + ", " +
+                               std::to_string(end) + ")";
+      std::vector<int> reads(end, 0);
+      if (VEC > 1) {
+        for (int64_t e = start; e < span.head_end; ++e) ++reads[e];
+        for (int64_t e = span.head_end; e < span.body_end; e += VEC) {
+          expect(e % VEC == 0, what + ": a vector load starts aligned");
+          for (int64_t i = e; i < e + VEC && i < end; ++i) ++reads[i];
+        }
+      }
+      for (int64_t e = span.body_end; e < end; ++e) ++reads[e];
+      expect(std::count(reads.begin() + start, reads.end(), 1) == end - start, what + " reads each entry once");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   test_16bit_conversions();
+  test_vector_span<1>();
+  test_vector_span<4>();
   test_balanced_rows();
   test_conv_layout_is_bounded();
   test_value_type<float>();
