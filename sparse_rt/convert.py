@@ -1,6 +1,5 @@
 """Training checkpoint -> SparseModel: read (sparse_rt.ingest), match keys, load, sparsify."""
 
-import copy
 import os
 from typing import Callable, Optional, Union
 
@@ -11,7 +10,7 @@ from .arch import build_arch
 from .formats import BSR, CSR
 from .ingest import match_masks, match_state_dict, read_checkpoint
 from .model import LayerSummary, SparseModel, Summary, sparsify
-from .nn.surgery import convertible_layers
+from .nn.surgery import convertible_layers, copy_module, remove_pruning
 from .plan import plan_layer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -44,7 +43,8 @@ def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], 
     dtype = parse_dtype(dtype)
     module, spec = build_arch(arch, arch_kwargs)
     if spec is None:
-        module = copy.deepcopy(module)  # loading the checkpoint must not change the caller's module
+        module = copy_module(module)  # loading the checkpoint must not change the caller's module
+    remove_pruning(module)  # an instance pruned with torch.nn.utils.prune takes plain weights
     ckpt = read_checkpoint(path, mask_form=mask_form, masks=masks, model=module, unsafe=unsafe, cs_s0=cs_s0)
     state = match_state_dict(ckpt, module, rename=rename)
     layer_masks = match_masks(ckpt.masks, module, key_map=state.key_map)

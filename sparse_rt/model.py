@@ -1,7 +1,7 @@
 """SparseModel and sparsify(): a pruned nn.Module with its sparse layers swapped for ours."""
 
-import copy
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -12,7 +12,7 @@ from .autotune import AutotuneCache, capture_layer_inputs, measure
 from .nn import SparseConv2d, SparseLinear
 from .nn._sparse_weight import check_keys_before_loading
 from .nn.conv import explicit_padding
-from .nn.surgery import CONVERTIBLE, convertible_layers, replace_submodule
+from .nn.surgery import CONVERTIBLE, convertible_layers, copy_module, remove_pruning, replace_submodule
 from .plan import FormatSpec, LayerPlan, format_label, plan_layer, regime
 
 
@@ -56,7 +56,13 @@ class Summary(list):
         widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
         line = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
         rule = "-" * len(line(header))
-        return "\n".join([line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])])
+        notes = [f"warning: {r.name} is pruned entirely (density 0): it outputs its bias alone"
+                 for r in self.fully_pruned()]
+        return "\n".join([line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1]), *notes])
+
+    def fully_pruned(self):
+        """Rows of layers with a weight and no nonzero in it."""
+        return [r for r in self if r.density == 0.0 and r.shape and 0 not in r.shape]
 
 
 def _bytes(*tensors):
@@ -71,6 +77,7 @@ class SparseModel(nn.Module):
                  source: Optional[dict] = None) -> None:
         super().__init__()
         self.module = module
+        self.training = module.training  # the wrapper's own flag only: submodules keep their modes
         self._summary = Summary(layers)
         # What save() records so that load() can rebuild the model: the architecture spec
         # ({"name": zoo name or "pkg.module:factory", "kwargs": {...}}; None for a module instance)
@@ -142,8 +149,9 @@ def _convert(name, layer, mask, plan):
 def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None, *, min_sparsity: float = 0.5,
              format: str = "auto", example_inputs: Optional[Sequence] = None, autotune: bool = False,
              autotune_cache: Optional[Union[str, os.PathLike]] = None,
-             progress: Optional[Callable] = None) -> SparseModel:
-    """Converts a pruned model into a SparseModel; `module` itself is not changed.
+             progress: Optional[Callable] = None, exclude: Sequence[str] = ()) -> SparseModel:
+    """Converts a pruned model into a SparseModel; `module` itself is not changed. The result is
+    in the mode `module` is in: call .eval() on either before timing or deploying it (dropout).
 
     Every nn.Linear / nn.Conv2d whose sparsity reaches `min_sparsity` is considered; with
     format='auto' the planner's cost model (sparse_rt.plan) keeps a layer dense where the sparse
@@ -156,8 +164,12 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
     input shape; with `autotune=True` each candidate layer is also timed dense and sparse on that
     input and the faster is kept, the measurements cached in `autotune_cache` (a path; default
     ~/.cache/sparse_rt/autotune.json or $SPARSE_RT_CACHE_DIR). `progress`, if given, wraps the list
-    of (name, layer) pairs as it is converted (e.g. `tqdm.tqdm`). Every choice and its reason shows
-    in summary().
+    of (name, layer) pairs as it is converted (e.g. `tqdm.tqdm`). `exclude` names layers to keep
+    dense whatever their sparsity (their masks still apply). Every choice and its reason shows in
+    summary(); a layer pruned entirely (density 0, its output the bias alone) is also warned about.
+
+    A model pruned with torch.nn.utils.prune may keep its masks in place (weight_orig,
+    weight_mask and a hook): they are baked into the copy, which holds plain weights.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"sparsify expects an nn.Module, got {type(module).__name__}")
@@ -166,9 +178,16 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
     if autotune and example_inputs is None:
         raise ValueError("sparsify(autotune=True) needs example_inputs to time the layers on")
     FormatSpec.parse(format)
-    model = copy.deepcopy(module)
+    model = copy_module(module)
+    # Masks left in place by torch.nn.utils.prune are baked in, in every layer (converted or kept
+    # dense), so the result holds plain weights; a mask given here takes precedence.
+    pruned = remove_pruning(model)
     candidates = convertible_layers(model)
-    masks = _masks_by_layer(masks, candidates)
+    masks = {**pruned, **_masks_by_layer(masks, candidates)}
+    unknown = sorted(set(exclude) - set(candidates))
+    if isinstance(exclude, str) or unknown:
+        raise ValueError(f"exclude must be a list of Linear/Conv2d layer names of the model; "
+                         f"{exclude if isinstance(exclude, str) else unknown} are not")
     inputs = {} if example_inputs is None else capture_layer_inputs(model, tuple(example_inputs), candidates)
     cache = AutotuneCache(autotune_cache) if autotune else None
     rows = []
@@ -193,12 +212,15 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
                               getattr(layer, "padding", None), out_pixels)
         plan = plan_layer(kind, (weight.shape[0], weight[0].numel()), sparsity,
                           min_sparsity=min_sparsity, format=format, layer_regime=layer_regime)
+        if name in exclude:
+            plan = LayerPlan("dense", None, "excluded (sparsify(exclude=...))")
         if kind == "Conv2d" and plan.format != "dense":
             try:
                 explicit_padding(layer)
             except ValueError as e:
                 plan = LayerPlan("dense", None, str(e))
-        tunable = cache is not None and x is not None and FormatSpec.parse(format).kind == "auto"
+        tunable = (cache is not None and x is not None and FormatSpec.parse(format).kind == "auto"
+                   and name not in exclude)
         if tunable and sparsity >= min_sparsity and (kind == "Linear" or plan.format != "dense" or
                                                      "cost model" in plan.reason):
             candidate = _convert(name, layer, mask, LayerPlan("csr", None, ""))
@@ -216,7 +238,18 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
     if cache is not None:
         cache.save()
     _check_blocks_apply(format, rows)
+    _warn_fully_pruned(rows)
     return SparseModel(model, rows)
+
+
+def _warn_fully_pruned(rows):
+    """Global magnitude pruning can zero a whole layer (common in randomly initialised models):
+    the model then still runs, its output the bias alone, so say so."""
+    empty = [r.name for r in Summary(rows).fully_pruned()]
+    if empty:
+        more = f" (and {len(empty) - 8} more)" if len(empty) > 8 else ""
+        warnings.warn(f"sparsify: {len(empty)} layer(s) are pruned entirely (density 0; each outputs its bias "
+                      f"alone): {', '.join(empty[:8])}{more}", stacklevel=3)
 
 
 def _check_blocks_apply(format, rows):

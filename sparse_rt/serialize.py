@@ -10,7 +10,6 @@ An ensemble is saved as its members' modules in one nn.ModuleList (tensor keys "
 the combine rule and each member's architecture and source.
 """
 
-import copy
 import dataclasses
 import math
 import os
@@ -32,7 +31,7 @@ from .io import srt
 from .io.srt import SrtArchError, SrtError, SrtHeaderError
 from .model import LayerSummary, SparseModel, Summary
 from .nn import SparseConv2d, SparseLinear
-from .nn.surgery import replace_submodule
+from .nn.surgery import copy_module, remove_pruning, replace_submodule
 
 KINDS = ("model", "ensemble")
 # An architecture rebuilt from a manifest may hold at most this many dense parameter elements per
@@ -173,7 +172,10 @@ def rebuild_arch(spec: Optional[dict], path: str, arch: Union[nn.Module, str, No
     its sparse layers are never allocated."""
     if arch is not None:
         module, given = build_arch(arch, arch_kwargs)
-        return (copy.deepcopy(module) if given is None else module), given or spec
+        if given is None:
+            module = copy_module(module)
+        remove_pruning(module)  # an instance pruned with torch.nn.utils.prune takes plain weights
+        return module, given or spec
     if spec is None:
         raise SrtArchError(f"{path} was converted from an nn.Module instance, which a file cannot record: "
                            "pass arch= (the module, a zoo name or 'pkg.module:factory') to load it")

@@ -424,7 +424,7 @@ def test_output_too_large_for_memory_fails_the_run_cleanly(tmp_path, in_subgraph
                           padding=2**31 - 1, in_subgraph=in_subgraph)
     got = _session_in_child(path, (1, 3, 6, 6))
     assert got.get("error") == "RuntimeError", got
-    assert re.search(r"the output \[1, 4, 4294967298, 4294967298\] and onnxruntime's copy of it need \d+ bytes, "
+    assert re.search(r"the output \[1, 4, 4294967298, 4294967298\] and its copies into onnxruntime need \d+ bytes, "
                      r"more than the \d+ this process can still allocate", got["message"]), got
 
 

@@ -131,3 +131,105 @@ def test_state_dict_round_trip_of_a_sparse_model():
     b.load_state_dict(a.state_dict())
     x = randn(2, 64)
     assert torch.equal(a(x), b(x))
+
+
+# ------------------------------------------------------------- models pruned with torch.nn.utils.prune
+
+def _pruned_with_torch_prune(per_layer=False):
+    """The state every pruning tutorial leaves: _CNN pruned 90% with its masks still in place
+    (weight_orig + weight_mask + a forward pre-hook), no forward run since."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = _CNN().eval()
+    layers = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if per_layer:
+        for module, name in layers:
+            prune.l1_unstructured(module, name, amount=0.9)
+    else:
+        prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=0.9)
+    prune.l1_unstructured(model.head, "bias", amount=0.5)  # a pruned tensor that is not a weight
+    return model
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_model_pruned_with_hooks_in_place_converts_and_stays_as_it_was(per_layer):
+    """Before the fix: "Only Tensors created explicitly by the user (graph leaves) support the
+    deepcopy protocol" from sparsify's copy of the reparametrised weights."""
+    model = _pruned_with_torch_prune(per_layer)
+    keys_before = set(model.state_dict())
+    sparse = sparse_rt.sparsify(model, min_sparsity=0.5)  # before any forward (one under no_grad hides it)
+    x = randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    assert rel_err(sparse(x), expected) < 1e-5
+    assert set(model.state_dict()) == keys_before  # the caller's model keeps its hooks
+    assert any(k.endswith("weight_orig") for k in keys_before)
+    rows = {r.name: r for r in sparse.summary()}
+    assert rows["head"].density == pytest.approx(float((model.head.weight != 0).float().mean()))
+
+
+def test_layers_kept_dense_lose_their_hooks_and_the_file_loads_into_a_fresh_instance(tmp_path):
+    """Before the fix the layers the planner kept dense kept weight_orig / weight_mask, and the
+    .srt did not load into a fresh (unpruned) instance: Missing key(s) ... weight."""
+    model = _pruned_with_torch_prune()
+    x = randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    sparse = sparse_rt.sparsify(model, min_sparsity=1.0)  # only fully pruned layers convert
+    assert any(r.format == "dense" for r in sparse.summary())
+    assert not [k for k in sparse.state_dict() if k.endswith(("_orig", "_mask"))]
+    sparse.save(tmp_path / "m.srt")
+    loaded = sparse_rt.load(tmp_path / "m.srt", arch=_CNN().eval())
+    assert rel_err(loaded(x), expected) < 1e-5
+
+
+def test_pruned_instance_as_the_architecture_of_a_checkpoint_or_a_file(tmp_path):
+    """from_checkpoint(arch=pruned instance) and load(arch=pruned instance) copied it with the same
+    deepcopy; the copy now takes the file's plain weights."""
+    from torch.nn.utils import prune
+
+    model = _pruned_with_torch_prune()
+    x = randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    plain = _pruned_with_torch_prune()
+    for module in plain.modules():
+        for name in ("weight", "bias"):
+            if prune.is_pruned(module) and hasattr(module, name + "_orig"):
+                prune.remove(module, name)
+    torch.save(plain.state_dict(), tmp_path / "plain.pt")  # zeros where pruned: the dense_zeros form
+    converted = sparse_rt.SparseModel.from_checkpoint(tmp_path / "plain.pt", arch=_pruned_with_torch_prune())
+    assert rel_err(converted(x), expected) < 1e-5
+    converted.save(tmp_path / "m.srt")
+    assert rel_err(sparse_rt.load(tmp_path / "m.srt", arch=_pruned_with_torch_prune())(x), expected) < 1e-5
+
+
+def test_exclude_keeps_named_layers_dense_with_their_masks():
+    model = sparse_rt.magnitude_prune(_mlp(), 0.9)
+    sparse = sparse_rt.sparsify(model, min_sparsity=0.5, exclude=["0"])
+    rows = {r.name: r for r in sparse.summary()}
+    assert rows["0"].format == "dense" and rows["0"].reason.startswith("excluded")
+    assert rows["2"].format != "dense"
+    x = randn(3, 64)
+    assert rel_err(sparse(x), model(x)) < 1e-5
+    with pytest.raises(ValueError, match=r"exclude must be a list of Linear/Conv2d layer names of the model; "
+                                         r"\['9'\] are not"):
+        sparse_rt.sparsify(model, exclude=["9"])
+    with pytest.raises(ValueError, match=r"exclude must be a list"):
+        sparse_rt.sparsify(model, exclude="0")
+
+
+def test_a_layer_pruned_entirely_is_warned_about():
+    model = _mlp()
+    with torch.no_grad():
+        model[2].weight.zero_()
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) are pruned entirely \(density 0; each outputs its bias "
+                                         r"alone\): 2"):
+        sparse = sparse_rt.sparsify(model, min_sparsity=0.0)
+    assert "warning: 2 is pruned entirely (density 0)" in str(sparse.summary())
+
+
+def test_the_result_keeps_the_mode_of_the_input():
+    assert sparse_rt.sparsify(_mlp().train()).training
+    assert not sparse_rt.sparsify(_mlp().eval()).training

@@ -264,6 +264,8 @@ class SrtTarget:
             header = {**table, "__metadata__": header["__metadata__"]}
         else:  # overwrite entries of an index array with chosen int32 values
             names = sorted(k for k in header if k.endswith(("crow_indices", "col_indices")))
+            if not names:  # an ensemble's members, or a model kept dense: no index array to overwrite
+                return data
             entry = header[draw(st.sampled_from(names))]
             start, end = entry["data_offsets"]
             body = bytearray(body)

@@ -49,12 +49,63 @@ def check_keys_before_loading(module, state_dict, strict):
         raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}:\n\t" + "\n\t".join(problems))
 
 
+class DenseWeightView(torch.Tensor):
+    """What `.weight` is on a sparse layer: a tensor with the dense weight's shape, dtype and
+    device that stores nothing, for model code that asks nn.Linear / nn.Conv2d questions
+    (`self.proj.weight.dtype`, `.device`, `.shape`). Reading its values (any op on it) builds the
+    dense weight for that op from the layer's sparse buffers: correct, at the cost of a dense
+    weight per op. Writing to it (in-place ops, copy_, item assignment) raises: the weight lives in
+    the layer's crow_indices / col_indices / values."""
+
+    @staticmethod
+    def __new__(cls, layer):
+        return torch.Tensor._make_wrapper_subclass(cls, layer.dense_shape, dtype=layer.values.dtype,
+                                                   device=layer.values.device, requires_grad=False)
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __setitem__(self, index, value):
+        raise RuntimeError(f"{type(self.layer).__name__}.weight is a read-only view of the sparse weight (item "
+                           "assignment); change the layer's crow_indices / col_indices / values, or convert a "
+                           "dense copy (sparse_rt.nn.surgery.dense_copy)")
+
+    def __repr__(self):
+        return f"DenseWeightView(shape={tuple(self.shape)}, dtype={self.dtype}, layer={type(self.layer).__name__})"
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # Defined (not inherited) so that code with dense fast paths (nn.TransformerEncoderLayer's)
+        # sees an overriding tensor and takes the path that calls the layers; results stay plain.
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        views = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, DenseWeightView)]
+        if any(argument.alias_info is not None and argument.alias_info.is_write
+               for argument in func._schema.arguments):
+            name = type(views[0].layer).__name__ if views else "sparse layer"
+            raise RuntimeError(f"{name}.weight is a read-only view of the sparse weight ({func.__name__} writes to "
+                               "it); change the layer's crow_indices / col_indices / values, or convert a dense "
+                               "copy (sparse_rt.nn.surgery.dense_copy)")
+        dense = lambda a: a.layer.dense_weight() if isinstance(a, DenseWeightView) else a
+        args, kwargs = torch.utils._pytree.tree_map(dense, (args, kwargs))
+        return func(*args, **kwargs)
+
+
 class SparseWeightModule(nn.Module):
     """Base of the sparse layers: the weight lives in three plain buffers (crow_indices,
     col_indices, values) plus an optional bias buffer, so state_dict, .to(), torch.export and ONNX
-    export see ordinary tensors."""
+    export see ordinary tensors. `.weight` is a DenseWeightView, for code written against
+    nn.Linear / nn.Conv2d."""
 
     format = "csr"
+
+    @property
+    def weight(self):
+        return DenseWeightView(self)
 
     def _set_weight(self, weight, bias):
         check_weight_and_bias(weight, bias, type(self).__name__)

@@ -70,9 +70,12 @@ class SparseConv2d(SparseWeightModule):
         return cls(conv.in_channels, conv.out_channels, conv.kernel_size, weight, conv.bias,
                    conv.stride, explicit_padding(conv), conv.dilation, conv.groups)
 
+    @property
+    def dense_shape(self):
+        return self.out_channels, self.in_channels // self.groups, *self.kernel_size
+
     def dense_weight(self):
-        kh, kw = self.kernel_size
-        return self.sparse_weight().to_dense().view(self.out_channels, self.in_channels // self.groups, kh, kw)
+        return self.sparse_weight().to_dense().view(self.dense_shape)
 
     def forward(self, input):
         return ops.csr_conv2d(input, self.crow_indices, self.col_indices, self.values, self.bias,

@@ -35,6 +35,10 @@ class SparseLinear(SparseWeightModule):
             raise ValueError(f"SparseLinear.from_dense: format must be 'csr' or 'bsr', got {format!r}")
         return cls(linear.in_features, linear.out_features, weight, linear.bias)
 
+    @property
+    def dense_shape(self):
+        return self.out_features, self.in_features
+
     def dense_weight(self):
         return self.sparse_weight().to_dense()
 

@@ -38,6 +38,44 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach()
 
 
+def _prune_hooks(module: nn.Module) -> list:
+    """The torch.nn.utils.prune reparametrisations on `module` itself: one hook per pruned tensor
+    name (a PruningContainer when pruned more than once)."""
+    from torch.nn.utils import prune
+
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+
+
+def copy_module(module: nn.Module) -> nn.Module:
+    """copy.deepcopy(module), also for a model pruned with torch.nn.utils.prune whose masks are
+    still in place: there each pruned `weight` is `weight_orig * weight_mask`, a non-leaf tensor
+    that deepcopy refuses, so the copy gets it detached (its hooks recompute it on the next
+    forward, as in the original)."""
+    memo = {}
+    for layer in module.modules():
+        for hook in _prune_hooks(layer):
+            computed = getattr(layer, hook._tensor_name)
+            memo[id(computed)] = computed.detach().clone()
+    return copy.deepcopy(module, memo)
+
+
+def remove_pruning(module: nn.Module) -> dict:
+    """Bakes every torch.nn.utils.prune mask of `module` into its tensor and removes the hooks, in
+    place, so the module holds plain parameters (and its state_dict plain keys, no `*_orig` /
+    `*_mask`). Returns {layer name: bool mask} of the pruned weights of convertible layers."""
+    from torch.nn.utils import prune
+
+    masks = {}
+    for name, layer in module.named_modules():
+        for hook in _prune_hooks(layer):
+            tensor = hook._tensor_name
+            mask = getattr(layer, tensor + "_mask").detach().bool()
+            prune.remove(layer, tensor)
+            if tensor == "weight" and type(layer) in CONVERTIBLE:
+                masks[name] = mask
+    return masks
+
+
 def replace_submodule(root: nn.Module, qualified_name: str, new: nn.Module) -> None:
     """Puts `new` where `qualified_name` is in `root`."""
     if not qualified_name:
