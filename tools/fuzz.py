@@ -449,6 +449,13 @@ def _op_error(e):
     return isinstance(e, (RuntimeError, ValueError)) and str(e).startswith("sparse_rt.")
 
 
+def _onnx_session_error(e):
+    """sparse_rt.onnx.session's documented errors: ValueError for a file or an X it refuses, and
+    RuntimeError for a kernel failure (an op error, or an output too large for the memory left)."""
+    return isinstance(e, ValueError) or (
+        isinstance(e, RuntimeError) and (_op_error(e.__cause__) or isinstance(e.__cause__, MemoryError)))
+
+
 class OpsTarget:
     documented = staticmethod(_op_error)
 
@@ -668,9 +675,8 @@ class GeometryTarget:
         # The srt surface builds its file from a SparseConv2d, so the layer's refusal counts there too.
         if _op_error(e) or (isinstance(e, ValueError) and str(e).startswith("SparseConv2d:")):
             return True
-        if self.surface == "onnx":  # a refused X, or a kernel failure (an op error, or an output too large)
-            return isinstance(e, ValueError) or (
-                isinstance(e, RuntimeError) and (_op_error(e.__cause__) or isinstance(e.__cause__, MemoryError)))
+        if self.surface == "onnx":
+            return _onnx_session_error(e)
         return self.surface == "srt" and isinstance(e, self.SrtError)
 
     def _layer(self, g):
@@ -1016,8 +1022,7 @@ class OnnxTarget:
         self.bases.write(self.path, name, weights, attributes, placement, location, shape)
         return self.run(self.path, draw(st.integers(0, 2**31)))
 
-    def documented(self, e):
-        return isinstance(e, ValueError)
+    documented = staticmethod(_onnx_session_error)
 
     def run(self, path, seed):
         import onnx
