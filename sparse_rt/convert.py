@@ -10,7 +10,7 @@ from .arch import build_arch
 from .formats import BSR, CSR
 from .ingest import match_masks, match_state_dict, read_checkpoint
 from .model import LayerSummary, SparseModel, Summary, sparsify
-from .nn.surgery import convertible_layers, copy_module, remove_pruning
+from .nn.surgery import convertible_layers, copy_module, remove_pruning, untie_where_values_differ
 from .plan import plan_layer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,6 +48,10 @@ def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], 
     ckpt = read_checkpoint(path, mask_form=mask_form, masks=masks, model=module, unsafe=unsafe, cs_s0=cs_s0)
     state = match_state_dict(ckpt, module, rename=rename)
     layer_masks = match_masks(ckpt.masks, module, key_map=state.key_map)
+    untied = untie_where_values_differ(module, state)
+    if untied:
+        ckpt.notes.append("untied, as the checkpoint holds different values for them (a mask on one name of a tied "
+                          "weight): " + ", ".join(untied))
     module.load_state_dict(state, strict=True)
     # Other masks (biases, embeddings) are already multiplied into the state dict; sparsify takes
     # the masks of the layers it can convert.

@@ -1,0 +1,106 @@
+"""Hugging Face transformers architectures, built from small configs with random weights (no hub
+downloads), pruned as their users prune them: torch.nn.utils.prune, masks left in place."""
+
+import warnings
+
+import pytest
+import torch
+from helpers import rel_err
+from torch import nn
+
+import sparse_rt
+
+transformers = pytest.importorskip("transformers")
+
+
+def _prune_globally(model, amount=0.9, include=lambda name, layer: True):
+    """Global magnitude pruning of every Linear / Conv2d / Conv1D weight, hooks left in place."""
+    from torch.nn.utils import prune
+
+    layers = [(layer, "weight") for name, layer in model.named_modules()
+              if (type(layer) in (nn.Linear, nn.Conv2d) or type(layer).__name__ == "Conv1D") and include(name, layer)]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=amount)
+    return model
+
+
+def _gpt2_config():
+    return transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
+                                   bos_token_id=0, eos_token_id=0)
+
+
+def _gpt2(**prune_options):
+    torch.manual_seed(0)
+    return _prune_globally(transformers.GPT2LMHeadModel(_gpt2_config()).eval(), **prune_options)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+IDS = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+def test_gpt2_conv1d_layers_convert_and_the_file_loads_into_a_fresh_instance(tmp_path):
+    """Before: 48 of GPT-2's 49 weight layers (transformers' Conv1D) were not considered, and the
+    tied lm_head / wte made the .srt save fail ("Some tensors share memory")."""
+    model = _gpt2()  # lm_head pruned too: through the tie its weight_orig is wte's weight
+    sparse = sparse_rt.sparsify(model, min_sparsity=0.5)
+    expected = _logits(model, IDS)
+    assert rel_err(_logits(sparse, IDS), expected) < 1e-5
+    rows = {r.name: r for r in sparse.summary()}
+    assert rows["transformer.h.0.mlp.c_fc"].format == "csr" and rows["transformer.h.0.mlp.c_fc"].shape == (256, 64)
+    assert len([r for r in rows.values() if r.format == "csr"]) == 9  # 8 Conv1D + lm_head
+    # The mask on lm_head did not prune the embedding it was tied to.
+    assert torch.equal(sparse.module.transformer.wte.weight, model.transformer.wte.weight)
+    sparse.save(tmp_path / "gpt2.srt")
+    loaded = sparse_rt.load(tmp_path / "gpt2.srt", arch=transformers.GPT2LMHeadModel(_gpt2_config()).eval())
+    assert rel_err(_logits(loaded, IDS), expected) < 1e-5
+
+
+def test_tied_weights_are_stored_once_and_tied_again_on_load(tmp_path):
+    model = _gpt2(include=lambda name, layer: name != "lm_head")
+    sparse = sparse_rt.sparsify(model, min_sparsity=0.5)
+    assert sparse.module.lm_head.weight is sparse.module.transformer.wte.weight
+    sparse.save(tmp_path / "gpt2.srt")
+    assert sparse_rt.io.srt.read_manifest(tmp_path / "gpt2.srt")["ties"] == {"lm_head.weight": "transformer.wte.weight"}
+    loaded = sparse_rt.load(tmp_path / "gpt2.srt", arch=transformers.GPT2LMHeadModel(_gpt2_config()).eval())
+    assert loaded.module.lm_head.weight is loaded.module.transformer.wte.weight
+    assert rel_err(_logits(loaded, IDS), _logits(model, IDS)) < 1e-5
+
+
+def test_checkpoint_with_a_mask_on_one_name_of_a_tie_converts_to_the_same_model(tmp_path):
+    """Before: the masked lm_head.weight was loaded into the tensor it shares with wte, so the
+    embedding was pruned too: output off by 0.15 relative, silently."""
+    model = _gpt2()
+    torch.save(model.state_dict(), tmp_path / "masks_in_place.pt")  # lm_head.weight_orig / weight_mask
+    converted = sparse_rt.SparseModel.from_checkpoint(tmp_path / "masks_in_place.pt",
+                                                      arch=transformers.GPT2LMHeadModel(_gpt2_config()).eval())
+    assert rel_err(_logits(converted, IDS), _logits(model, IDS)) < 1e-5
+    assert any("untied" in note and "lm_head.weight (was transformer.wte.weight)" in note
+               for note in converted.source["notes"])
+
+
+def test_models_reading_weight_dtype_run_after_conversion(tmp_path):
+    """HF ViT reads `projection.weight.dtype`, T5 `wo.weight.dtype`: before, AttributeError."""
+    torch.manual_seed(0)
+    vit = _prune_globally(transformers.ViTModel(transformers.ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
+        patch_size=8)).eval())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(sparse_rt.sparsify(vit)(x).last_hidden_state, vit(x).last_hidden_state) < 1e-5
+    config = transformers.T5Config(d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, vocab_size=100,
+                                   decoder_start_token_id=0, pad_token_id=0)
+    t5 = _prune_globally(transformers.T5Model(config).eval())
+    sparse = sparse_rt.sparsify(t5)
+    ids = IDS[:, :10]
+    with torch.no_grad():
+        expected = t5(input_ids=ids, decoder_input_ids=ids).last_hidden_state
+        assert rel_err(sparse(input_ids=ids, decoder_input_ids=ids).last_hidden_state, expected) < 1e-5
+    sparse.save(tmp_path / "t5.srt")  # shared embeddings: before, a bare RuntimeError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = sparse_rt.load(tmp_path / "t5.srt", arch=transformers.T5Model(config).eval())
+    with torch.no_grad():
+        assert rel_err(loaded(input_ids=ids, decoder_input_ids=ids).last_hidden_state, expected) < 1e-5
