@@ -1,12 +1,14 @@
 """Training checkpoint -> SparseModel: read (sparse_rt.ingest), match keys, load, sparsify."""
 
+import inspect
 import os
 from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
 
-from .arch import build_arch
+from . import models
+from .arch import build_arch, is_import_string
 from .formats import BSR, CSR
 from .ingest import match_masks, match_state_dict, read_checkpoint
 from .model import LayerSummary, SparseModel, Summary, sparsify
@@ -48,6 +50,10 @@ def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], 
     ckpt = read_checkpoint(path, mask_form=mask_form, masks=masks, model=module, unsafe=unsafe, cs_s0=cs_s0)
     state = match_state_dict(ckpt, module, rename=rename)
     layer_masks = match_masks(ckpt.masks, module, key_map=state.key_map)
+    if spec is not None and _returns_logits_where_training_code_may_not(spec):
+        ckpt.notes.append(f"the zoo's {spec['name']} returns logits; training code whose copy of it ends in "
+                          "log_softmax (FreeTickets' and Sup-tickets' WideResNet, Sup-tickets' ResNet) returns "
+                          "log-probabilities: pass arch_kwargs={'log_softmax': True} to match it")
     untied = untie_where_values_differ(module, state)
     if untied:
         ckpt.notes.append("untied, as the checkpoint holds different values for them (a mask on one name of a tied "
@@ -63,6 +69,14 @@ def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], 
     model.source = {"sha256": ckpt.source_sha256, "form": ckpt.form, "file": os.path.basename(os.fspath(path)),
                     "masks_sha256": ckpt.masks_sha256, "notes": list(ckpt.notes)}
     return model.to(dtype) if dtype is not None else model
+
+
+def _returns_logits_where_training_code_may_not(spec):
+    """A zoo model with a log_softmax option, not set: its source codebases differ on it."""
+    if is_import_string(spec["name"]) or spec["name"] not in models.names():
+        return False
+    takes = inspect.signature(models.get_factory(spec["name"])).parameters
+    return "log_softmax" in takes and not spec["kwargs"].get("log_softmax")
 
 
 def checkpoint_summary(ckpt, *, min_sparsity=0.5, format="auto"):
