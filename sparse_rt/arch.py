@@ -81,9 +81,28 @@ def _from_import_string(spec, kwargs):
     if not callable(obj):
         raise ArchitectureError(f"arch {spec!r} is not callable")
     try:
-        module = obj(**kwargs)
+        module = _from_hf_config(obj, kwargs["config"]) if _is_hf_config(kwargs) else obj(**kwargs)
     except TypeError as e:
         raise ArchitectureError(f"arch {spec!r} rejected the keyword arguments {kwargs}: {e}") from None
     if not isinstance(module, nn.Module):
         raise ArchitectureError(f"arch {spec!r} returned a {type(module).__name__}, not an nn.Module")
     return module
+
+
+def _is_hf_config(kwargs):
+    """arch_kwargs of a Hugging Face model class or Auto class: {"config": config.json as a dict}."""
+    return set(kwargs) == {"config"} and isinstance(kwargs["config"], dict) and "model_type" in kwargs["config"]
+
+
+def _from_hf_config(model_class, config):
+    """A transformers model (random weights) of `config`, without the hub: an Auto class picks the
+    class by its model_type, a model class takes the config object."""
+    import transformers
+
+    values = dict(config)
+    try:
+        hf_config = transformers.AutoConfig.for_model(values.pop("model_type"), **values)
+    except (ValueError, KeyError) as e:
+        raise ArchitectureError(f"the Hugging Face config cannot be built: {e}") from None
+    builder = getattr(model_class, "from_config", None)
+    return builder(hf_config) if builder is not None else model_class(hf_config)

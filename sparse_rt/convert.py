@@ -11,8 +11,15 @@ from . import models
 from .arch import build_arch, is_import_string
 from .formats import BSR, CSR
 from .ingest import match_masks, match_state_dict, read_checkpoint
+from .ingest.hugging_face import read_hf_config
 from .model import LayerSummary, SparseModel, Summary, sparsify
-from .nn.surgery import convertible_layers, copy_module, remove_pruning, untie_where_values_differ
+from .nn.surgery import (
+    convertible_layers,
+    copy_module,
+    remove_pruning,
+    tied_parameters,
+    untie_where_values_differ,
+)
 from .plan import plan_layer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -43,11 +50,19 @@ def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], 
     Raises sparse_rt.ingest errors (IngestError) and ArchitectureError, naming what to change.
     """
     dtype = parse_dtype(dtype)
+    hf_config = None
+    if isinstance(arch, str) and arch.startswith("transformers") and is_import_string(arch) and not arch_kwargs:
+        hf_config = read_hf_config(os.fspath(path))  # a save_pretrained folder's config.json
+        arch_kwargs = {"config": hf_config} if hf_config is not None else arch_kwargs
     module, spec = build_arch(arch, arch_kwargs)
     if spec is None:
         module = copy_module(module)  # loading the checkpoint must not change the caller's module
     remove_pruning(module)  # an instance pruned with torch.nn.utils.prune takes plain weights
     ckpt = read_checkpoint(path, mask_form=mask_form, masks=masks, model=module, unsafe=unsafe, cs_s0=cs_s0)
+    if hf_config is not None:
+        ckpt.notes.append(f"architecture {arch} built from the folder's config.json (model_type "
+                          f"{hf_config['model_type']!r}), recorded in the .srt")
+    _fill_tied_names(ckpt, module)
     state = match_state_dict(ckpt, module, rename=rename)
     layer_masks = match_masks(ckpt.masks, module, key_map=state.key_map)
     if spec is not None and _returns_logits_where_training_code_may_not(spec):
@@ -69,6 +84,22 @@ def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], 
     model.source = {"sha256": ckpt.source_sha256, "form": ckpt.form, "file": os.path.basename(os.fspath(path)),
                     "masks_sha256": ckpt.masks_sha256, "notes": list(ckpt.notes)}
     return model.to(dtype) if dtype is not None else model
+
+
+def _fill_tied_names(ckpt, module):
+    """A checkpoint may store a tied parameter under one of its names only (save_pretrained leaves
+    out GPT-2's lm_head.weight, which is transformer.wte.weight): the others take its tensor."""
+    filled = []
+    for names in tied_parameters(module):
+        stored = next((n for n in names if n in ckpt.state_dict), None)
+        for name in names if stored is not None else ():
+            if name not in ckpt.state_dict:
+                ckpt.state_dict[name] = ckpt.state_dict[stored]
+                if stored in ckpt.masks:
+                    ckpt.masks[name] = ckpt.masks[stored]
+                filled.append(f"{name} (from {stored})")
+    if filled:
+        ckpt.notes.append("tied parameters stored under one name: " + ", ".join(filled))
 
 
 def _returns_logits_where_training_code_may_not(spec):

@@ -104,3 +104,40 @@ def test_models_reading_weight_dtype_run_after_conversion(tmp_path):
         loaded = sparse_rt.load(tmp_path / "t5.srt", arch=transformers.T5Model(config).eval())
     with torch.no_grad():
         assert rel_err(loaded(input_ids=ids, decoder_input_ids=ids).last_hidden_state, expected) < 1e-5
+
+
+@pytest.mark.parametrize("max_shard_size", ["100MB", "40KB"])  # one model.safetensors, or 8 shards and an index
+def test_save_pretrained_folder_converts_with_the_architecture_from_its_config(tmp_path, max_shard_size):
+    model = _pruned_and_baked()
+    folder = tmp_path / "gpt2"
+    model.save_pretrained(folder, max_shard_size=max_shard_size)  # leaves out the tied lm_head.weight
+    expected = _logits(model, IDS)
+    for arch in ("transformers:AutoModelForCausalLM", "transformers:GPT2LMHeadModel"):
+        converted = sparse_rt.SparseModel.from_checkpoint(folder, arch=arch)
+        assert rel_err(_logits(converted, IDS), expected) < 1e-5
+        assert converted.arch_spec["kwargs"]["config"]["model_type"] == "gpt2"
+    assert "tied parameters stored under one name: lm_head.weight (from transformer.wte.weight)" in \
+        converted.source["notes"]
+    converted.save(tmp_path / "gpt2.srt")  # the config is recorded: the file rebuilds its architecture
+    assert rel_err(_logits(sparse_rt.load(tmp_path / "gpt2.srt", trust_arch=True), IDS), expected) < 1e-5
+
+
+def _pruned_and_baked():
+    from torch.nn.utils import prune
+
+    model = _gpt2(include=lambda name, layer: name != "lm_head")
+    for layer in model.modules():
+        if prune.is_pruned(layer) and hasattr(layer, "weight_orig"):
+            prune.remove(layer, "weight")  # the zeros are the masks, as save_pretrained users keep them
+    return model
+
+
+def test_cli_converts_a_save_pretrained_folder(tmp_path, capsys):
+    from sparse_rt.cli import main
+
+    model = _pruned_and_baked()
+    model.save_pretrained(tmp_path / "gpt2")
+    assert main(["convert", str(tmp_path / "gpt2"), "--arch", "transformers:AutoModelForCausalLM",
+                 "-o", str(tmp_path / "gpt2.srt")]) == 0, capsys.readouterr().err
+    assert "hugging face folder: model.safetensors" in capsys.readouterr().out
+    assert rel_err(_logits(sparse_rt.load(tmp_path / "gpt2.srt", trust_arch=True), IDS), _logits(model, IDS)) < 1e-5

@@ -131,16 +131,21 @@ def remove_pruning(module: nn.Module) -> dict:
     return masks
 
 
+def tied_parameters(module: nn.Module) -> list:
+    """[[name, other names of the same Parameter, ...], ...] for every parameter with two or more names."""
+    names_of = {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(parameter), []).append(name)
+    return [names for names in names_of.values() if len(names) > 1]
+
+
 def untie_where_values_differ(module: nn.Module, state) -> list:
     """Gives every other name of a tied parameter its own copy where `state` holds different values
     for them (a checkpoint whose masks covered only lm_head.weight of GPT-2's lm_head / wte pair):
     loaded into one shared tensor, whichever name came last would win for both. Returns the names
     untied."""
-    names_of = {}
-    for name, parameter in module.named_parameters(remove_duplicate=False):
-        names_of.setdefault(id(parameter), []).append(name)
     untied = []
-    for names in names_of.values():
+    for names in tied_parameters(module):
         given = [n for n in names if n in state]
         if len(given) < 2 or all(torch.equal(state[n], state[given[0]]) for n in given[1:]):
             continue
