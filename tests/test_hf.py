@@ -141,3 +141,40 @@ def test_cli_converts_a_save_pretrained_folder(tmp_path, capsys):
                  "-o", str(tmp_path / "gpt2.srt")]) == 0, capsys.readouterr().err
     assert "hugging face folder: model.safetensors" in capsys.readouterr().out
     assert rel_err(_logits(sparse_rt.load(tmp_path / "gpt2.srt", trust_arch=True), IDS), _logits(model, IDS)) < 1e-5
+
+
+@pytest.mark.slow  # four ONNX exports
+def test_onnx_vit_portable_exports_and_t5_fails_naming_its_own_code(tmp_path):
+    """Before: HF ViT's portable flavour failed (its forward reads projection.weight.dtype), and
+    T5 failed deep inside the exporter with no word on whose code it was."""
+    pytest.importorskip("onnxscript")
+    import onnxruntime as ort
+
+    import sparse_rt.onnx
+
+    torch.manual_seed(0)
+    vit = _prune_globally(transformers.ViTModel(transformers.ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
+        patch_size=8)).eval())
+    x = torch.randn(2, 3, 32, 32)
+    sparse = sparse_rt.sparsify(vit)
+    first = _First(sparse.module)
+    sparse_rt.onnx.export(first, tmp_path / "vit.onnx", (x,), flavor="portable")
+    got = ort.InferenceSession(str(tmp_path / "vit.onnx")).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(got), first(x)) < 1e-5
+    config = transformers.T5Config(d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, vocab_size=100,
+                                   decoder_start_token_id=0, pad_token_id=0)
+    t5 = _First(sparse_rt.sparsify(_prune_globally(transformers.T5Model(config).eval())).module, decoder=True)
+    with pytest.raises(sparse_rt.onnx.ModelNotExportableError,
+                       match=r"fails on this model's own code, not on sparse_rt's layers .* at .*modeling_t5.py:\d+: "):
+        sparse_rt.onnx.export(t5, tmp_path / "t5.onnx", (IDS,), flavor="sparse")
+
+
+class _First(nn.Module):
+    def __init__(self, model, decoder=False):
+        super().__init__()
+        self.model, self.decoder = model, decoder
+
+    def forward(self, x):
+        return self.model(x, decoder_input_ids=x)[0] if self.decoder else self.model(x)[0]
