@@ -121,7 +121,8 @@ def _run_steps(build, args, remove, folder):
             ok = err <= TOLERANCE.get(name, DEFAULT_TOLERANCE)
             results[name] = {"ok": ok, "rel_err": err}
         except Exception as e:  # noqa: BLE001  (the matrix records whatever fails)
-            results[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
+            first_line = str(e).splitlines()[0][:160] if str(e) else ""
+            results[name] = {"ok": False, "error": f"{type(e).__name__}: {first_line}",
                              "traceback": traceback.format_exc(limit=-4)}
 
     def sparsify():
@@ -208,7 +209,8 @@ def main():
         for hooks in ("kept", "removed"):
             print(f"{name}, prune hooks {hooks} ...", file=sys.stderr, flush=True)
             with tempfile.TemporaryDirectory() as folder:
-                rows.append({"model": name, "hooks": hooks, "steps": _run_steps(build, inputs, hooks == "removed", folder)})
+                steps = _run_steps(build, inputs, hooks == "removed", folder)
+            rows.append({"model": name, "hooks": hooks, "steps": steps})
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info(), "transformers": transformers.__version__, "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -110,13 +110,24 @@ def _returns_logits_where_training_code_may_not(spec):
     return "log_softmax" in takes and not spec["kwargs"].get("log_softmax")
 
 
+# Module names of embedding tables in the common codebases: BERT's word_embeddings /
+# position_embeddings, BART's embed_tokens / embed_positions, GPT-2's wte / wpe, T5's shared.
+_EMBEDDING_NAMES = ("wte", "wpe", "shared")
+
+
+def _is_embedding_table(key):
+    modules = key.split(".")[:-1]
+    return any("embed" in m for m in modules) or (bool(modules) and modules[-1] in _EMBEDDING_NAMES)
+
+
 def checkpoint_summary(ckpt, *, min_sparsity=0.5, format="auto"):
     """The Summary sparsify() would give, from a Checkpoint alone (no architecture): one row per
-    masked 2-D or 4-D weight, taken as a Linear or a Conv2d by its rank; bytes count weights only."""
+    masked 2-D or 4-D weight, taken as a Linear or a Conv2d by its rank (embedding tables, known by
+    their names, left out: a lookup has no multiply-adds); bytes count weights only."""
     rows = []
     for key, mask in ckpt.masks.items():
         weight = ckpt.state_dict[key]
-        if not key.endswith("weight") or weight.dim() not in (2, 4):
+        if not key.endswith("weight") or weight.dim() not in (2, 4) or _is_embedding_table(key):
             continue
         kind = "Linear" if weight.dim() == 2 else "Conv2d"
         flat, flat_mask = weight.reshape(weight.shape[0], -1), mask.reshape(weight.shape[0], -1)

@@ -178,3 +178,46 @@ class _First(nn.Module):
 
     def forward(self, x):
         return self.model(x, decoder_input_ids=x)[0] if self.decoder else self.model(x)[0]
+
+
+def test_cli_inspects_benches_and_exports_token_input_models(tmp_path, capsys):
+    """Before: inspect / bench / export built float inputs, so BERT-style models failed with a
+    traceback; bench had no --trust-arch."""
+    from sparse_rt.cli import main
+
+    _pruned_and_baked().save_pretrained(tmp_path / "gpt2")
+    srt = str(tmp_path / "gpt2.srt")
+    tokens = ["--input-shape", "16", "--tokens", "100"]
+    assert main(["convert", str(tmp_path / "gpt2"), "--arch", "transformers:AutoModelForCausalLM", "-o", srt]) == 0
+    capsys.readouterr()
+    assert main(["inspect", srt, "--trust-arch", *tokens]) == 0
+    assert "multiply-adds per sample on [16]" in capsys.readouterr().out
+    assert main(["bench", srt, "--trust-arch", *tokens, "--baselines", "dense", "--time", "0.2", "--warmup", "0",
+                 "--no-progress", "--json", str(tmp_path / "bench.json")]) == 0
+    import json
+
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["config"]["tokens"] == 100
+    assert report["variants"][0]["engines"]["dense"]["max_rel_diff"] < 1e-5  # outputs checked on the logits
+    for flavor in ("sparse", "portable"):  # GPT-2's key/value cache is off while exporting
+        assert main(["export", srt, "--trust-arch", *tokens, "--flavor", flavor, "-o",
+                     str(tmp_path / f"{flavor}.onnx")]) == 0, capsys.readouterr().err
+
+
+def test_inspect_without_an_architecture_leaves_embedding_tables_out(tmp_path, capsys):
+    """Before: BERT's embedding tables counted as Linear multiply-adds (3.38x theoretical speedup for
+    90% BERT, where its Linear layers give ~10x)."""
+    from sparse_rt.cli import main
+
+    torch.manual_seed(0)
+    bert = _prune_globally(transformers.BertModel(transformers.BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=100)))
+    from torch.nn.utils import prune
+
+    for layer in bert.modules():
+        if hasattr(layer, "weight_orig"):
+            prune.remove(layer, "weight")
+    torch.save(bert.state_dict(), tmp_path / "bert.pt")
+    assert main(["inspect", str(tmp_path / "bert.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.layer.0.attention.self.query" in out and "embeddings" not in out.split("parameters")[0]

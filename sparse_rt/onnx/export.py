@@ -1,5 +1,6 @@
 """ONNX export of any nn.Module holding sparse_rt layers (SparseModel, ensembles, plain modules)."""
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
         traced, table = model, translation_table()
     _check_runs(model, args)
     try:
-        with quiet_exporter(), torch.inference_mode(False):
+        with quiet_exporter(), torch.inference_mode(False), without_kv_cache(traced):
             program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
                                         custom_translation_table=table, verbose=False,
                                         # no constant folding: it would rebuild the dense weights
@@ -105,7 +106,22 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     return result
 
 
-class ModelNotExportableError(RuntimeError):
+@contextlib.contextmanager
+def without_kv_cache(model):
+    """A Hugging Face decoder (config.use_cache) returns its key/value cache, an object the exporter
+    cannot take: an exported graph is one forward pass, so the cache is off while exporting."""
+    configs = [c for c in {id(c): c for c in (getattr(m, "config", None) for m in model.modules())}.values()
+               if getattr(c, "use_cache", False) is True]
+    for config in configs:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        for config in configs:
+            config.use_cache = True
+
+
+class ModelNotExportableError(ValueError):
     """torch.onnx.export fails on the model's own code: its dense copy fails the same way."""
 
 
@@ -200,7 +216,7 @@ def compare(model, path, example_inputs, flavor):
     sess = session(path) if flavor == "sparse" else session(path, register_ops=False)
     feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
     got = sess.run(None, feeds)
-    with torch.inference_mode():
+    with torch.inference_mode(), without_kv_cache(model):  # as exported
         expected = [t.detach().float().cpu() for t in _flatten(model(*args))]
     if len(got) != len(expected):
         raise RuntimeError(f"{path}: onnxruntime returned {len(got)} outputs, PyTorch {len(expected)}")
@@ -210,6 +226,9 @@ def compare(model, path, example_inputs, flavor):
 
 
 def _flatten(out):
+    """The tensors of an output in the exporter's order (None entries of a ModelOutput left out)."""
+    if out is None:
+        return []
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
