@@ -162,7 +162,8 @@ def test_console_script_imports_an_arch_module_from_the_current_directory(tmp_pa
     script = shutil.which("sparse-rt")
     if script is None:
         pytest.skip("the sparse-rt console script is not installed")
-    (tmp_path / "mynet.py").write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Linear(8, 4))\n")
+    (tmp_path / "mynet.py").write_text("from torch import nn\n\n\ndef build():\n"
+                                       "    return nn.Sequential(nn.Linear(8, 4))\n")
     net = torch.nn.Sequential(torch.nn.Linear(8, 4))
     torch.save(sparse_rt.magnitude_prune(net, 0.8).state_dict(), tmp_path / "net.pt")
     child = subprocess.run([script, "convert", "net.pt", "--arch", "mynet:build", "-o", "net.srt"], cwd=tmp_path,
