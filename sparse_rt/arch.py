@@ -28,18 +28,25 @@ def spec_input_shape(spec: Optional[dict]) -> Optional[tuple]:
 
 
 def build_arch(arch: Union[nn.Module, str], kwargs: Optional[dict] = None) -> Tuple[nn.Module, Optional[dict]]:
-    """Returns (module, spec). `arch` is an nn.Module (used as is; spec None, since a module
-    instance cannot be recorded), a zoo name or "pkg.module:factory"; `kwargs` go to the factory.
-    spec is {"name": arch, "kwargs": kwargs}."""
+    """Returns (module, spec). `arch` is an nn.Module (used as is), a callable returning one (a
+    class or a factory, called with `kwargs`: a fresh instance per call, as an ensemble's members
+    need), a zoo name or "pkg.module:factory"; `kwargs` go to the factory. spec is {"name": arch,
+    "kwargs": kwargs}, or None for a module or a callable, which a file cannot record."""
     kwargs = dict(kwargs or {})
     if isinstance(arch, nn.Module):
         if kwargs:
-            raise ArchitectureError("arch_kwargs apply to a zoo name or an import string, not to an "
+            raise ArchitectureError("arch_kwargs apply to a zoo name, an import string or a callable, not to an "
                                     "nn.Module instance")
         return arch, None
+    if callable(arch):
+        module = arch(**kwargs)
+        if not isinstance(module, nn.Module):
+            raise ArchitectureError(f"arch {getattr(arch, '__name__', arch)!r} returned a {type(module).__name__}, "
+                                    "not an nn.Module")
+        return module, None
     if not isinstance(arch, str) or not arch:
-        raise ArchitectureError(f"arch must be an nn.Module, a zoo name or 'pkg.module:factory', "
-                                f"got {arch!r}")
+        raise ArchitectureError(f"arch must be an nn.Module, a callable returning one, a zoo name or "
+                                f"'pkg.module:factory', got {arch!r}")
     try:
         json.dumps(kwargs)
     except TypeError as e:
@@ -74,9 +81,28 @@ def _from_import_string(spec, kwargs):
     if not callable(obj):
         raise ArchitectureError(f"arch {spec!r} is not callable")
     try:
-        module = obj(**kwargs)
+        module = _from_hf_config(obj, kwargs["config"]) if _is_hf_config(kwargs) else obj(**kwargs)
     except TypeError as e:
         raise ArchitectureError(f"arch {spec!r} rejected the keyword arguments {kwargs}: {e}") from None
     if not isinstance(module, nn.Module):
         raise ArchitectureError(f"arch {spec!r} returned a {type(module).__name__}, not an nn.Module")
     return module
+
+
+def _is_hf_config(kwargs):
+    """arch_kwargs of a Hugging Face model class or Auto class: {"config": config.json as a dict}."""
+    return set(kwargs) == {"config"} and isinstance(kwargs["config"], dict) and "model_type" in kwargs["config"]
+
+
+def _from_hf_config(model_class, config):
+    """A transformers model (random weights) of `config`, without the hub: an Auto class picks the
+    class by its model_type, a model class takes the config object."""
+    import transformers
+
+    values = dict(config)
+    try:
+        hf_config = transformers.AutoConfig.for_model(values.pop("model_type"), **values)
+    except (ValueError, KeyError) as e:
+        raise ArchitectureError(f"the Hugging Face config cannot be built: {e}") from None
+    builder = getattr(model_class, "from_config", None)
+    return builder(hf_config) if builder is not None else model_class(hf_config)

@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from .inputs import zero_input
 from .nn.surgery import SPARSE_LAYERS, WEIGHT_LAYERS, layer_kind
 
 
@@ -78,10 +79,12 @@ def _weight_counts(layer):
     return tuple(layer.weight.shape), layer.weight.numel(), int(torch.count_nonzero(layer.weight))
 
 
-def model_metrics(model: torch.nn.Module, input_shape: Optional[tuple] = None) -> ModelMetrics:
+def model_metrics(model: torch.nn.Module, input_shape: Optional[tuple] = None, *,
+                  tokens: Optional[int] = None) -> ModelMetrics:
     """ModelMetrics of `model` (an nn.Module or SparseModel). With `input_shape` (one sample, no
-    batch dimension) a forward pass on zeros counts the multiply-adds; without it they are None."""
-    positions = _output_positions(model, input_shape) if input_shape is not None else {}
+    batch dimension) a forward pass on zeros counts the multiply-adds (on token ids with `tokens`,
+    a vocabulary size); without it they are None."""
+    positions = _output_positions(model, input_shape, tokens) if input_shape is not None else {}
     layers = []
     params = nonzeros = 0
     for name, layer in model.named_modules():
@@ -102,7 +105,7 @@ def model_metrics(model: torch.nn.Module, input_shape: Optional[tuple] = None) -
     return ModelMetrics(layers, params, nonzeros, None if input_shape is None else tuple(input_shape))
 
 
-def _output_positions(model, input_shape):
+def _output_positions(model, input_shape, tokens=None):
     """{layer name: output positions per sample}: out_h*out_w for convolutions, the number of
     rows a Linear is applied to (1 for [batch, features], tokens for [batch, tokens, features])."""
     positions, hooks = {}, []
@@ -123,7 +126,7 @@ def _output_positions(model, input_shape):
     try:
         model.eval()
         with torch.inference_mode():
-            model(torch.zeros((1, *input_shape), dtype=dtype, device=device))
+            model(zero_input(input_shape, tokens=tokens, dtype=dtype, device=device))
     finally:
         model.train(training)
         for h in hooks:

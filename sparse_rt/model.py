@@ -12,7 +12,16 @@ from .autotune import AutotuneCache, capture_layer_inputs, measure
 from .nn import SparseConv2d, SparseLinear
 from .nn._sparse_weight import check_keys_before_loading
 from .nn.conv import explicit_padding
-from .nn.surgery import CONVERTIBLE, convertible_layers, copy_module, remove_pruning, replace_submodule
+from .nn.surgery import (
+    CONVERTIBLE,
+    as_standard_layer,
+    convertible_layers,
+    copy_module,
+    layer_kind,
+    remove_pruning,
+    replace_submodule,
+    unconverted_linear_likes,
+)
 from .plan import FormatSpec, LayerPlan, format_label, plan_layer, regime
 
 
@@ -192,13 +201,15 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
     cache = AutotuneCache(autotune_cache) if autotune else None
     rows = []
     items = list(candidates.items())
-    for name, layer in progress(items) if progress else items:
+    for name, original in progress(items) if progress else items:
+        own_mask = masks.get(name)  # in the layer's own weight layout
+        if own_mask is not None and tuple(own_mask.shape) != tuple(original.weight.shape):
+            raise ValueError(f"masks['{name}']: shape {tuple(own_mask.shape)} differs from the weight "
+                             f"shape {tuple(original.weight.shape)}")
+        own_mask = own_mask.to(original.weight.device) if own_mask is not None else None
+        layer = as_standard_layer(original)  # nn.Linear / nn.Conv2d: GPT-2's Conv1D transposed
+        mask = own_mask if own_mask is None or layer is original else own_mask.t()
         weight = layer.weight.detach()
-        mask = masks.get(name)
-        if mask is not None and tuple(mask.shape) != tuple(weight.shape):
-            raise ValueError(f"masks['{name}']: shape {tuple(mask.shape)} differs from the weight "
-                             f"shape {tuple(weight.shape)}")
-        mask = mask.to(weight.device) if mask is not None else None
         effective = mask if mask is not None else weight != 0
         sparsity = 1.0 - effective.float().mean().item() if weight.numel() else 0.0
         kind = CONVERTIBLE[type(layer)]
@@ -227,14 +238,21 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
             chosen, reason = measure(layer, candidate, x, int(effective.sum()), cache)
             plan = LayerPlan(chosen, None, reason)
         new = _convert(name, layer, mask, plan)
-        if new is layer and mask is not None:
-            with torch.no_grad():
-                layer.weight.mul_(mask)
+        if new is layer:  # kept dense: the original layer, its mask applied
+            new = original
+            if own_mask is not None:
+                with torch.no_grad():
+                    original.weight.mul_(own_mask)
         replace_submodule(model, name, new)
-        dense_bytes = _bytes(layer.weight, layer.bias)
-        sparse_bytes = dense_bytes if new is layer else _bytes(new.crow_indices, new.col_indices, new.values, new.bias)
+        dense_bytes = _bytes(original.weight, original.bias)
+        sparse_bytes = (dense_bytes if new is original else
+                        _bytes(new.crow_indices, new.col_indices, new.values, new.bias))
         rows.append(LayerSummary(name, kind, tuple(weight.shape), 1.0 - sparsity, plan.format,
                                  dense_bytes, sparse_bytes, plan.reason, plan.blocksize))
+    for name, (layer, why) in unconverted_linear_likes(model).items():
+        weight, size = layer.weight.detach(), _bytes(layer.weight, layer.bias)
+        density = (weight != 0).float().mean().item() if weight.numel() else 1.0
+        rows.append(LayerSummary(name, layer_kind(layer), tuple(weight.shape), density, "dense", size, size, why))
     if cache is not None:
         cache.save()
     _check_blocks_apply(format, rows)

@@ -31,7 +31,7 @@ from .io import srt
 from .io.srt import SrtArchError, SrtError, SrtHeaderError
 from .model import LayerSummary, SparseModel, Summary
 from .nn import SparseConv2d, SparseLinear
-from .nn.surgery import copy_module, remove_pruning, replace_submodule
+from .nn.surgery import copy_module, is_transposed_linear, remove_pruning, replace_submodule
 
 KINDS = ("model", "ensemble")
 # An architecture rebuilt from a manifest may hold at most this many dense parameter elements per
@@ -50,8 +50,54 @@ def save(obj: Union[SparseModel, SparseEnsemble], path: Union[str, os.PathLike])
     else:
         raise TypeError(f"save expects a SparseModel or a SparseEnsemble, got {type(obj).__name__}")
     manifest["layers"] = [_layer_record(row, module.get_submodule(row.name)) for row in rows]
-    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tensors, ties = _stored_once(module.state_dict())
+    if ties:
+        manifest["ties"] = ties
     srt.write(path, tensors, manifest)
+
+
+def _stored_once(state):
+    """(tensors to store, ties): entries that are one tensor under two names (a tied weight, like
+    GPT-2's lm_head.weight and transformer.wte.weight) are stored once, under the first name, and
+    recorded as ties {name: stored name}; tensors that only overlap in memory are stored as copies."""
+    tensors, ties, stored, storages = {}, {}, {}, set()
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        storage = tensor.untyped_storage().data_ptr() if tensor.numel() else None
+        view = (storage, tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
+        if storage is not None and view in stored:
+            ties[name] = stored[view]
+            continue
+        if storage is not None:
+            if storage in storages:
+                tensor = tensor.clone()
+            storages.add(storage)
+            stored[view] = name
+        tensors[name] = tensor.cpu().contiguous()
+    return tensors, ties
+
+
+def _restore_ties(manifest, tensors, module, path):
+    """Puts each tied tensor back under its other names (the file's ties, checked), and after the
+    load makes tied parameters one Parameter again. Returns the function that does the latter."""
+    ties = manifest.get("ties") or {}
+    if not (isinstance(ties, dict) and all(isinstance(k, str) and isinstance(v, str) and v in tensors
+                                           and k not in tensors for k, v in ties.items())):
+        raise SrtHeaderError(f"{path}: the manifest's ties are malformed: {str(ties)[:200]} (each a name the "
+                             "file does not store, tied to one it does)")
+    for alias, stored in ties.items():
+        tensors[alias] = tensors[stored]
+
+    def retie():
+        for alias, stored in ties.items():
+            owner, _, attr = alias.rpartition(".")
+            try:
+                parameter = module.get_parameter(stored)
+                module.get_parameter(alias)
+            except AttributeError:  # a buffer: sharing the tensor is the tie
+                continue
+            setattr(module.get_submodule(owner), attr, parameter)
+    return retie
 
 
 def _ensemble_payload(ensemble):
@@ -240,7 +286,8 @@ def _build_on_meta(name, kwargs, path, contents):
 
 def _load_model(path, contents, module, spec):
     """The whole file as one SparseModel of `module` (an ensemble file: its members in one nn.ModuleList)."""
-    manifest, tensors = contents.manifest, contents.tensors
+    manifest, tensors = contents.manifest, dict(contents.tensors)
+    retie = _restore_ties(manifest, tensors, module, path)
     records = _layer_records(manifest, path)
     for record in records:
         if record["format"] == "dense":
@@ -258,6 +305,7 @@ def _load_model(path, contents, module, spec):
         module.load_state_dict(tensors, strict=True, assign=True)
     except (RuntimeError, ValueError) as e:
         raise SrtArchError(f"{path}: the architecture does not match the file's tensors: {e}") from None
+    retie()
     rows = [_summary_row(record) for record in records]
     return SparseModel(module, Summary(rows), arch_spec=spec, source=manifest.get("source")).eval()
 
@@ -324,7 +372,7 @@ def _placeholder(record, module, tensors, path):
     """An empty sparse layer with the recorded geometry; load_state_dict(assign=True) fills it."""
     name, kind = record["name"], record["kind"]
     expected = nn.Linear if kind == "Linear" else nn.Conv2d
-    if not isinstance(module, expected):
+    if not (isinstance(module, expected) or (kind == "Linear" and is_transposed_linear(module))):
         raise SrtArchError(f"{path}: layer {name!r} is a sparse {kind} in the file but a "
                            f"{type(module).__name__} in the architecture")
     rows, cols = record["shape"][0], int(torch.Size(record["shape"][1:]).numel())

@@ -152,3 +152,21 @@ def test_export_refuses_an_opset_it_cannot_write(tmp_path, capsys):
                         "-o", out)
     assert code == 2 and "error: opset 3 cannot be exported" in err.splitlines()[-1] and "Traceback" not in err
     assert not out.exists()
+
+
+def test_console_script_imports_an_arch_module_from_the_current_directory(tmp_path):
+    """Before: `python -m sparse_rt` found ./mynet.py, the `sparse-rt` script did not."""
+    import shutil
+    import subprocess
+
+    script = shutil.which("sparse-rt")
+    if script is None:
+        pytest.skip("the sparse-rt console script is not installed")
+    (tmp_path / "mynet.py").write_text("from torch import nn\n\n\ndef build():\n"
+                                       "    return nn.Sequential(nn.Linear(8, 4))\n")
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    torch.save(sparse_rt.magnitude_prune(net, 0.8).state_dict(), tmp_path / "net.pt")
+    child = subprocess.run([script, "convert", "net.pt", "--arch", "mynet:build", "-o", "net.srt"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr
+    assert (tmp_path / "net.srt").exists()

@@ -164,6 +164,16 @@ def test_arch_as_zoo_name_with_prefixed_keys(tmp_path):
         assert rel_err(sparse(x), dense(x)) <= 1e-5
 
 
+@pytest.mark.parametrize("kwargs, noted", [({"depth": 8}, True), ({"depth": 8, "log_softmax": True}, False)])
+def test_logits_or_log_probabilities_is_noted_where_codebases_differ(tmp_path, kwargs, noted):
+    """The zoo's models return logits, FreeTickets' and Sup-tickets' copies log_softmax."""
+    torch.manual_seed(0)
+    torch.save(models.create("cifar_resnet", depth=8).state_dict(), tmp_path / "c.pt")
+    sparse = SparseModel.from_checkpoint(tmp_path / "c.pt", "cifar_resnet", arch_kwargs=kwargs)
+    notes = [n for n in sparse.source["notes"] if "arch_kwargs={'log_softmax': True}" in n]
+    assert len(notes) == noted
+
+
 def test_arch_as_import_string_with_kwargs(tmp_path):
     model = make_model()
     masks = random_masks(model)

@@ -323,6 +323,22 @@ def test_from_checkpoints_reads_a_folder_in_natural_order(tmp_path):
         assert rel_err(ensemble.forward_members(x), torch.stack([nets[i](x) for i in (1, 2, 10)])) <= 1e-5
 
 
+def test_from_checkpoints_takes_a_factory_of_fresh_instances(tmp_path):
+    """Before: a zero-argument callable was refused as arch (only instances, zoo names, strings)."""
+    nets = [_pruned("wrn", i) for i in (1, 2)]
+    for i, net in enumerate(nets):
+        torch.save(net.state_dict(), tmp_path / f"member_{i}.pth")
+    built = []
+    factory = lambda: built.append(1) or models.create("wrn", **SMALL["wrn"])
+    ensemble = SparseEnsemble.from_checkpoints(tmp_path, arch=factory)
+    assert len(built) == 2  # one fresh instance per member
+    x = _x(2)
+    with torch.inference_mode():
+        assert rel_err(ensemble.forward_members(x), torch.stack([net(x) for net in nets])) <= 1e-5
+    with pytest.raises(sparse_rt.arch.ArchitectureError, match=r"arch '<lambda>' returned a int, not an nn.Module"):
+        SparseEnsemble.from_checkpoints(tmp_path, arch=lambda: 3)
+
+
 def test_srt_round_trip(tmp_path):
     ensemble = SparseEnsemble.from_models(_members("cifar_resnet", m=2), combine="vote")
     for m in ensemble.members:

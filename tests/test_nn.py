@@ -123,3 +123,60 @@ def test_partial_state_dict_that_keeps_the_weight_valid_loads():
     values = model[0].values * 2
     model.load_state_dict({"0.values": values}, strict=False)
     assert torch.equal(model[0].values, values)
+
+
+# -------------------------------------------------------------- .weight, as code written for nn.Linear reads it
+
+def _pruned_pair(kind, dtype=torch.float32):
+    torch.manual_seed(0)
+    dense = nn.Linear(12, 6) if kind == "linear" else nn.Conv2d(4, 6, (3, 2), groups=2)
+    dense = magnitude_prune(nn.Sequential(dense), 0.7)[0].to(dtype)
+    sparse = (SparseLinear if kind == "linear" else SparseConv2d).from_dense(dense)
+    return dense, sparse
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_answers_what_dense_layers_are_asked_without_storing_it(kind, dtype):
+    """HF ViT reads `projection.weight.dtype`, T5 `wo.weight.dtype`: before, AttributeError."""
+    dense, sparse = _pruned_pair(kind, dtype)
+    weight = sparse.weight
+    assert isinstance(weight, torch.Tensor) and not weight.requires_grad
+    assert (weight.dtype, weight.device, weight.shape, weight.dim()) == (dense.weight.dtype, dense.weight.device,
+                                                                         dense.weight.shape, dense.weight.dim())
+    assert torch.equal(weight.clone(), dense.weight.detach())  # reading values builds the dense weight
+    assert torch.equal(weight.sum(), dense.weight.detach().sum())
+    assert sparse.to(torch.float16).weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize("write", [
+    lambda layer: layer.weight.mul_(0),
+    lambda layer: layer.weight.copy_(torch.zeros(layer.weight.shape)),
+    lambda layer: layer.weight.__setitem__(0, 1.0),
+])
+def test_writing_to_the_weight_view_fails_loudly(write):
+    _, sparse = _pruned_pair("linear")
+    before = sparse.dense_weight()
+    with pytest.raises(RuntimeError, match=r"SparseLinear.weight is a read-only view of the sparse weight"):
+        write(sparse)
+    assert torch.equal(sparse.dense_weight(), before)
+    with pytest.raises(KeyError, match="attribute 'weight' already exists"):
+        sparse.weight = nn.Parameter(torch.zeros(6, 12))
+
+
+def test_transformer_encoder_layer_runs_its_sparse_layers_not_the_dense_fast_path(monkeypatch):
+    """nn.TransformerEncoderLayer's inference fast path reads linear1.weight; the view makes it take
+    the path that calls the (sparse) layers."""
+    import sparse_rt.nn.linear
+
+    calls = []
+    real = sparse_rt.nn.linear.ops.csr_linear
+    monkeypatch.setattr(sparse_rt.nn.linear.ops, "csr_linear", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = magnitude_prune(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 0.8).eval()
+    x = randn(2, 5, 16)
+    with torch.no_grad():
+        expected = layer(x)
+        got = sparse_rt.sparsify(layer, min_sparsity=0.0, format="csr")(x)
+    assert len(calls) == 2
+    assert_close(got, expected, torch.float32)

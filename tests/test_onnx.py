@@ -461,6 +461,27 @@ def test_bound_ops_are_private_to_their_session(tmp_path):
 
 # --------------------------------------------------------------------------- export writes safely
 
+class _DataDependentBranch(torch.nn.Module):
+    """Model code torch.export cannot trace: a branch on a tensor's value."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x):
+        y = self.layers(x)
+        return y * 2 if y.sum() > 0 else y
+
+
+def test_export_failing_on_the_models_own_code_says_so_and_where(tmp_path):
+    model, x = _tiny()
+    with pytest.raises(sparse_rt.onnx.ModelNotExportableError,
+                       match=r"torch.onnx.export fails on this model's own code, not on sparse_rt's layers \(its dense "
+                             r"copy fails the same way\)"):
+        sparse_rt.onnx.export(_DataDependentBranch(model.module), tmp_path / "m.onnx", x, flavor="sparse")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_export_leaves_a_data_file_it_does_not_write(tmp_path):
     model, x = _tiny()
     (tmp_path / "m.onnx.data").write_bytes(b"the user's own file")

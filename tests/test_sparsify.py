@@ -233,3 +233,15 @@ def test_a_layer_pruned_entirely_is_warned_about():
 def test_the_result_keeps_the_mode_of_the_input():
     assert sparse_rt.sparsify(_mlp().train()).training
     assert not sparse_rt.sparsify(_mlp().eval()).training
+
+
+def test_linear_subclasses_left_dense_are_reported_with_the_reason():
+    """nn.MultiheadAttention's out_proj (NonDynamicallyQuantizableLinear) is a Linear subclass whose
+    weight the attention passes to its own kernel: kept dense, and said so in summary()."""
+    torch.manual_seed(0)
+    model = sparse_rt.magnitude_prune(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 0.8).eval()
+    rows = {r.name: r for r in sparse_rt.sparsify(model, min_sparsity=0.0, format="csr").summary()}
+    assert rows["linear1"].format == "csr"
+    assert rows["self_attn.out_proj"].format == "dense"
+    assert rows["self_attn.out_proj"].reason == ("kept dense: nn.MultiheadAttention passes out_proj.weight to its "
+                                                 "own kernel")

@@ -108,6 +108,7 @@ def onnxruntime_engine(dense, example, directory, *, threads, device):
         import onnxruntime as ort
 
         from ..onnx import session
+        from ..onnx.export import without_kv_cache
         from ..onnx.quiet import quiet_exporter
     except ImportError as e:
         raise EngineUnavailable(f"onnxruntime or onnx is not installed ({e})") from None
@@ -121,8 +122,9 @@ def onnxruntime_engine(dense, example, directory, *, threads, device):
     # one export serves every batch size. A batch of 2 keeps the exporter from specializing the batch dimension to 1.
     sample = example[:1].expand(2, *example.shape[1:]).contiguous().cpu()
     try:
-        with quiet_exporter():  # the exporter warns about unrelated missing torchvision ops
-            torch.onnx.export(copy.deepcopy(dense).cpu(), (sample,), path, dynamo=True, verbose=False,
+        exported = copy.deepcopy(dense).cpu()
+        with quiet_exporter(), without_kv_cache(exported):  # quiet: warnings on unrelated torchvision ops
+            torch.onnx.export(exported, (sample,), path, dynamo=True, verbose=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as e:  # the exporter raises many types; any of them means no ONNX baseline
         raise EngineUnavailable(f"torch.onnx.export failed: {type(e).__name__}: {str(e)[:300]}") from None

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..arch import spec_input_shape
 from ..convert import parse_dtype
+from ..inputs import example_input
 from ..machine import machine_info
 from ..metrics import model_metrics
 from ..model import SparseModel, sparsify
@@ -31,7 +32,7 @@ class _Variant:
     model: SparseModel
 
 
-def load_variants(model, sparsity=None, *, arch=None, seed=0):
+def load_variants(model, sparsity=None, *, arch=None, seed=0, trust_arch=False):
     """(name, [variants], per-sample input shape or None) for what `run` accepts as `model`:
     a SparseModel; an nn.Module (pruned already, or magnitude-pruned to each `sparsity`); or a
     reference sparse_rt.resolve.resolve_model takes (a .srt path, a checkpoint path with `arch`,
@@ -49,7 +50,7 @@ def load_variants(model, sparsity=None, *, arch=None, seed=0):
     name = os.path.basename(os.fspath(model))
     variants, shape = [], None
     for s in sparsities or [None]:
-        resolved, _, shape = resolve_model(model, arch=arch, sparsity=s, seed=seed)
+        resolved, _, shape = resolve_model(model, arch=arch, sparsity=s, seed=seed, trust_arch=trust_arch)
         if not isinstance(resolved, SparseModel):
             raise ValueError(f"{name} holds an ensemble; sparse-rt bench times single models")
         variants.append(_Variant(s, resolved))
@@ -82,24 +83,25 @@ def _batches(batch, inputs):
     return values
 
 
-def _input_maker(inputs, shape, seed, device, dtype):
+def _input_maker(inputs, shape, seed, device, dtype, tokens=None):
     """batch size -> input tensor: rows of `inputs` (a tensor, cycled to the batch size) or seeded
-    random normal samples of `inputs` / `shape` (a per-sample shape)."""
+    random samples of `inputs` / `shape` (a per-sample shape): normal floats, or token ids below
+    `tokens`."""
     if isinstance(inputs, torch.Tensor):
         if inputs.dim() < 1 or inputs.shape[0] < 1:
             raise ValueError("inputs must be a tensor with a nonempty batch dimension")
-        return lambda b: inputs[torch.arange(b) % inputs.shape[0]].to(device=device, dtype=dtype)
+        cast = dtype if inputs.is_floating_point() else inputs.dtype
+        return lambda b: inputs[torch.arange(b) % inputs.shape[0]].to(device=device, dtype=cast)
     shape = tuple(inputs) if inputs is not None else shape
     if shape is None:
         raise ValueError("the input shape is unknown for this model: pass inputs (a tensor) or a "
                          "per-sample shape (--input-shape, e.g. 3,224,224)")
-    return lambda b: torch.randn(b, *shape, generator=torch.Generator().manual_seed(seed)).to(
-        device=device, dtype=dtype)
+    return lambda b: example_input(b, shape, tokens=tokens, seed=seed, dtype=dtype, device=device)
 
 
 def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=BASELINES, device="cpu",
         dtype=None, threads=None, warmup=2.0, time=10.0, min_iterations=1, cuda_graphs=False, seed=0,
-        progress=False):
+        progress=False, tokens=None, trust_arch=False):
     """Benchmarks sparse_rt against `baselines` ('dense', 'torch-sparse', 'onnxruntime') and returns
     a BenchReport (print it, .to_json(), .to_csv(), .plot()).
 
@@ -107,6 +109,10 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
                a .srt path, a checkpoint path with `arch`, or a zoo name with `sparsity`.
     inputs:    a tensor (its rows are cycled to each batch size) or a per-sample shape such as
                (3, 224, 224) for seeded random inputs; None takes the zoo model's standard shape.
+    tokens:    the inputs are token ids below this vocabulary size (a per-sample shape is then the
+               sequence length: BERT, GPT-2, T5); a model returning several outputs (Hugging Face
+               ModelOutput) is compared and timed on its first.
+    trust_arch: let a .srt import the module its architecture names (as sparse_rt.load).
     batch:     batch sizes ("1,8,32" or [1, 8, 32]); sparsity: one value or several ("0.5,0.9").
     warmup:    seconds each engine runs before timing, per batch size (0: none).
     time:      seconds of interleaved timing rounds per batch size, at least `min_iterations` rounds.
@@ -122,19 +128,19 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
     dtype = parse_dtype(dtype)
     baselines = parse_baselines(baselines)
     batches = _batches(batch, inputs)
-    name, variants, shape = load_variants(model, sparsity, arch=arch, seed=seed)
+    name, variants, shape = load_variants(model, sparsity, arch=arch, seed=seed, trust_arch=trust_arch)
     dtype = dtype or _model_dtype(variants[0].model)
-    make_input = _input_maker(inputs, shape, seed, device, dtype)
+    make_input = _input_maker(inputs, shape, seed, device, dtype, tokens)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        settings = _Settings(baselines, batches, device, threads, warmup, time, min_iterations, cuda_graphs)
+        settings = _Settings(baselines, batches, device, threads, warmup, time, min_iterations, cuda_graphs, tokens)
         data = {**machine_info(), "model": {"name": name, "input_shape": list(make_input(1).shape[1:])},
                 "config": {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
                            "threads": torch.get_num_threads(), "batches": batches, "baselines": baselines,
                            "warmup_s": warmup, "time_s": time, "min_iterations": min_iterations,
-                           "cuda_graphs": cuda_graphs, "seed": seed},
+                           "cuda_graphs": cuda_graphs, "seed": seed, "tokens": tokens},
                 "variants": []}
         with _progress(progress, len(variants) * len(batches)) as step, torch.inference_mode():
             for variant in variants:
@@ -156,13 +162,14 @@ class _Settings:
     seconds: float
     min_iterations: int
     cuda_graphs: bool
+    tokens: int  # the inputs are token ids below it (None: floats)
 
 
 def _bench_model(sparse, make_input, settings, step, sparsity):
     """{metrics, engines, results, layers, forward_ms} of one SparseModel over the batch sizes."""
     module, cuda = sparse.module, settings.device.type == "cuda"
     engines, status = _build_engines(sparse, settings.baselines, make_input(1), settings.device, settings.threads)
-    metrics = model_metrics(module, tuple(make_input(1).shape[1:]))
+    metrics = model_metrics(module, tuple(make_input(1).shape[1:]), tokens=settings.tokens)
     results, profiles = [], []
     for b in settings.batches:
         step(("" if sparsity is None else f"sparsity {sparsity:g}, ") + f"batch {b}")
@@ -212,7 +219,7 @@ def _prepare(engines, status, x, cuda_graphs, check):
         fn = engine.prepare(x)
         if check:
             try:
-                out = torch.as_tensor(fn()).to(x.device).float()
+                out = _first_tensor(fn()).to(x.device).float()
             except Exception as e:  # a baseline may lack a kernel for this dtype or device
                 if name == SUBJECT:
                     raise
@@ -224,6 +231,19 @@ def _prepare(engines, status, x, cuda_graphs, check):
                                             / reference.abs().max().clamp_min(1e-30)).item()
         fns[name] = _cuda_graph(fn, status[name]) if cuda_graphs and engine.graphable else fn
     return fns
+
+
+def _first_tensor(output):
+    """A model's output as one tensor: itself, or the first of a tuple, list or dict (a Hugging Face
+    ModelOutput), or of an onnxruntime result list."""
+    while not isinstance(output, torch.Tensor):
+        if isinstance(output, dict):
+            output = next(iter(output.values()))
+        elif isinstance(output, (tuple, list)):
+            output = output[0]
+        else:
+            return torch.as_tensor(output)
+    return output
 
 
 def _cuda_graph(fn, status):

@@ -2,6 +2,7 @@
 Every error leaves through main: one line on stderr, exit status 2."""
 
 import argparse
+import os
 import sys
 
 from ..ingest import IngestError
@@ -28,6 +29,10 @@ def main(argv=None):
     for command in SUBCOMMANDS:
         command.add_parser(sub)
     args = parser.parse_args(argv)
+    # `--arch pkg.module:factory` imports from the current directory too, from the `sparse-rt`
+    # script as from `python -m sparse_rt` (whose sys.path starts with it); last, so it shadows nothing.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         return args.run(args)
     except USER_ERRORS as e:

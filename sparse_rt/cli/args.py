@@ -53,6 +53,8 @@ non_negative_float = _at_least(float, 0, "a number")
 
 def add_input_shape(p, help_text="one sample's input shape (zoo architectures know theirs)"):
     p.add_argument("--input-shape", type=shape, metavar="C,H,W", help=help_text)
+    p.add_argument("--tokens", type=positive_int, metavar="VOCAB",
+                   help="the input is token ids below VOCAB (BERT, GPT-2, T5: --input-shape is the sequence length)")
 
 
 def add_trust_arch(p):

@@ -16,6 +16,7 @@ def add_parser(sub):
     p.add_argument("--sparsity", help="zoo models: sparsity to prune to; several give a sweep, e.g. 0.5,0.9")
     p.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
     cli_args.add_input_shape(p)
+    cli_args.add_trust_arch(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: the model's own")
     p.add_argument("--threads", type=cli_args.positive_int, help="intra-op threads for torch and onnxruntime")
@@ -38,6 +39,7 @@ def run(args):
     from rich.console import Console  # an optional dependency (the bench extra)
 
     report = run_bench(args.model, args.input_shape, batch=args.batch, sparsity=args.sparsity, arch=args.arch,
+                       tokens=args.tokens, trust_arch=args.trust_arch,
                  baselines=args.baselines, device=args.device, dtype=args.dtype, threads=args.threads,
                  warmup=args.warmup, time=args.time, min_iterations=args.min_iterations,
                  cuda_graphs=args.cuda_graphs, seed=args.seed, progress=not args.no_progress)

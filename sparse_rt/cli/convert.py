@@ -31,7 +31,7 @@ def run(args):
                                 progress=cli_args.progress(), **cli_args.checkpoint_options(args))
         model.save(args.output)
         print_source(model.source)
-        print_model(model, args.input_shape)
+        print_model(model, args.input_shape, args.tokens)
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.2f} MiB)")
     return 0
 

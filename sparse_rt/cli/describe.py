@@ -28,8 +28,9 @@ def totals(metrics, missing_macs_hint):
                    f"dense {metrics.dense_macs:,}, nonzero {metrics.nonzero_macs:,})")
 
 
-def print_model(model, input_shape=None):
-    """The summary table, then the totals (multiply-adds on `input_shape`, or the zoo model's own)."""
+def print_model(model, input_shape=None, tokens=None):
+    """The summary table, then the totals (multiply-adds on `input_shape`, token ids below `tokens`
+    if given, or the zoo model's own shape)."""
     print(model.summary())
     shape = input_shape or spec_input_shape(model.arch_spec)
-    print(totals(model_metrics(model, shape), "pass --input-shape"))
+    print(totals(model_metrics(model, shape, tokens=tokens), "pass --input-shape"))

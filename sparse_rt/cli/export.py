@@ -3,8 +3,7 @@ checkpoint with --arch, or a zoo name magnitude-pruned on the fly (seeded) to --
 
 import os
 
-import torch
-
+from ..inputs import example_input
 from ..resolve import resolve_model
 from . import args as cli_args
 
@@ -49,7 +48,7 @@ def run(args):
     shape = args.input_shape or shape
     if shape is None:
         raise ValueError("the input shape is unknown for this architecture: pass --input-shape C,H,W")
-    x = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(args.seed))
+    x = example_input(args.batch, shape, tokens=args.tokens, seed=args.seed)
     result = export(module.eval(), args.output, x, flavor=args.flavor, opset=args.opset, check=args.check,
                     external_data=args.external_data)
     print(result)

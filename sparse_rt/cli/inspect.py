@@ -31,7 +31,7 @@ def run(args):
     else:
         print(f"{args.ckpt}: checkpoint, form {model.source['form']}, arch {arch_text(spec)}")
     print_source(model.source)
-    print_model(model, args.input_shape)
+    print_model(model, args.input_shape, args.tokens)
     return 0
 
 

@@ -15,8 +15,9 @@ from typing import Any, Mapping
 import torch
 
 from .detection import choose_form
-from .errors import CheckpointNotFoundError, InvalidOptionError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidOptionError
 from .forms import FORMS, CheckpointContents, Form, ReadOptions, form_named
+from .hugging_face import looks_like_hf_folder, resolve_hf_folder
 from .loading import find_state_dict, load_file, require_real_floating, sha256_of_files
 from .masks import align_mask_names, as_bool_mask, load_mask_mapping
 from .openlth import load_side_masks, looks_like_openlth, resolve_openlth
@@ -84,8 +85,10 @@ def read_checkpoint(
 ) -> Checkpoint:
     """Read a training checkpoint into effective dense tensors plus boolean masks.
 
-    path:      a checkpoint file (``torch.save`` output or ``.safetensors``) or an OpenLTH
-               folder (see :mod:`sparse_rt.ingest.openlth`).
+    path:      a checkpoint file (``torch.save`` output or ``.safetensors``), a Hugging Face
+               ``save_pretrained`` folder (one weights file or shards; see
+               :mod:`sparse_rt.ingest.hugging_face`) or an OpenLTH folder (see
+               :mod:`sparse_rt.ingest.openlth`).
     mask_form: ``"auto"`` (detect) or one of :data:`FORMS` to force a reading.
     masks:     explicit masks: ``{name: 0/1 tensor}``, a ``torch.ao.pruning`` sparsifier
                ``state_dict()`` / ``.state``, or a path to a file holding one.  Required for
@@ -97,10 +100,11 @@ def read_checkpoint(
     """
     path = _checked_request(path, mask_form, cs_s0)
     notes: list[str] = []
-    weights_file, mask_file = _locate_files(path, mask_form, notes)
-    top, state_dict, meta = _load_state_dict(weights_file, unsafe, notes)
+    weights_files, mask_file = _locate_files(path, mask_form, notes)
+    weights_file = weights_files[0]
+    top, state_dict, meta = _load_state_dicts(weights_files, unsafe, notes)
     side_masks = load_side_masks(mask_file, state_dict, unsafe)
-    files = [weights_file] if side_masks is None else [weights_file, mask_file]
+    files = weights_files if side_masks is None else [*weights_files, mask_file]
     contents = CheckpointContents(state_dict=state_dict, top=top, source=weights_file, side_masks=side_masks)
 
     form = _settle_form(mask_form, contents, masks is not None, mask_file, notes)
@@ -150,13 +154,34 @@ def _checked_request(path: str | os.PathLike, mask_form: str, cs_s0: float) -> s
     return path
 
 
-def _locate_files(path: str, mask_form: str, notes: list[str]) -> tuple[str, str | None]:
-    """``(weights file, OpenLTH mask.pth or None)``: a folder or an OpenLTH model file names both."""
+def _locate_files(path: str, mask_form: str, notes: list[str]) -> tuple[list[str], str | None]:
+    """``(weights files, OpenLTH mask.pth or None)``: a Hugging Face folder names its weights (one
+    file or shards); an OpenLTH folder or model file names both."""
+    if looks_like_hf_folder(path):
+        weights_files, hf_notes = resolve_hf_folder(path)
+        notes += hf_notes
+        return weights_files, None
     if os.path.isdir(path) or (mask_form in ("auto", "open_lth") and looks_like_openlth(path)):
         weights_file, mask_file, openlth_notes = resolve_openlth(path)
         notes += openlth_notes
-        return weights_file, mask_file
-    return path, None
+        return [weights_file], mask_file
+    return [path], None
+
+
+def _load_state_dicts(weights_files: list[str], unsafe: bool, notes: list[str]) -> tuple[Any, dict, dict]:
+    """_load_state_dict of one file, or of every shard merged (a tensor in two shards is an error)."""
+    if len(weights_files) == 1:
+        return _load_state_dict(weights_files[0], unsafe, notes)
+    merged: dict = {}
+    for shard in weights_files:
+        if not os.path.isfile(shard):
+            raise CheckpointNotFoundError(f"shard not found: {shard}")
+        _, state_dict, _ = _load_state_dict(shard, unsafe, notes)
+        twice = sorted(set(merged) & set(state_dict))
+        if twice:
+            raise CorruptCheckpointError(f"{shard}: tensors {twice[:5]} are in an earlier shard too")
+        merged.update(state_dict)
+    return merged, merged, {}
 
 
 def _load_state_dict(weights_file: str, unsafe: bool, notes: list[str]) -> tuple[Any, dict, dict]:

@@ -8,11 +8,12 @@ Needs onnx and onnxscript (export) and onnxruntime (+ onnxruntime-extensions for
 flavour) at run time.
 """
 
-from .export import FLAVORS, ExportResult, compare, export
+from .export import FLAVORS, ExportResult, ModelNotExportableError, compare, export
 from .ops_table import DOMAIN
 from .schemas import register_schemas
 from .session import session
 
 register_schemas()  # so onnx.checker / shape inference in this process know our ops
 
-__all__ = ["export", "session", "compare", "ExportResult", "FLAVORS", "DOMAIN", "register_schemas"]
+__all__ = ["export", "session", "compare", "ExportResult", "ModelNotExportableError", "FLAVORS", "DOMAIN",
+           "register_schemas"]

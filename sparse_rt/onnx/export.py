@@ -1,5 +1,6 @@
 """ONNX export of any nn.Module holding sparse_rt layers (SparseModel, ensembles, plain modules)."""
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import torch
 from onnx.external_data_helper import set_external_data
 
 from ..io import atomic_write
+from ..nn.surgery import dense_copy
 from . import portable
 from .fold import fold_batchnorm_and_relu
 from .quiet import quiet_exporter
@@ -73,11 +75,15 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     else:
         traced, table = model, translation_table()
     _check_runs(model, args)
-    with quiet_exporter(), torch.inference_mode(False):
-        program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
-                                    custom_translation_table=table, verbose=False,
-                                    # no constant folding: it would rebuild the dense weights
-                                    optimize=flavor == "sparse")
+    try:
+        with quiet_exporter(), torch.inference_mode(False), without_kv_cache(traced):
+            program = torch.onnx.export(traced, args, dynamo=True, opset_version=opset,
+                                        custom_translation_table=table, verbose=False,
+                                        # no constant folding: it would rebuild the dense weights
+                                        optimize=flavor == "sparse")
+    except Exception as e:
+        _raise_if_the_model_itself_fails(model, args, opset, e)
+        raise
     # Node metadata (stack traces with local paths) would outweigh a small model's weights;
     # unused initializers (e.g. an ensemble's per-member copies next to the fused ones) go too.
     for cleanup in (passes.ClearMetadataAndDocStringPass(), passes.RemoveUnusedNodesPass()):
@@ -98,6 +104,53 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     if check:
         result.max_abs_diff, result.max_rel_diff = compare(model, path, args, flavor)
     return result
+
+
+@contextlib.contextmanager
+def without_kv_cache(model):
+    """A Hugging Face decoder (config.use_cache) returns its key/value cache, an object the exporter
+    cannot take: an exported graph is one forward pass, so the cache is off while exporting."""
+    configs = [c for c in {id(c): c for c in (getattr(m, "config", None) for m in model.modules())}.values()
+               if getattr(c, "use_cache", False) is True]
+    for config in configs:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        for config in configs:
+            config.use_cache = True
+
+
+class ModelNotExportableError(ValueError):
+    """torch.onnx.export fails on the model's own code: its dense copy fails the same way."""
+
+
+def _raise_if_the_model_itself_fails(model, args, opset, error):
+    """Exports the model's dense copy (no sparse_rt layer left) after the export failed: when that
+    fails too, the exporter cannot take the model's own code, and ModelNotExportableError says so
+    and where (the model line the exporter names); otherwise the failure is ours and stands."""
+    try:
+        with quiet_exporter(), torch.inference_mode(False):
+            torch.onnx.export(dense_copy(model), args, dynamo=True, opset_version=opset, verbose=False,
+                              optimize=False)
+    except Exception as dense_error:  # noqa: BLE001  (any failure of the dense export is the model's)
+        summary = str(dense_error).partition("## Exception summary")[2].strip().splitlines()
+        reason = next((line for line in summary if line.strip()), type(dense_error).__name__)
+        raise ModelNotExportableError(
+            f"torch.onnx.export fails on this model's own code, not on sparse_rt's layers (its dense copy fails the "
+            f"same way): {reason.strip()}{_model_line(str(dense_error))}") from error
+
+
+def _model_line(message):
+    """' at FILE:LINE: CODE' of the innermost frame of the exporter's "Original traceback", or ''."""
+    frames = message.partition("Original traceback:")[2].splitlines()
+    located = [i for i, line in enumerate(frames) if line.strip().startswith('File "') and
+               not line.strip().startswith('File "<')]  # a real file, not generated code
+    if not located:
+        return ""
+    where = frames[located[-1]].strip().removeprefix("File ").replace('"', "").replace(", line ", ":")
+    code = frames[located[-1] + 1].strip() if located[-1] + 1 < len(frames) else ""
+    return f" at {where.split(', in ')[0]}: {code}"
 
 
 def _check_runs(model, args):
@@ -163,7 +216,7 @@ def compare(model, path, example_inputs, flavor):
     sess = session(path) if flavor == "sparse" else session(path, register_ops=False)
     feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
     got = sess.run(None, feeds)
-    with torch.inference_mode():
+    with torch.inference_mode(), without_kv_cache(model):  # as exported
         expected = [t.detach().float().cpu() for t in _flatten(model(*args))]
     if len(got) != len(expected):
         raise RuntimeError(f"{path}: onnxruntime returned {len(got)} outputs, PyTorch {len(expected)}")
@@ -173,6 +226,9 @@ def compare(model, path, example_inputs, flavor):
 
 
 def _flatten(out):
+    """The tensors of an output in the exporter's order (None entries of a ModelOutput left out)."""
+    if out is None:
+        return []
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):

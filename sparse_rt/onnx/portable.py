@@ -54,7 +54,9 @@ class _RebuiltWeight(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.weight_shape = tuple(dense_weight.shape)
 
+    @property
     def weight(self):
+        """The dense weight, rebuilt (an attribute, as model code reads `layer.weight.dtype`)."""
         return decode(self.values, self.deltas, self.weight_shape)
 
 
@@ -63,7 +65,7 @@ class PortableLinear(_RebuiltWeight):
         super().__init__(layer.dense_weight(), layer.bias)
 
     def forward(self, input):
-        return F.linear(input, self.weight(), self.bias)
+        return F.linear(input, self.weight, self.bias)
 
 
 class PortableConv2d(_RebuiltWeight):
@@ -75,7 +77,7 @@ class PortableConv2d(_RebuiltWeight):
         self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
 
     def forward(self, input):
-        return F.conv2d(input, self.weight(), self.bias, *self.conv_args)
+        return F.conv2d(input, self.weight, self.bias, *self.conv_args)
 
 
 def to_portable(module):
