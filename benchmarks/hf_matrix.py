@@ -121,7 +121,7 @@ def _run_steps(build, args, remove, folder):
             ok = err <= TOLERANCE.get(name, DEFAULT_TOLERANCE)
             results[name] = {"ok": ok, "rel_err": err}
         except Exception as e:  # noqa: BLE001  (the matrix records whatever fails)
-            first_line = str(e).splitlines()[0][:160] if str(e) else ""
+            first_line = str(e).splitlines()[0][:400] if str(e) else ""
             results[name] = {"ok": False, "error": f"{type(e).__name__}: {first_line}",
                              "traceback": traceback.format_exc(limit=-4)}
 
@@ -183,11 +183,17 @@ def markdown(report):
     for row in report["rows"]:
         cells = [_cell(row["steps"].get(s)) for s in STEPS]
         lines.append(f"| {row['model']} | {row['hooks']} | " + " | ".join(cells) + " |")
-    failures = [(row, s, r) for row in report["rows"] for s, r in row["steps"].items() if not r["ok"]]
+    failures = {}  # what failed -> {(model, step): [prune hooks]}, each failure once
+    for row in report["rows"]:
+        for step, result in row["steps"].items():
+            if not result["ok"]:
+                what = result.get("error") or f"differs: relative error {result['rel_err']:.1e}"
+                failures.setdefault(what, {}).setdefault((row["model"], step), []).append(row["hooks"])
     if failures:
         lines += ["", "What fails:"]
-        lines += [f"- {row['model']} ({row['hooks']}), {s}: {r.get('error') or 'rel_err %.1e' % r['rel_err']}"
-                  for row, s, r in failures]
+        for what, where in failures.items():
+            places = "; ".join(f"{model} {step} (hooks {', '.join(hooks)})" for (model, step), hooks in where.items())
+            lines.append(f"- {places}: {what}")
     return "\n".join(lines)
 
 
