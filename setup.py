@@ -2,7 +2,8 @@
 
 The CPU kernels are always built. The CUDA kernels and their torch binding are built when the
 installed torch is a CUDA build (torch.version.cuda) and nvcc is found; SPARSE_RT_CUDA=0|1 forces
-either way and SPARSE_RT_CUDA_ARCHS (e.g. "8.0;9.0") picks the architectures. Build without
+either way and SPARSE_RT_CUDA_ARCHS (e.g. "8.0;9.0"; default: build_flags.json's cuda_arch_list,
+"8.0;9.0+PTX") picks the architectures. Build without
 isolation (pip install --no-build-isolation ...) so that the torch already installed is the one
 compiled against. Compile flags and the nvcc lookup come from tools/build_config.py.
 """
@@ -88,14 +89,13 @@ def _extension_and_build_ext():
         sources += _sources("kernels/cuda/*.cu", "torch/cuda/*.cu")
         extra["nvcc"] = config.nvcc_flags()
         define_macros.append(("SPARSE_RT_WITH_CUDA", None))
-        archs = os.environ.get("SPARSE_RT_CUDA_ARCHS")
-        if archs:
-            os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        archs = os.environ.get("SPARSE_RT_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs or config.cuda_arch_list()
     print("sparse_rt build configuration:")
     print(f"  torch          {torch.__version__} (CUDA {torch.version.cuda})")
     print(f"  CUDA kernels   {'yes' if build_cuda else 'no'} ({reason})")
     if build_cuda:
-        print(f"  CUDA archs     {os.environ.get('TORCH_CUDA_ARCH_LIST', 'torch default')}")
+        print(f"  CUDA archs     {os.environ['TORCH_CUDA_ARCH_LIST']}")
     print(f"  sources        {len(sources)} files")
     extension = kind(
         "sparse_rt._C",

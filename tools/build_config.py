@@ -51,6 +51,11 @@ def cuda_check_archs() -> list[str]:
     return list(_flags()["cuda_check_archs"])
 
 
+def cuda_arch_list() -> str:
+    """The extension's default TORCH_CUDA_ARCH_LIST (PTX included, so newer GPUs run)."""
+    return _flags()["cuda_arch_list"]
+
+
 def find_cuda_home() -> str | None:
     """The CUDA toolkit the build and the check use, found as torch.utils.cpp_extension finds it:
     $CUDA_HOME or $CUDA_PATH, else the folder above the bin/ of the nvcc on PATH, else /usr/local/cuda
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(nvcc)
     elif args.command == "flags":
         print(json.dumps({"cxx": cxx_flags(), "cxx_link": cxx_link_flags(), "nvcc": nvcc_flags(),
-                          "cuda_check_archs": cuda_check_archs()}, indent=2))
+                          "cuda_check_archs": cuda_check_archs(), "cuda_arch_list": cuda_arch_list()}, indent=2))
     else:
         print("\n".join(build_requires(tuple(args.exclude))))
     return 0

@@ -86,9 +86,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4)
       const T* __restrict__ x_base = x + static_cast<int64_t>(col[b]) * bw + 2 * quad;
       for (int kk = 0; kk < bw; kk += 16) {
         const uint32_t a[4] = {load_pair(a_base + kk + 2 * quad),
-                               load_pair(a_base + 8 * bw + kk + 2 * quad),
+                               load_pair(a_base + int64_t{8} * bw + kk + 2 * quad),
                                load_pair(a_base + kk + 8 + 2 * quad),
-                               load_pair(a_base + 8 * bw + kk + 8 + 2 * quad)};
+                               load_pair(a_base + int64_t{8} * bw + kk + 8 + 2 * quad)};
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
           const int64_t row = n0 + t * 8 + group;
