@@ -87,12 +87,12 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach()
 
 
-def _prune_hooks(module: nn.Module) -> list:
-    """The torch.nn.utils.prune reparametrisations on `module` itself: one hook per pruned tensor
-    name (a PruningContainer when pruned more than once)."""
+def _prune_hooks(module: nn.Module) -> dict:
+    """{hook id: hook} of the torch.nn.utils.prune reparametrisations on `module` itself: one per
+    pruned tensor name (a PruningContainer when pruned more than once)."""
     from torch.nn.utils import prune
 
-    return [h for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+    return {k: h for k, h in module._forward_pre_hooks.items() if isinstance(h, prune.BasePruningMethod)}
 
 
 def copy_module(module: nn.Module) -> nn.Module:
@@ -102,7 +102,7 @@ def copy_module(module: nn.Module) -> nn.Module:
     forward, as in the original)."""
     memo = {}
     for layer in module.modules():
-        for hook in _prune_hooks(layer):
+        for hook in _prune_hooks(layer).values():
             computed = getattr(layer, hook._tensor_name)
             memo[id(computed)] = computed.detach().clone()
     return copy.deepcopy(module, memo)
@@ -118,9 +118,7 @@ def remove_pruning(module: nn.Module) -> dict:
     transformer.wte.weight), which must not be pruned through the tie."""
     masks = {}
     for name, layer in module.named_modules():
-        for key, hook in list(layer._forward_pre_hooks.items()):
-            if hook not in _prune_hooks(layer):
-                continue
+        for key, hook in _prune_hooks(layer).items():
             tensor = hook._tensor_name
             orig, mask = layer._parameters.pop(tensor + "_orig"), layer._buffers.pop(tensor + "_mask")
             del layer._forward_pre_hooks[key]
@@ -169,7 +167,7 @@ def replace_submodule(root: nn.Module, qualified_name: str, new: nn.Module) -> N
 def dense_copy(module: nn.Module) -> nn.Module:
     """A copy of `module` whose SparseLinear / SparseConv2d layers are nn.Linear / nn.Conv2d with
     the same (zero-filled) weights, on the same device and dtype."""
-    dense = copy.deepcopy(module)
+    dense = copy_module(module)
     for name, layer in list(dense.named_modules()):
         if isinstance(layer, SparseLinear):
             new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
