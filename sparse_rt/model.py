@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .autotune import AutotuneCache, capture_layer_inputs, measure
+from .fusion import FusionReport, fuse
 from .nn import SparseConv2d, SparseLinear
 from .nn._sparse_weight import check_keys_before_loading
 from .nn.conv import explicit_padding
@@ -93,6 +94,7 @@ class SparseModel(nn.Module):
         # and the checkpoint it came from (sha256, form, file name, ingest notes).
         self.arch_spec = arch_spec
         self.source = dict(source or {})
+        self.fusion: Optional[FusionReport] = None  # set by fuse()
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -100,6 +102,17 @@ class SparseModel(nn.Module):
     def load_state_dict(self, state_dict, strict=True, assign=False):
         check_keys_before_loading(self, state_dict, strict)  # a failed strict load changes nothing
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def fuse(self) -> FusionReport:
+        """Fuses the dense work around the sparse layers into them, in place: BatchNorms folded into
+        the convolutions before them, ReLUs into the sparse kernels' epilogues (sparse_rt.fusion).
+        The model must be in eval mode and traceable by torch.fx; `self.module` becomes a
+        torch.fx.GraphModule with the same layers under the same names, less the folded BatchNorms.
+        Returns what was fused (also kept in `self.fusion` and recorded by save())."""
+        module, report = fuse(self.module)
+        self.module = module
+        self.fusion = report if self.fusion is None else self.fusion + report  # a second call finds what the first left
+        return report
 
     def summary(self) -> Summary:
         """Per-layer name, kind, shape, density, format, dense bytes, sparse bytes (a Summary:

@@ -27,6 +27,7 @@ from .arch import ArchitectureError, build_arch, is_import_string
 from .ensemble import SparseEnsemble
 from .ensemble.combine import COMBINE_RULES
 from .formats import BSR, CSR
+from .fusion import FusionError, fuse
 from .io import srt
 from .io.srt import SrtArchError, SrtError, SrtHeaderError
 from .model import LayerSummary, SparseModel, Summary
@@ -47,6 +48,8 @@ def save(obj: Union[SparseModel, SparseEnsemble], path: Union[str, os.PathLike])
     elif isinstance(obj, SparseModel):
         module, rows = obj.module, obj.summary()
         manifest = {"kind": "model", "arch": obj.arch_spec, "source": obj.source}
+        if obj.fusion is not None:
+            manifest["fusion"] = obj.fusion.to_json()
     else:
         raise TypeError(f"save expects a SparseModel or a SparseEnsemble, got {type(obj).__name__}")
     manifest["layers"] = [_layer_record(row, module.get_submodule(row.name)) for row in rows]
@@ -152,6 +155,8 @@ def _layer_record(row, layer):
                       bias=layer.bias is not None, sparse_format="csr")
     else:
         record["dtype"] = _dtype_name(layer.weight.dtype)
+    if getattr(layer, "relu", False):
+        record["relu"] = True
     return record
 
 
@@ -300,6 +305,9 @@ def _load_model(path, contents, module, spec):
             raise SrtHeaderError(f"{path}: malformed manifest record for layer {record.get('name')!r}: "
                                  f"{type(e).__name__}: {e}") from None
         replace_submodule(module, record["name"], layer)
+    fusion = _refuse(manifest, module, records, path) if "fusion" in manifest else None
+    if fusion is not None:
+        module = fusion[0]
     try:
         # The sparse layers validate the file's index arrays here, before any kernel can run.
         module.load_state_dict(tensors, strict=True, assign=True)
@@ -307,7 +315,26 @@ def _load_model(path, contents, module, spec):
         raise SrtArchError(f"{path}: the architecture does not match the file's tensors: {e}") from None
     retie()
     rows = [_summary_row(record) for record in records]
-    return SparseModel(module, Summary(rows), arch_spec=spec, source=manifest.get("source")).eval()
+    model = SparseModel(module, Summary(rows), arch_spec=spec, source=manifest.get("source")).eval()
+    model.fusion = fusion[1] if fusion is not None else None
+    return model
+
+
+def _refuse(manifest, module, records, path):
+    """(graph module, report): the rebuilt architecture fused as the saved model was (the rewrite
+    depends on the architecture alone), ready for the file's tensors, which hold the folded weights."""
+    try:
+        fused, report = fuse(module.eval(), fold_values=False)
+    except FusionError as e:
+        raise SrtArchError(f"{path}: the file holds a fused model, but the architecture cannot be fused: {e}") from None
+    recorded = manifest["fusion"]
+    relus = sorted(r["name"] for r in records if r.get("relu"))
+    replayed = {k: sorted(map(str, v)) for k, v in report.to_json().items()}
+    if (not isinstance(recorded, dict) or relus != replayed["fused_relus"]
+            or any(sorted(map(str, recorded.get(k, []))) != v for k, v in replayed.items())):
+        raise SrtArchError(f"{path}: the architecture does not fuse the way the file's model was fused "
+                           f"(file: {str(recorded)[:500]}; architecture: {report.to_json()})")
+    return fused, report
 
 
 def _restore_unstored_buffers(module, spec):

@@ -17,10 +17,14 @@ pytestmark = requires_compiled_ops
 def _linear_samples(device):
     for dtype in DTYPES:
         w = random_csr(12, 20, 0.3, seed=1, dtype=dtype, device=device)
-        for x, bias, relu in [(randn(3, 20, dtype=dtype, device=device), randn(12, dtype=dtype, device=device), False),
-                              (randn(2, 4, 20, dtype=dtype, device=device), None, True),
-                              (randn(16, 20, dtype=dtype, device=device), None, False)]:
-            yield (x, w.crow_indices, w.col_indices, w.values, bias, 20, relu)
+        for x, bias, relu, residual in [
+                (randn(3, 20, dtype=dtype, device=device), randn(12, dtype=dtype, device=device), False, None),
+                (randn(2, 4, 20, dtype=dtype, device=device), None, True, None),
+                (randn(16, 20, dtype=dtype, device=device), None, False, None),
+                (randn(2, 4, 20, dtype=dtype, device=device), None, True, randn(2, 4, 12, dtype=dtype, device=device)),
+                (randn(16, 20, dtype=dtype, device=device), randn(12, dtype=dtype, device=device), False,
+                 randn(16, 12, dtype=dtype, device=device))]:
+            yield (x, w.crow_indices, w.col_indices, w.values, bias, 20, relu, residual)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -34,9 +38,10 @@ def test_opcheck_bsr_linear(device):
     for dtype in (torch.float32, torch.float16):
         w = random_bsr(16, 24, (4, 8), 0.4, seed=2, dtype=dtype, device=device)
         for x in (randn(5, 24, dtype=dtype, device=device), randn(2, 3, 24, dtype=dtype, device=device)):
-            torch.library.opcheck(torch.ops.sparse_rt.bsr_linear.default,
-                                  (x, w.crow_indices, w.col_indices, w.values,
-                                   randn(16, dtype=dtype, device=device), 24, False))
+            for relu, residual in ((False, None), (True, randn(*x.shape[:-1], 16, dtype=dtype, device=device))):
+                torch.library.opcheck(torch.ops.sparse_rt.bsr_linear.default,
+                                      (x, w.crow_indices, w.col_indices, w.values,
+                                       randn(16, dtype=dtype, device=device), 24, relu, residual))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -44,9 +49,11 @@ def test_opcheck_csr_conv2d(device):
     for dtype in (torch.float32, torch.bfloat16):
         w = random_csr(8, 4 // 2 * 9, 0.4, seed=3, dtype=dtype, device=device)
         x = randn(2, 4, 9, 7, dtype=dtype, device=device)
-        args = (x, w.crow_indices, w.col_indices, w.values, randn(8, dtype=dtype, device=device), 4,
-                [3, 3], [2, 1], [1, 2], [1, 2], 2, True)
-        torch.library.opcheck(torch.ops.sparse_rt.csr_conv2d.default, args)
+        # output [2, 8, 5, 7]
+        for residual in (None, randn(2, 8, 5, 7, dtype=dtype, device=device)):
+            args = (x, w.crow_indices, w.col_indices, w.values, randn(8, dtype=dtype, device=device), 4,
+                    [3, 3], [2, 1], [1, 2], [1, 2], 2, True, residual)
+            torch.library.opcheck(torch.ops.sparse_rt.csr_conv2d.default, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)

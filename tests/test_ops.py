@@ -214,3 +214,50 @@ def test_csr_conv2d_without_output_channels_matches_its_reference(device):
     args = (x, crow, col, values, None, 4, [3, 3], [1, 1], [1, 1], [1, 1], 1, False)
     for conv in (ops.csr_conv2d, reference.csr_conv2d):
         assert conv(*args).shape == (2, 0, 5, 5)
+
+
+# The residual in the epilogue: act(op(x) + bias + residual), on every path of every op (the
+# linear cases cover the gather and the tiled SpMM kernels, the conv cases the direct, packed,
+# cropped-wide and gather layouts).
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_residual_in_the_epilogue_of_every_op(device, dtype, relu):
+    for out_f, in_f, lead, density, rows_kw in LINEAR_CASES:
+        w = random_csr(out_f, in_f, density, seed=out_f + in_f, dtype=dtype, device=device, **rows_kw)
+        x = randn(*lead, in_f, dtype=dtype, device=device, seed=1)
+        bias = randn(out_f, dtype=dtype, device=device, seed=2)
+        residual = randn(*lead, out_f, dtype=dtype, device=device, seed=3)
+        args = (w.crow_indices, w.col_indices, w.values, bias, in_f, relu, residual)
+        assert_close(ops.csr_linear(x, *args), reference.csr_linear(x, *args, compute_dtype=torch.float64), dtype)
+    w = random_bsr(32, 48, (4, 8), 0.4, seed=4, dtype=dtype, device=device)
+    for batch in (1, 19):
+        x = randn(batch, 48, dtype=dtype, device=device, seed=5)
+        args = (w.crow_indices, w.col_indices, w.values, None, 48, relu, randn(batch, 32, dtype=dtype, device=device))
+        assert_close(ops.bsr_linear(x, *args), reference.bsr_linear(x, *args, compute_dtype=torch.float64), dtype)
+    for n, cin, h, w_, cout, k, stride, padding, dilation, groups, density in CONV_CASES:
+        cols = cin // groups * k[0] * k[1]
+        w = random_csr(cout, cols, density, seed=cout + cols, dtype=dtype, device=device, empty_rows=(0,))
+        x = randn(n, cin, h, w_, dtype=dtype, device=device, seed=6)
+        out_hw = ops.conv2d_output_hw((h, w_), k, stride, padding, dilation)
+        residual = randn(n, cout, *out_hw, dtype=dtype, device=device, seed=7)
+        args = (w.crow_indices, w.col_indices, w.values, None, cin, k, stride, padding, dilation, groups, relu,
+                residual)
+        assert_close(ops.csr_conv2d(x, *args), reference.csr_conv2d(x, *args, compute_dtype=torch.float64), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_residual_of_another_shape_dtype_or_device_is_refused(device):
+    w = random_csr(12, 20, 0.3, seed=1, device=device)
+    x = randn(3, 20, device=device)
+    base = (w.crow_indices, w.col_indices, w.values, None, 20, False)
+    with pytest.raises(RuntimeError, match=r"sparse_rt.csr_linear: residual has shape \[12\] but the output has "
+                                           r"shape \[3, 12\]"):
+        ops.csr_linear(x, *base, randn(12, device=device))
+    with pytest.raises(RuntimeError, match="sparse_rt.csr_linear: residual dtype Double does not match the input"):
+        ops.csr_linear(x, *base, randn(3, 12, device=device).double())
+    c = random_csr(4, 2 * 9, 0.5, seed=2, device=device)
+    with pytest.raises(RuntimeError, match=r"sparse_rt.csr_conv2d: residual has shape \[1, 4, 5, 5\] but the "
+                                           r"output has shape \[1, 4, 3, 3\]"):
+        ops.csr_conv2d(randn(1, 2, 5, 5, device=device), c.crow_indices, c.col_indices, c.values, None, 2,
+                       (3, 3), (1, 1), (0, 0), (1, 1), 1, False, randn(1, 4, 5, 5, device=device))

@@ -146,6 +146,18 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
   return {weight, shape, index_cols.value()};
 }
 
+void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef out_shape,
+                    const at::Tensor& input) {
+  if (!residual.has_value()) return;
+  const at::Tensor& r = *residual;
+  SPARSE_RT_CHECK(r.sizes() == out_shape, op, "residual has shape ", r.sizes(), " but the output has shape ",
+                  out_shape);
+  SPARSE_RT_CHECK(r.scalar_type() == input.scalar_type(), op, "residual dtype ", r.scalar_type(),
+                  " does not match the input dtype ", input.scalar_type());
+  SPARSE_RT_CHECK(r.device() == input.device(), op, "residual is on ", r.device(), " but the input is on ",
+                  input.device());
+}
+
 at::Tensor allocate(const char* op, const char* what, at::IntArrayRef sizes, const at::TensorOptions& options) {
   try {
     return at::empty(sizes, options);

@@ -55,6 +55,11 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
+// The residual an op adds to its output before the activation, when given: the output's shape,
+// the input's dtype and device.
+void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef out_shape,
+                    const at::Tensor& input);
+
 // at::empty(sizes, options), or an error "sparse_rt.<op>: cannot allocate the <what> [sizes] (N bytes)"
 // with the allocator's reason when it refuses (out of memory, or a size whose bytes overflow): the
 // geometry's own bounds allow outputs larger than any memory, and allocator errors name no op.

@@ -1,16 +1,18 @@
 // The op schemas, written once. Backends register implementations with TORCH_LIBRARY_IMPL in their
 // own files (cpu/, cuda/); fake (meta) kernels live in sparse_rt/ops/_fake.py.
+// Every op computes act(op(input) + bias + residual): `residual` (a skip connection, shaped like the
+// output) is added before the ReLU, in the kernel's epilogue.
 #include <torch/library.h>
 
 TORCH_LIBRARY(sparse_rt, m) {
   m.def(
       "csr_linear(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
-      "Tensor? bias, int in_features, bool relu=False) -> Tensor");
+      "Tensor? bias, int in_features, bool relu=False, Tensor? residual=None) -> Tensor");
   m.def(
       "bsr_linear(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
-      "Tensor? bias, int in_features, bool relu=False) -> Tensor");
+      "Tensor? bias, int in_features, bool relu=False, Tensor? residual=None) -> Tensor");
   m.def(
       "csr_conv2d(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_channels, int[2] kernel_size, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups, bool relu=False) -> Tensor");
+      "int[2] dilation, int groups, bool relu=False, Tensor? residual=None) -> Tensor");
 }

@@ -102,6 +102,10 @@ class SparseWeightModule(nn.Module):
     nn.Linear / nn.Conv2d."""
 
     format = "csr"
+    # The epilogue sparse_rt.fusion gives a layer: whether the kernel applies ReLU to the output,
+    # and whether the model passes it a residual to add (forward(input, residual)).
+    relu = False
+    adds_residual = False
 
     @property
     def weight(self):
@@ -120,6 +124,16 @@ class SparseWeightModule(nn.Module):
             return BSR(crow, col, values, self.weight_shape, tuple(values.shape[1:]))
         return CSR(crow, col, values, self.weight_shape)
 
+    def _epilogue(self, input, residual, run):
+        """run(relu, residual) -> the op's output, with the ReLU and the residual in the kernel's
+        epilogue when the residual has the output's shape, dtype and device (output_shape); a
+        broadcasting or type-promoting residual is added after the kernel, as `y + residual` did."""
+        if residual is None or (tuple(residual.shape) == self.output_shape(input)
+                                and residual.dtype == input.dtype and residual.device == input.device):
+            return run(self.relu, residual)
+        y = run(False, None) + residual
+        return torch.relu(y) if self.relu else y
+
     def sparse_weight(self):
         """The weight as a CSR or BSR container sharing this module's buffers."""
         return self._container(self.crow_indices, self.col_indices, self.values)
@@ -135,7 +149,8 @@ class SparseWeightModule(nn.Module):
     def extra_repr(self):
         blocks = f"{tuple(self.values.shape[1:])}" if self.format == "bsr" else ""
         return (f"{self._shape_repr()}, bias={self.bias is not None}, format={self.format}{blocks}, "
-                f"density={self.density:.3f}")
+                f"density={self.density:.3f}{', adds_residual=True' if self.adds_residual else ''}"
+                f"{', relu=True' if self.relu else ''}")
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         check_keys_before_loading(self, state_dict, strict)

@@ -77,10 +77,15 @@ class SparseConv2d(SparseWeightModule):
     def dense_weight(self):
         return self.sparse_weight().to_dense().view(self.dense_shape)
 
-    def forward(self, input):
-        return ops.csr_conv2d(input, self.crow_indices, self.col_indices, self.values, self.bias,
-                              self.in_channels, self.kernel_size, self.stride, self.padding,
-                              self.dilation, self.groups)
+    def forward(self, input, residual=None):
+        """act(conv2d(input, W) + bias + residual); `residual` as in SparseLinear.forward."""
+        return self._epilogue(input, residual, lambda relu, res: ops.csr_conv2d(
+            input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_channels,
+            self.kernel_size, self.stride, self.padding, self.dilation, self.groups, relu, res))
+
+    def output_shape(self, input):
+        out_hw = ops.conv2d_output_hw(input.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
+        return (input.shape[0], self.out_channels, *out_hw)
 
     def _shape_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

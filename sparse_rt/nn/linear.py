@@ -42,9 +42,15 @@ class SparseLinear(SparseWeightModule):
     def dense_weight(self):
         return self.sparse_weight().to_dense()
 
-    def forward(self, input):
+    def forward(self, input, residual=None):
+        """act(input @ W.T + bias + residual); `residual` (shaped like the output) is what
+        sparse_rt.fusion passes for a skip connection added after this layer."""
         op = ops.bsr_linear if self.format == "bsr" else ops.csr_linear
-        return op(input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_features)
+        return self._epilogue(input, residual, lambda relu, res: op(
+            input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_features, relu, res))
+
+    def output_shape(self, input):
+        return (*input.shape[:-1], self.out_features)
 
     def _shape_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -164,9 +164,25 @@ def replace_submodule(root: nn.Module, qualified_name: str, new: nn.Module) -> N
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
+class DenseWithEpilogue(nn.Module):
+    """A dense layer followed by what a fused sparse layer's kernel epilogue does: the residual
+    sum and the ReLU (sparse_rt.fusion); called like the sparse layer, forward(input, residual)."""
+
+    def __init__(self, layer: nn.Module, relu: bool):
+        super().__init__()
+        self.layer, self.relu = layer, relu
+
+    def forward(self, input, residual=None):
+        y = self.layer(input)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if self.relu else y
+
+
 def dense_copy(module: nn.Module) -> nn.Module:
     """A copy of `module` whose SparseLinear / SparseConv2d layers are nn.Linear / nn.Conv2d with
-    the same (zero-filled) weights, on the same device and dtype."""
+    the same (zero-filled) weights, on the same device and dtype (in a DenseWithEpilogue where
+    sparse_rt.fusion gave the sparse layer a residual or a ReLU)."""
     dense = copy_module(module)
     for name, layer in list(dense.named_modules()):
         if isinstance(layer, SparseLinear):
@@ -182,5 +198,6 @@ def dense_copy(module: nn.Module) -> nn.Module:
             new.weight.copy_(weight)
             if layer.bias is not None:
                 new.bias.copy_(layer.bias)
-        replace_submodule(dense, name, new)
+        fused = layer.relu or layer.adds_residual
+        replace_submodule(dense, name, DenseWithEpilogue(new, layer.relu) if fused else new)
     return dense

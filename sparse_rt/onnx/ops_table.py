@@ -4,7 +4,9 @@ torch.onnx translations and the onnxruntime kernels from this table.
 
 Every op takes INPUTS (X, crow_indices, col_indices, values, bias) and gives Y. All five inputs
 are required (onnxruntime-extensions' Python ops have no optional inputs), so a layer without bias
-gets a zero bias. Every attribute is a scalar int: onnxruntime-extensions reads no int lists.
+gets a zero bias, and a torch op's residual (sparse_rt.fusion) is exported as a standard Add after
+our op (and the ReLU, if fused, as a Relu after that). Every attribute is a scalar int:
+onnxruntime-extensions reads no int lists.
 """
 
 from collections.abc import Callable
@@ -35,7 +37,7 @@ class OpSpec:
     # (X's dims, the weight's rows, attribute(name) -> int) -> Y's dims; a dim is an int, or
     # something else that is unknown here (a symbolic dim passes through as it is).
     output_dims: Callable
-    # emit(X, crow, col, values, bias, **attributes) -> the translation of the torch op: a
+    # emit(X, crow, col, values, bias, residual, **attributes) -> the translation of the torch op: a
     # function with the torch op's parameters (the exporter matches arguments to them by name).
     translation: Callable
     # attributes -> the torch op's arguments after (X, crow, col, values, bias)
@@ -78,8 +80,8 @@ def _dims(x):
 
 
 def _linear_translation(emit):
-    def translation(input, crow, col, values, bias=None, in_features=0, relu=False):
-        return emit(input, crow, col, values, bias, in_features=in_features, relu=int(relu))
+    def translation(input, crow, col, values, bias=None, in_features=0, relu=False, residual=None):
+        return emit(input, crow, col, values, bias, residual, in_features=in_features, relu=int(relu))
     return translation
 
 
@@ -129,8 +131,8 @@ def _check_conv_input(x, a):
 
 def _conv_translation(emit):
     def translation(input, crow, col, values, bias, in_channels, kernel_size, stride, padding, dilation,
-                    groups, relu=False):
-        return emit(input, crow, col, values, bias, in_channels=in_channels,
+                    groups, relu=False, residual=None):
+        return emit(input, crow, col, values, bias, residual, in_channels=in_channels,
                     kernel_h=kernel_size[0], kernel_w=kernel_size[1], stride_h=stride[0], stride_w=stride[1],
                     pad_h=padding[0], pad_w=padding[1], dilation_h=dilation[0], dilation_w=dilation[1],
                     group=groups, relu=int(relu))

@@ -46,13 +46,20 @@ def decode(values, deltas, shape):
 
 
 class _RebuiltWeight(nn.Module):
-    def __init__(self, dense_weight, bias):
+    def __init__(self, dense_weight, bias, layer_relu):
         super().__init__()
         values, deltas = encode(dense_weight)
         self.register_buffer("values", values)
         self.register_buffer("deltas", deltas)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.weight_shape = tuple(dense_weight.shape)
+        self.relu = layer_relu
+
+    def _epilogue(self, y, residual):
+        """What the sparse layer's kernel adds after the product (sparse_rt.fusion)."""
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if self.relu else y
 
     @property
     def weight(self):
@@ -62,10 +69,10 @@ class _RebuiltWeight(nn.Module):
 
 class PortableLinear(_RebuiltWeight):
     def __init__(self, layer):
-        super().__init__(layer.dense_weight(), layer.bias)
+        super().__init__(layer.dense_weight(), layer.bias, layer.relu)
 
-    def forward(self, input):
-        return F.linear(input, self.weight, self.bias)
+    def forward(self, input, residual=None):
+        return self._epilogue(F.linear(input, self.weight, self.bias), residual)
 
 
 class PortableConv2d(_RebuiltWeight):
@@ -73,11 +80,11 @@ class PortableConv2d(_RebuiltWeight):
         # Without a bias the exporter derives a zero one from the rebuilt weight's shape at run
         # time, and that non-constant input keeps onnxruntime from fusing BatchNorm into the Conv.
         bias = layer.bias if layer.bias is not None else layer.values.new_zeros(layer.out_channels)
-        super().__init__(layer.dense_weight(), bias)
+        super().__init__(layer.dense_weight(), bias, layer.relu)
         self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
 
-    def forward(self, input):
-        return F.conv2d(input, self.weight, self.bias, *self.conv_args)
+    def forward(self, input, residual=None):
+        return self._epilogue(F.conv2d(input, self.weight, self.bias, *self.conv_args), residual)
 
 
 def to_portable(module):

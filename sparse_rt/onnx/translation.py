@@ -11,14 +11,19 @@ from .schemas import register_schemas
 
 
 def _emitter(spec: OpSpec, onnx_op):
-    def emit(input, crow, col, values, bias, **attributes):
-        if bias is None:
-            from onnxscript import opset18 as op
+    def emit(input, crow, col, values, bias, residual, **attributes):
+        from onnxscript import opset18 as op
 
+        if bias is None:
             block_height = values.shape[1] if spec.blocked else None
             zeros = np.zeros(spec.weight_rows(crow.shape[0], block_height), dtype=values.dtype.numpy())
             bias = op.Constant(value=onnx.numpy_helper.from_array(zeros))
-        return onnx_op(input, crow, col, values, bias, **attributes)
+        if residual is None:
+            return onnx_op(input, crow, col, values, bias, **attributes)
+        # The ops have no residual input: the sum and the ReLU after it are standard ops.
+        relu = attributes.pop("relu")
+        y = op.Add(onnx_op(input, crow, col, values, bias, relu=0, **attributes), residual)
+        return op.Relu(y) if relu else y
     return emit
 
 

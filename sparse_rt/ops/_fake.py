@@ -6,25 +6,32 @@ import torch
 from .geometry import conv2d_output_hw
 
 
-def _linear_out(input, crow_indices, values, in_features, rows_per_crow):
+def _linear_out(input, crow_indices, values, in_features, rows_per_crow, residual):
     torch._check(input.shape[-1] == in_features,
                  lambda: f"input has {input.shape[-1]} features, expected {in_features}")
     out_features = (crow_indices.shape[0] - 1) * rows_per_crow
-    return input.new_empty((*input.shape[:-1], out_features))
+    return _output(input, (*input.shape[:-1], out_features), residual)
+
+
+def _output(input, shape, residual):
+    if residual is not None:
+        torch._check(tuple(residual.shape) == tuple(shape),
+                     lambda: f"residual has shape {tuple(residual.shape)} but the output has shape {tuple(shape)}")
+    return input.new_empty(shape)
 
 
 @torch.library.register_fake("sparse_rt::csr_linear")
-def _csr_linear_fake(input, crow_indices, col_indices, values, bias, in_features, relu=False):
-    return _linear_out(input, crow_indices, values, in_features, 1)
+def _csr_linear_fake(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None):
+    return _linear_out(input, crow_indices, values, in_features, 1, residual)
 
 
 @torch.library.register_fake("sparse_rt::bsr_linear")
-def _bsr_linear_fake(input, crow_indices, col_indices, values, bias, in_features, relu=False):
-    return _linear_out(input, crow_indices, values, in_features, values.shape[1])
+def _bsr_linear_fake(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None):
+    return _linear_out(input, crow_indices, values, in_features, values.shape[1], residual)
 
 
 @torch.library.register_fake("sparse_rt::csr_conv2d")
 def _csr_conv2d_fake(input, crow_indices, col_indices, values, bias, in_channels, kernel_size,
-                     stride, padding, dilation, groups, relu=False):
+                     stride, padding, dilation, groups, relu=False, residual=None):
     out_hw = conv2d_output_hw(input.shape[2:], kernel_size, stride, padding, dilation)
-    return input.new_empty((input.shape[0], crow_indices.shape[0] - 1, *out_hw))
+    return _output(input, (input.shape[0], crow_indices.shape[0] - 1, *out_hw), residual)

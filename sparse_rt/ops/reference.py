@@ -25,37 +25,39 @@ def bsr_to_dense(crow_indices, col_indices, values, shape, dtype=None):
     return blocks.transpose(1, 2).reshape(rows, cols)
 
 
-def _finish(y, bias, relu, out_dtype, channel_dim=-1):
+def _finish(y, bias, relu, out_dtype, channel_dim=-1, residual=None):
     if bias is not None:
         shape = [1] * y.dim()
         shape[channel_dim] = -1
         y = y + bias.to(y.dtype).view(shape)
+    if residual is not None:
+        y = y + residual.to(y.dtype)
     if relu:
         y = torch.relu(y)
     return y.to(out_dtype)
 
 
-def csr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False,
+def csr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None,
                *, compute_dtype=torch.float32):
     weight = csr_to_dense(crow_indices, col_indices, values, (crow_indices.numel() - 1, in_features),
                           compute_dtype)
-    return _finish(input.to(compute_dtype) @ weight.T, bias, relu, input.dtype)
+    return _finish(input.to(compute_dtype) @ weight.T, bias, relu, input.dtype, residual=residual)
 
 
-def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False,
+def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None,
                *, compute_dtype=torch.float32):
     rows = (crow_indices.numel() - 1) * values.shape[1]
     weight = bsr_to_dense(crow_indices, col_indices, values, (rows, in_features), compute_dtype)
-    return _finish(input.to(compute_dtype) @ weight.T, bias, relu, input.dtype)
+    return _finish(input.to(compute_dtype) @ weight.T, bias, relu, input.dtype, residual=residual)
 
 
 def csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels, kernel_size, stride,
-               padding, dilation, groups, relu=False, *, compute_dtype=torch.float32):
+               padding, dilation, groups, relu=False, residual=None, *, compute_dtype=torch.float32):
     out_hw = conv2d_output_hw(input.shape[2:], kernel_size, stride, padding, dilation)
     if min(out_hw) >= 1 and _padding_is_far_beyond_the_image(input.shape[2:], out_hw, padding):
         y = _gathered_conv2d(input.to(compute_dtype), crow_indices, col_indices, values.to(compute_dtype),
                              in_channels, kernel_size, stride, padding, dilation, groups, out_hw)
-        return _finish(y, bias, relu, input.dtype, channel_dim=1)
+        return _finish(y, bias, relu, input.dtype, channel_dim=1, residual=residual)
     out_channels = crow_indices.numel() - 1
     if out_channels == 0:  # an empty weight is a valid op call; F.conv2d refuses a weight of 0 rows
         return input.new_zeros((input.shape[0], 0, *out_hw))
@@ -64,7 +66,7 @@ def csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels, kern
     weight = csr_to_dense(crow_indices, col_indices, values, (out_channels, cols), compute_dtype)
     weight = weight.view(out_channels, in_channels // groups, kh, kw)
     y = F.conv2d(input.to(compute_dtype), weight, None, tuple(stride), tuple(padding), tuple(dilation), groups)
-    return _finish(y, bias, relu, input.dtype, channel_dim=1)
+    return _finish(y, bias, relu, input.dtype, channel_dim=1, residual=residual)
 
 
 def _padding_is_far_beyond_the_image(in_hw, out_hw, padding):

@@ -31,7 +31,7 @@ template <typename V>
       }
       for (int64_t i = 0; i < bh; ++i) {
         const int64_t r = br * bh + i;
-        y[n * rows + r] = ep.apply(acc[i], r);
+        y[n * rows + r] = ep.apply(acc[i], r, n * rows + r);
       }
     }
   }

@@ -86,12 +86,19 @@ void conv_tap_offsets(const int32_t* crow, const int32_t* col, const Conv2dShape
   }
 }
 
+// Copies the output pixels out of the wide rows; `ep` (bias already added) applies what must come
+// after it, residual and activation, which index the cropped output.
 void crop_wide_output(const Conv2dShape& s, const PackedConvLayout& l, const float* wide,
-                      float* out, int64_t o_begin, int64_t o_end) {
+                      float* out, const Epilogue& ep, int64_t o_begin, int64_t o_end) {
   for (int64_t o = o_begin; o < o_end; ++o) {
     for (int64_t oy = 0; oy < s.out_h; ++oy) {
-      std::memcpy(out + (o * s.out_h + oy) * s.out_w, wide + o * l.wide_padded + oy * l.phase_w,
-                  sizeof(float) * s.out_w);
+      const int64_t start = (o * s.out_h + oy) * s.out_w;
+      const float* row = wide + o * l.wide_padded + oy * l.phase_w;
+      if (!ep.residual && !ep.relu) {
+        std::memcpy(out + start, row, sizeof(float) * s.out_w);
+        continue;
+      }
+      for (int64_t ox = 0; ox < s.out_w; ++ox) out[start + ox] = ep.apply(row[ox], o, start + ox);
     }
   }
 }
@@ -134,7 +141,7 @@ void gather_conv2d(const Conv2dShape& s, const CsrView<V>& w, const float* x, fl
           for (int64_t ox = cols.begin; ox < cols.end; ++ox) out_row[ox] += value * in[row_start + ox * s.stride_w];
         }
       }
-      for (int64_t q = 0; q < out_plane; ++q) out[q] = ep.apply(out[q], o);
+      for (int64_t q = 0; q < out_plane; ++q) out[q] = ep.apply(out[q], o, p * out_plane + q);
     }
   });
 }
@@ -224,12 +231,15 @@ void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V
   parallel_over_rows(pf, w.crow, w.rows, s.batch, int64_t(w.crow[w.rows]) * l.wide,
                      [&](int64_t n, int64_t o0, int64_t o1) {
                        const DenseRows b{images + n * image_stride, 1, width};
+                       const Epilogue image_ep = ep.at(n * out_image);
                        if (l.crop) {
+                         // The wide rows get the bias; residual and activation follow the crop.
                          float* wide = scratch.wide + n * w.rows * l.wide_padded;
-                         csr_spmm(taps, b, {wide, l.wide_padded, 1, l.wide}, ep, o0, o1);
-                         crop_wide_output(s, l, wide, y + n * out_image, o0, o1);
+                         csr_spmm(taps, b, {wide, l.wide_padded, 1, l.wide}, {ep.bias, false}, o0, o1);
+                         crop_wide_output(s, l, wide, y + n * out_image, {nullptr, ep.relu, image_ep.residual},
+                                          o0, o1);
                        } else {
-                         csr_spmm(taps, b, {y + n * out_image, l.wide, 1, l.wide}, ep, o0, o1);
+                         csr_spmm(taps, b, {y + n * out_image, l.wide, 1, l.wide}, image_ep, o0, o1);
                        }
                      });
 }

@@ -35,7 +35,7 @@ template <typename V, typename Dot>
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t begin = w.crow[r], end = w.crow[r + 1];
     for (int64_t n = 0; n < batch; ++n) {
-      y[n * w.rows + r] = ep.apply(dot(w.col, w.values, begin, end, x + n * w.cols), r);
+      y[n * w.rows + r] = ep.apply(dot(w.col, w.values, begin, end, x + n * w.cols), r, n * w.rows + r);
     }
   }
 }

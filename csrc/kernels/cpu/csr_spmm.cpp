@@ -55,9 +55,12 @@ template <typename Vec, int VECS, typename V>
   // memory during the loop above.
   float tile[VECS * kLanes];
   __builtin_memcpy(tile, acc[0], sizeof tile);
-  float* out = y.data + r * y.row_stride;
+  const int64_t row_start = r * y.row_stride;
   const int64_t stored = std::min<int64_t>(VECS * kLanes, y.columns - q0);
-  for (int64_t j = 0; j < stored; ++j) out[(q0 + j) * y.col_stride] = ep.apply(tile[j], r);
+  for (int64_t j = 0; j < stored; ++j) {
+    const int64_t index = row_start + (q0 + j) * y.col_stride;
+    y.data[index] = ep.apply(tile[j], r, index);
+  }
 }
 
 // Columns of an operand narrower than 8, one at a time (a 1x1 output is all tail), with four
@@ -73,7 +76,8 @@ inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOut
   }
   for (; k < end; ++k) acc[0] += to_float(w.values[k]) * b.data[int64_t(w.col[k]) * b.ld + q];
   if (q < y.columns) {
-    y.data[r * y.row_stride + q * y.col_stride] = ep.apply((acc[0] + acc[1]) + (acc[2] + acc[3]), r);
+    const int64_t index = r * y.row_stride + q * y.col_stride;
+    y.data[index] = ep.apply((acc[0] + acc[1]) + (acc[2] + acc[3]), r, index);
   }
 }
 

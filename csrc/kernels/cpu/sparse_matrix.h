@@ -28,15 +28,23 @@ struct BsrView {
   int64_t bw;
 };
 
-// The epilogue every kernel applies to its fp32 accumulator before storing it.
+// The epilogue every kernel applies to its fp32 accumulator before storing it:
+// act(acc + bias[row] + residual[index]), where `index` is where the value is stored, counted from
+// the output pointer the kernel was given. The residual (a skip connection's tensor) has the
+// output's layout; adding it here saves the separate pass over the output that `y + x` costs.
 struct Epilogue {
   const float* bias;  // nullptr: no bias
   bool relu;
+  const float* residual = nullptr;  // nullptr: none
 
-  float apply(float acc, int64_t row) const {
+  float apply(float acc, int64_t row, int64_t index) const {
     if (bias) acc += bias[row];
+    if (residual) acc += residual[index];
     return relu && acc < 0.f ? 0.f : acc;
   }
+
+  // The same epilogue for an output that starts `offset` elements into the one it was made for.
+  Epilogue at(int64_t offset) const { return {bias, relu, residual ? residual + offset : nullptr}; }
 };
 
 // Splits rows [0, rows) into `parts` contiguous ranges holding about the same number of nonzeros,

@@ -117,16 +117,17 @@ std::vector<V> encode_all(const std::vector<float>& v) {
 bool close(double a, double b) { return std::fabs(a - b) <= 1e-4 * std::max(1.0, std::fabs(b)); }
 
 template <typename V>
-void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, bool relu) {
+void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, bool relu, bool with_residual) {
   std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
   const RandomCsr m = random_csr(rows, cols, density, g);
   const std::vector<V> vals = encode_all<V>(m.val);
   // The tiled kernel reads x transposed with its batch padded to a multiple of 8 by zeros
   // (pack_transposed; the padding is checked too).
   const int64_t ld = (batch + 7) / 8 * 8;
-  std::vector<float> x(batch * cols), xt(ld * cols, NAN), bias(rows);
+  std::vector<float> x(batch * cols), xt(ld * cols, NAN), bias(rows), residual(batch * rows);
   for (auto& v : x) v = exact_value(g);
   for (auto& v : bias) v = exact_value(g);
+  for (auto& v : residual) v = exact_value(g);
   pack_transposed(x.data(), batch, cols, ld, xt.data());
   for (int64_t k = 0; k < cols; ++k) {
     for (int64_t n = 0; n < ld; ++n) {
@@ -135,7 +136,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
     }
   }
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
-  const Epilogue ep{bias.data(), relu};
+  const Epilogue ep{bias.data(), relu, with_residual ? residual.data() : nullptr};
   std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN);
   // Two row ranges, as two threads would compute them.
   const int64_t mid = balanced_row_start(m.crow.data(), rows, 1, 2);
@@ -147,6 +148,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
     for (int64_t r = 0; r < rows; ++r) {
       double ref = bias[r];
       for (int64_t k = m.crow[r]; k < m.crow[r + 1]; ++k) ref += double(m.val[k]) * x[n * cols + m.col[k]];
+      if (with_residual) ref += residual[n * rows + r];
       if (relu && ref < 0) ref = 0;
       const std::string where = "csr_linear " + std::to_string(rows) + "x" + std::to_string(cols) +
                                 " batch " + std::to_string(batch) + " at (" + std::to_string(n) +
@@ -193,16 +195,17 @@ void three_chunks_backwards(int64_t begin, int64_t end, int64_t, RangeFn body) {
 const ParallelFor kThreeChunks{three_chunks_backwards, 3};
 
 template <typename V>
-void test_conv(Conv2dShape s, double density) {
+void test_conv(Conv2dShape s, double density, bool with_residual) {
   s = with_output_size(s);
   std::mt19937 rng(unsigned(s.in_channels * 13 + s.kh * 5 + s.stride_w));
   const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
   const int64_t in_image = s.in_channels * s.height * s.width, out_plane = s.out_h * s.out_w;
   const RandomCsr m = random_csr(s.out_channels, cin_g * s.kh * s.kw, density, rng);
   const std::vector<V> vals = encode_all<V>(m.val);
-  std::vector<float> in(s.batch * in_image), bias(s.out_channels);
+  std::vector<float> in(s.batch * in_image), bias(s.out_channels), residual(s.batch * s.out_channels * out_plane);
   for (auto& v : in) v = exact_value(rng);
   for (auto& v : bias) v = exact_value(rng);
+  for (auto& v : residual) v = exact_value(rng);
   std::vector<float> out(s.batch * s.out_channels * out_plane, NAN);
   // Scratch starts as NaN: any element read before it is written shows in the result.
   const PackedConvLayout layout = packed_conv_layout(s, int64_t(m.col.size()));
@@ -210,7 +213,7 @@ void test_conv(Conv2dShape s, double density) {
   std::vector<float> packed(sizes.packed, NAN), wide(sizes.wide, NAN);
   std::vector<int32_t> offsets(sizes.offsets, -1);
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), s.out_channels, cin_g * s.kh * s.kw};
-  csr_conv2d(s, layout, w, in.data(), out.data(), Epilogue{bias.data(), true},
+  csr_conv2d(s, layout, w, in.data(), out.data(), Epilogue{bias.data(), true, with_residual ? residual.data() : nullptr},
              ConvScratch{packed.data(), offsets.data(), wide.data()}, kThreeChunks);
   for (int64_t n = 0; n < s.batch; ++n) {
     for (int64_t o = 0; o < s.out_channels; ++o) {
@@ -225,14 +228,23 @@ void test_conv(Conv2dShape s, double density) {
             ref += double(m.val[k]) *
                    in[n * in_image + ((o / cout_g) * cin_g + c) * s.height * s.width + iy * s.width + ix];
           }
+          const int64_t index = (n * s.out_channels + o) * out_plane + oy * s.out_w + ox;
+          if (with_residual) ref += residual[index];
           ref = std::max(ref, 0.0);
-          expect(close(out[(n * s.out_channels + o) * out_plane + oy * s.out_w + ox], ref),
+          expect(close(out[index], ref),
                  "csr_conv2d image " + std::to_string(n) + " channel " + std::to_string(o) + " at (" +
                      std::to_string(oy) + ", " + std::to_string(ox) + ")");
         }
       }
     }
   }
+}
+
+// Every convolution case with and without a residual in the epilogue.
+template <typename V>
+void test_conv(const Conv2dShape& s, double density) {
+  test_conv<V>(s, density, false);
+  test_conv<V>(s, density, true);
 }
 
 template <typename V>
@@ -243,7 +255,7 @@ void test_value_type() {
   };
   for (const LinearCase& c : {LinearCase{7, 96, 40, 0.3}, LinearCase{1, 1, 1, 1.0}, LinearCase{33, 65, 3, 0.1},
                               LinearCase{16, 16, 9, 0.0}, LinearCase{64, 130, 70, 0.05}}) {
-    test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0);
+    test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0, c.batch % 3 != 1);
   }
   for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {
     test_bsr_linear<V>(bh, bw, 3);

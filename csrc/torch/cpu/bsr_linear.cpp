@@ -9,20 +9,21 @@ namespace {
 
 at::Tensor bsr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
                           const at::Tensor& values, const c10::optional<at::Tensor>& bias,
-                          int64_t in_features, bool relu) {
+                          int64_t in_features, bool relu, const c10::optional<at::Tensor>& residual) {
   const char* op = "bsr_linear";
   const LinearProblem p = prepare_linear(op, input, crow, col, values, bias, in_features, 3);
   const SparseWeightInfo& info = p.weight;
   // A limit of this backend's kernel (its on-stack accumulator), not of the op.
   SPARSE_RT_CHECK(info.block_h <= cpu::kMaxBlockHeight, op, "block height ", info.block_h,
                   " exceeds the supported maximum ", cpu::kMaxBlockHeight);
+  check_residual(op, residual, p.out_shape, input);
   check_sparse_indices(op, crow, col, p.index_cols);
   const int64_t batch = p.batch, block_rows = crow.numel() - 1;
   at::Tensor y = allocate(op, "output", {batch, info.rows}, input.options().dtype(at::kFloat));
   if (batch > 0 && info.rows > 0) {
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
-    const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;
-    const cpu::Epilogue ep = make_epilogue(bias32, relu);
+    const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
+    const cpu::Epilogue ep = make_epilogue(bias32, relu, residual32);
     const float* xp = x.const_data_ptr<float>();
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();

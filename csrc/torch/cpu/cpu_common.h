@@ -32,8 +32,15 @@ const V* values_ptr(const at::Tensor& values) {
 // Kernels read activations and bias in fp32 (16-bit activations are widened once, not per use).
 inline at::Tensor as_fp32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-inline cpu::Epilogue make_epilogue(const c10::optional<at::Tensor>& bias_fp32, bool relu) {
-  return {bias_fp32 ? bias_fp32->const_data_ptr<float>() : nullptr, relu};
+inline c10::optional<at::Tensor> as_fp32(const c10::optional<at::Tensor>& t) {
+  return t ? c10::optional<at::Tensor>(as_fp32(*t)) : c10::nullopt;
+}
+
+// bias_fp32 and residual_fp32 are as_fp32 tensors the caller keeps alive while the kernel runs.
+inline cpu::Epilogue make_epilogue(const c10::optional<at::Tensor>& bias_fp32, bool relu,
+                                   const c10::optional<at::Tensor>& residual_fp32) {
+  return {bias_fp32 ? bias_fp32->const_data_ptr<float>() : nullptr, relu,
+          residual_fp32 ? residual_fp32->const_data_ptr<float>() : nullptr};
 }
 
 // torch's intra-op thread pool as the kernels' parallel-for (no second thread pool).

@@ -23,17 +23,18 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
                           const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                           int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                          bool relu) {
+                          bool relu, const c10::optional<at::Tensor>& residual) {
   const char* op = "csr_conv2d";
   const ConvProblem p = prepare_conv(input, crow, col, values, bias, in_channels, kernel_size,
                                      stride, padding, dilation, groups);
   const Conv2dShape& s = p.shape;
+  const std::vector<int64_t> out_shape{s.batch, s.out_channels, s.out_h, s.out_w};
+  check_residual(op, residual, out_shape, input);
   check_sparse_indices(op, crow, col, p.index_cols);
-  at::Tensor y = allocate(op, "output", {s.batch, s.out_channels, s.out_h, s.out_w},
-                          input.options().dtype(at::kFloat));
+  at::Tensor y = allocate(op, "output", out_shape, input.options().dtype(at::kFloat));
   if (y.numel() > 0) {
     const at::Tensor x = as_fp32(input);
-    const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;
+    const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
     cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, p.weight.stored);
     at::Tensor packed, offsets, wide;
     try {
@@ -54,7 +55,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
         const cpu::CsrView<V> w{crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(),
                                 values_ptr<V>(values), s.out_channels, p.index_cols};
         cpu::csr_conv2d(s, layout, w, x.const_data_ptr<float>(), y.mutable_data_ptr<float>(),
-                        make_epilogue(bias32, relu), buffers, torch_parallel_for());
+                        make_epilogue(bias32, relu, residual32), buffers, torch_parallel_for());
       });
     } catch (const std::bad_alloc&) {  // the packed path's table of one offset per weight column
       SPARSE_RT_CHECK(false, op, "out of memory for the offsets of the weight's ", p.index_cols, " columns");

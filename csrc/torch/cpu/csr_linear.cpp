@@ -10,16 +10,17 @@ namespace {
 
 at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
                           const at::Tensor& values, const c10::optional<at::Tensor>& bias,
-                          int64_t in_features, bool relu) {
+                          int64_t in_features, bool relu, const c10::optional<at::Tensor>& residual) {
   const char* op = "csr_linear";
   const LinearProblem p = prepare_linear(op, input, crow, col, values, bias, in_features, 1);
+  check_residual(op, residual, p.out_shape, input);
   check_sparse_indices(op, crow, col, p.index_cols);
   const int64_t batch = p.batch, rows = p.weight.rows;
   at::Tensor y = allocate(op, "output", {batch, rows}, input.options().dtype(at::kFloat));
   if (batch > 0 && rows > 0) {
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
-    const c10::optional<at::Tensor> bias32 = bias ? c10::optional<at::Tensor>(as_fp32(*bias)) : c10::nullopt;
-    const cpu::Epilogue ep = make_epilogue(bias32, relu);
+    const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
+    const cpu::Epilogue ep = make_epilogue(bias32, relu, residual32);
     const bool tiled = batch >= cpu::kTiledMinBatch;
     // The tiled SpMM reads x transposed, its batch padded with zeros to a multiple of 8.
     const int64_t ld = (batch + 7) / 8 * 8;

@@ -17,11 +17,13 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
                            const c10::optional<at::Tensor>& bias, int64_t in_channels,
                            at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                           bool relu) {
+                           bool relu, const c10::optional<at::Tensor>& residual) {
   constexpr const char* op = "csr_conv2d";
   const ConvProblem p = prepare_conv(input, crow_indices, col_indices, values, bias, in_channels,
                                      kernel_size, stride, padding, dilation, groups);
   const Conv2dShape& s = p.shape;
+  const std::vector<int64_t> out_shape{s.batch, s.out_channels, s.out_h, s.out_w};
+  check_residual(op, residual, out_shape, input);
   // A limit of this backend's kernel (a channel index in its 32-bit shared-memory tap table).
   SPARSE_RT_CHECK(in_channels <= std::numeric_limits<int32_t>::max(), op, "too many input channels");
 
@@ -29,7 +31,7 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
   maybe_check_indices(op, crow_indices, col_indices, p.index_cols);
   const at::Tensor x = input.contiguous();
   const at::Tensor b = contiguous_bias(bias);
-  at::Tensor y = allocate(op, "output", {s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
+  at::Tensor y = allocate(op, "output", out_shape, x.options());
   if (y.numel() == 0) return y;
 
   const cudaStream_t stream = current_stream();
@@ -37,9 +39,10 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
     using T = typename decltype(tag)::type;
     C10_CUDA_CHECK(cuda::csr_conv2d(ptr<T>(x), crow_indices.const_data_ptr<int32_t>(),
                                     col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
-                                    ptr_or_null<T>(b), mutable_ptr<T>(y), s, relu,
+                                    ptr_or_null<T>(b), mutable_ptr<T>(y), s, kernel_relu(relu, residual),
                                     stream));
   });
+  add_residual(y, residual, relu);
   return y;
 }
 

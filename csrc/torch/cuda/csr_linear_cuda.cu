@@ -12,11 +12,13 @@ using namespace cuda_binding;
 
 at::Tensor csr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indices,
                            const at::Tensor& col_indices, const at::Tensor& values,
-                           const c10::optional<at::Tensor>& bias, int64_t in_features, bool relu) {
+                           const c10::optional<at::Tensor>& bias, int64_t in_features, bool relu,
+                           const c10::optional<at::Tensor>& residual) {
   constexpr const char* op = "csr_linear";
   const LinearProblem p = prepare_linear(op, input, crow_indices, col_indices, values, bias,
                                          in_features, 1);
   const SparseWeightInfo& info = p.weight;
+  check_residual(op, residual, p.out_shape, input);
 
   const c10::cuda::CUDAGuard guard(input.device());
   maybe_check_indices(op, crow_indices, col_indices, p.index_cols);
@@ -31,8 +33,9 @@ at::Tensor csr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indic
     C10_CUDA_CHECK(cuda::csr_spmm(ptr<T>(x), crow_indices.const_data_ptr<int32_t>(),
                                   col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
                                   ptr_or_null<T>(b), mutable_ptr<T>(y), p.batch, info.rows,
-                                  in_features, info.stored, relu, stream));
+                                  in_features, info.stored, kernel_relu(relu, residual), stream));
   });
+  add_residual(y, residual, relu);
   return y;
 }
 

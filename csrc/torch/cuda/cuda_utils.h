@@ -89,6 +89,19 @@ inline void check_indices_on_device(const char* op, const at::Tensor& crow, cons
   }
 }
 
+// The CUDA kernels' epilogues have no residual yet: with one, the kernel runs without its ReLU
+// (kernel_relu) and add_residual adds the residual and applies the ReLU as two torch ops after it:
+// the op's result, without the saving of a fused epilogue.
+inline bool kernel_relu(bool relu, const c10::optional<at::Tensor>& residual) {
+  return relu && !residual.has_value();
+}
+
+inline void add_residual(at::Tensor& y, const c10::optional<at::Tensor>& residual, bool relu) {
+  if (!residual.has_value()) return;
+  y.add_(*residual);
+  if (relu) y.relu_();
+}
+
 inline void maybe_check_indices(const char* op, const at::Tensor& crow, const at::Tensor& col,
                                 int64_t cols) {
   if (full_index_checks_enabled()) check_indices_on_device(op, crow, col, cols);

@@ -1,0 +1,200 @@
+"""sparse_rt.fusion / SparseModel.fuse(): BatchNorm folding, residual and ReLU epilogues, Dropout
+removal; same outputs as the unfused model, and the fused model saves, loads and exports."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import rel_err, requires_compiled_ops
+from torch import nn
+
+import sparse_rt
+from sparse_rt import models
+from sparse_rt.fusion import FusionError
+from sparse_rt.io.srt import SrtArchError
+from sparse_rt.nn import SparseConv2d, SparseLinear
+from sparse_rt.nn.surgery import dense_copy
+
+
+def _with_batch_statistics(model, seed=0):
+    """BatchNorms with the running statistics and affine parameters of a trained network (a fresh
+    one's are the identity, which a wrong fold would pass)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
+    return model
+
+
+def _sparse(model, sparsity=0.8):
+    return sparse_rt.sparsify(sparse_rt.magnitude_prune(model, sparsity), format="csr").eval()
+
+
+def _resnet18():
+    return _with_batch_statistics(models.create("resnet18", num_classes=10).eval())
+
+
+@requires_compiled_ops
+def test_resnet_batchnorms_residuals_and_relus_are_fused_with_the_same_outputs():
+    model = _sparse(_resnet18())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model(x)
+    report = model.fuse()
+    bns = [n for n, m in _resnet18().named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert sorted(bn for bn, _ in report.folded_batchnorms) == sorted(bns)
+    # Each BasicBlock's conv2 takes the skip connection; the stem's ReLU and both of each block's
+    # (after conv1, after the sum) run in the kernels.
+    assert len(report.fused_residuals) == 8
+    assert len(report.fused_relus) == 1 + 8 * 2
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.inference_mode():
+        assert rel_err(model(x), expected) < 1e-5
+    assert model.fusion is report
+
+
+@requires_compiled_ops
+def test_bert_residuals_are_fused_and_dropouts_dropped():
+    model = _sparse(models.create("bert_encoder", layers=2, hidden=64, heads=4, intermediate=128).eval(), 0.7)
+    x = torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = model(x)
+    report = model.fuse()
+    # attention output and FFN output projections of each layer add their layer's input
+    assert sorted(report.fused_residuals) == sorted(f"encoder.layer.{i}.{p}.dense" for i in range(2)
+                                                    for p in ("attention.output", "output"))
+    assert report.dropped_dropouts and not report.folded_batchnorms
+    with torch.inference_mode():
+        assert rel_err(model(x), expected) < 1e-5
+
+
+class _Unsafe(nn.Module):
+    """Patterns that must not be fused: a conv output read twice, a layer called twice, a ReLU
+    after a dense layer, a residual that broadcasts."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.shared = nn.Linear(4, 4)
+        self.dense = nn.Linear(4, 4)
+        self.last = nn.Linear(4, 6)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = self.bn(y) + y.mean()                  # y also read by mean: no fold
+        h = z.mean((2, 3))
+        h = F.relu(self.shared(h)) + self.shared(h)  # called twice: no epilogue
+        h = torch.relu(self.dense(h))              # dense layer (kept dense by exclude): untouched
+        return self.last(h) + torch.ones(6)        # broadcast residual: added after the kernel
+
+
+@requires_compiled_ops
+def test_unsafe_patterns_are_left_alone_and_broadcast_residuals_stay_exact():
+    module = _with_batch_statistics(_Unsafe().eval())
+    for layer in (module.conv, module.shared, module.last):
+        with torch.no_grad():
+            layer.weight.mul_(torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(3)) > 0.6)
+    model = sparse_rt.sparsify(module, exclude=("dense",), format="csr").eval()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = model(x)
+    report = model.fuse()
+    assert report.folded_batchnorms == [] and report.fused_relus == []
+    assert report.fused_residuals == ["last"]  # a [6] residual for a [2, 6] output
+    with torch.inference_mode():
+        assert rel_err(model(x), expected) < 1e-6
+
+
+class _InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x):
+        out = self.a(x).add_(x)      # in place into the layer's own output: fused
+        y = x.clone().add_(self.b(x))  # in place into another tensor: not fused
+        return out.relu_() + y
+
+
+@requires_compiled_ops
+def test_in_place_sums_are_fused_only_into_the_layers_own_output():
+    model = sparse_rt.sparsify(_InPlace().eval(), min_sparsity=0.0, format="csr").eval()
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        expected = model(x)
+        report = model.fuse()
+        assert report.fused_residuals == ["a"] and report.fused_relus == ["a"]
+        assert rel_err(model(x), expected) < 1e-6
+
+
+def test_fuse_refuses_training_mode_and_untraceable_models():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x
+
+    model = sparse_rt.sparsify(Branchy(), min_sparsity=0.0)
+    with pytest.raises(FusionError, match="training mode"):
+        model.train().fuse()
+    with pytest.raises(FusionError, match="torch.fx cannot trace Branchy"):
+        model.eval().fuse()
+
+
+@requires_compiled_ops
+def test_a_fused_model_saves_loads_exports_and_turns_dense(tmp_path):
+    model = _sparse(_resnet18())
+    model.fuse()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        expected = model(x)
+    path = tmp_path / "fused.srt"
+    model.save(path)
+    loaded = sparse_rt.load(path, arch="resnet18", arch_kwargs={"num_classes": 10})
+    assert loaded.fusion.to_json() == model.fusion.to_json()
+    assert {n for n, m in loaded.module.named_modules() if getattr(m, "relu", False) is True} == \
+        set(model.fusion.fused_relus)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), expected)
+        assert rel_err(dense_copy(model.module)(x), expected) < 1e-5
+    # An architecture that fuses differently (no BatchNorm to fold) is refused, naming the difference.
+    with pytest.raises(SrtArchError, match="does not fuse the way the file's model was fused"):
+        other = models.create("resnet18", num_classes=10)
+        other.bn1 = nn.Identity()
+        sparse_rt.load(path, arch=other)
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("flavor", ["portable", "sparse"])
+def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    if flavor == "sparse":
+        pytest.importorskip("onnxruntime_extensions")
+    model = _sparse(_resnet18())
+    model.fuse()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        expected = model(x)
+    path = tmp_path / f"{flavor}.onnx"
+    model.export_onnx(path, (x,), flavor=flavor)
+    sess = (sparse_rt.onnx.session(str(path)) if flavor == "sparse"
+            else ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+    out = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    assert rel_err(out, expected) < 1e-5
+
+
+def test_fused_layers_report_their_epilogue():
+    layer = SparseLinear.from_dense(nn.Linear(3, 2))
+    layer.relu = True
+    assert "relu=True" in repr(layer)
+    conv = SparseConv2d.from_dense(nn.Conv2d(2, 2, 3))
+    y = conv(torch.randn(1, 2, 5, 5), residual=torch.randn(2, 3, 3))  # broadcasts: added after the kernel
+    assert y.shape == (1, 2, 3, 3)
