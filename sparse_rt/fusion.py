@@ -20,8 +20,9 @@ dtype at run time (a broadcasting sum) is added after the kernel, as the sum did
 `out += x` as `out + x`: the in-place sums it records are explicit `add_` calls.) The result is a
 torch.fx.GraphModule holding the same submodules under the same names (less the folded
 BatchNorms), so its state_dict, .srt files and ONNX export work as before. Folding changes
-rounding only (fp32: within 1e-5 relative of the unfused model). The rewrite depends on the architecture alone, so a fused model's .srt file is loaded by
-fusing the rebuilt architecture again (`fold_values=False`) before its tensors are put in.
+rounding only (fp32: within 1e-5 relative of the unfused model). The rewrite depends on the
+architecture alone, so a fused model's .srt file is loaded by fusing the rebuilt architecture
+again (`fold_values=False`) before its tensors are put in.
 """
 
 import operator
