@@ -28,7 +28,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
   const ConvProblem p = prepare_conv(input, crow, col, values, bias, in_channels, kernel_size,
                                      stride, padding, dilation, groups);
   const Conv2dShape& s = p.shape;
-  check_sparse_indices(op, crow, col, p.index_cols);
+  check_sparse_indices(op, crow, col, p.index_cols, full_index_checks_enabled());
   at::Tensor y = allocate(op, "output", {s.batch, s.out_channels, s.out_h, s.out_w},
                           input.options().dtype(at::kFloat));
   if (y.numel() > 0) {

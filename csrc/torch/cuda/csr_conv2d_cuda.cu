@@ -23,7 +23,8 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
                                      kernel_size, stride, padding, dilation, groups);
   const Conv2dShape& s = p.shape;
   // A limit of this backend's kernel (a channel index in its 32-bit shared-memory tap table).
-  SPARSE_RT_CHECK(in_channels <= std::numeric_limits<int32_t>::max(), op, "too many input channels");
+  SPARSE_RT_CHECK(in_channels <= std::numeric_limits<int32_t>::max(), op, "in_channels=", in_channels,
+                  " exceeds the CUDA kernel's limit of 2^31 - 1");
 
   const c10::cuda::CUDAGuard guard(input.device());
   maybe_check_indices(op, crow_indices, col_indices, p.index_cols);
@@ -37,8 +38,8 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
     using T = typename decltype(tag)::type;
     C10_CUDA_CHECK(cuda::csr_conv2d(ptr<T>(x), crow_indices.const_data_ptr<int32_t>(),
                                     col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
-                                    ptr_or_null<T>(b), mutable_ptr<T>(y), s, relu,
-                                    stream));
+                                    ptr_or_null<T>(b), mutable_ptr<T>(y), s, p.weight.stored,
+                                    relu, stream));
   });
   return y;
 }
