@@ -3,8 +3,10 @@ names the layer or op, the tensor and the problem, before any kernel reads memor
 
 * formats   CSR / BSR .validate()                                   ValueError
 * modules   SparseLinear / SparseConv2d construction, load_state_dict  ValueError
-* ops       torch.ops.sparse_rt.* (C++ TORCH_CHECKs; crow always,     RuntimeError
-            every col index with full_index_checks())
+* ops       torch.ops.sparse_rt.* (C++ TORCH_CHECKs shared by the     RuntimeError
+            CPU and CUDA ops; crow always on CPU, every index with
+            full_index_checks(); on CUDA without them a malformed
+            row of crow outputs NaN)
 * .srt      damaged, foreign and forged files (sha256 recomputed)     sparse_rt.io.SrtError subclasses
 * checkpoints  pickles, damaged files, bad masks                      sparse_rt.ingest.IngestError subclasses
 * ONNX      export / session arguments, hostile index arrays          ValueError / TypeError / ...
@@ -25,6 +27,8 @@ from helpers import (
     random_bsr,
     random_csr,
     requires_compiled_ops,
+    requires_cuda,
+    to_device,
 )
 from torch import nn
 
@@ -166,15 +170,16 @@ def test_load_state_dict_assign_checks_what_the_kernels_take(edit, message):
 
 
 @requires_compiled_ops
-def test_module_changed_after_validation_is_caught_by_the_op():
-    layer = SparseLinear(8, 4, _csr_weight())
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_changed_after_validation_is_caught_by_the_op(device):
+    layer = SparseLinear(8, 4, _csr_weight()).to(device)
     with pytest.raises(RuntimeError, match=r"csr_linear: values must be float32, float16 or bfloat16, got Double"):
-        layer.to(torch.float64)(randn(2, 8).double())
+        layer.to(torch.float64)(randn(2, 8, dtype=torch.float64, device=device))
     # Buffers assigned directly bypass the Python validation; full checks catch them in the op.
-    layer = SparseLinear(8, 4, _csr_weight())
+    layer = SparseLinear(8, 4, _csr_weight()).to(device)
     layer.col_indices = torch.full_like(layer.col_indices, 99)
     with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=r"col_indices\[0\]=99 is out of range"):
-        layer(randn(2, 8))
+        layer(randn(2, 8, device=device))
 
 
 # ------------------------------------------------------------------------ ops (C++ binding checks)
@@ -209,22 +214,44 @@ def test_csr_linear_argument_errors(device, kwargs, message):
 
 
 @requires_compiled_ops
-def test_csr_linear_index_errors():
+@requires_cuda
+@pytest.mark.parametrize("on_cpu,message", [
+    ("crow", r"crow_indices \(cpu\), col_indices \(cuda:\d\) and values \(cuda:\d\) must be on one device"),
+    ("col", r"crow_indices \(cuda:\d\), col_indices \(cpu\) and values \(cuda:\d\) must be on one device"),
+    ("values", r"crow_indices \(cuda:\d\), col_indices \(cuda:\d\) and values \(cpu\) must be on one device"),
+    ("x", r"input is on cpu but the weight is on cuda:\d"),
+    ("bias", r"bias is on cpu but the weight is on cuda:\d"),
+])
+def test_tensors_split_between_cpu_and_cuda_are_refused(on_cpu, message):
+    # Any CUDA argument sends the call to the CUDA op, whose shared checks name the odd one out.
+    w = random_csr(4, 8, 0.5, seed=0)
+    tensors = dict(x=randn(3, 8), crow=w.crow_indices, col=w.col_indices, values=w.values, bias=torch.zeros(4))
+    tensors = {k: v if k == on_cpu else v.cuda() for k, v in tensors.items()}
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linear: " + message):
+        _linear(**tensors)
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_linear_index_errors(device):
     w = random_csr(4, 8, 0.5, seed=0)
     nnz = w.col_indices.numel()
     crow = w.crow_indices.tolist()
     bad_crow = _int32([crow[0], crow[2] + 1, crow[1], *crow[3:]])
     cases = [
-        (dict(crow=bad_crow), r"crow_indices must be non-decreasing, but crow_indices\[1\]="),
+        (dict(crow=bad_crow), rf"crow_indices must be non-decreasing, but crow_indices\[1\]={crow[2] + 1} > "
+                              rf"crow_indices\[2\]={crow[1]}"),
         (dict(crow=_int32([1, 2, 3, 4, nnz])), r"crow_indices\[0\] must be 0, got 1"),
-        (dict(crow=_int32([0, 1, 2, 3, nnz + 1])), rf"crow_indices\[-1\] must equal the number of stored entries \({nnz}\)"),
+        (dict(crow=_int32([0, 1, 2, 3, nnz + 1])),
+         rf"crow_indices\[-1\] must equal the number of stored entries \({nnz}\), got {nnz + 1}"),
         (dict(col=torch.full_like(w.col_indices, 8)), r"col_indices\[0\]=8 is out of range \[0, 8\)"),
-        (dict(col=torch.full_like(w.col_indices, -3)), r"col_indices\[0\]=-3 is out of range"),
+        (dict(col=torch.full_like(w.col_indices, -3)), r"col_indices\[0\]=-3 is out of range \[0, 8\)"),
         (dict(crow=_int32([]), col=_int32([]), values=torch.ones(0)), r"crow_indices must have rows \+ 1 >= 1 entries"),
     ]
     for kwargs, message in cases:
-        with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=message):
-            _linear(**kwargs)
+        kwargs = {k: v.to(device) for k, v in kwargs.items()}
+        with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linear: " + message):
+            _linear(device=device, **kwargs)
 
 
 @requires_compiled_ops
@@ -234,31 +261,85 @@ def test_full_index_checks_find_a_bad_column_and_leave_the_op_usable(device):
     bad = w.col_indices.clone()
     bad[-1] = 32
     x = randn(2, 32, device=device)
-    # The devices word the rest differently (CPU "=32 is out of range", CUDA "is outside").
-    with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=rf"col_indices\[{bad.numel() - 1}\]"):
+    with sparse_rt.ops.full_index_checks(), pytest.raises(
+            RuntimeError, match=rf"col_indices\[{bad.numel() - 1}\]=32 is out of range \[0, 32\)"):
         torch.ops.sparse_rt.csr_linear(x, w.crow_indices, bad, w.values, None, 32, False)
     y = torch.ops.sparse_rt.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, 32, False)
     assert_close(y, x @ w.to_dense().T, torch.float32)
 
 
+def _decreasing(r, at_r, at_next):
+    return rf"crow_indices must be non-decreasing, but crow_indices\[{r}\]={at_r} > crow_indices\[{r + 1}\]={at_next}"
+
+
+# Malformed row pointers made from valid ones `c` (whose last row is dense, so c[2] < c[-1]):
+# (the malformed crow, the CPU op's message, the rows the CUDA kernels output as NaN; None: all).
+ROW_POINTER_FAULTS = {
+    "decreasing": (lambda c: [0, c[2] + 1, *c[2:]], lambda c: _decreasing(1, c[2] + 1, c[2]), [1]),
+    "far past nnz": (lambda c: [0, 2**31 - 1, *c[2:]], lambda c: _decreasing(1, 2**31 - 1, c[2]), [0, 1]),
+    "negative": (lambda c: [0, -2**31, *c[2:]], lambda c: _decreasing(0, 0, -2**31), [0, 1]),
+    "first not 0": (lambda c: [1, *c[1:]], lambda c: r"crow_indices\[0\] must be 0, got 1", None),
+    "last not nnz": (lambda c: [*c[:-1], c[-1] + 5],
+                     lambda c: rf"crow_indices\[-1\] must equal the number of stored entries \({c[-1]}\), "
+                               rf"got {c[-1] + 5}", None),
+}
+
+
+def _row_pointer_case(op, device):
+    """(weight, call(crow), rows_of(output) -> [rows, everything the row computes])."""
+    if op == "csr_linear":
+        w = random_csr(4, 8, 0.5, seed=0, dense_rows=(3,), device=device)
+        x = randn(3, 8, device=device)
+        call = lambda crow: torch.ops.sparse_rt.csr_linear(x, crow, w.col_indices, w.values, None, 8, True)
+        return w, call, lambda y: y.T
+    if op == "bsr_linear":
+        w = random_bsr(16, 12, (4, 4), 0.5, seed=1, dense_rows=(3,), device=device)
+        x = randn(3, 12, device=device)
+        call = lambda crow: torch.ops.sparse_rt.bsr_linear(x, crow, w.col_indices, w.values, None, 12, True)
+        return w, call, lambda y: y.T.reshape(4, -1)
+    w = random_csr(6, 4 * 9, 0.5, seed=2, dense_rows=(5,), device=device)
+    x = randn(2, 4, 5, 5, device=device)
+    call = lambda crow: torch.ops.sparse_rt.csr_conv2d(x, crow, w.col_indices, w.values, None, 4, [3, 3], [1, 1],
+                                                       [1, 1], [1, 1], 1, True)
+    return w, call, lambda y: y.transpose(0, 1).reshape(6, -1)
+
+
 @requires_compiled_ops
-def test_row_pointers_are_checked_without_opting_in():
-    w = random_csr(4, 8, 0.5, seed=0)
-    crow = w.crow_indices.tolist()
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ["csr_linear", "bsr_linear", "csr_conv2d"])
+@pytest.mark.parametrize("fault", ROW_POINTER_FAULTS)
+def test_row_pointers_are_checked_without_opting_in(device, op, fault):
+    """CPU: refused on every call. CUDA: checking crow on the host would synchronize (no CUDA graph
+    capture), so the kernels check each row as they read it: no read past col or values, and the
+    malformed rows come out NaN, through the fused bias and ReLU."""
+    make_crow, message, nan_rows = ROW_POINTER_FAULTS[fault]
+    w, call, rows_of = _row_pointer_case(op, device)
+    valid = w.crow_indices.tolist()
+    crow = _int32(make_crow(valid), device)
+    refused = lambda: pytest.raises(RuntimeError, match=rf"^sparse_rt.{op}: " + message(valid))
+    with sparse_rt.ops.full_index_checks(), refused():
+        call(crow)
     assert not sparse_rt.ops._library._C.full_index_checks_enabled()
-    with pytest.raises(RuntimeError, match=r"crow_indices must be non-decreasing"):
-        _linear(crow=_int32([crow[0], crow[2] + 1, crow[1], *crow[3:]]))
-    with pytest.raises(RuntimeError, match=r"crow_indices\[-1\] must equal the number of stored entries"):
-        _linear(crow=_int32([0, 1, 2, 3, w.col_indices.numel() + 5]))
+    if device == "cpu":
+        with refused():
+            call(crow)
+    else:
+        rows = rows_of(call(crow).cpu())
+        expected = torch.ones(len(valid) - 1, dtype=torch.bool)
+        if nan_rows is not None:
+            expected = torch.zeros_like(expected)
+            expected[nan_rows] = True
+        assert torch.equal(rows.isnan().all(1), expected) and torch.equal(rows.isnan().any(1), expected)
 
 
 @requires_compiled_ops
-def test_bsr_linear_errors():
-    w = random_bsr(8, 12, (4, 4), 0.5, seed=1)
-    x = randn(2, 12)
+@pytest.mark.parametrize("device", DEVICES)
+def test_bsr_linear_errors(device):
+    w = random_bsr(8, 12, (4, 4), 0.5, seed=1, device=device)
+    x = randn(2, 12, device=device)
     op = torch.ops.sparse_rt.bsr_linear
     with pytest.raises(RuntimeError, match=r"in_features=10 is not a multiple of the block width 4"):
-        op(randn(2, 10), w.crow_indices, w.col_indices, w.values, None, 10)
+        op(randn(2, 10, device=device), w.crow_indices, w.col_indices, w.values, None, 10)
     with pytest.raises(RuntimeError, match=r"values must be 3-D"):
         op(x, w.crow_indices, w.col_indices, w.values.flatten(), None, 12)
     with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=r"col_indices\[0\]=3 is out of range \[0, 3\)"):
@@ -266,11 +347,13 @@ def test_bsr_linear_errors():
 
 
 @requires_compiled_ops
-def test_csr_conv2d_errors():
-    w = random_csr(6, 4 * 9, 0.5, seed=2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_conv2d_errors(device):
+    w = random_csr(6, 4 * 9, 0.5, seed=2, device=device)
     op = torch.ops.sparse_rt.csr_conv2d
     args = lambda x, cin=4, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1), groups=1: (
-        x, w.crow_indices, w.col_indices, w.values, None, cin, list(k), list(stride), list(pad), list(dil), groups)
+        x.to(device), w.crow_indices, w.col_indices, w.values, None, cin, list(k), list(stride), list(pad), list(dil),
+        groups)
     cases = [
         (args(randn(1, 5, 8, 8)), r"input has 5 channels \(shape \[1, 5, 8, 8\]\) but the layer expects 4"),
         (args(randn(4, 8, 8)), r"input must be 4-D \[N, C, H, W\], got shape \[4, 8, 8\]"),
@@ -285,24 +368,27 @@ def test_csr_conv2d_errors():
 
 
 @requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("call,message", [
     (lambda x, w: (x, *w, None, 4, [3], [1, 1], [1, 1], [1, 1], 1), r"kernel_size, stride, padding and dilation must have 2 entries"),
     (lambda x, w: (x, *w, None, 4, [3, 3], [1, 1], [2**40, 1], [1, 1], 1), r"padding >= 0 \(each below 2\^31\)"),
     (lambda x, w: (x, *w, None, 0, [3, 3], [1, 1], [1, 1], [1, 1], 1), r"in_channels must be >= 1, got 0"),
     (lambda x, w: (x, *w, None, 4, [3, 3], [1, 1], [1, 1], [1, 1], 0), r"groups=0 must divide in_channels=4"),
 ])
-def test_csr_conv2d_geometry_is_checked_before_use(call, message):
-    w = random_csr(6, 4 * 9, 0.5, seed=2)
+def test_csr_conv2d_geometry_is_checked_before_use(device, call, message):
+    w = random_csr(6, 4 * 9, 0.5, seed=2, device=device)
+    x = randn(1, 4, 8, 8, device=device)
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.sparse_rt.csr_conv2d(*call(randn(1, 4, 8, 8), (w.crow_indices, w.col_indices, w.values)))
+        torch.ops.sparse_rt.csr_conv2d(*call(x, (w.crow_indices, w.col_indices, w.values)))
 
 
 @requires_compiled_ops
-def test_bsr_block_shape_is_bounded():
-    crow = torch.zeros(2, dtype=torch.int32)
-    values = torch.empty(0, 2**40, 1)  # zero elements, absurd block height
+@pytest.mark.parametrize("device", DEVICES)
+def test_bsr_block_shape_is_bounded(device):
+    crow = torch.zeros(2, dtype=torch.int32, device=device)
+    values = torch.empty(0, 2**40, 1, device=device)  # zero elements, absurd block height
     with pytest.raises(RuntimeError, match=r"block shape must be positive \(and below 2\^31\), got 1099511627776x1"):
-        torch.ops.sparse_rt.bsr_linear(randn(1, 4), crow, crow[:0], values, None, 4)
+        torch.ops.sparse_rt.bsr_linear(randn(1, 4, device=device), crow, crow[:0], values, None, 4)
 
 
 @requires_compiled_ops
@@ -641,8 +727,9 @@ def test_conv_geometry_far_beyond_the_image_in_an_onnx_session(tmp_path):
                                  "onnx")
 
 
-def test_conv_weight_columns_overflowing_int64_are_refused():
-    """The layer, the ONNX weight check and the op refuse the same geometry, each in its words."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_weight_columns_overflowing_int64_are_refused(device):
+    """The layer, the ONNX weight check and the op (on `device`) refuse the same geometry, each in its words."""
     from sparse_rt.onnx.ops_table import OPS
 
     weight = _csr_weight(6, 36)
@@ -657,24 +744,26 @@ def test_conv_weight_columns_overflowing_int64_are_refused():
         SparseConv2d(2**63, 6, (3, 3), weight)
     if sparse_rt.ops.HAS_COMPILED_OPS:
         with pytest.raises(RuntimeError, match=r"sparse_rt.csr_conv2d: " + columns + " overflows int64"):
-            torch.ops.sparse_rt.csr_conv2d(randn(1, 4, 8, 8), weight.crow_indices, weight.col_indices, weight.values,
-                                           None, 4, [2**31 - 1, 2**31 - 1], [1, 1], [0, 0], [1, 1], 1)
+            torch.ops.sparse_rt.csr_conv2d(randn(1, 4, 8, 8, device=device), weight.crow_indices.to(device),
+                                           weight.col_indices.to(device), weight.values.to(device), None, 4,
+                                           [2**31 - 1, 2**31 - 1], [1, 1], [0, 0], [1, 1], 1)
 
 
 @requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("padding, stride, message", [
     # Found by tools/fuzz.py: bytes overflowing int64 escaped as torch's own unprefixed error.
     ((2**31 - 1, 2**31 - 1), (3, 3), r"cannot allocate the output \[1, 2, 1431655765, 1431655765\] \(over 2\^63 bytes\): "
                                      r"Storage size calculation overflowed"),
-    # 563 TB: beyond any memory (and x86-64's 128 TB of user addresses, whatever the overcommit
-    # setting), and the allocator's error named no op.
+    # 563 TB: beyond any memory, host or GPU (and x86-64's 128 TB of user addresses, whatever the
+    # overcommit setting), and the allocator's error named no op.
     ((2**22, 2**22), (1, 1), r"cannot allocate the output \[1, 2, 8388609, 8388609\] \(562950087639048 bytes\): "),
 ])
-def test_outputs_that_cannot_be_allocated_name_the_op_and_shape(padding, stride, message):
-    weight = _csr_weight(2, 4)
+def test_outputs_that_cannot_be_allocated_name_the_op_and_shape(device, padding, stride, message):
+    weight = to_device(_csr_weight(2, 4), device)
     with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_conv2d: " + message):
-        torch.ops.sparse_rt.csr_conv2d(randn(1, 4, 1, 1), weight.crow_indices, weight.col_indices, weight.values,
-                                       None, 4, [1, 1], list(stride), list(padding), [1, 1], 1)
+        torch.ops.sparse_rt.csr_conv2d(randn(1, 4, 1, 1, device=device), weight.crow_indices, weight.col_indices,
+                                       weight.values, None, 4, [1, 1], list(stride), list(padding), [1, 1], 1)
 
 
 # The op once with memory to spare (the packed path), then with too little for the packed image's

@@ -12,6 +12,19 @@ from sparse_rt.ops import reference
 pytestmark = requires_cuda
 
 
+def _capture(run):
+    """(graph, its output) for run(), warmed up off the capture stream as torch.cuda.graphs advises."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = run()
+    return graph, static_y
+
+
 def test_graph_capture_batch1_matches_eager():
     w = random_csr(512, 768, 0.1, seed=0, dtype=torch.float16, device="cuda")
     bias = randn(512, dtype=torch.float16, device="cuda", seed=1)
@@ -20,15 +33,7 @@ def test_graph_capture_batch1_matches_eager():
     def run():
         return torch.ops.sparse_rt.csr_linear(static_x, w.crow_indices, w.col_indices, w.values, bias, 768, True)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs advises
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = run()
-
+    graph, static_y = _capture(run)
     for seed in range(3):
         static_x.copy_(randn(1, 768, dtype=torch.float16, seed=seed))
         graph.replay()
@@ -49,3 +54,24 @@ def test_runs_on_current_nondefault_stream():
     stream.synchronize()
     ref = reference.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, 256, compute_dtype=torch.float64)
     assert_close(y, ref, torch.float32)
+
+
+def test_row_pointers_broken_after_capture_come_out_nan_in_replays():
+    """A replay runs no host code, so only the kernels' own row check (row_extent.h) sees crow."""
+    w = random_csr(64, 128, 0.2, seed=0, device="cuda")
+    x = randn(4, 128, device="cuda", seed=1)
+    crow = w.crow_indices.clone()
+
+    def run():
+        return torch.ops.sparse_rt.csr_linear(x, crow, w.col_indices, w.values, None, 128, False)
+
+    graph, static_y = _capture(run)
+    crow[5] = 2**31 - 1  # rows 4 and 5 now end past nnz / start after they end
+    graph.replay()
+    torch.cuda.synchronize()
+    nan_rows = static_y.isnan().all(0).nonzero().flatten().tolist()
+    assert nan_rows == [4, 5] and static_y.isnan().any(0).sum() == 2
+    crow.copy_(w.crow_indices)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(static_y, x @ w.to_dense().T, torch.float32)

@@ -197,7 +197,7 @@ int set_thread_full_index_checks(int state) {
 }
 
 void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col,
-                          int64_t cols) {
+                          int64_t cols, bool check_columns) {
   SPARSE_RT_CHECK(crow.is_cpu() && col.is_cpu(), op, "check_sparse_indices expects CPU tensors");
   const int32_t* c = crow.data_ptr<int32_t>();
   const int32_t* k = col.data_ptr<int32_t>();
@@ -220,7 +220,7 @@ void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tens
   const int64_t bad_row = *std::min_element(first_bad_row.begin(), first_bad_row.end());
   SPARSE_RT_CHECK(bad_row == none, op, "crow_indices must be non-decreasing, but crow_indices[",
                   bad_row, "]=", c[bad_row], " > crow_indices[", bad_row + 1, "]=", c[bad_row + 1]);
-  if (!full_index_checks_enabled()) return;
+  if (!check_columns) return;
   std::vector<int64_t> first_bad_col(at::get_num_threads(), none);
   at::parallel_for(0, nnz, 1 << 16, [&](int64_t begin, int64_t end) {
     // The largest index read as unsigned (negatives become huge) decides the whole chunk with one

@@ -65,9 +65,10 @@ void check_residual(const char* op, const c10::optional<at::Tensor>& residual, a
 // geometry's own bounds allow outputs larger than any memory, and allocator errors name no op.
 at::Tensor allocate(const char* op, const char* what, at::IntArrayRef sizes, const at::TensorOptions& options);
 
-// Whether direct op calls validate every column index (O(nnz)). Off by default: sparse_rt's
-// modules validate their weights in Python when built or loaded, so the hot path pays only for the
-// O(rows) row-pointer check. Opt in process-wide with SPARSE_RT_CHECK_INDICES=1 or
+// Whether direct op calls validate every column index (O(nnz)), and on CUDA the row pointers too
+// (on the device, with a synchronization). Off by default: sparse_rt's modules validate their
+// weights in Python when built or loaded, so the hot path pays only for the O(rows) row-pointer
+// check on CPU and for the per-row check inside the CUDA kernels (kernels/cuda/row_extent.h). Opt in process-wide with SPARSE_RT_CHECK_INDICES=1 or
 // sparse_rt.ops.set_full_index_checks(True); a thread's own setting (-1: follow the process-wide
 // one, 0: off, 1: on), used by sparse_rt.ops.full_index_checks(), overrides it for that thread so
 // that concurrent callers cannot turn each other's checks off.
@@ -76,7 +77,10 @@ void set_full_index_checks(bool enabled);
 int set_thread_full_index_checks(int state);  // returns the thread's previous state
 
 // Index validation of CPU tensors before a kernel reads them: crow starts at 0, is non-decreasing
-// and ends at nnz (always); every column index lies in [0, cols) (when full checks are enabled).
-void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t cols);
+// and ends at nnz; with `check_columns`, every column index lies in [0, cols). The CPU ops run it on
+// every call (columns when full checks are enabled); the CUDA ops run it on host copies to word
+// what their device-side check found, so every index error reads the same on both devices.
+void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t cols,
+                          bool check_columns);
 
 }  // namespace sparse_rt

@@ -26,11 +26,13 @@ def build_info():
 
 
 def set_full_index_checks(enabled):
-    """Makes direct op calls validate every column index (O(nnz)) before the kernel runs.
+    """Makes direct op calls validate every column index (O(nnz)) before the kernel runs, and on
+    CUDA the row pointers too (on the device, then a synchronization to read the verdict).
 
-    Off by default: sparse_rt's modules validate their weights when built or loaded, and the ops
-    always check the row pointers. Also enabled by SPARSE_RT_CHECK_INDICES=1. Returns the previous
-    setting. Without the compiled ops it does nothing (the references index safely).
+    Off by default: sparse_rt's modules validate their weights when built or loaded, the CPU ops
+    always check the row pointers, and the CUDA kernels check each row they read (a malformed one
+    comes out NaN). Also enabled by SPARSE_RT_CHECK_INDICES=1. Returns the previous setting.
+    Without the compiled ops it does nothing (the references index safely).
     """
     if not HAS_COMPILED_OPS:
         return False

@@ -10,6 +10,7 @@
 // threads of a block row.
 #include "common.cuh"
 #include "launch.h"
+#include "row_extent.h"
 
 namespace sparse_rt {
 namespace cuda {
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4)
     bsr_spmm_mma_kernel(const T* __restrict__ x, const int32_t* __restrict__ crow,
                         const int32_t* __restrict__ col, const T* __restrict__ val,
                         const T* __restrict__ bias, T* __restrict__ y, int64_t n, int64_t m,
-                        int64_t k, int bh, int bw, bool relu) {
+                        int64_t k, int64_t nblocks, int bh, int bw, bool relu) {
   static_assert(sizeof(T) == 2, "mma.m16n8k16 takes fp16/bf16 operands");
   static_assert(NT >= 1 && NT <= 8, "batch tiles per warp (4 fp32 accumulators each)");
 
@@ -69,8 +70,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4)
   if (work >= (m / bh) * slices) return;  // whole warp: mma.sync needs every lane
   const int64_t brow = work / slices;
   const int i0 = static_cast<int>(work % slices) * 16;
-  const int64_t start = crow[brow];
-  const int64_t end = crow[brow + 1];
+  // crow is unchecked: a malformed block row reads nothing and sums to NaN (row_extent.h).
+  const RowExtent extent = row_extent(crow, m / bh, brow, nblocks);
+  const int64_t start = extent.start, end = extent.end;
   const int64_t block_elems = static_cast<int64_t>(bh) * bw;
 
   for (int64_t n0 = static_cast<int64_t>(blockIdx.y) * NT * 8; n0 < n;
@@ -79,7 +81,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4)
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) acc[t][r] = 0.f;
+      for (int r = 0; r < 4; ++r) acc[t][r] = row_sum_init(extent);
 
     for (int64_t b = start; b < end; ++b) {
       const T* __restrict__ a_base = val + b * block_elems + static_cast<int64_t>(i0 + group) * bw;
@@ -120,16 +122,16 @@ __global__ void __launch_bounds__(kSimtThreads, 8)
     bsr_spmm_simt_kernel(const T* __restrict__ x, const int32_t* __restrict__ crow,
                          const int32_t* __restrict__ col, const T* __restrict__ val,
                          const T* __restrict__ bias, T* __restrict__ y, int64_t n, int64_t m,
-                         int64_t k, int bh, int bw, bool relu) {
+                         int64_t k, int64_t nblocks, int bh, int bw, bool relu) {
   const int64_t feature = static_cast<int64_t>(blockIdx.x) * kSimtThreads + threadIdx.x;
   if (feature >= m) return;
   const int64_t brow = feature / bh;
   const int64_t i = feature % bh;
-  const int64_t start = crow[brow];
-  const int64_t end = crow[brow + 1];
+  const RowExtent extent = row_extent(crow, m / bh, brow, nblocks);  // as in the mma kernel
+  const int64_t start = extent.start, end = extent.end;
   for (int64_t row = blockIdx.y; row < n; row += gridDim.y) {
     const T* __restrict__ xr = x + row * k;
-    float acc = 0.f;
+    float acc = row_sum_init(extent);
     for (int64_t b = start; b < end; ++b) {
       const T* __restrict__ v = val + (b * bh + i) * bw;
       const T* __restrict__ xb = xr + static_cast<int64_t>(col[b]) * bw;
@@ -141,22 +143,22 @@ __global__ void __launch_bounds__(kSimtThreads, 8)
 
 template <typename T>
 cudaError_t launch_simt(const T* x, const int32_t* crow, const int32_t* col, const T* val,
-                        const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t bh,
-                        int64_t bw, bool relu, cudaStream_t stream) {
+                        const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t nblocks,
+                        int64_t bh, int64_t bw, bool relu, cudaStream_t stream) {
   const dim3 grid(grid_dim(m, kSimtThreads, kMaxGridX), grid_dim(n, 1, kMaxGridY));
   bsr_spmm_simt_kernel<T><<<grid, kSimtThreads, 0, stream>>>(
-      x, crow, col, val, bias, y, n, m, k, static_cast<int>(bh), static_cast<int>(bw), relu);
+      x, crow, col, val, bias, y, n, m, k, nblocks, static_cast<int>(bh), static_cast<int>(bw), relu);
   return cudaGetLastError();
 }
 
 template <typename T, int NT>
 cudaError_t launch_mma(const T* x, const int32_t* crow, const int32_t* col, const T* val,
-                       const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t bh,
-                       int64_t bw, bool relu, cudaStream_t stream) {
+                       const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t nblocks,
+                       int64_t bh, int64_t bw, bool relu, cudaStream_t stream) {
   const int64_t warps = (m / bh) * (bh / 16);
   const dim3 grid(grid_dim(warps, kWarpsPerBlock, kMaxGridX), grid_dim(n, NT * 8, kMaxGridY));
   bsr_spmm_mma_kernel<T, NT><<<grid, kWarpsPerBlock * 32, 0, stream>>>(
-      x, crow, col, val, bias, y, n, m, k, static_cast<int>(bh), static_cast<int>(bw), relu);
+      x, crow, col, val, bias, y, n, m, k, nblocks, static_cast<int>(bh), static_cast<int>(bw), relu);
   return cudaGetLastError();
 }
 
@@ -175,37 +177,37 @@ bool tensor_cores_apply(const T* x, const T* val, int64_t k, int64_t bh, int64_t
 
 template <typename T>
 cudaError_t bsr_spmm_impl(const T* x, const int32_t* crow, const int32_t* col, const T* val,
-                          const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t bh,
-                          int64_t bw, bool relu, cudaStream_t stream) {
+                          const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t nblocks,
+                          int64_t bh, int64_t bw, bool relu, cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
   if constexpr (sizeof(T) == 2) {
     if (tensor_cores_apply(x, val, k, bh, bw)) {
-      if (n <= 8) return launch_mma<T, 1>(x, crow, col, val, bias, y, n, m, k, bh, bw, relu, stream);
-      if (n <= 16) return launch_mma<T, 2>(x, crow, col, val, bias, y, n, m, k, bh, bw, relu, stream);
-      if (n <= 32) return launch_mma<T, 4>(x, crow, col, val, bias, y, n, m, k, bh, bw, relu, stream);
-      return launch_mma<T, 8>(x, crow, col, val, bias, y, n, m, k, bh, bw, relu, stream);
+      if (n <= 8) return launch_mma<T, 1>(x, crow, col, val, bias, y, n, m, k, nblocks, bh, bw, relu, stream);
+      if (n <= 16) return launch_mma<T, 2>(x, crow, col, val, bias, y, n, m, k, nblocks, bh, bw, relu, stream);
+      if (n <= 32) return launch_mma<T, 4>(x, crow, col, val, bias, y, n, m, k, nblocks, bh, bw, relu, stream);
+      return launch_mma<T, 8>(x, crow, col, val, bias, y, n, m, k, nblocks, bh, bw, relu, stream);
     }
   }
-  return launch_simt(x, crow, col, val, bias, y, n, m, k, bh, bw, relu, stream);
+  return launch_simt(x, crow, col, val, bias, y, n, m, k, nblocks, bh, bw, relu, stream);
 }
 
 }  // namespace
 
 cudaError_t bsr_spmm(const float* x, const int32_t* crow, const int32_t* col, const float* val,
-                     const float* bias, float* y, int64_t n, int64_t m, int64_t k, int64_t bh,
-                     int64_t bw, bool relu, cudaStream_t stream) {
-  return bsr_spmm_impl(x, crow, col, val, bias, y, n, m, k, bh, bw, relu, stream);
+                     const float* bias, float* y, int64_t n, int64_t m, int64_t k,
+                     int64_t nblocks, int64_t bh, int64_t bw, bool relu, cudaStream_t stream) {
+  return bsr_spmm_impl(x, crow, col, val, bias, y, n, m, k, nblocks, bh, bw, relu, stream);
 }
 cudaError_t bsr_spmm(const __half* x, const int32_t* crow, const int32_t* col, const __half* val,
-                     const __half* bias, __half* y, int64_t n, int64_t m, int64_t k, int64_t bh,
-                     int64_t bw, bool relu, cudaStream_t stream) {
-  return bsr_spmm_impl(x, crow, col, val, bias, y, n, m, k, bh, bw, relu, stream);
+                     const __half* bias, __half* y, int64_t n, int64_t m, int64_t k,
+                     int64_t nblocks, int64_t bh, int64_t bw, bool relu, cudaStream_t stream) {
+  return bsr_spmm_impl(x, crow, col, val, bias, y, n, m, k, nblocks, bh, bw, relu, stream);
 }
 cudaError_t bsr_spmm(const __nv_bfloat16* x, const int32_t* crow, const int32_t* col,
                      const __nv_bfloat16* val, const __nv_bfloat16* bias, __nv_bfloat16* y,
-                     int64_t n, int64_t m, int64_t k, int64_t bh, int64_t bw, bool relu,
-                     cudaStream_t stream) {
-  return bsr_spmm_impl(x, crow, col, val, bias, y, n, m, k, bh, bw, relu, stream);
+                     int64_t n, int64_t m, int64_t k, int64_t nblocks, int64_t bh, int64_t bw,
+                     bool relu, cudaStream_t stream) {
+  return bsr_spmm_impl(x, crow, col, val, bias, y, n, m, k, nblocks, bh, bw, relu, stream);
 }
 
 }  // namespace cuda

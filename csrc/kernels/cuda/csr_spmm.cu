@@ -8,6 +8,7 @@
 // batches while the x rows of the tile stay resident in L1/L2.
 #include "common.cuh"
 #include "launch.h"
+#include "row_extent.h"
 #include "vector_span.h"
 
 namespace sparse_rt {
@@ -25,7 +26,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     csr_spmm_kernel(const T* __restrict__ x, const int32_t* __restrict__ crow,
                     const int32_t* __restrict__ col, const T* __restrict__ val,
                     const T* __restrict__ bias, T* __restrict__ y, int64_t n, int64_t m, int64_t k,
-                    bool relu) {
+                    int64_t nnz, bool relu) {
   static_assert(SUBWARP == 8 || SUBWARP == 16 || SUBWARP == 32, "subwarp must divide a warp");
   static_assert(kThreads % 32 == 0, "whole warps per block");
   static_assert(BN >= 1 && BN <= SUBWARP, "lane j writes batch row j of the tile");
@@ -40,8 +41,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       SUBWARP == 32 ? 0xffffffffu
                     : ((1u << SUBWARP) - 1u) << ((threadIdx.x % 32) & ~(SUBWARP - 1));
 
-  const int64_t start = crow[row];
-  const int64_t end = crow[row + 1];
+  // crow is unchecked: a malformed row reads nothing and sums to NaN (row_extent.h).
+  const RowExtent extent = row_extent(crow, m, row, nnz);
+  const int64_t start = extent.start, end = extent.end;
   // Scalar head, vector body, scalar tail (the whole row when VEC == 1): vector_span.h.
   const VectorSpan span = vector_span<VEC>(start, end);
   const int64_t head_end = span.head_end, body_end = span.body_end;
@@ -53,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const T* __restrict__ xt = x + n0 * k;
     float acc[BN];
 #pragma unroll
-    for (int j = 0; j < BN; ++j) acc[j] = 0.f;
+    for (int j = 0; j < BN; ++j) acc[j] = row_sum_init(extent);
 
     auto accumulate = [&](int32_t c, float v) {
 #pragma unroll
@@ -89,26 +91,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
 template <typename T, int SUBWARP, int BN>
 cudaError_t launch(const T* x, const int32_t* crow, const int32_t* col, const T* val,
-                   const T* bias, T* y, int64_t n, int64_t m, int64_t k, bool vec,
-                   bool relu, cudaStream_t stream) {
+                   const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t nnz,
+                   bool vec, bool relu, cudaStream_t stream) {
   const dim3 grid(grid_dim(m, kThreads / SUBWARP, kMaxGridX), grid_dim(n, BN, kMaxGridY));
   if (vec)
     csr_spmm_kernel<T, SUBWARP, BN, 4>
-        <<<grid, kThreads, 0, stream>>>(x, crow, col, val, bias, y, n, m, k, relu);
+        <<<grid, kThreads, 0, stream>>>(x, crow, col, val, bias, y, n, m, k, nnz, relu);
   else
     csr_spmm_kernel<T, SUBWARP, BN, 1>
-        <<<grid, kThreads, 0, stream>>>(x, crow, col, val, bias, y, n, m, k, relu);
+        <<<grid, kThreads, 0, stream>>>(x, crow, col, val, bias, y, n, m, k, nnz, relu);
   return cudaGetLastError();
 }
 
 template <typename T, int SUBWARP>
 cudaError_t launch_batch_tile(const T* x, const int32_t* crow, const int32_t* col, const T* val,
-                              const T* bias, T* y, int64_t n, int64_t m, int64_t k, bool vec,
-                              bool relu, cudaStream_t stream) {
-  if (n == 1) return launch<T, SUBWARP, 1>(x, crow, col, val, bias, y, n, m, k, vec, relu, stream);
-  if (n == 2) return launch<T, SUBWARP, 2>(x, crow, col, val, bias, y, n, m, k, vec, relu, stream);
-  if (n <= 4) return launch<T, SUBWARP, 4>(x, crow, col, val, bias, y, n, m, k, vec, relu, stream);
-  return launch<T, SUBWARP, 8>(x, crow, col, val, bias, y, n, m, k, vec, relu, stream);
+                              const T* bias, T* y, int64_t n, int64_t m, int64_t k,
+                              int64_t nnz, bool vec, bool relu, cudaStream_t stream) {
+  if (n == 1) return launch<T, SUBWARP, 1>(x, crow, col, val, bias, y, n, m, k, nnz, vec, relu, stream);
+  if (n == 2) return launch<T, SUBWARP, 2>(x, crow, col, val, bias, y, n, m, k, nnz, vec, relu, stream);
+  if (n <= 4) return launch<T, SUBWARP, 4>(x, crow, col, val, bias, y, n, m, k, nnz, vec, relu, stream);
+  return launch<T, SUBWARP, 8>(x, crow, col, val, bias, y, n, m, k, nnz, vec, relu, stream);
 }
 
 template <typename T>
@@ -120,9 +122,9 @@ cudaError_t csr_spmm_impl(const T* x, const int32_t* crow, const int32_t* col, c
   const bool vec = is_aligned(col, sizeof(int4)) && is_aligned(val, 4 * sizeof(T));
   // At least two vector iterations per lane: wide subwarps only for long rows.
   const int64_t avg = nnz / m;
-  if (avg >= 256) return launch_batch_tile<T, 32>(x, crow, col, val, bias, y, n, m, k, vec, relu, stream);
-  if (avg >= 64) return launch_batch_tile<T, 16>(x, crow, col, val, bias, y, n, m, k, vec, relu, stream);
-  return launch_batch_tile<T, 8>(x, crow, col, val, bias, y, n, m, k, vec, relu, stream);
+  if (avg >= 256) return launch_batch_tile<T, 32>(x, crow, col, val, bias, y, n, m, k, nnz, vec, relu, stream);
+  if (avg >= 64) return launch_batch_tile<T, 16>(x, crow, col, val, bias, y, n, m, k, nnz, vec, relu, stream);
+  return launch_batch_tile<T, 8>(x, crow, col, val, bias, y, n, m, k, nnz, vec, relu, stream);
 }
 
 }  // namespace

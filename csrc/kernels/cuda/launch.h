@@ -3,6 +3,11 @@
 // capture) and returns cudaGetLastError() after the launch. Values are float, __half or
 // __nv_bfloat16 (accumulation is always fp32); indices are int32. Each overload is instantiated
 // in the .cu file named in its comment.
+//
+// crow is not trusted (the bindings cannot check it without a host sync): every kernel checks each
+// row's pointers as it reads them and never reads col or val outside [0, nnz); a malformed row
+// reads nothing and writes NaN (row_extent.h). Column indices are trusted: the caller checks them
+// (validate_compressed_indices, or the layers' validation when they are built or loaded).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -29,22 +34,22 @@ SPARSE_RT_DECLARE_CSR_SPMM(__nv_bfloat16)
 #undef SPARSE_RT_DECLARE_CSR_SPMM
 
 // bsr_spmm.cu: y[n, rb*bh + i] = act(bias + sum_{b in block row rb} sum_j val[b, i, j] *
-// x[n, col[b]*bw + j]). crow over block rows [m / bh + 1], col holds block-column indices.
-// m % bh == 0 and k % bw == 0. fp16/bf16 with bh, bw multiples of 16 run on tensor cores
-// (mma.sync, compute capability >= 8.0); everything else on CUDA cores.
+// x[n, col[b]*bw + j]). crow over block rows [m / bh + 1], col holds block-column indices of
+// `nblocks` blocks. m % bh == 0 and k % bw == 0. fp16/bf16 with bh, bw multiples of 16 run on
+// tensor cores (mma.sync, compute capability >= 8.0); everything else on CUDA cores.
 #define SPARSE_RT_DECLARE_BSR_SPMM(T)                                                             \
   cudaError_t bsr_spmm(const T* x, const int32_t* crow, const int32_t* col, const T* val,         \
-                       const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t bh,          \
-                       int64_t bw, bool relu, cudaStream_t stream);
+                       const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t nblocks,     \
+                       int64_t bh, int64_t bw, bool relu, cudaStream_t stream);
 SPARSE_RT_DECLARE_BSR_SPMM(float)
 SPARSE_RT_DECLARE_BSR_SPMM(__half)
 SPARSE_RT_DECLARE_BSR_SPMM(__nv_bfloat16)
 #undef SPARSE_RT_DECLARE_BSR_SPMM
 
-// sparse_conv2d.cu: the convolution described by `shape` (conv_shape.h).
+// sparse_conv2d.cu: the convolution described by `shape` (conv_shape.h), `nnz` entries in col/val.
 #define SPARSE_RT_DECLARE_CSR_CONV2D(T)                                                           \
   cudaError_t csr_conv2d(const T* x, const int32_t* crow, const int32_t* col, const T* val,       \
-                         const T* bias, T* y, const Conv2dShape& shape, bool relu,                 \
+                         const T* bias, T* y, const Conv2dShape& shape, int64_t nnz, bool relu,    \
                          cudaStream_t stream);
 SPARSE_RT_DECLARE_CSR_CONV2D(float)
 SPARSE_RT_DECLARE_CSR_CONV2D(__half)
@@ -52,18 +57,12 @@ SPARSE_RT_DECLARE_CSR_CONV2D(__nv_bfloat16)
 #undef SPARSE_RT_DECLARE_CSR_CONV2D
 
 // validate_indices.cu: full check of a compressed index structure with `rows` rows, `nnz` stored
-// entries and columns in [0, cols). Writes status[0] = one IndexError code (0 when valid) and
-// status[1] = the offending position (row or entry). `status` points to two device int32s; it is
-// cleared on `stream` before the check, so the caller only reads it back after the stream.
-enum IndexError : int32_t {
-  kIndicesOk = 0,
-  kCrowFirstNotZero = 1,     // crow[0] != 0
-  kCrowDecreasing = 2,       // crow[i + 1] < crow[i], status[1] = i
-  kCrowLastNotNnz = 3,       // crow[rows] != nnz
-  kColOutOfRange = 4,        // col[e] < 0 or >= cols, status[1] = e
-};
+// entries and columns in [0, cols): the CPU op's conditions (crow[0] == 0, crow non-decreasing,
+// crow[rows] == nnz, every column in range). `*invalid` (one device int32) is cleared on `stream`,
+// then set to 1 if any condition fails; the caller reads it back after the stream and, on a
+// failure, finds and words the problem with the CPU check on host copies.
 cudaError_t validate_compressed_indices(const int32_t* crow, const int32_t* col, int64_t rows,
-                                        int64_t cols, int64_t nnz, int32_t* status,
+                                        int64_t cols, int64_t nnz, int32_t* invalid,
                                         cudaStream_t stream);
 
 }  // namespace cuda

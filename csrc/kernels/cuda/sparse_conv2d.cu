@@ -6,6 +6,7 @@
 // stride/padding/dilation/groups geometry is handled by the same bounds test.
 #include "common.cuh"
 #include "launch.h"
+#include "row_extent.h"
 
 namespace sparse_rt {
 namespace cuda {
@@ -26,7 +27,8 @@ template <typename T, int THREADS>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
     csr_conv2d_kernel(const T* __restrict__ x, const int32_t* __restrict__ crow,
                       const int32_t* __restrict__ col, const T* __restrict__ val,
-                      const T* __restrict__ bias, T* __restrict__ y, Conv2dShape s, bool relu) {
+                      const T* __restrict__ bias, T* __restrict__ y, Conv2dShape s, int64_t nnz,
+                      bool relu) {
   static_assert(THREADS % 32 == 0 && THREADS <= kMaxThreads, "whole warps, bounded smem");
   __shared__ Tap taps[THREADS];
 
@@ -48,9 +50,10 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
     const int64_t o = plane % s.out_channels;
     const int64_t channel_base = (o / cout_per_group) * cin_per_group;
     const T* __restrict__ xn = x + image * s.in_channels * in_pixels;
-    const int64_t start = crow[o];
-    const int64_t end = crow[o + 1];
-    float acc = 0.f;
+    // crow is unchecked: a malformed row reads nothing and sums to NaN (row_extent.h).
+    const RowExtent extent = row_extent(crow, s.out_channels, o, nnz);
+    const int64_t start = extent.start, end = extent.end;
+    float acc = row_sum_init(extent);
     for (int64_t chunk = start; chunk < end; chunk += THREADS) {
       __syncthreads();  // the previous chunk's taps are no longer read
       if (chunk + threadIdx.x < end) {
@@ -76,39 +79,40 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
 
 template <typename T, int THREADS>
 cudaError_t launch(const T* x, const int32_t* crow, const int32_t* col, const T* val,
-                   const T* bias, T* y, const Conv2dShape& s, bool relu, cudaStream_t stream) {
+                   const T* bias, T* y, const Conv2dShape& s, int64_t nnz, bool relu,
+                   cudaStream_t stream) {
   const dim3 grid(grid_dim(s.out_h * s.out_w, THREADS, kMaxGridX), grid_dim(s.batch * s.out_channels, 1, kMaxGridY));
-  csr_conv2d_kernel<T, THREADS><<<grid, THREADS, 0, stream>>>(x, crow, col, val, bias, y, s, relu);
+  csr_conv2d_kernel<T, THREADS><<<grid, THREADS, 0, stream>>>(x, crow, col, val, bias, y, s, nnz, relu);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t csr_conv2d_impl(const T* x, const int32_t* crow, const int32_t* col, const T* val,
-                            const T* bias, T* y, const Conv2dShape& s, bool relu,
-                            cudaStream_t stream) {
+                            const T* bias, T* y, const Conv2dShape& s, int64_t nnz,
+                            bool relu, cudaStream_t stream) {
   if (s.batch == 0 || s.out_channels == 0 || s.out_h * s.out_w == 0) return cudaSuccess;
   // Late ResNet stages have 7x7 or 14x14 output planes: small blocks keep the threads busy.
-  if (s.out_h * s.out_w <= 64) return launch<T, 64>(x, crow, col, val, bias, y, s, relu, stream);
-  if (s.out_h * s.out_w <= 128) return launch<T, 128>(x, crow, col, val, bias, y, s, relu, stream);
-  return launch<T, kMaxThreads>(x, crow, col, val, bias, y, s, relu, stream);
+  if (s.out_h * s.out_w <= 64) return launch<T, 64>(x, crow, col, val, bias, y, s, nnz, relu, stream);
+  if (s.out_h * s.out_w <= 128) return launch<T, 128>(x, crow, col, val, bias, y, s, nnz, relu, stream);
+  return launch<T, kMaxThreads>(x, crow, col, val, bias, y, s, nnz, relu, stream);
 }
 
 }  // namespace
 
 cudaError_t csr_conv2d(const float* x, const int32_t* crow, const int32_t* col, const float* val,
-                       const float* bias, float* y, const Conv2dShape& shape, bool relu,
-                       cudaStream_t stream) {
-  return csr_conv2d_impl(x, crow, col, val, bias, y, shape, relu, stream);
+                       const float* bias, float* y, const Conv2dShape& shape, int64_t nnz,
+                       bool relu, cudaStream_t stream) {
+  return csr_conv2d_impl(x, crow, col, val, bias, y, shape, nnz, relu, stream);
 }
 cudaError_t csr_conv2d(const __half* x, const int32_t* crow, const int32_t* col, const __half* val,
-                       const __half* bias, __half* y, const Conv2dShape& shape, bool relu,
-                       cudaStream_t stream) {
-  return csr_conv2d_impl(x, crow, col, val, bias, y, shape, relu, stream);
+                       const __half* bias, __half* y, const Conv2dShape& shape, int64_t nnz,
+                       bool relu, cudaStream_t stream) {
+  return csr_conv2d_impl(x, crow, col, val, bias, y, shape, nnz, relu, stream);
 }
 cudaError_t csr_conv2d(const __nv_bfloat16* x, const int32_t* crow, const int32_t* col,
                        const __nv_bfloat16* val, const __nv_bfloat16* bias, __nv_bfloat16* y,
-                       const Conv2dShape& shape, bool relu, cudaStream_t stream) {
-  return csr_conv2d_impl(x, crow, col, val, bias, y, shape, relu, stream);
+                       const Conv2dShape& shape, int64_t nnz, bool relu, cudaStream_t stream) {
+  return csr_conv2d_impl(x, crow, col, val, bias, y, shape, nnz, relu, stream);
 }
 
 }  // namespace cuda

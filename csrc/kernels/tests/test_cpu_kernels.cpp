@@ -19,6 +19,7 @@
 #include "kernels/cpu/csr_spmm.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scalar_types.h"
+#include "kernels/cuda/row_extent.h"
 #include "kernels/cuda/vector_span.h"
 
 using sparse_rt::CheckedInt;
@@ -329,11 +330,56 @@ void test_vector_span() {
         for (int64_t e = start; e < span.head_end; ++e) ++reads[e];
         for (int64_t e = span.head_end; e < span.body_end; e += VEC) {
           expect(e % VEC == 0, what + ": a vector load starts aligned");
+          expect(e + VEC <= end, what + ": a vector load ends within the row");
           for (int64_t i = e; i < e + VEC && i < end; ++i) ++reads[i];
         }
       }
       for (int64_t e = span.body_end; e < end; ++e) ++reads[e];
       expect(std::count(reads.begin() + start, reads.end(), 1) == end - start, what + " reads each entry once");
+    }
+  }
+}
+
+// The CUDA kernels take crow unchecked and read each row through row_extent (row_extent.h). For
+// every crow of 3 rows over a set of values that includes the int32 extremes, and a few nnz: each
+// row's reads (as csr_spmm.cu makes them, head, int4 body and tail) stay within [0, nnz); a crow
+// that passes the CPU op's check reads every entry exactly once with no malformed row, and any
+// other crow leaves at least one row malformed, whose sums start at NaN.
+void test_row_extent() {
+  constexpr int64_t kRows = 3;
+  for (const int64_t nnz : {0, 1, 3, 9}) {
+    const std::vector<int32_t> values = {std::numeric_limits<int32_t>::min(), -1, 0, 1, 2, 3, 5, 9,
+                                         std::numeric_limits<int32_t>::max()};
+    const size_t n = values.size();
+    for (size_t code = 0; code < n * n * n * n; ++code) {
+      int32_t crow[kRows + 1];
+      for (size_t i = 0, c = code; i <= kRows; ++i, c /= n) crow[i] = values[c % n];
+      std::string what = "crow [";
+      for (const int32_t c : crow) what += std::to_string(c) + " ";
+      what += "] nnz " + std::to_string(nnz);
+      const bool cpu_accepts = crow[0] == 0 && crow[kRows] == nnz && crow[0] <= crow[1] &&
+                               crow[1] <= crow[2] && crow[2] <= crow[3];
+      std::vector<int> reads(nnz, 0);
+      int malformed = 0;
+      for (int64_t row = 0; row < kRows; ++row) {
+        const sparse_rt::RowExtent r = sparse_rt::row_extent(crow, kRows, row, nnz);
+        const float init = sparse_rt::row_sum_init(r);
+        expect(0 <= r.start && r.start <= r.end && r.end <= nnz, what + ": row within [0, nnz]");
+        expect(r.valid ? init == 0.f : std::isnan(init), what + ": sums start at 0, or NaN when malformed");
+        expect(r.valid || r.start == r.end, what + ": a malformed row reads nothing");
+        malformed += !r.valid;
+        const sparse_rt::VectorSpan span = sparse_rt::vector_span<4>(r.start, r.end);
+        for (int64_t e = r.start; e < span.head_end; ++e) ++reads.at(e);
+        for (int64_t e = span.head_end; e < span.body_end; e += 4)
+          for (int64_t i = e; i < e + 4; ++i) ++reads.at(i);
+        for (int64_t e = span.body_end; e < r.end; ++e) ++reads.at(e);
+      }
+      if (cpu_accepts) {
+        expect(malformed == 0, what + ": a valid crow has no malformed row");
+        expect(std::count(reads.begin(), reads.end(), 1) == nnz, what + ": a valid crow reads each entry once");
+      } else {
+        expect(malformed > 0, what + ": a crow the CPU op refuses leaves a malformed row");
+      }
     }
   }
 }
@@ -344,6 +390,7 @@ int main() {
   test_16bit_conversions();
   test_vector_span<1>();
   test_vector_span<4>();
+  test_row_extent();
   test_balanced_rows();
   test_conv_layout_is_bounded();
   test_value_type<float>();

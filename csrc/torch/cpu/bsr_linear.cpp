@@ -17,7 +17,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
   SPARSE_RT_CHECK(info.block_h <= cpu::kMaxBlockHeight, op, "block height ", info.block_h,
                   " exceeds the supported maximum ", cpu::kMaxBlockHeight);
   check_residual(op, residual, p.out_shape, input);
-  check_sparse_indices(op, crow, col, p.index_cols);
+  check_sparse_indices(op, crow, col, p.index_cols, full_index_checks_enabled());
   const int64_t batch = p.batch, block_rows = crow.numel() - 1;
   at::Tensor y = allocate(op, "output", {batch, info.rows}, input.options().dtype(at::kFloat));
   if (batch > 0 && info.rows > 0) {

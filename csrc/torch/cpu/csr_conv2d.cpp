@@ -30,7 +30,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
   const Conv2dShape& s = p.shape;
   const std::vector<int64_t> out_shape{s.batch, s.out_channels, s.out_h, s.out_w};
   check_residual(op, residual, out_shape, input);
-  check_sparse_indices(op, crow, col, p.index_cols);
+  check_sparse_indices(op, crow, col, p.index_cols, full_index_checks_enabled());
   at::Tensor y = allocate(op, "output", out_shape, input.options().dtype(at::kFloat));
   if (y.numel() > 0) {
     const at::Tensor x = as_fp32(input);

@@ -14,7 +14,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
   const char* op = "csr_linear";
   const LinearProblem p = prepare_linear(op, input, crow, col, values, bias, in_features, 1);
   check_residual(op, residual, p.out_shape, input);
-  check_sparse_indices(op, crow, col, p.index_cols);
+  check_sparse_indices(op, crow, col, p.index_cols, full_index_checks_enabled());
   const int64_t batch = p.batch, rows = p.weight.rows;
   at::Tensor y = allocate(op, "output", {batch, rows}, input.options().dtype(at::kFloat));
   if (batch > 0 && rows > 0) {

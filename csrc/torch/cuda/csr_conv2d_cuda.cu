@@ -25,7 +25,8 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
   const std::vector<int64_t> out_shape{s.batch, s.out_channels, s.out_h, s.out_w};
   check_residual(op, residual, out_shape, input);
   // A limit of this backend's kernel (a channel index in its 32-bit shared-memory tap table).
-  SPARSE_RT_CHECK(in_channels <= std::numeric_limits<int32_t>::max(), op, "too many input channels");
+  SPARSE_RT_CHECK(in_channels <= std::numeric_limits<int32_t>::max(), op, "in_channels=", in_channels,
+                  " exceeds the CUDA kernel's limit of 2^31 - 1");
 
   const c10::cuda::CUDAGuard guard(input.device());
   maybe_check_indices(op, crow_indices, col_indices, p.index_cols);
@@ -39,8 +40,8 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
     using T = typename decltype(tag)::type;
     C10_CUDA_CHECK(cuda::csr_conv2d(ptr<T>(x), crow_indices.const_data_ptr<int32_t>(),
                                     col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
-                                    ptr_or_null<T>(b), mutable_ptr<T>(y), s, kernel_relu(relu, residual),
-                                    stream));
+                                    ptr_or_null<T>(b), mutable_ptr<T>(y), s, p.weight.stored,
+                                    kernel_relu(relu, residual), stream));
   });
   add_residual(y, residual, relu);
   return y;

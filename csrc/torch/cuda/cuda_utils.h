@@ -57,36 +57,23 @@ T* mutable_ptr(at::Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
 }
 
-// With full index checks enabled (checks.h), the O(rows + nnz) validation runs on the device
-// before the kernel. It reads the result back (a host synchronization), so it is off by default and
-// cannot be used inside CUDA graph capture.
+// Without full index checks the CUDA ops check no index value on the host: that would copy crow
+// back and synchronize, which CUDA graph capture forbids. The kernels still never read past col or
+// values whatever crow holds; a row with malformed pointers outputs NaN (kernels/cuda/row_extent.h).
+// With full index checks enabled (checks.h), crow and col are validated on the device before the
+// kernel, and the verdict is read back (a host synchronization, so off by default and unusable
+// inside graph capture). A failure is located and worded by the CPU op's check on host copies, so
+// both devices report a bad index in the same words.
 
 inline void check_indices_on_device(const char* op, const at::Tensor& crow, const at::Tensor& col,
                                     int64_t cols) {
-  const int64_t rows = crow.numel() - 1;
-  at::Tensor status = at::empty({2}, crow.options().dtype(at::kInt));
+  at::Tensor invalid = at::empty({1}, crow.options().dtype(at::kInt));
   C10_CUDA_CHECK(cuda::validate_compressed_indices(
-      crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(), rows, cols, col.numel(),
-      status.mutable_data_ptr<int32_t>(), current_stream()));
-  const at::Tensor host = status.cpu();
-  const int32_t code = host.const_data_ptr<int32_t>()[0];
-  const int32_t where = host.const_data_ptr<int32_t>()[1];
-  switch (code) {
-    case cuda::kIndicesOk:
-      return;
-    case cuda::kCrowFirstNotZero:
-      SPARSE_RT_CHECK(false, op, "crow_indices[0] must be 0");
-    case cuda::kCrowDecreasing:
-      SPARSE_RT_CHECK(false, op, "crow_indices must be non-decreasing, but crow_indices[", where + 1,
-                      "] < crow_indices[", where, "]");
-    case cuda::kCrowLastNotNnz:
-      SPARSE_RT_CHECK(false, op, "crow_indices[-1] must equal the number of stored entries (",
-                      col.numel(), ")");
-    case cuda::kColOutOfRange:
-      SPARSE_RT_CHECK(false, op, "col_indices[", where, "] is outside [0, ", cols, ")");
-    default:
-      SPARSE_RT_CHECK(false, op, "index validation returned unknown code ", code);
-  }
+      crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(), crow.numel() - 1, cols,
+      col.numel(), invalid.mutable_data_ptr<int32_t>(), current_stream()));
+  if (invalid.cpu().const_data_ptr<int32_t>()[0] == 0) return;
+  check_sparse_indices(op, crow.cpu(), col.cpu(), cols, /*check_columns=*/true);
+  TORCH_INTERNAL_ASSERT(false, "sparse_rt.", op, ": the device index check failed where the host check passes");
 }
 
 // The CUDA kernels' epilogues have no residual yet: with one, the kernel runs without its ReLU
