@@ -34,8 +34,7 @@ at::Tensor bsr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indic
                                   col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
                                   ptr_or_null<T>(b), mutable_ptr<T>(y), p.batch, info.rows,
                                   in_features, info.stored, info.block_h, info.block_w,
-                                  kernel_relu(relu, residual),
-                                  stream));
+                                  kernel_relu(relu, residual), stream));
   });
   add_residual(y, residual, relu);
   return y;
