@@ -51,6 +51,22 @@ def test_convert_then_inspect(tmp_path, capsys, resnet20):
     assert f"parameters {metrics.params:,}" in totals
 
 
+def test_convert_fuse_writes_a_fused_model(tmp_path, capsys, resnet20):
+    dense, ckpt = resnet20
+    out_path = tmp_path / "fused.srt"
+    code, out, err = _run(capsys, "convert", ckpt, "--arch", "cifar_resnet", "--arch-kwargs", "depth=20",
+                          "--format", "csr", "--fuse", "-o", out_path)
+    assert code == 0, err
+    # 19 BatchNorms after convolutions plus 2 in the downsampling shortcuts; the stem conv stays dense
+    # (pruning excluded it), so its ReLU is not fused
+    assert "fused: 21 BatchNorm(s) folded into convolutions, 9 residual sum(s) and 18 ReLU(s)" in out
+    model = sparse_rt.load(out_path)
+    assert model.fusion is not None and len(model.fusion.fused_relus) > 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert ((model(x) - dense(x)).norm() / dense(x).norm()).item() <= 1e-5
+
+
 def test_inspect_checkpoint(capsys, resnet20):
     _, ckpt = resnet20
     code, out, err = _run(capsys, "inspect", ckpt)

@@ -15,12 +15,16 @@ def add_parser(sub):
                    "member_2 before member_10) into one ensemble .srt")
     cli_args.add_checkpoint_args(p, arch_required=True)
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="value dtype of the result")
+    p.add_argument("--fuse", action="store_true", help="fold BatchNorms and fuse residual sums and ReLUs into "
+                   "the sparse kernels (SparseModel.fuse; the file records it)")
     p.add_argument("-o", "--output", required=True, help="the .srt file to write")
     p.set_defaults(run=run)
 
 
 def run(args):
     if args.ensemble:
+        if args.fuse:
+            raise ValueError("--fuse applies to single models; an ensemble fuses its members' layers itself")
         ensemble = _ensemble(args)
         ensemble.save(args.output)
         print(ensemble.report())
@@ -29,6 +33,8 @@ def run(args):
             raise ValueError("give a checkpoint to convert, or --ensemble DIR")
         model = from_checkpoint(args.ckpt, args.arch, masks=args.masks, arch_kwargs=args.arch_kwargs,
                                 progress=cli_args.progress(), **cli_args.checkpoint_options(args))
+        if args.fuse:
+            print(f"fused: {model.eval().fuse()}")
         model.save(args.output)
         print_source(model.source)
         print_model(model, args.input_shape, args.tokens)
