@@ -41,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,8 +103,7 @@ class Check:
         default_out = REPO / "build" / "gpu-check" if args.dry_run else REPO / "benchmarks" / "results"
         self.out = Path(args.out).resolve() / name if args.out else default_out / name
         self.logs = Path(args.out).resolve() if args.out else REPO / "build" / "gpu-check"
-        self.work = REPO / "build" / "gpu-check" / "work"  # scratch files that do not come back
-        for folder in (self.out.parent, self.logs, self.work):
+        for folder in (self.out.parent, self.logs, REPO / "build" / "gpu-check"):
             folder.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                                                os.environ.get("PYTHONPATH")])),
@@ -370,6 +370,14 @@ class Check:
     # ------------------------------------------------------------------ the run
 
     def main(self):
+        # Scratch files that do not come back (the benchmark's rows as they come), one folder per run.
+        self.work = Path(tempfile.mkdtemp(prefix="work-", dir=REPO / "build" / "gpu-check"))
+        try:
+            return self.run_phases()
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def run_phases(self):
         self.table = []
         self.environment()
         built = True
