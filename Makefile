@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= onnx,bench,test
 DATE := $(shell date -u +%Y-%m-%d)
 
-.PHONY: install demo test lint test-cpp test-sanitize test-python cuda-check cuda-check-if-available bench bench-report fuzz clean FORCE
+.PHONY: install demo test lint test-cpp test-sanitize test-python cuda-check cuda-check-if-available gpu-check bench bench-report fuzz clean FORCE
 
 # torch is pinned and the extension is built without build isolation, so pip never pulls a second
 # torch (an unpinned one brings gigabytes of CUDA packages). The build requirements, the runtime
@@ -55,6 +55,14 @@ cuda-check-if-available:
 	@if $(PYTHON) tools/build_config.py nvcc > /dev/null 2>&1; then \
 		$(MAKE) --no-print-directory cuda-check; \
 	else echo "cuda-check skipped: nvcc not found"; fi
+
+# One prepared run on a GPU machine (tools/gpu_check.py; README "GPU check"): builds the extension in
+# place against the torch installed there (no install, no pin, no network), runs the CUDA tests, the
+# kernels under compute-sanitizer and the GPU benchmarks, and writes benchmarks/results/cuda-DATE.json
+# (GPU_CHECK_OUT=DIR: DIR/cuda-DATE.json and the logs). DRY_RUN=1 rehearses it on the CPU.
+GPU_CHECK_FLAGS ?=
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(if $(DRY_RUN),--dry-run) $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT)) $(GPU_CHECK_FLAGS)
 
 # CPU benchmarks (DLMC linear and conv layers, end-to-end models); the speedups of this run go to
 # benchmarks/results/cpu-*.json, then a PNG and the README's table are made from them.

@@ -1,4 +1,4 @@
-"""Fits the planner's SPARSE_EFFICIENCY (sparse_rt/plan.py) from the newest `make bench` results:
+"""Fits the CPU row of the planner's SPARSE_EFFICIENCY (sparse_rt/plan.py) from the newest `make bench` results:
 per regime, the geometric mean over the measured layers of (dense time / sparse kernel time) x
 density, i.e. the density at which the sparse kernel breaks even.   python benchmarks/calibrate_plan.py"""
 

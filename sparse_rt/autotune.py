@@ -1,5 +1,6 @@
 """Measured format choice: time each layer dense and sparse on its real input and keep the faster,
-remembering the verdict on disk per layer shape, input shape, dtype, thread count and machine."""
+remembering the verdict on disk per layer shape, input shape, dtype, thread count and machine (CPU
+model, and GPU model for CUDA layers, which are timed with CUDA events)."""
 
 import json
 import math
@@ -51,13 +52,18 @@ class AutotuneCache:
         parts = [type(layer).__name__, tuple(layer.weight.shape), nnz, tuple(x.shape), str(x.dtype),
                  getattr(layer, "stride", None), getattr(layer, "padding", None),
                  getattr(layer, "dilation", None), getattr(layer, "groups", None),
-                 torch.get_num_threads(), cpu_model(), __version__]
+                 torch.get_num_threads(), cpu_model(), _gpu_model(x.device), __version__]
         return repr(parts)
 
     def save(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.path, "w") as f:
             json.dump(self.entries, f, indent=0, sort_keys=True)
+
+
+def _gpu_model(device):
+    """The GPU a CUDA tensor is on (a measurement there depends on it), None for the CPU."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
 def _well_formed(entry):
@@ -91,7 +97,7 @@ def measure(dense_layer, sparse_layer, x, nnz, cache):
     if entry is None:
         with torch.inference_mode():
             samples = compare_latency({"dense": lambda: dense_layer(x), "sparse": lambda: sparse_layer(x)},
-                                      warmup=0.01, min_time=0.05, min_rounds=5)
+                                      warmup=0.01, min_time=0.05, min_rounds=5, cuda=x.device.type == "cuda")
         dense_s, sparse_s = median(samples["dense"]), median(samples["sparse"])
         entry = {"format": "csr" if sparse_s < dense_s else "dense", "dense_s": dense_s, "sparse_s": sparse_s}
         cache.entries[key] = entry

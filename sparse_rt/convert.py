@@ -37,7 +37,8 @@ def parse_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
 def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], masks=None, mask_form: str = "auto", *,
                     arch_kwargs: Optional[dict] = None, rename: Optional[dict] = None, min_sparsity: float = 0.5,
                     format: str = "auto", dtype: Union[str, torch.dtype, None] = None, unsafe: bool = False,
-                    cs_s0: float = 0.0, progress: Optional[Callable] = None) -> SparseModel:
+                    cs_s0: float = 0.0, progress: Optional[Callable] = None,
+                    device: Union[str, torch.device, None] = None) -> SparseModel:
     """Returns the SparseModel of the checkpoint at `path` (a file or an OpenLTH folder).
 
     arch:         an nn.Module (not changed), a zoo name or "pkg.module:factory"; arch_kwargs go
@@ -45,7 +46,8 @@ def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], 
     masks, mask_form, unsafe, cs_s0: as sparse_rt.ingest.read_checkpoint.
     rename:       {"old.prefix.": "new.prefix."} for keys that differ by more than a prefix
                   (prefixes such as 'module.' are found and mapped without it).
-    min_sparsity, format, progress: as sparse_rt.sparsify.
+    min_sparsity, format, progress, device: as sparse_rt.sparsify (device: where the model will
+                  run, for format='auto'; the checkpoint is read to the CPU, so the default plans for it).
     dtype:        converts the result ('fp32', 'fp16', 'bf16' or a torch dtype).
     Raises sparse_rt.ingest errors (IngestError) and ArchitectureError, naming what to change.
     """
@@ -79,7 +81,8 @@ def from_checkpoint(path: Union[str, os.PathLike], arch: Union[nn.Module, str], 
     layers = convertible_layers(module)
     weight_masks = {k: m for k, m in layer_masks.items()
                     if k.endswith(".weight") and k.removesuffix(".weight") in layers}
-    model = sparsify(module.eval(), weight_masks, min_sparsity=min_sparsity, format=format, progress=progress)
+    model = sparsify(module.eval(), weight_masks, min_sparsity=min_sparsity, format=format, progress=progress,
+                     device=device)
     model.arch_spec = spec
     model.source = {"sha256": ckpt.source_sha256, "form": ckpt.form, "file": os.path.basename(os.fspath(path)),
                     "masks_sha256": ckpt.masks_sha256, "notes": list(ckpt.notes)}
@@ -120,10 +123,11 @@ def _is_embedding_table(key):
     return any("embed" in m for m in modules) or (bool(modules) and modules[-1] in _EMBEDDING_NAMES)
 
 
-def checkpoint_summary(ckpt, *, min_sparsity=0.5, format="auto"):
+def checkpoint_summary(ckpt, *, min_sparsity=0.5, format="auto", device="cpu"):
     """The Summary sparsify() would give, from a Checkpoint alone (no architecture): one row per
     masked 2-D or 4-D weight, taken as a Linear or a Conv2d by its rank (embedding tables, known by
-    their names, left out: a lookup has no multiply-adds); bytes count weights only."""
+    their names, left out: a lookup has no multiply-adds); bytes count weights only. `device`: where
+    the model would run (the cost model of format='auto')."""
     rows = []
     for key, mask in ckpt.masks.items():
         weight = ckpt.state_dict[key]
@@ -132,7 +136,8 @@ def checkpoint_summary(ckpt, *, min_sparsity=0.5, format="auto"):
         kind = "Linear" if weight.dim() == 2 else "Conv2d"
         flat, flat_mask = weight.reshape(weight.shape[0], -1), mask.reshape(weight.shape[0], -1)
         density = flat_mask.float().mean().item() if mask.numel() else 1.0
-        plan = plan_layer(kind, tuple(flat.shape), 1.0 - density, min_sparsity=min_sparsity, format=format)
+        plan = plan_layer(kind, tuple(flat.shape), 1.0 - density, min_sparsity=min_sparsity, format=format,
+                          device=device)
         dense_bytes = weight.numel() * weight.element_size()
         if plan.format == "csr":
             sparse_bytes = CSR.from_dense(flat, flat_mask).nbytes

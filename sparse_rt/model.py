@@ -171,7 +171,8 @@ def _convert(name, layer, mask, plan):
 def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None, *, min_sparsity: float = 0.5,
              format: str = "auto", example_inputs: Optional[Sequence] = None, autotune: bool = False,
              autotune_cache: Optional[Union[str, os.PathLike]] = None,
-             progress: Optional[Callable] = None, exclude: Sequence[str] = ()) -> SparseModel:
+             progress: Optional[Callable] = None, exclude: Sequence[str] = (),
+             device: Union[str, torch.device, None] = None) -> SparseModel:
     """Converts a pruned model into a SparseModel; `module` itself is not changed. The result is
     in the mode `module` is in: call .eval() on either before timing or deploying it (dropout).
 
@@ -190,6 +191,12 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
     dense whatever their sparsity (their masks still apply). Every choice and its reason shows in
     summary(); a layer pruned entirely (density 0, its output the bias alone) is also warned about.
 
+    `device` is where the model will run, for format='auto': CUDA layers are planned with the GPU
+    cost model (an unmeasured estimate so far, see sparse_rt.plan), all others with the CPU
+    calibration. Default: each layer's own device, so convert on the CPU with device="cuda" for a
+    model that will run on a GPU. Autotune times each layer where it is, so it refuses a `device`
+    of another type than the layers'.
+
     A model pruned with torch.nn.utils.prune may keep its masks in place (weight_orig,
     weight_mask and a hook): they are baked into the copy, which holds plain weights.
     """
@@ -200,6 +207,8 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
     if autotune and example_inputs is None:
         raise ValueError("sparsify(autotune=True) needs example_inputs to time the layers on")
     FormatSpec.parse(format)
+    if device is not None:
+        device = torch.device(device)
     model = copy_module(module)
     # Masks left in place by torch.nn.utils.prune are baked in, in every layer (converted or kept
     # dense), so the result holds plain weights; a mask given here takes precedence.
@@ -210,6 +219,12 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
     if isinstance(exclude, str) or unknown:
         raise ValueError(f"exclude must be a list of Linear/Conv2d layer names of the model; "
                          f"{exclude if isinstance(exclude, str) else unknown} are not")
+    if autotune and device is not None:
+        elsewhere = sorted(n for n, layer in candidates.items() if layer.weight.device.type != device.type)
+        if elsewhere:
+            raise ValueError(f"sparsify(autotune=True, device={str(device)!r}): autotune times each layer where it "
+                             f"is, and {elsewhere[0]} is on {candidates[elsewhere[0]].weight.device}; move the "
+                             "model there first")
     inputs = {} if example_inputs is None else capture_layer_inputs(model, tuple(example_inputs), candidates)
     cache = AutotuneCache(autotune_cache) if autotune else None
     rows = []
@@ -235,7 +250,8 @@ def sparsify(module: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = No
         layer_regime = regime(kind, batch, getattr(layer, "kernel_size", None), getattr(layer, "stride", None),
                               getattr(layer, "padding", None), out_pixels)
         plan = plan_layer(kind, (weight.shape[0], weight[0].numel()), sparsity,
-                          min_sparsity=min_sparsity, format=format, layer_regime=layer_regime)
+                          min_sparsity=min_sparsity, format=format, layer_regime=layer_regime,
+                          device=device if device is not None else weight.device)
         if name in exclude:
             plan = LayerPlan("dense", None, "excluded (sparsify(exclude=...))")
         if kind == "Conv2d" and plan.format != "dense":

@@ -3,6 +3,8 @@
 import re
 from dataclasses import dataclass
 
+import torch
+
 FORMAT_HELP = "'auto', 'csr', 'dense' or 'bsr:RxC' (e.g. 'bsr:4x4')"
 
 
@@ -39,15 +41,37 @@ def format_label(format, blocksize):
     return f"bsr{blocksize[0]}x{blocksize[1]}" if format == "bsr" else format
 
 
-# Speed of the sparse kernels relative to dense torch per multiply-add: a layer of density d is
-# predicted to run efficiency / d times faster sparse. Fitted by benchmarks/calibrate_plan.py from
-# `make bench` on the reference machine (2-core AMD EPYC with AVX-512), as the geometric mean of
-# speedup x density over the DLMC layers of each regime: "gemv" a Linear layer at batch < 8 (gather
-# dot products), "gemm" a batched Linear layer (tiled SpMM), "conv1x1" a 1x1 stride-1 unpadded
-# convolution (tiled SpMM straight on the input), "conv" any other convolution (packed input), and a
-# 1x1 one with fewer than 8 output pixels (narrower than the SpMM's narrowest tile).
+# Speed of the sparse kernels relative to dense torch per multiply-add, per device type: a layer of
+# density d is predicted to run efficiency / d times faster sparse. The regimes: "gemv" a Linear
+# layer at batch < 8, "gemm" a batched Linear layer, "conv1x1" a 1x1 stride-1 unpadded convolution,
+# "conv" any other convolution, and a 1x1 one with fewer than 8 output pixels.
+#
+# "cpu": fitted by benchmarks/calibrate_plan.py from `make bench` on the reference machine (2-core
+# AMD EPYC with AVX-512), as the geometric mean of speedup x density over the DLMC layers of each
+# regime (gemv: gather dot products; gemm: tiled SpMM; conv1x1: tiled SpMM straight on the input;
+# conv: packed input, also the 1x1 one narrower than the SpMM's narrowest tile).
+#
+# "cuda": NOT MEASURED. Estimates from the kernels' design, to be replaced by the efficiencies that
+# `make gpu-check` fits the same way on a GPU (its results file: summary.calibration). At batch < 8
+# both sides stream the weight: dense fp16 reads 2 bytes per weight, CSR 6 per nonzero (fp16 value,
+# int32 column) plus gathers of x that mostly hit the cache; at a guessed 60% of the dense GEMV's
+# bandwidth, 2/6 x 0.6 = 0.2. Batched layers and convolutions run dense on tensor cores (cuBLAS,
+# cuDNN's implicit GEMM) but sparse on CUDA cores, re-reading each sparse row for every 8 batch rows:
+# guessed 0.05, i.e. sparse only above 95% sparsity. Half precision is assumed, where the dense side
+# is fastest; in fp32 the sparse kernels should win more often than this predicts, not less.
+#
 # Where these estimates are off for a machine, sparsify(..., autotune=True) measures instead.
-SPARSE_EFFICIENCY = {"gemv": 0.200, "gemm": 0.247, "conv1x1": 0.353, "conv": 0.173}
+SPARSE_EFFICIENCY = {
+    "cpu": {"gemv": 0.200, "gemm": 0.247, "conv1x1": 0.353, "conv": 0.173},
+    "cuda": {"gemv": 0.20, "gemm": 0.05, "conv1x1": 0.05, "conv": 0.05},
+}
+MEASURED = {"cpu": True, "cuda": False}
+
+
+def device_type(device):
+    """The SPARSE_EFFICIENCY table a device uses: "cuda" for CUDA devices, "cpu" for every other
+    (the ops run their CPU kernels there; other device types have no kernels of ours)."""
+    return "cuda" if device is not None and torch.device(device).type == "cuda" else "cpu"
 
 
 def regime(kind, batch=1, kernel_size=None, stride=None, padding=None, out_pixels=None):
@@ -58,18 +82,18 @@ def regime(kind, batch=1, kernel_size=None, stride=None, padding=None, out_pixel
     return "conv1x1" if pointwise and (out_pixels is None or out_pixels >= 8) else "conv"
 
 
-def predicted_speedup(layer_regime, density):
-    """Predicted dense time / sparse time of a layer of this regime and density."""
-    return SPARSE_EFFICIENCY[layer_regime] / max(density, 1e-9)
+def predicted_speedup(layer_regime, density, device="cpu"):
+    """Predicted dense time / sparse time of a layer of this regime and density on `device`."""
+    return SPARSE_EFFICIENCY[device_type(device)][layer_regime] / max(density, 1e-9)
 
 
-def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", layer_regime=None):
-    """Chooses the format of one Linear/Conv2d layer.
+def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", layer_regime=None, device="cpu"):
+    """Chooses the format of one Linear/Conv2d layer that will run on `device`.
 
-    Layers below `min_sparsity` stay dense. With format='auto' the cost model keeps a layer dense
-    where it predicts the sparse kernel to be slower (`layer_regime`: see regime(); by default a
-    Linear layer at batch 1 or a packed convolution); 'csr' and 'bsr:RxC' force the format (a BSR
-    request falls back to CSR where BSR does not apply).
+    Layers below `min_sparsity` stay dense. With format='auto' the cost model of the device's type
+    keeps a layer dense where it predicts the sparse kernel to be slower (`layer_regime`: see
+    regime(); by default a Linear layer at batch 1 or a packed convolution); 'csr' and 'bsr:RxC'
+    force the format (a BSR request falls back to CSR where BSR does not apply).
     """
     spec = FormatSpec.parse(format)
     if spec.kind == "dense":
@@ -86,7 +110,9 @@ def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", lay
         return LayerPlan("bsr", (bh, bw), f"bsr {bh}x{bw} requested")
     if spec.kind == "csr":
         return LayerPlan("csr", None, "csr requested")
-    estimate = predicted_speedup(layer_regime or regime(kind), 1.0 - sparsity)
+    estimate = predicted_speedup(layer_regime or regime(kind), 1.0 - sparsity, device)
+    # The CUDA model is an unmeasured estimate (see SPARSE_EFFICIENCY): its reasons say so.
+    model = "cost model" if MEASURED[device_type(device)] else "cuda cost model (estimate, unmeasured)"
     if estimate < 1.0:
-        return LayerPlan("dense", None, f"cost model: sparse est. {estimate:.2f}x dense")
-    return LayerPlan("csr", None, f"cost model: sparse est. {estimate:.1f}x dense")
+        return LayerPlan("dense", None, f"{model}: sparse est. {estimate:.2f}x dense")
+    return LayerPlan("csr", None, f"{model}: sparse est. {estimate:.1f}x dense")

@@ -19,7 +19,8 @@ from .serialize import load
 
 def resolve_model(ref: Union[str, os.PathLike], *, arch: Union[nn.Module, str, None] = None,
                   arch_kwargs: Optional[dict] = None, sparsity: Optional[float] = None, seed: int = 0,
-                  trust_arch: bool = False, **convert_options) -> Tuple[nn.Module, Optional[dict], Optional[tuple]]:
+                  trust_arch: bool = False, device: Union[str, torch.device, None] = None,
+                  **convert_options) -> Tuple[nn.Module, Optional[dict], Optional[tuple]]:
     """(module, arch spec, per-sample input shape or None) for `ref`:
 
     - a path ending in .srt: loaded (a SparseModel or a SparseEnsemble; `arch`, `arch_kwargs`,
@@ -28,6 +29,8 @@ def resolve_model(ref: Union[str, os.PathLike], *, arch: Union[nn.Module, str, N
       `arch_kwargs` and `convert_options` as SparseModel.from_checkpoint;
     - a zoo name: built with `arch_kwargs` (weights seeded by `seed`) and magnitude-pruned to
       `sparsity` (required), its keep-dense layers (the stem convolution) left dense.
+    `device`: where the model will run, for the format choice of a conversion (sparse_rt.sparsify);
+    a .srt keeps the formats it was saved with.
     """
     text = os.fspath(ref)
     if text.endswith(".srt"):
@@ -42,7 +45,7 @@ def resolve_model(ref: Union[str, os.PathLike], *, arch: Union[nn.Module, str, N
                              "or 'pkg.module:factory')")
         if sparsity is not None:
             raise ValueError("a sparsity applies to a zoo model name, not to a checkpoint")
-        converted = from_checkpoint(text, arch, arch_kwargs=arch_kwargs, **convert_options)
+        converted = from_checkpoint(text, arch, arch_kwargs=arch_kwargs, device=device, **convert_options)
         return converted, converted.arch_spec, spec_input_shape(converted.arch_spec)
     if text not in models.names():
         raise ValueError(f"model {text!r} is neither a file (.srt or checkpoint) nor a zoo model "
@@ -52,6 +55,6 @@ def resolve_model(ref: Union[str, os.PathLike], *, arch: Union[nn.Module, str, N
     spec = {"name": text, "kwargs": dict(arch_kwargs or {})}
     torch.manual_seed(seed)
     dense = models.create(text, **spec["kwargs"]).eval()
-    model = sparsify(magnitude_prune(dense, sparsity, exclude=models.keep_dense(text))).eval()
+    model = sparsify(magnitude_prune(dense, sparsity, exclude=models.keep_dense(text)), device=device).eval()
     model.arch_spec = spec
     return model, spec, spec_input_shape(spec)

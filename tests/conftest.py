@@ -19,6 +19,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes over ~5 s; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "cuda: runs the CUDA kernels (skipped without them); select with -m cuda")
 
 
 @pytest.fixture

@@ -35,10 +35,12 @@ def _cuda_missing():
 
 
 CUDA_MISSING = _cuda_missing()
-requires_cuda = pytest.mark.skipif(CUDA_MISSING is not None, reason=f"needs CUDA: {CUDA_MISSING}")
+# Every CUDA test carries the `cuda` marker (`pytest -m cuda` runs them all: `make gpu-check`)
+# and skips with the reason above where the CUDA kernels cannot run.
+requires_cuda = [pytest.mark.cuda,
+                 pytest.mark.skipif(CUDA_MISSING is not None, reason=f"needs CUDA: {CUDA_MISSING}")]
 
-# One device list for the whole suite: every device-parametrised test has a CUDA case, skipped
-# with the reason above where the CUDA kernels cannot run.
+# One device list for the whole suite: every device-parametrised test has a CUDA case.
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

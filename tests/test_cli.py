@@ -73,6 +73,10 @@ def test_inspect_checkpoint(capsys, resnet20):
     assert code == 0, err
     assert "[dense_zeros]" in out and "blocks.0.conv1" in out and "csr" in out
     assert "theoretical speedup n/a (convolutions need --arch)" in out
+    code, out, err = _run(capsys, "inspect", ckpt, "--device", "cuda")  # planned for a GPU: dense at 90%
+    assert code == 0, err
+    row = next(line.split() for line in out.splitlines() if line.startswith("blocks.0.conv1 "))
+    assert row[3:5] == ["0.100", "dense"]
     code, out, err = _run(capsys, "inspect", ckpt, "--arch", "cifar_resnet")
     assert code == 0, err
     assert "form dense_zeros" in out and "theoretical speedup" in out and "n/a" not in out

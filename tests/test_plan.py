@@ -10,6 +10,7 @@ from sparse_rt.nn import SparseLinear
 from sparse_rt.plan import (
     SPARSE_EFFICIENCY,
     FormatSpec,
+    device_type,
     plan_layer,
     predicted_speedup,
     regime,
@@ -24,15 +25,52 @@ def test_regimes():
 
 
 def test_cost_model_keeps_moderately_sparse_layers_dense():
-    for name, efficiency in SPARSE_EFFICIENCY.items():
-        assert predicted_speedup(name, 0.1) == pytest.approx(efficiency / 0.1)
-    conv = SPARSE_EFFICIENCY["conv"]
+    for device in ("cpu", "cuda"):
+        for name, efficiency in SPARSE_EFFICIENCY[device].items():
+            assert predicted_speedup(name, 0.1, device) == pytest.approx(efficiency / 0.1)
+    conv = SPARSE_EFFICIENCY["cpu"]["conv"]
     sparse = plan_layer("Conv2d", (64, 576), 1 - conv / 4, min_sparsity=0.5, layer_regime="conv")
     assert (sparse.format, sparse.reason) == ("csr", "cost model: sparse est. 4.0x dense")
     dense = plan_layer("Conv2d", (64, 576), 1 - conv * 2, min_sparsity=0.5, layer_regime="conv")
     assert dense.format == "dense" and dense.reason == "cost model: sparse est. 0.50x dense"
     assert plan_layer("Conv2d", (64, 576), 0.6, min_sparsity=0.5, format="csr").format == "csr"
     assert plan_layer("Linear", (64, 64), 0.4, min_sparsity=0.5, format="csr").format == "dense"
+
+
+def test_cost_model_follows_the_device():
+    """CUDA layers are planned with the GPU estimate, every other device with the CPU calibration:
+    at 90% a batched Linear layer and a 3x3 convolution run sparse on the CPU but stay dense on a
+    GPU (dense runs on tensor cores there), while a batch-1 Linear layer runs sparse on both."""
+    assert device_type(None) == device_type("cpu") == device_type(torch.device("meta")) == "cpu"
+    assert device_type("cuda") == device_type(torch.device("cuda", 1)) == "cuda"
+    for kind, shape, layer_regime, on_cpu, on_cuda in [("Linear", (768, 3072), "gemm", "csr", "dense"),
+                                                        ("Conv2d", (64, 576), "conv", "csr", "dense"),
+                                                        ("Linear", (768, 3072), "gemv", "csr", "csr")]:
+        cpu = plan_layer(kind, shape, 0.9, min_sparsity=0.5, layer_regime=layer_regime)
+        cuda = plan_layer(kind, shape, 0.9, min_sparsity=0.5, layer_regime=layer_regime, device="cuda:0")
+        assert (cpu.format, cuda.format) == (on_cpu, on_cuda), kind
+        estimate = predicted_speedup(layer_regime, 0.1, "cuda")
+        assert cuda.reason == (f"cuda cost model (estimate, unmeasured): sparse est. "
+                               f"{estimate:.2f}x dense" if on_cuda == "dense" else
+                               f"cuda cost model (estimate, unmeasured): sparse est. {estimate:.1f}x dense")
+        assert cpu.reason.startswith("cost model: ")
+    # Forced formats and min_sparsity do not depend on the device.
+    assert plan_layer("Linear", (64, 64), 0.6, min_sparsity=0.5, format="csr", device="cuda").format == "csr"
+    assert plan_layer("Linear", (64, 64), 0.4, min_sparsity=0.5, device="cuda").format == "dense"
+
+
+def test_sparsify_plans_for_the_device_it_is_given(tmp_path):
+    torch.manual_seed(0)
+    model = sparse_rt.magnitude_prune(nn.Sequential(nn.Linear(256, 512)), 0.9)
+    x = randn(64, 256)
+    on_cpu = sparse_rt.sparsify(model, example_inputs=(x,)).summary()[0]
+    for_cuda = sparse_rt.sparsify(model, example_inputs=(x,), device="cuda").summary()[0]
+    assert (on_cpu.format, for_cuda.format) == ("csr", "dense")
+    assert for_cuda.reason.startswith("cuda cost model (estimate, unmeasured)")
+    assert sparse_rt.sparsify(model, device="cuda").summary()[0].format == "csr"  # batch 1 by default
+    with pytest.raises(ValueError, match=r"autotune times each layer where it is, and 0 is on cpu"):
+        sparse_rt.sparsify(model, example_inputs=(x,), autotune=True, autotune_cache=tmp_path / "a.json",
+                           device="cuda")
 
 
 def test_format_spec():

@@ -9,11 +9,15 @@ shortcut of the first block of groups 2-4. rn50_batchsizes.txt gives the output 
 the output side is their square root, the input side output * stride, the padding k // 2.
 """
 
+import json
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
 
 _STRIDED = re.compile(r"^(initial_conv|bottleneck_(2|projection)_block_group_projection_block_group[234])$")
 
@@ -54,3 +58,29 @@ def rn50_conv_geometry(name, cols, out_pixels):
     stride = 2 if _STRIDED.match(name) else 1
     out_side = math.isqrt(out_pixels)
     return ConvGeometry(cin, k, stride, k // 2, out_side * stride, out_side)
+
+
+def pack_patterns(patterns, path):
+    """Writes patterns, [(name, crow, col, (rows, cols), info dict)], to one compressed .npz: per
+    pattern its row pointer (int32) and column indices (uint16, which holds every DLMC column
+    count), with a JSON manifest of names, shapes and infos."""
+    import numpy as np
+
+    arrays, manifest = {}, []
+    for i, (name, crow, col, shape, info) in enumerate(patterns):
+        if shape[1] > 65536:
+            raise ValueError(f"{name}: {shape[1]} columns do not fit uint16 indices")
+        arrays[f"crow{i}"] = np.asarray(crow, dtype=np.int32)
+        arrays[f"col{i}"] = np.asarray(col, dtype=np.uint16)
+        manifest.append({"name": name, "shape": list(shape), "info": info})
+    np.savez_compressed(path, manifest=np.array(json.dumps(manifest)), **arrays)
+
+
+def load_packed(path):
+    """[(name, crow, col, (rows, cols), info)] from a pack_patterns file; crow and col are int32
+    torch tensors."""
+    with np.load(path, allow_pickle=False) as data:
+        manifest = json.loads(str(data["manifest"]))
+        return [(m["name"], torch.from_numpy(data[f"crow{i}"].astype(np.int32)),
+                 torch.from_numpy(data[f"col{i}"].astype(np.int32)), tuple(m["shape"]), m["info"])
+                for i, m in enumerate(manifest)]

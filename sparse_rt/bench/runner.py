@@ -32,11 +32,12 @@ class _Variant:
     model: SparseModel
 
 
-def load_variants(model, sparsity=None, *, arch=None, seed=0, trust_arch=False):
+def load_variants(model, sparsity=None, *, arch=None, seed=0, trust_arch=False, device=None):
     """(name, [variants], per-sample input shape or None) for what `run` accepts as `model`:
     a SparseModel; an nn.Module (pruned already, or magnitude-pruned to each `sparsity`); or a
     reference sparse_rt.resolve.resolve_model takes (a .srt path, a checkpoint path with `arch`,
-    a zoo name with `sparsity`: magnitude-pruned, seeded, its stem left dense)."""
+    a zoo name with `sparsity`: magnitude-pruned, seeded, its stem left dense). What is converted
+    here is planned for `device` (sparse_rt.sparsify)."""
     sparsities = _sparsities(sparsity)
     if isinstance(model, SparseModel):
         if sparsities:
@@ -44,13 +45,14 @@ def load_variants(model, sparsity=None, *, arch=None, seed=0, trust_arch=False):
         return "model", [_Variant(None, model)], spec_input_shape(model.arch_spec)
     if isinstance(model, nn.Module):
         pruned = [(s, magnitude_prune(model, s)) for s in sparsities] or [(None, model)]
-        return type(model).__name__, [_Variant(s, sparsify(m.eval())) for s, m in pruned], None
+        return type(model).__name__, [_Variant(s, sparsify(m.eval(), device=device)) for s, m in pruned], None
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a SparseModel, an nn.Module or a str, got {type(model).__name__}")
     name = os.path.basename(os.fspath(model))
     variants, shape = [], None
     for s in sparsities or [None]:
-        resolved, _, shape = resolve_model(model, arch=arch, sparsity=s, seed=seed, trust_arch=trust_arch)
+        resolved, _, shape = resolve_model(model, arch=arch, sparsity=s, seed=seed, trust_arch=trust_arch,
+                                           device=device)
         if not isinstance(resolved, SparseModel):
             raise ValueError(f"{name} holds an ensemble; sparse-rt bench times single models")
         variants.append(_Variant(s, resolved))
@@ -128,7 +130,8 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
     dtype = parse_dtype(dtype)
     baselines = parse_baselines(baselines)
     batches = _batches(batch, inputs)
-    name, variants, shape = load_variants(model, sparsity, arch=arch, seed=seed, trust_arch=trust_arch)
+    name, variants, shape = load_variants(model, sparsity, arch=arch, seed=seed, trust_arch=trust_arch,
+                                          device=device)
     dtype = dtype or _model_dtype(variants[0].model)
     make_input = _input_maker(inputs, shape, seed, device, dtype, tokens)
     previous_threads = torch.get_num_threads()

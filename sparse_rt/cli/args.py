@@ -76,6 +76,9 @@ def add_checkpoint_args(p, arch_required):
                    help="key prefixes to rename before matching the model's keys")
     p.add_argument("--format", default="auto", help="auto, csr, dense or bsr:RxC")
     p.add_argument("--min-sparsity", type=float, default=0.5)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the model will run: --format auto plans for it (the CUDA cost model is an "
+                   "unmeasured estimate so far)")
     p.add_argument("--cs-s0", type=float, default=0.0,
                    help="Continuous Sparsification mask_initial_value (scale 1/sigmoid(s0))")
     p.add_argument("--unsafe", action="store_true",
@@ -86,7 +89,7 @@ def add_checkpoint_args(p, arch_required):
 def checkpoint_options(args):
     """SparseModel.from_checkpoint's options from add_checkpoint_args' arguments (arch and masks apart)."""
     return dict(mask_form=args.mask_form, rename=args.rename, min_sparsity=args.min_sparsity, format=args.format,
-                dtype=getattr(args, "dtype", None), unsafe=args.unsafe, cs_s0=args.cs_s0)
+                dtype=getattr(args, "dtype", None), unsafe=args.unsafe, cs_s0=args.cs_s0, device=args.device)
 
 
 def progress():

@@ -39,6 +39,6 @@ def _checkpoint_alone(args):
     """Without an architecture: the checkpoint's masked weights, taken as Linear or Conv2d by rank."""
     ckpt = read_checkpoint(args.ckpt, mask_form=args.mask_form, masks=args.masks, unsafe=args.unsafe, cs_s0=args.cs_s0)
     print(ckpt.summary())
-    print(checkpoint_summary(ckpt, min_sparsity=args.min_sparsity, format=args.format))
+    print(checkpoint_summary(ckpt, min_sparsity=args.min_sparsity, format=args.format, device=args.device))
     print(totals(state_dict_metrics(ckpt.state_dict), "convolutions need --arch"))
     return 0
