@@ -37,11 +37,19 @@ def _cuda_missing():
 CUDA_MISSING = _cuda_missing()
 # Every CUDA test carries the `cuda` marker (`pytest -m cuda` runs them all: `make gpu-check`)
 # and skips with the reason above where the CUDA kernels cannot run.
-requires_cuda = [pytest.mark.cuda,
-                 pytest.mark.skipif(CUDA_MISSING is not None, reason=f"needs CUDA: {CUDA_MISSING}")]
+CUDA_MARKS = [pytest.mark.cuda,
+              pytest.mark.skipif(CUDA_MISSING is not None, reason=f"needs CUDA: {CUDA_MISSING}")]
+
+
+def requires_cuda(test):
+    """CUDA_MARKS as a decorator."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
 
 # One device list for the whole suite: every device-parametrised test has a CUDA case.
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_MARKS)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # --------------------------------------------------------------------------- sparse operands

@@ -5,11 +5,11 @@ the `cuda` case of the device-parametrised tests in test_ops.py, test_bad_inputs
 test_opcheck.py. Skips with the reason where the CUDA kernels cannot run."""
 
 import torch
-from helpers import assert_close, randn, random_csr, requires_cuda
+from helpers import CUDA_MARKS, assert_close, randn, random_csr
 
 from sparse_rt.ops import reference
 
-pytestmark = requires_cuda
+pytestmark = CUDA_MARKS
 
 
 def _capture(run):
