@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from deepsparse_env import DeepSparseUnavailable, DeepSparseWorker, ensure_venv, export_onnx  # beside this file
 
 import sparse_rt
-from deepsparse_env import DeepSparseUnavailable, DeepSparseWorker, ensure_venv, export_onnx
 from sparse_rt import models
 from sparse_rt.bench.engines import (
     DenseOnnx,

@@ -131,7 +131,8 @@ class DenseOnnx:
             raise EngineUnavailable(f"onnx is not installed ({e})") from None
         path = os.path.join(self.directory, "dense.onnx")
         # sparse_rt.onnx.export fixes the input shapes; exported here with a dynamic batch dimension,
-        # one export serves every batch size. A batch of 2 keeps the exporter from specializing the batch dimension to 1.
+        # one export serves every batch size. A batch of 2 keeps the exporter from specializing the
+        # batch dimension to 1.
         sample = self.example[:1].expand(2, *self.example.shape[1:]).contiguous().cpu()
         try:
             exported = copy.deepcopy(self.dense).cpu()

@@ -27,10 +27,11 @@ def _json_safe(value):
 class BenchReport:
     """One benchmark run. `data` is the JSON document: date, machine, versions, model, config,
     `load` (1/5/15-minute load averages at the start and end of the run, the threads, and the
-    busy-machine warning or null) and one entry per model variant (sparsity) with ShrinkBench `metrics`, `engines` (status, notes,
-    output check), `results` (per batch and engine: latency fields and sparse_rt's speedup over
-    that engine, p50 / p50 from the same run) and `layers` (per leaf layer: planner format and
-    reason, metrics, time and share of the forward per batch size)."""
+    busy-machine warning or null) and one entry per model variant (sparsity) with ShrinkBench
+    `metrics`, `engines` (status, notes, output check), `results` (per batch and engine: latency
+    fields and sparse_rt's speedup over that engine, p50 / p50 from the same run) and `layers`
+    (per leaf layer: planner format and reason, metrics, time and share of the forward per batch
+    size)."""
 
     def __init__(self, data):
         self.data = data
