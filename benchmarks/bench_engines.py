@@ -30,6 +30,7 @@ import argparse
 import datetime
 import gc
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -228,6 +229,31 @@ def bench_config(engines, x, reference, workdir, args):
     return rows
 
 
+def bench_pruned(model_name, base, sparsity, workdir, deepsparse, args, first, total):
+    """The result rows of zoo model `base` pruned to `sparsity`, every engine at every batch size;
+    `first` configurations of `total` are done (progress lines)."""
+    shape = models.input_shape(model_name)
+    pruned = sparse_rt.magnitude_prune(base, sparsity, exclude=models.keep_dense(model_name)).eval()
+    log(f"{model_name} at sparsity {sparsity:g}: building the engines")
+    engines, unavailable = build_engines(args.engines, pruned, example_input(1, shape, seed=args.seed), workdir,
+                                         args.threads, deepsparse)
+    results = []
+    with torch.inference_mode():
+        for i, batch in enumerate(args.batch):
+            log(f"[{first + i + 1}/{total}] {model_name}, sparsity {sparsity:g}, batch {batch}")
+            x = example_input(batch, shape, seed=args.seed)
+            rows = bench_config(engines, x, pruned(x), workdir, args)
+            rows.update({n: {"status": "unavailable", "note": why} for n, why in unavailable.items()})
+            for name in args.engines:
+                results.append({"model": model_name, "input_shape": list(shape), "sparsity": sparsity,
+                                "batch": batch, "engine": name, **rows[name]})
+                if "p50_ms" in rows[name]:
+                    log(f"  {name:<20} p50 {rows[name]['p50_ms']:9.2f} ms  "
+                        f"{_ratio(rows[name]['speedup_vs_fastest_dense'])} vs fastest dense "
+                        f"({rows[name]['fastest_dense']})")
+    return results
+
+
 def run(args, command):
     load_start = load_average()
     warning = busy_warning(load_start, None, args.threads)
@@ -242,35 +268,17 @@ def run(args, command):
     with tempfile.TemporaryDirectory(prefix="bench_engines_") as tmp, _deepsparse(args.engines, tmp) as deepsparse:
         if not isinstance(deepsparse, str):
             report["versions"]["deepsparse_venv"] = deepsparse.versions
-        configs = [(m, s, b) for m in args.models for s in args.sparsity for b in args.batch]
-        done = 0
+        total = len(args.models) * len(args.sparsity) * len(args.batch)
         for model_name in args.models:
             torch.manual_seed(args.seed)
             base = models.create(model_name).eval()
-            shape = models.input_shape(model_name)
             for sparsity in args.sparsity:
-                pruned = sparse_rt.magnitude_prune(base, sparsity, exclude=models.keep_dense(model_name)).eval()
                 workdir = Path(tmp) / f"{model_name}-{sparsity:g}"
                 workdir.mkdir()
-                log(f"{model_name} at sparsity {sparsity:g}: building the engines")
-                engines, unavailable = build_engines(args.engines, pruned, example_input(1, shape, seed=args.seed),
-                                                     workdir, args.threads, deepsparse)
-                with torch.inference_mode():
-                    for batch in args.batch:
-                        done += 1
-                        log(f"[{done}/{len(configs)}] {model_name}, sparsity {sparsity:g}, batch {batch}")
-                        x = example_input(batch, shape, seed=args.seed)
-                        rows = bench_config(engines, x, pruned(x), workdir, args)
-                        rows.update({n: {"status": "unavailable", "note": why} for n, why in unavailable.items()})
-                        for name in args.engines:
-                            row = {"model": model_name, "input_shape": list(shape), "sparsity": sparsity,
-                                   "batch": batch, "engine": name, **rows[name]}
-                            report["results"].append(row)
-                            if "p50_ms" in row:
-                                log(f"  {name:<20} p50 {row['p50_ms']:9.2f} ms  "
-                                    f"{row['speedup_vs_fastest_dense']:.2f}x vs fastest dense ({row['fastest_dense']})")
-                del engines, pruned
+                report["results"] += bench_pruned(model_name, base, sparsity, workdir, deepsparse, args,
+                                                  first=len(report["results"]) // len(args.engines), total=total)
                 gc.collect()
+                shutil.rmtree(workdir)  # its ONNX files: up to 1.5 GB per sparsity for BERT-base
     load_end = load_average()
     report["load"] = {"start": load_start, "end": load_end, "threads": args.threads,
                       "warning": busy_warning(load_start, load_end, args.threads)}
@@ -305,6 +313,10 @@ def _version(dist):
         return None
 
 
+def _ratio(value):
+    return "no dense engine" if value is None else f"{value:.2f}x"
+
+
 def table(report):
     """A Markdown table: per model, batch and sparsity, each engine's p50 ms and its speedup over
     the fastest dense engine; then the engines' notes and why some did not run."""
@@ -314,7 +326,7 @@ def table(report):
     for r in report["results"]:
         key = (r["model"], r["batch"], r["sparsity"])
         if "p50_ms" in r:
-            cells[key, r["engine"]] = f"{r['p50_ms']:.1f} ({r['speedup_vs_fastest_dense']:.2f}x)"
+            cells[key, r["engine"]] = f"{r['p50_ms']:.1f} ({_ratio(r['speedup_vs_fastest_dense'])})"
         else:
             cells[key, r["engine"]] = r["status"]
         if r["status"] != "ok" or r["note"]:
@@ -334,6 +346,7 @@ def table(report):
 def plot(report, path):
     """Speedup over the fastest dense engine vs sparsity, per engine; one panel per model and batch."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     cfg = report["config"]
     rows, cols = len(cfg["models"]), len(cfg["batch"])
@@ -345,18 +358,22 @@ def plot(report, path):
             for engine in cfg["engines"]:
                 points = sorted((r["sparsity"], r["speedup_vs_fastest_dense"]) for r in report["results"]
                                 if (r["model"], r["batch"], r["engine"]) == (model_name, batch, engine)
-                                and "p50_ms" in r)
+                                and r.get("speedup_vs_fastest_dense") is not None)
                 if points:
                     ax.plot(*zip(*points), marker="o", label=engine,
                             linestyle="--" if engine in DENSE_ENGINES else "-",
                             linewidth=2.5 if engine in SPARSE_RT_VARIANTS else 1.5)
             ax.axhline(1.0, color="gray", linewidth=0.8)
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("sparsity")
             ax.set_ylabel("speedup over the fastest dense engine")
             ax.set_title(f"{model_name}, batch {batch}")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:  # with no dense engine timed there is no speedup to draw
+                ax.legend(fontsize=8)
     busy = " - MACHINE BUSY (see report)" if report["load"]["warning"] else ""
     fig.suptitle(f"p50 speedup over the fastest dense engine, same run\n{cfg['threads']} threads, "
                  f"{report['machine']['cpu']}, {report['date'][:10]}{busy}", fontsize=11)

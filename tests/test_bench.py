@@ -1,7 +1,9 @@
 """sparse_rt.bench and `sparse-rt bench`: the report's arithmetic on known inputs, the engines'
 correctness, and end-to-end runs that must write every field of the JSON and the PNG."""
 
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -267,7 +269,11 @@ def test_openvino_and_sparse_flavour_unavailable_with_a_reason(monkeypatch, tmp_
         openvino_engine(None, threads=1, device=torch.device("cuda"))
     with pytest.raises(EngineUnavailable, match="CPU only"):
         onnxruntime_sparse_engine(None, tmp_path, threads=1, device=torch.device("cuda"))
-    monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # import openvino fails
+    if importlib.util.find_spec("onnxruntime_extensions"):
+        with pytest.raises(EngineUnavailable, match="fp32 models only, not bfloat16"):
+            onnxruntime_sparse_engine(sparse_rt.sparsify(_hand_model()).bfloat16(), tmp_path, threads=1,
+                                      device=torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino fails
     with pytest.raises(EngineUnavailable, match="openvino is not installed"):
         openvino_engine(None, threads=1, device=torch.device("cpu"))
     # In a run, the baseline is reported with the reason and the others go on.

@@ -183,11 +183,13 @@ def onnxruntime_sparse_engine(sparse_module, directory, *, threads, device):
         from ..onnx import export, session
     except ImportError as e:
         raise EngineUnavailable(f"onnx, onnxruntime or onnxruntime-extensions is not installed ({e})") from None
+    dtypes = {t.dtype for t in (*sparse_module.parameters(), *sparse_module.buffers()) if t.is_floating_point()}
+    if dtypes - {torch.float32}:
+        raise EngineUnavailable("the sparse ONNX flavour runs fp32 models only, not "
+                                + ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes - {torch.float32})))
     sessions = {}
 
     def prepare(x):
-        if x.dtype != torch.float32:
-            raise EngineUnavailable(f"the sparse ONNX flavour runs fp32 only, not {str(x.dtype).replace('torch.', '')}")
         shape = tuple(x.shape)
         if shape not in sessions:
             path = os.path.join(directory, f"sparse-{'x'.join(map(str, shape))}.onnx")
