@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= onnx,bench,test
 DATE := $(shell date -u +%Y-%m-%d)
 
-.PHONY: install demo test lint test-cpp test-sanitize test-python cuda-check cuda-check-if-available gpu-check bench bench-report fuzz clean FORCE
+.PHONY: install demo test lint test-cpp test-sanitize test-python cuda-check cuda-check-if-available gpu-check bench bench-report bench-engines deepsparse-env fuzz clean FORCE
 
 # torch is pinned and the extension is built without build isolation, so pip never pulls a second
 # torch (an unpinned one brings gigabytes of CUDA packages). The build requirements, the runtime
@@ -75,7 +75,7 @@ bench: install
 	$(PYTHON) benchmarks/plot_cpu.py
 	$(PYTHON) benchmarks/update_readme.py cpu
 
-# `sparse-rt bench` on zoo models (MODEL:SPARSITIES) against dense, torch.sparse and onnxruntime;
+# `sparse-rt bench` on zoo models (MODEL:SPARSITIES) against every baseline (sparse-rt bench --baselines);
 # writes benchmarks/results/bench-MODEL-DATE.{json,png}, then the README's table from them.
 BENCH_MODELS ?= resnet50:0.8,0.9,0.95 bert_encoder:0.9 cifar_resnet:0.9
 BENCH_FLAGS ?= --batch 1,8 --time 3 --warmup 0.5 --no-progress
@@ -86,6 +86,17 @@ bench-report: install
 			|| exit 1; \
 	done
 	$(PYTHON) benchmarks/update_readme.py bench
+
+# sparse_rt against torch, onnxruntime (dense and sparse flavour), OpenVINO and DeepSparse, ResNet-50 and
+# BERT-base over sparsities 0.5-0.98 (hours on 2 cores): benchmarks/results/engines-DATE.{json,png}.
+# DeepSparse (end of life) runs from its own environment, build/deepsparse-venv: `make deepsparse-env`
+# creates it (pinned versions) or says why it cannot; bench-engines creates it when missing.
+BENCH_ENGINES_FLAGS ?=
+bench-engines: install
+	$(PYTHON) benchmarks/bench_engines.py $(BENCH_ENGINES_FLAGS)
+
+deepsparse-env:
+	$(PYTHON) benchmarks/deepsparse_env.py
 
 # Fuzzes every untrusted-input surface (tools/fuzz.py: .srt and checkpoint loaders, ops, conv geometry,
 # layer state dicts, ONNX sessions, files changed or special, the CLI), each target in a memory-capped

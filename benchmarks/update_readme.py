@@ -57,7 +57,9 @@ def bench_table():
     reports = {model: json.loads(path.read_text()) for model, path in sorted(newest.items())}
     first = next(iter(reports.values()))
     baselines = first["config"]["baselines"]
-    lines = [_measured(first, list(newest.values())), "",
+    busy = [f"{model}: {r['load']['warning']}" for model, r in reports.items() if r.get("load", {}).get("warning")]
+    lines = [_measured(first, list(newest.values())), *(["", "**Measured on a busy machine** (indicative only; rerun "
+                                                         "quiet): " + "; ".join(busy)] if busy else []), "",
              "| model | sparsity | batch | sparse_rt p50 ms | " + " | ".join(f"vs {b}" for b in baselines)
              + " | theoretical |", "| --- " * (5 + len(baselines)) + "|"]
     for model, r in reports.items():

@@ -66,18 +66,42 @@ def _version(dist):
         return None
 
 
+def load_average():
+    """The 1-, 5- and 15-minute load averages (runnable processes), or None where the OS does not say."""
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(start, end, threads):
+    """A warning (str) when the 1-minute load average at the start or the end of a run, `start` and
+    `end` as load_average returns them, exceeds the `threads` the run uses, else None: the run
+    itself accounts for at most `threads` of the load, so more means other processes were running
+    and took CPU time from it (the 1-minute average trails: the start still shows the minute
+    before)."""
+    over = [(when, load[0]) for when, load in (("start", start), ("end", end)) if load and load[0] > threads]
+    if not over:
+        return None
+    at = " and ".join(f"{load:.2f} at the {when}" for when, load in over)
+    return (f"machine busy: 1-minute load average {at} of the run, above the {threads} thread(s) it uses; "
+            "other processes took CPU time, so these timings are slower and noisier than on a quiet machine")
+
+
 def machine_info():
     """{"date", "machine": {cpu, cores, physical_cores, threads, platform, gpu, load_average_1m},
-    "versions": {python, torch, cuda, sparse_rt, sparse_rt_build, numpy, onnxruntime}}."""
+    "versions": {python, torch, cuda, sparse_rt, sparse_rt_build, numpy, onnxruntime,
+    onnxruntime_extensions, openvino}}."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "physical_cores": physical_cores(),
                     "threads": torch.get_num_threads(), "platform": platform.platform(), "gpu": gpu,
                     # other processes competing for the cores make every number here slower
-                    "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+                    "load_average_1m": (load_average() or [None])[0]},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "cuda": torch.version.cuda, "sparse_rt": __version__,
                      "sparse_rt_build": build_info(), "numpy": _version("numpy"),
-                     "onnxruntime": _version("onnxruntime")},
+                     "onnxruntime": _version("onnxruntime"),
+                     "onnxruntime_extensions": _version("onnxruntime-extensions"), "openvino": _version("openvino")},
     }

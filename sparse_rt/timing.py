@@ -58,6 +58,49 @@ def compare_latency(fns, *, warmup=0.2, min_time=1.0, min_rounds=5, cuda=False):
     return {name: sorted(s) for name, s in samples.items()}
 
 
+def call_block(fn):
+    """A block runner for compare_latency_blocks: run(untimed, timed) calls `fn` `untimed` times,
+    then `timed` times each timed with perf_counter, and returns those seconds."""
+    def run(untimed, timed):
+        for _ in range(untimed):
+            fn()
+        samples = []
+        for _ in range(timed):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+        return samples
+
+    return run
+
+
+def compare_latency_blocks(blocks, *, block_calls=5, untimed_calls=2, min_time=0.0, min_rounds=3):
+    """Times engines that take turns in blocks and returns {name: sorted per-call seconds}.
+
+    `blocks` maps a name to run(untimed, timed) -> list of per-call seconds (call_block wraps a
+    callable; an engine in another process answers the same request). A first round warms each
+    engine with untimed_calls + block_calls untimed calls; then, in at least `min_rounds` rounds
+    and `min_time` seconds, each engine in turn (the order rotating each round) makes
+    `untimed_calls` calls after the switch, untimed, and `block_calls` timed ones. For CPU engines
+    with thread pools of their own, which keep spinning for a while after a run and would slow
+    whichever engine ran next if they alternated call by call (compare_latency), and for engines
+    in other processes, whose calls cannot be interleaved one by one."""
+    if block_calls < 1 or untimed_calls < 0 or min_rounds < 1:
+        raise ValueError("block_calls and min_rounds must be >= 1 and untimed_calls >= 0")
+    names = list(blocks)
+    for name in names:
+        blocks[name](untimed_calls + block_calls, 0)
+    samples = {name: [] for name in names}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < min_time:
+        for i in range(len(names)):
+            name = names[(i + rounds) % len(names)]
+            samples[name].extend(blocks[name](untimed_calls, block_calls))
+        rounds += 1
+    return {name: sorted(s) for name, s in samples.items()}
+
+
 def cuda_graph_replay(fn, warmup_calls=2):
     """A zero-argument callable replaying `fn` from a CUDA graph (launch overhead removed). fn runs
     `warmup_calls` times on a side stream first, as torch.cuda.graphs advises (lazy initialisation

@@ -1,7 +1,9 @@
 """sparse_rt.bench and `sparse-rt bench`: the report's arithmetic on known inputs, the engines'
 correctness, and end-to-end runs that must write every field of the JSON and the PNG."""
 
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -11,10 +13,19 @@ from torch import nn
 import sparse_rt
 from sparse_rt import bench, models
 from sparse_rt.bench import runner
-from sparse_rt.bench.engines import TorchSparseConv2d, torch_sparse_model
+from sparse_rt.bench.engines import (
+    BASELINES,
+    EngineUnavailable,
+    TorchSparseConv2d,
+    onnxruntime_sparse_engine,
+    openvino_engine,
+    torch_sparse_model,
+)
 from sparse_rt.bench.stats import latency_stats, percentile
 from sparse_rt.cli import main
+from sparse_rt.machine import busy_warning
 from sparse_rt.nn.surgery import dense_copy
+from sparse_rt.timing import call_block, compare_latency_blocks
 
 LATENCY = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "items_per_s", "iterations",
            "speedup", "batch", "engine"}
@@ -155,9 +166,9 @@ def test_cli_end_to_end_cifar(tmp_path):
     assert main(["bench", "cifar_resnet", "--sparsity", "0.9", "--batch", "1,2", "--time", "0.2", "--warmup", "0.05",
                  "--json", str(out / "r.json"), "--plot", str(out / "r.png"), "--csv", str(tmp_path / "r.csv"),
                  "--no-progress"]) == 0
-    _check_report_file(out / "r.json", [1, 2], ["dense", "torch-sparse", "onnxruntime"])
+    _check_report_file(out / "r.json", [1, 2], list(BASELINES))
     _check_png(out / "r.png")
-    assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 2 * 4
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 2 * (1 + len(BASELINES))
 
 
 @pytest.mark.slow
@@ -167,6 +178,123 @@ def test_issue_command_resnet50(tmp_path):
     json_path, png = tmp_path / "r.json", tmp_path / "r.png"
     assert main(["bench", "resnet50", "--sparsity", "0.9", "--batch", "1,8", "--json", str(json_path),
                  "--plot", str(png), "--time", "0", "--warmup", "0", "--no-progress"]) == 0
-    report = _check_report_file(json_path, [1, 8], ["dense", "torch-sparse", "onnxruntime"])
+    report = _check_report_file(json_path, [1, 8], list(BASELINES))
     assert report["variants"][0]["metrics"]["theoretical_speedup"] > 5
     _check_png(png)
+
+
+def test_busy_warning_when_the_load_exceeds_the_threads(monkeypatch):
+    assert busy_warning([1.5, 1.0, 1.0], [2.0, 1.0, 1.0], 2) is None  # the run's own 2 threads at the end
+    assert busy_warning(None, None, 2) is None  # the OS does not say
+    warning = busy_warning([0.5, 0, 0], [3.25, 0, 0], 2)
+    assert "3.25 at the end" in warning and "at the start" not in warning and "2 thread(s)" in warning
+    # In a run: the load averages go to the report, and a busy machine gets a warning line printed.
+    fake = {"sparse_rt": [0.001], "dense": [0.002]}
+    monkeypatch.setattr(runner, "compare_latency", lambda fns, **kw: {n: fake[n] for n in fns})
+    loads = iter([[5.0, 4.0, 3.0], [6.0, 5.0, 4.0]])
+    monkeypatch.setattr(runner, "load_average", lambda: next(loads))
+    report = bench.run(_hand_model(), (16,), baselines="dense", threads=1, warmup=0, time=0)
+    load = report.to_dict()["load"]
+    assert (load["start"], load["end"], load["threads"]) == ([5.0, 4.0, 3.0], [6.0, 5.0, 4.0], 1)
+    assert "5.00 at the start and 6.00 at the end" in load["warning"]
+    assert "WARNING: machine busy" in str(report)
+    monkeypatch.setattr(runner, "load_average", lambda: [0.25, 0.5, 0.5])
+    quiet = bench.run(_hand_model(), (16,), baselines="dense", threads=1, warmup=0, time=0)
+    assert quiet.data["load"]["warning"] is None and "WARNING" not in str(quiet)
+
+
+def test_blocks_take_turns_in_rotating_order():
+    calls = []
+
+    def block(name):
+        def run(untimed, timed):
+            calls.append((name, untimed, timed))
+            return [0.001] * timed
+        return run
+
+    samples = compare_latency_blocks({"a": block("a"), "b": block("b")}, block_calls=3, untimed_calls=2,
+                                     min_rounds=2)
+    assert calls == [("a", 5, 0), ("b", 5, 0),  # the warm-up round
+                     ("a", 2, 3), ("b", 2, 3), ("b", 2, 3), ("a", 2, 3)]
+    assert {name: len(s) for name, s in samples.items()} == {"a": 6, "b": 6}
+    counted = []
+    assert len(call_block(lambda: counted.append(1))(2, 3)) == 3 and len(counted) == 5
+    with pytest.raises(ValueError, match="block_calls"):
+        compare_latency_blocks({"a": block("a")}, block_calls=0)
+
+
+class _OnnxFile:
+    """What openvino_engine takes (sparse_rt.bench.engines.DenseOnnx's interface), here an ONNX
+    file written directly: y = relu(x W1^T + b1) W2^T + b2, batch dimension dynamic."""
+
+    def __init__(self, model, directory):
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        first, second = model[0], model[2]
+        weights = [numpy_helper.from_array(t.detach().numpy(), name) for name, t in (
+            ("w1", first.weight.t().contiguous()), ("b1", first.bias), ("w2", second.weight.t().contiguous()),
+            ("b2", second.bias))]
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+                 helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["o"]),
+                 helper.make_node("Add", ["o", "b2"], ["y"])]
+        graph = helper.make_graph(
+            nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", first.in_features])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", second.out_features])], weights)
+        self._path = str(directory / "mlp.onnx")
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), self._path)
+
+    def path(self):
+        return self._path
+
+
+def test_openvino_engine_runs_fp32_at_each_batch_size(tmp_path):
+    pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 32)).eval()
+    engine = openvino_engine(_OnnxFile(model, tmp_path), threads=1, device=torch.device("cpu"))
+    assert "f32" in engine.note
+    for batch in (1, 5):
+        x = torch.randn(batch, 64)
+        with torch.inference_mode():
+            expected = model(x)
+        got = torch.as_tensor(engine.prepare(x)())
+        # OpenVINO's default on a CPU with AVX-512 BF16 (bf16 compute) is ~3e-3 off here; fp32 ~3e-7.
+        assert got.shape == expected.shape
+        assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-5
+
+
+def test_openvino_and_sparse_flavour_unavailable_with_a_reason(monkeypatch, tmp_path):
+    with pytest.raises(EngineUnavailable, match="CPU only"):
+        openvino_engine(None, threads=1, device=torch.device("cuda"))
+    with pytest.raises(EngineUnavailable, match="CPU only"):
+        onnxruntime_sparse_engine(None, tmp_path, threads=1, device=torch.device("cuda"))
+    if importlib.util.find_spec("onnxruntime_extensions"):
+        with pytest.raises(EngineUnavailable, match="fp32 models only, not bfloat16"):
+            onnxruntime_sparse_engine(sparse_rt.sparsify(_hand_model()).bfloat16(), tmp_path, threads=1,
+                                      device=torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino fails
+    with pytest.raises(EngineUnavailable, match="openvino is not installed"):
+        openvino_engine(None, threads=1, device=torch.device("cpu"))
+    # In a run, the baseline is reported with the reason and the others go on.
+    fake = {"sparse_rt": [0.001], "dense": [0.002]}
+    monkeypatch.setattr(runner, "compare_latency", lambda fns, **kw: {n: fake[n] for n in fns})
+    report = bench.run(_hand_model(), (16,), baselines="dense,openvino", warmup=0, time=0)
+    engines = report.data["variants"][0]["engines"]
+    assert engines["openvino"]["status"] == "unavailable" and "not installed" in engines["openvino"]["note"]
+    assert {r["engine"] for r in report.rows()} == {"sparse_rt", "dense"}
+    assert "openvino: unavailable" in str(report)
+
+
+@pytest.mark.slow
+def test_openvino_and_onnxruntime_sparse_in_a_run():
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime_extensions")
+    pruned = sparse_rt.magnitude_prune(models.create("cifar_resnet").eval(), 0.9, exclude=("conv",))
+    report = bench.run(pruned, (3, 32, 32), batch=[1, 3], baselines="onnxruntime,onnxruntime-sparse,openvino",
+                       threads=1, warmup=0, time=0)
+    engines = report.data["variants"][0]["engines"]
+    for name in ("onnxruntime", "onnxruntime-sparse", "openvino"):
+        assert engines[name]["status"] == "ok" and engines[name]["max_rel_diff"] < 1e-5, (name, engines[name])
+    # one sparse-flavour export per batch size: both ran
+    assert {(r["engine"], r["batch"]) for r in report.rows()} >= {("onnxruntime-sparse", 1), ("onnxruntime-sparse", 3)}

@@ -1,5 +1,5 @@
-"""Benchmarks: `run` (sparse_rt against dense, torch.sparse and onnxruntime baselines, one run)
-returning a BenchReport; same-run latency comparison, statistics and machine information."""
+"""Benchmarks: `run` (sparse_rt against dense, torch.sparse, onnxruntime, its ONNX sparse flavour
+and OpenVINO, one run) returning a BenchReport; same-run latency comparison, statistics and machine information."""
 
 from ..machine import machine_info
 from ..timing import compare_latency

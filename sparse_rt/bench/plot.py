@@ -4,7 +4,8 @@ speedup vs sparsity per baseline and batch, next to the theoretical (ShrinkBench
 # A Figure of its own, not pyplot: it needs no backend and leaves the caller's pyplot state alone.
 from matplotlib.figure import Figure
 
-COLORS = {"sparse_rt": "tab:red", "dense": "tab:blue", "torch-sparse": "tab:green", "onnxruntime": "tab:purple"}
+COLORS = {"sparse_rt": "tab:red", "dense": "tab:blue", "torch-sparse": "tab:green", "onnxruntime": "tab:purple",
+          "onnxruntime-sparse": "tab:pink", "openvino": "tab:cyan"}
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -21,7 +22,8 @@ def plot_report(report, path):
     cfg = data["config"]
     fig.suptitle(f"sparse_rt bench: {data['model']['name']} on {cfg['device']} "
                  f"({data['machine']['cpu'] if cfg['device'] == 'cpu' else data['machine']['gpu']}, "
-                 f"{cfg['threads']} threads, {cfg['dtype']}), {data['date'][:10]}", fontsize=11)
+                 f"{cfg['threads']} threads, {cfg['dtype']}), {data['date'][:10]}"
+                 f"{' - MACHINE BUSY (see report)' if data.get('load', {}).get('warning') else ''}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

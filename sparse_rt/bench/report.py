@@ -25,11 +25,13 @@ def _json_safe(value):
 
 
 class BenchReport:
-    """One benchmark run. `data` is the JSON document: date, machine, versions, model, config and
-    one entry per model variant (sparsity) with ShrinkBench `metrics`, `engines` (status, notes,
-    output check), `results` (per batch and engine: latency fields and sparse_rt's speedup over
-    that engine, p50 / p50 from the same run) and `layers` (per leaf layer: planner format and
-    reason, metrics, time and share of the forward per batch size)."""
+    """One benchmark run. `data` is the JSON document: date, machine, versions, model, config,
+    `load` (1/5/15-minute load averages at the start and end of the run, the threads, and the
+    busy-machine warning or null) and one entry per model variant (sparsity) with ShrinkBench
+    `metrics`, `engines` (status, notes, output check), `results` (per batch and engine: latency
+    fields and sparse_rt's speedup over that engine, p50 / p50 from the same run) and `layers`
+    (per leaf layer: planner format and reason, metrics, time and share of the forward per batch
+    size)."""
 
     def __init__(self, data):
         self.data = data
@@ -106,6 +108,9 @@ def _renderables(data):
     yield Text(f"sparse_rt bench: {name}, input {tuple(data['model']['input_shape'])}, "
                f"{cfg['device']} {cfg['dtype']}, {cfg['threads']} threads, on {where}; torch "
                f"{versions['torch']}, sparse_rt {versions['sparse_rt']}, {data['date']}", style="bold")
+    warning = data.get("load", {}).get("warning")  # reports written before it have no "load"
+    if warning:
+        yield Text(f"WARNING: {warning}", style="bold red")
 
     table = Table(title="latency per batch (ms), interleaved in one run", title_justify="left")
     for column in (["sparsity"] if show_sparsity else []) + ["batch", "engine", "p50", "p90", "p99", "mean",

@@ -12,14 +12,24 @@ from torch import nn
 from ..arch import spec_input_shape
 from ..convert import parse_dtype
 from ..inputs import example_input
-from ..machine import machine_info
+from ..machine import busy_warning, load_average, machine_info
 from ..metrics import model_metrics
 from ..model import SparseModel, sparsify
 from ..nn.surgery import dense_copy
 from ..pruning import magnitude_prune
 from ..resolve import resolve_model
 from ..timing import compare_latency, cuda_graph_replay, layer_times
-from .engines import BASELINES, EngineUnavailable, onnxruntime_engine, parse_baselines, torch_engine, torch_sparse_model
+from .engines import (
+    BASELINES,
+    DenseOnnx,
+    EngineUnavailable,
+    onnxruntime_engine,
+    onnxruntime_sparse_engine,
+    openvino_engine,
+    parse_baselines,
+    torch_engine,
+    torch_sparse_model,
+)
 from .report import BenchReport
 from .stats import latency_stats
 
@@ -104,8 +114,9 @@ def _input_maker(inputs, shape, seed, device, dtype, tokens=None):
 def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=BASELINES, device="cpu",
         dtype=None, threads=None, warmup=2.0, time=10.0, min_iterations=1, cuda_graphs=False, seed=0,
         progress=False, tokens=None, trust_arch=False):
-    """Benchmarks sparse_rt against `baselines` ('dense', 'torch-sparse', 'onnxruntime') and returns
-    a BenchReport (print it, .to_json(), .to_csv(), .plot()).
+    """Benchmarks sparse_rt against `baselines` (BASELINES: 'dense', 'torch-sparse', 'onnxruntime',
+    'onnxruntime-sparse', 'openvino'; one that cannot run here is recorded with the reason) and
+    returns a BenchReport (print it, .to_json(), .to_csv(), .plot()).
 
     model:     a SparseModel, an nn.Module (already pruned, or pruned here to each `sparsity`),
                a .srt path, a checkpoint path with `arch`, or a zoo name with `sparsity`.
@@ -118,8 +129,11 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
     batch:     batch sizes ("1,8,32" or [1, 8, 32]); sparsity: one value or several ("0.5,0.9").
     warmup:    seconds each engine runs before timing, per batch size (0: none).
     time:      seconds of interleaved timing rounds per batch size, at least `min_iterations` rounds.
-    threads:   torch (and onnxruntime) intra-op threads for the run; dtype: 'fp32', 'fp16', 'bf16'.
+    threads:   intra-op threads of torch, onnxruntime and OpenVINO for the run (default: torch's);
+               the report warns when the machine's load average exceeds them (busy machine).
+    dtype:     'fp32', 'fp16', 'bf16'.
     """
+    load_start = load_average()
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device 'cuda' requested, but CUDA is not available (torch {torch.__version__})")
@@ -138,7 +152,7 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
     if threads:
         torch.set_num_threads(threads)
     try:
-        settings = _Settings(baselines, batches, device, threads, warmup, time, min_iterations, cuda_graphs, tokens)
+        settings = _Settings(baselines, batches, device, warmup, time, min_iterations, cuda_graphs, tokens)
         data = {**machine_info(), "model": {"name": name, "input_shape": list(make_input(1).shape[1:])},
                 "config": {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
                            "threads": torch.get_num_threads(), "batches": batches, "baselines": baselines,
@@ -150,6 +164,9 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
                 sparse = variant.model.to(device=device, dtype=dtype).eval()
                 data["variants"].append({"sparsity": variant.sparsity,
                                          **_bench_model(sparse, make_input, settings, step, variant.sparsity)})
+        load_end = load_average()
+        data["load"] = {"start": load_start, "end": load_end, "threads": data["config"]["threads"],
+                        "warning": busy_warning(load_start, load_end, data["config"]["threads"])}
     finally:
         torch.set_num_threads(previous_threads)
     return BenchReport(data)
@@ -160,7 +177,6 @@ class _Settings:
     baselines: list
     batches: list
     device: torch.device
-    threads: int
     warmup: float
     seconds: float
     min_iterations: int
@@ -170,14 +186,19 @@ class _Settings:
 
 def _bench_model(sparse, make_input, settings, step, sparsity):
     """{metrics, engines, results, layers, forward_ms} of one SparseModel over the batch sizes."""
+    with tempfile.TemporaryDirectory(prefix="sparse_rt_bench_") as tmp:
+        engines, status = _build_engines(sparse, settings.baselines, make_input(1), settings.device, tmp)
+        return _time_engines(sparse, engines, status, make_input, settings, step, sparsity)
+
+
+def _time_engines(sparse, engines, status, make_input, settings, step, sparsity):
     module, cuda = sparse.module, settings.device.type == "cuda"
-    engines, status = _build_engines(sparse, settings.baselines, make_input(1), settings.device, settings.threads)
     metrics = model_metrics(module, tuple(make_input(1).shape[1:]), tokens=settings.tokens)
     results, profiles = [], []
     for b in settings.batches:
         step(("" if sparsity is None else f"sparsity {sparsity:g}, ") + f"batch {b}")
         x = make_input(b)
-        fns = _prepare(engines, status, x, settings.cuda_graphs, check=b == settings.batches[0])
+        fns = _prepare(engines, status, x, settings.cuda_graphs, check=b == settings.batches[0], batch=b)
         samples = compare_latency(fns, warmup=settings.warmup, min_time=settings.seconds,
                                   min_rounds=settings.min_iterations, cuda=cuda)
         stats = {name: latency_stats(s, b) for name, s in samples.items()}
@@ -190,45 +211,51 @@ def _bench_model(sparse, make_input, settings, step, sparsity):
             "forward_ms": [wall * 1e3 for _, wall in profiles]}
 
 
-def _build_engines(sparse, baselines, example, device, threads):
-    """({name: Engine}, {name: status dict}); a baseline that cannot run is recorded, not fatal."""
+def _build_engines(sparse, baselines, example, device, tmp):
+    """({name: Engine}, {name: status dict}); a baseline that cannot run is recorded, not fatal.
+    Every engine runs on torch's thread count (set by `run`). ONNX files go to the folder `tmp`,
+    some when an engine is prepared for a batch size."""
     dense = dense_copy(sparse.module).eval()
+    threads = torch.get_num_threads()
     engines = {SUBJECT: torch_engine(SUBJECT, sparse)}
     status = {SUBJECT: {"status": "ok", "note": ""}}
-    with tempfile.TemporaryDirectory(prefix="sparse_rt_bench_") as tmp:
-        for name in baselines:
-            try:
-                if name == "dense":
-                    engine = torch_engine(name, dense)
-                elif name == "torch-sparse":
-                    engine = torch_engine(name, *torch_sparse_model(dense, sparse.summary()))
-                else:
-                    engine = onnxruntime_engine(dense, example, tmp, threads=threads, device=device)
-            except EngineUnavailable as e:
-                status[name] = {"status": "unavailable", "note": str(e)}
-                continue
-            engines[name] = engine
-            status[name] = {"status": "ok", "note": engine.note}
+    dense_onnx = DenseOnnx(dense, example, tmp)
+    builders = {
+        "dense": lambda: torch_engine("dense", dense),
+        "torch-sparse": lambda: torch_engine("torch-sparse", *torch_sparse_model(dense, sparse.summary())),
+        "onnxruntime": lambda: onnxruntime_engine(dense_onnx, threads=threads, device=device),
+        "onnxruntime-sparse": lambda: onnxruntime_sparse_engine(sparse.module, tmp, threads=threads, device=device),
+        "openvino": lambda: openvino_engine(dense_onnx, threads=threads, device=device),
+    }
+    for name in baselines:
+        try:
+            engine = builders[name]()
+        except EngineUnavailable as e:
+            status[name] = {"status": "unavailable", "note": str(e)}
+            continue
+        engines[name] = engine
+        status[name] = {"status": "ok", "note": engine.note}
     return engines, status
 
 
-def _prepare(engines, status, x, cuda_graphs, check):
+def _prepare(engines, status, x, cuda_graphs, check, batch):
     """{name: zero-argument callable} for input x. With `check` (the first batch size; the weights
     and code paths are the same at the others), each engine runs once first: its output is checked
-    against sparse_rt's (max |diff| / max |sparse_rt|) and an engine that fails is dropped from the
-    run with the error recorded."""
+    against sparse_rt's (max |diff| / max |sparse_rt|). A baseline that fails to prepare (an
+    export, a compilation for this shape) or to run is dropped from the run with the error recorded."""
     fns, reference = {}, None
     for name, engine in list(engines.items()):
-        fn = engine.prepare(x)
+        try:
+            fn = engine.prepare(x)
+            out = _first_tensor(fn()).to(x.device).float() if check else None
+        except Exception as e:  # a baseline may lack a kernel for this dtype, device or shape
+            if name == SUBJECT:
+                raise
+            state = "unavailable" if isinstance(e, EngineUnavailable) else "failed"
+            status[name] = {"status": state, "note": f"batch {batch}: {type(e).__name__}: {str(e)[:300]}"}
+            del engines[name]
+            continue
         if check:
-            try:
-                out = _first_tensor(fn()).to(x.device).float()
-            except Exception as e:  # a baseline may lack a kernel for this dtype or device
-                if name == SUBJECT:
-                    raise
-                status[name] = {"status": "failed", "note": f"{type(e).__name__}: {str(e)[:300]}"}
-                del engines[name]
-                continue
             reference = out if reference is None else reference  # sparse_rt runs first
             status[name]["max_rel_diff"] = ((out - reference).abs().max()
                                             / reference.abs().max().clamp_min(1e-30)).item()

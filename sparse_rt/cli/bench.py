@@ -9,7 +9,7 @@ from . import args as cli_args
 
 def add_parser(sub):
     p = sub.add_parser("bench", help="latency and throughput of a sparse model against dense, "
-                       "torch.sparse and onnxruntime baselines, interleaved in one run")
+                       "torch.sparse, onnxruntime and OpenVINO baselines, interleaved in one run")
     p.add_argument("model", metavar="MODEL", help="a .srt file, a checkpoint (with --arch) or a zoo model "
                    "name (with --sparsity: magnitude-pruned, seeded)")
     p.add_argument("--arch", help="architecture of a checkpoint: zoo name or pkg.module:factory")
@@ -19,8 +19,11 @@ def add_parser(sub):
     cli_args.add_trust_arch(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: the model's own")
-    p.add_argument("--threads", type=cli_args.positive_int, help="intra-op threads for torch and onnxruntime")
-    p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma list of {', '.join(BASELINES)}")
+    p.add_argument("--threads", type=cli_args.positive_int,
+                   help="intra-op threads for torch, onnxruntime and OpenVINO (default: torch's)")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"comma list of {', '.join(BASELINES)} (default: all; one that cannot run here is "
+                   "reported with the reason)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per engine and batch size")
     p.add_argument("--time", type=float, default=10.0,
                    help="seconds of interleaved timing per batch size (all engines together)")
