@@ -9,6 +9,8 @@ dense) and batch size, the same pruned weights run in every engine on the same t
   torch-dense         the pruned model in PyTorch eager (dense kernels, zeros and all)
   sparse_rt           sparse_rt.sparsify(pruned): sparse_rt's PyTorch path (SPARSE_RT_VARIANTS
                       holds it and any further sparse_rt variants, name -> builder)
+  sparse_rt-fused     the same, then model.fuse(): BatchNorm folded, residual sums and ReLUs in
+                      the sparse kernels' epilogues
   onnxruntime         the pruned model exported to ONNX (dense), stock onnxruntime
   onnxruntime-sparse  sparse_rt's ONNX sparse flavour (its own ops) in onnxruntime
   openvino            the same dense ONNX file in OpenVINO, fp32 forced, LATENCY hint
@@ -63,8 +65,15 @@ SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 # sparse_rt's ways of running a pruned model: name -> builder(pruned nn.Module, example input)
 # returning the module to time. The sparse ONNX flavour is exported from "sparse_rt"'s model.
+def _fused(pruned, example):
+    model = sparse_rt.sparsify(pruned).eval()
+    model.fuse()
+    return model
+
+
 SPARSE_RT_VARIANTS = {
     "sparse_rt": lambda pruned, example: sparse_rt.sparsify(pruned).eval(),
+    "sparse_rt-fused": _fused,
 }
 DENSE_ENGINES = ("torch-dense", "onnxruntime", "openvino")
 ENGINES = ("torch-dense", *SPARSE_RT_VARIANTS, "onnxruntime", "onnxruntime-sparse", "openvino", "deepsparse")
