@@ -114,6 +114,16 @@ def test_torch_sparse_conv_and_densify_match_the_sparse_model():
         assert torch.allclose(baseline(x), pruned(x), atol=1e-4)
 
 
+def test_fuse_times_the_fused_model_against_the_unfused_baselines():
+    pruned = sparse_rt.magnitude_prune(models.create("cifar_resnet").eval(), 0.9, exclude=("conv",))
+    report = bench.run(sparse_rt.sparsify(pruned, format="csr"), (3, 32, 32), baselines="dense", warmup=0, time=0,
+                       fuse=True)
+    variant = report.data["variants"][0]
+    assert report.data["config"]["fuse"] and len(variant["fusion"]["folded_batchnorms"]) == 21
+    # The outputs were checked against the dense baseline, built from the model before fusion.
+    assert all(engine["status"] == "ok" for engine in variant["engines"].values())
+
+
 def test_srt_and_checkpoint_forms(tmp_path):
     pruned = sparse_rt.magnitude_prune(models.create("cifar_resnet").eval(), 0.9, exclude=("conv",))
     sparse = sparse_rt.sparsify(pruned)

@@ -113,7 +113,7 @@ def _input_maker(inputs, shape, seed, device, dtype, tokens=None):
 
 def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=BASELINES, device="cpu",
         dtype=None, threads=None, warmup=2.0, time=10.0, min_iterations=1, cuda_graphs=False, seed=0,
-        progress=False, tokens=None, trust_arch=False):
+        progress=False, tokens=None, trust_arch=False, fuse=False):
     """Benchmarks sparse_rt against `baselines` (BASELINES: 'dense', 'torch-sparse', 'onnxruntime',
     'onnxruntime-sparse', 'openvino'; one that cannot run here is recorded with the reason) and
     returns a BenchReport (print it, .to_json(), .to_csv(), .plot()).
@@ -126,6 +126,8 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
                sequence length: BERT, GPT-2, T5); a model returning several outputs (Hugging Face
                ModelOutput) is compared and timed on its first.
     trust_arch: let a .srt import the module its architecture names (as sparse_rt.load).
+    fuse:      time sparse_rt's model after SparseModel.fuse() (BatchNorm folded, residual sums and
+               ReLUs in the kernels); the baselines are built from the model before fusion.
     batch:     batch sizes ("1,8,32" or [1, 8, 32]); sparsity: one value or several ("0.5,0.9").
     warmup:    seconds each engine runs before timing, per batch size (0: none).
     time:      seconds of interleaved timing rounds per batch size, at least `min_iterations` rounds.
@@ -152,12 +154,12 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
     if threads:
         torch.set_num_threads(threads)
     try:
-        settings = _Settings(baselines, batches, device, warmup, time, min_iterations, cuda_graphs, tokens)
+        settings = _Settings(baselines, batches, device, warmup, time, min_iterations, cuda_graphs, tokens, fuse)
         data = {**machine_info(), "model": {"name": name, "input_shape": list(make_input(1).shape[1:])},
                 "config": {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
                            "threads": torch.get_num_threads(), "batches": batches, "baselines": baselines,
                            "warmup_s": warmup, "time_s": time, "min_iterations": min_iterations,
-                           "cuda_graphs": cuda_graphs, "seed": seed, "tokens": tokens},
+                           "cuda_graphs": cuda_graphs, "seed": seed, "tokens": tokens, "fuse": fuse},
                 "variants": []}
         with _progress(progress, len(variants) * len(batches)) as step, torch.inference_mode():
             for variant in variants:
@@ -182,13 +184,15 @@ class _Settings:
     min_iterations: int
     cuda_graphs: bool
     tokens: int  # the inputs are token ids below it (None: floats)
+    fuse: bool  # sparse_rt's model is fused after the baselines are built from it
 
 
 def _bench_model(sparse, make_input, settings, step, sparsity):
     """{metrics, engines, results, layers, forward_ms} of one SparseModel over the batch sizes."""
     with tempfile.TemporaryDirectory(prefix="sparse_rt_bench_") as tmp:
         engines, status = _build_engines(sparse, settings.baselines, make_input(1), settings.device, tmp)
-        return _time_engines(sparse, engines, status, make_input, settings, step, sparsity)
+        fusion = {"fusion": sparse.fuse().to_json()} if settings.fuse and sparse.fusion is None else {}
+        return {**fusion, **_time_engines(sparse, engines, status, make_input, settings, step, sparsity)}
 
 
 def _time_engines(sparse, engines, status, make_input, settings, step, sparsity):
