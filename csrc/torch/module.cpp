@@ -1,6 +1,6 @@
 // The Python extension module sparse_rt._C. Loading it registers the ops (TORCH_LIBRARY static
 // initializers); it also reports how it was built.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
 
 #include "checks.h"
 
