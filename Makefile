@@ -5,7 +5,9 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= onnx,bench,test
 DATE := $(shell date -u +%Y-%m-%d)
 
-.PHONY: install demo test lint test-cpp test-sanitize test-python cuda-check cuda-check-if-available gpu-check bench bench-report bench-engines deepsparse-env fuzz clean FORCE
+.PHONY: install demo test lint test-cpp test-sanitize test-python cuda-check cuda-check-if-available \
+	cuda-binding-check cuda-binding-check-if-available gpu-check bench bench-report bench-engines deepsparse-env \
+	fuzz clean FORCE
 
 # torch is pinned and the extension is built without build isolation, so pip never pulls a second
 # torch (an unpinned one brings gigabytes of CUDA packages). The build requirements, the runtime
@@ -26,8 +28,9 @@ $(STAMP): $(INSTALL_INPUTS) $(if $(wildcard sparse_rt/_C*.so),,FORCE)
 demo: install
 	$(PYTHON) -m sparse_rt demo
 
-# Lint, the C++ kernel tests (plain and under ASan + UBSan), the nvcc compile check, then the Python suite.
-test: install lint test-cpp test-sanitize cuda-check-if-available test-python
+# Lint, the C++ kernel tests (plain and under ASan + UBSan), the nvcc compile check of the kernels, the
+# CUDA build of the extension (compiled and linked, no GPU), then the Python suite.
+test: install lint test-cpp test-sanitize cuda-check-if-available cuda-binding-check-if-available test-python
 
 # ruff's rules are in pyproject.toml ([tool.ruff]); the package's import layers in .importlinter.
 lint: install
@@ -51,10 +54,24 @@ test-python:
 cuda-check:
 	$(PYTHON) tools/cuda_check.py
 
+# The extension's CUDA build (setup.py with SPARSE_RT_CUDA=1: kernels and torch binding) compiled and
+# linked against the CUDA build of the installed torch's release, without a GPU, then its library
+# checked: a CUDA kernel registered for every op, every symbol resolved. That torch wheel is downloaded
+# once into ~/.cache/sparse_rt (a skip when it cannot be; SPARSE_RT_CUDA_TORCH=DIR uses a folder holding
+# one instead); a pass is remembered there, so an unchanged build is not redone.
+cuda-binding-check: install
+	$(PYTHON) tools/cuda_binding_check.py
+
+# $(call if-nvcc,TARGET): make TARGET where nvcc exists, else say that it is skipped.
+if-nvcc = @if $(PYTHON) tools/build_config.py nvcc > /dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(1); \
+	else echo "$(1) skipped: nvcc not found"; fi
+
 cuda-check-if-available:
-	@if $(PYTHON) tools/build_config.py nvcc > /dev/null 2>&1; then \
-		$(MAKE) --no-print-directory cuda-check; \
-	else echo "cuda-check skipped: nvcc not found"; fi
+	$(call if-nvcc,cuda-check)
+
+cuda-binding-check-if-available:
+	$(call if-nvcc,cuda-binding-check)
 
 # One prepared run on a GPU machine (tools/gpu_check.py; README "GPU check"): builds the extension in
 # place against the torch installed there (no install, no pin, no network), runs the CUDA tests, the

@@ -86,7 +86,8 @@ def _extension_and_build_ext():
     kind = cpp_extension.CppExtension
     if build_cuda:
         kind = cpp_extension.CUDAExtension
-        sources += _sources("kernels/cuda/*.cu", "torch/cuda/*.cu")
+        # The kernels are nvcc's; the CUDA binding (torch/cuda) is host code for the C++ compiler.
+        sources += _sources("kernels/cuda/*.cu", "torch/cuda/*.cpp")
         extra["nvcc"] = config.nvcc_flags()
         define_macros.append(("SPARSE_RT_WITH_CUDA", None))
         archs = os.environ.get("SPARSE_RT_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST")

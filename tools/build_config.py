@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,26 +48,45 @@ def nvcc_flags() -> list[str]:
     return [std_flag(), *_flags()["nvcc"]]
 
 
-def cuda_check_archs() -> list[str]:
-    return list(_flags()["cuda_check_archs"])
-
-
 def cuda_arch_list() -> str:
     """The extension's default TORCH_CUDA_ARCH_LIST (PTX included, so newer GPUs run)."""
     return _flags()["cuda_arch_list"]
 
 
+def cuda_check_archs() -> list[str]:
+    """The SM versions of cuda_arch_list ("8.0;9.0+PTX" -> ["80", "90"]), which tools/cuda_check.py
+    compiles by default."""
+    return [a.removesuffix("+PTX").replace(".", "") for a in re.split(r"[;\s]+", cuda_arch_list()) if a]
+
+
 def find_cuda_home() -> str | None:
-    """The CUDA toolkit the build and the check use, found as torch.utils.cpp_extension finds it:
-    $CUDA_HOME or $CUDA_PATH, else the folder above the bin/ of the nvcc on PATH, else /usr/local/cuda
-    when it exists. setup.py exports it as CUDA_HOME, so torch compiles with this same toolkit."""
+    """The CUDA toolkit the build and the check use: $CUDA_HOME or $CUDA_PATH, else the toolkit of
+    the nvcc on PATH, else /usr/local/cuda when it exists. setup.py exports it as CUDA_HOME, so torch
+    compiles (headers, libcudart) with this same toolkit."""
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if home:
         return home
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return os.path.dirname(os.path.dirname(nvcc))
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+        # A wrapper script (e.g. /usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc), whose
+        # parent folder holds no toolkit: nvcc names its own (TOP) in a dry run.
+        top = _nvcc_top(nvcc)
+        if top:
+            return top
     return "/usr/local/cuda" if os.path.exists("/usr/local/cuda") else None
+
+
+def _nvcc_top(nvcc: str) -> str | None:
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
+    return os.path.normpath(match.group(1).strip()) if match else None
 
 
 def find_nvcc() -> str | None:

@@ -3,9 +3,9 @@
 
 The kernels are torch-free, so this runs on any machine with the CUDA toolkit (no GPU, no CUDA
 torch). It compiles each file once per architecture with `-Xptxas -v`, prints one line per kernel
-and exits non-zero on a compile error or on any spill store/load. The torch extension's
-__CUDA_NO_HALF_* defines are set so that code relying on implicit half conversions fails here too.
-The nvcc flags, the default architectures and the nvcc lookup are the extension build's
+and exits non-zero on a compile error or on any spill store/load. The nvcc flags (-std=c++N, the
+__CUDA_NO_HALF_* defines torch gives every extension, so code relying on implicit half conversions
+fails here too), the default architectures and the nvcc lookup are the extension build's
 (tools/build_config.py).
 """
 from __future__ import annotations
@@ -25,13 +25,6 @@ import build_config  # noqa: E402  (tools/build_config.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_DIR = REPO / "csrc" / "kernels" / "cuda"
-# Same as torch.utils.cpp_extension's COMMON_NVCC_FLAGS, which the extension build adds.
-TORCH_DEFINES = [
-    "-D__CUDA_NO_HALF_OPERATORS__",
-    "-D__CUDA_NO_HALF_CONVERSIONS__",
-    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-    "-D__CUDA_NO_HALF2_OPERATORS__",
-]
 
 ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+)'")
 SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -61,7 +54,7 @@ def compile_one(nvcc: str, source: Path, arch: str, outdir: Path) -> tuple[Path,
     cmd = [
         nvcc, "-c", *build_config.nvcc_flags(),
         f"-gencode=arch=compute_{arch},code=sm_{arch}",
-        "-Xptxas", "-v", *TORCH_DEFINES,
+        "-Xptxas", "-v",
         str(source), "-o", str(outdir / f"{source.stem}.sm_{arch}.o"),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)

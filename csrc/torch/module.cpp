@@ -1,6 +1,7 @@
 // The Python extension module sparse_rt._C. Loading it registers the ops (TORCH_LIBRARY static
 // initializers); it also reports how it was built.
-#include <torch/extension.h>
+// pybind11 alone, not <torch/extension.h> (all of torch's C++ API): a third of the compile time.
+#include <pybind11/pybind11.h>
 
 #include "checks.h"
 
