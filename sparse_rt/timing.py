@@ -46,14 +46,20 @@ def compare_latency(fns, *, warmup=0.2, min_time=1.0, min_rounds=5, cuda=False):
     {name: sorted per-call seconds}. `cuda=True` times with CUDA events and synchronizes."""
     warm_up(fns, warmup, cuda=cuda)
     clock = _Clock(cuda)
-    names = list(fns)
+    return _rotating_rounds(list(fns), lambda name: [clock(fns[name])], min_rounds, min_time)
+
+
+def _rotating_rounds(names, take, min_rounds, min_time):
+    """{name: sorted samples}: rounds in which each name in turn, the order rotating each round,
+    adds take(name) (a list of seconds) to its samples, for at least `min_rounds` rounds and
+    `min_time` seconds."""
     samples = {name: [] for name in names}
     start = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or time.perf_counter() - start < min_time:
         for i in range(len(names)):
             name = names[(i + rounds) % len(names)]
-            samples[name].append(clock(fns[name]))
+            samples[name].extend(take(name))
         rounds += 1
     return {name: sorted(s) for name, s in samples.items()}
 
@@ -90,15 +96,7 @@ def compare_latency_blocks(blocks, *, block_calls=5, untimed_calls=2, min_time=0
     names = list(blocks)
     for name in names:
         blocks[name](untimed_calls + block_calls, 0)
-    samples = {name: [] for name in names}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < min_rounds or time.perf_counter() - start < min_time:
-        for i in range(len(names)):
-            name = names[(i + rounds) % len(names)]
-            samples[name].extend(blocks[name](untimed_calls, block_calls))
-        rounds += 1
-    return {name: sorted(s) for name, s in samples.items()}
+    return _rotating_rounds(names, lambda name: blocks[name](untimed_calls, block_calls), min_rounds, min_time)
 
 
 def cuda_graph_replay(fn, warmup_calls=2):
