@@ -15,6 +15,9 @@ with torch.fx and rewrites its graph:
   batch 8: -20% to +12% run to run, benchmarks/results/engines-2026-12-02-*.json).
 - ReLU after a sparse layer (or after such a sum) runs in the layer's kernel epilogue
   (`layer.relu = True`).
+- MaxPool2d on the CPU pools a channels_last copy of its input (ChannelsLastMaxPool2d): PyTorch's
+  CPU max pooling of an NCHW tensor is about 10x slower than of a channels_last one (ResNet-50's
+  stem pool, 2 threads: batch 1 5.1 ms vs 0.5 ms; batch 8 38 ms vs 12 ms with both layout copies).
 
 A pattern is rewritten only where it is safe: the layer is called once in the graph and its output
 feeds nothing but the BatchNorm / sum / ReLU. A residual that does not have the output's shape and
@@ -51,26 +54,40 @@ class FusionReport:
     fused_residuals: List[str] = field(default_factory=list)
     fused_relus: List[str] = field(default_factory=list)
     dropped_dropouts: List[str] = field(default_factory=list)
+    channels_last_pools: List[str] = field(default_factory=list)
 
     def to_json(self):
         return {"folded_batchnorms": [list(pair) for pair in self.folded_batchnorms],
                 "fused_residuals": list(self.fused_residuals), "fused_relus": list(self.fused_relus),
-                "dropped_dropouts": list(self.dropped_dropouts)}
+                "dropped_dropouts": list(self.dropped_dropouts),
+                "channels_last_pools": list(self.channels_last_pools)}
 
     @classmethod
     def from_json(cls, record):
         return cls([tuple(pair) for pair in record.get("folded_batchnorms", [])],
                    list(record.get("fused_residuals", [])), list(record.get("fused_relus", [])),
-                   list(record.get("dropped_dropouts", [])))
+                   list(record.get("dropped_dropouts", [])), list(record.get("channels_last_pools", [])))
 
     def __add__(self, other):
         return FusionReport(*(getattr(self, f) + getattr(other, f) for f in
-                              ("folded_batchnorms", "fused_residuals", "fused_relus", "dropped_dropouts")))
+                              ("folded_batchnorms", "fused_residuals", "fused_relus", "dropped_dropouts",
+                               "channels_last_pools")))
 
     def __str__(self):
         return (f"{len(self.folded_batchnorms)} BatchNorm(s) folded into convolutions, "
                 f"{len(self.fused_residuals)} residual sum(s) and {len(self.fused_relus)} ReLU(s) "
-                f"fused into sparse kernels")
+                f"fused into sparse kernels, {len(self.channels_last_pools)} max pool(s) run channels_last")
+
+
+class ChannelsLastMaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d that pools a channels_last copy of a CPU batch and returns it NCHW again: the
+    same values (a maximum is exact), in a tenth of the time for large planes. Anything else
+    (indices, unbatched input, other devices) is pooled as given."""
+
+    def forward(self, input):
+        if self.return_indices or input.dim() != 4 or input.device.type != "cpu":
+            return super().forward(input)
+        return super().forward(input.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 class _Tracer(fx.Tracer):
@@ -105,6 +122,10 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
     calls = _call_counts(gm.graph)
     report = FusionReport()
+    for name, pool in list(gm.named_modules()):
+        if type(pool) is nn.MaxPool2d and not pool.return_indices:
+            gm.set_submodule(name, _channels_last_pool(pool))
+            report.channels_last_pools.append(name)
     for node in list(gm.graph.nodes):
         if _module_of(gm, node, nn.Dropout) is not None and len(node.args) == 1 and not node.kwargs:
             node.replace_all_uses_with(node.args[0])
@@ -148,6 +169,11 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, report
+
+
+def _channels_last_pool(pool):
+    return ChannelsLastMaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                 ceil_mode=pool.ceil_mode)
 
 
 def _call_counts(graph):

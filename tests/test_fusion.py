@@ -9,7 +9,7 @@ from torch import nn
 
 import sparse_rt
 from sparse_rt import models
-from sparse_rt.fusion import FusionError
+from sparse_rt.fusion import ChannelsLastMaxPool2d, FusionError
 from sparse_rt.io.srt import SrtArchError
 from sparse_rt.nn import SparseConv2d, SparseLinear
 from sparse_rt.nn.surgery import dense_copy
@@ -51,9 +51,25 @@ def test_resnet_batchnorms_residuals_and_relus_are_fused_with_the_same_outputs()
     assert len(report.fused_residuals) == 8
     assert len(report.fused_relus) == 1 + 8 * 2
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert report.channels_last_pools == ["maxpool"]
     with torch.inference_mode():
         assert rel_err(model(x), expected) < 1e-5
     assert model.fusion is report
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=2, stride=2, ceil_mode=True),
+                                    dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0), dilation=2)])
+def test_channels_last_max_pool_gives_the_very_same_values(kwargs):
+    pool = nn.MaxPool2d(**kwargs)
+    fast = ChannelsLastMaxPool2d(**kwargs)
+    x = torch.randn(2, 5, 13, 11, generator=torch.Generator().manual_seed(0))
+    x[0, 1, 3, 4] = float("nan")
+    x[1, 2, :, :] = float("-inf")
+    out = fast(x)
+    assert out.is_contiguous() and torch.equal(out.isnan(), pool(x).isnan())
+    assert torch.equal(out.nan_to_num(), pool(x).nan_to_num())
+    assert torch.equal(fast(x[1]), pool(x[1]))  # unbatched input: pooled as given
 
 
 @requires_compiled_ops

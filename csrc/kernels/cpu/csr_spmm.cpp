@@ -24,13 +24,13 @@ template <typename Vec>
   return v;
 }
 
-// One row, output columns [q0, q0 + VECS * lanes); always inlined, so that each ISA version of
-// csr_spmm compiles it for its own vector width. Each nonzero costs VECS loads and FMAs. Narrow
-// tiles split the nonzeros over several partial sums so that consecutive FMAs don't wait on each
+// One row, output columns [q0, q0 + VECS * lanes), the sums written to tile[0, VECS * lanes);
+// always inlined, so that each ISA version of csr_spmm compiles it for its own vector width. Each
+// nonzero costs VECS loads and FMAs. Narrow tiles split the nonzeros over several partial sums so that consecutive FMAs don't wait on each
 // other's latency (about four cycles): four independent chains keep the FMA unit busy.
 template <typename Vec, int VECS, typename V>
-[[gnu::always_inline]] inline void row_tile(const CsrView<V>& w, const DenseRows& b, const StridedOutput& y,
-                     const Epilogue& ep, int64_t r, int64_t q0) {
+[[gnu::always_inline]] inline void row_tile(const CsrView<V>& w, const DenseRows& b, int64_t r, int64_t q0,
+                                            float* tile) {
   constexpr int kLanes = sizeof(Vec) / sizeof(float);
   constexpr int kPartials = VECS >= 4 ? 1 : 4 / VECS;
   Vec acc[kPartials][VECS] = {};
@@ -51,16 +51,8 @@ template <typename Vec, int VECS, typename V>
   for (int p = 1; p < kPartials; ++p) {
     for (int i = 0; i < VECS; ++i) acc[0][i] += acc[p][i];
   }
-  // Spill the finished tile once; indexing the vectors element-wise here would keep them in
-  // memory during the loop above.
-  float tile[VECS * kLanes];
-  __builtin_memcpy(tile, acc[0], sizeof tile);
-  const int64_t row_start = r * y.row_stride;
-  const int64_t stored = std::min<int64_t>(VECS * kLanes, y.columns - q0);
-  for (int64_t j = 0; j < stored; ++j) {
-    const int64_t index = row_start + (q0 + j) * y.col_stride;
-    y.data[index] = ep.apply(tile[j], r, index);
-  }
+  // Spilled whole; indexing the vectors element-wise would keep them in memory during the loop.
+  __builtin_memcpy(tile, acc[0], sizeof acc[0]);
 }
 
 // Columns of an operand narrower than 8, one at a time (a 1x1 output is all tail), with four
@@ -81,6 +73,94 @@ inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOut
   }
 }
 
+// Rows are computed kGroup at a time into a tile buffer (row i's sums at i * kTileStride), then
+// stored together with the epilogue along whichever output dimension is contiguous, so that the
+// stores and the epilogue are vector operations: a linear layer's output is stored transposed
+// (consecutive rows adjacent), a convolution's a row at a time. Storing each row's tile on its own
+// meant 64 scattered scalar stores per row for linear layers, which cost more than the sums.
+constexpr int64_t kGroup = 16, kTileStride = 64;
+
+// Transposes the 16x16 block held in rows[0..16) in place: four rounds of two-input shuffles,
+// each swapping the off-diagonal sub-blocks of half the previous round's size.
+[[gnu::always_inline]] inline void transpose16(vec16 (&rows)[16]) {
+  typedef int32_t mask16 __attribute__((vector_size(64)));
+  constexpr mask16 kLow[4] = {
+      {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+      {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+      {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+      {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
+  constexpr mask16 kHigh[4] = {
+      {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+      {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+      {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+      {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+  for (int round = 0, h = 8; round < 4; ++round, h /= 2) {
+    for (int i = 0; i < 16; ++i) {
+      if (i & h) continue;
+      const vec16 a = rows[i], b = rows[i + h];
+      rows[i] = __builtin_shuffle(a, b, kLow[round]);
+      rows[i + h] = __builtin_shuffle(a, b, kHigh[round]);
+    }
+  }
+}
+
+[[gnu::always_inline]] inline void store_group(const float* tile, const StridedOutput& y,
+                                               const Epilogue& ep, int64_t r0, int64_t count,
+                                               int64_t q0, int64_t width) {
+  const int64_t stored = std::min(width, y.columns - q0);
+  if (y.row_stride == 1 && count == kGroup && width % 16 == 0) {
+    vec16 bias = {};
+    if (ep.bias) bias = load<vec16>(ep.bias + r0);
+    for (int64_t j0 = 0; j0 < stored; j0 += 16) {
+      vec16 block[16];
+      for (int i = 0; i < 16; ++i) block[i] = load<vec16>(tile + i * kTileStride + j0);
+      transpose16(block);
+      for (int64_t j = j0; j < std::min(stored, j0 + 16); ++j) {
+        const int64_t start = r0 + (q0 + j) * y.col_stride;
+        vec16 v = block[j - j0] + bias;
+        if (ep.residual) v += load<vec16>(ep.residual + start);
+        if (ep.relu) v = v < 0.f ? vec16{} : v;
+        __builtin_memcpy(y.data + start, &v, sizeof v);
+      }
+    }
+    return;
+  }
+  if (y.row_stride == 1) {
+    for (int64_t j = 0; j < stored; ++j) {
+      const int64_t start = r0 + (q0 + j) * y.col_stride;
+      const float* residual = ep.residual ? ep.residual + start : nullptr;
+      for (int64_t i = 0; i < count; ++i) {
+        float v = tile[i * kTileStride + j] + (ep.bias ? ep.bias[r0 + i] : 0.f);
+        if (residual) v += residual[i];
+        y.data[start + i] = ep.relu && v < 0.f ? 0.f : v;
+      }
+    }
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t r = r0 + i, start = r * y.row_stride + q0 * y.col_stride;
+    for (int64_t j = 0; j < stored; ++j) {
+      const int64_t index = start + j * y.col_stride;
+      y.data[index] = ep.apply(tile[i * kTileStride + j], r, index);
+    }
+  }
+}
+
+// Output columns [q, q + VECS * lanes) of rows [row_begin, row_end).
+template <typename Vec, int VECS, typename V>
+[[gnu::always_inline]] inline void column_tile(const CsrView<V>& w, const DenseRows& b,
+                                               const StridedOutput& y, const Epilogue& ep,
+                                               int64_t row_begin, int64_t row_end, int64_t q) {
+  constexpr int64_t kWidth = VECS * int64_t(sizeof(Vec) / sizeof(float));
+  static_assert(kWidth <= kTileStride);
+  alignas(64) float tile[kGroup * kTileStride];
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kGroup) {
+    const int64_t count = std::min(kGroup, row_end - r0);
+    for (int64_t i = 0; i < count; ++i) row_tile<Vec, VECS>(w, b, r0 + i, q, tile + i * kTileStride);
+    store_group(tile, y, ep, r0, count, q, kWidth);
+  }
+}
+
 template <typename V>
 [[gnu::always_inline]] inline void spmm_rows(const CsrView<V>& w, const DenseRows& b,
                                              const StridedOutput& y, const Epilogue& ep,
@@ -89,22 +169,14 @@ template <typename V>
   // (a tile's width in each of B's rows) stays in L2. Row-outermost order streams the whole of B
   // through the cache once per row, which is what made wide convolutions slow.
   int64_t q = 0;
-  for (; q + 64 <= b.width; q += 64) {
-    for (int64_t r = row_begin; r < row_end; ++r) row_tile<vec16, 4>(w, b, y, ep, r, q);
-  }
-  for (; q + 32 <= b.width; q += 32) {
-    for (int64_t r = row_begin; r < row_end; ++r) row_tile<vec16, 2>(w, b, y, ep, r, q);
-  }
-  for (; q + 16 <= b.width; q += 16) {
-    for (int64_t r = row_begin; r < row_end; ++r) row_tile<vec16, 1>(w, b, y, ep, r, q);
-  }
-  for (; q + 8 <= b.width; q += 8) {
-    for (int64_t r = row_begin; r < row_end; ++r) row_tile<vec8, 1>(w, b, y, ep, r, q);
-  }
+  for (; q + 64 <= b.width; q += 64) column_tile<vec16, 4>(w, b, y, ep, row_begin, row_end, q);
+  for (; q + 32 <= b.width; q += 32) column_tile<vec16, 2>(w, b, y, ep, row_begin, row_end, q);
+  for (; q + 16 <= b.width; q += 16) column_tile<vec16, 1>(w, b, y, ep, row_begin, row_end, q);
+  for (; q + 8 <= b.width; q += 8) column_tile<vec8, 1>(w, b, y, ep, row_begin, row_end, q);
   if (q < b.width && b.width >= 8) {
     // The last few columns as one 8-wide tile ending at the last column: it recomputes up to
     // seven columns already stored (same sums, same values), which beats one pass per column.
-    for (int64_t r = row_begin; r < row_end; ++r) row_tile<vec8, 1>(w, b, y, ep, r, b.width - 8);
+    column_tile<vec8, 1>(w, b, y, ep, row_begin, row_end, b.width - 8);
     return;
   }
   for (; q < b.width; ++q) {
@@ -112,21 +184,29 @@ template <typename V>
   }
 }
 
+// xt's 16x16 blocks are transposed in registers; the edges of x that do not fill one are copied
+// element by element.
+[[gnu::always_inline]] inline void pack_blocks(const float* x, int64_t rows, int64_t cols, int64_t ld,
+                                               float* xt) {
+  const int64_t full_rows = rows / 16 * 16, full_cols = cols / 16 * 16;
+  for (int64_t k0 = 0; k0 < full_cols; k0 += 16) {
+    for (int64_t n0 = 0; n0 < full_rows; n0 += 16) {
+      vec16 block[16];
+      for (int i = 0; i < 16; ++i) block[i] = load<vec16>(x + (n0 + i) * cols + k0);
+      transpose16(block);
+      for (int i = 0; i < 16; ++i) __builtin_memcpy(xt + (k0 + i) * ld + n0, &block[i], sizeof block[i]);
+    }
+  }
+  for (int64_t k = 0; k < cols; ++k) {
+    for (int64_t n = k < full_cols ? full_rows : 0; n < rows; ++n) xt[k * ld + n] = x[n * cols + k];
+    std::fill(xt + k * ld + rows, xt + (k + 1) * ld, 0.f);
+  }
+}
+
 }  // namespace
 
 void pack_transposed(const float* x, int64_t rows, int64_t cols, int64_t ld, float* xt) {
-  // 16x16 blocks: both the rows read from x and the rows written to xt stay in L1.
-  constexpr int64_t kBlock = 16;
-  for (int64_t k0 = 0; k0 < cols; k0 += kBlock) {
-    const int64_t k1 = std::min(k0 + kBlock, cols);
-    for (int64_t n0 = 0; n0 < rows; n0 += kBlock) {
-      const int64_t n1 = std::min(n0 + kBlock, rows);
-      for (int64_t k = k0; k < k1; ++k) {
-        for (int64_t n = n0; n < n1; ++n) xt[k * ld + n] = x[n * cols + k];
-      }
-    }
-    for (int64_t k = k0; k < k1; ++k) std::fill(xt + k * ld + rows, xt + (k + 1) * ld, 0.f);
-  }
+  SPARSE_RT_DISPATCH_ISA(pack_blocks(x, rows, cols, ld, xt))
 }
 
 template <typename V>

@@ -8,7 +8,8 @@
 // which turns every convolution into this one kernel. Y[r, q] is stored at
 // y[r * row_stride + q * col_stride] for q < columns. Rows [row_begin, row_end) are computed, so
 // callers split rows across threads. Output tiles of up to 64 columns stay in registers across a
-// row's nonzeros; a width that is not a multiple of 8 ends with an overlapping 8-wide tile, and only
+// row's nonzeros, and are stored 16 rows at a time along the output's contiguous dimension
+// (row_stride == 1 or col_stride == 1 vectorize; other strides are stored element by element); a width that is not a multiple of 8 ends with an overlapping 8-wide tile, and only
 // operands narrower than 8 columns take a scalar path.
 #pragma once
 

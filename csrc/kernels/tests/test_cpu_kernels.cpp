@@ -255,7 +255,9 @@ void test_value_type() {
     double density;
   };
   for (const LinearCase& c : {LinearCase{7, 96, 40, 0.3}, LinearCase{1, 1, 1, 1.0}, LinearCase{33, 65, 3, 0.1},
-                              LinearCase{16, 16, 9, 0.0}, LinearCase{64, 130, 70, 0.05}}) {
+                              LinearCase{16, 16, 9, 0.0}, LinearCase{64, 130, 70, 0.05},
+                              // Whole 16-row groups transposed in registers, with a residual
+                              LinearCase{48, 40, 35, 0.2}, LinearCase{50, 33, 128, 0.15}}) {
     test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0, c.batch % 3 != 1);
   }
   for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {

@@ -21,12 +21,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
     const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
     const bool tiled = batch >= cpu::kTiledMinBatch;
-    // The tiled SpMM stores y transposed (a column stride of `rows` floats): reading the residual
-    // at those positions too would double its scattered memory traffic, so there the residual, and
-    // the ReLU after it, follow in one contiguous pass.
-    const bool residual_after = tiled && residual32.has_value();
-    const cpu::Epilogue ep = residual_after ? make_epilogue(bias32, false, c10::nullopt)
-                                            : make_epilogue(bias32, relu, residual32);
+    const cpu::Epilogue ep = make_epilogue(bias32, relu, residual32);
     // The tiled SpMM reads x transposed, its batch padded with zeros to a multiple of 8.
     const int64_t ld = (batch + 7) / 8 * 8;
     // Packed serially: a second parallel region costs more than the copy saves.
@@ -53,10 +48,6 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
                                 }
                               });
     });
-    if (residual_after) {
-      y.add_(residual32->view({batch, rows}));
-      if (relu) y.relu_();
-    }
   }
   return y.to(input.scalar_type()).view(p.out_shape);
 }
