@@ -104,9 +104,9 @@ constexpr int64_t kGroup = 16, kTileStride = 64;
   }
 }
 
-[[gnu::always_inline]] inline void store_group(const float* tile, const StridedOutput& y,
-                                               const Epilogue& ep, int64_t r0, int64_t count,
-                                               int64_t q0, int64_t width) {
+[[gnu::always_inline]] inline void store_group_body(const float* tile, const StridedOutput& y,
+                                                  const Epilogue& ep, int64_t r0, int64_t count,
+                                                  int64_t q0, int64_t width) {
   const int64_t stored = std::min(width, y.columns - q0);
   if (y.row_stride == 1 && count == kGroup && width % 16 == 0) {
     vec16 bias = {};
@@ -144,6 +144,13 @@ constexpr int64_t kGroup = 16, kTileStride = 64;
       y.data[index] = ep.apply(tile[i * kTileStride + j], r, index);
     }
   }
+}
+
+// Called, not inlined, by the kernels: one copy per instruction set rather than one per tile width
+// and value type (the unrolled transposes in each made this file take minutes to compile).
+[[gnu::noinline]] void store_group(const float* tile, const StridedOutput& y, const Epilogue& ep,
+                                   int64_t r0, int64_t count, int64_t q0, int64_t width) {
+  SPARSE_RT_DISPATCH_ISA(store_group_body(tile, y, ep, r0, count, q0, width))
 }
 
 // Output columns [q, q + VECS * lanes) of rows [row_begin, row_end).
