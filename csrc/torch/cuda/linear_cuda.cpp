@@ -1,0 +1,83 @@
+// CUDA implementations of sparse_rt::csr_linear and sparse_rt::bsr_linear (schemas in
+// csrc/torch/registration.cpp): one front half (checks, output, dtype dispatch, residual), the
+// format's kernel launched in the middle.
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "cuda_utils.h"
+
+namespace sparse_rt {
+namespace {
+
+using namespace cuda_binding;
+
+// launch(TypeTag<T>, x, bias, y, problem, fused relu, stream) -> cudaError_t runs the format's kernel.
+template <typename Launch>
+at::Tensor linear_cuda(const char* op, int64_t values_dims, const at::Tensor& input,
+                       const at::Tensor& crow_indices, const at::Tensor& col_indices,
+                       const at::Tensor& values, const c10::optional<at::Tensor>& bias,
+                       int64_t in_features, bool relu, const c10::optional<at::Tensor>& residual,
+                       const Launch& launch) {
+  const LinearProblem p = prepare_linear(op, input, crow_indices, col_indices, values, bias,
+                                         in_features, values_dims);
+  check_residual(op, residual, p.out_shape, input);
+
+  const c10::cuda::CUDAGuard guard(input.device());
+  maybe_check_indices(op, crow_indices, col_indices, p.index_cols);
+  const at::Tensor x = input.contiguous();
+  const at::Tensor b = contiguous_bias(bias);
+  at::Tensor y = allocate(op, "output", p.out_shape, x.options());
+  if (y.numel() == 0) return y;
+
+  const cudaStream_t stream = current_stream();
+  dispatch_floating(op, x.scalar_type(), [&](auto tag) {
+    C10_CUDA_CHECK(launch(tag, x, b, y, p, kernel_relu(relu, residual), stream));
+  });
+  add_residual(y, residual, relu);
+  return y;
+}
+
+at::Tensor csr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indices,
+                           const at::Tensor& col_indices, const at::Tensor& values,
+                           const c10::optional<at::Tensor>& bias, int64_t in_features, bool relu,
+                           const c10::optional<at::Tensor>& residual) {
+  return linear_cuda("csr_linear", 1, input, crow_indices, col_indices, values, bias, in_features,
+                     relu, residual,
+                     [&](auto tag, const at::Tensor& x, const at::Tensor& b, at::Tensor& y,
+                         const LinearProblem& p, bool fused_relu, cudaStream_t stream) {
+                       using T = typename decltype(tag)::type;
+                       return cuda::csr_spmm(ptr<T>(x), crow_indices.const_data_ptr<int32_t>(),
+                                             col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
+                                             ptr_or_null<T>(b), mutable_ptr<T>(y), p.batch,
+                                             p.weight.rows, in_features, p.weight.stored,
+                                             fused_relu, stream);
+                     });
+}
+
+at::Tensor bsr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indices,
+                           const at::Tensor& col_indices, const at::Tensor& values,
+                           const c10::optional<at::Tensor>& bias, int64_t in_features, bool relu,
+                           const c10::optional<at::Tensor>& residual) {
+  return linear_cuda("bsr_linear", 3, input, crow_indices, col_indices, values, bias, in_features,
+                     relu, residual,
+                     [&](auto tag, const at::Tensor& x, const at::Tensor& b, at::Tensor& y,
+                         const LinearProblem& p, bool fused_relu, cudaStream_t stream) {
+                       using T = typename decltype(tag)::type;
+                       return cuda::bsr_spmm(ptr<T>(x), crow_indices.const_data_ptr<int32_t>(),
+                                             col_indices.const_data_ptr<int32_t>(), ptr<T>(values),
+                                             ptr_or_null<T>(b), mutable_ptr<T>(y), p.batch,
+                                             p.weight.rows, in_features, p.weight.stored,
+                                             p.weight.block_h, p.weight.block_w, fused_relu,
+                                             stream);
+                     });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_rt, CUDA, m) {
+  m.impl("csr_linear", &csr_linear_cuda);
+  m.impl("bsr_linear", &bsr_linear_cuda);
+}
+
+}  // namespace sparse_rt
