@@ -4,6 +4,7 @@
 #include <immintrin.h>
 #endif
 
+#include "csr_spmm.h"
 #include "isa.h"
 #include "scalar_types.h"
 
@@ -89,11 +90,31 @@ void csr_linear_gather(const CsrView<V>& w, const float* x, int64_t batch, float
   gather_rows(w, x, batch, y, ep, row_begin, row_end, sparse_dot<V>);
 }
 
+template <typename V>
+void csr_linear_tiled(const CsrView<V>& w, const float* panels, int64_t batch, float* y, Epilogue ep,
+                      int64_t row_begin, int64_t row_end) {
+  const PanelLayout layout{batch, w.cols};
+  for (int64_t p = 0; p < layout.count(); ++p) {
+    // Panel p is batch rows [p * 64, p * 64 + width) of the output: stored transposed, consecutive
+    // output features adjacent.
+    const int64_t first = p * kPanelWidth, width = layout.width(p);
+    csr_spmm(w, {panels + layout.offset(p), width, width},
+             {y + first * w.rows, 1, w.rows, std::min(width, batch - first)}, ep.at(first * w.rows),
+             row_begin, row_end);
+  }
+}
+
 template void csr_linear_gather<float>(const CsrView<float>&, const float*, int64_t, float*,
                                        Epilogue, int64_t, int64_t);
 template void csr_linear_gather<half_t>(const CsrView<half_t>&, const float*, int64_t, float*,
                                         Epilogue, int64_t, int64_t);
 template void csr_linear_gather<bfloat16_t>(const CsrView<bfloat16_t>&, const float*, int64_t,
                                             float*, Epilogue, int64_t, int64_t);
+template void csr_linear_tiled<float>(const CsrView<float>&, const float*, int64_t, float*, Epilogue,
+                                      int64_t, int64_t);
+template void csr_linear_tiled<half_t>(const CsrView<half_t>&, const float*, int64_t, float*, Epilogue,
+                                       int64_t, int64_t);
+template void csr_linear_tiled<bfloat16_t>(const CsrView<bfloat16_t>&, const float*, int64_t, float*,
+                                           Epilogue, int64_t, int64_t);
 
 }  // namespace sparse_rt::cpu

@@ -191,29 +191,34 @@ template <typename V>
   }
 }
 
-// xt's 16x16 blocks are transposed in registers; the edges of x that do not fill one are copied
-// element by element.
-[[gnu::always_inline]] inline void pack_blocks(const float* x, int64_t rows, int64_t cols, int64_t ld,
-                                               float* xt) {
+// 16x16 blocks of x are transposed in registers (a block never straddles two panels: both are
+// aligned to 16); the edges of x that do not fill one, and the padding, element by element.
+[[gnu::always_inline]] inline void pack_blocks(const float* x, const PanelLayout& layout, float* panels) {
+  const int64_t rows = layout.rows, cols = layout.cols;
+  const auto at = [&](int64_t k, int64_t n) {
+    const int64_t panel = n / kPanelWidth;
+    return panels + layout.offset(panel) + k * layout.width(panel) + (n - panel * kPanelWidth);
+  };
   const int64_t full_rows = rows / 16 * 16, full_cols = cols / 16 * 16;
-  for (int64_t k0 = 0; k0 < full_cols; k0 += 16) {
-    for (int64_t n0 = 0; n0 < full_rows; n0 += 16) {
+  for (int64_t n0 = 0; n0 < full_rows; n0 += 16) {
+    for (int64_t k0 = 0; k0 < full_cols; k0 += 16) {
       vec16 block[16];
       for (int i = 0; i < 16; ++i) block[i] = load<vec16>(x + (n0 + i) * cols + k0);
       transpose16(block);
-      for (int i = 0; i < 16; ++i) __builtin_memcpy(xt + (k0 + i) * ld + n0, &block[i], sizeof block[i]);
+      for (int i = 0; i < 16; ++i) __builtin_memcpy(at(k0 + i, n0), &block[i], sizeof block[i]);
     }
   }
   for (int64_t k = 0; k < cols; ++k) {
-    for (int64_t n = k < full_cols ? full_rows : 0; n < rows; ++n) xt[k * ld + n] = x[n * cols + k];
-    std::fill(xt + k * ld + rows, xt + (k + 1) * ld, 0.f);
+    for (int64_t n = k < full_cols ? full_rows : 0; n < layout.padded(); ++n) {
+      *at(k, n) = n < rows ? x[n * cols + k] : 0.f;
+    }
   }
 }
 
 }  // namespace
 
-void pack_transposed(const float* x, int64_t rows, int64_t cols, int64_t ld, float* xt) {
-  SPARSE_RT_DISPATCH_ISA(pack_blocks(x, rows, cols, ld, xt))
+void pack_panels(const float* x, const PanelLayout& layout, float* panels) {
+  SPARSE_RT_DISPATCH_ISA(pack_blocks(x, layout, panels))
 }
 
 template <typename V>

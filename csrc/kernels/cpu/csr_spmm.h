@@ -13,6 +13,7 @@
 // operands narrower than 8 columns take a scalar path.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "sparse_matrix.h"
@@ -32,9 +33,25 @@ struct StridedOutput {
   int64_t columns;  // columns stored (<= DenseRows::width; the rest is padding)
 };
 
-// xt[k * ld + n] = x[n * cols + k] for n < rows, and 0 for rows <= n < ld: the dense operand of a
-// batched linear layer (x is [rows, cols] row-major).
-void pack_transposed(const float* x, int64_t rows, int64_t cols, int64_t ld, float* xt);
+// The dense operand of a batched linear layer: x ([rows, cols] row-major, rows = the batch)
+// transposed in panels. The batch is cut into panels of kPanelWidth, the last one narrower (its
+// width rounded up to a multiple of 8 with zeros), and panel p holds x[p * 64 : p * 64 + width, :]
+// transposed, [cols][width], contiguously. The window of B that a 64-column tile reads is then one
+// contiguous block; with x^T stored whole its rows lay `batch` floats apart, and at a batch of 1024
+// (4 KiB apart) every row of a window fell into the same few cache sets.
+constexpr int64_t kPanelWidth = 64;
+
+struct PanelLayout {
+  int64_t rows;
+  int64_t cols;
+
+  int64_t padded() const { return (rows + 7) / 8 * 8; }  // all panels hold cols * padded() floats
+  int64_t count() const { return (padded() + kPanelWidth - 1) / kPanelWidth; }
+  int64_t width(int64_t panel) const { return std::min(kPanelWidth, padded() - panel * kPanelWidth); }
+  int64_t offset(int64_t panel) const { return panel * kPanelWidth * cols; }
+};
+
+void pack_panels(const float* x, const PanelLayout& layout, float* panels);
 
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,

@@ -122,18 +122,21 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
   std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
   const RandomCsr m = random_csr(rows, cols, density, g);
   const std::vector<V> vals = encode_all<V>(m.val);
-  // The tiled kernel reads x transposed with its batch padded to a multiple of 8 by zeros
-  // (pack_transposed; the padding is checked too).
-  const int64_t ld = (batch + 7) / 8 * 8;
-  std::vector<float> x(batch * cols), xt(ld * cols, NAN), bias(rows), residual(batch * rows);
+  // The tiled kernel reads x transposed in panels of 64 batch rows, the last padded with zeros to a
+  // multiple of 8 (pack_panels; the padding is checked too).
+  const PanelLayout layout{batch, cols};
+  std::vector<float> x(batch * cols), panels(layout.padded() * cols, NAN), bias(rows), residual(batch * rows);
   for (auto& v : x) v = exact_value(g);
   for (auto& v : bias) v = exact_value(g);
   for (auto& v : residual) v = exact_value(g);
-  pack_transposed(x.data(), batch, cols, ld, xt.data());
-  for (int64_t k = 0; k < cols; ++k) {
-    for (int64_t n = 0; n < ld; ++n) {
-      expect(xt[k * ld + n] == (n < batch ? x[n * cols + k] : 0.f), "pack_transposed at (" +
-             std::to_string(k) + ", " + std::to_string(n) + ")");
+  pack_panels(x.data(), layout, panels.data());
+  for (int64_t p = 0; p < layout.count(); ++p) {
+    for (int64_t k = 0; k < cols; ++k) {
+      for (int64_t j = 0; j < layout.width(p); ++j) {
+        const int64_t n = p * kPanelWidth + j;
+        expect(panels[layout.offset(p) + k * layout.width(p) + j] == (n < batch ? x[n * cols + k] : 0.f),
+               "pack_panels at (" + std::to_string(k) + ", " + std::to_string(n) + ")");
+      }
     }
   }
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
@@ -143,7 +146,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
   const int64_t mid = balanced_row_start(m.crow.data(), rows, 1, 2);
   for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, mid}, {mid, rows}}) {
     csr_linear_gather(w, x.data(), batch, y_gather.data(), ep, r0, r1);
-    csr_spmm(w, DenseRows{xt.data(), ld, ld}, StridedOutput{y_tiled.data(), 1, rows, batch}, ep, r0, r1);
+    csr_linear_tiled(w, panels.data(), batch, y_tiled.data(), ep, r0, r1);
   }
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -257,7 +260,9 @@ void test_value_type() {
   for (const LinearCase& c : {LinearCase{7, 96, 40, 0.3}, LinearCase{1, 1, 1, 1.0}, LinearCase{33, 65, 3, 0.1},
                               LinearCase{16, 16, 9, 0.0}, LinearCase{64, 130, 70, 0.05},
                               // Whole 16-row groups transposed in registers, with a residual
-                              LinearCase{48, 40, 35, 0.2}, LinearCase{50, 33, 128, 0.15}}) {
+                              LinearCase{48, 40, 35, 0.2}, LinearCase{50, 33, 128, 0.15},
+                              // Three panels, the last 22 rows padded to 24
+                              LinearCase{37, 50, 150, 0.2}}) {
     test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0, c.batch % 3 != 1);
   }
   for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {

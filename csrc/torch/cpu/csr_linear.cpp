@@ -22,14 +22,12 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
     const bool tiled = batch >= cpu::kTiledMinBatch;
     const cpu::Epilogue ep = make_epilogue(bias32, relu, residual32);
-    // The tiled SpMM reads x transposed, its batch padded with zeros to a multiple of 8.
-    const int64_t ld = (batch + 7) / 8 * 8;
     // Packed serially: a second parallel region costs more than the copy saves.
-    at::Tensor xt;
+    at::Tensor panels;
     if (tiled) {
-      xt = allocate(op, "transposed input", {in_features, ld}, x.options());
-      cpu::pack_transposed(x.const_data_ptr<float>(), batch, in_features, ld,
-                           xt.mutable_data_ptr<float>());
+      const cpu::PanelLayout layout{batch, in_features};
+      panels = allocate(op, "packed input", {in_features * layout.padded()}, x.options());
+      cpu::pack_panels(x.const_data_ptr<float>(), layout, panels.mutable_data_ptr<float>());
     }
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();
@@ -40,8 +38,8 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
       cpu::parallel_over_rows(torch_parallel_for(), crow_p, rows, 1, p.weight.stored * batch,
                               [&](int64_t, int64_t r0, int64_t r1) {
                                 if (tiled) {
-                                  cpu::csr_spmm(w, {xt.const_data_ptr<float>(), ld, ld},
-                                                {yp, 1, rows, batch}, ep, r0, r1);
+                                  cpu::csr_linear_tiled(w, panels.const_data_ptr<float>(), batch,
+                                                        yp, ep, r0, r1);
                                 } else {
                                   cpu::csr_linear_gather(w, x.const_data_ptr<float>(), batch, yp,
                                                          ep, r0, r1);
