@@ -191,34 +191,47 @@ template <typename V>
   }
 }
 
-// 16x16 blocks of x are transposed in registers (a block never straddles two panels: both are
-// aligned to 16); the edges of x that do not fill one, and the padding, element by element.
-[[gnu::always_inline]] inline void pack_blocks(const float* x, const PanelLayout& layout, float* panels) {
+// Columns [k_begin, k_end) of x (k_begin a multiple of 16): its 16x16 blocks transposed in
+// registers (a block never straddles two panels: both are aligned to 16), the edges that do not
+// fill one and the padding element by element.
+[[gnu::always_inline]] inline void pack_blocks(const float* x, const PanelLayout& layout, int64_t k_begin,
+                                               int64_t k_end, float* panels) {
   const int64_t rows = layout.rows, cols = layout.cols;
   const auto at = [&](int64_t k, int64_t n) {
     const int64_t panel = n / kPanelWidth;
     return panels + layout.offset(panel) + k * layout.width(panel) + (n - panel * kPanelWidth);
   };
-  const int64_t full_rows = rows / 16 * 16, full_cols = cols / 16 * 16;
+  const int64_t full_rows = rows / 16 * 16, full_cols_end = k_begin + (k_end - k_begin) / 16 * 16;
   for (int64_t n0 = 0; n0 < full_rows; n0 += 16) {
-    for (int64_t k0 = 0; k0 < full_cols; k0 += 16) {
+    for (int64_t k0 = k_begin; k0 < full_cols_end; k0 += 16) {
       vec16 block[16];
       for (int i = 0; i < 16; ++i) block[i] = load<vec16>(x + (n0 + i) * cols + k0);
       transpose16(block);
       for (int i = 0; i < 16; ++i) __builtin_memcpy(at(k0 + i, n0), &block[i], sizeof block[i]);
     }
   }
-  for (int64_t k = 0; k < cols; ++k) {
-    for (int64_t n = k < full_cols ? full_rows : 0; n < layout.padded(); ++n) {
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    for (int64_t n = k < full_cols_end ? full_rows : 0; n < layout.padded(); ++n) {
       *at(k, n) = n < rows ? x[n * cols + k] : 0.f;
     }
   }
 }
 
+void pack_columns(const float* x, const PanelLayout& layout, int64_t k_begin, int64_t k_end, float* panels) {
+  SPARSE_RT_DISPATCH_ISA(pack_blocks(x, layout, k_begin, k_end, panels))
+}
+
 }  // namespace
 
-void pack_panels(const float* x, const PanelLayout& layout, float* panels) {
-  SPARSE_RT_DISPATCH_ISA(pack_blocks(x, layout, panels))
+void pack_panels(const float* x, const PanelLayout& layout, float* panels, const ParallelFor& pf) {
+  // Chunks of 16 columns; a thread gets at least kMinPackFloats of them (a parallel region costs a
+  // few microseconds, about what copying that many floats takes).
+  constexpr int64_t kMinPackFloats = 1 << 15;
+  const int64_t chunks = (layout.cols + 15) / 16;
+  const int64_t grain = std::max<int64_t>(1, kMinPackFloats / (16 * layout.padded()));
+  pf.run(0, chunks, grain, [&](int64_t begin, int64_t end) {
+    pack_columns(x, layout, begin * 16, std::min(layout.cols, end * 16), panels);
+  });
 }
 
 template <typename V>

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "parallel.h"
 #include "sparse_matrix.h"
 
 namespace sparse_rt::cpu {
@@ -51,7 +52,8 @@ struct PanelLayout {
   int64_t offset(int64_t panel) const { return panel * kPanelWidth * cols; }
 };
 
-void pack_panels(const float* x, const PanelLayout& layout, float* panels);
+// Packs x into panels, split by columns over pf's threads when x is large enough to pay for that.
+void pack_panels(const float* x, const PanelLayout& layout, float* panels, const ParallelFor& pf);
 
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,

@@ -117,6 +117,17 @@ std::vector<V> encode_all(const std::vector<float>& v) {
 
 bool close(double a, double b) { return std::fabs(a - b) <= 1e-4 * std::max(1.0, std::fabs(b)); }
 
+// The tests' parallel-for: three chunks (grain ignored, so that small shapes split too), run last
+// first, so that results cannot depend on the order threads would run them in.
+void three_chunks_backwards(int64_t begin, int64_t end, int64_t, RangeFn body) {
+  if (begin >= end) return;
+  const int64_t step = (end - begin + 2) / 3;
+  for (int64_t b = begin + (end - begin - 1) / step * step; b >= begin; b -= step) {
+    body(b, std::min(end, b + step));
+  }
+}
+const ParallelFor kThreeChunks{three_chunks_backwards, 3};
+
 template <typename V>
 void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, bool relu, bool with_residual) {
   std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
@@ -129,7 +140,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
   for (auto& v : x) v = exact_value(g);
   for (auto& v : bias) v = exact_value(g);
   for (auto& v : residual) v = exact_value(g);
-  pack_panels(x.data(), layout, panels.data());
+  pack_panels(x.data(), layout, panels.data(), kThreeChunks);
   for (int64_t p = 0; p < layout.count(); ++p) {
     for (int64_t k = 0; k < cols; ++k) {
       for (int64_t j = 0; j < layout.width(p); ++j) {
@@ -186,17 +197,6 @@ void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch) {
     }
   }
 }
-
-// The tests' parallel-for: three chunks (grain ignored, so that small shapes split too), run last
-// first, so that results cannot depend on the order threads would run them in.
-void three_chunks_backwards(int64_t begin, int64_t end, int64_t, RangeFn body) {
-  if (begin >= end) return;
-  const int64_t step = (end - begin + 2) / 3;
-  for (int64_t b = begin + (end - begin - 1) / step * step; b >= begin; b -= step) {
-    body(b, std::min(end, b + step));
-  }
-}
-const ParallelFor kThreeChunks{three_chunks_backwards, 3};
 
 template <typename V>
 void test_conv(Conv2dShape s, double density, bool with_residual) {
