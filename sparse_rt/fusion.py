@@ -18,6 +18,10 @@ with torch.fx and rewrites its graph:
 - MaxPool2d on the CPU pools a channels_last copy of its input (ChannelsLastMaxPool2d): PyTorch's
   CPU max pooling of an NCHW tensor is about 10x slower than of a channels_last one (ResNet-50's
   stem pool, 2 threads: batch 1 5.1 ms vs 0.5 ms; batch 8 38 ms vs 12 ms with both layout copies).
+  A dense Conv2d whose output goes only to such a pool (directly or through a ReLU) convolves a
+  channels_last copy of its input (ChannelsLastConv2d): its output is then channels_last already,
+  and the layout copy is of the conv's input rather than of its 16x larger output (ResNet-50's stem,
+  conv + ReLU + pool, AMD EPYC, 2 threads: batch 8 31 ms -> 7 ms; batch 1 1.3 -> 0.9 ms).
 
 A pattern is rewritten only where it is safe: the layer is called once in the graph and its output
 feeds nothing but the BatchNorm / sum / ReLU. A residual that does not have the output's shape and
@@ -31,7 +35,7 @@ again (`fold_values=False`) before its tensors are put in.
 """
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import List, Tuple
 
 import torch
@@ -55,28 +59,30 @@ class FusionReport:
     fused_relus: List[str] = field(default_factory=list)
     dropped_dropouts: List[str] = field(default_factory=list)
     channels_last_pools: List[str] = field(default_factory=list)
+    channels_last_convs: List[str] = field(default_factory=list)
 
     def to_json(self):
-        return {"folded_batchnorms": [list(pair) for pair in self.folded_batchnorms],
-                "fused_residuals": list(self.fused_residuals), "fused_relus": list(self.fused_relus),
-                "dropped_dropouts": list(self.dropped_dropouts),
-                "channels_last_pools": list(self.channels_last_pools)}
+        return {f.name: [list(item) if isinstance(item, tuple) else item for item in getattr(self, f.name)]
+                for f in fields(self)}
 
     @classmethod
     def from_json(cls, record):
-        return cls([tuple(pair) for pair in record.get("folded_batchnorms", [])],
-                   list(record.get("fused_residuals", [])), list(record.get("fused_relus", [])),
-                   list(record.get("dropped_dropouts", [])), list(record.get("channels_last_pools", [])))
+        """The report saved by to_json; fields an older file lacks are empty."""
+        return cls(*([tuple(item) if isinstance(item, list) else item for item in record.get(f.name, [])]
+                     for f in fields(cls)))
 
     def __add__(self, other):
-        return FusionReport(*(getattr(self, f) + getattr(other, f) for f in
-                              ("folded_batchnorms", "fused_residuals", "fused_relus", "dropped_dropouts",
-                               "channels_last_pools")))
+        return FusionReport(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     def __str__(self):
         return (f"{len(self.folded_batchnorms)} BatchNorm(s) folded into convolutions, "
                 f"{len(self.fused_residuals)} residual sum(s) and {len(self.fused_relus)} ReLU(s) "
-                f"fused into sparse kernels, {len(self.channels_last_pools)} max pool(s) run channels_last")
+                f"fused into sparse kernels, {len(self.channels_last_pools)} max pool(s) and "
+                f"{len(self.channels_last_convs)} dense convolution(s) run channels_last")
+
+
+# FusionReport fields that record a change of memory layout only: no tensor a file holds depends on them.
+LAYOUT_ONLY_REWRITES = ("channels_last_pools", "channels_last_convs")
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -88,6 +94,17 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
         if self.return_indices or input.dim() != 4 or input.device.type != "cpu":
             return super().forward(input)
         return super().forward(input.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+class ChannelsLastConv2d(nn.Conv2d):
+    """nn.Conv2d that convolves a channels_last copy of a 4-D CPU input, so that its output is
+    channels_last (the same values up to the convolution algorithm's rounding); other inputs are
+    convolved as given. fuse() puts it before ChannelsLastMaxPool2d."""
+
+    def forward(self, input):
+        if input.dim() == 4 and input.device.type == "cpu":
+            input = input.contiguous(memory_format=torch.channels_last)
+        return super().forward(input)
 
 
 class _Tracer(fx.Tracer):
@@ -165,6 +182,11 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
         relu.replace_all_uses_with(node)
         gm.graph.erase_node(relu)
         report.fused_relus.append(node.target)
+    for node in list(gm.graph.nodes):
+        conv = _dense_conv_before_pool(gm, node, calls)
+        if conv is not None:
+            gm.set_submodule(conv.target, _channels_last_conv(gm.get_submodule(conv.target)))
+            report.channels_last_convs.append(conv.target)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -174,6 +196,28 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
 def _channels_last_pool(pool):
     return ChannelsLastMaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
                                  ceil_mode=pool.ceil_mode)
+
+
+def _channels_last_conv(conv):
+    """`conv` as a ChannelsLastConv2d: the same parameters, buffers and settings (shared)."""
+    channels_last = ChannelsLastConv2d.__new__(ChannelsLastConv2d)
+    channels_last.__dict__.update(conv.__dict__)
+    return channels_last
+
+
+def _dense_conv_before_pool(gm, pool, calls):
+    """The node of the dense nn.Conv2d whose output reaches the ChannelsLastMaxPool2d call `pool`
+    and nothing else, directly or through a ReLU; else None."""
+    if _module_of(gm, pool, ChannelsLastMaxPool2d) is None or not pool.args:
+        return None
+    source = pool.args[0]
+    if isinstance(source, fx.Node) and _sole_user(source) is pool and source.args \
+            and _is_relu_of(gm, source, source.args[0]):
+        source = source.args[0]
+    conv = _module_of(gm, source, nn.Conv2d)
+    if type(conv) is not nn.Conv2d or calls[source.target] != 1 or len(source.users) != 1:
+        return None
+    return source
 
 
 def _call_counts(graph):

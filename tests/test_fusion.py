@@ -9,7 +9,14 @@ from torch import nn
 
 import sparse_rt
 from sparse_rt import models
-from sparse_rt.fusion import ChannelsLastMaxPool2d, FusionError
+from sparse_rt.fusion import (
+    LAYOUT_ONLY_REWRITES,
+    ChannelsLastConv2d,
+    ChannelsLastMaxPool2d,
+    FusionError,
+    FusionReport,
+    fuse,
+)
 from sparse_rt.io.srt import SrtArchError
 from sparse_rt.nn import SparseConv2d, SparseLinear
 from sparse_rt.nn.surgery import dense_copy
@@ -29,8 +36,8 @@ def _with_batch_statistics(model, seed=0):
     return model
 
 
-def _sparse(model, sparsity=0.8):
-    return sparse_rt.sparsify(sparse_rt.magnitude_prune(model, sparsity), format="csr").eval()
+def _sparse(model, sparsity=0.8, exclude=()):
+    return sparse_rt.sparsify(sparse_rt.magnitude_prune(model, sparsity, exclude=exclude), format="csr").eval()
 
 
 def _resnet18():
@@ -39,19 +46,21 @@ def _resnet18():
 
 @requires_compiled_ops
 def test_resnet_batchnorms_residuals_and_relus_are_fused_with_the_same_outputs():
-    model = _sparse(_resnet18())
+    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))  # the stem stays dense
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = model(x)
     report = model.fuse()
     bns = [n for n, m in _resnet18().named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert sorted(bn for bn, _ in report.folded_batchnorms) == sorted(bns)
-    # Each BasicBlock's conv2 takes the skip connection; the stem's ReLU and both of each block's
-    # (after conv1, after the sum) run in the kernels.
+    # Each BasicBlock's conv2 takes the skip connection; both of each block's ReLUs (after conv1,
+    # after the sum) run in the kernels.
     assert len(report.fused_residuals) == 8
-    assert len(report.fused_relus) == 1 + 8 * 2
+    assert len(report.fused_relus) == 8 * 2
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert report.channels_last_pools == ["maxpool"]
+    assert report.channels_last_convs == ["conv1"]  # the dense stem, through its ReLU into the pool
+    assert type(model.module.conv1) is ChannelsLastConv2d
     with torch.inference_mode():
         assert rel_err(model(x), expected) < 1e-5
     assert model.fusion is report
@@ -70,6 +79,40 @@ def test_channels_last_max_pool_gives_the_very_same_values(kwargs):
     assert out.is_contiguous() and torch.equal(out.isnan(), pool(x).isnan())
     assert torch.equal(out.nan_to_num(), pool(x).nan_to_num())
     assert torch.equal(fast(x[1]), pool(x[1]))  # unbatched input: pooled as given
+
+
+def test_channels_last_conv_gives_the_same_values_in_channels_last():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 5, stride=2, padding=2)
+    fast = ChannelsLastConv2d(3, 8, 5, stride=2, padding=2)
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 17, 15)
+    out = fast(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out, conv(x)) < 1e-6
+    assert rel_err(fast(x[0]), conv(x[0])) < 1e-6  # unbatched input: convolved as given
+
+
+def test_a_dense_conv_goes_channels_last_only_when_its_output_reaches_nothing_but_a_pool():
+    class Stems(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.into_pool, self.through_relu, self.read_twice = (nn.Conv2d(3, 4, 3) for _ in range(3))
+            self.pool = nn.MaxPool2d(2)
+
+        def forward(self, x):
+            a = self.pool(self.into_pool(x))
+            b = self.pool(F.relu(self.through_relu(x)))
+            c = self.read_twice(x)
+            return a + b, self.pool(c) + c.mean()
+
+    model = Stems().eval()
+    x = torch.randn(2, 3, 12, 12)
+    expected = model(x)
+    fused, report = fuse(model)
+    assert sorted(report.channels_last_convs) == ["into_pool", "through_relu"]
+    for out, want in zip(fused(x), expected):
+        assert rel_err(out, want) < 1e-6
 
 
 @requires_compiled_ops
@@ -166,7 +209,7 @@ def test_fuse_refuses_training_mode_and_untraceable_models():
 
 @requires_compiled_ops
 def test_a_fused_model_saves_loads_exports_and_turns_dense(tmp_path):
-    model = _sparse(_resnet18())
+    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
     model.fuse()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     with torch.inference_mode():
@@ -180,6 +223,16 @@ def test_a_fused_model_saves_loads_exports_and_turns_dense(tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded(x), expected)
         assert rel_err(dense_copy(model.module)(x), expected) < 1e-5
+    # A file written before the layout-only rewrites were recorded loads, and gets them.
+    to_json = FusionReport.to_json
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FusionReport, "to_json",
+                      lambda self: {k: v for k, v in to_json(self).items() if k not in LAYOUT_ONLY_REWRITES})
+        model.save(tmp_path / "older.srt")
+    older = sparse_rt.load(tmp_path / "older.srt", arch="resnet18", arch_kwargs={"num_classes": 10})
+    assert older.fusion.channels_last_convs == ["conv1"]
+    with torch.inference_mode():
+        assert torch.equal(older(x), expected)
     # An architecture that fuses differently (no BatchNorm to fold) is refused, naming the difference.
     with pytest.raises(SrtArchError, match="does not fuse the way the file's model was fused"):
         other = models.create("resnet18", num_classes=10)
