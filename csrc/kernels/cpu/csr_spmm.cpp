@@ -137,6 +137,35 @@ constexpr int64_t kGroup = 16, kTileStride = 64;
     }
     return;
   }
+  if (y.col_stride == 1) {
+    // A convolution's output: each row's columns are contiguous, stored as whole vectors (stores
+    // of single floats missing the cache filled the store queue long before memory was busy).
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t r = r0 + i, start = r * y.row_stride + q0;
+      const float bias = ep.bias ? ep.bias[r] : 0.f;
+      const float* sums = tile + i * kTileStride;
+      const float* residual = ep.residual ? ep.residual + start : nullptr;
+      float* out = y.data + start;
+      int64_t j = 0;
+      for (; j + 16 <= stored; j += 16) {
+        vec16 v = load<vec16>(sums + j) + bias;
+        if (residual) v += load<vec16>(residual + j);
+        if (ep.relu) v = v < 0.f ? vec16{} : v;
+        __builtin_memcpy(out + j, &v, sizeof v);
+      }
+      for (; j + 8 <= stored; j += 8) {
+        vec8 v = load<vec8>(sums + j) + bias;
+        if (residual) v += load<vec8>(residual + j);
+        if (ep.relu) v = v < 0.f ? vec8{} : v;
+        __builtin_memcpy(out + j, &v, sizeof v);
+      }
+      for (; j < stored; ++j) {
+        const float v = sums[j] + bias + (residual ? residual[j] : 0.f);
+        out[j] = ep.relu && v < 0.f ? 0.f : v;
+      }
+    }
+    return;
+  }
   for (int64_t i = 0; i < count; ++i) {
     const int64_t r = r0 + i, start = r * y.row_stride + q0 * y.col_stride;
     for (int64_t j = 0; j < stored; ++j) {
