@@ -22,6 +22,11 @@ with torch.fx and rewrites its graph:
   channels_last copy of its input (ChannelsLastConv2d): its output is then channels_last already,
   and the layout copy is of the conv's input rather than of its 16x larger output (ResNet-50's stem,
   conv + ReLU + pool, AMD EPYC, 2 threads: batch 8 31 ms -> 7 ms; batch 1 1.3 -> 0.9 ms).
+- Attention written out as `matmul(softmax(matmul(q, k.transpose(-1, -2)) * scale), v)` (BERT's,
+  with the softmax over the last dimension and a constant scale) becomes one
+  F.scaled_dot_product_attention call: no score tensor is materialised between the ops
+  (BERT-base 90% batch 8, AMD EPYC, 2 threads: 250 -> 231 ms; batch 1 unchanged; outputs within
+  1e-6 relative).
 
 A pattern is rewritten only where it is safe: the layer is called once in the graph and its output
 feeds nothing but the BatchNorm / sum / ReLU. A residual that does not have the output's shape and
@@ -60,6 +65,7 @@ class FusionReport:
     dropped_dropouts: List[str] = field(default_factory=list)
     channels_last_pools: List[str] = field(default_factory=list)
     channels_last_convs: List[str] = field(default_factory=list)
+    fused_attentions: List[str] = field(default_factory=list)
 
     def to_json(self):
         return {f.name: [list(item) if isinstance(item, tuple) else item for item in getattr(self, f.name)]
@@ -78,11 +84,12 @@ class FusionReport:
         return (f"{len(self.folded_batchnorms)} BatchNorm(s) folded into convolutions, "
                 f"{len(self.fused_residuals)} residual sum(s) and {len(self.fused_relus)} ReLU(s) "
                 f"fused into sparse kernels, {len(self.channels_last_pools)} max pool(s) and "
-                f"{len(self.channels_last_convs)} dense convolution(s) run channels_last")
+                f"{len(self.channels_last_convs)} dense convolution(s) run channels_last, "
+                f"{len(self.fused_attentions)} attention(s) in one kernel")
 
 
-# FusionReport fields that record a change of memory layout only: no tensor a file holds depends on them.
-LAYOUT_ONLY_REWRITES = ("channels_last_pools", "channels_last_convs")
+# FusionReport fields of rewrites that change no tensor a file holds (layouts, attention kernels).
+TENSOR_FREE_REWRITES = ("channels_last_pools", "channels_last_convs", "fused_attentions")
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -148,6 +155,18 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             report.dropped_dropouts.append(node.target)
+    for node in list(gm.graph.nodes):
+        attention = _attention_pattern(gm, node)
+        if attention is None:
+            continue
+        (q, k, v, scale), replaced = attention
+        with gm.graph.inserting_before(node):
+            fused = gm.graph.call_function(F.scaled_dot_product_attention, (q, k, v), {"scale": scale})
+        node.replace_all_uses_with(fused)
+        for old in replaced:  # from the last op back: each is unused once its reader is gone
+            gm.graph.erase_node(old)
+        softmax = replaced[1]
+        report.fused_attentions.append(softmax.target if softmax.op == "call_module" else softmax.name)
     for node in list(gm.graph.nodes):
         bn = _sole_user(node)
         conv = _module_of(gm, node, (nn.Conv2d, SparseConv2d))
@@ -218,6 +237,52 @@ def _dense_conv_before_pool(gm, pool, calls):
     if type(conv) is not nn.Conv2d or calls[source.target] != 1 or len(source.users) != 1:
         return None
     return source
+
+
+def _attention_pattern(gm, node):
+    """((q, k, v, scale), the pattern's nodes from `node` back) when `node` computes
+    matmul(softmax(matmul(q, k.transpose(-1, -2)) * scale, dim=-1), v), every intermediate read by the
+    next op only and scale a number; else None."""
+    if not _is_matmul(node):
+        return None
+    probs, v = node.args
+    if not (_sole_user(probs) is node and _is_last_dim_softmax(gm, probs)):
+        return None
+    scaled = probs.args[0]
+    if not (isinstance(scaled, fx.Node) and _sole_user(scaled) is probs and scaled.op == "call_function"
+            and scaled.target in (operator.mul, torch.mul) and len(scaled.args) == 2 and not scaled.kwargs):
+        return None
+    scores, scale = scaled.args if isinstance(scaled.args[0], fx.Node) else scaled.args[::-1]
+    if not (isinstance(scale, (int, float)) and _sole_user(scores) is scaled and _is_matmul(scores)):
+        return None
+    q, k_transposed = scores.args
+    if not (_sole_user(k_transposed) is scores and k_transposed.op == "call_method"
+            and k_transposed.target == "transpose" and not k_transposed.kwargs
+            and sorted(k_transposed.args[1:]) == [-2, -1]):
+        return None
+    return (q, k_transposed.args[0], v, float(scale)), (node, probs, scaled, scores, k_transposed)
+
+
+def _is_matmul(node):
+    return (isinstance(node, fx.Node) and node.op == "call_function" and node.target in (torch.matmul, operator.matmul)
+            and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args))
+
+
+def _is_last_dim_softmax(gm, node):
+    """Whether `node` is softmax(x, dim=-1): an nn.Softmax, F.softmax / torch.softmax or x.softmax."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return type(module) is nn.Softmax and module.dim == -1 and len(node.args) == 1 and not node.kwargs
+    if (node.op == "call_function" and node.target in (F.softmax, torch.softmax)
+            or node.op == "call_method" and node.target == "softmax"):
+        # F.softmax passes its defaults on when traced: _stacklevel (a warning's) and dtype=None.
+        arguments = {**dict(zip(("input", "dim"), node.args)), **node.kwargs}
+        arguments.pop("_stacklevel", None)
+        return (len(node.args) <= 2 and arguments.pop("dtype", None) is None
+                and set(arguments) == {"input", "dim"} and arguments["dim"] == -1)
+    return False
 
 
 def _call_counts(graph):

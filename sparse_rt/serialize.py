@@ -27,7 +27,7 @@ from .arch import ArchitectureError, build_arch, is_import_string
 from .ensemble import SparseEnsemble
 from .ensemble.combine import COMBINE_RULES
 from .formats import BSR, CSR
-from .fusion import LAYOUT_ONLY_REWRITES, FusionError, fuse
+from .fusion import TENSOR_FREE_REWRITES, FusionError, fuse
 from .io import srt
 from .io.srt import SrtArchError, SrtError, SrtHeaderError
 from .model import LayerSummary, SparseModel, Summary
@@ -330,9 +330,9 @@ def _refuse(manifest, module, records, path):
     recorded = manifest["fusion"]
     relus = sorted(r["name"] for r in records if r.get("relu"))
     replayed = {k: sorted(map(str, v)) for k, v in report.to_json().items()}
-    # Files written before a layout-only rewrite existed lack its key: it changes no tensor.
+    # Files written before such a rewrite existed lack its key: it changes no tensor.
     checked = {k: v for k, v in replayed.items()
-               if not (k in LAYOUT_ONLY_REWRITES and isinstance(recorded, dict) and k not in recorded)}
+               if not (k in TENSOR_FREE_REWRITES and isinstance(recorded, dict) and k not in recorded)}
     if (not isinstance(recorded, dict) or relus != replayed["fused_relus"]
             or any(sorted(map(str, recorded.get(k, []))) != v for k, v in checked.items())):
         raise SrtArchError(f"{path}: the architecture does not fuse the way the file's model was fused "

@@ -10,7 +10,7 @@ from torch import nn
 import sparse_rt
 from sparse_rt import models
 from sparse_rt.fusion import (
-    LAYOUT_ONLY_REWRITES,
+    TENSOR_FREE_REWRITES,
     ChannelsLastConv2d,
     ChannelsLastMaxPool2d,
     FusionError,
@@ -115,15 +115,48 @@ def test_a_dense_conv_goes_channels_last_only_when_its_output_reaches_nothing_bu
         assert rel_err(out, want) < 1e-6
 
 
+class _Attentions(nn.Module):
+    """Attention written out three ways that fuse (nn.Softmax, F.softmax, Tensor.softmax with the scale
+    first) and three that must not: scores read twice, softmax over another dimension, a tensor scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.softmax = nn.Softmax(dim=-1)
+        self.scale = 0.125
+
+    def forward(self, q, k, v):
+        fused = (torch.matmul(self.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scale), v)
+                 + torch.matmul(F.softmax(torch.matmul(q, k.transpose(-2, -1)) * 0.5, dim=-1), v)
+                 + torch.matmul((0.25 * torch.matmul(q, k.transpose(-1, -2))).softmax(-1), v))
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        kept = (torch.matmul(torch.softmax(scores * 0.5, -1), v) + scores.mean()
+                + torch.matmul(F.softmax(torch.matmul(q, k.transpose(-1, -2)) * 0.5, dim=-2), v)
+                + torch.matmul(F.softmax(torch.matmul(q, k.transpose(-1, -2)) * q.new_tensor(0.5), dim=-1), v))
+        return fused, kept
+
+
+def test_attention_becomes_one_sdpa_call_only_where_nothing_else_reads_its_parts():
+    model = _Attentions().eval()
+    q, k, v = (torch.randn(2, 3, 7, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    expected = model(q, k, v)
+    fused, report = fuse(model)
+    assert len(report.fused_attentions) == 3 and report.fused_attentions[0] == "softmax"
+    calls = [n.target for n in fused.graph.nodes if n.op == "call_function"]
+    assert calls.count(F.scaled_dot_product_attention) == 3
+    for out, want in zip(fused(q, k, v), expected):
+        assert rel_err(out, want) < 1e-6
+
+
 @requires_compiled_ops
 def test_bert_dropouts_are_dropped_and_its_linear_sums_kept():
-    model = _sparse(models.create("bert_encoder", layers=2, hidden=64, heads=4, intermediate=128).eval(), 0.7)
+    model = _sparse(_small_bert(), 0.7)
     x = torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         expected = model(x)
     report = model.fuse()
     # The output projections' `dense(h) + input` stay sums: fused into linear layers, they measured slower.
     assert report.dropped_dropouts and not report.folded_batchnorms and not report.fused_residuals
+    assert report.fused_attentions == [f"encoder.layer.{i}.attention.self.softmax" for i in range(2)]
     with torch.inference_mode():
         assert rel_err(model(x), expected) < 1e-5
 
@@ -223,11 +256,11 @@ def test_a_fused_model_saves_loads_exports_and_turns_dense(tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded(x), expected)
         assert rel_err(dense_copy(model.module)(x), expected) < 1e-5
-    # A file written before the layout-only rewrites were recorded loads, and gets them.
+    # A file written before the tensor-free rewrites were recorded loads, and gets them.
     to_json = FusionReport.to_json
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(FusionReport, "to_json",
-                      lambda self: {k: v for k, v in to_json(self).items() if k not in LAYOUT_ONLY_REWRITES})
+                      lambda self: {k: v for k, v in to_json(self).items() if k not in TENSOR_FREE_REWRITES})
         model.save(tmp_path / "older.srt")
     older = sparse_rt.load(tmp_path / "older.srt", arch="resnet18", arch_kwargs={"num_classes": 10})
     assert older.fusion.channels_last_convs == ["conv1"]
@@ -240,16 +273,22 @@ def test_a_fused_model_saves_loads_exports_and_turns_dense(tmp_path):
         sparse_rt.load(path, arch=other)
 
 
+def _small_bert():
+    return models.create("bert_encoder", layers=2, hidden=64, heads=4, intermediate=128).eval()
+
+
 @requires_compiled_ops
 @pytest.mark.parametrize("flavor", ["portable", "sparse"])
-def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor):
+@pytest.mark.parametrize("arch", ["resnet18", "bert"])
+def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor, arch):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     if flavor == "sparse":
         pytest.importorskip("onnxruntime_extensions")
-    model = _sparse(_resnet18())
+    model = _sparse(_resnet18() if arch == "resnet18" else _small_bert())
     model.fuse()
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    x = (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7)) if arch == "resnet18"
+         else torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(7)))
     with torch.inference_mode():
         expected = model(x)
     path = tmp_path / f"{flavor}.onnx"
