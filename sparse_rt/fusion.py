@@ -277,11 +277,12 @@ def _is_last_dim_softmax(gm, node):
         return type(module) is nn.Softmax and module.dim == -1 and len(node.args) == 1 and not node.kwargs
     if (node.op == "call_function" and node.target in (F.softmax, torch.softmax)
             or node.op == "call_method" and node.target == "softmax"):
-        # F.softmax passes its defaults on when traced: _stacklevel (a warning's) and dtype=None.
         arguments = {**dict(zip(("input", "dim"), node.args)), **node.kwargs}
+        # F.softmax passes its defaults on when traced: _stacklevel (a warning's) and dtype=None.
         arguments.pop("_stacklevel", None)
-        return (len(node.args) <= 2 and arguments.pop("dtype", None) is None
-                and set(arguments) == {"input", "dim"} and arguments["dim"] == -1)
+        if arguments.pop("dtype", None) is not None:
+            return False
+        return len(node.args) <= 2 and set(arguments) == {"input", "dim"} and arguments["dim"] == -1
     return False
 
 

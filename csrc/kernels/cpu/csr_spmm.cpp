@@ -26,8 +26,9 @@ template <typename Vec>
 
 // One row, output columns [q0, q0 + VECS * lanes), the sums written to tile[0, VECS * lanes);
 // always inlined, so that each ISA version of csr_spmm compiles it for its own vector width. Each
-// nonzero costs VECS loads and FMAs. Narrow tiles split the nonzeros over several partial sums so that consecutive FMAs don't wait on each
-// other's latency (about four cycles): four independent chains keep the FMA unit busy.
+// nonzero costs VECS loads and FMAs. Narrow tiles split the nonzeros over several partial sums so
+// that consecutive FMAs don't wait on each other's latency (about four cycles): four independent
+// chains keep the FMA unit busy.
 template <typename Vec, int VECS, typename V>
 [[gnu::always_inline]] inline void row_tile(const CsrView<V>& w, const DenseRows& b, int64_t r, int64_t q0,
                                             float* tile) {
@@ -104,6 +105,29 @@ constexpr int64_t kGroup = 16, kTileStride = 64;
   }
 }
 
+// Stores at `out` the epilogue of a vector of sums that already hold their bias: + residual (when
+// given, read at `residual`), then the ReLU; the same order of operations as Epilogue::apply.
+template <typename Vec>
+[[gnu::always_inline]] inline void store_finished(const Vec& sums, const float* residual, bool relu,
+                                                  float* out) {
+  Vec v = sums;
+  if (residual) v += load<Vec>(residual);
+  if (relu) v = v < 0.f ? Vec{} : v;
+  __builtin_memcpy(out, &v, sizeof v);
+}
+
+// out[j] for j from `j` while a whole Vec fits before `end`: the epilogue on sums[j] + bias.
+// Returns the first j not stored.
+template <typename Vec>
+[[gnu::always_inline]] inline int64_t store_vectors(const float* sums, float bias, const float* residual,
+                                                    bool relu, float* out, int64_t j, int64_t end) {
+  constexpr int64_t kLanes = sizeof(Vec) / sizeof(float);
+  for (; j + kLanes <= end; j += kLanes) {
+    store_finished<Vec>(load<Vec>(sums + j) + bias, residual ? residual + j : nullptr, relu, out + j);
+  }
+  return j;
+}
+
 [[gnu::always_inline]] inline void store_group_body(const float* tile, const StridedOutput& y,
                                                   const Epilogue& ep, int64_t r0, int64_t count,
                                                   int64_t q0, int64_t width) {
@@ -117,10 +141,8 @@ constexpr int64_t kGroup = 16, kTileStride = 64;
       transpose16(block);
       for (int64_t j = j0; j < std::min(stored, j0 + 16); ++j) {
         const int64_t start = r0 + (q0 + j) * y.col_stride;
-        vec16 v = block[j - j0] + bias;
-        if (ep.residual) v += load<vec16>(ep.residual + start);
-        if (ep.relu) v = v < 0.f ? vec16{} : v;
-        __builtin_memcpy(y.data + start, &v, sizeof v);
+        store_finished<vec16>(block[j - j0] + bias, ep.residual ? ep.residual + start : nullptr, ep.relu,
+                              y.data + start);
       }
     }
     return;
@@ -146,19 +168,8 @@ constexpr int64_t kGroup = 16, kTileStride = 64;
       const float* sums = tile + i * kTileStride;
       const float* residual = ep.residual ? ep.residual + start : nullptr;
       float* out = y.data + start;
-      int64_t j = 0;
-      for (; j + 16 <= stored; j += 16) {
-        vec16 v = load<vec16>(sums + j) + bias;
-        if (residual) v += load<vec16>(residual + j);
-        if (ep.relu) v = v < 0.f ? vec16{} : v;
-        __builtin_memcpy(out + j, &v, sizeof v);
-      }
-      for (; j + 8 <= stored; j += 8) {
-        vec8 v = load<vec8>(sums + j) + bias;
-        if (residual) v += load<vec8>(residual + j);
-        if (ep.relu) v = v < 0.f ? vec8{} : v;
-        __builtin_memcpy(out + j, &v, sizeof v);
-      }
+      int64_t j = store_vectors<vec16>(sums, bias, residual, ep.relu, out, 0, stored);
+      j = store_vectors<vec8>(sums, bias, residual, ep.relu, out, j, stored);
       for (; j < stored; ++j) {
         const float v = sums[j] + bias + (residual ? residual[j] : 0.f);
         out[j] = ep.relu && v < 0.f ? 0.f : v;

@@ -4,15 +4,14 @@
 //
 // Row k of the dense operand starts at B + idx[k] * ld. For a linear layer B is one panel of x
 // transposed ([in_features, panel width], idx = column, ld = panel width; see pack_panels). For a
-// convolution B holds the (padded,
-// stride-phase-split) input planes and idx[k] is the precomputed offset of nonzero k's tap (ld = 1),
-// which turns every convolution into this one kernel. Y[r, q] is stored at
-// y[r * row_stride + q * col_stride] for q < columns. Rows [row_begin, row_end) are computed, so
-// callers split rows across threads. Output tiles of up to 64 columns stay in registers across a
-// row's nonzeros, and are stored 16 rows at a time along the output's contiguous dimension
-// (row_stride == 1 or col_stride == 1 vectorize; other strides are stored element by element); a
-// width that is not a multiple of 8 ends with an overlapping 8-wide tile, and only operands narrower
-// than 8 columns take a scalar path.
+// convolution B holds the (padded, stride-phase-split) input planes and idx[k] is the precomputed
+// offset of nonzero k's tap (ld = 1), which turns every convolution into this one kernel. Y[r, q]
+// is stored at y[r * row_stride + q * col_stride] for q < columns. Rows [row_begin, row_end) are
+// computed, so callers split rows across threads. Output tiles of up to 64 columns stay in
+// registers across a row's nonzeros, and are stored 16 rows at a time along the output's contiguous
+// dimension (row_stride == 1 or col_stride == 1 vectorize; other strides are stored element by
+// element); a width that is not a multiple of 8 ends with an overlapping 8-wide tile, and only
+// operands narrower than 8 columns take a scalar path.
 #pragma once
 
 #include <algorithm>
