@@ -79,3 +79,35 @@ def test_batch1_bandwidth(benchmark, engine):
     benchmark.extra_info["bytes"] = must_read
     with torch.inference_mode():
         benchmark(fns[engine])
+
+
+def _ffn_pair(dlmc, layer):
+    """The feed-forward block of encoder layer `layer`: conv1 [2048, 512] and conv2 [512, 2048]."""
+    folder = dlmc / "transformer/magnitude_pruning/0.9"
+    return [load_smtx(folder / f"body_encoder_layer_{layer}_ffn_conv{i}_fully_connected.smtx.gz", seed=i)
+            for i in (1, 2)]
+
+
+@pytest.mark.parametrize("tokens", [128, 1024])
+@pytest.mark.parametrize("engine", ["sparse_rt", "layer_by_layer", "dense"])
+@pytest.mark.parametrize("layer", [0, 3])
+def test_transformer_ffn(benchmark, dlmc, layer, engine, tokens):
+    """A whole feed-forward block, linear -> GELU -> linear: csr_mlp (the fused model's call) against
+    the same ops one after the other (the unfused model) and dense torch."""
+    w1, w2 = _ffn_pair(dlmc, layer)
+    x = torch.randn(tokens, w1.shape[1], generator=torch.Generator().manual_seed(3))
+    gelu = torch.nn.functional.gelu
+    dense1, dense2 = w1.to_dense(), w2.to_dense()
+    fns = {
+        "sparse_rt": lambda: ops.csr_mlp(x, w1.crow_indices, w1.col_indices, w1.values, None, w2.crow_indices,
+                                         w2.col_indices, w2.values, None, w1.shape[1], "gelu"),
+        "layer_by_layer": lambda: ops.csr_linear(
+            gelu(ops.csr_linear(x, w1.crow_indices, w1.col_indices, w1.values, None, w1.shape[1])),
+            w2.crow_indices, w2.col_indices, w2.values, None, w2.shape[1]),
+        "dense": lambda: torch.nn.functional.linear(gelu(torch.nn.functional.linear(x, dense1)), dense2),
+    }
+    benchmark.group = f"encoder layer {layer} FFN 512-2048-512 90% tokens={tokens}"
+    benchmark.extra_info["engine"] = engine
+    benchmark.extra_info["series"] = f"FFN tokens={tokens}"
+    with torch.inference_mode():
+        benchmark(fns[engine])

@@ -27,6 +27,15 @@ with torch.fx and rewrites its graph:
   F.scaled_dot_product_attention call: no score tensor is materialised between the ops
   (BERT-base 90% batch 8, AMD EPYC, 2 threads: 250 -> 231 ms; batch 1 unchanged; outputs within
   1e-6 relative).
+- Two CSR sparse linear layers with a GELU (exact or tanh) or the first one's ReLU between them (a
+  transformer's feed-forward block) become one call of `sparse_mlp`, which runs the csr_mlp op on
+  the CPU: 64 tokens at a time, the first layer's output for them stays in cache as the second's
+  input, and is never stored as a [tokens, hidden] matrix, packed back into panels or passed over
+  for the GELU on its own. torch's own GELU runs inside the op, so the values are bit for bit those
+  of the layers run one after the other (tests/test_fusion.py). DLMC Transformer FFN blocks (90%,
+  benchmarks/test_cpu_linear.py::test_transformer_ffn, results/cpu-ffn-2026-12-03.json): 1.1-1.2x
+  at 128 tokens, 2.6-3.3x at 1024 against the same ops one after the other.
+  Activations other than fp32 CPU ones, and ONNX exports, run the layers one after the other.
 
 A pattern is rewritten only where it is safe: the layer is called once in the graph and its output
 feeds nothing but the BatchNorm / sum / ReLU. A residual that does not have the output's shape and
@@ -47,7 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .nn import SparseConv2d
+from . import ops
+from .nn import SparseConv2d, SparseLinear
 from .nn._sparse_weight import SparseWeightModule
 
 
@@ -66,6 +76,7 @@ class FusionReport:
     channels_last_pools: List[str] = field(default_factory=list)
     channels_last_convs: List[str] = field(default_factory=list)
     fused_attentions: List[str] = field(default_factory=list)
+    fused_mlps: List[Tuple[str, str]] = field(default_factory=list)
 
     def to_json(self):
         return {f.name: [list(item) if isinstance(item, tuple) else item for item in getattr(self, f.name)]
@@ -85,11 +96,12 @@ class FusionReport:
                 f"{len(self.fused_residuals)} residual sum(s) and {len(self.fused_relus)} ReLU(s) "
                 f"fused into sparse kernels, {len(self.channels_last_pools)} max pool(s) and "
                 f"{len(self.channels_last_convs)} dense convolution(s) run channels_last, "
-                f"{len(self.fused_attentions)} attention(s) in one kernel")
+                f"{len(self.fused_attentions)} attention(s) in one kernel, "
+                f"{len(self.fused_mlps)} pair(s) of sparse linear layers in one")
 
 
 # FusionReport fields of rewrites that change no tensor a file holds (layouts, attention kernels).
-TENSOR_FREE_REWRITES = ("channels_last_pools", "channels_last_convs", "fused_attentions")
+TENSOR_FREE_REWRITES = ("channels_last_pools", "channels_last_convs", "fused_attentions", "fused_mlps")
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -202,6 +214,18 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
         gm.graph.erase_node(relu)
         report.fused_relus.append(node.target)
     for node in list(gm.graph.nodes):
+        mlp = _mlp_pattern(gm, node, calls)
+        if mlp is None:
+            continue
+        first, activation, replaced = mlp
+        with gm.graph.inserting_before(node):
+            layers = [gm.graph.get_attr(n.target) for n in (first, node)]
+            fused = gm.graph.call_function(sparse_mlp, (*layers, activation, first.args[0]))
+        node.replace_all_uses_with(fused)
+        for old in replaced:
+            gm.graph.erase_node(old)
+        report.fused_mlps.append((first.target, node.target))
+    for node in list(gm.graph.nodes):
         conv = _dense_conv_before_pool(gm, node, calls)
         if conv is not None:
             gm.set_submodule(conv.target, _channels_last_conv(gm.get_submodule(conv.target)))
@@ -210,6 +234,60 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, report
+
+
+def sparse_mlp(first, second, activation, input):
+    """second(act(first(input))) for the SparseLinear layers `first` and `second` (act: 'relu', which
+    `first` applies itself, 'gelu' or 'gelu_tanh'): one csr_mlp call where that computes the same
+    values bit for bit (fp32 activations on the CPU, both weights CSR of one dtype; torch's own GELU
+    runs inside it), else the layers one after the other: the latter is what an ONNX export sees,
+    and what runs once the layers are replaced (the portable export's twins)."""
+    if (ops.HAS_COMPILED_OPS and isinstance(first, SparseLinear) and isinstance(second, SparseLinear)
+            and first.format == second.format == "csr" and input.device.type == "cpu"
+            and input.dtype == torch.float32 and first.values.dtype == second.values.dtype
+            and not torch.onnx.is_in_onnx_export()):
+        return ops.csr_mlp(input, first.crow_indices, first.col_indices, first.values, first.bias,
+                           second.crow_indices, second.col_indices, second.values, second.bias,
+                           first.in_features, activation)
+    hidden = first(input)
+    if activation != "relu":
+        hidden = F.gelu(hidden, approximate="tanh" if activation == "gelu_tanh" else "none")
+    return second(hidden)
+
+
+def _mlp_pattern(gm, node, calls):
+    """(first layer's node, activation, the nodes to erase from `node` back) when `node` calls a CSR
+    SparseLinear on act(first(x)), with `first` one too and act a GELU after it or the ReLU in its
+    epilogue, each intermediate read by the next op only and neither layer called elsewhere
+    or with a residual; else None."""
+    def plain_layer(n):
+        layer = _module_of(gm, n, SparseLinear)
+        return (layer is not None and layer.format == "csr" and calls[n.target] == 1 and len(n.args) == 1
+                and not n.kwargs)
+
+    if not plain_layer(node) or gm.get_submodule(node.target).relu:
+        return None
+    source = node.args[0]
+    gelu = _gelu_kind(gm, source) if _sole_user(source) is node else None
+    first = source.args[0] if gelu else source
+    if not (isinstance(first, fx.Node) and plain_layer(first) and _sole_user(first) is (source if gelu else node)):
+        return None
+    relu = gm.get_submodule(first.target).relu
+    if bool(gelu) == relu:  # a GELU after a ReLU, or no activation at all
+        return None
+    return first, gelu or "relu", [node, source, first] if gelu else [node, first]
+
+
+def _gelu_kind(gm, node):
+    """'gelu' or 'gelu_tanh' when `node` computes the exact or tanh GELU of its one argument; else None."""
+    if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.GELU and len(node.args) == 1:
+        approximate = gm.get_submodule(node.target).approximate
+    elif (node.op == "call_function" and node.target is F.gelu and len(node.args) == 1
+          and set(node.kwargs) <= {"approximate"}):
+        approximate = node.kwargs.get("approximate", "none")
+    else:
+        return None
+    return {"none": "gelu", "tanh": "gelu_tanh"}.get(approximate)
 
 
 def _channels_last_pool(pool):

@@ -332,6 +332,41 @@ def test_row_pointers_are_checked_without_opting_in(device, op, fault):
         assert torch.equal(rows.isnan().all(1), expected) and torch.equal(rows.isnan().any(1), expected)
 
 
+_MLP_WEIGHTS = random_csr(4, 8, 0.5, seed=0), random_csr(5, 4, 0.6, seed=1, dense_rows=(4,))
+
+
+def _mlp(device="cpu", **changes):
+    """csr_mlp of 3 x [3, 8] through a 4-wide hidden layer into 5 outputs, with `changes`."""
+    w1, w2 = _MLP_WEIGHTS
+    args = dict(x=randn(3, 8), crow1=w1.crow_indices, col1=w1.col_indices, values1=w1.values, bias1=None,
+                crow2=w2.crow_indices, col2=w2.col_indices, values2=w2.values, bias2=torch.zeros(5),
+                in_features=8, activation="gelu", residual=None)
+    args.update(changes)
+    args = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    return torch.ops.sparse_rt.csr_mlp(*args.values())
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("changes,message", [
+    (dict(x=torch.randn(3, 9)), r"csr_mlp \(first layer\): input has shape \[3, 9\] but the layer expects "
+                                r"in_features=8"),
+    (dict(crow2=_MLP_WEIGHTS[1].crow_indices.long()), r"csr_mlp \(second layer\): crow_indices must be int32, got Long"),
+    (dict(bias2=torch.zeros(4)), r"csr_mlp \(second layer\): bias must have shape \[5\], got \[4\]"),
+    (dict(values2=_MLP_WEIGHTS[1].values.bfloat16()), r"csr_mlp: the layers' values differ in dtype \(Float and "
+                                                        r"BFloat16\)"),
+    (dict(activation="swish"), r"csr_mlp: activation must be 'relu', 'gelu' or 'gelu_tanh', got 'swish'"),
+    (dict(residual=torch.zeros(3, 4)), r"csr_mlp: residual has shape \[3, 4\] but the output has shape \[3, 5\]"),
+    (dict(crow2=_MLP_WEIGHTS[1].crow_indices + 1), r"csr_mlp \(second layer\): crow_indices\[0\] must be 0, got 1"),
+])
+def test_csr_mlp_errors_name_the_layer(device, changes, message):
+    with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=r"^sparse_rt." + message):
+        _mlp(device, **changes)
+    with sparse_rt.ops.full_index_checks(), pytest.raises(
+            RuntimeError, match=r"^sparse_rt.csr_mlp \(second layer\): col_indices\[0\]=4 is out of range \[0, 4\)"):
+        _mlp(device, col2=torch.full_like(_MLP_WEIGHTS[1].col_indices, 4))
+
+
 @requires_compiled_ops
 @pytest.mark.parametrize("device", DEVICES)
 def test_bsr_linear_errors(device):

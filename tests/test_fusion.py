@@ -16,6 +16,7 @@ from sparse_rt.fusion import (
     FusionError,
     FusionReport,
     fuse,
+    sparse_mlp,
 )
 from sparse_rt.io.srt import SrtArchError
 from sparse_rt.nn import SparseConv2d, SparseLinear
@@ -159,6 +160,53 @@ def test_bert_dropouts_are_dropped_and_its_linear_sums_kept():
     assert report.fused_attentions == [f"encoder.layer.{i}.attention.self.softmax" for i in range(2)]
     with torch.inference_mode():
         assert rel_err(model(x), expected) < 1e-5
+
+
+class _Mlps(nn.Module):
+    """Sparse linear pairs: with a GELU module, F.gelu(approximate='tanh') and a ReLU between them
+    (all fused); a pair whose hidden activations are read twice, one with a residual sum after the
+    first layer, and one with nothing between (none of them fused)."""
+
+    def __init__(self):
+        super().__init__()
+        sizes = {"a": (12, 40), "b": (40, 12), "c": (12, 30), "d": (30, 12), "e": (12, 20), "f": (20, 12),
+                 "g": (12, 16), "h": (16, 12), "i": (12, 12), "j": (12, 12), "k": (12, 12), "l": (12, 12)}
+        for name, (cin, cout) in sizes.items():
+            setattr(self, name, nn.Linear(cin, cout))
+        self.gelu = nn.GELU()
+
+    def forward(self, x):
+        x = self.b(self.gelu(self.a(x)))
+        x = self.d(F.gelu(self.c(x), approximate="tanh"))
+        x = self.f(torch.relu(self.e(x)))
+        h = F.gelu(self.g(x))
+        x = self.h(h) + h.mean()
+        x = self.j(F.gelu(self.i(x) + x))
+        return self.l(self.k(x))
+
+
+@requires_compiled_ops
+def test_sparse_linear_pairs_run_as_one_op_with_the_very_same_values():
+    model = _sparse(_Mlps().eval(), 0.6)
+    # Batch 3 runs the gather kernels, batch 70 two panels of the tiled one.
+    inputs = [torch.randn(b, 12, generator=torch.Generator().manual_seed(b)) for b in (3, 70)]
+    with torch.inference_mode():
+        expected = [model(x) for x in inputs]
+    report = model.fuse()
+    assert report.fused_mlps == [("a", "b"), ("c", "d"), ("e", "f")]
+    assert report.fused_relus == ["e"]
+    calls = [n.target for n in model.module.graph.nodes if n.op == "call_function"]
+    assert calls.count(sparse_mlp) == 3
+    with torch.inference_mode():
+        for x, want in zip(inputs, expected):
+            assert torch.equal(model(x), want)
+
+
+def test_a_pair_the_op_does_not_take_runs_layer_by_layer():
+    first = SparseLinear.from_dense(nn.Linear(8, 16), format="bsr", blocksize=(4, 4))
+    second = SparseLinear.from_dense(nn.Linear(16, 4), format="bsr", blocksize=(4, 4))
+    x = torch.randn(5, 8)
+    assert torch.equal(sparse_mlp(first, second, "gelu_tanh", x), second(F.gelu(first(x), approximate="tanh")))
 
 
 class _Unsafe(nn.Module):

@@ -45,6 +45,19 @@ def test_opcheck_bsr_linear(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_csr_mlp(device):
+    for dtype in DTYPES:
+        w1 = random_csr(24, 20, 0.3, seed=4, dtype=dtype, device=device)
+        w2 = random_csr(12, 24, 0.3, seed=5, dtype=dtype, device=device)
+        for x, activation, residual in [(randn(3, 20, dtype=dtype, device=device), "gelu", None),
+                                        (randn(2, 9, 20, dtype=dtype, device=device), "relu",
+                                         randn(2, 9, 12, dtype=dtype, device=device))]:
+            torch.library.opcheck(torch.ops.sparse_rt.csr_mlp.default,
+                                  (x, w1.crow_indices, w1.col_indices, w1.values, randn(24, dtype=dtype, device=device),
+                                   w2.crow_indices, w2.col_indices, w2.values, None, 20, activation, residual))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_csr_conv2d(device):
     for dtype in (torch.float32, torch.bfloat16):
         w = random_csr(8, 4 // 2 * 9, 0.4, seed=3, dtype=dtype, device=device)

@@ -15,7 +15,7 @@ from helpers import (
 )
 
 from sparse_rt import ops
-from sparse_rt.formats import load_smtx
+from sparse_rt.formats import CSR, load_smtx
 from sparse_rt.ops import reference
 
 LINEAR_CASES = [
@@ -90,6 +90,48 @@ def test_csr_linear_misaligned_indices(device, dtype):
     x = randn(5, 200, dtype=dtype, device=device, seed=12)
     y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, 200)
     assert_close(y, _linear_ref(x, w, None, False), dtype)
+
+
+MLP_CASES = [
+    # (in_features, hidden, out_features, leading input shape, density, rows_kw of both layers)
+    (24, 40, 8, (5,), 0.4, {}),  # gather kernels
+    (33, 70, 17, (2, 9), 0.3, {"empty_rows": (0, 5)}),  # one panel of the tiled kernel
+    (40, 96, 24, (150,), 0.2, {"dense_rows": (3,)}),  # three panels, the last padded
+    (16, 16, 16, (70,), 0.0, {}),  # nnz = 0: the output is bias2 (+ residual)
+    (24, 40, 8, (0,), 0.5, {}),  # batch 0
+    (300, 600, 257, (130,), 0.1, {}),  # enough work to run on several threads
+]
+
+
+def _mlp_args(case, dtype, device, activation, with_residual):
+    in_f, hidden, out_f, lead, density, rows_kw = case
+    w1 = random_csr(hidden, in_f, density, seed=in_f, dtype=dtype, device=device, **rows_kw)
+    w2 = random_csr(out_f, hidden, density, seed=hidden, dtype=dtype, device=device, **rows_kw)
+    x = randn(*lead, in_f, dtype=dtype, device=device, seed=1)
+    residual = randn(*lead, out_f, dtype=dtype, device=device, seed=4) if with_residual else None
+    return (x, w1.crow_indices, w1.col_indices, w1.values, randn(hidden, dtype=dtype, device=device, seed=2),
+            w2.crow_indices, w2.col_indices, w2.values, randn(out_f, dtype=dtype, device=device, seed=3), in_f,
+            activation, residual)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", MLP_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-d{c[4]}")
+@pytest.mark.parametrize("activation,with_residual", [("gelu", False), ("gelu_tanh", True), ("relu", True)])
+def test_csr_mlp(device, dtype, case, activation, with_residual):
+    args = _mlp_args(case, dtype, device, activation, with_residual)
+    assert_close(ops.csr_mlp(*args), reference.csr_mlp(*args, compute_dtype=torch.float64), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_mlp_dlmc_transformer_layer_and_its_transpose(dlmc, device):
+    for path in _one_file_per_shape(dlmc, "transformer/magnitude_pruning/0.9")[:3]:
+        w = to_device(load_smtx(path, seed=0), device)
+        back = CSR.from_dense(w.to_dense().T.contiguous())
+        x = randn(70, w.shape[1], device=device, seed=9)
+        args = (x, w.crow_indices, w.col_indices, w.values, None, back.crow_indices, back.col_indices, back.values,
+                None, w.shape[1], "gelu")
+        assert_close(ops.csr_mlp(*args), reference.csr_mlp(*args, compute_dtype=torch.float64), torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -97,6 +97,28 @@ LinearProblem prepare_linear(const char* op, const at::Tensor& input, const at::
   return {weight, batch, std::move(out_shape), in_features / weight.block_w};
 }
 
+MlpProblem prepare_mlp(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                       const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                       const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
+                       const c10::optional<at::Tensor>& bias2, int64_t in_features,
+                       c10::string_view activation, const c10::optional<at::Tensor>& residual) {
+  const char* op = "csr_mlp";
+  LinearProblem first = prepare_linear(kMlpFirstLayer, input, crow1, col1, values1, bias1, in_features, 1);
+  SPARSE_RT_CHECK(values1.scalar_type() == values2.scalar_type(), op, "the layers' values differ in dtype (",
+                  values1.scalar_type(), " and ", values2.scalar_type(), ")");
+  // The second layer's input: the first's output, shaped [0, hidden] (no memory) for the checks.
+  const at::Tensor hidden = at::empty({0, first.weight.rows}, input.options());
+  LinearProblem second = prepare_linear(kMlpSecondLayer, hidden, crow2, col2, values2, bias2, first.weight.rows, 1);
+  const bool relu = activation == "relu";
+  SPARSE_RT_CHECK(relu || activation == "gelu" || activation == "gelu_tanh", op,
+                  "activation must be 'relu', 'gelu' or 'gelu_tanh', got '", activation, "'");
+  std::vector<int64_t> out_shape = first.out_shape;
+  out_shape.back() = second.weight.rows;
+  check_residual(op, residual, out_shape, input);
+  return {std::move(first), std::move(second), std::move(out_shape), relu,
+          activation == "gelu_tanh" ? "tanh" : "none"};
+}
+
 ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
                          const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
 
 #include <cstdint>
 #include <vector>
@@ -40,6 +41,24 @@ LinearProblem prepare_linear(const char* op, const at::Tensor& input, const at::
                              const at::Tensor& col, const at::Tensor& values,
                              const c10::optional<at::Tensor>& bias, int64_t in_features,
                              int64_t value_rank);
+
+// csr_mlp's arguments, checked: each layer as prepare_linear checks it (the second's input being
+// the first's output; errors name the layer), one value dtype for both, the activation and the
+// residual. `gelu_approximate` is F.gelu's `approximate` for the GELU activations.
+struct MlpProblem {
+  LinearProblem first, second;
+  std::vector<int64_t> out_shape;  // input.shape[:-1] + [second layer's rows]
+  bool relu;
+  c10::string_view gelu_approximate;
+};
+MlpProblem prepare_mlp(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                       const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                       const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
+                       const c10::optional<at::Tensor>& bias2, int64_t in_features,
+                       c10::string_view activation, const c10::optional<at::Tensor>& residual);
+// The op names prepare_mlp's errors give for each layer.
+constexpr const char* kMlpFirstLayer = "csr_mlp (first layer)";
+constexpr const char* kMlpSecondLayer = "csr_mlp (second layer)";
 
 // csr_conv2d's arguments, checked: weight, activation, bias and the geometry (two entries per list,
 // positive kernel/stride/dilation and non-negative padding, each below 2^31, groups dividing both

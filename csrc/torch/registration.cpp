@@ -11,6 +11,12 @@ TORCH_LIBRARY(sparse_rt, m) {
   m.def(
       "bsr_linear(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_features, bool relu=False, Tensor? residual=None) -> Tensor");
+  // Two CSR linear layers with an activation ('relu', 'gelu' or 'gelu_tanh') between them; the
+  // residual is added to the second layer's output.
+  m.def(
+      "csr_mlp(Tensor input, Tensor crow_indices1, Tensor col_indices1, Tensor values1, Tensor? bias1, "
+      "Tensor crow_indices2, Tensor col_indices2, Tensor values2, Tensor? bias2, int in_features, "
+      "str activation, Tensor? residual=None) -> Tensor");
   m.def(
       "csr_conv2d(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_channels, int[2] kernel_size, int[2] stride, int[2] padding, "

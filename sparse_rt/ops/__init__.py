@@ -29,6 +29,18 @@ def bsr_linear(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
     return impl(input, crow_indices, col_indices, values, bias, in_features, relu, residual)
 
 
+def csr_mlp(input: torch.Tensor, crow_indices1: torch.Tensor, col_indices1: torch.Tensor, values1: torch.Tensor,
+            bias1: Optional[torch.Tensor], crow_indices2: torch.Tensor, col_indices2: torch.Tensor,
+            values2: torch.Tensor, bias2: Optional[torch.Tensor], in_features: int, activation: str,
+            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """W2 act(W1 input + bias1) + bias2 + residual with W1, W2 in CSR and act 'relu', 'gelu' or
+    'gelu_tanh' (F.gelu's approximate='tanh'): two csr_linear calls and the activation between them,
+    computed one 64-row panel of the input at a time on the CPU (the hidden activations stay in cache)."""
+    impl = torch.ops.sparse_rt.csr_mlp if HAS_COMPILED_OPS else reference.csr_mlp
+    return impl(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, col_indices2, values2, bias2,
+                in_features, activation, residual)
+
+
 def csr_conv2d(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor,
                bias: Optional[torch.Tensor], in_channels: int, kernel_size: Sequence[int], stride: Sequence[int],
                padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool = False,
@@ -39,5 +51,5 @@ def csr_conv2d(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
                 list(stride), list(padding), list(dilation), groups, relu, residual)
 
 
-__all__ = ["csr_linear", "bsr_linear", "csr_conv2d", "reference", "HAS_COMPILED_OPS", "build_info",
+__all__ = ["csr_linear", "bsr_linear", "csr_mlp", "csr_conv2d", "reference", "HAS_COMPILED_OPS", "build_info",
            "full_index_checks", "set_full_index_checks", "conv2d_output_size", "conv2d_output_hw"]

@@ -30,6 +30,14 @@ def _bsr_linear_fake(input, crow_indices, col_indices, values, bias, in_features
     return _linear_out(input, crow_indices, values, in_features, values.shape[1], residual)
 
 
+@torch.library.register_fake("sparse_rt::csr_mlp")
+def _csr_mlp_fake(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, col_indices2, values2, bias2,
+                  in_features, activation, residual=None):
+    torch._check(input.shape[-1] == in_features,
+                 lambda: f"input has {input.shape[-1]} features, expected {in_features}")
+    return _output(input, (*input.shape[:-1], crow_indices2.shape[0] - 1), residual)
+
+
 @torch.library.register_fake("sparse_rt::csr_conv2d")
 def _csr_conv2d_fake(input, crow_indices, col_indices, values, bias, in_channels, kernel_size,
                      stride, padding, dilation, groups, relu=False, residual=None):

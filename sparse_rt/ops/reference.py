@@ -6,6 +6,9 @@ import torch.nn.functional as F
 
 from .geometry import conv2d_output_hw
 
+# csr_mlp's activations: a ReLU, or the exact (erf) or tanh-approximated GELU.
+MLP_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
 
 def csr_to_dense(crow_indices, col_indices, values, shape, dtype=None):
     rows, cols = shape
@@ -42,6 +45,19 @@ def csr_linear(input, crow_indices, col_indices, values, bias, in_features, relu
     weight = csr_to_dense(crow_indices, col_indices, values, (crow_indices.numel() - 1, in_features),
                           compute_dtype)
     return _finish(input.to(compute_dtype) @ weight.T, bias, relu, input.dtype, residual=residual)
+
+
+def csr_mlp(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, col_indices2, values2, bias2,
+            in_features, activation, residual=None, *, compute_dtype=torch.float32):
+    if activation not in MLP_ACTIVATIONS:
+        raise ValueError(f"csr_mlp: activation must be one of {MLP_ACTIVATIONS}, got {activation!r}")
+    hidden = csr_linear(input.to(compute_dtype), crow_indices1, col_indices1, values1, bias1, in_features,
+                        activation == "relu", compute_dtype=compute_dtype)
+    if activation != "relu":
+        hidden = F.gelu(hidden, approximate="tanh" if activation == "gelu_tanh" else "none")
+    y = csr_linear(hidden, crow_indices2, col_indices2, values2, bias2, crow_indices1.numel() - 1,
+                   residual=residual, compute_dtype=compute_dtype)
+    return y.to(input.dtype)
 
 
 def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None,

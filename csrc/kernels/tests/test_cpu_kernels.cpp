@@ -198,6 +198,47 @@ void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch) {
   }
 }
 
+// An activation the test can follow exactly: h -> h / 2 - 1 (in floats), applied once per element.
+void halve_and_subtract_one(void*, float* data, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) data[i] = data[i] * 0.5f - 1.f;
+}
+
+// csr_mlp_tiled against two layers computed in double: the ReLU in the first layer's epilogue, or
+// the activation callback after it; several panels, the last one partial.
+template <typename V>
+void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double density, bool relu) {
+  std::mt19937 g(unsigned(in * 131 + hidden * 7 + out + batch));
+  const RandomCsr m1 = random_csr(hidden, in, density, g), m2 = random_csr(out, hidden, density, g);
+  const std::vector<V> vals1 = encode_all<V>(m1.val), vals2 = encode_all<V>(m2.val);
+  const PanelLayout layout{batch, in};
+  std::vector<float> x(batch * in), panels(layout.padded() * in), bias1(hidden), bias2(out), residual(batch * out);
+  for (auto* v : {&x, &bias1, &bias2, &residual}) {
+    for (auto& e : *v) e = exact_value(g);
+  }
+  pack_panels(x.data(), layout, panels.data(), kThreeChunks);
+  std::vector<float> h(hidden * kPanelWidth, NAN), y(batch * out, NAN);
+  const PanelActivation activate{relu ? nullptr : halve_and_subtract_one, nullptr};
+  const CsrView<V> w1{m1.crow.data(), m1.col.data(), vals1.data(), hidden, in};
+  const CsrView<V> w2{m2.crow.data(), m2.col.data(), vals2.data(), out, hidden};
+  csr_mlp_tiled(w1, Epilogue{bias1.data(), relu, nullptr}, activate, w2, Epilogue{bias2.data(), false, residual.data()},
+                panels.data(), batch, h.data(), y.data(), kThreeChunks);
+  std::vector<double> act(hidden);
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t r = 0; r < hidden; ++r) {
+      double sum = bias1[r];
+      for (int64_t k = m1.crow[r]; k < m1.crow[r + 1]; ++k) sum += double(m1.val[k]) * x[n * in + m1.col[k]];
+      act[r] = relu ? std::max(sum, 0.0) : sum * 0.5 - 1.0;
+    }
+    for (int64_t r = 0; r < out; ++r) {
+      double ref = bias2[r] + residual[n * out + r];
+      for (int64_t k = m2.crow[r]; k < m2.crow[r + 1]; ++k) ref += double(m2.val[k]) * act[m2.col[k]];
+      expect(close(y[n * out + r], ref), "csr_mlp " + std::to_string(in) + "x" + std::to_string(hidden) + "x" +
+                                             std::to_string(out) + " batch " + std::to_string(batch) + " at (" +
+                                             std::to_string(n) + ", " + std::to_string(r) + ")");
+    }
+  }
+}
+
 template <typename V>
 void test_conv(Conv2dShape s, double density, bool with_residual) {
   s = with_output_size(s);
@@ -265,6 +306,9 @@ void test_value_type() {
                               LinearCase{37, 50, 150, 0.2}}) {
     test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0, c.batch % 3 != 1);
   }
+  test_csr_mlp<V>(40, 96, 24, 150, 0.2, false);  // three panels, the last 22 rows padded to 24
+  test_csr_mlp<V>(33, 70, 17, 64, 0.3, true);
+  test_csr_mlp<V>(16, 8, 5, 9, 0.0, false);  // nnz = 0: the output is bias2 + residual
   for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {
     test_bsr_linear<V>(bh, bw, 3);
   }

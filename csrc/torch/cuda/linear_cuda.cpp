@@ -1,6 +1,7 @@
-// CUDA implementations of sparse_rt::csr_linear and sparse_rt::bsr_linear (schemas in
-// csrc/torch/registration.cpp): one front half (checks, output, dtype dispatch, residual), the
-// format's kernel launched in the middle.
+// CUDA implementations of sparse_rt::csr_linear, sparse_rt::bsr_linear and sparse_rt::csr_mlp
+// (schemas in csrc/torch/registration.cpp): one front half (checks, output, dtype dispatch,
+// residual), the format's kernel launched in the middle.
+#include <ATen/ops/gelu.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -73,11 +74,26 @@ at::Tensor bsr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indic
                      });
 }
 
+// The two layers one after the other, the hidden activations in the input's dtype as the unfused
+// layers keep them (the CPU op's cache-resident panels have no counterpart here yet).
+at::Tensor csr_mlp_cuda(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                        const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                        const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
+                        const c10::optional<at::Tensor>& bias2, int64_t in_features,
+                        c10::string_view activation, const c10::optional<at::Tensor>& residual) {
+  const MlpProblem p = prepare_mlp(input, crow1, col1, values1, bias1, crow2, col2, values2, bias2, in_features,
+                                   activation, residual);
+  at::Tensor hidden = csr_linear_cuda(input, crow1, col1, values1, bias1, in_features, p.relu, c10::nullopt);
+  if (!p.relu) hidden = at::gelu(hidden, p.gelu_approximate);
+  return csr_linear_cuda(hidden, crow2, col2, values2, bias2, p.first.weight.rows, false, residual);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparse_rt, CUDA, m) {
   m.impl("csr_linear", &csr_linear_cuda);
   m.impl("bsr_linear", &bsr_linear_cuda);
+  m.impl("csr_mlp", &csr_mlp_cuda);
 }
 
 }  // namespace sparse_rt

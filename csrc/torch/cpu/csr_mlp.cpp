@@ -1,0 +1,81 @@
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/gelu.h>
+#include <torch/library.h>
+
+#include "../../kernels/cpu/csr_linear.h"
+#include "../../kernels/cpu/csr_spmm.h"
+#include "../checks.h"
+#include "cpu_common.h"
+
+namespace sparse_rt {
+namespace {
+
+// torch's own GELU over a block of floats (in place), so that the fused layers' hidden activations
+// are bit for bit those of the unfused model's nn.GELU. Called inside the kernel's parallel region,
+// where at::parallel_for runs inline.
+void torch_gelu(void* approximate, float* data, int64_t count) {
+  at::Tensor block = at::from_blob(data, {count}, at::TensorOptions().dtype(at::kFloat));
+  at::gelu_(block, *static_cast<const c10::string_view*>(approximate));
+}
+
+at::Tensor csr_mlp_cpu(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                       const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                       const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
+                       const c10::optional<at::Tensor>& bias2, int64_t in_features,
+                       c10::string_view activation, const c10::optional<at::Tensor>& residual) {
+  const char* op = "csr_mlp";
+  const MlpProblem p = prepare_mlp(input, crow1, col1, values1, bias1, crow2, col2, values2, bias2, in_features,
+                                   activation, residual);
+  check_sparse_indices(kMlpFirstLayer, crow1, col1, p.first.index_cols, full_index_checks_enabled());
+  check_sparse_indices(kMlpSecondLayer, crow2, col2, p.second.index_cols, full_index_checks_enabled());
+  const int64_t batch = p.first.batch, hidden_features = p.first.weight.rows, out_features = p.second.weight.rows;
+  at::Tensor y = allocate(op, "output", {batch, out_features}, input.options().dtype(at::kFloat));
+  if (batch == 0 || out_features == 0) return y.to(input.scalar_type()).view(p.out_shape);
+  const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
+  const c10::optional<at::Tensor> bias1_32 = as_fp32(bias1), bias2_32 = as_fp32(bias2),
+                                  residual32 = as_fp32(residual);
+  c10::string_view approximate = p.gelu_approximate;
+  const cpu::PanelActivation activate{p.relu ? nullptr : torch_gelu, &approximate};
+  const cpu::PanelLayout layout{batch, in_features};
+  // Below kTiledMinBatch the layers run one after the other on the gather kernel.
+  const bool tiled = batch >= cpu::kTiledMinBatch;
+  // The hidden activations of one panel (tiled) or of the whole batch.
+  const int64_t hidden_columns = tiled ? std::min(layout.padded(), cpu::kPanelWidth) : batch;
+  at::Tensor panels, hidden = allocate(op, "hidden activations", {hidden_features * hidden_columns}, x.options());
+  if (tiled) {
+    panels = allocate(op, "packed input", {in_features * layout.padded()}, x.options());
+    cpu::pack_panels(x.const_data_ptr<float>(), layout, panels.mutable_data_ptr<float>(),
+                     torch_parallel_for());
+  }
+  const cpu::Epilogue ep1 = make_epilogue(bias1_32, p.relu, c10::nullopt);
+  const cpu::Epilogue ep2 = make_epilogue(bias2_32, false, residual32);
+  dispatch_value_type(values1.scalar_type(), [&](auto tag) {
+    using V = decltype(tag);
+    const cpu::CsrView<V> w1{crow1.const_data_ptr<int32_t>(), col1.const_data_ptr<int32_t>(),
+                             values_ptr<V>(values1), hidden_features, in_features};
+    const cpu::CsrView<V> w2{crow2.const_data_ptr<int32_t>(), col2.const_data_ptr<int32_t>(),
+                             values_ptr<V>(values2), out_features, hidden_features};
+    float* h = hidden.mutable_data_ptr<float>();
+    if (tiled) {
+      cpu::csr_mlp_tiled(w1, ep1, activate, w2, ep2, panels.const_data_ptr<float>(), batch, h,
+                         y.mutable_data_ptr<float>(), torch_parallel_for());
+      return;
+    }
+    cpu::parallel_over_rows(torch_parallel_for(), w1.crow, w1.rows, 1, p.first.weight.stored * batch,
+                            [&](int64_t, int64_t r0, int64_t r1) {
+                              cpu::csr_linear_gather(w1, x.const_data_ptr<float>(), batch, h, ep1, r0, r1);
+                            });
+    if (activate.apply) activate.apply(activate.context, h, batch * hidden_features);
+    cpu::parallel_over_rows(torch_parallel_for(), w2.crow, w2.rows, 1, p.second.weight.stored * batch,
+                            [&](int64_t, int64_t r0, int64_t r1) {
+                              cpu::csr_linear_gather(w2, h, batch, y.mutable_data_ptr<float>(), ep2, r0, r1);
+                            });
+  });
+  return y.to(input.scalar_type()).view(p.out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_rt, CPU, m) { m.impl("csr_mlp", &csr_mlp_cpu); }
+
+}  // namespace sparse_rt
