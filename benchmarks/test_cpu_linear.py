@@ -111,3 +111,28 @@ def test_transformer_ffn(benchmark, dlmc, layer, engine, tokens):
     benchmark.extra_info["series"] = f"FFN tokens={tokens}"
     with torch.inference_mode():
         benchmark(fns[engine])
+
+
+@pytest.mark.parametrize("tokens", [128, 1024])
+@pytest.mark.parametrize("engine", ["sparse_rt", "layer_by_layer", "dense"])
+@pytest.mark.parametrize("layer", [0, 3])
+def test_transformer_qkv(benchmark, dlmc, layer, engine, tokens):
+    """The query, key and value projections of one input: csr_linears (the fused model's call)
+    against three csr_linear calls (the unfused model) and dense torch."""
+    folder = dlmc / "transformer/magnitude_pruning/0.9"
+    ws = [load_smtx(folder / f"body_encoder_layer_{layer}_self_attention_multihead_attention_{p}_fully_connected"
+                             ".smtx.gz", seed=i) for i, p in enumerate("qkv")]
+    x = torch.randn(tokens, ws[0].shape[1], generator=torch.Generator().manual_seed(4))
+    dense = [w.to_dense() for w in ws]
+    weights = ([w.crow_indices for w in ws], [w.col_indices for w in ws], [w.values for w in ws], [None] * 3)
+    fns = {
+        "sparse_rt": lambda: ops.csr_linears(x, *weights, x.shape[1]),
+        "layer_by_layer": lambda: [ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, x.shape[1])
+                                   for w in ws],
+        "dense": lambda: [torch.nn.functional.linear(x, d) for d in dense],
+    }
+    benchmark.group = f"encoder layer {layer} q/k/v 3x 512x512 90% tokens={tokens}"
+    benchmark.extra_info["engine"] = engine
+    benchmark.extra_info["series"] = f"QKV tokens={tokens}"
+    with torch.inference_mode():
+        benchmark(fns[engine])

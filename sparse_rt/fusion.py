@@ -32,10 +32,15 @@ with torch.fx and rewrites its graph:
   the CPU: 64 tokens at a time, the first layer's output for them stays in cache as the second's
   input, and is never stored as a [tokens, hidden] matrix, packed back into panels or passed over
   for the GELU on its own. torch's own GELU runs inside the op, so the values are bit for bit those
-  of the layers run one after the other (tests/test_fusion.py). DLMC Transformer FFN blocks (90%,
-  benchmarks/test_cpu_linear.py::test_transformer_ffn, results/cpu-ffn-2026-12-03.json): 1.1-1.2x
-  at 128 tokens, 2.6-3.3x at 1024 against the same ops one after the other.
-  Activations other than fp32 CPU ones, and ONNX exports, run the layers one after the other.
+  of the layers run one after the other (tests/test_fusion.py). Activations other than fp32 CPU
+  ones, and ONNX exports, run the layers one after the other.
+- Sparse linear layers reading the same input (attention's query, key and value projections) run
+  as one csr_linears call (`sparse_linears`): the input is read and packed into panels once, and
+  all their rows are split over the threads in one parallel region (the same kernels, so the same
+  values bit for bit).
+  Both against the calls they replace on DLMC Transformer layers at 90%, interleaved
+  (benchmarks/bench_fused_ops.py, results/fused-ops-2026-12-03.json): feed-forward 1.04-1.78x at
+  128 tokens, 1.39-3.03x at 1024; query/key/value 1.12-1.36x and 1.20-1.25x.
 
 A pattern is rewritten only where it is safe: the layer is called once in the graph and its output
 feeds nothing but the BatchNorm / sum / ReLU. A residual that does not have the output's shape and
@@ -77,6 +82,7 @@ class FusionReport:
     channels_last_convs: List[str] = field(default_factory=list)
     fused_attentions: List[str] = field(default_factory=list)
     fused_mlps: List[Tuple[str, str]] = field(default_factory=list)
+    shared_input_linears: List[Tuple[str, ...]] = field(default_factory=list)
 
     def to_json(self):
         return {f.name: [list(item) if isinstance(item, tuple) else item for item in getattr(self, f.name)]
@@ -97,11 +103,13 @@ class FusionReport:
                 f"fused into sparse kernels, {len(self.channels_last_pools)} max pool(s) and "
                 f"{len(self.channels_last_convs)} dense convolution(s) run channels_last, "
                 f"{len(self.fused_attentions)} attention(s) in one kernel, "
-                f"{len(self.fused_mlps)} pair(s) of sparse linear layers in one")
+                f"{len(self.fused_mlps)} pair(s) of sparse linear layers in one, "
+                f"{len(self.shared_input_linears)} group(s) of sparse linear layers reading one input in one call")
 
 
 # FusionReport fields of rewrites that change no tensor a file holds (layouts, attention kernels).
-TENSOR_FREE_REWRITES = ("channels_last_pools", "channels_last_convs", "fused_attentions", "fused_mlps")
+TENSOR_FREE_REWRITES = ("channels_last_pools", "channels_last_convs", "fused_attentions", "fused_mlps",
+                        "shared_input_linears")
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -225,6 +233,15 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
         for old in replaced:
             gm.graph.erase_node(old)
         report.fused_mlps.append((first.target, node.target))
+    for group in _shared_input_groups(gm, calls):
+        with gm.graph.inserting_before(group[0]):
+            layers = tuple(gm.graph.get_attr(n.target) for n in group)
+            fused = gm.graph.call_function(sparse_linears, (layers, group[0].args[0]))
+            outputs = [gm.graph.call_function(operator.getitem, (fused, i)) for i in range(len(group))]
+        for node, output in zip(group, outputs):
+            node.replace_all_uses_with(output)
+            gm.graph.erase_node(node)
+        report.shared_input_linears.append(tuple(n.target for n in group))
     for node in list(gm.graph.nodes):
         conv = _dense_conv_before_pool(gm, node, calls)
         if conv is not None:
@@ -253,6 +270,32 @@ def sparse_mlp(first, second, activation, input):
     if activation != "relu":
         hidden = F.gelu(hidden, approximate="tanh" if activation == "gelu_tanh" else "none")
     return second(hidden)
+
+
+def sparse_linears(layers, input):
+    """[layer(input) for layer in layers] for SparseLinear layers: one csr_linears call, which reads
+    and packs the input once, where every layer is CSR without a ReLU, their values share a dtype
+    and the input is on the CPU (the same kernels, so the same values bit for bit); else, as in an
+    ONNX export, layer by layer."""
+    if (ops.HAS_COMPILED_OPS and input.device.type == "cpu" and not torch.onnx.is_in_onnx_export()
+            and all(isinstance(layer, SparseLinear) and layer.format == "csr" and not layer.relu for layer in layers)
+            and len({layer.values.dtype for layer in layers}) == 1):
+        return ops.csr_linears(input, [layer.crow_indices for layer in layers], [layer.col_indices for layer in layers],
+                               [layer.values for layer in layers], [layer.bias for layer in layers],
+                               layers[0].in_features)
+    return [layer(input) for layer in layers]
+
+
+def _shared_input_groups(gm, calls):
+    """Lists, in graph order, of the nodes of two or more CSR SparseLinear layers without a ReLU
+    that read one input node and nothing else, each layer called once, their values of one dtype."""
+    groups = {}
+    for node in gm.graph.nodes:
+        layer = _module_of(gm, node, SparseLinear)
+        if (layer is not None and layer.format == "csr" and not layer.relu and calls[node.target] == 1
+                and len(node.args) == 1 and isinstance(node.args[0], fx.Node) and not node.kwargs):
+            groups.setdefault((node.args[0], layer.values.dtype), []).append(node)
+    return [group for group in groups.values() if len(group) > 1]
 
 
 def _mlp_pattern(gm, node, calls):

@@ -369,6 +369,34 @@ def test_csr_mlp_errors_name_the_layer(device, changes, message):
 
 @requires_compiled_ops
 @pytest.mark.parametrize("device", DEVICES)
+def test_csr_linears_errors_name_the_layer(device):
+    w = [random_csr(4, 8, 0.5, seed=0, device=device), random_csr(5, 8, 0.5, seed=1, device=device)]
+    x = randn(3, 8, device=device)
+    lists = lambda key: [getattr(layer, key) for layer in w]
+    good = dict(crow=lists("crow_indices"), col=lists("col_indices"), values=lists("values"), bias=[None, None])
+    cases = [
+        (dict(bias=[None]), r"csr_linears: crow_indices, col_indices, values and bias must be lists of one length "
+                            r">= 1, got 2, 2, 2 and 1 entries"),
+        (dict(crow=[], col=[], values=[], bias=[]), r"csr_linears: .* got 0, 0, 0 and 0 entries"),
+        (dict(values=[w[0].values, w[1].values.half()]), r"csr_linears: the layers' values differ in dtype \(Float "
+                                                         r"in layer 0, Half in layer 1\)"),
+        (dict(bias=[None, torch.zeros(4, device=device)]), r"csr_linears \(layer 1\): bias must have shape \[5\], "
+                                                           r"got \[4\]"),
+        (dict(col=[w[0].col_indices, torch.full_like(w[1].col_indices, 8)]),
+         r"csr_linears \(layer 1\): col_indices\[0\]=8 is out of range \[0, 8\)"),
+        (dict(crow=[w[0].crow_indices + 1, w[1].crow_indices]),
+         r"csr_linears \(layer 0\): crow_indices\[0\] must be 0, got 1"),
+    ]
+    for changes, message in cases:
+        args = {**good, **changes}
+        with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=r"^sparse_rt." + message):
+            torch.ops.sparse_rt.csr_linears(x, args["crow"], args["col"], args["values"], args["bias"], 8)
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linears \(layer 0\): input has shape \[3, 7\]"):
+        torch.ops.sparse_rt.csr_linears(randn(3, 7, device=device), *good.values(), 7 + 1)
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
 def test_bsr_linear_errors(device):
     w = random_bsr(8, 12, (4, 4), 0.5, seed=1, device=device)
     x = randn(2, 12, device=device)

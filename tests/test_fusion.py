@@ -16,6 +16,7 @@ from sparse_rt.fusion import (
     FusionError,
     FusionReport,
     fuse,
+    sparse_linears,
     sparse_mlp,
 )
 from sparse_rt.io.srt import SrtArchError
@@ -202,11 +203,48 @@ def test_sparse_linear_pairs_run_as_one_op_with_the_very_same_values():
             assert torch.equal(model(x), want)
 
 
+class _SharedInputs(nn.Module):
+    """Linear layers reading one input: q, k, v (grouped); r (its ReLU fused), `other` (another
+    input), s and t (equal slices computed twice: two inputs) and a dense layer stay out of it."""
+
+    def __init__(self):
+        super().__init__()
+        for name, out in {"q": 8, "k": 8, "v": 6, "r": 5, "other": 4, "s": 3, "t": 3}.items():
+            setattr(self, name, nn.Linear(12, out))
+        self.dense = nn.Linear(12, 2)
+
+    def forward(self, x):
+        y = x * 2
+        a = torch.cat([self.q(x), self.k(x), self.v(x), torch.relu(self.r(x)), self.other(y)], -1)
+        return a, self.s(y[:, :12]) + self.t(y[:, :12]).sum(), self.dense(x)
+
+
+@requires_compiled_ops
+def test_linear_layers_reading_one_input_run_as_one_call_with_the_very_same_values():
+    model = _sparse(_SharedInputs().eval(), 0.5, exclude=("dense",))
+    inputs = [torch.randn(b, 12, generator=torch.Generator().manual_seed(b)) for b in (3, 70)]
+    with torch.inference_mode():
+        expected = [model(x) for x in inputs]
+    report = model.fuse()
+    assert report.shared_input_linears == [("q", "k", "v")]
+    assert report.fused_relus == ["r"]
+    with torch.inference_mode():
+        for x, want in zip(inputs, expected):
+            for out, ref in zip(model(x), want):
+                assert torch.equal(out, ref)
+    # BERT: each layer's query, key and value projections.
+    bert = _sparse(_small_bert(), 0.7)
+    assert bert.fuse().shared_input_linears == [
+        tuple(f"encoder.layer.{i}.attention.self.{p}" for p in ("query", "key", "value")) for i in range(2)]
+
+
 def test_a_pair_the_op_does_not_take_runs_layer_by_layer():
     first = SparseLinear.from_dense(nn.Linear(8, 16), format="bsr", blocksize=(4, 4))
     second = SparseLinear.from_dense(nn.Linear(16, 4), format="bsr", blocksize=(4, 4))
     x = torch.randn(5, 8)
     assert torch.equal(sparse_mlp(first, second, "gelu_tanh", x), second(F.gelu(first(x), approximate="tanh")))
+    outputs = sparse_linears((first, SparseLinear.from_dense(nn.Linear(8, 3))), x)
+    assert torch.equal(outputs[0], first(x)) and outputs[1].shape == (5, 3)
 
 
 class _Unsafe(nn.Module):

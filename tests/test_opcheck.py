@@ -45,6 +45,16 @@ def test_opcheck_bsr_linear(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_csr_linears(device):
+    for dtype in DTYPES:
+        layers = [random_csr(out_f, 20, 0.3, seed=out_f, dtype=dtype, device=device) for out_f in (12, 5)]
+        for x in (randn(3, 20, dtype=dtype, device=device), randn(2, 9, 20, dtype=dtype, device=device)):
+            torch.library.opcheck(torch.ops.sparse_rt.csr_linears.default,
+                                  (x, [w.crow_indices for w in layers], [w.col_indices for w in layers],
+                                   [w.values for w in layers], [randn(12, dtype=dtype, device=device), None], 20))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_csr_mlp(device):
     for dtype in DTYPES:
         w1 = random_csr(24, 20, 0.3, seed=4, dtype=dtype, device=device)

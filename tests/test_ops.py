@@ -124,6 +124,24 @@ def test_csr_mlp(device, dtype, case, activation, with_residual):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lead", [(5,), (2, 35), (0,)], ids=lambda lead: f"x{lead}")
+def test_csr_linears(device, dtype, lead):
+    """Layers of different widths and densities (one without nonzeros, one without bias) on one input:
+    the gather kernels, two panels of the tiled one, an empty batch."""
+    layers = [random_csr(out_f, 48, density, seed=out_f, dtype=dtype, device=device, empty_rows=(0,))
+              for out_f, density in ((20, 0.3), (7, 0.0), (33, 0.6))]
+    biases = [randn(20, dtype=dtype, device=device), None, randn(33, dtype=dtype, device=device)]
+    x = randn(*lead, 48, dtype=dtype, device=device, seed=5)
+    args = ([w.crow_indices for w in layers], [w.col_indices for w in layers], [w.values for w in layers], biases, 48)
+    outputs = ops.csr_linears(x, *args)
+    expected = reference.csr_linears(x, *args, compute_dtype=torch.float64)
+    assert len(outputs) == 3
+    for out, want in zip(outputs, expected):
+        assert_close(out, want, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_csr_mlp_dlmc_transformer_layer_and_its_transpose(dlmc, device):
     for path in _one_file_per_shape(dlmc, "transformer/magnitude_pruning/0.9")[:3]:
         w = to_device(load_smtx(path, seed=0), device)

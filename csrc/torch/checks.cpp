@@ -97,6 +97,27 @@ LinearProblem prepare_linear(const char* op, const at::Tensor& input, const at::
   return {weight, batch, std::move(out_shape), in_features / weight.block_w};
 }
 
+std::string linears_layer_name(size_t layer) { return "csr_linears (layer " + std::to_string(layer) + ")"; }
+
+std::vector<LinearProblem> prepare_linears(const at::Tensor& input, at::TensorList crows, at::TensorList cols,
+                                           at::TensorList values,
+                                           const c10::List<c10::optional<at::Tensor>>& biases,
+                                           int64_t in_features) {
+  const char* op = "csr_linears";
+  SPARSE_RT_CHECK(!crows.empty() && cols.size() == crows.size() && values.size() == crows.size() &&
+                      biases.size() == crows.size(),
+                  op, "crow_indices, col_indices, values and bias must be lists of one length >= 1, got ",
+                  crows.size(), ", ", cols.size(), ", ", values.size(), " and ", biases.size(), " entries");
+  std::vector<LinearProblem> layers;
+  for (size_t i = 0; i < crows.size(); ++i) {
+    SPARSE_RT_CHECK(values[i].scalar_type() == values[0].scalar_type(), op, "the layers' values differ in dtype (",
+                    values[0].scalar_type(), " in layer 0, ", values[i].scalar_type(), " in layer ", i, ")");
+    layers.push_back(prepare_linear(linears_layer_name(i).c_str(), input, crows[i], cols[i], values[i],
+                                    biases.get(i), in_features, 1));
+  }
+  return layers;
+}
+
 MlpProblem prepare_mlp(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
                        const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
                        const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,

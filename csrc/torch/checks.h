@@ -4,12 +4,14 @@
 // Torch-only (no CUDA headers): compiled into the CPU-only and the CUDA build alike.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "../kernels/conv_shape.h"
@@ -41,6 +43,15 @@ LinearProblem prepare_linear(const char* op, const at::Tensor& input, const at::
                              const at::Tensor& col, const at::Tensor& values,
                              const c10::optional<at::Tensor>& bias, int64_t in_features,
                              int64_t value_rank);
+
+// csr_linears' arguments, checked: lists of one length >= 1, each layer as prepare_linear checks it
+// (errors name "csr_linears (layer i)", linears_layer_name(i)) against the one input, and one value
+// dtype for all the layers.
+std::vector<LinearProblem> prepare_linears(const at::Tensor& input, at::TensorList crows, at::TensorList cols,
+                                           at::TensorList values,
+                                           const c10::List<c10::optional<at::Tensor>>& biases,
+                                           int64_t in_features);
+std::string linears_layer_name(size_t layer);
 
 // csr_mlp's arguments, checked: each layer as prepare_linear checks it (the second's input being
 // the first's output; errors name the layer), one value dtype for both, the activation and the

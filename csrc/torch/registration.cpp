@@ -11,6 +11,11 @@ TORCH_LIBRARY(sparse_rt, m) {
   m.def(
       "bsr_linear(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_features, bool relu=False, Tensor? residual=None) -> Tensor");
+  // CSR linear layers reading one input (e.g. attention's query, key and value projections), each
+  // output its own tensor: the input is read and packed once.
+  m.def(
+      "csr_linears(Tensor input, Tensor[] crow_indices, Tensor[] col_indices, Tensor[] values, "
+      "Tensor?[] bias, int in_features) -> Tensor[]");
   // Two CSR linear layers with an activation ('relu', 'gelu' or 'gelu_tanh') between them; the
   // residual is added to the second layer's output.
   m.def(

@@ -1,7 +1,7 @@
 """The sparse ops: thin wrappers over torch.ops.sparse_rt.* (C++/CUDA kernels chosen by the
 dispatcher), falling back to the pure-torch references when the compiled ops are missing."""
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -29,6 +29,15 @@ def bsr_linear(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
     return impl(input, crow_indices, col_indices, values, bias, in_features, relu, residual)
 
 
+def csr_linears(input: torch.Tensor, crow_indices: List[torch.Tensor], col_indices: List[torch.Tensor],
+                values: List[torch.Tensor], bias: List[Optional[torch.Tensor]], in_features: int) -> List[torch.Tensor]:
+    """[input @ W_i.T + bias_i for each layer i], the W_i in CSR [len(crow_indices[i]) - 1, in_features]:
+    layers reading one input (attention's query, key and value projections) in one call, which
+    reads and packs the input once."""
+    impl = torch.ops.sparse_rt.csr_linears if HAS_COMPILED_OPS else reference.csr_linears
+    return impl(input, list(crow_indices), list(col_indices), list(values), list(bias), in_features)
+
+
 def csr_mlp(input: torch.Tensor, crow_indices1: torch.Tensor, col_indices1: torch.Tensor, values1: torch.Tensor,
             bias1: Optional[torch.Tensor], crow_indices2: torch.Tensor, col_indices2: torch.Tensor,
             values2: torch.Tensor, bias2: Optional[torch.Tensor], in_features: int, activation: str,
@@ -51,5 +60,5 @@ def csr_conv2d(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
                 list(stride), list(padding), list(dilation), groups, relu, residual)
 
 
-__all__ = ["csr_linear", "bsr_linear", "csr_mlp", "csr_conv2d", "reference", "HAS_COMPILED_OPS", "build_info",
-           "full_index_checks", "set_full_index_checks", "conv2d_output_size", "conv2d_output_hw"]
+__all__ = ["csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d", "reference", "HAS_COMPILED_OPS",
+           "build_info", "full_index_checks", "set_full_index_checks", "conv2d_output_size", "conv2d_output_hw"]

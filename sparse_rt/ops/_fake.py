@@ -30,6 +30,11 @@ def _bsr_linear_fake(input, crow_indices, col_indices, values, bias, in_features
     return _linear_out(input, crow_indices, values, in_features, values.shape[1], residual)
 
 
+@torch.library.register_fake("sparse_rt::csr_linears")
+def _csr_linears_fake(input, crow_indices, col_indices, values, bias, in_features):
+    return [_linear_out(input, crow, None, in_features, 1, None) for crow in crow_indices]
+
+
 @torch.library.register_fake("sparse_rt::csr_mlp")
 def _csr_mlp_fake(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, col_indices2, values2, bias2,
                   in_features, activation, residual=None):

@@ -47,6 +47,11 @@ def csr_linear(input, crow_indices, col_indices, values, bias, in_features, relu
     return _finish(input.to(compute_dtype) @ weight.T, bias, relu, input.dtype, residual=residual)
 
 
+def csr_linears(input, crow_indices, col_indices, values, bias, in_features, *, compute_dtype=torch.float32):
+    return [csr_linear(input, *layer, in_features, compute_dtype=compute_dtype)
+            for layer in zip(crow_indices, col_indices, values, bias, strict=True)]
+
+
 def csr_mlp(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, col_indices2, values2, bias2,
             in_features, activation, residual=None, *, compute_dtype=torch.float32):
     if activation not in MLP_ACTIVATIONS:

@@ -34,19 +34,28 @@ struct ParallelFor {
 // Below this many multiply-adds a single thread beats the cost of waking the pool.
 constexpr int64_t kMinParallelWork = 1 << 13;
 
+// Runs body(set, row_begin, row_end) over `sets` CSR matrices in one parallel region, the rows of
+// set i (crow_of(i), rows_of(i) of them, at most max_rows) split into nnz-balanced parts.
+template <typename CrowOf, typename RowsOf, typename F>
+void parallel_over_row_sets(const ParallelFor& pf, int64_t sets, int64_t max_rows, int64_t work,
+                            const CrowOf& crow_of, const RowsOf& rows_of, const F& body) {
+  const int64_t parts =
+      work < kMinParallelWork ? 1 : std::max<int64_t>(1, std::min<int64_t>(max_rows, pf.num_threads));
+  pf.run(0, sets * parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t set = u / parts, part = u % parts;
+      body(set, balanced_row_start(crow_of(set), rows_of(set), part, parts),
+           balanced_row_start(crow_of(set), rows_of(set), part + 1, parts));
+    }
+  });
+}
+
 // Runs body(outer, row_begin, row_end) over outer x (rows split into nnz-balanced parts).
 template <typename F>
 void parallel_over_rows(const ParallelFor& pf, const int32_t* crow, int64_t rows, int64_t outer,
                         int64_t work, const F& body) {
-  const int64_t parts =
-      work < kMinParallelWork ? 1 : std::max<int64_t>(1, std::min<int64_t>(rows, pf.num_threads));
-  pf.run(0, outer * parts, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t part = u % parts;
-      body(u / parts, balanced_row_start(crow, rows, part, parts),
-           balanced_row_start(crow, rows, part + 1, parts));
-    }
-  });
+  parallel_over_row_sets(
+      pf, outer, rows, work, [&](int64_t) { return crow; }, [&](int64_t) { return rows; }, body);
 }
 
 }  // namespace sparse_rt::cpu

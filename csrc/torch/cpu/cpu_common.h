@@ -7,6 +7,10 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include "../checks.h"
+
+#include "../../kernels/cpu/csr_linear.h"
+#include "../../kernels/cpu/csr_spmm.h"
 #include "../../kernels/cpu/parallel.h"
 #include "../../kernels/cpu/scalar_types.h"
 #include "../../kernels/cpu/sparse_matrix.h"
@@ -49,6 +53,17 @@ inline cpu::ParallelFor torch_parallel_for() {
             at::parallel_for(begin, end, grain, body);
           },
           at::get_num_threads()};
+}
+
+// The input of the linear kernels, x [batch, in_features] fp32, packed into panels (pack_panels)
+// when the batch takes the tiled kernel; undefined below kTiledMinBatch, where the gather kernel
+// reads x itself.
+inline at::Tensor packed_input(const char* op, const at::Tensor& x, int64_t batch, int64_t in_features) {
+  if (batch < cpu::kTiledMinBatch) return at::Tensor();
+  const cpu::PanelLayout layout{batch, in_features};
+  at::Tensor panels = allocate(op, "packed input", {in_features * layout.padded()}, x.options());
+  cpu::pack_panels(x.const_data_ptr<float>(), layout, panels.mutable_data_ptr<float>(), torch_parallel_for());
+  return panels;
 }
 
 }  // namespace sparse_rt

@@ -20,15 +20,9 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
   if (batch > 0 && rows > 0) {
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
     const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
-    const bool tiled = batch >= cpu::kTiledMinBatch;
     const cpu::Epilogue ep = make_epilogue(bias32, relu, residual32);
-    at::Tensor panels;
-    if (tiled) {
-      const cpu::PanelLayout layout{batch, in_features};
-      panels = allocate(op, "packed input", {in_features * layout.padded()}, x.options());
-      cpu::pack_panels(x.const_data_ptr<float>(), layout, panels.mutable_data_ptr<float>(),
-                       torch_parallel_for());
-    }
+    const at::Tensor panels = packed_input(op, x, batch, in_features);
+    const bool tiled = panels.defined();
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();
     dispatch_value_type(values.scalar_type(), [&](auto tag) {

@@ -36,17 +36,13 @@ at::Tensor csr_mlp_cpu(const at::Tensor& input, const at::Tensor& crow1, const a
                                   residual32 = as_fp32(residual);
   c10::string_view approximate = p.gelu_approximate;
   const cpu::PanelActivation activate{p.relu ? nullptr : torch_gelu, &approximate};
-  const cpu::PanelLayout layout{batch, in_features};
   // Below kTiledMinBatch the layers run one after the other on the gather kernel.
-  const bool tiled = batch >= cpu::kTiledMinBatch;
+  const at::Tensor panels = packed_input(op, x, batch, in_features);
+  const bool tiled = panels.defined();
   // The hidden activations of one panel (tiled) or of the whole batch.
-  const int64_t hidden_columns = tiled ? std::min(layout.padded(), cpu::kPanelWidth) : batch;
-  at::Tensor panels, hidden = allocate(op, "hidden activations", {hidden_features * hidden_columns}, x.options());
-  if (tiled) {
-    panels = allocate(op, "packed input", {in_features * layout.padded()}, x.options());
-    cpu::pack_panels(x.const_data_ptr<float>(), layout, panels.mutable_data_ptr<float>(),
-                     torch_parallel_for());
-  }
+  const int64_t hidden_columns =
+      tiled ? std::min(cpu::PanelLayout{batch, in_features}.padded(), cpu::kPanelWidth) : batch;
+  at::Tensor hidden = allocate(op, "hidden activations", {hidden_features * hidden_columns}, x.options());
   const cpu::Epilogue ep1 = make_epilogue(bias1_32, p.relu, c10::nullopt);
   const cpu::Epilogue ep2 = make_epilogue(bias2_32, false, residual32);
   dispatch_value_type(values1.scalar_type(), [&](auto tag) {

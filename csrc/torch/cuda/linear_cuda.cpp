@@ -1,4 +1,4 @@
-// CUDA implementations of sparse_rt::csr_linear, sparse_rt::bsr_linear and sparse_rt::csr_mlp
+// CUDA implementations of sparse_rt::csr_linear, bsr_linear, csr_linears and csr_mlp
 // (schemas in csrc/torch/registration.cpp): one front half (checks, output, dtype dispatch,
 // residual), the format's kernel launched in the middle.
 #include <ATen/ops/gelu.h>
@@ -74,8 +74,26 @@ at::Tensor bsr_linear_cuda(const at::Tensor& input, const at::Tensor& crow_indic
                      });
 }
 
-// The two layers one after the other, the hidden activations in the input's dtype as the unfused
-// layers keep them (the CPU op's cache-resident panels have no counterpart here yet).
+// The layers one after the other (the index checks first, so that their errors name the layer).
+std::vector<at::Tensor> csr_linears_cuda(const at::Tensor& input, at::TensorList crows, at::TensorList cols,
+                                         at::TensorList values, const c10::List<c10::optional<at::Tensor>>& biases,
+                                         int64_t in_features) {
+  const std::vector<LinearProblem> layers = prepare_linears(input, crows, cols, values, biases, in_features);
+  const c10::cuda::CUDAGuard guard(input.device());
+  for (size_t i = 0; i < crows.size(); ++i) {
+    maybe_check_indices(linears_layer_name(i).c_str(), crows[i], cols[i], layers[i].index_cols);
+  }
+  std::vector<at::Tensor> outputs;
+  for (size_t i = 0; i < crows.size(); ++i) {
+    outputs.push_back(csr_linear_cuda(input, crows[i], cols[i], values[i], biases.get(i), in_features, false,
+                                      c10::nullopt));
+  }
+  return outputs;
+}
+
+// The two layers one after the other (index checks first, as above), the hidden activations in
+// the input's dtype as the unfused layers keep them (the CPU op's cache-resident panels have no
+// counterpart here yet).
 at::Tensor csr_mlp_cuda(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
                         const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
                         const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
@@ -83,6 +101,9 @@ at::Tensor csr_mlp_cuda(const at::Tensor& input, const at::Tensor& crow1, const 
                         c10::string_view activation, const c10::optional<at::Tensor>& residual) {
   const MlpProblem p = prepare_mlp(input, crow1, col1, values1, bias1, crow2, col2, values2, bias2, in_features,
                                    activation, residual);
+  const c10::cuda::CUDAGuard guard(input.device());
+  maybe_check_indices(kMlpFirstLayer, crow1, col1, p.first.index_cols);
+  maybe_check_indices(kMlpSecondLayer, crow2, col2, p.second.index_cols);
   at::Tensor hidden = csr_linear_cuda(input, crow1, col1, values1, bias1, in_features, p.relu, c10::nullopt);
   if (!p.relu) hidden = at::gelu(hidden, p.gelu_approximate);
   return csr_linear_cuda(hidden, crow2, col2, values2, bias2, p.first.weight.rows, false, residual);
@@ -93,6 +114,7 @@ at::Tensor csr_mlp_cuda(const at::Tensor& input, const at::Tensor& crow1, const 
 TORCH_LIBRARY_IMPL(sparse_rt, CUDA, m) {
   m.impl("csr_linear", &csr_linear_cuda);
   m.impl("bsr_linear", &bsr_linear_cuda);
+  m.impl("csr_linears", &csr_linears_cuda);
   m.impl("csr_mlp", &csr_mlp_cuda);
 }
 

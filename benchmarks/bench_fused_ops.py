@@ -1,0 +1,120 @@
+"""The ops fuse() calls for transformer blocks against the calls they replace, interleaved in one run.
+
+On DLMC Transformer encoder layers (magnitude pruning 0.9, 512-wide): the feed-forward block
+(csr_mlp against csr_linear, GELU, csr_linear, and dense torch) and the query/key/value projections
+(csr_linears against three csr_linear calls, and dense torch). Each case's engines take turns
+(sparse_rt.timing.compare_latency: interleaved rounds, rotating order), so drift of a shared
+machine hits them alike; every sparse engine's outputs are checked equal to the unfused calls'
+before timing.
+
+    python benchmarks/bench_fused_ops.py     # writes benchmarks/results/fused-ops-DATE.json
+"""
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sparse_rt import ops
+from sparse_rt.bench.dlmc import dlmc_root
+from sparse_rt.formats import load_smtx
+from sparse_rt.machine import busy_warning, load_average, machine_info
+from sparse_rt.timing import compare_latency, median
+
+PATTERNS = "transformer/magnitude_pruning/0.9"
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _weights(folder, layer, names):
+    return [load_smtx(folder / f"body_encoder_layer_{layer}_{name}_fully_connected.smtx.gz", seed=i)
+            for i, name in enumerate(names)]
+
+
+def _csr(w):
+    return w.crow_indices, w.col_indices, w.values
+
+
+def ffn_engines(folder, layer, x):
+    w1, w2 = _weights(folder, layer, ("ffn_conv1", "ffn_conv2"))
+    d1, d2 = w1.to_dense(), w2.to_dense()
+    return {
+        "fused": lambda: ops.csr_mlp(x, *_csr(w1), None, *_csr(w2), None, x.shape[1], "gelu"),
+        "unfused": lambda: ops.csr_linear(F.gelu(ops.csr_linear(x, *_csr(w1), None, x.shape[1])), *_csr(w2),
+                                          None, w2.shape[1]),
+        "dense": lambda: F.linear(F.gelu(F.linear(x, d1)), d2),
+    }
+
+
+def qkv_engines(folder, layer, x):
+    ws = _weights(folder, layer, [f"self_attention_multihead_attention_{p}" for p in "qkv"])
+    dense = [w.to_dense() for w in ws]
+    lists = [list(t) for t in zip(*map(_csr, ws))]
+    return {
+        "fused": lambda: ops.csr_linears(x, *lists, [None] * 3, x.shape[1]),
+        "unfused": lambda: [ops.csr_linear(x, *_csr(w), None, x.shape[1]) for w in ws],
+        "dense": lambda: [F.linear(x, d) for d in dense],
+    }
+
+
+def run(args):
+    folder = dlmc_root(Path(__file__).parents[1]) / PATTERNS
+    if not folder.is_dir():
+        sys.exit(f"DLMC patterns not found at {folder} (set SPARSE_RT_DLMC)")
+    torch.set_num_threads(args.threads)
+    rows, start_load = [], load_average()
+    cases = [(block, layer, tokens) for block in ("ffn", "qkv") for layer in args.layers for tokens in args.tokens]
+    with torch.inference_mode():
+        for i, (block, layer, tokens) in enumerate(cases):
+            x = torch.randn(tokens, 512, generator=torch.Generator().manual_seed(layer))
+            engines = (ffn_engines if block == "ffn" else qkv_engines)(folder, layer, x)
+            fused, unfused = engines["fused"](), engines["unfused"]()
+            if block == "ffn":
+                fused, unfused = [fused], [unfused]
+            if not all(map(torch.equal, fused, unfused)):
+                sys.exit(f"{block} layer {layer}: the fused op's outputs differ from the unfused calls'")
+            samples = compare_latency(engines, min_time=args.min_time)
+            p50 = {name: median(s) * 1e3 for name, s in samples.items()}
+            rows.append({"block": block, "layer": layer, "tokens": tokens, "p50_ms": p50,
+                         "fused_vs_unfused": p50["unfused"] / p50["fused"],
+                         "fused_vs_dense": p50["dense"] / p50["fused"]})
+            log(f"[{i + 1}/{len(cases)}] {block} layer {layer} tokens {tokens}: fused {p50['fused']:.3f} ms, "
+                f"{rows[-1]['fused_vs_unfused']:.2f}x unfused, {rows[-1]['fused_vs_dense']:.2f}x dense")
+    end_load = load_average()
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "patterns": PATTERNS, "threads": args.threads,
+            "machine": machine_info(), "load": {"start": start_load, "end": end_load},
+            "warning": busy_warning(start_load, end_load, args.threads), "results": rows}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, nargs="+", default=[0, 2, 4], help="DLMC encoder layers")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[128, 1024], help="input rows")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-time", type=float, default=2.0, help="seconds of interleaved rounds per case")
+    parser.add_argument("--out", default=None, help="result file (default benchmarks/results/fused-ops-DATE.json)")
+    args = parser.parse_args(argv)
+    report = run(args)
+    out = Path(args.out or Path(__file__).parent / "results" / f"fused-ops-{datetime.date.today()}.json")
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print("| block | layer | tokens | fused ms | unfused ms | dense ms | fused vs unfused | fused vs dense |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in report["results"]:
+        p = r["p50_ms"]
+        print(f"| {r['block']} | {r['layer']} | {r['tokens']} | {p['fused']:.3f} | {p['unfused']:.3f} | "
+              f"{p['dense']:.3f} | {r['fused_vs_unfused']:.2f}x | {r['fused_vs_dense']:.2f}x |")
+    if report["warning"]:
+        print(f"WARNING: {report['warning']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+#include <torch/library.h>
+
+#include "../../kernels/cpu/csr_linear.h"
+#include "../../kernels/cpu/csr_spmm.h"
+#include "../checks.h"
+#include "cpu_common.h"
+
+namespace sparse_rt {
+namespace {
+
+std::vector<at::Tensor> csr_linears_cpu(const at::Tensor& input, at::TensorList crows, at::TensorList cols,
+                                        at::TensorList values, const c10::List<c10::optional<at::Tensor>>& biases,
+                                        int64_t in_features) {
+  const char* op = "csr_linears";
+  const std::vector<LinearProblem> layers = prepare_linears(input, crows, cols, values, biases, in_features);
+  const int64_t count = int64_t(layers.size()), batch = layers[0].batch;
+  int64_t work = 0, max_rows = 0;
+  std::vector<at::Tensor> outputs;
+  std::vector<c10::optional<at::Tensor>> biases32;
+  for (int64_t i = 0; i < count; ++i) {
+    check_sparse_indices(linears_layer_name(i).c_str(), crows[i], cols[i], layers[i].index_cols,
+                         full_index_checks_enabled());
+    outputs.push_back(allocate(op, "output", {batch, layers[i].weight.rows}, input.options().dtype(at::kFloat)));
+    biases32.push_back(as_fp32(biases.get(i)));
+    work += layers[i].weight.stored * batch;
+    max_rows = std::max(max_rows, layers[i].weight.rows);
+  }
+  if (batch > 0) {
+    const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
+    const at::Tensor panels = packed_input(op, x, batch, in_features);
+    const bool tiled = panels.defined();
+    dispatch_value_type(values[0].scalar_type(), [&](auto tag) {
+      using V = decltype(tag);
+      std::vector<cpu::CsrView<V>> weights;
+      for (int64_t i = 0; i < count; ++i) {
+        weights.push_back({crows[i].const_data_ptr<int32_t>(), cols[i].const_data_ptr<int32_t>(),
+                           values_ptr<V>(values[i]), layers[i].weight.rows, in_features});
+      }
+      // Every layer's rows split over the threads in one parallel region.
+      cpu::parallel_over_row_sets(
+          torch_parallel_for(), count, max_rows, work, [&](int64_t i) { return weights[i].crow; },
+          [&](int64_t i) { return weights[i].rows; },
+          [&](int64_t i, int64_t r0, int64_t r1) {
+            const cpu::Epilogue ep = make_epilogue(biases32[i], false, c10::nullopt);
+            float* y = outputs[i].mutable_data_ptr<float>();
+            if (tiled) {
+              cpu::csr_linear_tiled(weights[i], panels.const_data_ptr<float>(), batch, y, ep, r0, r1);
+            } else {
+              cpu::csr_linear_gather(weights[i], x.const_data_ptr<float>(), batch, y, ep, r0, r1);
+            }
+          });
+    });
+  }
+  for (int64_t i = 0; i < count; ++i) outputs[i] = outputs[i].to(input.scalar_type()).view(layers[i].out_shape);
+  return outputs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_rt, CPU, m) { m.impl("csr_linears", &csr_linears_cpu); }
+
+}  // namespace sparse_rt

@@ -1,0 +1,22 @@
+"""benchmarks/bench_fused_ops.py: one small interleaved run writes its report and table."""
+
+import importlib
+import json
+from pathlib import Path
+
+from helpers import requires_compiled_ops
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@requires_compiled_ops
+def test_a_small_run_reports_every_case(dlmc, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bench_fused_ops")
+    out = tmp_path / "fused.json"
+    bench.main(["--layers", "1", "--tokens", "9", "70", "--min-time", "0", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert [(r["block"], r["tokens"]) for r in report["results"]] == [("ffn", 9), ("ffn", 70), ("qkv", 9), ("qkv", 70)]
+    for r in report["results"]:
+        assert set(r["p50_ms"]) == {"fused", "unfused", "dense"} and all(v > 0 for v in r["p50_ms"].values())
+    assert "| qkv | 1 | 70 |" in capsys.readouterr().out
