@@ -359,6 +359,22 @@ def test_a_fused_model_saves_loads_exports_and_turns_dense(tmp_path):
         sparse_rt.load(path, arch=other)
 
 
+@requires_compiled_ops
+def test_a_fused_bert_saves_and_loads_with_its_blocks_fused_again(tmp_path):
+    model = _sparse(_small_bert(), 0.7)
+    report = model.fuse()
+    assert len(report.fused_mlps) == 2 and len(report.shared_input_linears) == 2
+    x = torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        expected = model(x)
+    model.save(tmp_path / "bert.srt")
+    loaded = sparse_rt.load(tmp_path / "bert.srt", arch="bert_encoder",
+                            arch_kwargs={"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128})
+    assert loaded.fusion.to_json() == report.to_json()
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), expected)
+
+
 def _small_bert():
     return models.create("bert_encoder", layers=2, hidden=64, heads=4, intermediate=128).eval()
 
