@@ -259,10 +259,7 @@ def sparse_mlp(first, second, activation, input):
     values bit for bit (fp32 activations on the CPU, both weights CSR of one dtype; torch's own GELU
     runs inside it), else the layers one after the other: the latter is what an ONNX export sees,
     and what runs once the layers are replaced (the portable export's twins)."""
-    if (ops.HAS_COMPILED_OPS and isinstance(first, SparseLinear) and isinstance(second, SparseLinear)
-            and first.format == second.format == "csr" and input.device.type == "cpu"
-            and input.dtype == torch.float32 and first.values.dtype == second.values.dtype
-            and not torch.onnx.is_in_onnx_export()):
+    if input.dtype == torch.float32 and _csr_ops_take(input, (first, second)):
         return ops.csr_mlp(input, first.crow_indices, first.col_indices, first.values, first.bias,
                            second.crow_indices, second.col_indices, second.values, second.bias,
                            first.in_features, activation)
@@ -277,13 +274,27 @@ def sparse_linears(layers, input):
     and packs the input once, where every layer is CSR without a ReLU, their values share a dtype
     and the input is on the CPU (the same kernels, so the same values bit for bit); else, as in an
     ONNX export, layer by layer."""
-    if (ops.HAS_COMPILED_OPS and input.device.type == "cpu" and not torch.onnx.is_in_onnx_export()
-            and all(isinstance(layer, SparseLinear) and layer.format == "csr" and not layer.relu for layer in layers)
-            and len({layer.values.dtype for layer in layers}) == 1):
+    if _csr_ops_take(input, layers) and not any(layer.relu for layer in layers):
         return ops.csr_linears(input, [layer.crow_indices for layer in layers], [layer.col_indices for layer in layers],
                                [layer.values for layer in layers], [layer.bias for layer in layers],
                                layers[0].in_features)
     return [layer(input) for layer in layers]
+
+
+def _csr_ops_take(input, layers):
+    """Whether the fused CPU ops take `layers` on `input`: compiled ops, a CPU input outside an ONNX
+    export, and CSR SparseLinear layers whose values share a dtype."""
+    return (ops.HAS_COMPILED_OPS and input.device.type == "cpu" and not torch.onnx.is_in_onnx_export()
+            and all(isinstance(layer, SparseLinear) and layer.format == "csr" for layer in layers)
+            and len({layer.values.dtype for layer in layers}) == 1)
+
+
+def _plain_csr_layer(gm, node, calls):
+    """The CSR SparseLinear `node` calls with one argument, when it is called nowhere else; else None."""
+    layer = _module_of(gm, node, SparseLinear)
+    if layer is None or layer.format != "csr" or calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
+        return None
+    return layer
 
 
 def _shared_input_groups(gm, calls):
@@ -291,9 +302,8 @@ def _shared_input_groups(gm, calls):
     that read one input node and nothing else, each layer called once, their values of one dtype."""
     groups = {}
     for node in gm.graph.nodes:
-        layer = _module_of(gm, node, SparseLinear)
-        if (layer is not None and layer.format == "csr" and not layer.relu and calls[node.target] == 1
-                and len(node.args) == 1 and isinstance(node.args[0], fx.Node) and not node.kwargs):
+        layer = _plain_csr_layer(gm, node, calls)
+        if layer is not None and not layer.relu and isinstance(node.args[0], fx.Node):
             groups.setdefault((node.args[0], layer.values.dtype), []).append(node)
     return [group for group in groups.values() if len(group) > 1]
 
@@ -303,20 +313,16 @@ def _mlp_pattern(gm, node, calls):
     SparseLinear on act(first(x)), with `first` one too and act a GELU after it or the ReLU in its
     epilogue, each intermediate read by the next op only and neither layer called elsewhere
     or with a residual; else None."""
-    def plain_layer(n):
-        layer = _module_of(gm, n, SparseLinear)
-        return (layer is not None and layer.format == "csr" and calls[n.target] == 1 and len(n.args) == 1
-                and not n.kwargs)
-
-    if not plain_layer(node) or gm.get_submodule(node.target).relu:
+    second = _plain_csr_layer(gm, node, calls)
+    if second is None or second.relu:
         return None
     source = node.args[0]
     gelu = _gelu_kind(gm, source) if _sole_user(source) is node else None
     first = source.args[0] if gelu else source
-    if not (isinstance(first, fx.Node) and plain_layer(first) and _sole_user(first) is (source if gelu else node)):
+    first_layer = _plain_csr_layer(gm, first, calls) if isinstance(first, fx.Node) else None
+    if first_layer is None or _sole_user(first) is not (source if gelu else node):
         return None
-    relu = gm.get_submodule(first.target).relu
-    if bool(gelu) == relu:  # a GELU after a ReLU, or no activation at all
+    if bool(gelu) == first_layer.relu:  # a GELU after a ReLU, or no activation at all
         return None
     return first, gelu or "relu", [node, source, first] if gelu else [node, first]
 
