@@ -95,7 +95,10 @@ constexpr int64_t kGroup = 16, kTileStride = 64;
       {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
       {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
       {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+  // Unrolled whole, so that the block stays in registers (left as loops it goes through the stack).
+#pragma GCC unroll 4
   for (int round = 0, h = 8; round < 4; ++round, h /= 2) {
+#pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) {
       if (i & h) continue;
       const vec16 a = rows[i], b = rows[i + h];
@@ -137,11 +140,15 @@ template <typename Vec>
     if (ep.bias) bias = load<vec16>(ep.bias + r0);
     for (int64_t j0 = 0; j0 < stored; j0 += 16) {
       vec16 block[16];
+#pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) block[i] = load<vec16>(tile + i * kTileStride + j0);
       transpose16(block);
-      for (int64_t j = j0; j < std::min(stored, j0 + 16); ++j) {
-        const int64_t start = r0 + (q0 + j) * y.col_stride;
-        store_finished<vec16>(block[j - j0] + bias, ep.residual ? ep.residual + start : nullptr, ep.relu,
+      // Unrolled with constant indices into the block (a variable one would keep it in memory).
+#pragma GCC unroll 16
+      for (int64_t j = 0; j < 16; ++j) {
+        if (j0 + j >= stored) break;
+        const int64_t start = r0 + (q0 + j0 + j) * y.col_stride;
+        store_finished<vec16>(block[j] + bias, ep.residual ? ep.residual + start : nullptr, ep.relu,
                               y.data + start);
       }
     }
@@ -243,11 +250,16 @@ template <typename V>
   };
   const int64_t full_rows = rows / 16 * 16, full_cols_end = k_begin + (k_end - k_begin) / 16 * 16;
   for (int64_t n0 = 0; n0 < full_rows; n0 += 16) {
+    // The block's rows of the panel holding batch rows [n0, n0 + 16) lie `width` floats apart.
+    const int64_t width = layout.width(n0 / kPanelWidth);
     for (int64_t k0 = k_begin; k0 < full_cols_end; k0 += 16) {
       vec16 block[16];
+#pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) block[i] = load<vec16>(x + (n0 + i) * cols + k0);
       transpose16(block);
-      for (int i = 0; i < 16; ++i) __builtin_memcpy(at(k0 + i, n0), &block[i], sizeof block[i]);
+      float* out = at(k0, n0);
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) __builtin_memcpy(out + i * width, &block[i], sizeof block[i]);
     }
   }
   for (int64_t k = k_begin; k < k_end; ++k) {
