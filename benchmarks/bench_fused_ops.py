@@ -2,10 +2,13 @@
 
 On DLMC Transformer encoder layers (magnitude pruning 0.9, 512-wide): the feed-forward block
 (csr_mlp against csr_linear, GELU, csr_linear, and dense torch) and the query/key/value projections
-(csr_linears against three csr_linear calls, and dense torch). Each case's engines take turns
+(csr_linears against three csr_linear calls, and dense torch); and attention over that width's 8
+heads of 64 (sparse_rt's scaled_dot_product_attention against the matmul, softmax, matmul it
+replaces and PyTorch's own F.scaled_dot_product_attention in the "dense" column, each with the
+heads merged back into [tokens, 512]). Each case's engines take turns
 (sparse_rt.timing.compare_latency: interleaved rounds, rotating order), so drift of a shared
-machine hits them alike; every sparse engine's outputs are checked equal to the unfused calls'
-before timing.
+machine hits them alike. Before timing, the fused sparse ops' outputs are checked equal to the
+unfused calls', and attention's within 1e-5 relative of the unfused (its sums run in another order).
 
     python benchmarks/bench_fused_ops.py     # writes benchmarks/results/fused-ops-DATE.json
 """
@@ -64,6 +67,33 @@ def qkv_engines(folder, layer, x):
     }
 
 
+def attention_engines(x, heads=8):
+    q, k, v = (x.roll(i, 0).unflatten(-1, (heads, -1)).transpose(0, 1).unsqueeze(0) for i in range(3))
+    scale = q.shape[-1] ** -0.5
+    merged = lambda out: out.transpose(1, 2).flatten(2)
+    return {
+        "fused": lambda: merged(ops.scaled_dot_product_attention(q, k, v, scale)),
+        "unfused": lambda: merged(torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, -1), v)),
+        "dense": lambda: merged(F.scaled_dot_product_attention(q, k, v, scale=scale)),
+    }
+
+
+def _check(block, layer, engines):
+    fused, unfused = engines["fused"](), engines["unfused"]()
+    if block == "attention":
+        if (fused - unfused).abs().max() > 1e-5 * unfused.abs().max():
+            sys.exit("attention: the fused op's outputs are not within 1e-5 of the unfused calls'")
+        return
+    if block == "ffn":
+        fused, unfused = [fused], [unfused]
+    if not all(map(torch.equal, fused, unfused)):
+        sys.exit(f"{block} layer {layer}: the fused op's outputs differ from the unfused calls'")
+
+
+def _label(layer):
+    return "-" if layer is None else layer  # attention has no weights, so no layer
+
+
 def run(args):
     folder = dlmc_root(Path(__file__).parents[1]) / PATTERNS
     if not folder.is_dir():
@@ -71,21 +101,21 @@ def run(args):
     torch.set_num_threads(args.threads)
     rows, start_load = [], load_average()
     cases = [(block, layer, tokens) for block in ("ffn", "qkv") for layer in args.layers for tokens in args.tokens]
+    cases += [("attention", None, tokens) for tokens in args.tokens]
     with torch.inference_mode():
         for i, (block, layer, tokens) in enumerate(cases):
-            x = torch.randn(tokens, 512, generator=torch.Generator().manual_seed(layer))
-            engines = (ffn_engines if block == "ffn" else qkv_engines)(folder, layer, x)
-            fused, unfused = engines["fused"](), engines["unfused"]()
-            if block == "ffn":
-                fused, unfused = [fused], [unfused]
-            if not all(map(torch.equal, fused, unfused)):
-                sys.exit(f"{block} layer {layer}: the fused op's outputs differ from the unfused calls'")
+            x = torch.randn(tokens, 512, generator=torch.Generator().manual_seed(layer or 0))
+            if block == "attention":
+                engines = attention_engines(x)
+            else:
+                engines = (ffn_engines if block == "ffn" else qkv_engines)(folder, layer, x)
+            _check(block, layer, engines)
             samples = compare_latency(engines, min_time=args.min_time)
             p50 = {name: median(s) * 1e3 for name, s in samples.items()}
             rows.append({"block": block, "layer": layer, "tokens": tokens, "p50_ms": p50,
                          "fused_vs_unfused": p50["unfused"] / p50["fused"],
                          "fused_vs_dense": p50["dense"] / p50["fused"]})
-            log(f"[{i + 1}/{len(cases)}] {block} layer {layer} tokens {tokens}: fused {p50['fused']:.3f} ms, "
+            log(f"[{i + 1}/{len(cases)}] {block} layer {_label(layer)} tokens {tokens}: fused {p50['fused']:.3f} ms, "
                 f"{rows[-1]['fused_vs_unfused']:.2f}x unfused, {rows[-1]['fused_vs_dense']:.2f}x dense")
     end_load = load_average()
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -109,7 +139,7 @@ def main(argv=None):
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in report["results"]:
         p = r["p50_ms"]
-        print(f"| {r['block']} | {r['layer']} | {r['tokens']} | {p['fused']:.3f} | {p['unfused']:.3f} | "
+        print(f"| {r['block']} | {_label(r['layer'])} | {r['tokens']} | {p['fused']:.3f} | {p['unfused']:.3f} | "
               f"{p['dense']:.3f} | {r['fused_vs_unfused']:.2f}x | {r['fused_vs_dense']:.2f}x |")
     if report["warning"]:
         print(f"WARNING: {report['warning']}")

@@ -23,10 +23,12 @@ with torch.fx and rewrites its graph:
   and the layout copy is of the conv's input rather than of its 16x larger output (ResNet-50's stem,
   conv + ReLU + pool, AMD EPYC, 2 threads: batch 8 31 ms -> 7 ms; batch 1 1.3 -> 0.9 ms).
 - Attention written out as `matmul(softmax(matmul(q, k.transpose(-1, -2)) * scale), v)` (BERT's,
-  with the softmax over the last dimension and a constant scale) becomes one
-  F.scaled_dot_product_attention call: no score tensor is materialised between the ops
-  (BERT-base 90% batch 8, AMD EPYC, 2 threads: 250 -> 231 ms; batch 1 unchanged; outputs within
-  1e-6 relative).
+  with the softmax over the last dimension and a constant scale) becomes one call of `attention`:
+  sparse_rt's scaled_dot_product_attention op for fp32 4-D CPU tensors (no score tensor stored, the
+  output laid out so that merging the heads back is free; within 1e-5 relative of the written-out
+  ops, not bit for bit), else F.scaled_dot_product_attention. 8 heads of 64, interleaved
+  (benchmarks/bench_fused_ops.py, results/fused-ops-2026-12-03-attention.json): 128 tokens 1.95x the
+  written-out ops and 2.27x PyTorch's flash attention; 1024 tokens 5.36x and 1.60x.
 - Two CSR sparse linear layers with a GELU (exact or tanh) or the first one's ReLU between them (a
   transformer's feed-forward block) become one call of `sparse_mlp`, which runs the csr_mlp op on
   the CPU: 64 tokens at a time, the first layer's output for them stays in cache as the second's
@@ -176,12 +178,12 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
             gm.graph.erase_node(node)
             report.dropped_dropouts.append(node.target)
     for node in list(gm.graph.nodes):
-        attention = _attention_pattern(gm, node)
-        if attention is None:
+        pattern = _attention_pattern(gm, node)
+        if pattern is None:
             continue
-        (q, k, v, scale), replaced = attention
+        (q, k, v, scale), replaced = pattern
         with gm.graph.inserting_before(node):
-            fused = gm.graph.call_function(F.scaled_dot_product_attention, (q, k, v), {"scale": scale})
+            fused = gm.graph.call_function(attention, (q, k, v, scale))
         node.replace_all_uses_with(fused)
         for old in replaced:  # from the last op back: each is unused once its reader is gone
             gm.graph.erase_node(old)
@@ -251,6 +253,18 @@ def fuse(module: nn.Module, *, fold_values: bool = True) -> Tuple[fx.GraphModule
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, report
+
+
+def attention(query, key, value, scale):
+    """softmax(scale * query @ key^T) @ value, the fused attention: sparse_rt's scaled_dot_product_attention
+    op on fp32 CPU tensors of the 4-D shapes it takes, else F.scaled_dot_product_attention, which is also what
+    an ONNX export sees and what runs when gradients are wanted (the op has none)."""
+    if (ops.HAS_COMPILED_OPS and query.device.type == "cpu" and not torch.onnx.is_in_onnx_export()
+            and all(t.dtype == torch.float32 and t.dim() == 4 and not t.requires_grad for t in (query, key, value))
+            and key.shape == value.shape and key.shape[2] >= 1
+            and (query.shape[0], query.shape[1], query.shape[3]) == (key.shape[0], key.shape[1], key.shape[3])):
+        return ops.scaled_dot_product_attention(query, key, value, scale)
+    return F.scaled_dot_product_attention(query, key, value, scale=scale)
 
 
 def sparse_mlp(first, second, activation, input):

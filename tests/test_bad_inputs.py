@@ -397,6 +397,25 @@ def test_csr_linears_errors_name_the_layer(device):
 
 @requires_compiled_ops
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("changes,message", [
+    (dict(query=torch.randn(2, 3, 5)), r"query must be 4-D \[batch, heads, tokens, head_dim\], got shape \[2, 3, 5\]"),
+    (dict(value=torch.randn(2, 3, 6, 8)), r"key and value must have one shape, got \[2, 3, 7, 8\] and \[2, 3, 6, 8\]"),
+    (dict(key=torch.randn(2, 3, 7, 4), value=torch.randn(2, 3, 7, 4)),
+     r"key \[2, 3, 7, 4\] does not match query \[2, 3, 5, 8\] in batch, heads or head_dim"),
+    (dict(key=torch.randn(2, 3, 0, 8), value=torch.randn(2, 3, 0, 8)),
+     r"key and value have no tokens \(shape \[2, 3, 0, 8\]\): a softmax over no keys is undefined"),
+    (dict(value=torch.randn(2, 3, 7, 8, dtype=torch.float64)), r"value must be float32, float16 or bfloat16, got Double"),
+    (dict(key=torch.randn(2, 3, 7, 8, dtype=torch.float16)), r"key is Half on .* but query is Float on"),
+])
+def test_scaled_dot_product_attention_errors(device, changes, message):
+    args = {**dict(query=torch.randn(2, 3, 5, 8), key=torch.randn(2, 3, 7, 8), value=torch.randn(2, 3, 7, 8)), **changes}
+    args = {k: v.to(device) for k, v in args.items()}
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.scaled_dot_product_attention: " + message):
+        torch.ops.sparse_rt.scaled_dot_product_attention(*args.values(), 0.5)
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
 def test_bsr_linear_errors(device):
     w = random_bsr(8, 12, (4, 4), 0.5, seed=1, device=device)
     x = randn(2, 12, device=device)

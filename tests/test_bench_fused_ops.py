@@ -16,7 +16,9 @@ def test_a_small_run_reports_every_case(dlmc, tmp_path, monkeypatch, capsys):
     out = tmp_path / "fused.json"
     bench.main(["--layers", "1", "--tokens", "9", "70", "--min-time", "0", "--out", str(out)])
     report = json.loads(out.read_text())
-    assert [(r["block"], r["tokens"]) for r in report["results"]] == [("ffn", 9), ("ffn", 70), ("qkv", 9), ("qkv", 70)]
+    assert [(r["block"], r["tokens"]) for r in report["results"]] == [
+        ("ffn", 9), ("ffn", 70), ("qkv", 9), ("qkv", 70), ("attention", 9), ("attention", 70)]
     for r in report["results"]:
         assert set(r["p50_ms"]) == {"fused", "unfused", "dense"} and all(v > 0 for v in r["p50_ms"].values())
-    assert "| qkv | 1 | 70 |" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "| qkv | 1 | 70 |" in table and "| attention | - | 70 |" in table

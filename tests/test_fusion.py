@@ -8,7 +8,7 @@ from helpers import rel_err, requires_compiled_ops
 from torch import nn
 
 import sparse_rt
-from sparse_rt import models
+from sparse_rt import fusion, models
 from sparse_rt.fusion import (
     TENSOR_FREE_REWRITES,
     ChannelsLastConv2d,
@@ -137,16 +137,33 @@ class _Attentions(nn.Module):
         return fused, kept
 
 
-def test_attention_becomes_one_sdpa_call_only_where_nothing_else_reads_its_parts():
+def test_attention_becomes_one_call_only_where_nothing_else_reads_its_parts():
     model = _Attentions().eval()
     q, k, v = (torch.randn(2, 3, 7, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
     expected = model(q, k, v)
     fused, report = fuse(model)
     assert len(report.fused_attentions) == 3 and report.fused_attentions[0] == "softmax"
     calls = [n.target for n in fused.graph.nodes if n.op == "call_function"]
-    assert calls.count(F.scaled_dot_product_attention) == 3
+    assert calls.count(fusion.attention) == 3
     for out, want in zip(fused(q, k, v), expected):
-        assert rel_err(out, want) < 1e-6
+        assert rel_err(out, want) < 1e-5
+
+
+@requires_compiled_ops
+def test_fused_attention_runs_our_kernel_where_it_applies_and_pytorch_elsewhere():
+    """Ours (its output laid out [batch, queries, heads, head_dim]) for fp32 4-D CPU tensors without
+    gradients; F.scaled_dot_product_attention (contiguous output) for gradients, 3-D operands, float64."""
+    q, k, v = (torch.randn(2, 3, 7, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    ours = fusion.attention(q, k, v, 0.3)
+    assert not ours.is_contiguous() and ours.transpose(1, 2).is_contiguous()
+    assert rel_err(ours, F.scaled_dot_product_attention(q, k, v, scale=0.3)) < 1e-5
+    wanting_grad = q.clone().requires_grad_()
+    out = fusion.attention(wanting_grad, k, v, 0.3)
+    out.sum().backward()
+    assert out.is_contiguous() and wanting_grad.grad is not None
+    for args in ((q[0], k[0], v[0]), (q.double(), k.double(), v.double())):
+        out = fusion.attention(*args, 0.3)
+        assert out.is_contiguous() and torch.equal(out, F.scaled_dot_product_attention(*args, scale=0.3))
 
 
 @requires_compiled_ops

@@ -95,3 +95,12 @@ def test_ops_compile_fullgraph(device):
     y = compiled(x)
     assert y.shape == (3, 5, 64)
     torch.testing.assert_close(y, layers(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_scaled_dot_product_attention(device):
+    for dtype in DTYPES:
+        query = randn(2, 5, 3 * 8, dtype=dtype, device=device).unflatten(-1, (3, 8)).transpose(1, 2)
+        key = randn(2, 3, 7, 8, dtype=dtype, device=device)
+        value = randn(2, 3, 7, 8, dtype=dtype, device=device, seed=1)
+        torch.library.opcheck(torch.ops.sparse_rt.scaled_dot_product_attention.default, (query, key, value, 0.35))

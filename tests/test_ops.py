@@ -321,3 +321,41 @@ def test_a_residual_of_another_shape_dtype_or_device_is_refused(device):
                                            r"output has shape \[1, 4, 3, 3\]"):
         ops.csr_conv2d(randn(1, 2, 5, 5, device=device), c.crow_indices, c.col_indices, c.values, None, 2,
                        (3, 3), (1, 1), (0, 0), (1, 1), 1, False, randn(1, 4, 5, 5, device=device))
+
+
+# (batch, heads, queries, keys, head_dim): BERT-base's heads; odd sizes of every dimension (queries and
+# keys not multiples of the 8-query block or of a vector, head_dim not a multiple of 16); one key;
+# cross attention (queries != keys); a batch without queries.
+ATTENTION_CASES = [(1, 12, 128, 128, 64), (2, 3, 37, 5, 20), (1, 1, 1, 1, 1), (3, 2, 9, 130, 64), (2, 4, 17, 17, 33),
+                   (1, 2, 0, 6, 8)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_scaled_dot_product_attention(device, dtype, case):
+    batch, heads, queries, keys, head_dim = case
+    # query as a linear layer's output split into heads (a strided view, as in a transformer)
+    query = randn(batch, queries, heads * head_dim, dtype=dtype, device=device, seed=1).unflatten(-1, (heads, head_dim))
+    query = query.transpose(1, 2)
+    key = randn(batch, heads, keys, head_dim, dtype=dtype, device=device, seed=2)
+    value = randn(batch, heads, keys, head_dim, dtype=dtype, device=device, seed=3)
+    scale = head_dim ** -0.5
+    out = ops.scaled_dot_product_attention(query, key, value, scale)
+    expected = reference.scaled_dot_product_attention(query, key, value, scale, compute_dtype=torch.float64)
+    assert_close(out, expected, dtype)
+    # the heads merge back without a copy: the op's layout is [batch, queries, heads, head_dim]
+    assert out.transpose(1, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scaled_dot_product_attention_extreme_scores(device):
+    """Scores 100s apart (every probability but one underflows) and a row of equal scores."""
+    query = torch.tensor([[[[30.0, 0.0], [0.0, 0.0]]]], device=device)
+    key = torch.tensor([[[[4.0, 1.0], [-4.0, 2.0], [0.0, 3.0]]]], device=device)
+    value = randn(1, 1, 3, 2, device=device)
+    out = ops.scaled_dot_product_attention(query, key, value, 1.0)
+    expected = reference.scaled_dot_product_attention(query, key, value, 1.0, compute_dtype=torch.float64)
+    assert_close(out, expected, torch.float32)
+    assert torch.allclose(out[0, 0, 0].cpu(), value[0, 0, 0].cpu())
+    assert torch.allclose(out[0, 0, 1].cpu(), value[0, 0].mean(0).cpu())

@@ -140,6 +140,27 @@ MlpProblem prepare_mlp(const at::Tensor& input, const at::Tensor& crow1, const a
           activation == "gelu_tanh" ? "tanh" : "none"};
 }
 
+AttentionProblem prepare_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value) {
+  const char* op = "scaled_dot_product_attention";
+  const std::pair<const char*, const at::Tensor*> operands[] = {{"query", &query}, {"key", &key}, {"value", &value}};
+  for (const auto& [name, t] : operands) {
+    SPARSE_RT_CHECK(t->dim() == 4, op, name, " must be 4-D [batch, heads, tokens, head_dim], got shape ", t->sizes());
+    SPARSE_RT_CHECK(is_supported_value_type(t->scalar_type()), op, name,
+                    " must be float32, float16 or bfloat16, got ", t->scalar_type());
+    SPARSE_RT_CHECK(t->scalar_type() == query.scalar_type() && t->device() == query.device(), op, name, " is ",
+                    t->scalar_type(), " on ", t->device(), " but query is ", query.scalar_type(), " on ",
+                    query.device());
+  }
+  SPARSE_RT_CHECK(key.sizes() == value.sizes(), op, "key and value must have one shape, got ", key.sizes(),
+                  " and ", value.sizes());
+  SPARSE_RT_CHECK(key.size(0) == query.size(0) && key.size(1) == query.size(1) && key.size(3) == query.size(3),
+                  op, "key ", key.sizes(), " does not match query ", query.sizes(),
+                  " in batch, heads or head_dim (dimensions 0, 1 and 3)");
+  SPARSE_RT_CHECK(key.size(2) >= 1, op, "key and value have no tokens (shape ", key.sizes(),
+                  "): a softmax over no keys is undefined");
+  return {query.size(0), query.size(1), query.size(2), key.size(2), query.size(3)};
+}
+
 ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
                          const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,

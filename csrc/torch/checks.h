@@ -85,6 +85,13 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
+// scaled_dot_product_attention's arguments, checked: query [batch, heads, queries, head_dim], key and
+// value [batch, heads, keys, head_dim] with keys >= 1, all three of one floating dtype and device.
+struct AttentionProblem {
+  int64_t batch, heads, queries, keys, head_dim;
+};
+AttentionProblem prepare_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value);
+
 // The residual an op adds to its output before the activation, when given: the output's shape,
 // the input's dtype and device.
 void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef out_shape,

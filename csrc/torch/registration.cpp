@@ -1,7 +1,7 @@
 // The op schemas, written once. Backends register implementations with TORCH_LIBRARY_IMPL in their
 // own files (cpu/, cuda/); fake (meta) kernels live in sparse_rt/ops/_fake.py.
-// Every op computes act(op(input) + bias + residual): `residual` (a skip connection, shaped like the
-// output) is added before the ReLU, in the kernel's epilogue.
+// Every sparse op computes act(op(input) + bias + residual): `residual` (a skip connection, shaped
+// like the output) is added before the ReLU, in the kernel's epilogue.
 #include <torch/library.h>
 
 TORCH_LIBRARY(sparse_rt, m) {
@@ -26,4 +26,9 @@ TORCH_LIBRARY(sparse_rt, m) {
       "csr_conv2d(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_channels, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool relu=False, Tensor? residual=None) -> Tensor");
+  // softmax(scale * query @ key^T) @ value per batch and head, without mask or dropout (the dense
+  // part of a sparse transformer layer). The output is laid out [batch, queries, heads, head_dim] and
+  // returned as its [batch, heads, queries, head_dim] view, so merging the heads back
+  // (.transpose(1, 2).flatten(2)) costs no copy.
+  m.def("scaled_dot_product_attention(Tensor query, Tensor key, Tensor value, float scale) -> Tensor");
 }

@@ -60,5 +60,18 @@ def csr_conv2d(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
                 list(stride), list(padding), list(dilation), groups, relu, residual)
 
 
-__all__ = ["csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d", "reference", "HAS_COMPILED_OPS",
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 scale: float) -> torch.Tensor:
+    """softmax(scale * query @ key^T) @ value for query [batch, heads, queries, head_dim] and key, value
+    [batch, heads, keys, head_dim] (keys >= 1), no mask or dropout. The output is stored [batch, queries,
+    heads, head_dim] and returned as its [batch, heads, queries, head_dim] view, so that merging the
+    heads (.transpose(1, 2).flatten(2)) is free. On the CPU it is a kernel of ours; outputs agree with
+    F.scaled_dot_product_attention to rounding (fp32: within 1e-5 relative), not bit for bit."""
+    impl = (torch.ops.sparse_rt.scaled_dot_product_attention if HAS_COMPILED_OPS
+            else reference.scaled_dot_product_attention)
+    return impl(query, key, value, scale)
+
+__all__ = ["csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d", "scaled_dot_product_attention",
+           "reference", "HAS_COMPILED_OPS",
            "build_info", "full_index_checks", "set_full_index_checks", "conv2d_output_size", "conv2d_output_hw"]

@@ -48,3 +48,10 @@ def _csr_conv2d_fake(input, crow_indices, col_indices, values, bias, in_channels
                      stride, padding, dilation, groups, relu=False, residual=None):
     out_hw = conv2d_output_hw(input.shape[2:], kernel_size, stride, padding, dilation)
     return _output(input, (input.shape[0], crow_indices.shape[0] - 1, *out_hw), residual)
+
+
+@torch.library.register_fake("sparse_rt::scaled_dot_product_attention")
+def _scaled_dot_product_attention_fake(query, key, value, scale):
+    batch, heads, queries, head_dim = query.shape
+    # The op's layout: [batch, queries, heads, head_dim] in memory, viewed as [batch, heads, queries, head_dim].
+    return query.new_empty((batch, queries, heads, head_dim)).transpose(1, 2)

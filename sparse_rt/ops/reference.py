@@ -65,6 +65,17 @@ def csr_mlp(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, c
     return y.to(input.dtype)
 
 
+def scaled_dot_product_attention(query, key, value, scale, *, compute_dtype=torch.float32):
+    if query.dim() != 4 or key.shape != value.shape or key.dim() != 4 or key.shape[2] < 1:
+        raise ValueError(f"scaled_dot_product_attention: expected query [batch, heads, queries, head_dim] and key, "
+                         f"value of one shape [batch, heads, keys >= 1, head_dim], got {tuple(query.shape)}, "
+                         f"{tuple(key.shape)} and {tuple(value.shape)}")
+    scores = (query.to(compute_dtype) @ key.to(compute_dtype).transpose(-1, -2)) * scale
+    out = torch.softmax(scores, dim=-1) @ value.to(compute_dtype)
+    # The compiled op's layout: [batch, queries, heads, head_dim] in memory.
+    return out.transpose(1, 2).contiguous().transpose(1, 2).to(query.dtype)
+
+
 def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None,
                *, compute_dtype=torch.float32):
     rows = (crow_indices.numel() - 1) * values.shape[1]

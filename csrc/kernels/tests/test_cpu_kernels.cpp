@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/checked_int.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/bsr_linear.h"
 #include "kernels/cpu/csr_conv2d.h"
 #include "kernels/cpu/csr_linear.h"
@@ -435,6 +436,58 @@ void test_row_extent() {
   }
 }
 
+// Attention against softmax and sums in double, the operands in three different layouts (query
+// token-major as a linear layer's output, key head-major, value with padding between tokens), the
+// output token-major; written NaN first, so that an element left unwritten fails. Scores span a wide
+// range (scale 3), so that most probabilities underflow in some rows.
+void test_attention(AttentionShape s, float scale) {
+  std::mt19937 g(unsigned(s.batch * 1000 + s.queries * 37 + s.keys * 11 + s.head_dim));
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int64_t h = s.heads, d = s.head_dim, value_stride = d + 3;
+  std::vector<float> q(s.batch * s.queries * h * d), k(s.batch * h * s.keys * d),
+      v(s.batch * s.keys * h * value_stride);
+  for (auto* t : {&q, &k, &v}) {
+    for (auto& x : *t) x = u(g);
+  }
+  std::vector<float> out(s.batch * s.queries * h * d, NAN);
+  const HeadsView<const float> qv{q.data(), s.queries * h * d, d, h * d};
+  const HeadsView<const float> kv{k.data(), h * s.keys * d, s.keys * d, d};
+  const HeadsView<const float> vv{v.data(), s.keys * h * value_stride, value_stride, h * value_stride};
+  const HeadsView<float> ov{out.data(), s.queries * h * d, d, h * d};
+  scaled_dot_product_attention(s, qv, kv, vv, scale, ov, kThreeChunks);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t hh = 0; hh < h; ++hh) {
+      for (int64_t i = 0; i < s.queries; ++i) {
+        std::vector<double> p(s.keys);
+        double most = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < s.keys; ++j) {
+          double dot = 0;
+          for (int64_t e = 0; e < d; ++e) dot += double(qv.row(b, hh, i)[e]) * kv.row(b, hh, j)[e];
+          p[j] = scale * dot;
+          most = std::max(most, p[j]);
+        }
+        for (auto& x : p) sum += x = std::exp(x - most);
+        for (int64_t e = 0; e < d; ++e) {
+          double ref = 0;
+          for (int64_t j = 0; j < s.keys; ++j) ref += p[j] / sum * vv.row(b, hh, j)[e];
+          const std::string where = std::to_string(s.queries) + "x" + std::to_string(s.keys) + "x" +
+                                    std::to_string(d) + " at (" + std::to_string(b) + ", " + std::to_string(hh) +
+                                    ", " + std::to_string(i) + ", " + std::to_string(e) + ")";
+          expect(std::fabs(ov.row(b, hh, i)[e] - ref) <= 1e-5, "attention " + where);
+        }
+      }
+    }
+  }
+}
+
+void test_attention() {
+  test_attention({1, 2, 16, 16, 64}, 0.125f);
+  test_attention({2, 3, 37, 5, 20}, 3.f);   // queries and keys off the block and vector sizes
+  test_attention({1, 1, 1, 1, 1}, 1.f);
+  test_attention({1, 2, 9, 70, 48}, 3.f);   // keys: two 32-wide score tiles and a 16-wide one
+  test_attention({2, 2, 8, 33, 17}, -0.5f);  // a negative scale: the maximum is taken after scaling
+}
+
 }  // namespace
 
 int main() {
@@ -444,6 +497,7 @@ int main() {
   test_row_extent();
   test_balanced_rows();
   test_conv_layout_is_bounded();
+  test_attention();
   test_value_type<float>();
   test_value_type<half_t>();
   test_value_type<bfloat16_t>();

@@ -1,0 +1,175 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "isa.h"
+#include "vectors.h"
+
+namespace sparse_rt::cpu {
+namespace {
+
+constexpr int64_t kLanes = 16;
+int64_t whole_vectors(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+typedef int32_t vec16i __attribute__((vector_size(64)));
+
+// e^x for x <= 0 (scores less their row's maximum; -inf included): x = n ln2 + r with
+// |r| <= ln2 / 2, e^r by its Taylor polynomial of degree 6 (truncation below 1.2e-7 relative),
+// 2^n written into the exponent bits. Below -87 the result is flushed to 0 (2^n would be subnormal).
+// In place: a vector passed by value would cross a function boundary (vectors.h).
+[[gnu::always_inline]] inline void exp_nonpositive(vec16& e) {
+  const auto underflow = e < -87.f;
+  const vec16 x = underflow ? vec16{} : e;
+  const vec16 round = vec16{} + 0x1.8p23f;  // adding then subtracting it rounds to an integer
+  const vec16 n = (x * 1.44269504f + round) - round;
+  const vec16 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln 2 in two parts: r is exact
+  vec16 p = r * (1.f / 720) + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const vec16i bits = (__builtin_convertvector(n, vec16i) + 127) << 23;
+  vec16 two_n;
+  __builtin_memcpy(&two_n, &bits, sizeof two_n);
+  e = underflow ? vec16{} : p * two_n;
+}
+
+// c[r][0, 16 * VECS) = sum over t < depth of a[r * lda + t] * b[t * ldb + (0, 16 * VECS)] for the
+// kQueryBlock rows r: the block's sums stay in registers, and each step loads VECS vectors of b
+// and broadcasts one element of a per row (8 rows x 2 vectors: 16 FMAs per 10 loads).
+template <int VECS>
+[[gnu::always_inline]] inline void block_product(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                                 int64_t depth, float* c, int64_t ldc) {
+  vec16 acc[kQueryBlock][VECS] = {};
+  for (int64_t t = 0; t < depth; ++t) {
+    vec16 row[VECS];
+#pragma GCC unroll 4
+    for (int i = 0; i < VECS; ++i) row[i] = load<vec16>(b + t * ldb + kLanes * i);
+#pragma GCC unroll 8
+    for (int r = 0; r < kQueryBlock; ++r) {
+      const float s = a[r * lda + t];
+#pragma GCC unroll 4
+      for (int i = 0; i < VECS; ++i) acc[r][i] += s * row[i];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kQueryBlock; ++r) __builtin_memcpy(c + r * ldc, acc[r], sizeof acc[r]);
+}
+
+// block_product over columns [0, width) of b and c, width a multiple of 16.
+[[gnu::always_inline]] inline void block_products(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                                  int64_t depth, int64_t width, float* c, int64_t ldc) {
+  int64_t j = 0;
+  for (; j + 2 * kLanes <= width; j += 2 * kLanes) block_product<2>(a, lda, b + j, ldb, depth, c + j, ldc);
+  if (j < width) block_product<1>(a, lda, b + j, ldb, depth, c + j, ldc);
+}
+
+// row[0, keys) <- e^(scale * row - max), row[keys, padded) <- 0; returns 1 / their sum.
+[[gnu::always_inline]] inline float softmax_numerators(float* row, int64_t keys, int64_t padded, float scale) {
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    const vec16 scaled = load<vec16>(row + j) * scale;
+    __builtin_memcpy(row + j, &scaled, sizeof scaled);
+  }
+  std::fill(row + keys, row + padded, -std::numeric_limits<float>::infinity());
+  vec16 most = vec16{} - std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    const vec16 s = load<vec16>(row + j);
+    most = s > most ? s : most;
+  }
+  float max = most[0];
+  for (int i = 1; i < kLanes; ++i) max = std::max(max, most[i]);
+  vec16 sums = {};
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    vec16 e = load<vec16>(row + j) - max;
+    exp_nonpositive(e);
+    __builtin_memcpy(row + j, &e, sizeof e);
+    sums += e;
+  }
+  float sum = 0.f;
+  for (int i = 0; i < kLanes; ++i) sum += sums[i];
+  return 1.f / sum;
+}
+
+// One thread's buffers, sized for one head and reused across its heads.
+struct HeadBuffers {
+  explicit HeadBuffers(const AttentionShape& s)
+      : keys_padded(whole_vectors(s.keys)),
+        dim_padded(whole_vectors(s.head_dim)),
+        keys_t(s.head_dim * keys_padded),
+        values(s.keys * dim_padded),
+        queries(kQueryBlock * s.head_dim),
+        scores(kQueryBlock * keys_padded),
+        sums(kQueryBlock * dim_padded) {}
+  int64_t keys_padded, dim_padded;
+  std::vector<float> keys_t;   // [head_dim][keys_padded]: k transposed, padding columns 0
+  std::vector<float> values;   // [keys][dim_padded]: v, padding columns 0
+  std::vector<float> queries;  // [kQueryBlock][head_dim]: the block's queries, missing rows 0
+  std::vector<float> scores;   // [kQueryBlock][keys_padded]
+  std::vector<float> sums;     // [kQueryBlock][dim_padded]: probabilities times values
+};
+
+[[gnu::always_inline]] inline void attend_head(const AttentionShape& shape, const HeadsView<const float>& q,
+                                               const HeadsView<const float>& k, const HeadsView<const float>& v,
+                                               float scale, const HeadsView<float>& out, int64_t b, int64_t h,
+                                               HeadBuffers& buf) {
+  const int64_t keys = shape.keys, dim = shape.head_dim, kp = buf.keys_padded, dp = buf.dim_padded;
+  float* keys_t = buf.keys_t.data();
+  float* values = buf.values.data();
+  for (int64_t j = 0; j < keys; ++j) {
+    const float* key = k.row(b, h, j);
+    for (int64_t d = 0; d < dim; ++d) keys_t[d * kp + j] = key[d];
+    std::copy(v.row(b, h, j), v.row(b, h, j) + dim, values + j * dp);
+  }
+  for (int64_t d = 0; d < dim; ++d) std::fill(keys_t + d * kp + keys, keys_t + (d + 1) * kp, 0.f);
+  for (int64_t j = 0; j < keys; ++j) std::fill(values + j * dp + dim, values + (j + 1) * dp, 0.f);
+
+  float* block = buf.queries.data();
+  float* scores = buf.scores.data();
+  float* sums = buf.sums.data();
+  for (int64_t i0 = 0; i0 < shape.queries; i0 += kQueryBlock) {
+    const int64_t rows = std::min(kQueryBlock, shape.queries - i0);
+    for (int64_t r = 0; r < kQueryBlock; ++r) {
+      if (r < rows) {
+        std::copy(q.row(b, h, i0 + r), q.row(b, h, i0 + r) + dim, block + r * dim);
+      } else {
+        std::fill(block + r * dim, block + (r + 1) * dim, 0.f);
+      }
+    }
+    block_products(block, dim, keys_t, kp, dim, kp, scores, kp);
+    float inverse_sum[kQueryBlock];
+    for (int64_t r = 0; r < kQueryBlock; ++r) {
+      inverse_sum[r] = softmax_numerators(scores + r * kp, keys, kp, scale);
+    }
+    block_products(scores, kp, values, dp, keys, dp, sums, dp);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* y = out.row(b, h, i0 + r);
+      for (int64_t d = 0; d < dim; ++d) y[d] = sums[r * dp + d] * inverse_sum[r];
+    }
+  }
+}
+
+// Head `unit` of batch * heads, compiled for the running CPU.
+void attend(const AttentionShape& shape, const HeadsView<const float>& q, const HeadsView<const float>& k,
+            const HeadsView<const float>& v, float scale, const HeadsView<float>& out, int64_t unit,
+            HeadBuffers& buf) {
+  SPARSE_RT_DISPATCH_ISA(attend_head(shape, q, k, v, scale, out, unit / shape.heads, unit % shape.heads, buf))
+}
+
+}  // namespace
+
+void scaled_dot_product_attention(const AttentionShape& shape, HeadsView<const float> q,
+                                  HeadsView<const float> k, HeadsView<const float> v, float scale,
+                                  HeadsView<float> out, const ParallelFor& pf) {
+  const int64_t units = shape.batch * shape.heads;
+  const int64_t work = 2 * shape.queries * shape.keys * shape.head_dim;  // multiply-adds per head
+  const int64_t grain = work * units < kMinParallelWork ? std::max<int64_t>(units, 1) : 1;
+  pf.run(0, units, grain, [&](int64_t begin, int64_t end) {
+    HeadBuffers buf(shape);
+    for (int64_t unit = begin; unit < end; ++unit) attend(shape, q, k, v, scale, out, unit, buf);
+  });
+}
+
+}  // namespace sparse_rt::cpu

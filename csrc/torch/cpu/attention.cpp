@@ -1,0 +1,44 @@
+#include <torch/library.h>
+
+#include "../../kernels/cpu/attention.h"
+#include "../checks.h"
+#include "cpu_common.h"
+
+namespace sparse_rt {
+namespace {
+
+// fp32 with head_dim contiguous, the kernel's operand; 16-bit inputs are widened once.
+at::Tensor as_fp32_rows(const at::Tensor& t) {
+  const at::Tensor f = t.to(at::kFloat);
+  return f.stride(3) == 1 ? f : f.contiguous();
+}
+
+template <typename T>
+cpu::HeadsView<T> heads_view(T* data, const at::Tensor& t) {
+  return {data, t.stride(0), t.stride(1), t.stride(2)};
+}
+
+at::Tensor scaled_dot_product_attention_cpu(const at::Tensor& query, const at::Tensor& key,
+                                             const at::Tensor& value, double scale) {
+  const AttentionProblem p = prepare_attention(query, key, value);
+  // [batch, queries, heads, head_dim] in memory, returned as its [batch, heads, queries, head_dim] view.
+  const char* op = "scaled_dot_product_attention";
+  at::Tensor out = allocate(op, "output", {p.batch, p.queries, p.heads, p.head_dim}, query.options().dtype(at::kFloat))
+                       .transpose(1, 2);
+  if (out.numel() > 0) {
+    const at::Tensor q = as_fp32_rows(query), k = as_fp32_rows(key), v = as_fp32_rows(value);
+    cpu::scaled_dot_product_attention(
+        {p.batch, p.heads, p.queries, p.keys, p.head_dim}, heads_view(q.const_data_ptr<float>(), q),
+        heads_view(k.const_data_ptr<float>(), k), heads_view(v.const_data_ptr<float>(), v),
+        static_cast<float>(scale), heads_view(out.mutable_data_ptr<float>(), out), torch_parallel_for());
+  }
+  return out.to(query.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_rt, CPU, m) {
+  m.impl("scaled_dot_product_attention", &scaled_dot_product_attention_cpu);
+}
+
+}  // namespace sparse_rt
