@@ -416,6 +416,26 @@ def test_scaled_dot_product_attention_errors(device, changes, message):
 
 @requires_compiled_ops
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("changes,message", [
+    (dict(residual=torch.randn(3, 7)), r"residual has shape \[3, 7\] but input has shape \[3, 8\]"),
+    (dict(residual=torch.randn(3, 8, dtype=torch.float16)), r"residual is Half on .* but input is Float on"),
+    (dict(input=torch.randn(3, 8, dtype=torch.float64), residual=torch.randn(3, 8, dtype=torch.float64)),
+     r"input must be float32, float16 or bfloat16, got Double"),
+    (dict(weight=torch.randn(7)), r"weight must have shape \[8\] \(the input's last dimension\), got \[7\]"),
+    (dict(bias=torch.randn(8, dtype=torch.bfloat16)), r"bias is BFloat16 on .* but input is Float on"),
+    (dict(input=torch.tensor(1.0), residual=torch.tensor(2.0)), r"input must have at least one dimension"),
+    (dict(eps=-1.0), r"eps must be >= 0, got -1"),
+])
+def test_add_layer_norm_errors(device, changes, message):
+    args = {**dict(input=torch.randn(3, 8), residual=torch.randn(3, 8), weight=None, bias=torch.zeros(8), eps=1e-5),
+            **changes}
+    args = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.add_layer_norm: " + message):
+        torch.ops.sparse_rt.add_layer_norm(*args.values())
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
 def test_bsr_linear_errors(device):
     w = random_bsr(8, 12, (4, 4), 0.5, seed=1, device=device)
     x = randn(2, 12, device=device)

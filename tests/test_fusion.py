@@ -176,8 +176,44 @@ def test_bert_dropouts_are_dropped_and_its_linear_sums_kept():
     # The output projections' `dense(h) + input` stay sums: fused into linear layers, they measured slower.
     assert report.dropped_dropouts and not report.folded_batchnorms and not report.fused_residuals
     assert report.fused_attentions == [f"encoder.layer.{i}.attention.self.softmax" for i in range(2)]
+    # ... each then normalised with its LayerNorm in one pass
+    assert report.fused_add_layer_norms == [f"encoder.layer.{i}.{part}.LayerNorm" for i in range(2)
+                                            for part in ("attention.output", "output")]
     with torch.inference_mode():
         assert rel_err(model(x), expected) < 1e-5
+
+
+class _Norms(nn.Module):
+    """LayerNorm of a sum, written three ways that fuse (a + b, torch.add, a.add(b)) and three that must not:
+    the sum read twice, a LayerNorm over two dimensions, a LayerNorm of something else than a sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = nn.ModuleList(nn.LayerNorm(6) for _ in range(3))
+        self.read_twice, self.plain = nn.LayerNorm(6), nn.LayerNorm(6)
+        self.two_dims = nn.LayerNorm((5, 6))
+
+    def forward(self, a, b):
+        fused = self.fused[0](a + b) + self.fused[1](torch.add(a, b)) + self.fused[2](a.add(b))
+        twice = a - b
+        kept = self.read_twice(twice) + twice + self.two_dims(a + b) + self.plain(a * b)
+        return fused, kept
+
+
+def test_a_sum_and_the_layer_norm_after_it_become_one_call_only_where_nothing_else_reads_the_sum():
+    model = _Norms().eval()
+    a, b = (torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(i)) for i in range(2))
+    with torch.no_grad():
+        expected = model(a, b)
+    fused, report = fuse(model)
+    assert report.fused_add_layer_norms == ["fused.0", "fused.1", "fused.2"]
+    with torch.no_grad():
+        for out, want in zip(fused(a, b), expected):
+            assert rel_err(out, want) < 1e-5
+    # Gradients wanted (the LayerNorm's parameters): the sum and the module, which autograd sees through.
+    out = fused(a, b)[0]
+    out.sum().backward()
+    assert fused.get_submodule("fused.0").weight.grad is not None
 
 
 class _Mlps(nn.Module):

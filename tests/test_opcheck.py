@@ -104,3 +104,12 @@ def test_opcheck_scaled_dot_product_attention(device):
         key = randn(2, 3, 7, 8, dtype=dtype, device=device)
         value = randn(2, 3, 7, 8, dtype=dtype, device=device, seed=1)
         torch.library.opcheck(torch.ops.sparse_rt.scaled_dot_product_attention.default, (query, key, value, 0.35))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_add_layer_norm(device):
+    for dtype in DTYPES:
+        x, residual = randn(2, 5, 24, dtype=dtype, device=device), randn(2, 5, 24, dtype=dtype, device=device, seed=1)
+        for weight, bias in [(randn(24, dtype=dtype, device=device), randn(24, dtype=dtype, device=device)),
+                             (None, None)]:
+            torch.library.opcheck(torch.ops.sparse_rt.add_layer_norm.default, (x, residual, weight, bias, 1e-5))

@@ -359,3 +359,16 @@ def test_scaled_dot_product_attention_extreme_scores(device):
     assert_close(out, expected, torch.float32)
     assert torch.allclose(out[0, 0, 0].cpu(), value[0, 0, 0].cpu())
     assert torch.allclose(out[0, 0, 1].cpu(), value[0, 0].mean(0).cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 128, 768), (7, 37), (3, 9), (4, 1), (2, 0), (0, 5)], ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+def test_add_layer_norm(device, dtype, shape, affine):
+    x, residual = randn(*shape, dtype=dtype, device=device, seed=1), randn(*shape, dtype=dtype, device=device, seed=2)
+    weight = randn(shape[-1], dtype=dtype, device=device, seed=3) if affine else None
+    bias = randn(shape[-1], dtype=dtype, device=device, seed=4) if affine else None
+    out = ops.add_layer_norm(x, residual, weight, bias, 1e-5)
+    expected = reference.add_layer_norm(x, residual, weight, bias, 1e-5, compute_dtype=torch.float64)
+    assert_close(out, expected, dtype)

@@ -161,6 +161,33 @@ AttentionProblem prepare_attention(const at::Tensor& query, const at::Tensor& ke
   return {query.size(0), query.size(1), query.size(2), key.size(2), query.size(3)};
 }
 
+int64_t prepare_add_layer_norm(const at::Tensor& input, const at::Tensor& residual,
+                               const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                               double eps) {
+  const char* op = "add_layer_norm";
+  SPARSE_RT_CHECK(input.dim() >= 1, op, "input must have at least one dimension, got a scalar");
+  SPARSE_RT_CHECK(is_supported_value_type(input.scalar_type()), op, "input must be float32, float16 or bfloat16, got ",
+                  input.scalar_type());
+  SPARSE_RT_CHECK(residual.sizes() == input.sizes(), op, "residual has shape ", residual.sizes(),
+                  " but input has shape ", input.sizes());
+  SPARSE_RT_CHECK(residual.scalar_type() == input.scalar_type() && residual.device() == input.device(), op,
+                  "residual is ", residual.scalar_type(), " on ", residual.device(), " but input is ",
+                  input.scalar_type(), " on ", input.device());
+  const int64_t features = input.size(-1);
+  const std::pair<const char*, const c10::optional<at::Tensor>*> affine[] = {{"weight", &weight}, {"bias", &bias}};
+  for (const auto& [name, t] : affine) {
+    if (!t->has_value()) continue;
+    const at::Tensor& v = **t;
+    SPARSE_RT_CHECK(v.dim() == 1 && v.size(0) == features, op, name, " must have shape [", features,
+                    "] (the input's last dimension), got ", v.sizes());
+    SPARSE_RT_CHECK(v.scalar_type() == input.scalar_type() && v.device() == input.device(), op, name, " is ",
+                    v.scalar_type(), " on ", v.device(), " but input is ", input.scalar_type(), " on ",
+                    input.device());
+  }
+  SPARSE_RT_CHECK(eps >= 0, op, "eps must be >= 0, got ", eps);
+  return features == 0 ? 0 : input.numel() / features;
+}
+
 ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
                          const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,

@@ -92,6 +92,13 @@ struct AttentionProblem {
 };
 AttentionProblem prepare_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value);
 
+// add_layer_norm's arguments, checked: input and residual of one shape (at least 1-D, the last
+// dimension normalised), dtype and device; weight and bias, when given, [last dimension] of that
+// dtype and device; eps >= 0. Returns the number of rows (the product of the leading dimensions).
+int64_t prepare_add_layer_norm(const at::Tensor& input, const at::Tensor& residual,
+                               const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                               double eps);
+
 // The residual an op adds to its output before the activation, when given: the output's shape,
 // the input's dtype and device.
 void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef out_shape,

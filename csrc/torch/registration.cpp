@@ -31,4 +31,7 @@ TORCH_LIBRARY(sparse_rt, m) {
   // returned as its [batch, heads, queries, head_dim] view, so merging the heads back
   // (.transpose(1, 2).flatten(2)) costs no copy.
   m.def("scaled_dot_product_attention(Tensor query, Tensor key, Tensor value, float scale) -> Tensor");
+  // LayerNorm over the last dimension of input + residual (a transformer's residual connection),
+  // one pass per row instead of a sum and a LayerNorm.
+  m.def("add_layer_norm(Tensor input, Tensor residual, Tensor? weight, Tensor? bias, float eps) -> Tensor");
 }

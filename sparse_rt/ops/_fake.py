@@ -55,3 +55,10 @@ def _scaled_dot_product_attention_fake(query, key, value, scale):
     batch, heads, queries, head_dim = query.shape
     # The op's layout: [batch, queries, heads, head_dim] in memory, viewed as [batch, heads, queries, head_dim].
     return query.new_empty((batch, queries, heads, head_dim)).transpose(1, 2)
+
+
+@torch.library.register_fake("sparse_rt::add_layer_norm")
+def _add_layer_norm_fake(input, residual, weight, bias, eps):
+    torch._check(tuple(residual.shape) == tuple(input.shape),
+                 lambda: f"residual has shape {tuple(residual.shape)} but input has shape {tuple(input.shape)}")
+    return input.new_empty(input.shape)

@@ -76,6 +76,15 @@ def scaled_dot_product_attention(query, key, value, scale, *, compute_dtype=torc
     return out.transpose(1, 2).contiguous().transpose(1, 2).to(query.dtype)
 
 
+def add_layer_norm(input, residual, weight, bias, eps, *, compute_dtype=torch.float32):
+    if residual.shape != input.shape:
+        raise ValueError(f"add_layer_norm: residual has shape {tuple(residual.shape)} but input has shape "
+                         f"{tuple(input.shape)}")
+    cast = lambda t: None if t is None else t.to(compute_dtype)
+    out = F.layer_norm(cast(input) + cast(residual), input.shape[-1:], cast(weight), cast(bias), eps)
+    return out.to(input.dtype)
+
+
 def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None,
                *, compute_dtype=torch.float32):
     rows = (crow_indices.numel() - 1) * values.shape[1]

@@ -18,6 +18,7 @@
 #include "kernels/cpu/csr_conv2d.h"
 #include "kernels/cpu/csr_linear.h"
 #include "kernels/cpu/csr_spmm.h"
+#include "kernels/cpu/layer_norm.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scalar_types.h"
 #include "kernels/cuda/row_extent.h"
@@ -488,6 +489,44 @@ void test_attention() {
   test_attention({2, 2, 8, 33, 17}, -0.5f);  // a negative scale: the maximum is taken after scaling
 }
 
+// add_layer_norm against mean and variance in double; rows of cols not a multiple of 16 take the
+// scalar tail, one column normalises to bias, and the output is written NaN first.
+void test_add_layer_norm(int64_t rows, int64_t cols, bool affine) {
+  std::mt19937 g(unsigned(rows * 31 + cols));
+  std::uniform_real_distribution<float> u(-3.f, 3.f);
+  std::vector<float> x(rows * cols), residual(rows * cols), weight(cols), bias(cols), y(rows * cols, NAN);
+  for (auto* t : {&x, &residual, &weight, &bias}) {
+    for (auto& v : *t) v = u(g);
+  }
+  const float eps = 1e-5f;
+  add_layer_norm(x.data(), residual.data(), affine ? weight.data() : nullptr, affine ? bias.data() : nullptr, rows,
+                 cols, eps, y.data(), kThreeChunks);
+  for (int64_t r = 0; r < rows; ++r) {
+    double mean = 0, var = 0;
+    for (int64_t j = 0; j < cols; ++j) mean += double(x[r * cols + j]) + residual[r * cols + j];
+    mean /= double(cols);
+    for (int64_t j = 0; j < cols; ++j) {
+      const double d = double(x[r * cols + j]) + residual[r * cols + j] - mean;
+      var += d * d;
+    }
+    var /= double(cols);
+    for (int64_t j = 0; j < cols; ++j) {
+      double ref = (double(x[r * cols + j]) + residual[r * cols + j] - mean) / std::sqrt(var + eps);
+      if (affine) ref = ref * weight[j] + bias[j];
+      expect(std::fabs(y[r * cols + j] - ref) <= 1e-5 * std::max(1.0, std::fabs(ref)),
+             "add_layer_norm " + std::to_string(rows) + "x" + std::to_string(cols) + " at (" + std::to_string(r) +
+                 ", " + std::to_string(j) + ")");
+    }
+  }
+}
+
+void test_add_layer_norm() {
+  test_add_layer_norm(5, 768, true);
+  test_add_layer_norm(7, 37, true);   // two vectors and a tail of 5
+  test_add_layer_norm(3, 9, false);  // no whole vector
+  test_add_layer_norm(4, 1, true);   // one column: (s - mean) is 0, the output is the bias
+}
+
 }  // namespace
 
 int main() {
@@ -498,6 +537,7 @@ int main() {
   test_balanced_rows();
   test_conv_layout_is_bounded();
   test_attention();
+  test_add_layer_norm();
   test_value_type<float>();
   test_value_type<half_t>();
   test_value_type<bfloat16_t>();
