@@ -111,6 +111,25 @@ struct HeadBuffers {
   std::vector<float> sums;     // [kQueryBlock][dim_padded]: probabilities times values
 };
 
+// keys_t[d * ld + j] = k[b, h, j, d]: 16x16 blocks transposed in registers, the edges one by one.
+[[gnu::always_inline]] inline void transpose_keys(const HeadsView<const float>& k, int64_t b, int64_t h,
+                                                  int64_t keys, int64_t dim, int64_t ld, float* keys_t) {
+  const int64_t whole_keys = keys / kLanes * kLanes, whole_dim = dim / kLanes * kLanes;
+  for (int64_t j0 = 0; j0 < whole_keys; j0 += kLanes) {
+    for (int64_t d0 = 0; d0 < whole_dim; d0 += kLanes) {
+      vec16 block[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) block[i] = load<vec16>(k.row(b, h, j0 + i) + d0);
+      transpose16(block);
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) __builtin_memcpy(keys_t + (d0 + i) * ld + j0, &block[i], sizeof block[i]);
+    }
+  }
+  for (int64_t j = 0; j < keys; ++j) {
+    for (int64_t d = j < whole_keys ? whole_dim : 0; d < dim; ++d) keys_t[d * ld + j] = k.row(b, h, j)[d];
+  }
+}
+
 [[gnu::always_inline]] inline void attend_head(const AttentionShape& shape, const HeadsView<const float>& q,
                                                const HeadsView<const float>& k, const HeadsView<const float>& v,
                                                float scale, const HeadsView<float>& out, int64_t b, int64_t h,
@@ -118,11 +137,8 @@ struct HeadBuffers {
   const int64_t keys = shape.keys, dim = shape.head_dim, kp = buf.keys_padded, dp = buf.dim_padded;
   float* keys_t = buf.keys_t.data();
   float* values = buf.values.data();
-  for (int64_t j = 0; j < keys; ++j) {
-    const float* key = k.row(b, h, j);
-    for (int64_t d = 0; d < dim; ++d) keys_t[d * kp + j] = key[d];
-    std::copy(v.row(b, h, j), v.row(b, h, j) + dim, values + j * dp);
-  }
+  transpose_keys(k, b, h, keys, dim, kp, keys_t);
+  for (int64_t j = 0; j < keys; ++j) std::copy(v.row(b, h, j), v.row(b, h, j) + dim, values + j * dp);
   for (int64_t d = 0; d < dim; ++d) std::fill(keys_t + d * kp + keys, keys_t + (d + 1) * kp, 0.f);
   for (int64_t j = 0; j < keys; ++j) std::fill(values + j * dp + dim, values + (j + 1) * dp, 0.f);
 
