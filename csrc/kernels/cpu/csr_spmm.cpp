@@ -173,7 +173,8 @@ template <typename Vec, int VECS, typename V>
   }
 }
 
-template <typename V>
+// Wide: the vector type of the column tiles (vec16 on AVX-512, vec8 below it; see csr_spmm).
+template <typename Wide, typename V>
 [[gnu::always_inline]] inline void spmm_rows(const CsrView<V>& w, const DenseRows& b,
                                              const StridedOutput& y, const Epilogue& ep,
                                              int64_t row_begin, int64_t row_end) {
@@ -181,9 +182,10 @@ template <typename V>
   // (a tile's width in each of B's rows) stays in L2. Row-outermost order streams the whole of B
   // through the cache once per row, which is what made wide convolutions slow.
   int64_t q = 0;
-  for (; q + 64 <= b.width; q += 64) column_tile<vec16, 4>(w, b, y, ep, row_begin, row_end, q);
-  for (; q + 32 <= b.width; q += 32) column_tile<vec16, 2>(w, b, y, ep, row_begin, row_end, q);
-  for (; q + 16 <= b.width; q += 16) column_tile<vec16, 1>(w, b, y, ep, row_begin, row_end, q);
+  constexpr int kLanes = sizeof(Wide) / sizeof(float);
+  for (; q + 64 <= b.width; q += 64) column_tile<Wide, 64 / kLanes>(w, b, y, ep, row_begin, row_end, q);
+  for (; q + 32 <= b.width; q += 32) column_tile<Wide, 32 / kLanes>(w, b, y, ep, row_begin, row_end, q);
+  for (; q + 16 <= b.width; q += 16) column_tile<Wide, 16 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 8 <= b.width; q += 8) column_tile<vec8, 1>(w, b, y, ep, row_begin, row_end, q);
   if (q < b.width && b.width >= 8) {
     // The last few columns as one 8-wide tile ending at the last column: it recomputes up to
@@ -247,7 +249,13 @@ void pack_panels(const float* x, const PanelLayout& layout, float* panels, const
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,
               int64_t row_begin, int64_t row_end) {
-  SPARSE_RT_DISPATCH_ISA(spmm_rows(w, b, y, ep, row_begin, row_end))
+  // A vec16 is one register only with AVX-512. Compiled for AVX2, GCC builds each broadcast nonzero
+  // of a vec16 product on the stack, element by element (4x slower than dense on a Zen 3), so below
+  // AVX-512 the tiles are made of vec8, one ymm each.
+  if (cpu_isa() == Isa::kX86_64_V4) {
+    SPARSE_RT_DISPATCH_ISA(spmm_rows<vec16>(w, b, y, ep, row_begin, row_end))
+  }
+  SPARSE_RT_DISPATCH_ISA(spmm_rows<vec8>(w, b, y, ep, row_begin, row_end))
 }
 
 template void csr_spmm<float>(const CsrView<float>&, const DenseRows&, StridedOutput, Epilogue,

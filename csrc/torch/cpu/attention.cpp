@@ -1,6 +1,8 @@
+#include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/library.h>
 
 #include "../../kernels/cpu/attention.h"
+#include "../../kernels/cpu/isa.h"
 #include "../checks.h"
 #include "cpu_common.h"
 
@@ -27,6 +29,12 @@ at::Tensor scaled_dot_product_attention_cpu(const at::Tensor& query, const at::T
                        .transpose(1, 2);
   if (out.numel() > 0) {
     const at::Tensor q = as_fp32_rows(query), k = as_fp32_rows(key), v = as_fp32_rows(value);
+    // The kernel's score tiles are vec16 registers; below AVX-512 they spill (30x slower than
+    // PyTorch's kernel on a Zen 3), so there PyTorch's kernel fills the op's layout instead.
+    if (cpu::cpu_isa() != cpu::Isa::kX86_64_V4) {
+      out.copy_(at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale));
+      return out.to(query.scalar_type());
+    }
     cpu::scaled_dot_product_attention(
         {p.batch, p.heads, p.queries, p.keys, p.head_dim}, heads_view(q.const_data_ptr<float>(), q),
         heads_view(k.const_data_ptr<float>(), k), heads_view(v.const_data_ptr<float>(), v),
