@@ -120,7 +120,7 @@ struct HeadBuffers {
       vec16 block[16];
 #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) block[i] = load<vec16>(k.row(b, h, j0 + i) + d0);
-      transpose16(block);
+      transpose(block);
 #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) __builtin_memcpy(keys_t + (d0 + i) * ld + j0, &block[i], sizeof block[i]);
     }

@@ -89,27 +89,41 @@ template <typename Vec>
   return j;
 }
 
+// Whole groups of a linear layer's output (consecutive rows adjacent), stored Wide-square blocks
+// at a time: each block transposed in registers, then stored a column at a time.
+template <typename Wide>
+[[gnu::always_inline]] inline void store_group_transposed(const float* tile, const StridedOutput& y,
+                                                          const Epilogue& ep, int64_t r0, int64_t q0,
+                                                          int64_t stored) {
+  constexpr int kLanes = kLanesOf<Wide>;
+  static_assert(kGroup % kLanes == 0);
+  for (int64_t i0 = 0; i0 < kGroup; i0 += kLanes) {
+    Wide bias = {};
+    if (ep.bias) bias = load<Wide>(ep.bias + r0 + i0);
+    for (int64_t j0 = 0; j0 < stored; j0 += kLanes) {
+      Wide block[kLanes];
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) block[i] = load<Wide>(tile + (i0 + i) * kTileStride + j0);
+      transpose(block);
+      // Unrolled with constant indices into the block (a variable one would keep it in memory).
+#pragma GCC unroll 16
+      for (int64_t j = 0; j < kLanes; ++j) {
+        if (j0 + j >= stored) break;
+        const int64_t start = r0 + i0 + (q0 + j0 + j) * y.col_stride;
+        store_finished<Wide>(block[j] + bias, ep.residual ? ep.residual + start : nullptr, ep.relu,
+                             y.data + start);
+      }
+    }
+  }
+}
+
+template <typename Wide>
 [[gnu::always_inline]] inline void store_group_body(const float* tile, const StridedOutput& y,
                                                   const Epilogue& ep, int64_t r0, int64_t count,
                                                   int64_t q0, int64_t width) {
   const int64_t stored = std::min(width, y.columns - q0);
-  if (y.row_stride == 1 && count == kGroup && width % 16 == 0) {
-    vec16 bias = {};
-    if (ep.bias) bias = load<vec16>(ep.bias + r0);
-    for (int64_t j0 = 0; j0 < stored; j0 += 16) {
-      vec16 block[16];
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) block[i] = load<vec16>(tile + i * kTileStride + j0);
-      transpose16(block);
-      // Unrolled with constant indices into the block (a variable one would keep it in memory).
-#pragma GCC unroll 16
-      for (int64_t j = 0; j < 16; ++j) {
-        if (j0 + j >= stored) break;
-        const int64_t start = r0 + (q0 + j0 + j) * y.col_stride;
-        store_finished<vec16>(block[j] + bias, ep.residual ? ep.residual + start : nullptr, ep.relu,
-                              y.data + start);
-      }
-    }
+  if (y.row_stride == 1 && count == kGroup && width % kLanesOf<Wide> == 0) {
+    store_group_transposed<Wide>(tile, y, ep, r0, q0, stored);
     return;
   }
   if (y.row_stride == 1) {
@@ -133,8 +147,8 @@ template <typename Vec>
       const float* sums = tile + i * kTileStride;
       const float* residual = ep.residual ? ep.residual + start : nullptr;
       float* out = y.data + start;
-      int64_t j = store_vectors<vec16>(sums, bias, residual, ep.relu, out, 0, stored);
-      j = store_vectors<vec8>(sums, bias, residual, ep.relu, out, j, stored);
+      int64_t j = store_vectors<Wide>(sums, bias, residual, ep.relu, out, 0, stored);
+      if constexpr (kLanesOf<Wide> > 8) j = store_vectors<vec8>(sums, bias, residual, ep.relu, out, j, stored);
       for (; j < stored; ++j) {
         const float v = sums[j] + bias + (residual ? residual[j] : 0.f);
         out[j] = ep.relu && v < 0.f ? 0.f : v;
@@ -155,7 +169,7 @@ template <typename Vec>
 // and value type (the unrolled transposes in each made this file take minutes to compile).
 [[gnu::noinline]] void store_group(const float* tile, const StridedOutput& y, const Epilogue& ep,
                                    int64_t r0, int64_t count, int64_t q0, int64_t width) {
-  SPARSE_RT_DISPATCH_ISA(store_group_body(tile, y, ep, r0, count, q0, width))
+  SPARSE_RT_DISPATCH_WIDE(store_group_body<Wide>(tile, y, ep, r0, count, q0, width))
 }
 
 // Output columns [q, q + VECS * lanes) of rows [row_begin, row_end).
@@ -166,6 +180,7 @@ template <typename Vec, int VECS, typename V>
   constexpr int64_t kWidth = VECS * int64_t(sizeof(Vec) / sizeof(float));
   static_assert(kWidth <= kTileStride);
   alignas(64) float tile[kGroup * kTileStride];
+  const int64_t stored = std::min(kWidth, y.columns - q);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kGroup) {
     const int64_t count = std::min(kGroup, row_end - r0);
     for (int64_t i = 0; i < count; ++i) row_tile<Vec, VECS>(w, b, r0 + i, q, tile + i * kTileStride);
@@ -173,7 +188,8 @@ template <typename Vec, int VECS, typename V>
   }
 }
 
-// Wide: the vector type of the column tiles (vec16 on AVX-512, vec8 below it; see csr_spmm).
+// Wide: the vector type of the column tiles (vec16 on AVX-512, vec8 below it: see
+// SPARSE_RT_DISPATCH_WIDE).
 template <typename Wide, typename V>
 [[gnu::always_inline]] inline void spmm_rows(const CsrView<V>& w, const DenseRows& b,
                                              const StridedOutput& y, const Epilogue& ep,
@@ -198,9 +214,10 @@ template <typename Wide, typename V>
   }
 }
 
-// Columns [k_begin, k_end) of x (k_begin a multiple of 16): its 16x16 blocks transposed in
+// Columns [k_begin, k_end) of x (k_begin a multiple of 16): its Wide-square blocks transposed in
 // registers (a block never straddles two panels: both are aligned to 16), the edges that do not
 // fill one and the padding element by element.
+template <typename Wide>
 [[gnu::always_inline]] inline void pack_blocks(const float* x, const PanelLayout& layout, int64_t k_begin,
                                                int64_t k_end, float* panels) {
   const int64_t rows = layout.rows, cols = layout.cols;
@@ -208,18 +225,21 @@ template <typename Wide, typename V>
     const int64_t panel = n / kPanelWidth;
     return panels + layout.offset(panel) + k * layout.width(panel) + (n - panel * kPanelWidth);
   };
-  const int64_t full_rows = rows / 16 * 16, full_cols_end = k_begin + (k_end - k_begin) / 16 * 16;
-  for (int64_t n0 = 0; n0 < full_rows; n0 += 16) {
-    // The block's rows of the panel holding batch rows [n0, n0 + 16) lie `width` floats apart.
+  constexpr int kLanes = kLanesOf<Wide>;
+  static_assert(kPanelWidth % kLanes == 0 && 16 % kLanes == 0);
+  const int64_t full_rows = rows / kLanes * kLanes;
+  const int64_t full_cols_end = k_begin + (k_end - k_begin) / kLanes * kLanes;
+  for (int64_t n0 = 0; n0 < full_rows; n0 += kLanes) {
+    // The block's rows of the panel holding batch rows [n0, n0 + kLanes) lie `width` floats apart.
     const int64_t width = layout.width(n0 / kPanelWidth);
-    for (int64_t k0 = k_begin; k0 < full_cols_end; k0 += 16) {
-      vec16 block[16];
+    for (int64_t k0 = k_begin; k0 < full_cols_end; k0 += kLanes) {
+      Wide block[kLanes];
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) block[i] = load<vec16>(x + (n0 + i) * cols + k0);
-      transpose16(block);
+      for (int i = 0; i < kLanes; ++i) block[i] = load<Wide>(x + (n0 + i) * cols + k0);
+      transpose(block);
       float* out = at(k0, n0);
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) __builtin_memcpy(out + i * width, &block[i], sizeof block[i]);
+      for (int i = 0; i < kLanes; ++i) __builtin_memcpy(out + i * width, &block[i], sizeof block[i]);
     }
   }
   for (int64_t k = k_begin; k < k_end; ++k) {
@@ -230,7 +250,7 @@ template <typename Wide, typename V>
 }
 
 void pack_columns(const float* x, const PanelLayout& layout, int64_t k_begin, int64_t k_end, float* panels) {
-  SPARSE_RT_DISPATCH_ISA(pack_blocks(x, layout, k_begin, k_end, panels))
+  SPARSE_RT_DISPATCH_WIDE(pack_blocks<Wide>(x, layout, k_begin, k_end, panels))
 }
 
 }  // namespace
@@ -249,13 +269,7 @@ void pack_panels(const float* x, const PanelLayout& layout, float* panels, const
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,
               int64_t row_begin, int64_t row_end) {
-  // A vec16 is one register only with AVX-512. Compiled for AVX2, GCC builds each broadcast nonzero
-  // of a vec16 product on the stack, element by element (4x slower than dense on a Zen 3), so below
-  // AVX-512 the tiles are made of vec8, one ymm each.
-  if (cpu_isa() == Isa::kX86_64_V4) {
-    SPARSE_RT_DISPATCH_ISA(spmm_rows<vec16>(w, b, y, ep, row_begin, row_end))
-  }
-  SPARSE_RT_DISPATCH_ISA(spmm_rows<vec8>(w, b, y, ep, row_begin, row_end))
+  SPARSE_RT_DISPATCH_WIDE(spmm_rows<Wide>(w, b, y, ep, row_begin, row_end))
 }
 
 template void csr_spmm<float>(const CsrView<float>&, const DenseRows&, StridedOutput, Epilogue,

@@ -4,6 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "isa.h"
 
 namespace sparse_rt::cpu {
 
@@ -23,31 +27,80 @@ template <typename Vec>
   return v;
 }
 
-// Transposes the 16x16 block held in rows[0..16) in place: four rounds of two-input shuffles,
-// each swapping the off-diagonal sub-blocks of half the previous round's size.
-[[gnu::always_inline]] inline void transpose16(vec16 (&rows)[16]) {
+template <typename Vec>
+constexpr int kLanesOf = sizeof(Vec) / sizeof(float);
+
+// The lane that lane e of a transpose round's output takes from its two inputs (indices from
+// `lanes` select the second): lanes with bit `half` clear keep the first input's own lane (low
+// output) or take the one `half` above it (high); lanes with it set take the second input's lane
+// `half` below (low) or their own (high).
+constexpr int transpose_source(int lanes, int half, bool high, int e) {
+  return (e & half) ? lanes + e - (high ? 0 : half) : e + (high ? half : 0);
+}
+
+template <typename Mask, int... E>
+constexpr Mask transpose_mask(int half, bool high, std::integer_sequence<int, E...>) {
+  return Mask{transpose_source(sizeof...(E), half, high, E)...};
+}
+
+// One round of transpose: swaps the off-diagonal sub-blocks of side kHalf of every 2kHalf block,
+// then the next round does those of side kHalf / 2. Masks and indices are constants, so that the
+// block stays in registers (with variable ones it goes through the stack).
+template <typename Vec, int kHalf>
+[[gnu::always_inline]] inline void transpose_round(Vec (&rows)[kLanesOf<Vec>]) {
+  // Lane indices of Vec's width (GCC takes no vector_size that depends on a template parameter).
   typedef int32_t mask16 __attribute__((vector_size(64)));
-  constexpr mask16 kLow[4] = {
-      {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
-      {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
-      {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
-      {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
-  constexpr mask16 kHigh[4] = {
-      {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
-      {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
-      {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
-      {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
-  // Unrolled whole, so that the block stays in registers (left as loops it goes through the stack).
-#pragma GCC unroll 4
-  for (int round = 0, h = 8; round < 4; ++round, h /= 2) {
+  typedef int32_t mask8 __attribute__((vector_size(32)));
+  using Mask = std::conditional_t<kLanesOf<Vec> == 16, mask16, mask8>;
+  constexpr auto kLanes = std::make_integer_sequence<int, kLanesOf<Vec>>{};
+  constexpr Mask kLow = transpose_mask<Mask>(kHalf, false, kLanes);
+  constexpr Mask kHigh = transpose_mask<Mask>(kHalf, true, kLanes);
 #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) {
-      if (i & h) continue;
-      const vec16 a = rows[i], b = rows[i + h];
-      rows[i] = __builtin_shuffle(a, b, kLow[round]);
-      rows[i + h] = __builtin_shuffle(a, b, kHigh[round]);
-    }
+  for (int i = 0; i < kLanesOf<Vec>; ++i) {
+    if (i & kHalf) continue;
+    const Vec a = rows[i], b = rows[i + kHalf];
+    rows[i] = __builtin_shuffle(a, b, kLow);
+    rows[i + kHalf] = __builtin_shuffle(a, b, kHigh);
   }
+  if constexpr (kHalf > 1) transpose_round<Vec, kHalf / 2>(rows);
+}
+
+// Transposes the square block held in rows[0..lanes) in place, in log2(lanes) rounds of two-input
+// shuffles.
+template <typename Vec>
+[[gnu::always_inline]] inline void transpose(Vec (&rows)[kLanesOf<Vec>]) {
+  transpose_round<Vec, kLanesOf<Vec> / 2>(rows);
 }
 
 }  // namespace sparse_rt::cpu
+
+// SPARSE_RT_DISPATCH_ISA for kernels written for a vector type `Wide`, which `call` names: vec16 on
+// AVX-512, vec8 below it. A vec16 is one register only with AVX-512; compiled for AVX2, GCC builds
+// each broadcast of a vec16 product on the stack, element by element (4x slower than dense on a
+// Zen 3), and shuffles of two vec16 through memory.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SPARSE_RT_DISPATCH_WIDE(call)                                                \
+  switch (::sparse_rt::cpu::cpu_isa()) {                                             \
+    case ::sparse_rt::cpu::Isa::kX86_64_V4:                                          \
+      return [&]() SPARSE_RT_TARGET_X86_64_V4 {                                      \
+        using Wide = ::sparse_rt::cpu::vec16;                                        \
+        return call;                                                                 \
+      }();                                                                           \
+    case ::sparse_rt::cpu::Isa::kX86_64_V3:                                          \
+      return [&]() SPARSE_RT_TARGET_X86_64_V3 {                                      \
+        using Wide = ::sparse_rt::cpu::vec8;                                         \
+        return call;                                                                 \
+      }();                                                                           \
+    default: {                                                                       \
+      using Wide = ::sparse_rt::cpu::vec8;                                           \
+      return call;                                                                   \
+    }                                                                                \
+  }
+#else
+#define SPARSE_RT_DISPATCH_WIDE(call) \
+  {                                   \
+    using Wide = ::sparse_rt::cpu::vec8; \
+    return call;                      \
+  }
+#endif
+

@@ -21,6 +21,7 @@
 #include "kernels/cpu/layer_norm.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scalar_types.h"
+#include "kernels/cpu/vectors.h"
 #include "kernels/cuda/row_extent.h"
 #include "kernels/cuda/vector_span.h"
 
@@ -527,10 +528,28 @@ void test_add_layer_norm() {
   test_add_layer_norm(4, 1, true);   // one column: (s - mean) is 0, the output is the bias
 }
 
+// The in-register transpose of the SpMM packing and stores, on each vector width.
+template <typename Vec>
+void test_transpose() {
+  constexpr int kLanes = kLanesOf<Vec>;
+  Vec rows[kLanes];
+  for (int i = 0; i < kLanes; ++i) {
+    for (int j = 0; j < kLanes; ++j) rows[i][j] = float(i * kLanes + j);
+  }
+  transpose(rows);
+  bool ok = true;
+  for (int i = 0; i < kLanes; ++i) {
+    for (int j = 0; j < kLanes; ++j) ok = ok && rows[i][j] == float(j * kLanes + i);
+  }
+  expect(ok, "transpose of a " + std::to_string(kLanes) + "x" + std::to_string(kLanes) + " block");
+}
+
 }  // namespace
 
 int main() {
   test_16bit_conversions();
+  test_transpose<vec8>();
+  test_transpose<vec16>();
   test_vector_span<1>();
   test_vector_span<4>();
   test_row_extent();
