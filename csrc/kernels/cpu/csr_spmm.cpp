@@ -1,6 +1,9 @@
 #include "csr_spmm.h"
 
 #include <algorithm>
+#include <limits>
+
+#include <unistd.h>
 
 #include "isa.h"
 #include "scalar_types.h"
@@ -9,20 +12,38 @@
 namespace sparse_rt::cpu {
 namespace {
 
+// The running CPU's L2 cache per core, as the C library reports it; unknown counts as unbounded.
+int64_t l2_cache_bytes() {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  static const int64_t bytes = [] {
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return reported > 0 ? int64_t(reported) : std::numeric_limits<int64_t>::max();
+  }();
+  return bytes;
+#else
+  return std::numeric_limits<int64_t>::max();
+#endif
+}
+
 // One row, output columns [q0, q0 + VECS * lanes), the sums written to tile[0, VECS * lanes);
 // always inlined, so that each ISA version of csr_spmm compiles it for its own vector width. Each
 // nonzero costs VECS loads and FMAs. Narrow tiles split the nonzeros over several partial sums so
 // that consecutive FMAs don't wait on each other's latency (about four cycles): four independent
-// chains keep the FMA unit busy.
+// chains keep the FMA unit busy. With `ahead` > 0 the B row of the nonzero that many places on is
+// prefetched (see column_tile).
 template <typename Vec, int VECS, typename V>
 [[gnu::always_inline]] inline void row_tile(const CsrView<V>& w, const DenseRows& b, int64_t r, int64_t q0,
-                                            float* tile) {
+                                            int64_t ahead, float* tile) {
   constexpr int kLanes = sizeof(Vec) / sizeof(float);
   constexpr int kPartials = VECS >= 4 ? 1 : 4 / VECS;
   Vec acc[kPartials][VECS] = {};
   const int64_t begin = w.crow[r], end = w.crow[r + 1];
   int64_t k = begin;
   for (; k + kPartials <= end; k += kPartials) {
+    if (ahead && k + ahead < end) {
+      const float* next = b.data + int64_t(w.col[k + ahead]) * b.ld + q0;
+      for (int line = 0; line < VECS * kLanes; line += 16) __builtin_prefetch(next + line);
+    }
     for (int p = 0; p < kPartials; ++p) {
       const float v = to_float(w.values[k + p]);
       const float* src = b.data + int64_t(w.col[k + p]) * b.ld + q0;
@@ -179,11 +200,19 @@ template <typename Vec, int VECS, typename V>
                                                int64_t row_begin, int64_t row_end, int64_t q) {
   constexpr int64_t kWidth = VECS * int64_t(sizeof(Vec) / sizeof(float));
   static_assert(kWidth <= kTileStride);
+  // The window of B a linear layer's tile reads (its width in each of B's rows: w.cols rows
+  // apart from each other) stays in L2 while it fits; a larger one comes from L3, and prefetching
+  // each nonzero's B row eight nonzeros ahead hides that. On a Zen 3 (512 KiB of L2), 128 tokens
+  // at 90%: 15% on a 768x3072 layer, BERT-base 6% (batch 1) and 17% (batch 8); 4-9% lost on
+  // layers whose window fits, and 1% / 6% on ResNet-50, whose convolutions' B rows overlap (tap
+  // offsets into one image, ld 1): so only for disjoint rows and a window larger than L2.
+  const bool window_exceeds_l2 =
+      b.ld >= kWidth && w.cols * kWidth * int64_t(sizeof(float)) > l2_cache_bytes();
+  const int64_t ahead = window_exceeds_l2 ? 8 : 0;
   alignas(64) float tile[kGroup * kTileStride];
-  const int64_t stored = std::min(kWidth, y.columns - q);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kGroup) {
     const int64_t count = std::min(kGroup, row_end - r0);
-    for (int64_t i = 0; i < count; ++i) row_tile<Vec, VECS>(w, b, r0 + i, q, tile + i * kTileStride);
+    for (int64_t i = 0; i < count; ++i) row_tile<Vec, VECS>(w, b, r0 + i, q, ahead, tile + i * kTileStride);
     store_group(tile, y, ep, r0, count, q, kWidth);
   }
 }
