@@ -34,7 +34,7 @@ int64_t l2_cache_bytes() {
 template <typename Vec, int VECS, typename V>
 [[gnu::always_inline]] inline void row_tile(const CsrView<V>& w, const DenseRows& b, int64_t r, int64_t q0,
                                             int64_t ahead, float* tile) {
-  constexpr int kLanes = sizeof(Vec) / sizeof(float);
+  constexpr int kLanes = kLanesOf<Vec>;
   constexpr int kPartials = VECS >= 4 ? 1 : 4 / VECS;
   Vec acc[kPartials][VECS] = {};
   const int64_t begin = w.crow[r], end = w.crow[r + 1];
@@ -103,7 +103,7 @@ template <typename Vec>
 template <typename Vec>
 [[gnu::always_inline]] inline int64_t store_vectors(const float* sums, float bias, const float* residual,
                                                     bool relu, float* out, int64_t j, int64_t end) {
-  constexpr int64_t kLanes = sizeof(Vec) / sizeof(float);
+  constexpr int64_t kLanes = kLanesOf<Vec>;
   for (; j + kLanes <= end; j += kLanes) {
     store_finished<Vec>(load<Vec>(sums + j) + bias, residual ? residual + j : nullptr, relu, out + j);
   }
@@ -198,7 +198,7 @@ template <typename Vec, int VECS, typename V>
 [[gnu::always_inline]] inline void column_tile(const CsrView<V>& w, const DenseRows& b,
                                                const StridedOutput& y, const Epilogue& ep,
                                                int64_t row_begin, int64_t row_end, int64_t q) {
-  constexpr int64_t kWidth = VECS * int64_t(sizeof(Vec) / sizeof(float));
+  constexpr int64_t kWidth = VECS * int64_t(kLanesOf<Vec>);
   static_assert(kWidth <= kTileStride);
   // The window of B a linear layer's tile reads (its width in each of B's rows: w.cols rows
   // apart from each other) stays in L2 while it fits; a larger one comes from L3, and prefetching
@@ -227,7 +227,7 @@ template <typename Wide, typename V>
   // (a tile's width in each of B's rows) stays in L2. Row-outermost order streams the whole of B
   // through the cache once per row, which is what made wide convolutions slow.
   int64_t q = 0;
-  constexpr int kLanes = sizeof(Wide) / sizeof(float);
+  constexpr int kLanes = kLanesOf<Wide>;
   for (; q + 64 <= b.width; q += 64) column_tile<Wide, 64 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 32 <= b.width; q += 32) column_tile<Wide, 32 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 16 <= b.width; q += 16) column_tile<Wide, 16 / kLanes>(w, b, y, ep, row_begin, row_end, q);

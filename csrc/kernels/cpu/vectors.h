@@ -97,10 +97,9 @@ template <typename Vec>
     }                                                                                \
   }
 #else
-#define SPARSE_RT_DISPATCH_WIDE(call) \
-  {                                   \
+#define SPARSE_RT_DISPATCH_WIDE(call)  \
+  {                                      \
     using Wide = ::sparse_rt::cpu::vec8; \
-    return call;                      \
+    return call;                         \
   }
 #endif
-
