@@ -131,10 +131,17 @@ void three_chunks_backwards(int64_t begin, int64_t end, int64_t, RangeFn body) {
 }
 const ParallelFor kThreeChunks{three_chunks_backwards, 3};
 
+// columns_descending: each row's nonzeros stored in descending column order (CSR does not require
+// ascending order; the K-blocked SpMM must stay exact without it).
 template <typename V>
-void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, bool relu, bool with_residual) {
+void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, bool relu, bool with_residual,
+                     bool columns_descending = false) {
   std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
-  const RandomCsr m = random_csr(rows, cols, density, g);
+  RandomCsr m = random_csr(rows, cols, density, g);
+  for (int64_t r = 0; columns_descending && r < rows; ++r) {
+    std::reverse(m.col.begin() + m.crow[r], m.col.begin() + m.crow[r + 1]);
+    std::reverse(m.val.begin() + m.crow[r], m.val.begin() + m.crow[r + 1]);
+  }
   const std::vector<V> vals = encode_all<V>(m.val);
   // The tiled kernel reads x transposed in panels of 64 batch rows, the last padded with zeros to a
   // multiple of 8 (pack_panels; the padding is checked too).
@@ -306,12 +313,16 @@ void test_value_type() {
                               // Whole 16-row groups transposed in registers, with a residual
                               LinearCase{48, 40, 35, 0.2}, LinearCase{50, 33, 128, 0.15},
                               // Three panels, the last 22 rows padded to 24
-                              LinearCase{37, 50, 150, 0.2}}) {
+                              LinearCase{37, 50, 150, 0.2},
+                              // Columns in blocks that fill L1 (64-wide tiles, a row block and a part)
+                              LinearCase{70, 700, 130, 0.3}}) {
     test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0, c.batch % 3 != 1);
   }
+  test_csr_linear<V>(70, 700, 130, 0.3, false, true, true);
   test_csr_mlp<V>(40, 96, 24, 150, 0.2, false);  // three panels, the last 22 rows padded to 24
   test_csr_mlp<V>(33, 70, 17, 64, 0.3, true);
   test_csr_mlp<V>(16, 8, 5, 9, 0.0, false);  // nnz = 0: the output is bias2 + residual
+  test_csr_mlp<V>(300, 520, 30, 70, 0.3, false);  // both layers' columns in blocks
   for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {
     test_bsr_linear<V>(bh, bw, 3);
   }
