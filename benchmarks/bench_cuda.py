@@ -53,7 +53,7 @@ from sparse_rt.bench import geomean  # noqa: E402
 from sparse_rt.bench.dlmc import load_packed, rn50_conv_geometry  # noqa: E402
 from sparse_rt.formats import BSR, CSR  # noqa: E402
 from sparse_rt.inputs import example_input  # noqa: E402
-from sparse_rt.plan import SPARSE_EFFICIENCY, device_type, predicted_speedup, regime  # noqa: E402
+from sparse_rt.plan import SPARSE_EFFICIENCY, cost_table, predicted_speedup, regime  # noqa: E402
 from sparse_rt.timing import cuda_graph_replay  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data"
@@ -207,7 +207,7 @@ class Bench:
     def planner(self, layer_regime, density):
         """What sparse_rt.plan predicts for a CSR layer on this device."""
         predicted = predicted_speedup(layer_regime, density, self.device)
-        return {"device": device_type(self.device), "regime": layer_regime, "predicted": predicted,
+        return {"device": cost_table(self.device), "regime": layer_regime, "predicted": predicted,
                 "picks_sparse": predicted >= 1.0}
 
 

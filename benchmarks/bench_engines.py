@@ -7,7 +7,7 @@ Per model (ResNet-50, BERT-base encoder at 128 tokens), sparsity (magnitude-prun
 dense) and batch size, the same pruned weights run in every engine on the same threads:
 
   torch-dense         the pruned model in PyTorch eager (dense kernels, zeros and all)
-  sparse_rt           sparse_rt.sparsify(pruned): sparse_rt's PyTorch path (SPARSE_RT_VARIANTS
+  sparse_rt           sparse_rt.sparsify(pruned, example_inputs=...): sparse_rt's PyTorch path (SPARSE_RT_VARIANTS
                       holds it and any further sparse_rt variants, name -> builder)
   sparse_rt-fused     the same, then model.fuse(): BatchNorm folded, residual sums and ReLUs in
                       the sparse kernels' epilogues
@@ -64,15 +64,20 @@ MODELS = ("resnet50", "bert_encoder")  # bert_encoder's standard input: 128 toke
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 # sparse_rt's ways of running a pruned model: name -> builder(pruned nn.Module, example input)
-# returning the module to time. The sparse ONNX flavour is exported from "sparse_rt"'s model.
+# returning the module to time. The sparse ONNX flavour is exported from "sparse_rt"'s model. The
+# example input lets the planner see each layer's rows (a transformer's Linear layers: every token).
+def _planned(pruned, example):
+    return sparse_rt.sparsify(pruned, example_inputs=(example,)).eval()
+
+
 def _fused(pruned, example):
-    model = sparse_rt.sparsify(pruned).eval()
+    model = _planned(pruned, example)
     model.fuse()
     return model
 
 
 SPARSE_RT_VARIANTS = {
-    "sparse_rt": lambda pruned, example: sparse_rt.sparsify(pruned).eval(),
+    "sparse_rt": _planned,
     "sparse_rt-fused": _fused,
 }
 DENSE_ENGINES = ("torch-dense", "onnxruntime", "openvino")

@@ -1,5 +1,5 @@
-"""Fits the CPU row of the planner's SPARSE_EFFICIENCY (sparse_rt/plan.py) from the newest `make bench` results:
-per regime, the geometric mean over the measured layers of (dense time / sparse kernel time) x
+"""Fits the CPU rows of the planner's SPARSE_EFFICIENCY (sparse_rt/plan.py) from the newest `make bench` results
+of each row: per regime, the geometric mean over the measured layers of (dense time / sparse kernel time) x
 density, i.e. the density at which the sparse kernel breaks even.   python benchmarks/calibrate_plan.py"""
 
 import json
@@ -11,23 +11,44 @@ from sparse_rt.bench import geomean
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cost_table(report):
+    """The SPARSE_EFFICIENCY row a results file calibrates, by the x86-64 level the kernels ran at
+    (build_info's cpu_isa; files from before it was recorded come from the AVX-512 reference machine)."""
+    isa = report["versions"]["sparse_rt_build"].get("cpu_isa", "x86-64-v4")
+    return {"x86-64-v4": "cpu", "x86-64-v3": "cpu-avx2"}.get(isa, f"cpu ({isa}: no row)")
+
+
+def newest_per_table(prefix):
+    """{row: the newest (by its date) cpu-linear / cpu-conv report measured for that row}."""
+    newest = {}
+    for path in RESULTS.glob(f"{prefix}-*.json"):
+        report = json.loads(path.read_text())
+        table = cost_table(report)
+        if table not in newest or report["date"] > newest[table]["date"]:
+            newest[table] = report
+    return newest
+
+
 def fit():
+    """({row: {regime: efficiency}}, {row: {regime: layers}})"""
     samples = {}
     for prefix in ("cpu-linear", "cpu-conv"):
-        files = sorted(RESULTS.glob(f"{prefix}-*.json"))
-        if not files:
+        reports = newest_per_table(prefix)
+        if not reports:
             sys.exit(f"no {prefix}-*.json: run `make bench` first")
-        r = json.loads(files[-1].read_text())
-        for case, info in r.get("case_info", {}).items():
-            series, by_engine = r["series"][case], r["medians_s"][case]
-            # Only cases that time the kernel itself, not the planner's choice.
-            if "regime" in info and not series.startswith("planned") and {"dense", "sparse_rt"} <= set(by_engine):
-                efficiency = by_engine["dense"] / by_engine["sparse_rt"] * info["density"]
-                samples.setdefault(info["regime"], []).append(efficiency)
-    return {name: geomean(values) for name, values in sorted(samples.items())}, {k: len(v) for k, v in samples.items()}
+        for table, r in reports.items():
+            for case, info in r.get("case_info", {}).items():
+                series, by_engine = r["series"][case], r["medians_s"][case]
+                # Only cases that time the kernel itself, not the planner's choice.
+                if "regime" in info and not series.startswith("planned") and {"dense", "sparse_rt"} <= set(by_engine):
+                    efficiency = by_engine["dense"] / by_engine["sparse_rt"] * info["density"]
+                    samples.setdefault(table, {}).setdefault(info["regime"], []).append(efficiency)
+    efficiency = {t: {name: geomean(v) for name, v in sorted(by.items())} for t, by in samples.items()}
+    return efficiency, {t: {name: len(v) for name, v in by.items()} for t, by in samples.items()}
 
 
 if __name__ == "__main__":
     efficiency, counts = fit()
-    for name, value in efficiency.items():
-        print(f"{name:8} efficiency {value:.3f}  ({counts[name]} layers)")
+    for table, by_regime in sorted(efficiency.items()):
+        for name, value in by_regime.items():
+            print(f"{table:9} {name:8} efficiency {value:.3f}  ({counts[table][name]} layers)")

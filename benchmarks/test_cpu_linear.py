@@ -136,3 +136,33 @@ def test_transformer_qkv(benchmark, dlmc, layer, engine, tokens):
     benchmark.extra_info["series"] = f"QKV tokens={tokens}"
     with torch.inference_mode():
         benchmark(fns[engine])
+
+
+def _magnitude_pruned(rows, cols, density, seed):
+    """A normal random [rows, cols] weight keeping its largest `density` fraction by magnitude (DLMC
+    holds 90% only; for a random weight this is a uniform random mask)."""
+    dense = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    keep = max(1, round(density * dense.numel()))
+    threshold = dense.abs().flatten().kthvalue(dense.numel() - keep + 1).values
+    return CSR.from_dense(dense * (dense.abs() >= threshold))
+
+
+@pytest.mark.parametrize("density", [0.05, 0.1, 0.2, 0.3, 0.5])
+@pytest.mark.parametrize("engine", ["sparse_rt", "dense"])
+@pytest.mark.parametrize("shape", [(768, 768), (3072, 768), (768, 3072)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_bert_linear_density(benchmark, shape, engine, density):
+    """BERT-base layer shapes at 128 tokens from 50% to 95% sparsity, sparse_rt against dense torch: where
+    the tiled SpMM reads its operand's rows in L1-sized column blocks (each row with >= 16 nonzeros per
+    block, from a density of about 0.125 on a 32 KiB L1) and where sparse passes dense. Not a planner
+    calibration case (no regime: the planner's efficiency is one number per regime)."""
+    w = _magnitude_pruned(*shape, density, seed=shape[0] + shape[1])
+    x = torch.randn(128, shape[1], generator=torch.Generator().manual_seed(4))
+    dense = w.to_dense()
+    fns = {"sparse_rt": lambda: ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, shape[1]),
+           "dense": lambda: torch.nn.functional.linear(x, dense)}
+    benchmark.group = f"BERT-base {shape[0]}x{shape[1]} density {density:g} tokens=128"
+    benchmark.extra_info["engine"] = engine
+    benchmark.extra_info["series"] = f"BERT-base shapes, density {density:g}"
+    benchmark.extra_info["density"] = w.density
+    with torch.inference_mode():
+        benchmark(fns[engine])

@@ -23,7 +23,7 @@ def _measured(r, paths):
 
 
 CPU_SUITES = {  # result file prefix: what its cases are
-    "cpu-linear": "Linear, DLMC transformer 0.9 layers",
+    "cpu-linear": "Linear, DLMC transformer 0.9 layers; BERT-base shapes by density",
     "cpu-conv": "Conv2d, DLMC ResNet-50 layers, real shapes, batch 1",
     "cpu-plan": "Conv2d as sparsify() plans it, same layers",
     "cpu-e2e": "End to end, batch 1",

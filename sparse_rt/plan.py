@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .ops import build_info
+
 FORMAT_HELP = "'auto', 'csr', 'dense' or 'bsr:RxC' (e.g. 'bsr:4x4')"
 
 
@@ -41,7 +43,7 @@ def format_label(format, blocksize):
     return f"bsr{blocksize[0]}x{blocksize[1]}" if format == "bsr" else format
 
 
-# Speed of the sparse kernels relative to dense torch per multiply-add, per device type: a layer of
+# Speed of the sparse kernels relative to dense torch per multiply-add, per row (cost_table picks it): a layer of
 # density d is predicted to run efficiency / d times faster sparse. The regimes: "gemv" a Linear
 # layer at batch < 8, "gemm" a batched Linear layer, "conv1x1" a 1x1 stride-1 unpadded convolution,
 # "conv" any other convolution, and a 1x1 one with fewer than 8 output pixels.
@@ -50,6 +52,12 @@ def format_label(format, blocksize):
 # AMD EPYC with AVX-512), as the geometric mean of speedup x density over the DLMC layers of each
 # regime (gemv: gather dot products; gemm: tiled SpMM; conv1x1: tiled SpMM straight on the input;
 # conv: packed input, also the 1x1 one narrower than the SpMM's narrowest tile).
+#
+# "cpu-avx2": the same fit where the CPU kernels run at x86-64-v3 (AVX2, no AVX-512), from
+# benchmarks/results/cpu-linear-2026-12-04-zen3.json and cpu-conv-2026-12-04-zen3.json (a 2-core AMD
+# EPYC of family 25, Zen 3). Batched Linear layers win from lower sparsity there (gemm 0.362, not
+# 0.247): dense sgemm is slower without AVX-512, and the SpMM's L1-sized column blocks pay off at
+# moderate sparsity (BERT-base shapes, 128 tokens, in that run: sparse 1.7x dense at 70%).
 #
 # "cuda": NOT MEASURED. Estimates from the kernels' design, to be replaced by the efficiencies that
 # `make gpu-check` fits the same way on a GPU (its results file: summary.calibration). At batch < 8
@@ -63,15 +71,25 @@ def format_label(format, blocksize):
 # Where these estimates are off for a machine, sparsify(..., autotune=True) measures instead.
 SPARSE_EFFICIENCY = {
     "cpu": {"gemv": 0.200, "gemm": 0.247, "conv1x1": 0.353, "conv": 0.173},
+    "cpu-avx2": {"gemv": 0.175, "gemm": 0.362, "conv1x1": 0.288, "conv": 0.226},
     "cuda": {"gemv": 0.20, "gemm": 0.05, "conv1x1": 0.05, "conv": 0.05},
 }
-MEASURED = {"cpu": True, "cuda": False}
+MEASURED = {"cpu": True, "cpu-avx2": True, "cuda": False}
 
 
 def device_type(device):
-    """The SPARSE_EFFICIENCY table a device uses: "cuda" for CUDA devices, "cpu" for every other
-    (the ops run their CPU kernels there; other device types have no kernels of ours)."""
+    """The kernels a device runs: "cuda" for CUDA devices, "cpu" for every other (the ops run
+    their CPU kernels there; other device types have no kernels of ours)."""
     return "cuda" if device is not None and torch.device(device).type == "cuda" else "cpu"
+
+
+def cost_table(device):
+    """The SPARSE_EFFICIENCY row that plans layers for `device`: "cuda" for CUDA devices; otherwise
+    "cpu-avx2" where the CPU kernels run at x86-64-v3, and "cpu" where they run with AVX-512 (CPUs
+    below AVX2 have no row of their own and use that one too)."""
+    if device_type(device) == "cuda":
+        return "cuda"
+    return "cpu-avx2" if build_info().get("cpu_isa") == "x86-64-v3" else "cpu"
 
 
 def regime(kind, batch=1, kernel_size=None, stride=None, padding=None, out_pixels=None):
@@ -84,7 +102,7 @@ def regime(kind, batch=1, kernel_size=None, stride=None, padding=None, out_pixel
 
 def predicted_speedup(layer_regime, density, device="cpu"):
     """Predicted dense time / sparse time of a layer of this regime and density on `device`."""
-    return SPARSE_EFFICIENCY[device_type(device)][layer_regime] / max(density, 1e-9)
+    return SPARSE_EFFICIENCY[cost_table(device)][layer_regime] / max(density, 1e-9)
 
 
 def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", layer_regime=None, device="cpu"):
@@ -112,7 +130,7 @@ def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", lay
         return LayerPlan("csr", None, "csr requested")
     estimate = predicted_speedup(layer_regime or regime(kind), 1.0 - sparsity, device)
     # The CUDA model is an unmeasured estimate (see SPARSE_EFFICIENCY): its reasons say so.
-    model = "cost model" if MEASURED[device_type(device)] else "cuda cost model (estimate, unmeasured)"
+    model = "cost model" if MEASURED[cost_table(device)] else "cuda cost model (estimate, unmeasured)"
     if estimate < 1.0:
         return LayerPlan("dense", None, f"{model}: sparse est. {estimate:.2f}x dense")
     return LayerPlan("csr", None, f"{model}: sparse est. {estimate:.1f}x dense")

@@ -12,6 +12,7 @@ from . import models
 from .arch import spec_input_shape
 from .convert import from_checkpoint
 from .ensemble import SparseEnsemble
+from .inputs import example_input
 from .model import sparsify
 from .pruning import magnitude_prune
 from .serialize import load
@@ -55,6 +56,10 @@ def resolve_model(ref: Union[str, os.PathLike], *, arch: Union[nn.Module, str, N
     spec = {"name": text, "kwargs": dict(arch_kwargs or {})}
     torch.manual_seed(seed)
     dense = models.create(text, **spec["kwargs"]).eval()
-    model = sparsify(magnitude_prune(dense, sparsity, exclude=models.keep_dense(text)), device=device).eval()
+    # Planned on one sample of its standard input, so that the cost model sees how many rows each
+    # Linear layer takes (a transformer's: every token), not a guessed batch of 1.
+    example = example_input(1, spec_input_shape(spec), seed=seed)
+    model = sparsify(magnitude_prune(dense, sparsity, exclude=models.keep_dense(text)), device=device,
+                     example_inputs=(example,)).eval()
     model.arch_spec = spec
     return model, spec, spec_input_shape(spec)

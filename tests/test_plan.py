@@ -6,10 +6,12 @@ from helpers import randn
 from torch import nn
 
 import sparse_rt
+import sparse_rt.plan
 from sparse_rt.nn import SparseLinear
 from sparse_rt.plan import (
     SPARSE_EFFICIENCY,
     FormatSpec,
+    cost_table,
     device_type,
     plan_layer,
     predicted_speedup,
@@ -26,15 +28,27 @@ def test_regimes():
 
 def test_cost_model_keeps_moderately_sparse_layers_dense():
     for device in ("cpu", "cuda"):
-        for name, efficiency in SPARSE_EFFICIENCY[device].items():
+        for name, efficiency in SPARSE_EFFICIENCY[cost_table(device)].items():
             assert predicted_speedup(name, 0.1, device) == pytest.approx(efficiency / 0.1)
-    conv = SPARSE_EFFICIENCY["cpu"]["conv"]
+    conv = SPARSE_EFFICIENCY[cost_table("cpu")]["conv"]
     sparse = plan_layer("Conv2d", (64, 576), 1 - conv / 4, min_sparsity=0.5, layer_regime="conv")
     assert (sparse.format, sparse.reason) == ("csr", "cost model: sparse est. 4.0x dense")
     dense = plan_layer("Conv2d", (64, 576), 1 - conv * 2, min_sparsity=0.5, layer_regime="conv")
     assert dense.format == "dense" and dense.reason == "cost model: sparse est. 0.50x dense"
     assert plan_layer("Conv2d", (64, 576), 0.6, min_sparsity=0.5, format="csr").format == "csr"
     assert plan_layer("Linear", (64, 64), 0.4, min_sparsity=0.5, format="csr").format == "dense"
+
+
+@pytest.mark.parametrize("isa,table", [("x86-64-v4", "cpu"), ("x86-64-v3", "cpu-avx2"), ("baseline", "cpu"),
+                                       (None, "cpu")])
+def test_cpu_layers_are_planned_with_the_row_of_the_kernels_level(monkeypatch, isa, table):
+    """AVX2 CPUs have their own calibration (batched Linear layers win from lower sparsity there); CUDA
+    devices keep theirs whatever the CPU."""
+    monkeypatch.setattr(sparse_rt.plan, "build_info", lambda: {"cpu_isa": isa} if isa else {})
+    assert cost_table("cpu") == cost_table(None) == table and cost_table("cuda:0") == "cuda"
+    sparsity = 1 - (SPARSE_EFFICIENCY["cpu"]["gemm"] + SPARSE_EFFICIENCY["cpu-avx2"]["gemm"]) / 2
+    plan = plan_layer("Linear", (768, 768), sparsity, min_sparsity=0.5, layer_regime="gemm")
+    assert plan.format == ("csr" if table == "cpu-avx2" else "dense")
 
 
 def test_cost_model_follows_the_device():
@@ -137,8 +151,8 @@ def test_autotune_keeps_the_faster_measurement_and_caches_it(tmp_path, monkeypat
 
 
 def test_example_inputs_give_the_cost_model_the_batch():
-    """A density between the gemv and gemm break-even densities (0.200 and 0.247 of
-    SPARSE_EFFICIENCY) runs dense at batch 1 and sparse at batch 64."""
+    """A density between the gemv and gemm break-even densities (0.200 and 0.247 in the "cpu" row of
+    SPARSE_EFFICIENCY, 0.175 and 0.362 in "cpu-avx2") runs dense at batch 1 and sparse at batch 64."""
     torch.manual_seed(0)
     model = sparse_rt.magnitude_prune(nn.Sequential(nn.Linear(256, 512)), 0.78)
 

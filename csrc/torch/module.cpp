@@ -1,8 +1,9 @@
 // The Python extension module sparse_rt._C. Loading it registers the ops (TORCH_LIBRARY static
-// initializers); it also reports how it was built.
+// initializers); it also reports how it was built and the x86-64 level its CPU kernels run at.
 // pybind11 alone, not <torch/extension.h> (all of torch's C++ API): a third of the compile time.
 #include <pybind11/pybind11.h>
 
+#include "../kernels/cpu/isa.h"
 #include "checks.h"
 
 PYBIND11_MODULE(_C, m) {
@@ -14,6 +15,12 @@ PYBIND11_MODULE(_C, m) {
     info["cuda"] = false;
 #endif
     info["compiler"] = __VERSION__;
+    // The x86-64 level the CPU kernels run at on this machine (the planner's cost model depends on it).
+    switch (sparse_rt::cpu::cpu_isa()) {
+      case sparse_rt::cpu::Isa::kX86_64_V4: info["cpu_isa"] = "x86-64-v4"; break;
+      case sparse_rt::cpu::Isa::kX86_64_V3: info["cpu_isa"] = "x86-64-v3"; break;
+      default: info["cpu_isa"] = "baseline";
+    }
     return info;
   });
   m.def("full_index_checks_enabled", &sparse_rt::full_index_checks_enabled);
