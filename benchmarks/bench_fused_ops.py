@@ -5,10 +5,12 @@ On DLMC Transformer encoder layers (magnitude pruning 0.9, 512-wide): the feed-f
 (csr_linears against three csr_linear calls, and dense torch); and attention over that width's 8
 heads of 64 (sparse_rt's scaled_dot_product_attention against the matmul, softmax, matmul it
 replaces and PyTorch's own F.scaled_dot_product_attention in the "dense" column, each with the
-heads merged back into [tokens, 512]). Each case's engines take turns
+heads merged back into [tokens, 512]); and a transformer's residual connection, add_layer_norm against
+the add and F.layer_norm it replaces (no dense column: both are dense). Each case's engines take turns
 (sparse_rt.timing.compare_latency: interleaved rounds, rotating order), so drift of a shared
 machine hits them alike. Before timing, the fused sparse ops' outputs are checked equal to the
-unfused calls', and attention's within 1e-5 relative of the unfused (its sums run in another order).
+unfused calls', and attention's and add_layer_norm's within 1e-5 relative of the unfused (their sums run
+in another order).
 
     python benchmarks/bench_fused_ops.py     # writes benchmarks/results/fused-ops-DATE.json
 """
@@ -78,11 +80,24 @@ def attention_engines(x, heads=8):
     }
 
 
+def add_layer_norm_engines(x):
+    residual = x.roll(1, 0)
+    g = torch.Generator().manual_seed(5)
+    weight, bias = torch.rand(x.shape[1], generator=g) + 0.5, torch.randn(x.shape[1], generator=g)
+    return {
+        "fused": lambda: ops.add_layer_norm(x, residual, weight, bias, 1e-12),
+        "unfused": lambda: F.layer_norm(x + residual, [x.shape[1]], weight, bias, 1e-12),
+    }
+
+
+WEIGHTLESS = {"attention": attention_engines, "add_layer_norm": add_layer_norm_engines}
+
+
 def _check(block, layer, engines):
     fused, unfused = engines["fused"](), engines["unfused"]()
-    if block == "attention":
+    if block in WEIGHTLESS:
         if (fused - unfused).abs().max() > 1e-5 * unfused.abs().max():
-            sys.exit("attention: the fused op's outputs are not within 1e-5 of the unfused calls'")
+            sys.exit(f"{block}: the fused op's outputs are not within 1e-5 of the unfused calls'")
         return
     if block == "ffn":
         fused, unfused = [fused], [unfused]
@@ -91,7 +106,11 @@ def _check(block, layer, engines):
 
 
 def _label(layer):
-    return "-" if layer is None else layer  # attention has no weights, so no layer
+    return "-" if layer is None else layer  # attention and add_layer_norm have no weights, so no layer
+
+
+def _cell(value, form):
+    return "-" if value is None else form.format(value)
 
 
 def run(args):
@@ -101,12 +120,12 @@ def run(args):
     torch.set_num_threads(args.threads)
     rows, start_load = [], load_average()
     cases = [(block, layer, tokens) for block in ("ffn", "qkv") for layer in args.layers for tokens in args.tokens]
-    cases += [("attention", None, tokens) for tokens in args.tokens]
+    cases += [(block, None, tokens) for block in WEIGHTLESS for tokens in args.tokens]
     with torch.inference_mode():
         for i, (block, layer, tokens) in enumerate(cases):
             x = torch.randn(tokens, 512, generator=torch.Generator().manual_seed(layer or 0))
-            if block == "attention":
-                engines = attention_engines(x)
+            if block in WEIGHTLESS:
+                engines = WEIGHTLESS[block](x)
             else:
                 engines = (ffn_engines if block == "ffn" else qkv_engines)(folder, layer, x)
             _check(block, layer, engines)
@@ -114,9 +133,9 @@ def run(args):
             p50 = {name: median(s) * 1e3 for name, s in samples.items()}
             rows.append({"block": block, "layer": layer, "tokens": tokens, "p50_ms": p50,
                          "fused_vs_unfused": p50["unfused"] / p50["fused"],
-                         "fused_vs_dense": p50["dense"] / p50["fused"]})
+                         "fused_vs_dense": p50["dense"] / p50["fused"] if "dense" in p50 else None})
             log(f"[{i + 1}/{len(cases)}] {block} layer {_label(layer)} tokens {tokens}: fused {p50['fused']:.3f} ms, "
-                f"{rows[-1]['fused_vs_unfused']:.2f}x unfused, {rows[-1]['fused_vs_dense']:.2f}x dense")
+                f"{rows[-1]['fused_vs_unfused']:.2f}x unfused, {_cell(rows[-1]['fused_vs_dense'], '{:.2f}x')} dense")
     end_load = load_average()
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "patterns": PATTERNS, "threads": args.threads,
@@ -139,8 +158,9 @@ def main(argv=None):
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in report["results"]:
         p = r["p50_ms"]
+        dense, vs_dense = _cell(p.get("dense"), "{:.3f}"), _cell(r["fused_vs_dense"], "{:.2f}x")
         print(f"| {r['block']} | {_label(r['layer'])} | {r['tokens']} | {p['fused']:.3f} | {p['unfused']:.3f} | "
-              f"{p['dense']:.3f} | {r['fused_vs_unfused']:.2f}x | {r['fused_vs_dense']:.2f}x |")
+              f"{dense} | {r['fused_vs_unfused']:.2f}x | {vs_dense} |")
     if report["warning"]:
         print(f"WARNING: {report['warning']}")
     print(f"wrote {out}")

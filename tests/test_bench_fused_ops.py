@@ -17,8 +17,13 @@ def test_a_small_run_reports_every_case(dlmc, tmp_path, monkeypatch, capsys):
     bench.main(["--layers", "1", "--tokens", "9", "70", "--min-time", "0", "--out", str(out)])
     report = json.loads(out.read_text())
     assert [(r["block"], r["tokens"]) for r in report["results"]] == [
-        ("ffn", 9), ("ffn", 70), ("qkv", 9), ("qkv", 70), ("attention", 9), ("attention", 70)]
+        ("ffn", 9), ("ffn", 70), ("qkv", 9), ("qkv", 70), ("attention", 9), ("attention", 70),
+        ("add_layer_norm", 9), ("add_layer_norm", 70)]
     for r in report["results"]:
-        assert set(r["p50_ms"]) == {"fused", "unfused", "dense"} and all(v > 0 for v in r["p50_ms"].values())
+        engines = {"fused", "unfused"} | ({"dense"} if r["block"] != "add_layer_norm" else set())
+        assert set(r["p50_ms"]) == engines and all(v > 0 for v in r["p50_ms"].values())
     table = capsys.readouterr().out
     assert "| qkv | 1 | 70 |" in table and "| attention | - | 70 |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| add_layer_norm | - | 70 |"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[6] == cells[8] == "-" and cells[7].endswith("x")  # no dense column
