@@ -238,10 +238,11 @@ template <typename Wide>
 // at 0.1 (12.8 nonzeros per row and block), 0.6-0.9x at 0.02-0.05.
 template <typename V>
 int64_t k_block_rows(const CsrView<V>& w, const DenseRows& b, int64_t width) {
-  constexpr int64_t kMinNonzerosPerBlock = 16;
+  constexpr double kMinNonzerosPerBlock = 16;
   const int64_t block = l1_cache_bytes() / (width * int64_t(sizeof(float)));
-  const int64_t nnz = w.crow[w.rows] - w.crow[0];
-  const bool pays = nnz * block >= kMinNonzerosPerBlock * w.rows * w.cols;
+  // In double: rows x cols of a huge logical shape overflows int64.
+  const double nnz = double(w.crow[w.rows] - w.crow[0]);
+  const bool pays = nnz * double(block) >= kMinNonzerosPerBlock * double(w.rows) * double(w.cols);
   return b.ld >= width && block >= 1 && w.cols > block && pays ? block : 0;
 }
 
