@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sparse_rt.bench import geomean
+from sparse_rt.plan import CPU_ROW_OF_ISA
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -15,7 +16,7 @@ def cost_table(report):
     """The SPARSE_EFFICIENCY row a results file calibrates, by the x86-64 level the kernels ran at
     (build_info's cpu_isa; files from before it was recorded come from the AVX-512 reference machine)."""
     isa = report["versions"]["sparse_rt_build"].get("cpu_isa", "x86-64-v4")
-    return {"x86-64-v4": "cpu", "x86-64-v3": "cpu-avx2"}.get(isa, f"cpu ({isa}: no row)")
+    return CPU_ROW_OF_ISA.get(isa, f"cpu ({isa}: no row)")
 
 
 def newest_per_table(prefix):

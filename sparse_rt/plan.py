@@ -75,6 +75,8 @@ SPARSE_EFFICIENCY = {
     "cuda": {"gemv": 0.20, "gemm": 0.05, "conv1x1": 0.05, "conv": 0.05},
 }
 MEASURED = {"cpu": True, "cpu-avx2": True, "cuda": False}
+# The CPU rows by the x86-64 level the kernels run at (build_info's "cpu_isa").
+CPU_ROW_OF_ISA = {"x86-64-v4": "cpu", "x86-64-v3": "cpu-avx2"}
 
 
 def device_type(device):
@@ -89,7 +91,7 @@ def cost_table(device):
     below AVX2 have no row of their own and use that one too)."""
     if device_type(device) == "cuda":
         return "cuda"
-    return "cpu-avx2" if build_info().get("cpu_isa") == "x86-64-v3" else "cpu"
+    return CPU_ROW_OF_ISA.get(build_info().get("cpu_isa"), "cpu")
 
 
 def regime(kind, batch=1, kernel_size=None, stride=None, padding=None, out_pixels=None):

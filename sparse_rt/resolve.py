@@ -58,8 +58,8 @@ def resolve_model(ref: Union[str, os.PathLike], *, arch: Union[nn.Module, str, N
     dense = models.create(text, **spec["kwargs"]).eval()
     # Planned on one sample of its standard input, so that the cost model sees how many rows each
     # Linear layer takes (a transformer's: every token), not a guessed batch of 1.
-    example = example_input(1, spec_input_shape(spec), seed=seed)
+    shape = spec_input_shape(spec)
     model = sparsify(magnitude_prune(dense, sparsity, exclude=models.keep_dense(text)), device=device,
-                     example_inputs=(example,)).eval()
+                     example_inputs=(example_input(1, shape, seed=seed),)).eval()
     model.arch_spec = spec
-    return model, spec, spec_input_shape(spec)
+    return model, spec, shape
