@@ -17,11 +17,12 @@ DATE := $(shell date -u +%Y-%m-%d)
 # csrc/ (folders: a source added or removed), and the extension is there. `make -B install` forces it.
 INSTALL_ID := $(shell $(PYTHON) -c 'import hashlib, sys; print(hashlib.sha1(repr((sys.prefix, sys.argv[1:])).encode()).hexdigest()[:12])' '$(TORCH_SPEC)' '$(EXTRAS)' 2>/dev/null)
 STAMP := build/.installed-$(INSTALL_ID)
-INSTALL_INPUTS := pyproject.toml setup.py tools/build_config.py tools/build_flags.json $(shell find csrc)
+INSTALL_INPUTS := pyproject.toml setup.py tools/build_config.py tools/build_flags.json tools/onnxruntime_headers.py $(shell find csrc)
 install: $(STAMP)
 $(STAMP): $(INSTALL_INPUTS) $(if $(wildcard sparse_rt/_C*.so),,FORCE)
 	@mkdir -p $(@D) && touch $@.new  # the stamp's time is the start: edits made meanwhile count
 	$(PYTHON) tools/build_config.py build-requires --exclude torch | xargs $(PIP) install -q $(TORCH_SPEC)
+	$(PYTHON) tools/onnxruntime_headers.py || echo "the 'sparse' ONNX flavour will run on Python ops"
 	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
 	@mv $@.new $@
 

@@ -1,6 +1,9 @@
 """Build of sparse_rt's compiled ops, sparse_rt._C; the project's metadata is in pyproject.toml.
 
-The CPU kernels are always built. The CUDA kernels and their torch binding are built when the
+The CPU kernels are always built. The onnxruntime kernels of the "sparse" ONNX
+flavour (csrc/onnxruntime) are built in when onnxruntime's headers are found
+($SPARSE_RT_ORT_INCLUDE, or the copy tools/onnxruntime_headers.py caches; `make install`
+fetches it). The CUDA kernels and their torch binding are built when the
 installed torch is a CUDA build (torch.version.cuda) and nvcc is found; SPARSE_RT_CUDA=0|1 forces
 either way and SPARSE_RT_CUDA_ARCHS (e.g. "8.0;9.0"; default: build_flags.json's cuda_arch_list,
 "8.0;9.0+PTX") picks the architectures. Build without
@@ -83,6 +86,13 @@ def _extension_and_build_ext():
     sources = _sources("torch/*.cpp", "torch/cpu/*.cpp", "kernels/cpu/*.cpp")
     extra = {"cxx": config.cxx_flags()}
     define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    ort_include = config.onnxruntime_include_dir()
+    if ort_include:
+        # The sparse ONNX flavour's native kernels: onnxruntime loads this library by path.
+        sources += _sources("onnxruntime/*.cpp")
+        include_dirs.append(str(ort_include))
+        define_macros.append(("SPARSE_RT_WITH_ONNXRUNTIME", None))
     kind = cpp_extension.CppExtension
     if build_cuda:
         kind = cpp_extension.CUDAExtension
@@ -97,11 +107,13 @@ def _extension_and_build_ext():
     print(f"  CUDA kernels   {'yes' if build_cuda else 'no'} ({reason})")
     if build_cuda:
         print(f"  CUDA archs     {os.environ['TORCH_CUDA_ARCH_LIST']}")
+    ort_status = "kernels built" if ort_include else "no kernels (headers not found: make install fetches them)"
+    print(f"  onnxruntime    {ort_status}")
     print(f"  sources        {len(sources)} files")
     extension = kind(
         "sparse_rt._C",
         sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra,
         extra_link_args=config.cxx_link_flags(),

@@ -17,7 +17,13 @@ if not _MISSING:
     import sparse_rt.onnx  # noqa: F401
 
 HAS_ORTX = importlib.util.find_spec("onnxruntime_extensions") is not None
-needs_ortx = pytest.mark.skipif(not HAS_ORTX, reason="the sparse flavour runs through onnxruntime-extensions")
+needs_ortx = pytest.mark.skipif(not HAS_ORTX,
+                                reason="the sparse flavour's Python ops run through onnxruntime-extensions")
+HAS_NATIVE = sparse_rt.ops.onnxruntime_kernels_library() is not None
+needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="sparse_rt was built without its onnxruntime kernels "
+                                                         "(onnxruntime's headers not found)")
+# The ways our ops run in onnxruntime (sparse_rt.onnx.session's `kernels`), each skipped where unavailable.
+KERNELS = [pytest.param("native", marks=needs_native), pytest.param("python", marks=needs_ortx)]
 
 # Every zoo model, small: name -> (kwargs, input shape); the layers left dense are the zoo's own
 # (models.keep_dense).
@@ -213,7 +219,7 @@ def test_session_binds_weights_and_releases_them(tmp_path):
     model.export_onnx(path, x, flavor="sparse")
     ours = sum(n.domain == "sparse_rt" for n in onnx.load(path).graph.node)
     before = len(runtime._BOUND_WEIGHTS)
-    sess = sparse_rt.onnx.session(path)
+    sess = sparse_rt.onnx.session(path, kernels="python")
     assert len(runtime._BOUND_WEIGHTS) == before + ours
     # The file as it is, in a session the user builds: weights arrive as inputs on every call.
     options = ort.SessionOptions()
@@ -296,18 +302,20 @@ resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 import numpy as np, onnxruntime as ort
 import sparse_rt.onnx
 from sparse_rt.onnx import ops_table, runtime
-path, shape, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+from sparse_rt.ops import onnxruntime_kernels_library
+path, shape, mode, kernels = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 x = np.ones(shape, np.float32)
 try:
     if mode == "no_python_check":  # leave the argument checks to the C++ op (its RuntimeError)
         for spec in ops_table.OPS.values():
             object.__setattr__(spec, "check_input", lambda dims, attributes: None)
-    if mode == "by_hand":  # the user's own session: no binding, no reporting
+    if mode == "by_hand":  # the user's own session: no binding, no reporting, no Python checks
         options = ort.SessionOptions()
-        options.register_custom_ops_library(runtime.register_ort_kernels())
+        library = onnxruntime_kernels_library() if kernels == "native" else runtime.register_ort_kernels()
+        options.register_custom_ops_library(library)
         sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     else:
-        sess = sparse_rt.onnx.session(path)
+        sess = sparse_rt.onnx.session(path, kernels=kernels)
     y, = sess.run(None, {"X": x})
     print(json.dumps({"shape": list(y.shape)}))
 except Exception as e:
@@ -315,13 +323,13 @@ except Exception as e:
 """
 
 
-def _session_in_child(path, x_shape, mode="session"):
+def _session_in_child(path, x_shape, mode="session", kernels="python"):
     import json
     import subprocess
     import sys
 
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    child = subprocess.run([sys.executable, "-c", _SESSION_CHILD, str(path), json.dumps(x_shape), mode],
+    child = subprocess.run([sys.executable, "-c", _SESSION_CHILD, str(path), json.dumps(x_shape), mode, kernels],
                            capture_output=True, text=True, timeout=120, env=env)
     assert child.returncode == 0, child.stderr[-2000:]
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -399,18 +407,110 @@ _HOSTILE = {
 
 
 @pytest.mark.slow  # a child process with torch and onnxruntime
-@needs_ortx
 @requires_compiled_ops
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", sorted(_HOSTILE))
-def test_session_refuses_what_would_abort_at_run_time(tmp_path, name):
-    """Refused when the session is built (ValueError) or, for dims the graph leaves symbolic,
-    by a clean exception from session.run; never an abort."""
+def test_session_refuses_what_would_abort_at_run_time(tmp_path, name, kernels):
+    """Refused when the session is built (ValueError, naming the file and node) or, for dims the
+    graph leaves symbolic, by a clean exception from session.run (ValueError from the Python ops,
+    onnxruntime's InvalidArgument from the native kernels, naming the node); never an abort."""
     options, x_shape, message = _HOSTILE[name]
     path = _hostile_model(tmp_path / f"{name}.onnx", **options)
-    got = _session_in_child(path, x_shape)
-    assert got.get("error") == "ValueError", got
-    assert re.search(message, got["message"]), got
-    assert f"{name}.onnx: node" in got["message"]  # names the file and node
+    got = _session_in_child(path, x_shape, kernels=kernels)
+    assert re.search(message, got.get("message", "")), got
+    if got["error"] == "ValueError":
+        assert f"{name}.onnx: node" in got["message"]
+    else:
+        assert kernels == "native" and got["error"] == "InvalidArgument", got
+        assert f"sparse_rt.{options.get('op', 'CsrLinear')} node" in got["message"]
+
+
+@pytest.mark.slow  # a child process with torch and onnxruntime
+@needs_native
+@pytest.mark.parametrize("name", sorted(_HOSTILE))
+def test_native_kernels_refuse_hostile_files_on_their_own(tmp_path, name):
+    """The native kernels in a session the user builds, without sparse_rt's Python checks: every
+    file is refused cleanly by the kernel (or, for fp16 weights, by onnxruntime's type check)."""
+    options, x_shape, message = _HOSTILE[name]
+    path = _hostile_model(tmp_path / f"{name}.onnx", **options)
+    got = _session_in_child(path, x_shape, mode="by_hand", kernels="native")
+    if name == "fp16_weights":
+        assert got.get("error") == "InvalidGraph" and "tensor(float16)" in got["message"], got
+    else:
+        assert got.get("error") == "InvalidArgument" and re.search(message, got["message"]), got
+
+
+@pytest.mark.slow  # a child process with torch and onnxruntime
+@needs_native
+def test_native_output_too_large_fails_the_run_cleanly(tmp_path):
+    path = _hostile_model(tmp_path / "m.onnx", op="CsrConv2d", conv=(3, 3), x_dims=(1, 3, 6, 6), padding=2**31 - 1)
+    got = _session_in_child(path, (1, 3, 6, 6), kernels="native")
+    assert got.get("error") == "InvalidArgument", got
+    assert "the output [1, 4, 4294967298, 4294967298] would hold more bytes than int64 counts" in got["message"]
+
+
+@needs_native
+def test_native_kernels_check_index_inputs_that_change(tmp_path):
+    """Indices that are graph inputs, not initializers, are checked on every call: a valid call
+    first, then the same session fed an out-of-range column."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("CsrLinear", ["X", "crow", "col", "values", "bias"], ["Y"], domain="sparse_rt",
+                            in_features=8, relu=0)
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 8]),
+              helper.make_tensor_value_info("crow", TensorProto.INT32, [5]),
+              helper.make_tensor_value_info("col", TensorProto.INT32, [4])]
+    weights = [numpy_helper.from_array(np.ones(4, np.float32), "values"),
+               numpy_helper.from_array(np.zeros(4, np.float32), "bias")]
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
+                              ir_version=8)
+    onnx.save(model, tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    crow = np.arange(5, dtype=np.int32)
+    (y,) = sess.run(None, {"X": x, "crow": crow, "col": np.array([0, 3, 5, 7], np.int32)})
+    np.testing.assert_array_equal(y, x[:, [0, 3, 5, 7]])
+    with pytest.raises(Exception, match=r"col_indices\[2\]=8 is out of range \[0, 8\)"):
+        sess.run(None, {"X": x, "crow": crow, "col": np.array([0, 3, 8, 7], np.int32)})
+    with pytest.raises(Exception, match=r"crow_indices must be non-decreasing"):
+        sess.run(None, {"X": x, "crow": np.array([0, 2, 1, 3, 4], np.int32), "col": np.zeros(4, np.int32)})
+
+
+@requires_compiled_ops
+@needs_native
+@needs_ortx
+@pytest.mark.parametrize("name, format", [("cifar_resnet", "auto"), ("bert_encoder", "auto"),
+                                          ("bert_encoder", "bsr:4x4")])
+@pytest.mark.parametrize("batch", [1, 9])  # 9: the tiled SpMM's batches (csr_linear.h kTiledMinBatch)
+def test_native_and_python_kernels_agree(tmp_path, name, format, batch):
+    """Both ways of running our ops give the PyTorch model's output, and each other's bit for bit
+    (the same CPU kernels, each row's sum in the same order, whatever the thread split)."""
+    _, model, x = _sparse_model(name, format=format)
+    x = x[:1].expand(batch, *x.shape[1:]).contiguous() + 0.01 * torch.randn(batch, *x.shape[1:])
+    path = tmp_path / "m.onnx"
+    model.export_onnx(path, x, flavor="sparse")
+    with torch.inference_mode():
+        expected = model(x)
+    got = {}
+    for kernels in ("native", "python"):
+        sess = sparse_rt.onnx.session(path, kernels=kernels, intra_op_num_threads=2)
+        got[kernels] = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+        torch.testing.assert_close(got[kernels], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got["native"], got["python"])
+
+
+def test_session_rejects_unknown_kernels(tmp_path):
+    model, x = _tiny()
+    model.export_onnx(tmp_path / "m.onnx", x, flavor="portable")
+    with pytest.raises(ValueError, match=r"kernels must be one of \('auto', 'native', 'python'\), got 'cuda'"):
+        sparse_rt.onnx.session(tmp_path / "m.onnx", kernels="cuda")
 
 
 @pytest.mark.slow  # a child process with torch and onnxruntime

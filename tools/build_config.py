@@ -59,6 +59,26 @@ def cuda_check_archs() -> list[str]:
     return [a.removesuffix("+PTX").replace(".", "") for a in re.split(r"[;\s]+", cuda_arch_list()) if a]
 
 
+def cache_root() -> Path:
+    """Where the tools keep what they download once: ~/.cache/sparse_rt (or $XDG_CACHE_HOME/sparse_rt)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sparse_rt"
+
+
+# onnxruntime's C/C++ API headers (tools/onnxruntime_headers.py fetches them), for the native kernels of
+# the "sparse" ONNX flavour (csrc/onnxruntime), built into the extension where they are found.
+ONNXRUNTIME_HEADERS_TAG = "onnxruntime-include-api29"
+ONNXRUNTIME_KEY_HEADER = "onnxruntime_cxx_api.h"
+
+
+def onnxruntime_include_dir() -> Path | None:
+    """$SPARSE_RT_ORT_INCLUDE, else the headers tools/onnxruntime_headers.py cached; None when
+    neither holds them."""
+    explicit = os.environ.get("SPARSE_RT_ORT_INCLUDE")
+    folder = Path(explicit) if explicit else cache_root() / ONNXRUNTIME_HEADERS_TAG
+    return folder if (folder / ONNXRUNTIME_KEY_HEADER).is_file() else None
+
+
 def find_cuda_home() -> str | None:
     """The CUDA toolkit the build and the check use: $CUDA_HOME or $CUDA_PATH, else the toolkit of
     the nvcc on PATH, else /usr/local/cuda when it exists. setup.py exports it as CUDA_HOME, so torch

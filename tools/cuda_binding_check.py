@@ -55,11 +55,6 @@ def say(message: str) -> None:
     print(f"cuda-binding-check: {message}", flush=True)
 
 
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sparse_rt"
-
-
 def wheel_version(torch_dir: Path) -> tuple[str, str | None] | None:
     """(torch.__version__, torch.version.cuda) of the torch package at torch_dir, read from its
     version.py without importing it; None when there is no torch there."""
@@ -110,7 +105,7 @@ def find_cuda_torch(release: str, explicit: str | None) -> Path | None:
         if not found or not found[1]:
             sys.exit(f"cuda-binding-check: {explicit} holds no CUDA build of torch (torch/version.py)")
         return torch_dir
-    target = cache_root() / f"torch-{release}-cuda"
+    target = build_config.cache_root() / f"torch-{release}-cuda"
     if not wheel_version(target / "torch"):
         say(f"downloading torch=={release} (the registry's CUDA build: the torch wheel alone, no nvidia-* "
             f"packages; once) into {target} ...")
@@ -306,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     version, cuda = wheel_version(torch_dir)
 
     digest = input_digest(torch_dir, nvcc)
-    passed = cache_root() / "cuda-binding-check" / f"{digest}.passed"
+    passed = build_config.cache_root() / "cuda-binding-check" / f"{digest}.passed"
     if passed.exists() and not args.force:
         say(f"passed before with these inputs (torch {version}, digest {digest}; --force rebuilds)")
         return 0

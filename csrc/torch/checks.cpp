@@ -1,9 +1,7 @@
 #include "checks.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +10,8 @@
 #include <vector>
 
 #include "../kernels/checked_int.h"
+#include "../kernels/cpu/index_checks.h"
+#include "cpu/cpu_common.h"
 
 namespace sparse_rt {
 namespace {
@@ -290,46 +290,10 @@ int set_thread_full_index_checks(int state) {
 void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col,
                           int64_t cols, bool check_columns) {
   SPARSE_RT_CHECK(crow.is_cpu() && col.is_cpu(), op, "check_sparse_indices expects CPU tensors");
-  const int32_t* c = crow.data_ptr<int32_t>();
-  const int32_t* k = col.data_ptr<int32_t>();
-  const int64_t rows = crow.numel() - 1, nnz = col.numel();
-  SPARSE_RT_CHECK(c[0] == 0, op, "crow_indices[0] must be 0, got ", c[0]);
-  SPARSE_RT_CHECK(c[rows] == nnz, op, "crow_indices[-1] must equal the number of stored entries (",
-                  nnz, "), got ", c[rows]);
-  // Each chunk records its first violation; the lowest one is reported.
-  const int64_t none = std::numeric_limits<int64_t>::max();
-  std::vector<int64_t> first_bad_row(at::get_num_threads(), none);
-  at::parallel_for(0, rows, 1 << 14, [&](int64_t begin, int64_t end) {
-    auto& slot = first_bad_row[at::get_thread_num()];
-    for (int64_t r = begin; r < end; ++r) {
-      if (c[r] > c[r + 1]) {
-        slot = std::min(slot, r);
-        return;
-      }
-    }
-  });
-  const int64_t bad_row = *std::min_element(first_bad_row.begin(), first_bad_row.end());
-  SPARSE_RT_CHECK(bad_row == none, op, "crow_indices must be non-decreasing, but crow_indices[",
-                  bad_row, "]=", c[bad_row], " > crow_indices[", bad_row + 1, "]=", c[bad_row + 1]);
-  if (!check_columns) return;
-  std::vector<int64_t> first_bad_col(at::get_num_threads(), none);
-  at::parallel_for(0, nnz, 1 << 16, [&](int64_t begin, int64_t end) {
-    // The largest index read as unsigned (negatives become huge) decides the whole chunk with one
-    // vectorized max; the culprit is located only on failure.
-    uint32_t largest = 0;
-    for (int64_t i = begin; i < end; ++i) largest = std::max(largest, uint32_t(k[i]));
-    if (uint64_t(largest) < uint64_t(cols)) return;
-    auto& slot = first_bad_col[at::get_thread_num()];
-    for (int64_t i = begin; i < end; ++i) {
-      if (uint64_t(uint32_t(k[i])) >= uint64_t(cols)) {
-        slot = std::min(slot, i);
-        return;
-      }
-    }
-  });
-  const int64_t bad_col = *std::min_element(first_bad_col.begin(), first_bad_col.end());
-  SPARSE_RT_CHECK(bad_col == none, op, "col_indices[", bad_col, "]=", k[bad_col],
-                  " is out of range [0, ", cols, ")");
+  const std::string error =
+      cpu::find_index_error(crow.const_data_ptr<int32_t>(), crow.numel() - 1, col.const_data_ptr<int32_t>(),
+                            col.numel(), cols, check_columns, torch_parallel_for());
+  SPARSE_RT_CHECK(error.empty(), op, error);
 }
 
 }  // namespace sparse_rt

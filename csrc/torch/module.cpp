@@ -14,6 +14,12 @@ PYBIND11_MODULE(_C, m) {
 #else
     info["cuda"] = false;
 #endif
+#ifdef SPARSE_RT_WITH_ONNXRUNTIME
+    // The library exports RegisterCustomOps (csrc/onnxruntime): onnxruntime can load it by path.
+    info["onnxruntime_kernels"] = true;
+#else
+    info["onnxruntime_kernels"] = false;
+#endif
     info["compiler"] = __VERSION__;
     // The x86-64 level the CPU kernels run at on this machine (the planner's cost model depends on it).
     switch (sparse_rt::cpu::cpu_isa()) {

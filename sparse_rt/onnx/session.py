@@ -8,23 +8,39 @@ _SESSION_ARGS = ("providers", "provider_options")
 _MAX_PROTO_BYTES = 2**31 - 1
 
 
-def session(path, *, register_ops=True, config=None, **ort_options):
+KERNELS = ("auto", "native", "python")
+
+
+def session(path, *, register_ops=True, kernels="auto", config=None, **ort_options):
     """An onnxruntime.InferenceSession for the ONNX file at `path`.
 
-    With `register_ops` (default), sparse_rt's ops (domain "sparse_rt") are registered through
-    onnxruntime-extensions and run on sparse_rt's compiled CPU kernels; a portable-flavour file
-    needs nothing (register_ops=False gives a stock session). `ort_options` set attributes of
-    onnxruntime.SessionOptions (intra_op_num_threads=2, graph_optimization_level=...) or pass
-    `providers` / `provider_options` on; `config` holds session config entries
-    ({"session.intra_op.allow_spinning": "0"}). With `register_ops`, the sparse weights in the
-    file are validated first (ValueError naming the node) and then bound to the session
-    (runtime.bind_weights): a call of our op then copies its activation only.
+    With `register_ops` (default), sparse_rt's ops (domain "sparse_rt") are registered and run on
+    sparse_rt's CPU kernels; a portable-flavour file needs nothing (register_ops=False gives a stock
+    session). `kernels` says how: "native" — the kernels built into sparse_rt._C as an onnxruntime
+    custom-op library (csrc/onnxruntime), on onnxruntime's own threads, the weights read in place;
+    "python" — onnxruntime-extensions Python ops calling torch.ops.sparse_rt on torch's threads;
+    "auto" (default) — native where it was built in (build_info()["onnxruntime_kernels"]).
+    Either way the sparse weights in the file are validated first (ValueError naming the node). A
+    native kernel reports an X it cannot take as onnxruntime's InvalidArgument, naming the node.
+    `ort_options` set attributes of onnxruntime.SessionOptions (intra_op_num_threads=2,
+    graph_optimization_level=...) or pass `providers` / `provider_options` on; `config` holds
+    session config entries ({"session.intra_op.allow_spinning": "0"}). The Python ops' weights are
+    bound to the session (runtime.bind_weights): a call of our op then copies its activation only.
     """
     import onnxruntime as ort
+
+    from ..ops import onnxruntime_kernels_library
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no ONNX file at {path}")
+    if kernels not in KERNELS:
+        raise ValueError(f"session: kernels must be one of {KERNELS}, got {kernels!r}")
+    native_library = onnxruntime_kernels_library()
+    if kernels == "native" and native_library is None:
+        raise RuntimeError("session: sparse_rt was built without its onnxruntime kernels (onnxruntime's headers "
+                           "were not found: `make install` fetches them; see tools/onnxruntime_headers.py)")
+    native = register_ops and kernels != "python" and native_library is not None
     options = ort.SessionOptions()
     session_args = {k: ort_options.pop(k) for k in _SESSION_ARGS if k in ort_options}
     for name, value in ort_options.items():
@@ -33,8 +49,8 @@ def session(path, *, register_ops=True, config=None, **ort_options):
                             f"one of {_SESSION_ARGS}")
         setattr(options, name, value)
     config = dict(config or {})
-    if register_ops:
-        # sparse_rt's kernels run on torch's OpenMP threads: onnxruntime's own workers spinning
+    if register_ops and not native:
+        # The Python ops' kernels run on torch's OpenMP threads: onnxruntime's own workers spinning
         # between nodes would take the cores those kernels need.
         config.setdefault("session.intra_op.allow_spinning", "0")
     for key, value in config.items():
@@ -48,6 +64,9 @@ def session(path, *, register_ops=True, config=None, **ort_options):
 
     model = onnx.load(path)
     checked = check_weights(model, path)
+    if native:
+        options.register_custom_ops_library(native_library)
+        return ort.InferenceSession(path, options, **session_args)
     options.register_custom_ops_library(register_ort_kernels())
     token, keys = bind_weights(model, checked)
     session_class = _reporting_session_class(ort)

@@ -6,7 +6,13 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import reference
-from ._library import HAS_COMPILED_OPS, build_info, full_index_checks, set_full_index_checks
+from ._library import (
+    HAS_COMPILED_OPS,
+    build_info,
+    full_index_checks,
+    onnxruntime_kernels_library,
+    set_full_index_checks,
+)
 from .geometry import conv2d_output_hw, conv2d_output_size
 
 if HAS_COMPILED_OPS:
@@ -82,4 +88,5 @@ def add_layer_norm(input: torch.Tensor, residual: torch.Tensor, weight: Optional
 
 __all__ = ["csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d", "scaled_dot_product_attention",
            "add_layer_norm", "reference", "HAS_COMPILED_OPS",
-           "build_info", "full_index_checks", "set_full_index_checks", "conv2d_output_size", "conv2d_output_hw"]
+           "build_info", "full_index_checks", "onnxruntime_kernels_library", "set_full_index_checks",
+           "conv2d_output_size", "conv2d_output_hw"]

@@ -25,6 +25,12 @@ def build_info():
     return dict(_C.build_info()) if HAS_COMPILED_OPS else {}
 
 
+def onnxruntime_kernels_library():
+    """Path of the library onnxruntime loads for the native kernels of the "sparse" ONNX flavour
+    (sparse_rt._C itself, which exports RegisterCustomOps), or None where they were not built in."""
+    return _C.__file__ if build_info().get("onnxruntime_kernels") else None
+
+
 def set_full_index_checks(enabled):
     """Makes direct op calls validate every column index (O(nnz)) before the kernel runs, and on
     CUDA the row pointers too (on the device, then a synchronization to read the verdict).

@@ -18,6 +18,7 @@
 #include "kernels/cpu/csr_conv2d.h"
 #include "kernels/cpu/csr_linear.h"
 #include "kernels/cpu/csr_spmm.h"
+#include "kernels/cpu/index_checks.h"
 #include "kernels/cpu/layer_norm.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scalar_types.h"
@@ -381,6 +382,29 @@ void test_balanced_rows() {
   }
 }
 
+// find_index_error reports the first violation in index order, whichever chunk finds it first
+// (kThreeChunks runs the last chunk first).
+void test_index_checks() {
+  const auto error = [](std::vector<int32_t> crow, std::vector<int32_t> col, int64_t cols, bool check_columns) {
+    return find_index_error(crow.data(), int64_t(crow.size()) - 1, col.data(), int64_t(col.size()), cols,
+                            check_columns, kThreeChunks);
+  };
+  expect(error({0, 2, 2, 3}, {1, 4, 0}, 5, true).empty(), "valid CSR passes");
+  expect(error({0}, {}, 0, true).empty(), "an empty matrix passes");
+  expect(error({1, 2, 3}, {0, 0}, 5, true) == "crow_indices[0] must be 0, got 1", "crow[0]");
+  expect(error({0, 1, 3}, {0, 0}, 5, true) ==
+             "crow_indices[-1] must equal the number of stored entries (2), got 3", "crow[-1]");
+  expect(error({0, 2, 1, 2, 2, 2, 1, 2}, {0, 0}, 5, true) ==
+             "crow_indices must be non-decreasing, but crow_indices[1]=2 > crow_indices[2]=1",
+         "the first decreasing row pointer, not the last chunk's");
+  const std::vector<int32_t> crow{0, 1, 2, 3, 4, 5, 6};
+  expect(error(crow, {0, 9, 1, 2, -1, 7}, 5, true) == "col_indices[1]=9 is out of range [0, 5)",
+         "the first out-of-range column");
+  expect(error(crow, {0, 1, 1, 2, -1, 3}, 5, true) == "col_indices[4]=-1 is out of range [0, 5)",
+         "a negative column");
+  expect(error(crow, {0, 9, 1, 2, -1, 7}, 5, false).empty(), "columns unchecked when not asked");
+}
+
 // The CUDA CSR kernel (csr_spmm.cu) reads a row as a scalar head and a vector body when VEC > 1,
 // then a scalar tail from body_end: every entry must be read exactly once, the body aligned.
 template <int VEC>
@@ -565,6 +589,7 @@ int main() {
   test_vector_span<4>();
   test_row_extent();
   test_balanced_rows();
+  test_index_checks();
   test_conv_layout_is_bounded();
   test_attention();
   test_add_layer_norm();

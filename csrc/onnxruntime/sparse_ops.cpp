@@ -1,0 +1,454 @@
+// onnxruntime kernels of the "sparse" ONNX flavour's ops (domain "sparse_rt"; the op table is
+// sparse_rt/onnx/ops_table.py): CsrLinear, BsrLinear and CsrConv2d, fp32, each taking (X,
+// crow_indices, col_indices, values, bias) and giving Y. They call the torch-free CPU kernels
+// directly and run them on onnxruntime's own intra-op threads, so a session spends no time in
+// Python and no second thread pool competes for the cores.
+//
+// Built into sparse_rt._C where onnxruntime's headers are found (tools/onnxruntime_headers.py);
+// onnxruntime loads that library by path (SessionOptions.register_custom_ops_library) and calls
+// RegisterCustomOps. The C API is only ever appended to, so any onnxruntime from the headers'
+// release (ORT_API_VERSION) on runs it.
+//
+// Index arrays are validated before a kernel reads them: weights that are initializers (the
+// exporter's output) once, when the node's kernel is created; any other index input on every call.
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <algorithm>
+#include <array>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../kernels/checked_int.h"
+#include "../kernels/conv_shape.h"
+#include "../kernels/cpu/bsr_linear.h"
+#include "../kernels/cpu/csr_conv2d.h"
+#include "../kernels/cpu/csr_linear.h"
+#include "../kernels/cpu/csr_spmm.h"
+#include "../kernels/cpu/index_checks.h"
+#include "../kernels/cpu/parallel.h"
+
+namespace sparse_rt::onnxruntime {
+namespace {
+
+// An input the op cannot take: onnxruntime reports it as INVALID_ARGUMENT.
+struct InvalidArgument {
+  std::string message;
+};
+
+template <typename... Parts>
+[[noreturn]] void invalid(const Parts&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  throw InvalidArgument{out.str()};
+}
+
+std::string dims_text(const std::vector<int64_t>& dims) {
+  std::string text = "[";
+  for (size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
+  return text + "]";
+}
+
+// --- onnxruntime's intra-op threads as the kernels' parallel-for ---------------------------------
+
+// The context of the node this thread is computing; the parallel-for below runs on its thread
+// pool. Elsewhere (a kernel body already on a worker) it runs serially.
+thread_local const OrtKernelContext* current_context = nullptr;
+
+struct ContextScope {
+  explicit ContextScope(const OrtKernelContext* context) : previous(current_context) { current_context = context; }
+  ~ContextScope() { current_context = previous; }
+  const OrtKernelContext* previous;
+};
+
+struct Chunks {
+  const cpu::RangeFn* body;
+  int64_t begin, length, count;
+};
+
+void run_chunk(void* data, size_t index) {
+  const Chunks& c = *static_cast<const Chunks*>(data);
+  const int64_t i = static_cast<int64_t>(index);
+  (*c.body)(c.begin + c.length * i / c.count, c.begin + c.length * (i + 1) / c.count);
+}
+
+// The C API does not tell a kernel how many threads its session has: the hardware's count is what
+// the kernels split work into (the pool balances the parts over however many it has).
+const int64_t kParts = std::max<int64_t>(1, std::thread::hardware_concurrency());
+
+cpu::ParallelFor ort_parallel_for() {
+  return {[](int64_t begin, int64_t end, int64_t grain, cpu::RangeFn body) {
+            const int64_t length = end - begin;
+            if (length <= 0) return;
+            const int64_t count = std::min(kParts, std::max<int64_t>(1, length / std::max<int64_t>(grain, 1)));
+            if (count == 1 || current_context == nullptr) return body(begin, end);
+            Chunks chunks{&body, begin, length, count};
+            Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(current_context, run_chunk,
+                                                                      static_cast<size_t>(count), 0, &chunks));
+          },
+          kParts};
+}
+
+// --- inputs -----------------------------------------------------------------------------------------
+
+enum Input : size_t { kX, kCrow, kCol, kValues, kBias, kInputs };
+constexpr std::array<const char*, kInputs> kInputNames{"X", "crow_indices", "col_indices", "values", "bias"};
+
+struct Tensor {
+  const void* data;
+  std::vector<int64_t> dims;
+  int64_t count;
+};
+
+Tensor read(const Ort::ConstValue& value) {
+  const auto info = value.GetTensorTypeAndShapeInfo();
+  return {value.GetTensorRawData(), info.GetShape(), static_cast<int64_t>(info.GetElementCount())};
+}
+
+void require_rank(const Tensor& t, size_t input, size_t rank) {
+  if (t.dims.size() != rank) {
+    invalid(kInputNames[input], " must be ", rank, "-D, got shape ", dims_text(t.dims));
+  }
+}
+
+// The sparse weight as the op's inputs give it; shapes checked, indices not yet.
+struct Weight {
+  const int32_t* crow;
+  const int32_t* col;
+  const float* values;
+  const float* bias;
+  int64_t row_blocks;  // len(crow_indices) - 1
+  int64_t nnz;         // stored entries (blocks, for BSR)
+  int64_t bh = 1, bw = 1;
+  int64_t rows() const { return row_blocks * bh; }
+};
+
+Weight read_weight(const std::array<Tensor, kInputs>& in, bool blocked) {
+  require_rank(in[kCrow], kCrow, 1);
+  require_rank(in[kCol], kCol, 1);
+  require_rank(in[kBias], kBias, 1);
+  require_rank(in[kValues], kValues, blocked ? 3 : 1);
+  Weight w{static_cast<const int32_t*>(in[kCrow].data), static_cast<const int32_t*>(in[kCol].data),
+           static_cast<const float*>(in[kValues].data), static_cast<const float*>(in[kBias].data),
+           in[kCrow].count - 1, in[kCol].count};
+  if (w.row_blocks < 0) invalid("crow_indices must hold at least one entry");
+  if (w.nnz > std::numeric_limits<int32_t>::max()) invalid("col_indices has ", w.nnz, " entries, above int32's range");
+  if (blocked) {
+    w.bh = in[kValues].dims[1];
+    w.bw = in[kValues].dims[2];
+    if (w.bh < 1 || w.bw < 1) invalid("values must have blocks of at least 1x1, got shape ", dims_text(in[kValues].dims));
+    if (w.bh > cpu::kMaxBlockHeight) invalid("block height ", w.bh, " exceeds the CPU kernel's maximum ", cpu::kMaxBlockHeight);
+  }
+  if (in[kValues].dims[0] != w.nnz) {
+    invalid("values has shape ", dims_text(in[kValues].dims), " but col_indices holds ", w.nnz, " entries");
+  }
+  if (in[kBias].count != w.rows()) invalid("bias has ", in[kBias].count, " entries but the weight has ", w.rows(), " rows");
+  return w;
+}
+
+// --- the kernel common to the three ops --------------------------------------------------------
+
+// What one op adds to the shared kernel: its attributes, the columns its indices address, and its
+// computation.
+class OpKernel {
+ public:
+  OpKernel(const OrtKernelInfo* info, const char* op_type, bool blocked)
+      : what_(std::string("sparse_rt.") + op_type + " node '" + Ort::ConstKernelInfo(info).GetNodeName() + "'"),
+        blocked_(blocked) {
+    const Ort::ConstKernelInfo kernel_info(info);
+    for (size_t i : {kCrow, kCol}) {
+      int is_constant = 0;
+      const Ort::ConstValue value = kernel_info.GetTensorConstantInput(i, &is_constant);
+      constant_[i] = is_constant ? value.GetTensorRawData() : nullptr;
+    }
+  }
+  virtual ~OpKernel() = default;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      const ContextScope scope(context);
+      const Ort::KernelContext ctx(context);
+      std::array<Tensor, kInputs> in;
+      for (size_t i = 0; i < kInputs; ++i) in[i] = read(ctx.GetInput(i));
+      const Weight w = read_weight(in, blocked_);
+      check_indices(w, index_columns(in[kX], w));
+      compute(ctx, in[kX], w);
+      return nullptr;
+    } catch (const InvalidArgument& e) {
+      return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (what_ + ": " + e.message).c_str());
+    } catch (const std::bad_alloc&) {
+      return Ort::GetApi().CreateStatus(ORT_FAIL, (what_ + ": out of memory").c_str());
+    } catch (const std::exception& e) {
+      return Ort::GetApi().CreateStatus(ORT_FAIL, (what_ + ": " + e.what()).c_str());
+    }
+  }
+
+ protected:
+  // The columns of the index space (in_features / bw, or in_channels / groups * kh * kw), after
+  // checking X against the attributes.
+  virtual int64_t index_columns(const Tensor& x, const Weight& w) const = 0;
+  virtual void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w) const = 0;
+
+  bool blocked() const { return blocked_; }
+
+  static int64_t attribute(const OrtKernelInfo* info, const char* name) {
+    return Ort::ConstKernelInfo(info).GetAttribute<int64_t>(name);
+  }
+
+ private:
+  // Constant indices are checked in full once, on the first call (the columns they address depend
+  // on attributes and, for nothing here, on X); others on every call.
+  void check_indices(const Weight& w, int64_t cols) {
+    const bool constant = w.crow == constant_[kCrow] && w.col == constant_[kCol];
+    if (constant) {
+      const std::lock_guard<std::mutex> lock(checked_mutex_);
+      if (checked_) return;
+    }
+    const std::string error = cpu::find_index_error(w.crow, w.row_blocks, w.col, w.nnz, cols, true, ort_parallel_for());
+    if (!error.empty()) invalid(error);
+    if (constant) {
+      const std::lock_guard<std::mutex> lock(checked_mutex_);
+      checked_ = true;
+    }
+  }
+
+  const std::string what_;
+  const bool blocked_;
+  std::array<const void*, kInputs> constant_{};
+  std::mutex checked_mutex_;
+  bool checked_ = false;
+};
+
+// Scratch from the session's CPU allocator (its arena reuses memory between calls).
+class Scratch {
+ public:
+  explicit Scratch(const Ort::KernelContext& ctx)
+      : allocator_(ctx.GetAllocator(*static_cast<const OrtMemoryInfo*>(
+            Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault)))) {}
+  template <typename T>
+  T* get(int64_t count) {
+    if (count <= 0) return nullptr;
+    allocations_.push_back(allocator_.GetAllocation(static_cast<size_t>(count) * sizeof(T)));
+    return static_cast<T*>(allocations_.back().get());
+  }
+
+ private:
+  Ort::Allocator allocator_;
+  std::vector<Ort::MemoryAllocation> allocations_;
+};
+
+// --- CsrLinear and BsrLinear --------------------------------------------------------------------
+
+class LinearKernel : public OpKernel {
+ public:
+  LinearKernel(const OrtKernelInfo* info, const char* op_type, bool blocked)
+      : OpKernel(info, op_type, blocked), in_features_(attribute(info, "in_features")),
+        relu_(attribute(info, "relu") != 0) {
+    if (in_features_ < 0) invalid("in_features must be >= 0, got ", in_features_);
+  }
+
+ protected:
+  int64_t index_columns(const Tensor& x, const Weight& w) const override {
+    if (x.dims.empty()) invalid("X must have at least one dimension (in_features=", in_features_, "), got a scalar");
+    if (x.dims.back() != in_features_) invalid("X has shape ", dims_text(x.dims), " but in_features=", in_features_);
+    if (in_features_ % w.bw != 0) invalid("in_features=", in_features_, " is not a multiple of the block width ", w.bw);
+    return in_features_ / w.bw;
+  }
+
+  void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w) const override {
+    std::vector<int64_t> out_dims = x.dims;
+    out_dims.back() = w.rows();
+    float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
+    int64_t batch = 1;
+    for (size_t i = 0; i + 1 < x.dims.size(); ++i) batch *= x.dims[i];
+    if (batch == 0 || w.rows() == 0) return;
+    const auto* xp = static_cast<const float*>(x.data);
+    const cpu::Epilogue ep{w.bias, relu_};
+    const cpu::ParallelFor pf = ort_parallel_for();
+    const int64_t work = w.nnz * w.bh * w.bw * batch;
+    if (blocked()) {
+      const cpu::BsrView<float> view{w.crow, w.col, w.values, w.row_blocks, in_features_ / w.bw, w.bh, w.bw};
+      cpu::parallel_over_rows(pf, w.crow, w.row_blocks, 1, work, [&](int64_t, int64_t r0, int64_t r1) {
+        cpu::bsr_linear(view, xp, batch, y, ep, r0, r1);
+      });
+      return;
+    }
+    const cpu::CsrView<float> view{w.crow, w.col, w.values, w.row_blocks, in_features_};
+    Scratch scratch(ctx);
+    const float* panels = nullptr;
+    if (batch >= cpu::kTiledMinBatch) {
+      const cpu::PanelLayout layout{batch, in_features_};
+      float* packed = scratch.get<float>(in_features_ * layout.padded());
+      cpu::pack_panels(xp, layout, packed, pf);
+      panels = packed;
+    }
+    cpu::parallel_over_rows(pf, w.crow, w.row_blocks, 1, work, [&](int64_t, int64_t r0, int64_t r1) {
+      if (panels) {
+        cpu::csr_linear_tiled(view, panels, batch, y, ep, r0, r1);
+      } else {
+        cpu::csr_linear_gather(view, xp, batch, y, ep, r0, r1);
+      }
+    });
+  }
+
+ private:
+  const int64_t in_features_;
+  const bool relu_;
+};
+
+struct CsrLinearKernel final : LinearKernel {
+  explicit CsrLinearKernel(const OrtKernelInfo* info) : LinearKernel(info, "CsrLinear", false) {}
+};
+
+struct BsrLinearKernel final : LinearKernel {
+  explicit BsrLinearKernel(const OrtKernelInfo* info) : LinearKernel(info, "BsrLinear", true) {}
+};
+
+// --- CsrConv2d ----------------------------------------------------------------------------------
+
+class CsrConv2dKernel final : public OpKernel {
+ public:
+  explicit CsrConv2dKernel(const OrtKernelInfo* info) : OpKernel(info, "CsrConv2d", false) {
+    const char* names[] = {"in_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h",
+                           "pad_w",       "dilation_h", "dilation_w", "group", "relu"};
+    int64_t a[11];
+    for (int i = 0; i < 11; ++i) a[i] = attribute(info, names[i]);
+    geometry_ = {0, a[0], 0, 0, 0, 0, 0, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]};
+    relu_ = a[10] != 0;
+    constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+    const auto in_range = [&](int64_t v, int64_t low) { return v >= low && v <= kMax; };
+    const Conv2dShape& g = geometry_;
+    if (!in_range(g.in_channels, 1) || !in_range(g.groups, 1) || g.in_channels % g.groups != 0) {
+      invalid("in_channels=", g.in_channels, " must be >= 1 and a multiple of group=", g.groups);
+    }
+    if (!in_range(g.kh, 1) || !in_range(g.kw, 1) || !in_range(g.stride_h, 1) || !in_range(g.stride_w, 1) ||
+        !in_range(g.dil_h, 1) || !in_range(g.dil_w, 1) || !in_range(g.pad_h, 0) || !in_range(g.pad_w, 0)) {
+      invalid("need kernel, stride, dilation >= 1 and padding >= 0, each below 2^31");
+    }
+    const CheckedInt cols = CheckedInt(g.in_channels / g.groups) * g.kh * g.kw;
+    if (cols.overflowed()) invalid("in_channels/group*kernel_h*kernel_w overflows int64");
+    index_cols_ = cols.value();
+  }
+
+ protected:
+  int64_t index_columns(const Tensor& x, const Weight& w) const override {
+    if (x.dims.size() != 4) invalid("X must be 4-D [N, C, H, W], got shape ", dims_text(x.dims));
+    if (x.dims[1] != geometry_.in_channels) {
+      invalid("X has shape ", dims_text(x.dims), " but in_channels=", geometry_.in_channels);
+    }
+    if (w.rows() % geometry_.groups != 0) invalid("group=", geometry_.groups, " does not divide the ", w.rows(), " output channels");
+    return index_cols_;
+  }
+
+  void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w) const override {
+    Conv2dShape s = geometry_;
+    s.batch = x.dims[0];
+    s.height = x.dims[2];
+    s.width = x.dims[3];
+    s.out_channels = w.rows();
+    for (int64_t size : {s.height, s.width}) {
+      if ((CheckedInt(size) + CheckedInt(2) * std::max(s.pad_h, s.pad_w)).overflowed()) invalid("X's size overflows with the padding");
+    }
+    s = with_output_size(s);
+    if (s.out_h < 1 || s.out_w < 1) {
+      invalid("X has shape ", dims_text(x.dims), ", smaller than the dilated kernel ", s.kh, "x", s.kw,
+              ": the output would be ", s.out_h, "x", s.out_w);
+    }
+    const std::vector<int64_t> out_dims{s.batch, s.out_channels, s.out_h, s.out_w};
+    if ((CheckedInt(s.batch) * s.out_channels * s.out_h * s.out_w * int64_t(sizeof(float))).overflowed()) {
+      invalid("the output ", dims_text(out_dims), " would hold more bytes than int64 counts");
+    }
+    float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
+    if (s.batch == 0 || s.out_channels == 0) return;
+    cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, w.nnz);
+    Scratch scratch(ctx);
+    cpu::ConvScratch buffers{};
+    try {
+      const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, w.nnz);
+      buffers = {scratch.get<float>(sizes.packed), scratch.get<int32_t>(sizes.offsets), scratch.get<float>(sizes.wide)};
+    } catch (const std::exception&) {
+      layout.gather = true;  // the packed path's scratch does not fit: the gather path needs none
+      buffers = {};
+    }
+    const cpu::CsrView<float> view{w.crow, w.col, w.values, s.out_channels, index_cols_};
+    cpu::csr_conv2d(s, layout, view, static_cast<const float*>(x.data), y, cpu::Epilogue{w.bias, relu_}, buffers,
+                    ort_parallel_for());
+  }
+
+ private:
+  Conv2dShape geometry_;
+  bool relu_;
+  int64_t index_cols_;
+};
+
+// --- the ops --------------------------------------------------------------------------------------
+
+template <typename Kernel>
+struct SparseOp : Ort::CustomOpBase<SparseOp<Kernel>, Kernel, /*WithStatus=*/true> {
+  explicit SparseOp(const char* name) : name_(name) {}
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new Kernel(info);
+      return nullptr;
+    } catch (const InvalidArgument& e) {
+      const std::string node = Ort::ConstKernelInfo(info).GetNodeName();
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, ("sparse_rt." + std::string(name_) + " node '" + node + "': " + e.message).c_str());
+    } catch (const std::exception& e) {
+      return api.CreateStatus(ORT_FAIL, e.what());
+    }
+  }
+  const char* GetName() const { return name_; }
+  size_t GetInputTypeCount() const { return kInputs; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == kCrow || index == kCol ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+ private:
+  const char* name_;
+};
+
+const SparseOp<CsrLinearKernel> csr_linear_op("CsrLinear");
+const SparseOp<BsrLinearKernel> bsr_linear_op("BsrLinear");
+const SparseOp<CsrConv2dKernel> csr_conv2d_op("CsrConv2d");
+
+}  // namespace
+}  // namespace sparse_rt::onnxruntime
+
+// onnxruntime's entry point into a custom-op library: adds the domain "sparse_rt" to `options`.
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  using namespace sparse_rt::onnxruntime;
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    const std::string message = std::string("sparse_rt's onnxruntime kernels need onnxruntime's C API version ") +
+                                std::to_string(ORT_API_VERSION) + " or later; this onnxruntime is " +
+                                api_base->GetVersionString();
+    return api_base->GetApi(1)->CreateStatus(ORT_FAIL, message.c_str());
+  }
+  Ort::InitApi(api);
+  // A domain must outlive the sessions that use it: one per registration, kept for the process.
+  static std::mutex mutex;
+  static std::vector<Ort::CustomOpDomain> domains;
+  try {
+    Ort::CustomOpDomain domain("sparse_rt");
+    domain.Add(&csr_linear_op);
+    domain.Add(&bsr_linear_op);
+    domain.Add(&csr_conv2d_op);
+    Ort::UnownedSessionOptions(options).Add(domain);
+    const std::lock_guard<std::mutex> lock(mutex);
+    domains.push_back(std::move(domain));
+  } catch (const Ort::Exception& e) {
+    return api->CreateStatus(e.GetOrtErrorCode(), e.what());
+  }
+  return nullptr;
+}
