@@ -174,15 +174,20 @@ def onnxruntime_sparse_engine(sparse_module, directory, *, threads, device):
     sparse_rt's) in onnxruntime with sparse_rt's ops (sparse_rt.onnx.session). The flavour's
     input shapes are fixed, so each batch size gets its own export, made when it is first run."""
     if device.type != "cpu":
-        raise EngineUnavailable("the sparse ONNX flavour's ops run on sparse_rt's CPU kernels "
-                                "(onnxruntime-extensions): CPU only")
+        raise EngineUnavailable("the sparse ONNX flavour's ops run on sparse_rt's CPU kernels: CPU only")
+    from ..ops import onnxruntime_kernels_library
+
+    native = onnxruntime_kernels_library() is not None
     try:
         import onnxruntime  # noqa: F401
-        import onnxruntime_extensions  # noqa: F401
+
+        if not native:
+            import onnxruntime_extensions  # noqa: F401
 
         from ..onnx import export, session
     except ImportError as e:
-        raise EngineUnavailable(f"onnx, onnxruntime or onnxruntime-extensions is not installed ({e})") from None
+        raise EngineUnavailable(f"onnx, onnxruntime or (without sparse_rt's native onnxruntime kernels) "
+                                f"onnxruntime-extensions is not installed ({e})") from None
     dtypes = {t.dtype for t in (*sparse_module.parameters(), *sparse_module.buffers()) if t.is_floating_point()}
     if dtypes - {torch.float32}:
         raise EngineUnavailable("the sparse ONNX flavour runs fp32 models only, not "
@@ -199,8 +204,9 @@ def onnxruntime_sparse_engine(sparse_module, directory, *, threads, device):
         feed = {sess.get_inputs()[0].name: x.detach().numpy()}
         return lambda: sess.run(None, feed)[0]
 
-    return Engine("onnxruntime-sparse", prepare, "sparse_rt's ONNX sparse flavour (one export per batch size)",
-                  graphable=False)
+    kernels = "native onnxruntime kernels" if native else "Python ops"
+    return Engine("onnxruntime-sparse", prepare,
+                  f"sparse_rt's ONNX sparse flavour, {kernels} (one export per batch size)", graphable=False)
 
 
 def openvino_engine(dense_onnx, *, threads, device):
