@@ -4,8 +4,9 @@
     sparse_rt.onnx.export(model, "m.onnx", x, flavor="sparse")     # our ops, sparse compute
     sess = sparse_rt.onnx.session("m.onnx")                        # onnxruntime + our ops
 
-Needs onnx and onnxscript (export) and onnxruntime (+ onnxruntime-extensions for the sparse
-flavour) at run time.
+Needs onnx and onnxscript (export) and onnxruntime at run time; the sparse flavour runs on the
+onnxruntime kernels built into sparse_rt._C (csrc/onnxruntime), or where those were not built, on
+Python ops through onnxruntime-extensions.
 """
 
 from .export import FLAVORS, ExportResult, ModelNotExportableError, compare, export
