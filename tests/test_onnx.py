@@ -490,20 +490,121 @@ def test_native_kernels_check_index_inputs_that_change(tmp_path):
                                           ("bert_encoder", "bsr:4x4")])
 @pytest.mark.parametrize("batch", [1, 9])  # 9: the tiled SpMM's batches (csr_linear.h kTiledMinBatch)
 def test_native_and_python_kernels_agree(tmp_path, name, format, batch):
-    """Both ways of running our ops give the PyTorch model's output, and each other's bit for bit
-    (the same CPU kernels, each row's sum in the same order, whatever the thread split)."""
+    """Both ways of running our ops give the PyTorch model's output; on the file as it is (no
+    residual folding), each other's bit for bit (the same CPU kernels, each row's sum in the same
+    order, whatever the thread split)."""
+    import onnxruntime as ort
+
     _, model, x = _sparse_model(name, format=format)
     x = x[:1].expand(batch, *x.shape[1:]).contiguous() + 0.01 * torch.randn(batch, *x.shape[1:])
     path = tmp_path / "m.onnx"
     model.export_onnx(path, x, flavor="sparse")
     with torch.inference_mode():
         expected = model(x)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    sessions = {kernels: sparse_rt.onnx.session(path, kernels=kernels, intra_op_num_threads=2)
+                for kernels in ("native", "python")}
+    sessions["native, file as it is"] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     got = {}
-    for kernels in ("native", "python"):
-        sess = sparse_rt.onnx.session(path, kernels=kernels, intra_op_num_threads=2)
+    for kernels, sess in sessions.items():
         got[kernels] = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
         torch.testing.assert_close(got[kernels], expected, rtol=1e-5, atol=1e-5)
-    assert torch.equal(got["native"], got["python"])
+    assert torch.equal(got["native, file as it is"], got["python"])
+
+
+@requires_compiled_ops
+@needs_native
+def test_native_session_runs_residual_adds_in_the_epilogue(tmp_path):
+    """cifar_resnet's residual Add + Relu after each block's last conv become that conv's residual
+    input and relu=1 in a native session: same output as the file run as it is, bit for bit."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from sparse_rt.onnx import fold, runtime
+
+    _, model, x = _sparse_model("cifar_resnet")
+    path = tmp_path / "m.onnx"
+    model.export_onnx(path, x, flavor="sparse")
+    proto = onnx.load(path)
+    def count(op_type):
+        return sum(n.op_type == op_type for n in proto.graph.node)
+
+    adds, relus = count("Add"), count("Relu")
+    assert adds == 9  # three stages of three blocks
+    assert fold.fold_residual_add_and_relu(proto, runtime.value_dims(proto)) == 2 * adds
+    ours = [n for n in proto.graph.node if n.domain == "sparse_rt"]
+    assert sum(len(n.input) == 6 and any(a.name == "relu" and a.i == 1 for a in n.attribute) for n in ours) == adds
+    assert (count("Add"), count("Relu")) == (0, relus - adds)
+    known = {v.name for v in proto.graph.input} | {t.name for t in proto.graph.initializer}
+    for node in proto.graph.node:  # still topologically sorted
+        assert all(name in known for name in node.input if name), node.name
+        known.update(node.output)
+
+    feed = x.numpy()
+    fused = sparse_rt.onnx.session(path, kernels="native")
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    as_is = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = [s.run(None, {s.get_inputs()[0].name: feed})[0] for s in (fused, as_is)]
+    np.testing.assert_array_equal(got[0], got[1])
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.from_numpy(got[0]), model(x), rtol=1e-5, atol=1e-5)
+
+
+def _linear_then_add(addend_dims, residual_input=False):
+    """CsrLinear [2, 8] -> [2, 4], then Add(Y, R) with R an input of `addend_dims`; or, with
+    residual_input, the native op's sixth input taking R directly."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(a, name) for a, name in (
+        (np.arange(5, dtype=np.int32), "crow"), (np.array([0, 3, 5, 7], np.int32), "col"),
+        (np.ones(4, np.float32), "values"), (np.zeros(4, np.float32), "bias"))]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 8]),
+              helper.make_tensor_value_info("R", TensorProto.FLOAT, list(addend_dims))]
+    names = ["X", "crow", "col", "values", "bias"]
+    if residual_input:
+        nodes = [helper.make_node("CsrLinear", [*names, "R"], ["Out"], domain="sparse_rt", in_features=8, relu=0)]
+    else:
+        nodes = [helper.make_node("CsrLinear", names, ["Y"], domain="sparse_rt", in_features=8, relu=0),
+                 helper.make_node("Add", ["Y", "R"], ["Out"])]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("Out", TensorProto.FLOAT, None)],
+                              initializer=weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
+                             ir_version=8)
+
+
+@requires_compiled_ops
+def test_residual_fold_leaves_broadcasting_adds():
+    from sparse_rt.onnx import fold, runtime
+
+    for dims in ([4], [1, 4], ["N", 4]):
+        proto = _linear_then_add(dims)
+        assert fold.fold_residual_add_and_relu(proto, runtime.value_dims(proto)) == 0, dims
+        assert [n.op_type for n in proto.graph.node] == ["CsrLinear", "Add"]
+    proto = _linear_then_add([2, 4])
+    assert fold.fold_residual_add_and_relu(proto, runtime.value_dims(proto)) == 1
+    assert [(n.op_type, list(n.input[5:])) for n in proto.graph.node] == [("CsrLinear", ["R"])]
+
+
+@needs_native
+def test_native_residual_must_match_the_output(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    onnx.save(_linear_then_add(["A", "B"], residual_input=True), tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    r = np.full((2, 4), 100, np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"X": x, "R": r})[0], x[:, [0, 3, 5, 7]] + r)
+    with pytest.raises(Exception, match=r"residual has shape \[1, 4\] but the output has shape \[2, 4\]"):
+        sess.run(None, {"X": x, "R": r[:1]})
 
 
 def test_session_rejects_unknown_kernels(tmp_path):

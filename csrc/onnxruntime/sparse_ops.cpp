@@ -1,6 +1,8 @@
 // onnxruntime kernels of the "sparse" ONNX flavour's ops (domain "sparse_rt"; the op table is
 // sparse_rt/onnx/ops_table.py): CsrLinear, BsrLinear and CsrConv2d, fp32, each taking (X,
-// crow_indices, col_indices, values, bias) and giving Y. They call the torch-free CPU kernels
+// crow_indices, col_indices, values, bias) and giving Y. An optional sixth input, `residual`
+// (shaped like Y), is added in the kernel's epilogue before the ReLU: not part of the file format,
+// it is what sparse_rt.onnx.session makes of an Add (and Relu) after our op (fold.py). They call the torch-free CPU kernels
 // directly and run them on onnxruntime's own intra-op threads, so a session spends no time in
 // Python and no second thread pool competes for the cores.
 //
@@ -24,6 +26,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "../kernels/checked_int.h"
@@ -98,8 +101,9 @@ cpu::ParallelFor ort_parallel_for() {
 
 // --- inputs -----------------------------------------------------------------------------------------
 
-enum Input : size_t { kX, kCrow, kCol, kValues, kBias, kInputs };
-constexpr std::array<const char*, kInputs> kInputNames{"X", "crow_indices", "col_indices", "values", "bias"};
+enum Input : size_t { kX, kCrow, kCol, kValues, kBias, kResidual, kInputs };
+constexpr std::array<const char*, kInputs> kInputNames{"X", "crow_indices", "col_indices", "values", "bias",
+                                                       "residual"};
 
 struct Tensor {
   const void* data;
@@ -175,11 +179,14 @@ class OpKernel {
     try {
       const ContextScope scope(context);
       const Ort::KernelContext ctx(context);
-      std::array<Tensor, kInputs> in;
-      for (size_t i = 0; i < kInputs; ++i) in[i] = read(ctx.GetInput(i));
+      std::array<Tensor, kInputs> in{};
+      for (size_t i = 0; i < std::min<size_t>(ctx.GetInputCount(), kInputs); ++i) {
+        const Ort::ConstValue value = ctx.GetInput(i);
+        if (value) in[i] = read(value);
+      }
       const Weight w = read_weight(in, blocked_);
       check_indices(w, index_columns(in[kX], w));
-      compute(ctx, in[kX], w);
+      compute(ctx, in[kX], w, in[kResidual].data ? &in[kResidual] : nullptr);
       return nullptr;
     } catch (const InvalidArgument& e) {
       return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (what_ + ": " + e.message).c_str());
@@ -194,7 +201,19 @@ class OpKernel {
   // The columns of the index space (in_features / bw, or in_channels / groups * kh * kw), after
   // checking X against the attributes.
   virtual int64_t index_columns(const Tensor& x, const Weight& w) const = 0;
-  virtual void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w) const = 0;
+  virtual void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w,
+                       const Tensor* residual) const = 0;
+
+  // Y's buffer, of out_dims, and the epilogue adding bias, the residual (which must be shaped like
+  // Y) and the ReLU.
+  static std::pair<float*, cpu::Epilogue> output(const Ort::KernelContext& ctx, const std::vector<int64_t>& out_dims,
+                                                 const Weight& w, bool relu, const Tensor* residual) {
+    if (residual && residual->dims != out_dims) {
+      invalid("residual has shape ", dims_text(residual->dims), " but the output has shape ", dims_text(out_dims));
+    }
+    float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
+    return {y, cpu::Epilogue{w.bias, relu, residual ? static_cast<const float*>(residual->data) : nullptr}};
+  }
 
   bool blocked() const { return blocked_; }
 
@@ -262,15 +281,15 @@ class LinearKernel : public OpKernel {
     return in_features_ / w.bw;
   }
 
-  void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w) const override {
+  void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w,
+               const Tensor* residual) const override {
     std::vector<int64_t> out_dims = x.dims;
     out_dims.back() = w.rows();
-    float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
+    const auto [y, ep] = output(ctx, out_dims, w, relu_, residual);
     int64_t batch = 1;
     for (size_t i = 0; i + 1 < x.dims.size(); ++i) batch *= x.dims[i];
     if (batch == 0 || w.rows() == 0) return;
     const auto* xp = static_cast<const float*>(x.data);
-    const cpu::Epilogue ep{w.bias, relu_};
     const cpu::ParallelFor pf = ort_parallel_for();
     const int64_t work = w.nnz * w.bh * w.bw * batch;
     if (blocked()) {
@@ -347,7 +366,8 @@ class CsrConv2dKernel final : public OpKernel {
     return index_cols_;
   }
 
-  void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w) const override {
+  void compute(const Ort::KernelContext& ctx, const Tensor& x, const Weight& w,
+               const Tensor* residual) const override {
     Conv2dShape s = geometry_;
     s.batch = x.dims[0];
     s.height = x.dims[2];
@@ -365,7 +385,7 @@ class CsrConv2dKernel final : public OpKernel {
     if ((CheckedInt(s.batch) * s.out_channels * s.out_h * s.out_w * int64_t(sizeof(float))).overflowed()) {
       invalid("the output ", dims_text(out_dims), " would hold more bytes than int64 counts");
     }
-    float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
+    const auto [y, ep] = output(ctx, out_dims, w, relu_, residual);
     if (s.batch == 0 || s.out_channels == 0) return;
     cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, w.nnz);
     Scratch scratch(ctx);
@@ -378,8 +398,7 @@ class CsrConv2dKernel final : public OpKernel {
       buffers = {};
     }
     const cpu::CsrView<float> view{w.crow, w.col, w.values, s.out_channels, index_cols_};
-    cpu::csr_conv2d(s, layout, view, static_cast<const float*>(x.data), y, cpu::Epilogue{w.bias, relu_}, buffers,
-                    ort_parallel_for());
+    cpu::csr_conv2d(s, layout, view, static_cast<const float*>(x.data), y, ep, buffers, ort_parallel_for());
   }
 
  private:
@@ -409,6 +428,9 @@ struct SparseOp : Ort::CustomOpBase<SparseOp<Kernel>, Kernel, /*WithStatus=*/tru
   size_t GetInputTypeCount() const { return kInputs; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
     return index == kCrow || index == kCol ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == kResidual ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

@@ -1,5 +1,7 @@
 """Graph rewrites of the "sparse" flavour that onnxruntime cannot do for ops of our domain.
 
+At export (fold_batchnorm_and_relu):
+
 onnxruntime folds an inference BatchNormalization into the Conv before it and fuses a following
 Relu, but only for its own Conv: after a CsrConv2d both would stay separate passes over the
 activation. This folds them into the sparse layer itself, exactly as for a dense conv:
@@ -9,6 +11,11 @@ activation. This folds them into the sparse layer itself, exactly as for a dense
 
 and then Relu(conv'(x)) becomes conv' with relu=1. The sparsity pattern is unchanged. Folded
 weights are new initializers: the exporter shares identical constants between nodes.
+
+When a session runs the file on the native kernels (fold_residual_add_and_relu): a residual Add
+after our op, and a Relu after that, become the op's optional sixth input and relu=1, which the
+kernel's epilogue applies as it stores each output (two passes over the activation fewer). The
+Python ops take exactly five inputs, so the file itself keeps the Add.
 """
 
 import numpy as np
@@ -44,6 +51,47 @@ def fold_batchnorm_and_relu(model):
     used = {name for n in graph.node for name in n.input}
     for t in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(t)
+    return len(removed)
+
+
+def fold_residual_add_and_relu(model, dims):
+    """Rewrites `model`'s main graph (in place) for the native kernels: op(x) + r, our op with five
+    inputs and relu=0 feeding that Add alone, becomes op(x, residual=r) in the Add's place (where r
+    is computed), and a Relu that alone consumes the sum becomes relu=1. Only where the op's output
+    and r have the same dims, all known (`dims`: value name -> dims, as runtime.value_dims gives),
+    so that the Add broadcasts nothing. Returns the number of nodes removed."""
+    graph = model.graph
+    graph_outputs = {o.name for o in graph.output}
+    nodes = list(graph.node)
+    producer = {name: n for n in nodes for name in n.output}
+    removed = []
+    for index, add in enumerate(nodes):
+        if add.op_type != "Add" or add.domain or len(add.input) != 2 or add.input[0] == add.input[1]:
+            continue
+        for ours, residual in (add.input, reversed(add.input)):
+            node = producer.get(ours)
+            shape, residual_shape = dims.get(ours), dims.get(residual)
+            if (node is not None and node.domain == DOMAIN and len(node.input) == 5 and _attribute(node, "relu") == 0
+                    and _sole_consumer(graph, ours, graph_outputs) is add and shape and shape == residual_shape
+                    and all(isinstance(d, int) for d in shape)):
+                break
+        else:
+            continue
+        node.input.append(residual)
+        node.output[0] = add.output[0]
+        relu = _sole_consumer(graph, add.output[0], graph_outputs)
+        if relu is not None and relu.op_type == "Relu" and not relu.domain:
+            _set_attribute(node, "relu", 1)
+            node.output[0] = relu.output[0]
+            removed.append(relu)
+        # Moved to where the Add was, after r's producer (protobuf messages compare by value:
+        # nodes are found by identity).
+        nodes[next(i for i, n in enumerate(nodes) if n is node)] = None
+        nodes[index] = node
+        removed.append(add)
+    gone = {id(n) for n in removed}
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if n is not None and id(n) not in gone)
     return len(removed)
 
 

@@ -43,7 +43,7 @@ def _scoped_nodes(graph, outer_constants=None):
                 yield from _scoped_nodes(subgraph, constants)
 
 
-def _value_dims(model):
+def value_dims(model):
     """{value name: its dims (int, or None where symbolic or unknown), or None for an unknown
     rank} from ONNX shape inference over all graphs, or from the declared shapes where inference
     fails."""
@@ -98,7 +98,7 @@ def check_weights(model: onnx.ModelProto, path: str) -> list[CheckedNode]:
                     raise ValueError(f"{name} is {tensor.dtype}, but onnxruntime runs our ops in float32 only")
             check_weight_and_bias(spec.weight(crow, col, values, attributes), bias, "")
             if dims is None:
-                dims = _value_dims(model)
+                dims = value_dims(model)
             spec.check_input(dims.get(node.input[0]), attributes)
         except ValueError as e:
             raise ValueError(f"{what}: {e}") from None
