@@ -301,19 +301,10 @@ class LinearKernel : public OpKernel {
     }
     const cpu::CsrView<float> view{w.crow, w.col, w.values, w.row_blocks, in_features_};
     Scratch scratch(ctx);
-    const float* panels = nullptr;
-    if (batch >= cpu::kTiledMinBatch) {
-      const cpu::PanelLayout layout{batch, in_features_};
-      float* packed = scratch.get<float>(in_features_ * layout.padded());
-      cpu::pack_panels(xp, layout, packed, pf);
-      panels = packed;
-    }
+    float* panels = scratch.get<float>(cpu::packed_input_floats(batch, in_features_));
+    if (panels) cpu::pack_panels(xp, cpu::PanelLayout{batch, in_features_}, panels, pf);
     cpu::parallel_over_rows(pf, w.crow, w.row_blocks, 1, work, [&](int64_t, int64_t r0, int64_t r1) {
-      if (panels) {
-        cpu::csr_linear_tiled(view, panels, batch, y, ep, r0, r1);
-      } else {
-        cpu::csr_linear_gather(view, xp, batch, y, ep, r0, r1);
-      }
+      cpu::csr_linear_rows(view, xp, panels, batch, y, ep, r0, r1);
     });
   }
 

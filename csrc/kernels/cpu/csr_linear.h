@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "csr_spmm.h"
 #include "parallel.h"
 #include "sparse_matrix.h"
 
@@ -24,6 +25,24 @@ constexpr int64_t kTiledMinBatch = 8;
 template <typename V>
 void csr_linear_tiled(const CsrView<V>& w, const float* panels, int64_t batch, float* y, Epilogue ep,
                       int64_t row_begin, int64_t row_end);
+
+// Floats of the packed input (pack_panels) that a batch takes: 0 below kTiledMinBatch, where
+// the gather kernel reads x itself.
+inline int64_t packed_input_floats(int64_t batch, int64_t cols) {
+  return batch < kTiledMinBatch ? 0 : cols * PanelLayout{batch, cols}.padded();
+}
+
+// Rows [row_begin, row_end) for the whole batch, on the kernel the caller prepared for: the tiled
+// SpMM over `panels` (x packed by pack_panels) when it is given, else the gather kernel over x.
+template <typename V>
+void csr_linear_rows(const CsrView<V>& w, const float* x, const float* panels, int64_t batch, float* y,
+                     Epilogue ep, int64_t row_begin, int64_t row_end) {
+  if (panels) {
+    csr_linear_tiled(w, panels, batch, y, ep, row_begin, row_end);
+  } else {
+    csr_linear_gather(w, x, batch, y, ep, row_begin, row_end);
+  }
+}
 
 // Two linear layers with an activation between them, y = W2 act(W1 x + ep1) + ep2 (ep1: W1's bias,
 // and a ReLU when that is the activation; no residual), for batches of kTiledMinBatch and more: one

@@ -57,13 +57,19 @@ inline cpu::ParallelFor torch_parallel_for() {
 
 // The input of the linear kernels, x [batch, in_features] fp32, packed into panels (pack_panels)
 // when the batch takes the tiled kernel; undefined below kTiledMinBatch, where the gather kernel
-// reads x itself.
+// reads x itself (cpu::csr_linear_rows).
 inline at::Tensor packed_input(const char* op, const at::Tensor& x, int64_t batch, int64_t in_features) {
-  if (batch < cpu::kTiledMinBatch) return at::Tensor();
-  const cpu::PanelLayout layout{batch, in_features};
-  at::Tensor panels = allocate(op, "packed input", {in_features * layout.padded()}, x.options());
-  cpu::pack_panels(x.const_data_ptr<float>(), layout, panels.mutable_data_ptr<float>(), torch_parallel_for());
+  const int64_t floats = cpu::packed_input_floats(batch, in_features);
+  if (floats == 0) return at::Tensor();
+  at::Tensor panels = allocate(op, "packed input", {floats}, x.options());
+  cpu::pack_panels(x.const_data_ptr<float>(), cpu::PanelLayout{batch, in_features}, panels.mutable_data_ptr<float>(),
+                   torch_parallel_for());
   return panels;
+}
+
+// The packed input's data, or null where there is none (the gather kernel then).
+inline const float* panels_or_null(const at::Tensor& panels) {
+  return panels.defined() ? panels.const_data_ptr<float>() : nullptr;
 }
 
 }  // namespace sparse_rt

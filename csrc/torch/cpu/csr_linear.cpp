@@ -21,8 +21,9 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
     const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
     const cpu::Epilogue ep = make_epilogue(bias32, relu, residual32);
-    const at::Tensor panels = packed_input(op, x, batch, in_features);
-    const bool tiled = panels.defined();
+    const at::Tensor packed = packed_input(op, x, batch, in_features);
+    const float* xp = x.const_data_ptr<float>();
+    const float* panels = panels_or_null(packed);
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();
     dispatch_value_type(values.scalar_type(), [&](auto tag) {
@@ -31,13 +32,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
                               in_features};
       cpu::parallel_over_rows(torch_parallel_for(), crow_p, rows, 1, p.weight.stored * batch,
                               [&](int64_t, int64_t r0, int64_t r1) {
-                                if (tiled) {
-                                  cpu::csr_linear_tiled(w, panels.const_data_ptr<float>(), batch,
-                                                        yp, ep, r0, r1);
-                                } else {
-                                  cpu::csr_linear_gather(w, x.const_data_ptr<float>(), batch, yp,
-                                                         ep, r0, r1);
-                                }
+                                cpu::csr_linear_rows(w, xp, panels, batch, yp, ep, r0, r1);
                               });
     });
   }

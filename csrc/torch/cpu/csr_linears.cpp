@@ -27,8 +27,9 @@ std::vector<at::Tensor> csr_linears_cpu(const at::Tensor& input, at::TensorList 
   }
   if (batch > 0) {
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
-    const at::Tensor panels = packed_input(op, x, batch, in_features);
-    const bool tiled = panels.defined();
+    const at::Tensor packed = packed_input(op, x, batch, in_features);
+    const float* xp = x.const_data_ptr<float>();
+    const float* panels = panels_or_null(packed);
     dispatch_value_type(values[0].scalar_type(), [&](auto tag) {
       using V = decltype(tag);
       std::vector<cpu::CsrView<V>> weights;
@@ -42,12 +43,7 @@ std::vector<at::Tensor> csr_linears_cpu(const at::Tensor& input, at::TensorList 
           [&](int64_t i) { return weights[i].rows; },
           [&](int64_t i, int64_t r0, int64_t r1) {
             const cpu::Epilogue ep = make_epilogue(biases32[i], false, c10::nullopt);
-            float* y = outputs[i].mutable_data_ptr<float>();
-            if (tiled) {
-              cpu::csr_linear_tiled(weights[i], panels.const_data_ptr<float>(), batch, y, ep, r0, r1);
-            } else {
-              cpu::csr_linear_gather(weights[i], x.const_data_ptr<float>(), batch, y, ep, r0, r1);
-            }
+            cpu::csr_linear_rows(weights[i], xp, panels, batch, outputs[i].mutable_data_ptr<float>(), ep, r0, r1);
           });
     });
   }
