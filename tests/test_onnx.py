@@ -607,6 +607,144 @@ def test_native_residual_must_match_the_output(tmp_path):
         sess.run(None, {"X": x, "R": r[:1]})
 
 
+@requires_compiled_ops
+@needs_native
+@pytest.mark.parametrize("batch", [1, 9])  # 9: the tiled SpMM's batches (csr_linear.h kTiledMinBatch)
+def test_native_session_groups_linears_reading_one_input(tmp_path, batch):
+    """BERT's query, key and value projections (CsrLinear nodes reading one X) become one
+    CsrLinears node in a native session: same output as the file run as it is, bit for bit (each
+    row's sum is the same, only the packing of X and the thread split are shared)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from sparse_rt.onnx import fold
+
+    _, model, x = _sparse_model("bert_encoder", format="csr")
+    x = x[:1].expand(batch, *x.shape[1:]).contiguous() + 0.01 * torch.randn(batch, *x.shape[1:])
+    path = tmp_path / "m.onnx"
+    model.export_onnx(path, x, flavor="sparse")
+    proto = onnx.load(path)
+    linears = sum(n.op_type == "CsrLinear" for n in proto.graph.node)
+    assert fold.group_linears_sharing_input(proto) == 2  # the one layer's three projections: one node
+    grouped = [n for n in proto.graph.node if n.op_type == "CsrLinears"]
+    assert len(grouped) == 1 and len(grouped[0].input) == 1 + 3 * 4 and len(grouped[0].output) == 3
+    assert sum(n.op_type == "CsrLinear" for n in proto.graph.node) == linears - 3
+    known = {v.name for v in proto.graph.input} | {t.name for t in proto.graph.initializer}
+    for node in proto.graph.node:  # still topologically sorted
+        assert all(name in known for name in node.input if name), node.name
+        known.update(node.output)
+
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    sessions = [ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+                for source in (proto.SerializeToString(), str(path))]
+    got = [s.run(None, {s.get_inputs()[0].name: x.numpy()})[0] for s in sessions]
+    np.testing.assert_array_equal(got[0], got[1])
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.from_numpy(got[0]), model(x), rtol=1e-5, atol=1e-5)
+
+
+def _two_linears(shared_input=True, relu=(0, 0), residual=False, col_as_input=False):
+    """Two CsrLinear nodes [N, 8] -> [N, 4] reading X (the second reads X2 unless shared_input),
+    columns {0, 3, 5, 7} and {1, 2, 4, 6}; with residual the second adds R; with col_as_input its
+    col_indices are a graph input."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(a, name) for a, name in (
+        (np.arange(5, dtype=np.int32), "crow"), (np.array([0, 3, 5, 7], np.int32), "col0"),
+        (np.array([1, 2, 4, 6], np.int32), "col1"), (np.ones(4, np.float32), "values"),
+        (np.zeros(4, np.float32), "bias"))]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", "F"])
+              for name in ("X",) + (() if shared_input else ("X2",))]
+    if col_as_input:
+        weights = [w for w in weights if w.name != "col1"]
+        inputs.append(helper.make_tensor_value_info("col1", TensorProto.INT32, [4]))
+    second = ["X" if shared_input else "X2", "crow", "col1", "values", "bias"] + (["X"] if residual else [])
+    nodes = [helper.make_node("CsrLinear", ["X", "crow", "col0", "values", "bias"], ["Y0"], name="first",
+                              domain="sparse_rt", in_features=8, relu=relu[0]),
+             helper.make_node("CsrLinear", second, ["Y1"], name="second", domain="sparse_rt", in_features=8,
+                              relu=relu[1])]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("Y0", "Y1")]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
+                             ir_version=8)
+
+
+@requires_compiled_ops
+def test_linears_grouped_only_when_they_read_one_input_alike():
+    from sparse_rt.onnx import fold
+
+    for why, proto in {"different inputs": _two_linears(shared_input=False), "a ReLU": _two_linears(relu=(0, 1)),
+                       "a residual": _two_linears(residual=True),
+                       "indices not initializers": _two_linears(col_as_input=True)}.items():
+        assert fold.group_linears_sharing_input(proto) == 0, why
+        assert [n.op_type for n in proto.graph.node] == ["CsrLinear", "CsrLinear"], why
+    proto = _two_linears()
+    assert fold.group_linears_sharing_input(proto) == 1
+    (node,) = proto.graph.node
+    assert (node.op_type, node.name, list(node.output)) == ("CsrLinears", "first+second", ["Y0", "Y1"])
+    assert list(node.input) == ["X", "crow", "col0", "values", "bias", "crow", "col1", "values", "bias"]
+
+
+def _grouped_by_hand(tmp_path, inputs_of_node=None, outputs=("Y0", "Y1"), col_as_input=False):
+    """A session, built without sparse_rt's Python checks, of _two_linears grouped into CsrLinears
+    (its inputs and outputs replaced where given)."""
+    import onnx
+    import onnxruntime as ort
+
+    from sparse_rt.onnx import fold
+
+    proto = _two_linears()
+    assert fold.group_linears_sharing_input(proto) == 1
+    node = proto.graph.node[0]
+    if inputs_of_node is not None:
+        del node.input[:]
+        node.input.extend(inputs_of_node)
+    del node.output[:]
+    node.output.extend(outputs)
+    if col_as_input:
+        proto.graph.initializer.remove(next(t for t in proto.graph.initializer if t.name == "col1"))
+        proto.graph.input.append(onnx.helper.make_tensor_value_info("col1", onnx.TensorProto.INT32, [4]))
+    del proto.graph.output[len(outputs):]
+    onnx.save(proto, tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    return ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+
+
+@needs_native
+def test_native_linears_kernel_checks_its_inputs(tmp_path):
+    """CsrLinears as a user might write it by hand: each layer's output right; an input count that
+    is not X plus four per layer, outputs that do not match the layers, a layer's inputs of the
+    wrong type, and indices out of range (checked on every call when they are graph inputs) are
+    refused as InvalidArgument naming the node and the layer."""
+    import numpy as np
+
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    y0, y1 = _grouped_by_hand(tmp_path).run(None, {"X": x})
+    np.testing.assert_array_equal(y0, x[:, [0, 3, 5, 7]])
+    np.testing.assert_array_equal(y1, x[:, [1, 2, 4, 6]])
+
+    layers = ["crow", "col0", "values", "bias", "crow", "col1", "values", "bias"]
+    with pytest.raises(Exception, match=r"CsrLinears node 'first\+second': takes X and four inputs per layer .* "
+                                        r"got 8 inputs and 2 outputs"):
+        _grouped_by_hand(tmp_path, ["X", *layers[:-1]])
+    with pytest.raises(Exception, match=r"got 9 inputs and 1 outputs"):
+        _grouped_by_hand(tmp_path, outputs=("Y0",))
+    session = _grouped_by_hand(tmp_path, ["X", *layers[:5], "values", "col1", "bias"])
+    with pytest.raises(Exception, match=r"'first\+second': layer 1: col_indices must be int32"):
+        session.run(None, {"X": x})
+    session = _grouped_by_hand(tmp_path, col_as_input=True)
+    np.testing.assert_array_equal(session.run(None, {"X": x, "col1": np.array([1, 2, 4, 6], np.int32)})[1],
+                                  x[:, [1, 2, 4, 6]])
+    with pytest.raises(Exception, match=r"layer 1: col_indices\[3\]=8 is out of range \[0, 8\)"):
+        session.run(None, {"X": x, "col1": np.array([1, 2, 4, 8], np.int32)})
+    with pytest.raises(Exception, match=r"X has shape \[2, 6\] but in_features=8"):
+        session.run(None, {"X": x[:, :6], "col1": np.array([1, 2, 4, 6], np.int32)})
+
+
 def test_session_rejects_unknown_kernels(tmp_path):
     model, x = _tiny()
     model.export_onnx(tmp_path / "m.onnx", x, flavor="portable")

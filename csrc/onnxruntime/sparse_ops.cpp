@@ -2,7 +2,9 @@
 // sparse_rt/onnx/ops_table.py): CsrLinear, BsrLinear and CsrConv2d, fp32, each taking (X,
 // crow_indices, col_indices, values, bias) and giving Y. An optional sixth input, `residual`
 // (shaped like Y), is added in the kernel's epilogue before the ReLU: not part of the file format,
-// it is what sparse_rt.onnx.session makes of an Add (and Relu) after our op (fold.py). They call the torch-free CPU kernels
+// it is what sparse_rt.onnx.session makes of an Add (and Relu) after our op (fold.py), as is
+// CsrLinears: CsrLinear nodes reading one X (attention's query, key and value projections) as one
+// node, X packed once and every layer's rows in one parallel region. They call the torch-free CPU kernels
 // directly and run them on onnxruntime's own intra-op threads, so a session spends no time in
 // Python and no second thread pool competes for the cores.
 //
@@ -109,11 +111,25 @@ struct Tensor {
   const void* data;
   std::vector<int64_t> dims;
   int64_t count;
+  ONNXTensorElementDataType type;
 };
 
 Tensor read(const Ort::ConstValue& value) {
   const auto info = value.GetTensorTypeAndShapeInfo();
-  return {value.GetTensorRawData(), info.GetShape(), static_cast<int64_t>(info.GetElementCount())};
+  return {value.GetTensorRawData(), info.GetShape(), static_cast<int64_t>(info.GetElementCount()),
+          info.GetElementType()};
+}
+
+// The types onnxruntime checks for inputs the op declares with a type, and an op of inputs of
+// undeclared types (CsrLinears) checks itself.
+void require_declared_types(const std::array<Tensor, kInputs>& in) {
+  for (size_t i : {kCrow, kCol, kValues, kBias}) {
+    const auto expected = i == kCrow || i == kCol ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    if (in[i].type != expected) {
+      invalid(kInputNames[i], " must be ", i == kCrow || i == kCol ? "int32" : "float32", " (ONNX element type ",
+              static_cast<int>(expected), "), got ONNX element type ", static_cast<int>(in[i].type));
+    }
+  }
 }
 
 void require_rank(const Tensor& t, size_t input, size_t rank) {
@@ -157,26 +173,89 @@ Weight read_weight(const std::array<Tensor, kInputs>& in, bool blocked) {
   return w;
 }
 
-// --- the kernel common to the three ops --------------------------------------------------------
+// --- what every kernel does ------------------------------------------------------------------------
+
+// Runs a kernel's body, turning what it throws into the status onnxruntime reports, prefixed with
+// `what` (the node).
+template <typename Body>
+OrtStatusPtr reporting(const std::string& what, const Body& body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const InvalidArgument& e) {
+    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (what + ": " + e.message).c_str());
+  } catch (const std::bad_alloc&) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (what + ": out of memory").c_str());
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (what + ": " + e.what()).c_str());
+  }
+}
+
+std::string node_description(const OrtKernelInfo* info, const char* op_type) {
+  return std::string("sparse_rt.") + op_type + " node '" + Ort::ConstKernelInfo(info).GetNodeName() + "'";
+}
+
+// One weight's index arrays, validated before a kernel reads them: in full once, on the first
+// call, when they are the node's constant initializers (the columns they address depend on
+// attributes only); on every call otherwise.
+class IndexCheck {
+ public:
+  IndexCheck(const OrtKernelInfo* info, size_t crow_input, size_t col_input)
+      : crow_(constant_input(info, crow_input)), col_(constant_input(info, col_input)) {}
+
+  void operator()(const Weight& w, int64_t cols) {
+    const bool constant = w.crow == crow_ && w.col == col_;
+    if (constant) {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (checked_) return;
+    }
+    const std::string error = cpu::find_index_error(w.crow, w.row_blocks, w.col, w.nnz, cols, true, ort_parallel_for());
+    if (!error.empty()) invalid(error);
+    if (constant) {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      checked_ = true;
+    }
+  }
+
+ private:
+  static const void* constant_input(const OrtKernelInfo* info, size_t index) {
+    int is_constant = 0;
+    const Ort::ConstValue value = Ort::ConstKernelInfo(info).GetTensorConstantInput(index, &is_constant);
+    return is_constant ? value.GetTensorRawData() : nullptr;
+  }
+
+  const void* const crow_;
+  const void* const col_;
+  std::mutex mutex_;
+  bool checked_ = false;
+};
+
+int64_t int_attribute(const OrtKernelInfo* info, const char* name) {
+  return Ort::ConstKernelInfo(info).GetAttribute<int64_t>(name);
+}
+
+// The rows of a linear layer's X (the product of its leading dimensions), after checking that its
+// last dimension is in_features.
+int64_t linear_batch(const Tensor& x, int64_t in_features) {
+  if (x.dims.empty()) invalid("X must have at least one dimension (in_features=", in_features, "), got a scalar");
+  if (x.dims.back() != in_features) invalid("X has shape ", dims_text(x.dims), " but in_features=", in_features);
+  int64_t batch = 1;
+  for (size_t i = 0; i + 1 < x.dims.size(); ++i) batch *= x.dims[i];
+  return batch;
+}
+
+// --- the kernel common to CsrLinear, BsrLinear and CsrConv2d -------------------------------------
 
 // What one op adds to the shared kernel: its attributes, the columns its indices address, and its
 // computation.
 class OpKernel {
  public:
   OpKernel(const OrtKernelInfo* info, const char* op_type, bool blocked)
-      : what_(std::string("sparse_rt.") + op_type + " node '" + Ort::ConstKernelInfo(info).GetNodeName() + "'"),
-        blocked_(blocked) {
-    const Ort::ConstKernelInfo kernel_info(info);
-    for (size_t i : {kCrow, kCol}) {
-      int is_constant = 0;
-      const Ort::ConstValue value = kernel_info.GetTensorConstantInput(i, &is_constant);
-      constant_[i] = is_constant ? value.GetTensorRawData() : nullptr;
-    }
-  }
+      : what_(node_description(info, op_type)), blocked_(blocked), index_check_(info, kCrow, kCol) {}
   virtual ~OpKernel() = default;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
+    return reporting(what_, [&] {
       const ContextScope scope(context);
       const Ort::KernelContext ctx(context);
       std::array<Tensor, kInputs> in{};
@@ -185,16 +264,9 @@ class OpKernel {
         if (value) in[i] = read(value);
       }
       const Weight w = read_weight(in, blocked_);
-      check_indices(w, index_columns(in[kX], w));
+      index_check_(w, index_columns(in[kX], w));
       compute(ctx, in[kX], w, in[kResidual].data ? &in[kResidual] : nullptr);
-      return nullptr;
-    } catch (const InvalidArgument& e) {
-      return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (what_ + ": " + e.message).c_str());
-    } catch (const std::bad_alloc&) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, (what_ + ": out of memory").c_str());
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, (what_ + ": " + e.what()).c_str());
-    }
+    });
   }
 
  protected:
@@ -217,32 +289,10 @@ class OpKernel {
 
   bool blocked() const { return blocked_; }
 
-  static int64_t attribute(const OrtKernelInfo* info, const char* name) {
-    return Ort::ConstKernelInfo(info).GetAttribute<int64_t>(name);
-  }
-
  private:
-  // Constant indices are checked in full once, on the first call (the columns they address depend
-  // on attributes and, for nothing here, on X); others on every call.
-  void check_indices(const Weight& w, int64_t cols) {
-    const bool constant = w.crow == constant_[kCrow] && w.col == constant_[kCol];
-    if (constant) {
-      const std::lock_guard<std::mutex> lock(checked_mutex_);
-      if (checked_) return;
-    }
-    const std::string error = cpu::find_index_error(w.crow, w.row_blocks, w.col, w.nnz, cols, true, ort_parallel_for());
-    if (!error.empty()) invalid(error);
-    if (constant) {
-      const std::lock_guard<std::mutex> lock(checked_mutex_);
-      checked_ = true;
-    }
-  }
-
   const std::string what_;
   const bool blocked_;
-  std::array<const void*, kInputs> constant_{};
-  std::mutex checked_mutex_;
-  bool checked_ = false;
+  IndexCheck index_check_;
 };
 
 // Scratch from the session's CPU allocator (its arena reuses memory between calls).
@@ -268,15 +318,14 @@ class Scratch {
 class LinearKernel : public OpKernel {
  public:
   LinearKernel(const OrtKernelInfo* info, const char* op_type, bool blocked)
-      : OpKernel(info, op_type, blocked), in_features_(attribute(info, "in_features")),
-        relu_(attribute(info, "relu") != 0) {
+      : OpKernel(info, op_type, blocked), in_features_(int_attribute(info, "in_features")),
+        relu_(int_attribute(info, "relu") != 0) {
     if (in_features_ < 0) invalid("in_features must be >= 0, got ", in_features_);
   }
 
  protected:
   int64_t index_columns(const Tensor& x, const Weight& w) const override {
-    if (x.dims.empty()) invalid("X must have at least one dimension (in_features=", in_features_, "), got a scalar");
-    if (x.dims.back() != in_features_) invalid("X has shape ", dims_text(x.dims), " but in_features=", in_features_);
+    linear_batch(x, in_features_);
     if (in_features_ % w.bw != 0) invalid("in_features=", in_features_, " is not a multiple of the block width ", w.bw);
     return in_features_ / w.bw;
   }
@@ -286,8 +335,7 @@ class LinearKernel : public OpKernel {
     std::vector<int64_t> out_dims = x.dims;
     out_dims.back() = w.rows();
     const auto [y, ep] = output(ctx, out_dims, w, relu_, residual);
-    int64_t batch = 1;
-    for (size_t i = 0; i + 1 < x.dims.size(); ++i) batch *= x.dims[i];
+    const int64_t batch = linear_batch(x, in_features_);
     if (batch == 0 || w.rows() == 0) return;
     const auto* xp = static_cast<const float*>(x.data);
     const cpu::ParallelFor pf = ort_parallel_for();
@@ -321,6 +369,79 @@ struct BsrLinearKernel final : LinearKernel {
   explicit BsrLinearKernel(const OrtKernelInfo* info) : LinearKernel(info, "BsrLinear", true) {}
 };
 
+// --- CsrLinears ------------------------------------------------------------------------------------
+
+// Inputs X, then (crow_indices, col_indices, values, bias) for each layer; output i is layer i's
+// X @ W_i^T + bias_i. Not a file format op: sparse_rt.onnx.session makes it of CsrLinear nodes
+// that read one X (fold.group_linears_sharing_input).
+constexpr size_t kInputsPerLayer = 4;
+
+class CsrLinearsKernel {
+ public:
+  explicit CsrLinearsKernel(const OrtKernelInfo* info)
+      : what_(node_description(info, "CsrLinears")), in_features_(int_attribute(info, "in_features")) {
+    const Ort::ConstKernelInfo kernel_info(info);
+    const size_t inputs = kernel_info.GetInputCount(), layers = (inputs - 1) / kInputsPerLayer;
+    if (inputs < 1 + kInputsPerLayer || (inputs - 1) % kInputsPerLayer != 0 || kernel_info.GetOutputCount() != layers) {
+      invalid("takes X and four inputs per layer (crow_indices, col_indices, values, bias) and gives one output "
+              "per layer, got ", inputs, " inputs and ", kernel_info.GetOutputCount(), " outputs");
+    }
+    if (in_features_ < 0) invalid("in_features must be >= 0, got ", in_features_);
+    for (size_t i = 0; i < layers; ++i) {
+      const size_t first = 1 + i * kInputsPerLayer;
+      checks_.push_back(std::make_unique<IndexCheck>(info, first, first + 1));
+    }
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return reporting(what_, [&] {
+      const ContextScope scope(context);
+      const Ort::KernelContext ctx(context);
+      const Tensor x = read(ctx.GetInput(0));
+      const int64_t batch = linear_batch(x, in_features_);
+      const int64_t layers = static_cast<int64_t>(checks_.size());
+      std::vector<Weight> weights;
+      std::vector<float*> outputs;
+      int64_t work = 0, max_rows = 0;
+      for (int64_t i = 0; i < layers; ++i) {
+        try {
+          std::array<Tensor, kInputs> in{};
+          for (size_t j = 0; j < kInputsPerLayer; ++j) in[kCrow + j] = read(ctx.GetInput(1 + i * kInputsPerLayer + j));
+          require_declared_types(in);
+          weights.push_back(read_weight(in, false));
+          (*checks_[i])(weights.back(), in_features_);
+        } catch (const InvalidArgument& e) {
+          invalid("layer ", i, ": ", e.message);
+        }
+        std::vector<int64_t> out_dims = x.dims;
+        out_dims.back() = weights.back().rows();
+        outputs.push_back(ctx.GetOutput(i, out_dims).GetTensorMutableData<float>());
+        work += weights.back().nnz * batch;
+        max_rows = std::max(max_rows, weights.back().rows());
+      }
+      if (batch == 0) return;
+      const auto* xp = static_cast<const float*>(x.data);
+      const cpu::ParallelFor pf = ort_parallel_for();
+      Scratch scratch(ctx);
+      float* panels = scratch.get<float>(cpu::packed_input_floats(batch, in_features_));
+      if (panels) cpu::pack_panels(xp, cpu::PanelLayout{batch, in_features_}, panels, pf);
+      std::vector<cpu::CsrView<float>> views;
+      for (const Weight& w : weights) views.push_back({w.crow, w.col, w.values, w.row_blocks, in_features_});
+      cpu::parallel_over_row_sets(
+          pf, layers, max_rows, work, [&](int64_t i) { return views[i].crow; }, [&](int64_t i) { return views[i].rows; },
+          [&](int64_t i, int64_t r0, int64_t r1) {
+            const cpu::Epilogue ep{weights[i].bias, false, nullptr};
+            cpu::csr_linear_rows(views[i], xp, panels, batch, outputs[i], ep, r0, r1);
+          });
+    });
+  }
+
+ private:
+  const std::string what_;
+  const int64_t in_features_;
+  std::vector<std::unique_ptr<IndexCheck>> checks_;
+};
+
 // --- CsrConv2d ----------------------------------------------------------------------------------
 
 class CsrConv2dKernel final : public OpKernel {
@@ -329,7 +450,7 @@ class CsrConv2dKernel final : public OpKernel {
     const char* names[] = {"in_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h",
                            "pad_w",       "dilation_h", "dilation_w", "group", "relu"};
     int64_t a[11];
-    for (int i = 0; i < 11; ++i) a[i] = attribute(info, names[i]);
+    for (int i = 0; i < 11; ++i) a[i] = int_attribute(info, names[i]);
     geometry_ = {0, a[0], 0, 0, 0, 0, 0, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]};
     relu_ = a[10] != 0;
     constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
@@ -400,9 +521,11 @@ class CsrConv2dKernel final : public OpKernel {
 
 // --- the ops --------------------------------------------------------------------------------------
 
-template <typename Kernel>
-struct SparseOp : Ort::CustomOpBase<SparseOp<Kernel>, Kernel, /*WithStatus=*/true> {
-  explicit SparseOp(const char* name) : name_(name) {}
+// What every op declares the same way: its name, and how a node's kernel is created (a bad
+// attribute is reported as INVALID_ARGUMENT naming the node).
+template <typename Op, typename Kernel>
+struct OpBase : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
+  explicit OpBase(const char* name) : name_(name) {}
 
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
@@ -416,6 +539,16 @@ struct SparseOp : Ort::CustomOpBase<SparseOp<Kernel>, Kernel, /*WithStatus=*/tru
     }
   }
   const char* GetName() const { return name_; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+ private:
+  const char* name_;
+};
+
+// The file format's ops: (X, crow_indices, col_indices, values, bias[, residual]) -> Y.
+template <typename Kernel>
+struct SparseOp : OpBase<SparseOp<Kernel>, Kernel> {
+  using OpBase<SparseOp<Kernel>, Kernel>::OpBase;
   size_t GetInputTypeCount() const { return kInputs; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
     return index == kCrow || index == kCol ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -424,15 +557,29 @@ struct SparseOp : Ort::CustomOpBase<SparseOp<Kernel>, Kernel, /*WithStatus=*/tru
     return index == kResidual ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
 
- private:
-  const char* name_;
+// CsrLinears: X, then a variadic list of the layers' inputs (int32 indices and float values
+// alternate, so of mixed types) -> one output per layer. The kernel checks their count and types.
+struct CsrLinearsOp : OpBase<CsrLinearsOp, CsrLinearsKernel> {
+  CsrLinearsOp() : OpBase("CsrLinears") {}
+  size_t GetInputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_VARIADIC;
+  }
+  int GetVariadicInputMinArity() const { return static_cast<int>(kInputsPerLayer); }
+  bool GetVariadicInputHomogeneity() const { return false; }
+  size_t GetOutputTypeCount() const { return 1; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_VARIADIC; }
 };
 
 const SparseOp<CsrLinearKernel> csr_linear_op("CsrLinear");
 const SparseOp<BsrLinearKernel> bsr_linear_op("BsrLinear");
 const SparseOp<CsrConv2dKernel> csr_conv2d_op("CsrConv2d");
+const CsrLinearsOp csr_linears_op;
 
 }  // namespace
 }  // namespace sparse_rt::onnxruntime
@@ -457,6 +604,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     domain.Add(&csr_linear_op);
     domain.Add(&bsr_linear_op);
     domain.Add(&csr_conv2d_op);
+    domain.Add(&csr_linears_op);
     Ort::UnownedSessionOptions(options).Add(domain);
     const std::lock_guard<std::mutex> lock(mutex);
     domains.push_back(std::move(domain));

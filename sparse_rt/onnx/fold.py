@@ -15,7 +15,10 @@ weights are new initializers: the exporter shares identical constants between no
 When a session runs the file on the native kernels (fold_residual_add_and_relu): a residual Add
 after our op, and a Relu after that, become the op's optional sixth input and relu=1, which the
 kernel's epilogue applies as it stores each output (two passes over the activation fewer). The
-Python ops take exactly five inputs, so the file itself keeps the Add.
+Python ops take exactly five inputs, so the file itself keeps the Add. Likewise
+group_linears_sharing_input makes one CsrLinears node, a native kernel only, of the CsrLinear
+nodes that read one input (attention's query, key and value projections): the input is packed
+once and all their rows split over the threads in one parallel region.
 """
 
 import numpy as np
@@ -93,6 +96,42 @@ def fold_residual_add_and_relu(model, dims):
     del graph.node[:]
     graph.node.extend(n for n in nodes if n is not None and id(n) not in gone)
     return len(removed)
+
+
+def group_linears_sharing_input(model):
+    """Rewrites `model`'s main graph (in place) for the native kernels: CsrLinear nodes with five
+    inputs (no residual), relu=0, weights and biases that are float32 initializers, reading the
+    same X with the same in_features become one CsrLinears node (X, then each layer's crow_indices,
+    col_indices, values and bias; one output per layer, same names) where the first of them was.
+    Returns the number of nodes removed."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)  # found by index: protobuf messages compare by value
+    groups = {}
+    for index, node in enumerate(nodes):
+        if (node.domain == DOMAIN and node.op_type == "CsrLinear" and len(node.input) == 5
+                and _attribute(node, "relu") == 0 and _float32_weights(node, initializers)):
+            groups.setdefault((node.input[0], _attribute(node, "in_features")), []).append(index)
+    removed = 0
+    for (x, in_features), members in groups.items():
+        if len(members) < 2:
+            continue
+        layers = [nodes[i] for i in members]
+        nodes[members[0]] = onnx.helper.make_node(
+            "CsrLinears", [x, *(name for n in layers for name in n.input[1:])], [n.output[0] for n in layers],
+            name="+".join(n.name for n in layers), domain=DOMAIN, in_features=in_features)
+        for i in members[1:]:
+            nodes[i] = None
+        removed += len(members) - 1
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if n is not None)
+    return removed
+
+
+def _float32_weights(node, initializers):
+    types = [initializers[name].data_type if name in initializers else None for name in node.input[1:5]]
+    int32, float32 = onnx.TensorProto.INT32, onnx.TensorProto.FLOAT
+    return types == [int32, int32, float32, float32]
 
 
 def _sole_consumer(graph, name, graph_outputs):
