@@ -79,6 +79,19 @@ def test_csr_linear_row_lengths_and_batch_tiles(device, dtype, case):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [8, 13, 23, 30, 36, 47, 55, 63, 71, 130])
+def test_csr_linear_every_column_tile(device, dtype, batch):
+    """Batches whose last panel (rounded up to 8 rows) is 8 to 56 columns wide, alone or after
+    whole 64-column panels: every combination of the CPU SpMM's 32-, 16- and 8-column tiles."""
+    w = random_csr(40, 96, 0.3, seed=batch, dtype=dtype, device=device, empty_rows=(3,))
+    x = randn(batch, 96, dtype=dtype, device=device, seed=batch)
+    bias = randn(40, dtype=dtype, device=device, seed=2)
+    y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, bias, 96)
+    assert_close(y, _linear_ref(x, w, bias, False), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_csr_linear_misaligned_indices(device, dtype):
     """Index and value arrays starting one element into their buffers (CUDA: the scalar path)."""
     w = random_csr(33, 200, 0.5, seed=11, dtype=dtype, device=device)
@@ -192,6 +205,10 @@ CONV_CASES = [
     (0, 8, 8, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.3),  # batch 0
     (1, 64, 14, 14, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.1),  # threaded
     (1, 3, 5, 5, 2, (7, 7), (1, 1), (3, 3), (1, 1), 1, 1.0),  # kernel larger than the image
+    # ResNet-50's last stage: 49 output columns read in place (tiles of 32 and 16, then the
+    # overlapping 8), and 56 packed ones (a 3x3 stride 2 on 14x14: tiles of 32, 16 and 8)
+    (2, 24, 7, 7, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1, 0.3),
+    (1, 16, 14, 14, 24, (3, 3), (2, 2), (1, 1), (1, 1), 1, 0.3),
 ]
 
 
