@@ -514,6 +514,44 @@ def test_native_and_python_kernels_agree(tmp_path, name, format, batch):
     assert torch.equal(got["native, file as it is"], got["python"])
 
 
+@needs_native
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), (1, 1, 0)])  # packed and direct layouts
+def test_native_conv_keeps_tap_offsets_per_input_size(tmp_path, kernel, stride, padding):
+    """A CsrConv2d node keeps its constant weight's tap offsets for the input size of its last call:
+    calls alternating between sizes and batches each give the dense convolution's output."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    cin, cout = 6, 10
+    g = torch.Generator().manual_seed(3)
+    shape = (cout, cin, kernel, kernel)
+    dense = torch.randn(*shape, generator=g) * (torch.rand(*shape, generator=g) < 0.4)
+    csr = dense.reshape(cout, -1).to_sparse_csr()
+    bias = torch.randn(cout, generator=g)
+    weights = [numpy_helper.from_array(a, name) for a, name in (
+        (csr.crow_indices().int().numpy(), "crow"), (csr.col_indices().int().numpy(), "col"),
+        (csr.values().numpy(), "values"), (bias.numpy(), "bias"))]
+    node = helper.make_node("CsrConv2d", ["X", "crow", "col", "values", "bias"], ["Y"], domain="sparse_rt",
+                            in_channels=cin, kernel_h=kernel, kernel_w=kernel, stride_h=stride, stride_w=stride,
+                            pad_h=padding, pad_w=padding, dilation_h=1, dilation_w=1, group=1, relu=0)
+    x_info = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", cin, "H", "W"])
+    graph = helper.make_graph([node], "g", [x_info], [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              initializer=weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
+                                ir_version=8), tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    for shape in [(1, cin, 8, 8), (2, cin, 11, 9), (1, cin, 11, 9), (3, cin, 8, 8)]:
+        x = torch.randn(*shape, generator=g)
+        expected = torch.nn.functional.conv2d(x.double(), dense.double(), bias.double(), stride, padding)
+        (y,) = sess.run(None, {"X": x.numpy()})
+        np.testing.assert_allclose(y, expected.numpy(), rtol=1e-5, atol=1e-5, err_msg=str(shape))
+
+
 @requires_compiled_ops
 @needs_native
 def test_native_session_runs_residual_adds_in_the_epilogue(tmp_path):

@@ -203,8 +203,10 @@ class IndexCheck {
   IndexCheck(const OrtKernelInfo* info, size_t crow_input, size_t col_input)
       : crow_(constant_input(info, crow_input)), col_(constant_input(info, col_input)) {}
 
+  bool constant(const Weight& w) const { return w.crow == crow_ && w.col == col_; }
+
   void operator()(const Weight& w, int64_t cols) {
-    const bool constant = w.crow == crow_ && w.col == col_;
+    const bool constant = this->constant(w);
     if (constant) {
       const std::lock_guard<std::mutex> lock(mutex_);
       if (checked_) return;
@@ -288,6 +290,8 @@ class OpKernel {
   }
 
   bool blocked() const { return blocked_; }
+  // Whether w's indices are the node's constant initializers (the same on every call).
+  bool constant_weight(const Weight& w) const { return index_check_.constant(w); }
 
  private:
   const std::string what_;
@@ -502,9 +506,19 @@ class CsrConv2dKernel final : public OpKernel {
     cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, w.nnz);
     Scratch scratch(ctx);
     cpu::ConvScratch buffers{};
+    std::shared_ptr<const KeptOffsets> kept;  // held until the call ends
     try {
       const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, w.nnz);
-      buffers = {scratch.get<float>(sizes.packed), scratch.get<int32_t>(sizes.offsets), scratch.get<float>(sizes.wide)};
+      const int32_t* offsets = nullptr;
+      if (!layout.gather && constant_weight(w)) {
+        kept = kept_tap_offsets(s, layout, w);
+        offsets = kept->offsets.data();
+      } else if (!layout.gather) {
+        int32_t* fresh = scratch.get<int32_t>(sizes.offsets);
+        cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh, ort_parallel_for());
+        offsets = fresh;
+      }
+      buffers = {scratch.get<float>(sizes.packed), offsets, scratch.get<float>(sizes.wide)};
     } catch (const std::exception&) {
       layout.gather = true;  // the packed path's scratch does not fit: the gather path needs none
       buffers = {};
@@ -514,6 +528,28 @@ class CsrConv2dKernel final : public OpKernel {
   }
 
  private:
+  struct KeptOffsets {
+    int64_t height, width;
+    std::vector<int32_t> offsets;
+  };
+
+  // The tap offsets of the node's constant weight for the input size of the last call, computed
+  // once per size (they depend on the pattern, the geometry and the input's height and width
+  // only): a pass over the nonzeros, about 5% of ResNet-50's convolution time at batch 1, that
+  // every call made.
+  std::shared_ptr<const KeptOffsets> kept_tap_offsets(const Conv2dShape& s, const cpu::PackedConvLayout& layout,
+                                                      const Weight& w) const {
+    const std::lock_guard<std::mutex> lock(kept_mutex_);
+    if (!kept_ || kept_->height != s.height || kept_->width != s.width) {
+      auto fresh = std::make_shared<KeptOffsets>(KeptOffsets{s.height, s.width, std::vector<int32_t>(w.nnz)});
+      cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh->offsets.data(), ort_parallel_for());
+      kept_ = std::move(fresh);
+    }
+    return kept_;
+  }
+
+  mutable std::mutex kept_mutex_;
+  mutable std::shared_ptr<const KeptOffsets> kept_;
   Conv2dShape geometry_;
   bool relu_;
   int64_t index_cols_;

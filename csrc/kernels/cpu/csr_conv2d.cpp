@@ -75,9 +75,9 @@ std::vector<int32_t> conv_column_offsets(const Conv2dShape& s, const PackedConvL
   return offsets;
 }
 
-void conv_tap_offsets(const int32_t* crow, const int32_t* col, const Conv2dShape& s,
-                      const PackedConvLayout& l, const std::vector<int32_t>& column_offsets,
-                      int32_t* offsets, int64_t row_begin, int64_t row_end) {
+void conv_tap_offsets_of_rows(const int32_t* crow, const int32_t* col, const Conv2dShape& s,
+                              const PackedConvLayout& l, const std::vector<int32_t>& column_offsets,
+                              int32_t* offsets, int64_t row_begin, int64_t row_end) {
   const int64_t cout_per_group = s.out_channels / s.groups;
   const int64_t group_stride = s.in_channels / s.groups * l.phases * l.plane;
   for (int64_t o = row_begin; o < row_end; ++o) {
@@ -197,6 +197,15 @@ ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout
   return {l.direct ? 0 : s.batch * l.packed_len, nnz, l.crop ? s.batch * s.out_channels * l.wide_padded : 0};
 }
 
+void conv_tap_offsets(const Conv2dShape& s, const PackedConvLayout& l, const int32_t* crow, const int32_t* col,
+                      int32_t* offsets, const ParallelFor& pf) {
+  if (l.gather) return;
+  const std::vector<int32_t> column_offsets = conv_column_offsets(s, l);
+  pf.run(0, s.out_channels, 64, [&](int64_t o0, int64_t o1) {
+    conv_tap_offsets_of_rows(crow, col, s, l, column_offsets, offsets, o0, o1);
+  });
+}
+
 template <typename V>
 void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V>& w,
                 const float* x, float* y, Epilogue ep, const ConvScratch& scratch,
@@ -207,10 +216,6 @@ void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V
   }
   const int64_t in_image = s.in_channels * s.height * s.width;
   const int64_t out_image = s.out_channels * s.out_h * s.out_w;
-  const std::vector<int32_t> column_offsets = conv_column_offsets(s, l);
-  pf.run(0, s.out_channels, 64, [&](int64_t o0, int64_t o1) {
-    conv_tap_offsets(w.crow, w.col, s, l, column_offsets, scratch.offsets, o0, o1);
-  });
   if (!l.direct) {
     // Split by image and channel: a batch-1 image is packed by every thread too.
     pf.run(0, s.batch * s.in_channels, 16, [&](int64_t u0, int64_t u1) {

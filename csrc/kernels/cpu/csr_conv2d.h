@@ -56,23 +56,31 @@ constexpr int64_t kPackedScratchSlack = int64_t(1) << 20;
 // the layout's sizes with overflow-checked arithmetic (checked_int.h). `nnz`: the weight's nonzeros.
 PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz);
 
-// Scratch that csr_conv2d needs, in elements: the packed images (none when the layout is direct),
-// one tap offset per nonzero, and the wide outputs (none without crop); none on the gather path.
-// The caller allocates it, with its own allocator, before the call.
+// What csr_conv2d needs besides its operands, in elements: the packed images (none when the
+// layout is direct), one tap offset per nonzero (conv_tap_offsets), and the wide outputs (none
+// without crop); none on the gather path. The caller allocates it, with its own allocator.
 struct ConvScratch {
-  float* packed;     // batch * packed_len
-  int32_t* offsets;  // nnz
-  float* wide;       // batch * out_channels * wide_padded
+  float* packed;           // batch * packed_len
+  const int32_t* offsets;  // nnz, filled by conv_tap_offsets
+  float* wide;             // batch * out_channels * wide_padded
 };
 struct ConvScratchSizes {
   int64_t packed, offsets, wide;
 };
 ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout& layout, int64_t nnz);
 
+// The packed path's tap offsets: for each nonzero, where its tap's input starts in a packed image
+// (or in the input itself, when the layout is direct). They depend on the weight's pattern, the
+// geometry and the input's height and width only (not on the batch or the values), so a caller
+// that runs one weight many times may keep them. Rows split over pf's threads; nothing on the
+// gather path.
+void conv_tap_offsets(const Conv2dShape& s, const PackedConvLayout& layout, const int32_t* crow, const int32_t* col,
+                      int32_t* offsets, const ParallelFor& pf);
+
 // y = act(conv2d(x, W) + bias) for the whole batch: x is fp32 [batch, in_channels, height, width],
 // y fp32 [batch, out_channels, out_h, out_w], W (w.cols = in_channels / groups * kh * kw) as in
-// conv_shape.h. Tap offsets and packing run on pf's threads split by rows and by (image, channel),
-// the SpMM by (image, nnz-balanced rows); a batch-1 image is packed by every thread too.
+// conv_shape.h, its tap offsets in scratch.offsets. Packing runs on pf's threads split by (image,
+// channel), the SpMM by (image, nnz-balanced rows); a batch-1 image is packed by every thread too.
 template <typename V>
 void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& layout, const CsrView<V>& w,
                 const float* x, float* y, Epilogue ep, const ConvScratch& scratch,

@@ -269,6 +269,7 @@ void test_conv(Conv2dShape s, double density, bool with_residual) {
   std::vector<float> packed(sizes.packed, NAN), wide(sizes.wide, NAN);
   std::vector<int32_t> offsets(sizes.offsets, -1);
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), s.out_channels, cin_g * s.kh * s.kw};
+  conv_tap_offsets(s, layout, m.crow.data(), m.col.data(), offsets.data(), kThreeChunks);
   csr_conv2d(s, layout, w, in.data(), out.data(), Epilogue{bias.data(), true, with_residual ? residual.data() : nullptr},
              ConvScratch{packed.data(), offsets.data(), wide.data()}, kThreeChunks);
   for (int64_t n = 0; n < s.batch; ++n) {

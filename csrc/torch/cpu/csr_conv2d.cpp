@@ -50,6 +50,8 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const cpu::ConvScratch buffers{data_or_null<float>(packed), data_or_null<int32_t>(offsets),
                                    data_or_null<float>(wide)};
     try {
+      cpu::conv_tap_offsets(s, layout, crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(),
+                            data_or_null<int32_t>(offsets), torch_parallel_for());
       dispatch_value_type(values.scalar_type(), [&](auto tag) {
         using V = decltype(tag);
         const cpu::CsrView<V> w{crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(),
