@@ -683,6 +683,88 @@ def test_native_session_groups_linears_reading_one_input(tmp_path, batch):
         torch.testing.assert_close(torch.from_numpy(got[0]), model(x), rtol=1e-5, atol=1e-5)
 
 
+def _linear_then_gelu(approximate="none", relu=0, also_output=False):
+    """CsrLinear [N, 8] -> [N, 4] (columns 0, 3, 5, 7, values 1, 2, 3, 4) then Gelu; with
+    also_output the linear's output is a graph output too."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(a, name) for a, name in (
+        (np.arange(5, dtype=np.int32), "crow"), (np.array([0, 3, 5, 7], np.int32), "col"),
+        (np.arange(1, 5, dtype=np.float32), "values"), (np.array([0.5, -1, 0, 2], np.float32), "bias"))]
+    nodes = [helper.make_node("CsrLinear", ["X", "crow", "col", "values", "bias"], ["Y"], name="linear",
+                              domain="sparse_rt", in_features=8, relu=relu),
+             helper.make_node("Gelu", ["Y"], ["Out"], approximate=approximate)]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+               for name in ("Out",) + (("Y",) if also_output else ())]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 8])], outputs,
+                              initializer=weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("sparse_rt", 1)],
+                             ir_version=9)
+
+
+@requires_compiled_ops
+def test_gelu_folded_only_in_its_exact_form_after_a_linear_without_relu():
+    from sparse_rt.onnx import fold
+
+    for why, proto in {"tanh form": _linear_then_gelu("tanh"), "after a ReLU": _linear_then_gelu(relu=1),
+                       "output used twice": _linear_then_gelu(also_output=True)}.items():
+        assert fold.fold_gelu(proto) == 0, why
+        assert [n.op_type for n in proto.graph.node] == ["CsrLinear", "Gelu"], why
+    proto = _linear_then_gelu()
+    assert fold.fold_gelu(proto) == 1
+    (node,) = proto.graph.node
+    assert list(node.output) == ["Out"] and {a.name: a.i for a in node.attribute}["gelu"] == 1
+
+
+@requires_compiled_ops
+@needs_native
+def test_native_session_runs_bert_gelu_in_the_epilogue(tmp_path):
+    """The feed-forward block's Gelu folds into its first linear layer in a native session, whose
+    output stays within 1e-5 of the PyTorch model's."""
+    import onnx
+
+    from sparse_rt.onnx import fold
+
+    _, model, x = _sparse_model("bert_encoder", format="csr")
+    path = tmp_path / "m.onnx"
+    model.export_onnx(path, x, flavor="sparse")
+    assert fold.fold_gelu(onnx.load(path)) == 1  # the one layer's
+    sess = sparse_rt.onnx.session(path, kernels="native")
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    with torch.inference_mode():
+        torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("batch", [1, 9, 70])  # the gather kernel; the tiled one, one panel and two
+def test_native_linear_applies_gelu_in_its_epilogue(tmp_path, batch):
+    """gelu=1 on the native CsrLinear: the exact GELU of x W^T + b, for outputs across GELU's
+    range, within the kernel's bound (3e-7 |x| plus rounding); relu and gelu together refused."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from sparse_rt.onnx import fold
+
+    proto = _linear_then_gelu()
+    assert fold.fold_gelu(proto) == 1
+    onnx.save(proto, tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    x = torch.linspace(-4, 4, batch * 8, dtype=torch.float64).reshape(batch, 8)
+    pre = x[:, [0, 3, 5, 7]] * torch.arange(1, 5) + torch.tensor([0.5, -1, 0, 2])
+    (y,) = sess.run(None, {"X": x.float().numpy()})
+    np.testing.assert_allclose(y, torch.nn.functional.gelu(pre).numpy(), rtol=1e-6, atol=1e-6)
+
+    onnx.save(_linear_then_gelu(relu=1), tmp_path / "both.onnx")
+    both = onnx.load(tmp_path / "both.onnx")
+    both.graph.node[0].attribute.append(onnx.helper.make_attribute("gelu", 1))
+    with pytest.raises(Exception, match=r"CsrLinear node 'linear': relu and gelu cannot both be set"):
+        ort.InferenceSession(both.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def _two_linears(shared_input=True, relu=(0, 0), residual=False, col_as_input=False):
     """Two CsrLinear nodes [N, 8] -> [N, 4] reading X (the second reads X2 unless shared_input),
     columns {0, 3, 5, 7} and {1, 2, 4, 6}; with residual the second adds R; with col_as_input its

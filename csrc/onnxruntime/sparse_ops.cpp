@@ -2,7 +2,8 @@
 // sparse_rt/onnx/ops_table.py): CsrLinear, BsrLinear and CsrConv2d, fp32, each taking (X,
 // crow_indices, col_indices, values, bias) and giving Y. An optional sixth input, `residual`
 // (shaped like Y), is added in the kernel's epilogue before the ReLU: not part of the file format,
-// it is what sparse_rt.onnx.session makes of an Add (and Relu) after our op (fold.py), as is
+// it is what sparse_rt.onnx.session makes of an Add (and Relu) after our op (fold.py), as are the
+// linear ops' optional attribute gelu=1 (a Gelu after them, applied in the epilogue) and
 // CsrLinears: CsrLinear nodes reading one X (attention's query, key and value projections) as one
 // node, X packed once and every layer's rows in one parallel region. They call the torch-free CPU kernels
 // directly and run them on onnxruntime's own intra-op threads, so a session spends no time in
@@ -236,6 +237,17 @@ int64_t int_attribute(const OrtKernelInfo* info, const char* name) {
   return Ort::ConstKernelInfo(info).GetAttribute<int64_t>(name);
 }
 
+// An int attribute the node may leave out (the file format's ops have none: these are what
+// sparse_rt.onnx.session folds into them).
+int64_t optional_int_attribute(const OrtKernelInfo* info, const char* name, int64_t absent) {
+  int64_t value = absent;
+  if (OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value)) {
+    Ort::GetApi().ReleaseStatus(status);
+    return absent;
+  }
+  return value;
+}
+
 // The rows of a linear layer's X (the product of its leading dimensions), after checking that its
 // last dimension is in_features.
 int64_t linear_batch(const Tensor& x, int64_t in_features) {
@@ -279,14 +291,14 @@ class OpKernel {
                        const Tensor* residual) const = 0;
 
   // Y's buffer, of out_dims, and the epilogue adding bias, the residual (which must be shaped like
-  // Y) and the ReLU.
+  // Y) and the ReLU or GELU.
   static std::pair<float*, cpu::Epilogue> output(const Ort::KernelContext& ctx, const std::vector<int64_t>& out_dims,
-                                                 const Weight& w, bool relu, const Tensor* residual) {
+                                                 const Weight& w, bool relu, const Tensor* residual, bool gelu = false) {
     if (residual && residual->dims != out_dims) {
       invalid("residual has shape ", dims_text(residual->dims), " but the output has shape ", dims_text(out_dims));
     }
     float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
-    return {y, cpu::Epilogue{w.bias, relu, residual ? static_cast<const float*>(residual->data) : nullptr}};
+    return {y, cpu::Epilogue{w.bias, relu, residual ? static_cast<const float*>(residual->data) : nullptr, gelu}};
   }
 
   bool blocked() const { return blocked_; }
@@ -323,8 +335,9 @@ class LinearKernel : public OpKernel {
  public:
   LinearKernel(const OrtKernelInfo* info, const char* op_type, bool blocked)
       : OpKernel(info, op_type, blocked), in_features_(int_attribute(info, "in_features")),
-        relu_(int_attribute(info, "relu") != 0) {
+        relu_(int_attribute(info, "relu") != 0), gelu_(optional_int_attribute(info, "gelu", 0) != 0) {
     if (in_features_ < 0) invalid("in_features must be >= 0, got ", in_features_);
+    if (relu_ && gelu_) invalid("relu and gelu cannot both be set");
   }
 
  protected:
@@ -338,7 +351,7 @@ class LinearKernel : public OpKernel {
                const Tensor* residual) const override {
     std::vector<int64_t> out_dims = x.dims;
     out_dims.back() = w.rows();
-    const auto [y, ep] = output(ctx, out_dims, w, relu_, residual);
+    const auto [y, ep] = output(ctx, out_dims, w, relu_, residual, gelu_);
     const int64_t batch = linear_batch(x, in_features_);
     if (batch == 0 || w.rows() == 0) return;
     const auto* xp = static_cast<const float*>(x.data);
@@ -363,6 +376,7 @@ class LinearKernel : public OpKernel {
  private:
   const int64_t in_features_;
   const bool relu_;
+  const bool gelu_;  // GELU (exact form) after bias and residual: a Gelu node folded in
 };
 
 struct CsrLinearKernel final : LinearKernel {

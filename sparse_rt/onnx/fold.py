@@ -15,7 +15,8 @@ weights are new initializers: the exporter shares identical constants between no
 When a session runs the file on the native kernels (fold_residual_add_and_relu): a residual Add
 after our op, and a Relu after that, become the op's optional sixth input and relu=1, which the
 kernel's epilogue applies as it stores each output (two passes over the activation fewer). The
-Python ops take exactly five inputs, so the file itself keeps the Add. Likewise
+Python ops take exactly five inputs, so the file itself keeps the Add. Likewise fold_gelu makes a
+Gelu after a linear op of ours the op's gelu=1, applied as each output is stored, and
 group_linears_sharing_input makes one CsrLinears node, a native kernel only, of the CsrLinear
 nodes that read one input (attention's query, key and value projections): the input is packed
 once and all their rows split over the threads in one parallel region.
@@ -98,9 +99,35 @@ def fold_residual_add_and_relu(model, dims):
     return len(removed)
 
 
+_LINEAR = ("CsrLinear", "BsrLinear")
+
+
+def fold_gelu(model):
+    """Rewrites `model`'s main graph (in place) for the native kernels: a Gelu in its exact form
+    (approximate="none") that alone consumes the output of a CsrLinear or BsrLinear with relu=0
+    becomes that op's attribute gelu=1, which the kernel applies after bias and residual as it
+    stores each output (activation.h: within 3e-7 * |x| of the exact GELU). Returns the number
+    of nodes removed."""
+    graph = model.graph
+    graph_outputs = {o.name for o in graph.output}
+    removed = []
+    for node in graph.node:
+        if node.domain != DOMAIN or node.op_type not in _LINEAR or _attribute(node, "relu") != 0:
+            continue
+        gelu = _sole_consumer(graph, node.output[0], graph_outputs)
+        if (gelu is not None and gelu.op_type == "Gelu" and not gelu.domain
+                and _attribute(gelu, "approximate", b"none") == b"none"):
+            _set_attribute(node, "gelu", 1)
+            node.output[0] = gelu.output[0]
+            removed.append(gelu)
+    for n in removed:
+        graph.node.remove(n)
+    return len(removed)
+
+
 def group_linears_sharing_input(model):
     """Rewrites `model`'s main graph (in place) for the native kernels: CsrLinear nodes with five
-    inputs (no residual), relu=0, weights and biases that are float32 initializers, reading the
+    inputs (no residual), no activation, weights and biases that are float32 initializers, reading the
     same X with the same in_features become one CsrLinears node (X, then each layer's crow_indices,
     col_indices, values and bias; one output per layer, same names) where the first of them was.
     Returns the number of nodes removed."""
@@ -110,7 +137,8 @@ def group_linears_sharing_input(model):
     groups = {}
     for index, node in enumerate(nodes):
         if (node.domain == DOMAIN and node.op_type == "CsrLinear" and len(node.input) == 5
-                and _attribute(node, "relu") == 0 and _float32_weights(node, initializers)):
+                and _attribute(node, "relu") == 0 and not _attribute(node, "gelu", 0)
+                and _float32_weights(node, initializers)):
             groups.setdefault((node.input[0], _attribute(node, "in_features")), []).append(index)
     removed = 0
     for (x, in_features), members in groups.items():

@@ -94,7 +94,7 @@ void crop_wide_output(const Conv2dShape& s, const PackedConvLayout& l, const flo
     for (int64_t oy = 0; oy < s.out_h; ++oy) {
       const int64_t start = (o * s.out_h + oy) * s.out_w;
       const float* row = wide + o * l.wide_padded + oy * l.phase_w;
-      if (!ep.residual && !ep.relu) {
+      if (!ep.residual && !ep.activates()) {
         std::memcpy(out + start, row, sizeof(float) * s.out_w);
         continue;
       }
@@ -241,8 +241,8 @@ void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V
                          // The wide rows get the bias; residual and activation follow the crop.
                          float* wide = scratch.wide + n * w.rows * l.wide_padded;
                          csr_spmm(taps, b, {wide, l.wide_padded, 1, l.wide}, {ep.bias, false}, o0, o1);
-                         crop_wide_output(s, l, wide, y + n * out_image, {nullptr, ep.relu, image_ep.residual},
-                                          o0, o1);
+                         const Epilogue after_crop{nullptr, ep.relu, image_ep.residual, ep.gelu};
+                         crop_wide_output(s, l, wide, y + n * out_image, after_crop, o0, o1);
                        } else {
                          csr_spmm(taps, b, {y + n * out_image, l.wide, 1, l.wide}, image_ep, o0, o1);
                        }

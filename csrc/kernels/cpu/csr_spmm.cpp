@@ -124,13 +124,13 @@ inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOut
 constexpr int64_t kGroup = 16, kTileStride = 64;
 
 // Stores at `out` the epilogue of a vector of sums that already hold their bias: + residual (when
-// given, read at `residual`), then the ReLU; the same order of operations as Epilogue::apply.
+// given, read at `residual`), then ep's activation; the same order of operations as Epilogue::apply.
 template <typename Vec>
-[[gnu::always_inline]] inline void store_finished(const Vec& sums, const float* residual, bool relu,
+[[gnu::always_inline]] inline void store_finished(const Vec& sums, const float* residual, const Epilogue& ep,
                                                   float* out) {
   Vec v = sums;
   if (residual) v += load<Vec>(residual);
-  if (relu) v = v < 0.f ? Vec{} : v;
+  v = ep.activate(v);
   __builtin_memcpy(out, &v, sizeof v);
 }
 
@@ -138,10 +138,10 @@ template <typename Vec>
 // Returns the first j not stored.
 template <typename Vec>
 [[gnu::always_inline]] inline int64_t store_vectors(const float* sums, float bias, const float* residual,
-                                                    bool relu, float* out, int64_t j, int64_t end) {
+                                                    const Epilogue& ep, float* out, int64_t j, int64_t end) {
   constexpr int64_t kLanes = kLanesOf<Vec>;
   for (; j + kLanes <= end; j += kLanes) {
-    store_finished<Vec>(load<Vec>(sums + j) + bias, residual ? residual + j : nullptr, relu, out + j);
+    store_finished<Vec>(load<Vec>(sums + j) + bias, residual ? residual + j : nullptr, ep, out + j);
   }
   return j;
 }
@@ -167,7 +167,7 @@ template <typename Wide>
       for (int64_t j = 0; j < kLanes; ++j) {
         if (j0 + j >= stored) break;
         const int64_t start = r0 + i0 + (q0 + j0 + j) * y.col_stride;
-        store_finished<Wide>(block[j] + bias, ep.residual ? ep.residual + start : nullptr, ep.relu,
+        store_finished<Wide>(block[j] + bias, ep.residual ? ep.residual + start : nullptr, ep,
                              y.data + start);
       }
     }
@@ -190,7 +190,7 @@ template <typename Wide>
       for (int64_t i = 0; i < count; ++i) {
         float v = tile[i * kTileStride + j] + (ep.bias ? ep.bias[r0 + i] : 0.f);
         if (residual) v += residual[i];
-        y.data[start + i] = ep.relu && v < 0.f ? 0.f : v;
+        y.data[start + i] = ep.activate(v);
       }
     }
     return;
@@ -204,11 +204,11 @@ template <typename Wide>
       const float* sums = tile + i * kTileStride;
       const float* residual = ep.residual ? ep.residual + start : nullptr;
       float* out = y.data + start;
-      int64_t j = store_vectors<Wide>(sums, bias, residual, ep.relu, out, 0, stored);
-      if constexpr (kLanesOf<Wide> > 8) j = store_vectors<vec8>(sums, bias, residual, ep.relu, out, j, stored);
+      int64_t j = store_vectors<Wide>(sums, bias, residual, ep, out, 0, stored);
+      if constexpr (kLanesOf<Wide> > 8) j = store_vectors<vec8>(sums, bias, residual, ep, out, j, stored);
       for (; j < stored; ++j) {
         const float v = sums[j] + bias + (residual ? residual[j] : 0.f);
-        out[j] = ep.relu && v < 0.f ? 0.f : v;
+        out[j] = ep.activate(v);
       }
     }
     return;

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "activation.h"
+
 namespace sparse_rt::cpu {
 
 // CSR matrix [rows, cols]: row r holds entries crow[r] .. crow[r+1]-1.
@@ -30,21 +32,32 @@ struct BsrView {
 
 // The epilogue every kernel applies to its fp32 accumulator before storing it:
 // act(acc + bias[row] + residual[index]), where `index` is where the value is stored, counted from
-// the output pointer the kernel was given. The residual (a skip connection's tensor) has the
-// output's layout; adding it here saves the separate pass over the output that `y + x` costs.
+// the output pointer the kernel was given, and act the ReLU, GELU (activation.h) or nothing. The
+// residual (a skip connection's tensor) has the output's layout; adding it here saves the separate
+// pass over the output that `y + x` costs.
 struct Epilogue {
   const float* bias;  // nullptr: no bias
   bool relu;
   const float* residual = nullptr;  // nullptr: none
+  bool gelu = false;                // not with relu
 
   float apply(float acc, int64_t row, int64_t index) const {
     if (bias) acc += bias[row];
     if (residual) acc += residual[index];
-    return relu && acc < 0.f ? 0.f : acc;
+    return activate(acc);
   }
 
+  // The activation alone, on a float or a vector of them (vectors.h).
+  template <typename T>
+  [[gnu::always_inline]] T activate(T v) const {
+    if (relu) v = v < 0.f ? T{} : v;
+    if (gelu) v = cpu::gelu(v);
+    return v;
+  }
+  bool activates() const { return relu || gelu; }
+
   // The same epilogue for an output that starts `offset` elements into the one it was made for.
-  Epilogue at(int64_t offset) const { return {bias, relu, residual ? residual + offset : nullptr}; }
+  Epilogue at(int64_t offset) const { return {bias, relu, residual ? residual + offset : nullptr, gelu}; }
 };
 
 // Splits rows [0, rows) into `parts` contiguous ranges holding about the same number of nonzeros,

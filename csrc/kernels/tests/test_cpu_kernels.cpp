@@ -121,6 +121,32 @@ std::vector<V> encode_all(const std::vector<float>& v) {
 
 bool close(double a, double b) { return std::fabs(a - b) <= 1e-4 * std::max(1.0, std::fabs(b)); }
 
+double gelu_reference(double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); }
+
+// The epilogue's GELU (activation.h) on a float and on each vector width, against erfc in double:
+// error within 3e-7 * |x| plus a few float roundings of the result, from the far left tail (where
+// GELU underflows) to the identity-like right.
+void test_gelu() {
+  double worst = 0;
+  for (int i = -20 * 256; i <= 20 * 256; ++i) {
+    const float x = float(i) / 256;
+    const double ref = gelu_reference(x);
+    vec8 v8 = splat<vec8>(x);
+    vec16 v16 = splat<vec16>(x);
+    v8 = gelu(v8);
+    v16 = gelu(v16);
+    for (const float got : {gelu(x), v8[3], v16[11]}) {
+      const double error = std::fabs(got - ref), bound = 3e-7 * std::fabs(x) + 4 * 6e-8 * std::fabs(ref) + 1e-30;
+      worst = std::max(worst, error / bound);
+      if (error > bound) {
+        expect(false, "gelu(" + std::to_string(x) + ") = " + std::to_string(got) + ", reference " + std::to_string(ref));
+        return;
+      }
+    }
+  }
+  std::printf("gelu: worst error %.2f of its bound\n", worst);
+}
+
 // The tests' parallel-for: three chunks (grain ignored, so that small shapes split too), run last
 // first, so that results cannot depend on the order threads would run them in.
 void three_chunks_backwards(int64_t begin, int64_t end, int64_t, RangeFn body) {
@@ -136,7 +162,7 @@ const ParallelFor kThreeChunks{three_chunks_backwards, 3};
 // ascending order; the K-blocked SpMM must stay exact without it).
 template <typename V>
 void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, bool relu, bool with_residual,
-                     bool columns_descending = false) {
+                     bool columns_descending = false, bool gelu = false) {
   std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
   RandomCsr m = random_csr(rows, cols, density, g);
   for (int64_t r = 0; columns_descending && r < rows; ++r) {
@@ -162,7 +188,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
     }
   }
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
-  const Epilogue ep{bias.data(), relu, with_residual ? residual.data() : nullptr};
+  const Epilogue ep{bias.data(), relu, with_residual ? residual.data() : nullptr, gelu};
   std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN);
   // Two row ranges, as two threads would compute them.
   const int64_t mid = balanced_row_start(m.crow.data(), rows, 1, 2);
@@ -176,6 +202,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
       for (int64_t k = m.crow[r]; k < m.crow[r + 1]; ++k) ref += double(m.val[k]) * x[n * cols + m.col[k]];
       if (with_residual) ref += residual[n * rows + r];
       if (relu && ref < 0) ref = 0;
+      if (gelu) ref = gelu_reference(ref);
       const std::string where = "csr_linear " + std::to_string(rows) + "x" + std::to_string(cols) +
                                 " batch " + std::to_string(batch) + " at (" + std::to_string(n) +
                                 ", " + std::to_string(r) + ")";
@@ -319,6 +346,7 @@ void test_value_type() {
                               // Columns in blocks that fill L1 (64-wide tiles, a row block and a part)
                               LinearCase{70, 700, 130, 0.3}}) {
     test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0, c.batch % 3 != 1);
+    test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, false, c.batch % 3 == 1, false, /*gelu=*/true);
   }
   test_csr_linear<V>(70, 700, 130, 0.3, false, true, true);
   test_csr_mlp<V>(40, 96, 24, 150, 0.2, false);  // three panels, the last 22 rows padded to 24
@@ -584,6 +612,7 @@ void test_transpose() {
 
 int main() {
   test_16bit_conversions();
+  test_gelu();
   test_transpose<vec8>();
   test_transpose<vec16>();
   test_vector_span<1>();
