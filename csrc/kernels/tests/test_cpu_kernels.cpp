@@ -213,7 +213,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
 }
 
 template <typename V>
-void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch) {
+void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch, bool gelu = false) {
   std::mt19937 g(unsigned(bh * 17 + bw));
   const int64_t brows = 5, bcols = 3, rows = brows * bh, cols = bcols * bw;
   const RandomCsr blocks = random_csr(brows, bcols, 0.5, g);
@@ -222,7 +222,7 @@ void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch) {
   for (auto& v : x) v = exact_value(g);
   const std::vector<V> vals = encode_all<V>(tiles);
   const BsrView<V> w{blocks.crow.data(), blocks.col.data(), vals.data(), brows, bcols, bh, bw};
-  bsr_linear(w, x.data(), batch, y.data(), Epilogue{nullptr, false}, 0, brows);
+  bsr_linear(w, x.data(), batch, y.data(), Epilogue{nullptr, false, nullptr, gelu}, 0, brows);
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t r = 0; r < rows; ++r) {
       double ref = 0;
@@ -230,6 +230,7 @@ void test_bsr_linear(int64_t bh, int64_t bw, int64_t batch) {
       for (int64_t k = blocks.crow[br]; k < blocks.crow[br + 1]; ++k)
         for (int64_t j = 0; j < bw; ++j)
           ref += double(tiles[(k * bh + i) * bw + j]) * x[n * cols + blocks.col[k] * bw + j];
+      if (gelu) ref = gelu_reference(ref);
       expect(close(y[n * rows + r], ref), "bsr_linear " + std::to_string(bh) + "x" +
                                               std::to_string(bw) + " row " + std::to_string(r));
     }
@@ -356,6 +357,7 @@ void test_value_type() {
   for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {
     test_bsr_linear<V>(bh, bw, 3);
   }
+  test_bsr_linear<V>(4, 4, 5, /*gelu=*/true);
   // {batch, in_channels, height, width, out_channels, out_h, out_w, kh, kw, stride, pad, dil, groups}
   test_conv<V>({2, 3, 7, 9, 5, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
   test_conv<V>({2, 8, 17, 15, 16, 0, 0, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 0.3);
