@@ -323,6 +323,27 @@ except Exception as e:
 """
 
 
+def _model_of(graph, opset=17):
+    """A ModelProto of `graph` importing the ONNX opset and our domain."""
+    from onnx import helper
+
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("sparse_rt", 1)],
+                             ir_version=8 if opset < 19 else 9)
+
+
+def _native_session_by_hand(source, threads=None):
+    """An onnxruntime session of `source` (a path or serialized bytes) with our native kernels
+    registered as a user would, without sparse_rt.onnx.session's checks and rewrites."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
+    return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
+                                providers=["CPUExecutionProvider"])
+
+
 def _session_in_child(path, x_shape, mode="session", kernels="python"):
     import json
     import subprocess
@@ -380,8 +401,7 @@ def _hostile_model(path, op="CsrLinear", x_dims=(2, 8), in_features=8, rows=4, d
         y = helper.make_tensor_value_info("Out", TensorProto.FLOAT, None)
     if in_subgraph != "scan":
         graph = helper.make_graph([node], "hostile", [x], [y], initializer=weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
-                              ir_version=8)
+    model = _model_of(graph)
     onnx.save(model, path)
     return path
 
@@ -455,7 +475,6 @@ def test_native_kernels_check_index_inputs_that_change(tmp_path):
     first, then the same session fed an out-of-range column."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     node = helper.make_node("CsrLinear", ["X", "crow", "col", "values", "bias"], ["Y"], domain="sparse_rt",
@@ -467,12 +486,9 @@ def test_native_kernels_check_index_inputs_that_change(tmp_path):
                numpy_helper.from_array(np.zeros(4, np.float32), "bias")]
     graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
                               initializer=weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
-                              ir_version=8)
+    model = _model_of(graph)
     onnx.save(model, tmp_path / "m.onnx")
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    sess = _native_session_by_hand(tmp_path / "m.onnx")
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     crow = np.arange(5, dtype=np.int32)
     (y,) = sess.run(None, {"X": x, "crow": crow, "col": np.array([0, 3, 5, 7], np.int32)})
@@ -493,7 +509,6 @@ def test_native_and_python_kernels_agree(tmp_path, name, format, batch):
     """Both ways of running our ops give the PyTorch model's output; on the file as it is (no
     residual folding), each other's bit for bit (the same CPU kernels, each row's sum in the same
     order, whatever the thread split)."""
-    import onnxruntime as ort
 
     _, model, x = _sparse_model(name, format=format)
     x = x[:1].expand(batch, *x.shape[1:]).contiguous() + 0.01 * torch.randn(batch, *x.shape[1:])
@@ -501,12 +516,9 @@ def test_native_and_python_kernels_agree(tmp_path, name, format, batch):
     model.export_onnx(path, x, flavor="sparse")
     with torch.inference_mode():
         expected = model(x)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
     sessions = {kernels: sparse_rt.onnx.session(path, kernels=kernels, intra_op_num_threads=2)
                 for kernels in ("native", "python")}
-    sessions["native, file as it is"] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sessions["native, file as it is"] = _native_session_by_hand(path, threads=2)
     got = {}
     for kernels, sess in sessions.items():
         got[kernels] = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
@@ -521,7 +533,6 @@ def test_native_conv_keeps_tap_offsets_per_input_size(tmp_path, kernel, stride, 
     calls alternating between sizes and batches each give the dense convolution's output."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     cin, cout = 6, 10
@@ -539,12 +550,8 @@ def test_native_conv_keeps_tap_offsets_per_input_size(tmp_path, kernel, stride, 
     x_info = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", cin, "H", "W"])
     graph = helper.make_graph([node], "g", [x_info], [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
                               initializer=weights)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
-                                ir_version=8), tmp_path / "m.onnx")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    onnx.save(_model_of(graph), tmp_path / "m.onnx")
+    sess = _native_session_by_hand(tmp_path / "m.onnx", threads=2)
     for shape in [(1, cin, 8, 8), (2, cin, 11, 9), (1, cin, 11, 9), (3, cin, 8, 8)]:
         x = torch.randn(*shape, generator=g)
         expected = torch.nn.functional.conv2d(x.double(), dense.double(), bias.double(), stride, padding)
@@ -559,7 +566,6 @@ def test_native_session_runs_residual_adds_in_the_epilogue(tmp_path):
     input and relu=1 in a native session: same output as the file run as it is, bit for bit."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     from sparse_rt.onnx import fold, runtime
 
@@ -583,9 +589,7 @@ def test_native_session_runs_residual_adds_in_the_epilogue(tmp_path):
 
     feed = x.numpy()
     fused = sparse_rt.onnx.session(path, kernels="native")
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
-    as_is = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    as_is = _native_session_by_hand(path)
     got = [s.run(None, {s.get_inputs()[0].name: feed})[0] for s in (fused, as_is)]
     np.testing.assert_array_equal(got[0], got[1])
     with torch.inference_mode():
@@ -611,8 +615,7 @@ def _linear_then_add(addend_dims, residual_input=False):
                  helper.make_node("Add", ["Y", "R"], ["Out"])]
     graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("Out", TensorProto.FLOAT, None)],
                               initializer=weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
-                             ir_version=8)
+    return _model_of(graph)
 
 
 @requires_compiled_ops
@@ -632,12 +635,9 @@ def test_residual_fold_leaves_broadcasting_adds():
 def test_native_residual_must_match_the_output(tmp_path):
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     onnx.save(_linear_then_add(["A", "B"], residual_input=True), tmp_path / "m.onnx")
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    sess = _native_session_by_hand(tmp_path / "m.onnx")
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     r = np.full((2, 4), 100, np.float32)
     np.testing.assert_array_equal(sess.run(None, {"X": x, "R": r})[0], x[:, [0, 3, 5, 7]] + r)
@@ -654,7 +654,6 @@ def test_native_session_groups_linears_reading_one_input(tmp_path, batch):
     row's sum is the same, only the packing of X and the thread split are shared)."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     from sparse_rt.onnx import fold
 
@@ -673,10 +672,7 @@ def test_native_session_groups_linears_reading_one_input(tmp_path, batch):
         assert all(name in known for name in node.input if name), node.name
         known.update(node.output)
 
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
-    sessions = [ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-                for source in (proto.SerializeToString(), str(path))]
+    sessions = [_native_session_by_hand(source) for source in (proto.SerializeToString(), path)]
     got = [s.run(None, {s.get_inputs()[0].name: x.numpy()})[0] for s in sessions]
     np.testing.assert_array_equal(got[0], got[1])
     with torch.inference_mode():
@@ -699,8 +695,7 @@ def _linear_then_gelu(approximate="none", relu=0, also_output=False):
                for name in ("Out",) + (("Y",) if also_output else ())]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 8])], outputs,
                               initializer=weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("sparse_rt", 1)],
-                             ir_version=9)
+    return _model_of(graph, opset=20)
 
 
 @requires_compiled_ops
@@ -743,16 +738,13 @@ def test_native_linear_applies_gelu_in_its_epilogue(tmp_path, batch):
     range, within the kernel's bound (3e-7 |x| plus rounding); relu and gelu together refused."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     from sparse_rt.onnx import fold
 
     proto = _linear_then_gelu()
     assert fold.fold_gelu(proto) == 1
     onnx.save(proto, tmp_path / "m.onnx")
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    sess = _native_session_by_hand(tmp_path / "m.onnx")
     x = torch.linspace(-4, 4, batch * 8, dtype=torch.float64).reshape(batch, 8)
     pre = x[:, [0, 3, 5, 7]] * torch.arange(1, 5) + torch.tensor([0.5, -1, 0, 2])
     (y,) = sess.run(None, {"X": x.float().numpy()})
@@ -762,7 +754,7 @@ def test_native_linear_applies_gelu_in_its_epilogue(tmp_path, batch):
     both = onnx.load(tmp_path / "both.onnx")
     both.graph.node[0].attribute.append(onnx.helper.make_attribute("gelu", 1))
     with pytest.raises(Exception, match=r"CsrLinear node 'linear': relu and gelu cannot both be set"):
-        ort.InferenceSession(both.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        _native_session_by_hand(both.SerializeToString())
 
 
 def _two_linears(shared_input=True, relu=(0, 0), residual=False, col_as_input=False):
@@ -788,8 +780,7 @@ def _two_linears(shared_input=True, relu=(0, 0), residual=False, col_as_input=Fa
                               relu=relu[1])]
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("Y0", "Y1")]
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("sparse_rt", 1)],
-                             ir_version=8)
+    return _model_of(graph)
 
 
 @requires_compiled_ops
@@ -812,7 +803,6 @@ def _grouped_by_hand(tmp_path, inputs_of_node=None, outputs=("Y0", "Y1"), col_as
     """A session, built without sparse_rt's Python checks, of _two_linears grouped into CsrLinears
     (its inputs and outputs replaced where given)."""
     import onnx
-    import onnxruntime as ort
 
     from sparse_rt.onnx import fold
 
@@ -829,9 +819,7 @@ def _grouped_by_hand(tmp_path, inputs_of_node=None, outputs=("Y0", "Y1"), col_as
         proto.graph.input.append(onnx.helper.make_tensor_value_info("col1", onnx.TensorProto.INT32, [4]))
     del proto.graph.output[len(outputs):]
     onnx.save(proto, tmp_path / "m.onnx")
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(sparse_rt.ops.onnxruntime_kernels_library())
-    return ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    return _native_session_by_hand(tmp_path / "m.onnx")
 
 
 @needs_native

@@ -329,6 +329,15 @@ class Scratch {
   std::vector<Ort::MemoryAllocation> allocations_;
 };
 
+// x [batch, in_features] packed for the tiled SpMM (pack_panels) in scratch, or null below
+// kTiledMinBatch, where the gather kernel reads x itself (csr_linear_rows).
+const float* packed_input(Scratch& scratch, const float* x, int64_t batch, int64_t in_features,
+                          const cpu::ParallelFor& pf) {
+  float* panels = scratch.get<float>(cpu::packed_input_floats(batch, in_features));
+  if (panels) cpu::pack_panels(x, cpu::PanelLayout{batch, in_features}, panels, pf);
+  return panels;
+}
+
 // --- CsrLinear and BsrLinear --------------------------------------------------------------------
 
 class LinearKernel : public OpKernel {
@@ -366,8 +375,7 @@ class LinearKernel : public OpKernel {
     }
     const cpu::CsrView<float> view{w.crow, w.col, w.values, w.row_blocks, in_features_};
     Scratch scratch(ctx);
-    float* panels = scratch.get<float>(cpu::packed_input_floats(batch, in_features_));
-    if (panels) cpu::pack_panels(xp, cpu::PanelLayout{batch, in_features_}, panels, pf);
+    const float* panels = packed_input(scratch, xp, batch, in_features_, pf);
     cpu::parallel_over_rows(pf, w.crow, w.row_blocks, 1, work, [&](int64_t, int64_t r0, int64_t r1) {
       cpu::csr_linear_rows(view, xp, panels, batch, y, ep, r0, r1);
     });
@@ -441,8 +449,7 @@ class CsrLinearsKernel {
       const auto* xp = static_cast<const float*>(x.data);
       const cpu::ParallelFor pf = ort_parallel_for();
       Scratch scratch(ctx);
-      float* panels = scratch.get<float>(cpu::packed_input_floats(batch, in_features_));
-      if (panels) cpu::pack_panels(xp, cpu::PanelLayout{batch, in_features_}, panels, pf);
+      const float* panels = packed_input(scratch, xp, batch, in_features_, pf);
       std::vector<cpu::CsrView<float>> views;
       for (const Weight& w : weights) views.push_back({w.crow, w.col, w.values, w.row_blocks, in_features_});
       cpu::parallel_over_row_sets(
@@ -577,16 +584,8 @@ template <typename Op, typename Kernel>
 struct OpBase : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
   explicit OpBase(const char* name) : name_(name) {}
 
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new Kernel(info);
-      return nullptr;
-    } catch (const InvalidArgument& e) {
-      const std::string node = Ort::ConstKernelInfo(info).GetNodeName();
-      return api.CreateStatus(ORT_INVALID_ARGUMENT, ("sparse_rt." + std::string(name_) + " node '" + node + "': " + e.message).c_str());
-    } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_FAIL, e.what());
-    }
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return reporting(node_description(info, name_), [&] { *kernel = new Kernel(info); });
   }
   const char* GetName() const { return name_; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
