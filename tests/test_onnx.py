@@ -714,17 +714,20 @@ def test_gelu_folded_only_in_its_exact_form_after_a_linear_without_relu():
 
 @requires_compiled_ops
 @needs_native
-def test_native_session_runs_bert_gelu_in_the_epilogue(tmp_path):
-    """The feed-forward block's Gelu folds into its first linear layer in a native session, whose
-    output stays within 1e-5 of the PyTorch model's."""
+def test_native_session_runs_bert_gelu_in_the_epilogue_and_attention_as_one_node(tmp_path):
+    """The feed-forward block's Gelu folds into its first linear layer, and attention into one
+    MultiHeadAttention, in a native session, whose output stays within 1e-5 of the PyTorch model's."""
     import onnx
 
     from sparse_rt.onnx import fold
+    from sparse_rt.onnx.runtime import value_dims
 
     _, model, x = _sparse_model("bert_encoder", format="csr")
     path = tmp_path / "m.onnx"
     model.export_onnx(path, x, flavor="sparse")
     assert fold.fold_gelu(onnx.load(path)) == 1  # the one layer's
+    proto = onnx.load(path)
+    assert fold.fold_attention(proto, value_dims(proto)) == 11  # its attention, one node
     sess = sparse_rt.onnx.session(path, kernels="native")
     got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
     with torch.inference_mode():
@@ -784,6 +787,81 @@ def _two_linears(shared_input=True, relu=(0, 0), residual=False, col_as_input=Fa
 
 
 @requires_compiled_ops
+def _attention_written_out(scaling="Mul", factor_first=False, mask=False, probs_also_output=False, batch=2,
+                           key_heads=(2, 4)):
+    """Attention over q, k, v [batch, 7, 8] in 2 heads of 4 as the exporter writes it: heads split
+    by Reshape/Transpose (K's into `key_heads`), MatMul, `scaling` by 0.5 (Mul or Div, the factor
+    first with factor_first), optionally + a mask, Softmax, MatMul, heads merged back."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = [numpy_helper.from_array(a, name) for a, name in (
+        (np.array([2, 7, 2, 4]), "heads"), (np.array([2, 7, *key_heads]), "key_heads"), (np.array([2, 7, 8]), "merged"),
+        (np.array(0.5, np.float32), "factor"), (np.zeros((7, 7), np.float32), "mask"))]
+    scaled = "scaled" if mask else "logits"
+
+    def reshaped_and_transposed(source, shape, perm, output):
+        return [helper.make_node("Reshape", [source, shape], [f"{source}4"]),
+                helper.make_node("Transpose", [f"{source}4"], [output], perm=perm)]
+
+    nodes = [
+        *reshaped_and_transposed("q", "heads", [0, 2, 1, 3], "qh"),
+        *reshaped_and_transposed("k", "key_heads", [0, 2, 3, 1], "kt"),
+        *reshaped_and_transposed("v", "heads", [0, 2, 1, 3], "vh"),
+        helper.make_node("MatMul", ["qh", "kt"], ["scores"]),
+        helper.make_node(scaling, ["factor", "scores"] if factor_first else ["scores", "factor"], [scaled]),
+        *([helper.make_node("Add", ["scaled", "mask"], ["logits"])] if mask else []),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "vh"], ["o4"]),
+        helper.make_node("Transpose", ["o4"], ["ot"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ot", "merged"], ["out"])]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, 7, 8]) for name in "qkv"]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+               for name in ("out",) + (("probs",) if probs_also_output else ())]
+    return _model_of(helper.make_graph(nodes, "g", inputs, outputs, initializer=constants), opset=20)
+
+
+@pytest.mark.parametrize("scaling, factor_first", [("Mul", False), ("Mul", True), ("Div", False)])
+def test_attention_folds_into_one_multi_head_attention(scaling, factor_first):
+    """The exporter's attention becomes one MultiHeadAttention with the right heads and scale,
+    the constants it alone read are dropped, and onnxruntime gives the same output within
+    rounding (stock onnxruntime: the op is onnxruntime's own)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper
+
+    from sparse_rt.onnx import fold
+    from sparse_rt.onnx.runtime import value_dims
+
+    original = _attention_written_out(scaling, factor_first)
+    proto = _attention_written_out(scaling, factor_first)
+    assert fold.fold_attention(proto, value_dims(proto)) == 11
+    (node,) = proto.graph.node
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert (node.op_type, node.domain, list(node.input), list(node.output)) == (
+        "MultiHeadAttention", "com.microsoft", ["q", "k", "v"], ["out"])
+    assert attributes == {"num_heads": 2, "scale": 0.5 if scaling == "Mul" else 2.0}
+    assert [t.name for t in proto.graph.initializer] == ["mask"]  # read by no node before either
+    rng = np.random.default_rng(0)
+    feed = {name: rng.standard_normal((2, 7, 8), dtype=np.float32) for name in "qkv"}
+    got, expected = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+                     for m in (proto, original))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_folded_only_as_the_exporter_writes_it_without_a_mask():
+    from sparse_rt.onnx import fold
+    from sparse_rt.onnx.runtime import value_dims
+
+    for why, proto in {"a mask": _attention_written_out(mask=True),
+                       "probabilities also an output": _attention_written_out(probs_also_output=True),
+                       "batch unknown": _attention_written_out(batch="N"),
+                       "keys split into other heads": _attention_written_out(key_heads=(4, 2))}.items():
+        before = [n.op_type for n in proto.graph.node]
+        assert fold.fold_attention(proto, value_dims(proto)) == 0, why
+        assert [n.op_type for n in proto.graph.node] == before, why
+
+
 def test_linears_grouped_only_when_they_read_one_input_alike():
     from sparse_rt.onnx import fold
 

@@ -19,7 +19,9 @@ Python ops take exactly five inputs, so the file itself keeps the Add. Likewise 
 Gelu after a linear op of ours the op's gelu=1, applied as each output is stored, and
 group_linears_sharing_input makes one CsrLinears node, a native kernel only, of the CsrLinear
 nodes that read one input (attention's query, key and value projections): the input is packed
-once and all their rows split over the threads in one parallel region.
+once and all their rows split over the threads in one parallel region. fold_attention makes
+attention written out in standard ops (the exporter's form of scaled_dot_product_attention) one
+onnxruntime MultiHeadAttention node.
 """
 
 import numpy as np
@@ -52,9 +54,7 @@ def fold_batchnorm_and_relu(model):
             removed.append(relu)
     for n in removed:
         graph.node.remove(n)
-    used = {name for n in graph.node for name in n.input}
-    for t in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(t)
+    _remove_unused_initializers(graph, {t.name for t in graph.initializer})
     return len(removed)
 
 
@@ -156,6 +156,102 @@ def group_linears_sharing_input(model):
     return removed
 
 
+_HEADS_FIRST, _KEYS_TRANSPOSED = [0, 2, 1, 3], [0, 2, 3, 1]
+
+
+def fold_attention(model, dims):
+    """Rewrites `model`'s main graph (in place): attention written out in standard ops, as the
+    exporter writes torch's scaled_dot_product_attention without a mask,
+
+        Qh = Transpose(Reshape(q, [B, S, H, D]), 0,2,1,3)   (V likewise; K to 0,2,3,1)
+        out = Reshape(Transpose(MatMul(Softmax(MatMul(Qh, Kt) * c), Vh), 0,2,1,3), [B, S, H*D])
+
+    becomes one onnxruntime MultiHeadAttention (com.microsoft; num_heads=H, scale=c, or 1/c for a
+    Div) on q, k and v as they are: no transposed copies of them or of the output, and the heads
+    split over the threads in one parallel region. Only where q, k, v and out have the same dims
+    [B, S, H*D], all known (`dims` as runtime.value_dims gives), and every intermediate value feeds
+    the next node alone. Returns the number of nodes removed."""
+    graph = model.graph
+    graph_outputs = {o.name for o in graph.output}
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)  # found by index: protobuf messages compare by value
+    producer = {name: n for n in nodes for name in n.output}
+    consumers = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+
+    def sole_consumer(name):
+        found = consumers.get(name, [])
+        return found[0] if len(found) == 1 and name not in graph_outputs else None
+
+    def made_by(name, op_type, consumer):
+        """The standard node of `op_type` making `name` for `consumer` alone, or None."""
+        node = producer.get(name)
+        ok = node is not None and node.op_type == op_type and not node.domain and sole_consumer(name) is consumer
+        return node if ok else None
+
+    def constant(name):
+        return numpy_helper.to_array(initializers[name]) if name in initializers else None
+
+    def heads_of(transpose, perm):
+        """(`transpose`, the Reshape splitting heads before it, that Reshape's input, [H, D]), or None."""
+        if transpose is None or _attribute(transpose, "perm") != perm:
+            return None
+        reshape = made_by(transpose.input[0], "Reshape", transpose)
+        shape = constant(reshape.input[1]) if reshape is not None else None
+        source = dims.get(reshape.input[0]) if reshape is not None else None
+        if (shape is None or shape.shape != (4,) or not source or len(source) != 3
+                or not all(isinstance(d, int) and d > 0 for d in source)
+                or list(shape) != [*source[:2], shape[2], shape[3]] or shape[2] * shape[3] != source[2]):
+            return None
+        return transpose, reshape, reshape.input[0], [int(shape[2]), int(shape[3])]
+
+    removed, constants = set(), set()
+    for softmax in nodes:
+        if softmax.op_type != "Softmax" or softmax.domain or _attribute(softmax, "axis", -1) not in (-1, 3):
+            continue
+        scaling = producer.get(softmax.input[0])
+        if scaling is None or scaling.op_type not in ("Mul", "Div") or made_by(scaling.output[0], scaling.op_type,
+                                                                            softmax) is None:
+            continue
+        # scores * c, c * scores or scores / c, with c a float32 scalar initializer
+        orders = [list(scaling.input)] + ([list(reversed(scaling.input))] if scaling.op_type == "Mul" else [])
+        scores_name, factor_name = next(((s, c) for s, c in orders if constant(c) is not None), (None, None))
+        factor = constant(factor_name) if factor_name else None
+        if factor is None or factor.size != 1 or factor.dtype != np.float32 or float(factor.ravel()[0]) == 0:
+            continue
+        scores = made_by(scores_name, "MatMul", scaling)
+        weighted = sole_consumer(softmax.output[0])
+        if scores is None or weighted is None or weighted.op_type != "MatMul" or weighted.input[0] != softmax.output[0]:
+            continue
+        merge = sole_consumer(weighted.output[0])
+        out = (sole_consumer(merge.output[0]) if merge is not None and merge.op_type == "Transpose" and not merge.domain
+               else None)
+        q, k, v = (heads_of(made_by(name, "Transpose", consumer), perm) for name, consumer, perm in (
+            (scores.input[0], scores, _HEADS_FIRST), (scores.input[1], scores, _KEYS_TRANSPOSED),
+            (weighted.input[1], weighted, _HEADS_FIRST)))
+        if (q is None or k is None or v is None or not q[3] == k[3] == v[3]
+                or _attribute(merge, "perm") != _HEADS_FIRST or out is None or out.op_type != "Reshape"
+                or out.domain or not dims.get(q[2]) == dims.get(k[2]) == dims.get(v[2]) == dims.get(out.output[0])):
+            continue
+        scale = float(factor.ravel()[0])
+        heads, _ = q[3]
+        attention = onnx.helper.make_node(
+            "MultiHeadAttention", [q[2], k[2], v[2]], [out.output[0]], name=f"{softmax.name}.attention",
+            domain="com.microsoft", num_heads=heads, scale=scale if scaling.op_type == "Mul" else 1.0 / scale)
+        folded = [scaling, scores, softmax, weighted, merge, *(n for split in (q, k, v) for n in split[:2])]
+        removed.update(id(n) for n in folded)
+        constants.update([factor_name, out.input[1], *(split[1].input[1] for split in (q, k, v))])
+        nodes[next(i for i, n in enumerate(nodes) if n is out)] = attention
+    if removed and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if id(n) not in removed)
+    _remove_unused_initializers(graph, constants)  # the shapes and the scale, unless read elsewhere
+    return len(removed)
+
+
 def _float32_weights(node, initializers):
     types = [initializers[name].data_type if name in initializers else None for name in node.input[1:5]]
     int32, float32 = onnx.TensorProto.INT32, onnx.TensorProto.FLOAT
@@ -194,6 +290,24 @@ def _fold(graph, node, bn, initializers):
         graph.initializer.append(tensor)
         initializers[name] = tensor
         node.input[index] = name
+
+
+def _remove_unused_initializers(graph, names):
+    """Removes the initializers of `graph` named in `names` that no node (of any subgraph too)
+    reads and that are not graph outputs."""
+    used = _names_read(graph) | {o.name for o in graph.output}
+    for t in [t for t in graph.initializer if t.name in names and t.name not in used]:
+        graph.initializer.remove(t)
+
+
+def _names_read(graph):
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for a in node.attribute:
+            for subgraph in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                names |= _names_read(subgraph)
+    return names
 
 
 def _unique_name(base, taken):

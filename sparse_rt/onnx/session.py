@@ -24,8 +24,9 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
     native kernel reports an X it cannot take as onnxruntime's InvalidArgument, naming the node.
     On the native kernels a residual Add after our op, and a Relu after it, run in the op's
     epilogue (fold.fold_residual_add_and_relu), as does a Gelu after a linear op (fold.fold_gelu),
-    and CsrLinear nodes reading one input run as one (fold.group_linears_sharing_input); the file
-    is not changed.
+    CsrLinear nodes reading one input run as one (fold.group_linears_sharing_input), and attention
+    written out in standard ops runs as onnxruntime's MultiHeadAttention (fold.fold_attention); the
+    file is not changed.
     `ort_options` set attributes of onnxruntime.SessionOptions (intra_op_num_threads=2,
     graph_optimization_level=...) or pass `providers` / `provider_options` on; `config` holds
     session config entries ({"session.intra_op.allow_spinning": "0"}). The Python ops' weights are
@@ -64,19 +65,21 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
         return ort.InferenceSession(path, options, **session_args)
     import onnx
 
-    from .fold import fold_gelu, fold_residual_add_and_relu, group_linears_sharing_input
+    from .fold import fold_attention, fold_gelu, fold_residual_add_and_relu, group_linears_sharing_input
     from .runtime import bind_weights, check_weights, register_ort_kernels, release_weights, value_dims
 
     model = onnx.load(path)
     checked = check_weights(model, path)
     if native:
         options.register_custom_ops_library(native_library)
-        # Residual adds, ReLUs and GELUs go into our ops' epilogues, and CsrLinear nodes reading
-        # one input become one CsrLinears, where the graph travels as bytes, within protobuf's
-        # limit; past it the file runs as it is.
+        # Residual adds, ReLUs and GELUs go into our ops' epilogues, CsrLinear nodes reading one
+        # input become one CsrLinears and attention one node, where the graph travels as bytes,
+        # within protobuf's limit; past it the file runs as it is.
         if model.ByteSize() <= _MAX_PROTO_BYTES:
-            folded = fold_residual_add_and_relu(model, value_dims(model))
+            dims = value_dims(model)  # of values that the rewrites keep as they are
+            folded = fold_residual_add_and_relu(model, dims)
             folded += fold_gelu(model)
+            folded += fold_attention(model, dims)
             folded += group_linears_sharing_input(model)
             if folded:
                 return ort.InferenceSession(model.SerializeToString(), options, **session_args)
