@@ -714,9 +714,10 @@ def test_gelu_folded_only_in_its_exact_form_after_a_linear_without_relu():
 
 @requires_compiled_ops
 @needs_native
-def test_native_session_runs_bert_gelu_in_the_epilogue_and_attention_as_one_node(tmp_path):
-    """The feed-forward block's Gelu folds into its first linear layer, and attention into one
-    MultiHeadAttention, in a native session, whose output stays within 1e-5 of the PyTorch model's."""
+def test_native_session_runs_bert_gelu_in_the_epilogue_and_attention_and_feed_forward_as_one_node(tmp_path):
+    """The feed-forward block's Gelu folds into its first linear layer, attention into one
+    MultiHeadAttention and the feed-forward block into one CsrMlp, in a native session, whose
+    output stays within 1e-5 of the PyTorch model's."""
     import onnx
 
     from sparse_rt.onnx import fold
@@ -728,6 +729,11 @@ def test_native_session_runs_bert_gelu_in_the_epilogue_and_attention_as_one_node
     assert fold.fold_gelu(onnx.load(path)) == 1  # the one layer's
     proto = onnx.load(path)
     assert fold.fold_attention(proto, value_dims(proto)) == 11  # its attention, one node
+    fold.fold_residual_add_and_relu(proto, value_dims(proto))
+    fold.fold_gelu(proto)
+    assert fold.fuse_feed_forward(proto) == 1  # its feed-forward block, one node
+    (mlp,) = [n for n in proto.graph.node if n.op_type == "CsrMlp"]
+    assert len(mlp.input) == 10 and {a.name: a.i for a in mlp.attribute}["gelu"] == 1  # with the residual
     sess = sparse_rt.onnx.session(path, kernels="native")
     got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
     with torch.inference_mode():
@@ -929,6 +935,96 @@ def test_native_linears_kernel_checks_its_inputs(tmp_path):
         session.run(None, {"X": x, "col1": np.array([1, 2, 4, 8], np.int32)})
     with pytest.raises(Exception, match=r"X has shape \[2, 6\] but in_features=8"):
         session.run(None, {"X": x[:, :6], "col1": np.array([1, 2, 4, 6], np.int32)})
+
+
+def _linear_pair(activation="gelu", residual=False, second_relu=0, hidden_also_output=False):
+    """CsrLinear [N, 8] -> [N, 6] with `activation` ("relu", "gelu" or None), then CsrLinear
+    [N, 6] -> [N, 4] (+ R, a graph input, with residual), both with initializer weights."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weights(prefix, rows, cols):
+        dense = rng.standard_normal((rows, cols)).astype(np.float32) * (rng.random((rows, cols)) < 0.6)
+        dense[1] = 0  # an empty row
+        crow = np.concatenate([[0], np.cumsum((dense != 0).sum(1))]).astype(np.int32)
+        return [numpy_helper.from_array(a, f"{prefix}.{name}") for name, a in (
+            ("crow", crow), ("col", np.nonzero(dense)[1].astype(np.int32)), ("values", dense[dense != 0]),
+            ("bias", rng.standard_normal(rows).astype(np.float32)))]
+
+    first, second = weights("first", 6, 8), weights("second", 4, 6)
+    nodes = [helper.make_node("CsrLinear", ["X", *(t.name for t in first)], ["H"], name="first", domain="sparse_rt",
+                              in_features=8, relu=int(activation == "relu"), gelu=int(activation == "gelu")),
+             helper.make_node("CsrLinear", ["H", *(t.name for t in second), *(["R"] if residual else [])], ["Y"],
+                              name="second", domain="sparse_rt", in_features=6, relu=second_relu)]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 8])]
+    if residual:
+        inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, ["N", 4]))
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+               for name in ("Y",) + (("H",) if hidden_also_output else ())]
+    return _model_of(helper.make_graph(nodes, "g", inputs, outputs, initializer=first + second), opset=20)
+
+
+@needs_native
+@pytest.mark.parametrize("activation, residual", [("gelu", True), ("relu", False), (None, False)])
+@pytest.mark.parametrize("batch", [1, 9, 70])  # the gather kernels; the tiled one, one panel and two
+def test_native_feed_forward_node_gives_the_two_linears_outputs(activation, residual, batch):
+    """Two CsrLinear nodes in a row fused into one CsrMlp: the same outputs as the two nodes, bit for
+    bit (the same sums and epilogues, the hidden activations kept per panel instead of written out)."""
+    import numpy as np
+
+    from sparse_rt.onnx import fold
+
+    separate = _linear_pair(activation, residual)
+    fused = _linear_pair(activation, residual)
+    assert fold.fuse_feed_forward(fused) == 1
+    (node,) = fused.graph.node
+    assert node.op_type == "CsrMlp" and len(node.input) == 9 + residual and list(node.output) == ["Y"]
+    rng = np.random.default_rng(1)
+    feed = {"X": rng.standard_normal((batch, 8), dtype=np.float32)}
+    if residual:
+        feed["R"] = rng.standard_normal((batch, 4), dtype=np.float32)
+    got, expected = (_native_session_by_hand(m.SerializeToString(), threads=2).run(None, feed)[0]
+                     for m in (fused, separate))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_feed_forward_fused_only_for_a_hidden_output_read_by_the_second_layer_alone():
+    from sparse_rt.onnx import fold
+
+    for why, proto in {"hidden output also a graph output": _linear_pair(hidden_also_output=True),
+                       "second layer with a ReLU": _linear_pair(second_relu=1)}.items():
+        assert fold.fuse_feed_forward(proto) == 0, why
+        assert [n.op_type for n in proto.graph.node] == ["CsrLinear", "CsrLinear"], why
+
+
+@needs_native
+def test_native_feed_forward_kernel_names_the_layer_it_refuses(tmp_path):
+    """A CsrMlp whose second layer addresses a column past the first layer's rows, or whose X has
+    the wrong width, fails the run as InvalidArgument naming the node and the layer."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from sparse_rt.onnx import fold
+
+    proto = _linear_pair()
+    assert fold.fuse_feed_forward(proto) == 1
+    col = next(t for t in proto.graph.initializer if t.name == "second.col")
+    forged = numpy_helper.to_array(col).copy()
+    forged[-1] = 6  # the hidden layer has 6 rows: columns 0-5
+    col.CopyFrom(numpy_helper.from_array(forged, col.name))
+    onnx.save(proto, tmp_path / "m.onnx")
+    sess = _native_session_by_hand(tmp_path / "m.onnx")
+    with pytest.raises(Exception, match=r"CsrMlp node 'first\+second': second layer: "
+                                        r"col_indices\[\d+\]=6 is out of range \[0, 6\)"):
+        sess.run(None, {"X": np.zeros((2, 8), np.float32)})
+    proto = _linear_pair()
+    fold.fuse_feed_forward(proto)
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "K"  # X's width left to the kernel
+    with pytest.raises(Exception, match=r"CsrMlp node 'first\+second': X has shape \[2, 7\] but in_features=8"):
+        _native_session_by_hand(proto.SerializeToString()).run(None, {"X": np.zeros((2, 7), np.float32)})
 
 
 def test_session_rejects_unknown_kernels(tmp_path):

@@ -5,7 +5,9 @@
 // it is what sparse_rt.onnx.session makes of an Add (and Relu) after our op (fold.py), as are the
 // linear ops' optional attribute gelu=1 (a Gelu after them, applied in the epilogue) and
 // CsrLinears: CsrLinear nodes reading one X (attention's query, key and value projections) as one
-// node, X packed once and every layer's rows in one parallel region. They call the torch-free CPU kernels
+// node, X packed once and every layer's rows in one parallel region, and CsrMlp: a CsrLinear whose
+// output only a second one reads (a feed-forward block) as one node, 64 rows of X at a time through
+// both layers, the hidden activations kept in cache. They call the torch-free CPU kernels
 // directly and run them on onnxruntime's own intra-op threads, so a session spends no time in
 // Python and no second thread pool competes for the cores.
 //
@@ -467,6 +469,88 @@ class CsrLinearsKernel {
   std::vector<std::unique_ptr<IndexCheck>> checks_;
 };
 
+// --- CsrMlp ---------------------------------------------------------------------------------------
+
+// Inputs X, the first layer's (crow_indices, col_indices, values, bias), the second's, and an
+// optional residual: Y = W2 act(W1 X + b1) + b2 + residual, act the first layer's relu or gelu
+// attribute (or none). Not a file format op: sparse_rt.onnx.session makes it of a CsrLinear whose
+// output only a second CsrLinear reads (fold.fuse_feed_forward). From kTiledMinBatch rows on, one
+// panel of X at a time goes through both layers, the first layer's output for it (hidden x 64
+// floats) staying in cache as the second's operand (csr_mlp_tiled); below, the layers run in turn.
+enum MlpInput : size_t { kMlpX, kFirstLayer, kSecondLayer = kFirstLayer + kInputsPerLayer,
+                         kMlpResidual = kSecondLayer + kInputsPerLayer, kMlpInputs };
+
+class CsrMlpKernel {
+ public:
+  explicit CsrMlpKernel(const OrtKernelInfo* info)
+      : what_(node_description(info, "CsrMlp")), in_features_(int_attribute(info, "in_features")),
+        relu_(optional_int_attribute(info, "relu", 0) != 0), gelu_(optional_int_attribute(info, "gelu", 0) != 0),
+        first_check_(info, kFirstLayer, kFirstLayer + 1), second_check_(info, kSecondLayer, kSecondLayer + 1) {
+    if (in_features_ < 0) invalid("in_features must be >= 0, got ", in_features_);
+    if (relu_ && gelu_) invalid("relu and gelu cannot both be set");
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return reporting(what_, [&] {
+      const ContextScope scope(context);
+      const Ort::KernelContext ctx(context);
+      const Tensor x = read(ctx.GetInput(kMlpX));
+      const int64_t batch = linear_batch(x, in_features_);
+      const Weight w1 = layer(ctx, "first", kFirstLayer, in_features_, first_check_);
+      const Weight w2 = layer(ctx, "second", kSecondLayer, w1.rows(), second_check_);
+      std::vector<int64_t> out_dims = x.dims;
+      out_dims.back() = w2.rows();
+      const Ort::ConstValue residual_value = ctx.GetInput(kMlpResidual);
+      const Tensor residual = residual_value ? read(residual_value) : Tensor{};
+      if (residual.data && residual.dims != out_dims) {
+        invalid("residual has shape ", dims_text(residual.dims), " but the output has shape ", dims_text(out_dims));
+      }
+      float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
+      if (batch == 0 || w2.rows() == 0) return;
+      const cpu::Epilogue ep1{w1.bias, relu_, nullptr, gelu_};
+      const cpu::Epilogue ep2{w2.bias, false, static_cast<const float*>(residual.data)};
+      const cpu::CsrView<float> view1{w1.crow, w1.col, w1.values, w1.rows(), in_features_};
+      const cpu::CsrView<float> view2{w2.crow, w2.col, w2.values, w2.rows(), w1.rows()};
+      const auto* xp = static_cast<const float*>(x.data);
+      const cpu::ParallelFor pf = ort_parallel_for();
+      Scratch scratch(ctx);
+      if (const float* panels = packed_input(scratch, xp, batch, in_features_, pf)) {
+        const int64_t panel_columns = std::min(cpu::PanelLayout{batch, in_features_}.padded(), cpu::kPanelWidth);
+        float* hidden = scratch.get<float>(w1.rows() * panel_columns);
+        cpu::csr_mlp_tiled(view1, ep1, cpu::PanelActivation{nullptr, nullptr}, view2, ep2, panels, batch, hidden, y, pf);
+        return;
+      }
+      float* hidden = scratch.get<float>(batch * w1.rows());
+      cpu::parallel_over_rows(pf, w1.crow, w1.rows(), 1, w1.nnz * batch, [&](int64_t, int64_t r0, int64_t r1) {
+        cpu::csr_linear_gather(view1, xp, batch, hidden, ep1, r0, r1);
+      });
+      cpu::parallel_over_rows(pf, w2.crow, w2.rows(), 1, w2.nnz * batch, [&](int64_t, int64_t r0, int64_t r1) {
+        cpu::csr_linear_gather(view2, hidden, batch, y, ep2, r0, r1);
+      });
+    });
+  }
+
+ private:
+  // The layer whose four inputs start at `first`, over `cols` columns, its indices checked; errors
+  // name the layer.
+  static Weight layer(const Ort::KernelContext& ctx, const char* name, size_t first, int64_t cols, IndexCheck& check) {
+    try {
+      std::array<Tensor, kInputs> in{};
+      for (size_t j = 0; j < kInputsPerLayer; ++j) in[kCrow + j] = read(ctx.GetInput(first + j));
+      const Weight w = read_weight(in, false);
+      check(w, cols);
+      return w;
+    } catch (const InvalidArgument& e) {
+      invalid(name, " layer: ", e.message);
+    }
+  }
+
+  const std::string what_;
+  const int64_t in_features_;
+  const bool relu_, gelu_;  // the first layer's activation
+  IndexCheck first_check_, second_check_;
+};
+
 // --- CsrConv2d ----------------------------------------------------------------------------------
 
 class CsrConv2dKernel final : public OpKernel {
@@ -625,10 +709,25 @@ struct CsrLinearsOp : OpBase<CsrLinearsOp, CsrLinearsKernel> {
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_VARIADIC; }
 };
 
+// CsrMlp: X, two layers' (crow_indices, col_indices, values, bias), an optional residual -> Y.
+struct CsrMlpOp : OpBase<CsrMlpOp, CsrMlpKernel> {
+  CsrMlpOp() : OpBase("CsrMlp") {}
+  size_t GetInputTypeCount() const { return kMlpInputs; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    const bool indices = index != kMlpX && index != kMlpResidual && (index - kFirstLayer) % kInputsPerLayer < 2;
+    return indices ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == kMlpResidual ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+};
+
 const SparseOp<CsrLinearKernel> csr_linear_op("CsrLinear");
 const SparseOp<BsrLinearKernel> bsr_linear_op("BsrLinear");
 const SparseOp<CsrConv2dKernel> csr_conv2d_op("CsrConv2d");
 const CsrLinearsOp csr_linears_op;
+const CsrMlpOp csr_mlp_op;
 
 }  // namespace
 }  // namespace sparse_rt::onnxruntime
@@ -654,6 +753,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     domain.Add(&bsr_linear_op);
     domain.Add(&csr_conv2d_op);
     domain.Add(&csr_linears_op);
+    domain.Add(&csr_mlp_op);
     Ort::UnownedSessionOptions(options).Add(domain);
     const std::lock_guard<std::mutex> lock(mutex);
     domains.push_back(std::move(domain));

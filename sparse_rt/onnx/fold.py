@@ -21,7 +21,8 @@ group_linears_sharing_input makes one CsrLinears node, a native kernel only, of 
 nodes that read one input (attention's query, key and value projections): the input is packed
 once and all their rows split over the threads in one parallel region. fold_attention makes
 attention written out in standard ops (the exporter's form of scaled_dot_product_attention) one
-onnxruntime MultiHeadAttention node.
+onnxruntime MultiHeadAttention node, and fuse_feed_forward one CsrMlp node (a native kernel only)
+of two CsrLinear nodes in a row, the first's output read by the second alone.
 """
 
 import numpy as np
@@ -154,6 +155,42 @@ def group_linears_sharing_input(model):
     del graph.node[:]
     graph.node.extend(n for n in nodes if n is not None)
     return removed
+
+
+def fuse_feed_forward(model):
+    """Rewrites `model`'s main graph (in place) for the native kernels: a CsrLinear with five inputs
+    (no residual; ReLU, GELU or no activation) whose output only a second CsrLinear reads, as its
+    X, the second with no activation (a residual allowed) and in_features the first's rows, both
+    with float32 initializer weights, become one CsrMlp node (X, the first layer's crow_indices,
+    col_indices, values and bias, the second's, then the residual if any; attributes in_features
+    and the first layer's relu / gelu) where the second was. Its kernel takes X 64 rows at a time
+    through both layers, the hidden activations in cache rather than written out and packed again.
+    Returns the number of nodes removed."""
+    graph = model.graph
+    graph_outputs = {o.name for o in graph.output}
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)  # found by index: protobuf messages compare by value
+    producer = {name: n for n in nodes for name in n.output}
+    removed = set()
+    for index, second in enumerate(nodes):
+        if (second.domain != DOMAIN or second.op_type != "CsrLinear" or len(second.input) not in (5, 6)
+                or _attribute(second, "relu") != 0 or _attribute(second, "gelu", 0)
+                or not _float32_weights(second, initializers)):
+            continue
+        first = producer.get(second.input[0])
+        if (first is None or id(first) in removed or first.domain != DOMAIN or first.op_type != "CsrLinear"
+                or len(first.input) != 5 or not _float32_weights(first, initializers)
+                or _sole_consumer(graph, first.output[0], graph_outputs) is not second
+                or _attribute(second, "in_features") != initializers[first.input[1]].dims[0] - 1):
+            continue
+        nodes[index] = onnx.helper.make_node(
+            "CsrMlp", [first.input[0], *first.input[1:5], *second.input[1:]], list(second.output),
+            name=f"{first.name}+{second.name}", domain=DOMAIN, in_features=_attribute(first, "in_features"),
+            relu=_attribute(first, "relu"), gelu=_attribute(first, "gelu", 0))
+        removed.add(id(first))
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if id(n) not in removed)
+    return len(removed)
 
 
 _HEADS_FIRST, _KEYS_TRANSPOSED = [0, 2, 1, 3], [0, 2, 3, 1]

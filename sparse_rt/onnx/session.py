@@ -25,8 +25,8 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
     On the native kernels a residual Add after our op, and a Relu after it, run in the op's
     epilogue (fold.fold_residual_add_and_relu), as does a Gelu after a linear op (fold.fold_gelu),
     CsrLinear nodes reading one input run as one (fold.group_linears_sharing_input), and attention
-    written out in standard ops runs as onnxruntime's MultiHeadAttention (fold.fold_attention); the
-    file is not changed.
+    written out in standard ops runs as onnxruntime's MultiHeadAttention (fold.fold_attention), and
+    two CsrLinear nodes in a row run as one CsrMlp (fold.fuse_feed_forward); the file is not changed.
     `ort_options` set attributes of onnxruntime.SessionOptions (intra_op_num_threads=2,
     graph_optimization_level=...) or pass `providers` / `provider_options` on; `config` holds
     session config entries ({"session.intra_op.allow_spinning": "0"}). The Python ops' weights are
@@ -65,7 +65,13 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
         return ort.InferenceSession(path, options, **session_args)
     import onnx
 
-    from .fold import fold_attention, fold_gelu, fold_residual_add_and_relu, group_linears_sharing_input
+    from .fold import (
+        fold_attention,
+        fold_gelu,
+        fold_residual_add_and_relu,
+        fuse_feed_forward,
+        group_linears_sharing_input,
+    )
     from .runtime import bind_weights, check_weights, register_ort_kernels, release_weights, value_dims
 
     model = onnx.load(path)
@@ -73,13 +79,15 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
     if native:
         options.register_custom_ops_library(native_library)
         # Residual adds, ReLUs and GELUs go into our ops' epilogues, CsrLinear nodes reading one
-        # input become one CsrLinears and attention one node, where the graph travels as bytes,
+        # input become one CsrLinears, attention one node and two linear layers in a row one
+        # CsrMlp, where the graph travels as bytes,
         # within protobuf's limit; past it the file runs as it is.
         if model.ByteSize() <= _MAX_PROTO_BYTES:
             dims = value_dims(model)  # of values that the rewrites keep as they are
             folded = fold_residual_add_and_relu(model, dims)
             folded += fold_gelu(model)
             folded += fold_attention(model, dims)
+            folded += fuse_feed_forward(model)
             folded += group_linears_sharing_input(model)
             if folded:
                 return ort.InferenceSession(model.SerializeToString(), options, **session_args)
