@@ -260,6 +260,13 @@ int64_t linear_batch(const Tensor& x, int64_t in_features) {
   return batch;
 }
 
+// A residual input, where given, must be shaped like the output it is added to.
+void check_residual(const Tensor* residual, const std::vector<int64_t>& out_dims) {
+  if (residual && residual->dims != out_dims) {
+    invalid("residual has shape ", dims_text(residual->dims), " but the output has shape ", dims_text(out_dims));
+  }
+}
+
 // --- the kernel common to CsrLinear, BsrLinear and CsrConv2d -------------------------------------
 
 // What one op adds to the shared kernel: its attributes, the columns its indices address, and its
@@ -296,9 +303,7 @@ class OpKernel {
   // Y) and the ReLU or GELU.
   static std::pair<float*, cpu::Epilogue> output(const Ort::KernelContext& ctx, const std::vector<int64_t>& out_dims,
                                                  const Weight& w, bool relu, const Tensor* residual, bool gelu = false) {
-    if (residual && residual->dims != out_dims) {
-      invalid("residual has shape ", dims_text(residual->dims), " but the output has shape ", dims_text(out_dims));
-    }
+    check_residual(residual, out_dims);
     float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
     return {y, cpu::Epilogue{w.bias, relu, residual ? static_cast<const float*>(residual->data) : nullptr, gelu}};
   }
@@ -404,6 +409,22 @@ struct BsrLinearKernel final : LinearKernel {
 // that read one X (fold.group_linears_sharing_input).
 constexpr size_t kInputsPerLayer = 4;
 
+// The layer of an op with several whose four inputs start at `first`, over `cols` columns: types,
+// shapes and indices checked, errors prefixed with `name` ("layer 1", "second layer").
+Weight read_layer(const Ort::KernelContext& ctx, size_t first, int64_t cols, IndexCheck& check,
+                  const std::string& name) {
+  try {
+    std::array<Tensor, kInputs> in{};
+    for (size_t j = 0; j < kInputsPerLayer; ++j) in[kCrow + j] = read(ctx.GetInput(first + j));
+    require_declared_types(in);
+    const Weight w = read_weight(in, false);
+    check(w, cols);
+    return w;
+  } catch (const InvalidArgument& e) {
+    invalid(name, ": ", e.message);
+  }
+}
+
 class CsrLinearsKernel {
  public:
   explicit CsrLinearsKernel(const OrtKernelInfo* info)
@@ -432,15 +453,8 @@ class CsrLinearsKernel {
       std::vector<float*> outputs;
       int64_t work = 0, max_rows = 0;
       for (int64_t i = 0; i < layers; ++i) {
-        try {
-          std::array<Tensor, kInputs> in{};
-          for (size_t j = 0; j < kInputsPerLayer; ++j) in[kCrow + j] = read(ctx.GetInput(1 + i * kInputsPerLayer + j));
-          require_declared_types(in);
-          weights.push_back(read_weight(in, false));
-          (*checks_[i])(weights.back(), in_features_);
-        } catch (const InvalidArgument& e) {
-          invalid("layer ", i, ": ", e.message);
-        }
+        const size_t first = 1 + i * kInputsPerLayer;
+        weights.push_back(read_layer(ctx, first, in_features_, *checks_[i], "layer " + std::to_string(i)));
         std::vector<int64_t> out_dims = x.dims;
         out_dims.back() = weights.back().rows();
         outputs.push_back(ctx.GetOutput(i, out_dims).GetTensorMutableData<float>());
@@ -496,15 +510,13 @@ class CsrMlpKernel {
       const Ort::KernelContext ctx(context);
       const Tensor x = read(ctx.GetInput(kMlpX));
       const int64_t batch = linear_batch(x, in_features_);
-      const Weight w1 = layer(ctx, "first", kFirstLayer, in_features_, first_check_);
-      const Weight w2 = layer(ctx, "second", kSecondLayer, w1.rows(), second_check_);
+      const Weight w1 = read_layer(ctx, kFirstLayer, in_features_, first_check_, "first layer");
+      const Weight w2 = read_layer(ctx, kSecondLayer, w1.rows(), second_check_, "second layer");
       std::vector<int64_t> out_dims = x.dims;
       out_dims.back() = w2.rows();
       const Ort::ConstValue residual_value = ctx.GetInput(kMlpResidual);
       const Tensor residual = residual_value ? read(residual_value) : Tensor{};
-      if (residual.data && residual.dims != out_dims) {
-        invalid("residual has shape ", dims_text(residual.dims), " but the output has shape ", dims_text(out_dims));
-      }
+      check_residual(residual.data ? &residual : nullptr, out_dims);
       float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
       if (batch == 0 || w2.rows() == 0) return;
       const cpu::Epilogue ep1{w1.bias, relu_, nullptr, gelu_};
@@ -531,20 +543,6 @@ class CsrMlpKernel {
   }
 
  private:
-  // The layer whose four inputs start at `first`, over `cols` columns, its indices checked; errors
-  // name the layer.
-  static Weight layer(const Ort::KernelContext& ctx, const char* name, size_t first, int64_t cols, IndexCheck& check) {
-    try {
-      std::array<Tensor, kInputs> in{};
-      for (size_t j = 0; j < kInputsPerLayer; ++j) in[kCrow + j] = read(ctx.GetInput(first + j));
-      const Weight w = read_weight(in, false);
-      check(w, cols);
-      return w;
-    } catch (const InvalidArgument& e) {
-      invalid(name, " layer: ", e.message);
-    }
-  }
-
   const std::string what_;
   const int64_t in_features_;
   const bool relu_, gelu_;  // the first layer's activation

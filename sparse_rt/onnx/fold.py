@@ -213,14 +213,9 @@ def fold_attention(model, dims):
     initializers = {t.name: t for t in graph.initializer}
     nodes = list(graph.node)  # found by index: protobuf messages compare by value
     producer = {name: n for n in nodes for name in n.output}
-    consumers = {}
-    for n in nodes:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
 
     def sole_consumer(name):
-        found = consumers.get(name, [])
-        return found[0] if len(found) == 1 and name not in graph_outputs else None
+        return _sole_consumer(graph, name, graph_outputs)
 
     def made_by(name, op_type, consumer):
         """The standard node of `op_type` making `name` for `consumer` alone, or None."""
@@ -249,8 +244,10 @@ def fold_attention(model, dims):
         if softmax.op_type != "Softmax" or softmax.domain or _attribute(softmax, "axis", -1) not in (-1, 3):
             continue
         scaling = producer.get(softmax.input[0])
-        if scaling is None or scaling.op_type not in ("Mul", "Div") or made_by(scaling.output[0], scaling.op_type,
-                                                                            softmax) is None:
+        if scaling is None or scaling.op_type not in ("Mul", "Div"):
+            continue
+        scaling = made_by(softmax.input[0], scaling.op_type, softmax)
+        if scaling is None:
             continue
         # scores * c, c * scores or scores / c, with c a float32 scalar initializer
         orders = [list(scaling.input)] + ([list(reversed(scaling.input))] if scaling.op_type == "Mul" else [])

@@ -80,8 +80,8 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
         options.register_custom_ops_library(native_library)
         # Residual adds, ReLUs and GELUs go into our ops' epilogues, CsrLinear nodes reading one
         # input become one CsrLinears, attention one node and two linear layers in a row one
-        # CsrMlp, where the graph travels as bytes,
-        # within protobuf's limit; past it the file runs as it is.
+        # CsrMlp, where the graph travels as bytes, within protobuf's limit; past it the file runs
+        # as it is.
         if model.ByteSize() <= _MAX_PROTO_BYTES:
             dims = value_dims(model)  # of values that the rewrites keep as they are
             folded = fold_residual_add_and_relu(model, dims)
