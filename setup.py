@@ -110,6 +110,11 @@ def _extension_and_build_ext():
     ort_status = "kernels built" if ort_include else "no kernels (headers not found: make install fetches them)"
     print(f"  onnxruntime    {ort_status}")
     print(f"  sources        {len(sources)} files")
+    cxx = config.host_compiler()
+    print(f"  C++ compiler   {cxx} (libstdc++ {config.compiler_libstdcxx(cxx)})")
+    mismatch = config.libstdcxx_mismatch(cxx)
+    if mismatch:
+        print(f"  WARNING        {mismatch}")
     extension = kind(
         "sparse_rt._C",
         sources,

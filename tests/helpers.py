@@ -201,3 +201,18 @@ def forge_srt(src, dst, edit):
     head = json.dumps(header).encode()
     head += b" " * (-len(head) % 8)
     dst.write_bytes(len(head).to_bytes(8, "little") + head + bytes(body))
+
+
+def compiler_with_libstdcxx(tmp_path, version):
+    """A stand-in g++ whose headers' libstdc++ is libstdc++.so.6.0.<version> (it answers
+    -print-file-name, all the check asks of it)."""
+    library = tmp_path / "lib64" / f"libstdc++.so.6.0.{version}"
+    library.parent.mkdir(parents=True, exist_ok=True)
+    library.write_bytes(b"")
+    (tmp_path / "lib64" / "libstdc++.so.6").symlink_to(library.name)
+    cxx = tmp_path / "bin" / "g++"
+    cxx.parent.mkdir(parents=True, exist_ok=True)
+    cxx.write_text(f"#!/bin/sh\necho {tmp_path / 'lib64' / 'libstdc++.so.6'}\n")
+    cxx.chmod(0o755)
+    return str(cxx), library
+

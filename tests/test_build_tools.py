@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compiler_with_libstdcxx
 
 import sparse_rt  # noqa: F401  (loads the extension, which defines the ops)
 
@@ -126,3 +127,18 @@ def test_undefined_symbols_are_those_no_linked_library_defines(tmp_path):
     os.remove(tmp_path / "libdep.so")
     missing, undefined = cuda_binding_check.unresolved_symbols(library, [tmp_path])
     assert missing == ["libdep.so"] and "dep_defined" in undefined
+
+
+def test_a_compiler_newer_than_the_loaded_libstdcxx_is_named(tmp_path):
+    import torch  # noqa: F401  (loads the libstdc++ the extension will run against)
+
+    loaded = build_config.loaded_libstdcxx()
+    if loaded is None:
+        pytest.skip("this process has no libstdc++ loaded (not Linux)")
+    newer, library = compiler_with_libstdcxx(tmp_path / "new", 999)
+    assert build_config.compiler_libstdcxx(newer) == str(library)
+    problem = build_config.libstdcxx_mismatch(newer)
+    assert problem and str(library) in problem and loaded in problem and "LD_LIBRARY_PATH" in problem
+    older, _ = compiler_with_libstdcxx(tmp_path / "old", 1)
+    assert build_config.libstdcxx_mismatch(older) is None
+    assert build_config.libstdcxx_mismatch(str(tmp_path / "no-such-compiler")) is None

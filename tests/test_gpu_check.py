@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import compiler_with_libstdcxx
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,3 +171,31 @@ def test_dry_run_end_to_end(tmp_path):
     assert phases["bench"]["cases"] == len(result["bench"]["results"]) > 10
     for name in ("tests.log", "smoke.log", "bench.log"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_the_build_moves_off_a_compiler_newer_than_the_loaded_libstdcxx(tmp_path, monkeypatch):
+    """The GPU machine's CXX compiled against a libstdc++ newer than the one Python loads there, and
+    error messages with numbers crashed the process (2026-12-04): the build takes another compiler."""
+    import shutil
+
+    import torch  # noqa: F401
+    if shutil.which("g++") is None or gpu_check.build_config.libstdcxx_mismatch("g++"):
+        pytest.skip("needs a g++ that matches the libstdc++ loaded here")
+    newer, _ = compiler_with_libstdcxx(tmp_path / "gcc-new", 999)
+    monkeypatch.setenv("CXX", newer)
+    chosen = _check(tmp_path).choose_compiler()
+    assert chosen["CXX"] != newer and chosen["tried"][newer] != "ok" and chosen["tried"][chosen["CXX"]] == "ok"
+    assert "LD_LIBRARY_PATH" not in chosen
+
+
+def test_the_build_fails_when_an_error_message_crashes_the_process(tmp_path, monkeypatch):
+    check = _check(tmp_path)
+    assert check.error_message_probe() == {"torch": "ok", "sparse_rt": "ok"}  # RuntimeErrors naming the values
+    crash = ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "")
+    monkeypatch.setitem(gpu_check.ERROR_PROBES, "sparse_rt", crash)
+    answers = check.error_message_probe()
+    assert answers["torch"] == "ok" and "died of signal 11" in answers["sparse_rt"]
+    monkeypatch.setattr(check, "run", lambda *a, **k: {"returncode": 0, "seconds": 1.0, "log": "", "timed_out": False})
+    build = check.phase_build(60)
+    assert build["status"] == "failed" and "died of signal 11" in build["reason"] and "torch's own error: ok" in build[
+        "reason"]

@@ -116,6 +116,57 @@ def find_nvcc() -> str | None:
     return nvcc if nvcc and os.path.isfile(nvcc) and os.access(nvcc, os.X_OK) else None
 
 
+# A C++ compiler whose libstdc++ is newer than the one the Python process has loaded compiles
+# against headers that library does not match. Seen on the GPU machine (2026-12-04: CXX=/opt/gcc/bin/g++,
+# torch 2.11): the extension loaded and its kernels ran, but every error message that formatted a
+# number crashed the process (benchmarks/results/cuda-2026-12-04.json, tests phase).
+_LIBSTDCXX = re.compile(r"libstdc\+\+\.so\.(\d+(?:\.\d+)*)$")
+
+
+def libstdcxx_version(path: str | None) -> tuple[int, ...] | None:
+    """(6, 0, 33) for a libstdc++.so.6.0.33 (symlinks followed), None when path names none."""
+    match = _LIBSTDCXX.search(os.path.realpath(path)) if path else None
+    return tuple(int(n) for n in match.group(1).split(".")) if match else None
+
+
+def host_compiler() -> str:
+    """The C++ compiler torch's extension build runs: $CXX, else c++."""
+    return os.environ.get("CXX") or "c++"
+
+
+def compiler_libstdcxx(cxx: str) -> str | None:
+    """The libstdc++ that cxx links against (its headers' library), or None (not g++, not found)."""
+    try:
+        out = subprocess.run([cxx, "-print-file-name=libstdc++.so.6"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = out.stdout.strip()
+    return os.path.realpath(path) if out.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+
+
+def loaded_libstdcxx() -> str | None:
+    """The libstdc++ this process has loaded (Linux; None elsewhere or before any C++ library loads)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if libstdcxx_version(path):
+                    return os.path.realpath(path)
+    except OSError:
+        return None
+    return None
+
+
+def libstdcxx_mismatch(cxx: str) -> str | None:
+    """Why cxx's build would not match the libstdc++ loaded here (call after importing torch), or None."""
+    built, loaded = compiler_libstdcxx(cxx), loaded_libstdcxx()
+    built_version, loaded_version = libstdcxx_version(built), libstdcxx_version(loaded)
+    if built_version and loaded_version and built_version > loaded_version:
+        return (f"{cxx} compiles against {built} but this Python loads {loaded}, which is older: "
+                f"choose another compiler (CXX=...) or put {os.path.dirname(built)} first on LD_LIBRARY_PATH")
+    return None
+
+
 def build_requires(exclude: tuple[str, ...] = ()) -> list[str]:
     """[build-system] requires of pyproject.toml, less the named projects."""
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -51,6 +51,21 @@ PHASES = ("build", "tests", "sanitizer", "bench")
 # what the budget leaves once the later phases' minimums are set aside, whichever is smaller.
 LIMITS = {"build": 360, "tests": 150, "sanitizer": 150, "bench": 300}
 MINIMUMS = {"build": 60, "tests": 30, "sanitizer": 30, "bench": 45}
+# Bad arguments whose messages format numbers, one raised by torch itself and one by sparse_rt (see
+# error_message_probe): code, and what the printed message must hold.
+ERROR_PROBES = {
+    "torch": ("import torch\n"
+              "try:\n"
+              "    torch.ones(2, 3) @ torch.ones(4, 5)\n"
+              "except RuntimeError as e:\n"
+              "    print(e)\n", "(2x3 and 4x5)"),
+    "sparse_rt": ("import torch, sparse_rt\n"
+                  "i = torch.tensor([0, 1], dtype=torch.int32)\n"
+                  "try:\n"
+                  "    torch.ops.sparse_rt.csr_linear(torch.ones(2, 4), i, i[:1], torch.ones(1), None, -1)\n"
+                  "except RuntimeError as e:\n"
+                  "    print(e)\n", "in_features must be >= 0, got -1"),
+}
 LOG_CAP = 8 << 20  # a log's bytes kept (its head and tail), under the device runner's 16 MiB per file
 
 
@@ -209,8 +224,52 @@ class Check:
         candidate = Path(home) / "bin" / "compute-sanitizer" if home else None
         return found or (str(candidate) if candidate and candidate.exists() else None)
 
+    def choose_compiler(self):
+        """CC and CXX for the build: the configured compiler unless its libstdc++ is newer than the one
+        Python loads here (build_config.libstdcxx_mismatch), then another compiler of this machine that
+        matches; where none does, the configured one with its own libstdc++ first on LD_LIBRARY_PATH for
+        every later phase (a newer libstdc++ also runs what older compilers built)."""
+        configured = build_config.host_compiler()
+        candidates = [configured, "/usr/bin/g++", shutil.which("g++")]
+        seen, tried = set(), {}
+        for cxx in filter(None, candidates):
+            real = os.path.realpath(shutil.which(cxx) or cxx)
+            if real in seen or not os.access(real, os.X_OK):
+                continue
+            seen.add(real)
+            problem = build_config.libstdcxx_mismatch(cxx)
+            tried[cxx] = problem or "ok"
+            if problem is None:
+                gcc = os.path.join(os.path.dirname(cxx), os.path.basename(cxx).replace("g++", "gcc"))
+                cc = gcc if "g++" in os.path.basename(cxx) and os.path.exists(gcc) else os.environ.get("CC")
+                return {"CXX": cxx, "CC": cc, "tried": tried}
+        library = build_config.compiler_libstdcxx(configured)
+        if library:
+            self.env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                filter(None, [os.path.dirname(library), self.env.get("LD_LIBRARY_PATH")]))
+        return {"CXX": configured, "CC": os.environ.get("CC"), "tried": tried,
+                "LD_LIBRARY_PATH": self.env.get("LD_LIBRARY_PATH")}
+
+    def error_message_probe(self):
+        """{probe: "ok" or what happened} for ERROR_PROBES, each in its own process. The GPU machine's
+        first build crashed on every error message that formatted a number (2026-12-04); torch's own
+        probe tells a broken environment from a broken build of ours."""
+        answers = {}
+        for name, (code, expected) in ERROR_PROBES.items():
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                  env=self.env, cwd=REPO)
+            if done.returncode < 0:
+                answers[name] = f"the process died of signal {-done.returncode} formatting the error message"
+            elif expected not in done.stdout:
+                answers[name] = f"unexpected answer: {(done.stdout + done.stderr).strip()[-400:]}"
+            else:
+                answers[name] = "ok"
+        return answers
+
     def phase_build(self, timeout):
-        env = {**self.env, "MAX_JOBS": str(self.args.jobs)}
+        compiler = self.choose_compiler()
+        env = {**self.env, "MAX_JOBS": str(self.args.jobs),
+               **{k: compiler[k] for k in ("CC", "CXX") if compiler.get(k)}}
         if self.args.dry_run:
             env["SPARSE_RT_CUDA"] = "0"
         else:
@@ -219,7 +278,7 @@ class Check:
             if archs:
                 env["SPARSE_RT_CUDA_ARCHS"] = archs
         run = self.run("build", [sys.executable, "setup.py", "build_ext", "--inplace"], timeout, env)
-        result = {**run, "archs": env.get("SPARSE_RT_CUDA_ARCHS"), "jobs": self.args.jobs}
+        result = {**run, "archs": env.get("SPARSE_RT_CUDA_ARCHS"), "jobs": self.args.jobs, "compiler": compiler}
         if run["returncode"] != 0:
             result.update(status="timeout" if run["timed_out"] else "failed", tail=tail(run["log"], 60))
             return result
@@ -237,6 +296,11 @@ class Check:
         if not result["extension"]["compiled"] or (missing and not self.args.dry_run):
             result.update(status="failed", reason=f"ops missing: compiled={result['extension']['compiled']}, "
                                                   f"no CUDA kernel for {missing}")
+            return result
+        result["error_messages"] = answers = self.error_message_probe()
+        if answers["sparse_rt"] != "ok":
+            result.update(status="failed", reason=f"an op's bad argument: {answers['sparse_rt']} (built with "
+                                                  f"{compiler['CXX']}; torch's own error: {answers['torch']})")
         else:
             result["status"] = "ok"
         return result
