@@ -19,7 +19,7 @@ def _newest(prefix):
     return (files[-1], json.loads(files[-1].read_text())) if files else (None, None)
 
 
-def _bars(ax, xs, stats, label, offset):
+def bars(ax, xs, stats, label, offset):
     g = [s["geomean"] for s in stats]
     low = [s["geomean"] - s["min"] for s in stats]
     high = [s["max"] - s["geomean"] for s in stats]
@@ -35,13 +35,13 @@ def main():
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     batches = sorted((s for s in linear["summary"] if s.startswith("N=")), key=lambda s: int(s[2:]))
     for i, engine in enumerate(sorted({e for s in batches for e in linear["summary"][s]})):
-        _bars(left, range(len(batches)), [linear["summary"][s][engine] for s in batches], f"vs {engine}", 0.08 * i)
+        bars(left, range(len(batches)), [linear["summary"][s][engine] for s in batches], f"vs {engine}", 0.08 * i)
     left.set_xticks(range(len(batches)), [s.replace("N=", "batch ") for s in batches])
     left.set_title("Linear: DLMC transformer 0.9 layers")
     for mode, result, offset in (("kernel", conv, 0), ("planned", plan, 0.003)):
         series = sorted(result["summary"], key=lambda s: float(s.split("=")[1]))
         xs = [float(s.split("=")[1]) for s in series]
-        _bars(right, xs, [result["summary"][s]["dense"] for s in series], f"{mode} vs dense (oneDNN)", offset)
+        bars(right, xs, [result["summary"][s]["dense"] for s in series], f"{mode} vs dense (oneDNN)", offset)
     right.set_xlabel("sparsity")
     right.set_title("Conv2d: DLMC ResNet-50 layers, real shapes, batch 1")
     for ax in (left, right):
