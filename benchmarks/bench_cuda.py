@@ -49,11 +49,17 @@ sys.path.insert(0, str(REPO))  # the checkout's sparse_rt, built in place
 
 import sparse_rt  # noqa: E402  (registers torch.ops.sparse_rt)
 from sparse_rt import models  # noqa: E402
-from sparse_rt.bench import geomean  # noqa: E402
+from sparse_rt.bench import geomean, percentile  # noqa: E402
 from sparse_rt.bench.dlmc import load_packed, rn50_conv_geometry  # noqa: E402
 from sparse_rt.formats import BSR, CSR  # noqa: E402
 from sparse_rt.inputs import example_input  # noqa: E402
-from sparse_rt.plan import SPARSE_EFFICIENCY, cost_table, predicted_speedup, regime  # noqa: E402
+from sparse_rt.plan import (  # noqa: E402
+    CUDA_FIT_PERCENTILE,
+    SPARSE_EFFICIENCY,
+    cost_table,
+    predicted_speedup,
+    regime,
+)
 from sparse_rt.timing import cuda_graph_replay  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data"
@@ -515,14 +521,16 @@ def summarize(rows, device):
 
 
 def calibration(rows):
-    """Per planner regime, the efficiency sparse_rt.plan's table holds (speedup over dense x
-    density; geometric mean over the CSR rows timed), beside the table's current value."""
+    """Per planner regime, the efficiency sparse_rt.plan's table holds (speedup over dense x density over
+    the CSR rows timed: its CUDA_FIT_PERCENTILE-th percentile on CUDA, as benchmarks/calibrate_plan.py
+    fits that row, else its geometric mean), with the geometric mean and the table's current value."""
     by_regime = {}
     for r in rows:
         if "planner" in r and "dense" in r["speedup"]:
             by_regime.setdefault((r["planner"]["device"], r["planner"]["regime"]), []).append(
                 r["speedup"]["dense"] * r["density"])
-    return {f"{dev}:{reg}": {"measured": geomean(v), "cases": len(v), "table": SPARSE_EFFICIENCY[dev][reg]}
+    return {f"{dev}:{reg}": {"measured": percentile(v, CUDA_FIT_PERCENTILE) if dev == "cuda" else geomean(v),
+                             "geomean": geomean(v), "cases": len(v), "table": SPARSE_EFFICIENCY[dev][reg]}
             for (dev, reg), v in sorted(by_regime.items())}
 
 

@@ -1,13 +1,18 @@
-"""Fits the CPU rows of the planner's SPARSE_EFFICIENCY (sparse_rt/plan.py) from the newest `make bench` results
-of each row: per regime, the geometric mean over the measured layers of (dense time / sparse kernel time) x
-density, i.e. the density at which the sparse kernel breaks even.   python benchmarks/calibrate_plan.py"""
+"""Fits the rows of the planner's SPARSE_EFFICIENCY (sparse_rt/plan.py): the CPU rows from the newest `make bench`
+results of each row, the CUDA row from the newest `make gpu-check` results file (cuda-DATE.json). Per regime, over
+the measured layers, a statistic of (dense time / sparse kernel time) x density, the density at which the sparse
+kernel breaks even: the geometric mean for the CPU rows, the 10th percentile for the CUDA row
+(sparse_rt.plan.CUDA_FIT_PERCENTILE: on a GPU the layers of one regime spread 4x, launch-bound small ones against
+bandwidth-bound large ones, and a geometric mean would make sparse the half of the borderline layers that run
+slower than cuBLAS).
+    python benchmarks/calibrate_plan.py"""
 
 import json
 import sys
 from pathlib import Path
 
-from sparse_rt.bench import geomean
-from sparse_rt.plan import CPU_ROW_OF_ISA
+from sparse_rt.bench import geomean, percentile
+from sparse_rt.plan import CPU_ROW_OF_ISA, CUDA_FIT_PERCENTILE, regime
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,6 +35,25 @@ def newest_per_table(prefix):
     return newest
 
 
+def newest_cuda_report():
+    """The newest GPU run's results (benchmarks/results/cuda-DATE.json), or None."""
+    reports = [json.loads(p.read_text()) for p in RESULTS.glob("cuda-*.json")]
+    reports = [r for r in reports if not r.get("dry_run") and r.get("bench", {}).get("results")]
+    return max(reports, key=lambda r: r["date"], default=None)
+
+
+def cuda_samples(report):
+    """{regime: [efficiency]} of a GPU run's single layers (kernel against cuBLAS/cuDNN). A Linear layer's
+    regime is recomputed from its batch, so that a run from before a regime was split still fits the new one."""
+    samples = {}
+    for row in report["bench"]["results"]:
+        if row["suite"] not in ("linear", "dlmc", "conv") or "dense" not in row.get("speedup", {}):
+            continue
+        name = regime("Linear", row["batch"]) if row["suite"] != "conv" else row["planner"]["regime"]
+        samples.setdefault(name, []).append(row["speedup"]["dense"] * row["density"])
+    return samples
+
+
 def fit():
     """({row: {regime: efficiency}}, {row: {regime: layers}})"""
     samples = {}
@@ -45,6 +69,10 @@ def fit():
                     efficiency = by_engine["dense"] / by_engine["sparse_rt"] * info["density"]
                     samples.setdefault(table, {}).setdefault(info["regime"], []).append(efficiency)
     efficiency = {t: {name: geomean(v) for name, v in sorted(by.items())} for t, by in samples.items()}
+    cuda = newest_cuda_report()
+    if cuda:
+        samples["cuda"] = cuda_samples(cuda)
+        efficiency["cuda"] = {name: percentile(v, CUDA_FIT_PERCENTILE) for name, v in sorted(samples["cuda"].items())}
     return efficiency, {t: {name: len(v) for name, v in by.items()} for t, by in samples.items()}
 
 
@@ -52,4 +80,4 @@ if __name__ == "__main__":
     efficiency, counts = fit()
     for table, by_regime in sorted(efficiency.items()):
         for name, value in by_regime.items():
-            print(f"{table:9} {name:8} efficiency {value:.3f}  ({counts[table][name]} layers)")
+            print(f"{table:9} {name:8} efficiency {value:.4f}  ({counts[table][name]} layers)")

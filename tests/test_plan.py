@@ -20,7 +20,8 @@ from sparse_rt.plan import (
 
 
 def test_regimes():
-    assert regime("Linear", batch=1) == "gemv" and regime("Linear", batch=8) == "gemm"
+    assert regime("Linear", batch=1) == "gemv" and regime("Linear", batch=8) == regime("Linear", batch=63) == "gemm"
+    assert regime("Linear", batch=64) == "gemm64"
     assert regime("Conv2d", kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)) == "conv1x1"
     assert regime("Conv2d", kernel_size=(1, 1), stride=(2, 2), padding=(0, 0)) == "conv"
     assert regime("Conv2d", kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)) == "conv"
@@ -52,22 +53,24 @@ def test_cpu_layers_are_planned_with_the_row_of_the_kernels_level(monkeypatch, i
 
 
 def test_cost_model_follows_the_device():
-    """CUDA layers are planned with the GPU estimate, every other device with the CPU calibration:
-    at 90% a batched Linear layer and a 3x3 convolution run sparse on the CPU but stay dense on a
-    GPU (dense runs on tensor cores there), while a batch-1 Linear layer runs sparse on both."""
+    """CUDA layers are planned with the GPU's calibration, every other device with the CPU's: at 90% a
+    batched Linear layer, a 3x3 convolution and even a batch-1 Linear layer run sparse on the CPU but stay
+    dense on a GPU (dense runs on tensor cores there); at 96% a Linear layer on a GPU runs sparse at
+    batch 1 and 8 but not at 64 (ours re-read the weight for every 8 batch rows)."""
     assert device_type(None) == device_type("cpu") == device_type(torch.device("meta")) == "cpu"
     assert device_type("cuda") == device_type(torch.device("cuda", 1)) == "cuda"
     for kind, shape, layer_regime, on_cpu, on_cuda in [("Linear", (768, 3072), "gemm", "csr", "dense"),
                                                         ("Conv2d", (64, 576), "conv", "csr", "dense"),
-                                                        ("Linear", (768, 3072), "gemv", "csr", "csr")]:
+                                                        ("Linear", (768, 3072), "gemv", "csr", "dense")]:
         cpu = plan_layer(kind, shape, 0.9, min_sparsity=0.5, layer_regime=layer_regime)
         cuda = plan_layer(kind, shape, 0.9, min_sparsity=0.5, layer_regime=layer_regime, device="cuda:0")
         assert (cpu.format, cuda.format) == (on_cpu, on_cuda), kind
         estimate = predicted_speedup(layer_regime, 0.1, "cuda")
-        assert cuda.reason == (f"cuda cost model (estimate, unmeasured): sparse est. "
-                               f"{estimate:.2f}x dense" if on_cuda == "dense" else
-                               f"cuda cost model (estimate, unmeasured): sparse est. {estimate:.1f}x dense")
-        assert cpu.reason.startswith("cost model: ")
+        assert cuda.reason == (f"cost model: sparse est. {estimate:.2f}x dense" if on_cuda == "dense" else
+                               f"cost model: sparse est. {estimate:.1f}x dense")
+    on_gpu = {name: plan_layer("Linear", (768, 3072), 0.96, min_sparsity=0.5, layer_regime=name, device="cuda").format
+              for name in ("gemv", "gemm", "gemm64")}
+    assert on_gpu == {"gemv": "csr", "gemm": "csr", "gemm64": "dense"}
     # Forced formats and min_sparsity do not depend on the device.
     assert plan_layer("Linear", (64, 64), 0.6, min_sparsity=0.5, format="csr", device="cuda").format == "csr"
     assert plan_layer("Linear", (64, 64), 0.4, min_sparsity=0.5, device="cuda").format == "dense"
@@ -80,8 +83,10 @@ def test_sparsify_plans_for_the_device_it_is_given(tmp_path):
     on_cpu = sparse_rt.sparsify(model, example_inputs=(x,)).summary()[0]
     for_cuda = sparse_rt.sparsify(model, example_inputs=(x,), device="cuda").summary()[0]
     assert (on_cpu.format, for_cuda.format) == ("csr", "dense")
-    assert for_cuda.reason.startswith("cuda cost model (estimate, unmeasured)")
-    assert sparse_rt.sparsify(model, device="cuda").summary()[0].format == "csr"  # batch 1 by default
+    assert for_cuda.reason == f"cost model: sparse est. {predicted_speedup('gemm64', 0.1, 'cuda'):.2f}x dense"
+    sparser = sparse_rt.magnitude_prune(nn.Sequential(nn.Linear(256, 512)), 0.95)
+    assert sparse_rt.sparsify(sparser, device="cuda").summary()[0].format == "csr"  # batch 1 by default
+    assert sparse_rt.sparsify(sparser, example_inputs=(x,), device="cuda").summary()[0].format == "dense"
     with pytest.raises(ValueError, match=r"autotune times each layer where it is, and 0 is on cpu"):
         sparse_rt.sparsify(model, example_inputs=(x,), autotune=True, autotune_cache=tmp_path / "a.json",
                            device="cuda")

@@ -77,8 +77,7 @@ def add_checkpoint_args(p, arch_required):
     p.add_argument("--format", default="auto", help="auto, csr, dense or bsr:RxC")
     p.add_argument("--min-sparsity", type=float, default=0.5)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where the model will run: --format auto plans for it (the CUDA cost model is an "
-                   "unmeasured estimate so far)")
+                   help="where the model will run: --format auto plans for it with that device's cost model")
     p.add_argument("--cs-s0", type=float, default=0.0,
                    help="Continuous Sparsification mask_initial_value (scale 1/sigmoid(s0))")
     p.add_argument("--unsafe", action="store_true",
