@@ -11,15 +11,54 @@
 #include <c10/util/string_view.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../kernels/conv_shape.h"
 
-// Every error of an op reads "sparse_rt.<op>: <message>".
-#define SPARSE_RT_CHECK(cond, op, ...) TORCH_CHECK(cond, "sparse_rt.", op, ": ", __VA_ARGS__)
+// Every error of an op reads "sparse_rt.<op>: <message>". The message is built by error_message()
+// and handed to TORCH_CHECK as one string, so that no number goes through an ostream: on the GPU
+// machine (2026-12-04) an extension compiled against newer libstdc++ headers than the library the
+// process loaded crashed in ostream's number formatting, while messages of strings (the index
+// errors, formatted with std::to_string) came back intact. A bad argument must never crash.
+#define SPARSE_RT_CHECK(cond, op, ...) \
+  TORCH_CHECK(cond, ::sparse_rt::error_message("sparse_rt.", op, ": ", __VA_ARGS__))
 
 namespace sparse_rt {
+namespace message_parts {
+
+inline void append(std::string& out, const char* text) { out += text; }
+inline void append(std::string& out, const std::string& text) { out += text; }
+inline void append(std::string& out, c10::string_view text) { out.append(text.data(), text.size()); }
+inline void append(std::string& out, at::ScalarType dtype) { out += c10::toString(dtype); }
+inline void append(std::string& out, const c10::Device& device) { out += device.str(); }
+inline void append(std::string& out, double value) {
+  char text[32];  // %g: what an ostream's default precision prints
+  std::snprintf(text, sizeof(text), "%g", value);
+  out += text;
+}
+template <typename Int, typename = std::enable_if_t<std::is_integral_v<Int>>>
+void append(std::string& out, Int value) {
+  out += std::to_string(value);
+}
+// Shapes as torch prints them: [3, 9].
+inline void append(std::string& out, c10::IntArrayRef shape) {
+  out += '[';
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  out += ']';
+}
+inline void append(std::string& out, const std::vector<int64_t>& shape) { append(out, c10::IntArrayRef(shape)); }
+
+}  // namespace message_parts
+
+template <typename... Parts>
+std::string error_message(const Parts&... parts) {
+  std::string out;
+  (message_parts::append(out, parts), ...);
+  return out;
+}
 
 // The sizes implied by a CSR (or BSR) weight once its tensors have passed the structural checks.
 struct SparseWeightInfo {
