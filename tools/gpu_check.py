@@ -206,6 +206,13 @@ class Check:
         env["nvcc"] = nvcc
         env["nvcc_version"] = ((command_output([nvcc, "--version"]) or "").splitlines() or [None])[-1] if nvcc else None
         env["compute_sanitizer"] = self.sanitizer_path()
+        # The C++ toolchain against the libstdc++ this process loaded (see choose_compiler).
+        config_lines = torch.__config__.show().splitlines()
+        built_with = [line.strip(" -") for line in config_lines if "GCC" in line or "Clang" in line]
+        cxx = build_config.host_compiler()
+        env.update(torch_built_with=built_with[0] if built_with else None, cxx=cxx,
+                   cxx_version=((command_output([cxx, "--version"]) or "").splitlines() or [None])[0],
+                   cxx_libstdcxx=build_config.compiler_libstdcxx(cxx), libstdcxx_loaded=build_config.loaded_libstdcxx())
         env["ninja"] = shutil.which("ninja")
         env["pytest_timeout"] = importlib.util.find_spec("pytest_timeout") is not None
         env["pytest_xdist"] = importlib.util.find_spec("xdist") is not None
