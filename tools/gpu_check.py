@@ -81,10 +81,10 @@ def load_module(name, path):
 build_config = load_module("sparse_rt_build_config", REPO / "tools" / "build_config.py")
 
 
-def command_output(cmd, timeout=30):
+def command_output(cmd, timeout=30, env=None):
     """stdout of a short command, or None when it is missing or fails."""
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -294,7 +294,7 @@ class Check:
                  "'build_info': sparse_rt.ops.build_info() if sparse_rt.ops.HAS_COMPILED_OPS else None, "
                  "'cuda_kernels': {op: torch._C._dispatch_has_kernel_for_dispatch_key('sparse_rt::' + op, 'CUDA') "
                  "for op in ('csr_linear', 'bsr_linear', 'csr_conv2d')}}))")
-        out = command_output([sys.executable, "-c", probe], timeout=120)
+        out = command_output([sys.executable, "-c", probe], timeout=120, env=self.env)
         if out is None:
             result.update(status="failed", reason="the built extension does not import")
             return result
