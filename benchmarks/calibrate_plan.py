@@ -35,11 +35,12 @@ def newest_per_table(prefix):
     return newest
 
 
-def newest_cuda_report():
-    """The newest GPU run's results (benchmarks/results/cuda-DATE.json), or None."""
-    reports = [json.loads(p.read_text()) for p in RESULTS.glob("cuda-*.json")]
-    reports = [r for r in reports if not r.get("dry_run") and r.get("bench", {}).get("results")]
-    return max(reports, key=lambda r: r["date"], default=None)
+def newest_cuda_run():
+    """(path, results) of the newest GPU run with benchmark rows (benchmarks/results/cuda-DATE.json), or
+    (None, None)."""
+    runs = [(p, json.loads(p.read_text())) for p in RESULTS.glob("cuda-*.json")]
+    runs = [(p, r) for p, r in runs if not r.get("dry_run") and r.get("bench", {}).get("results")]
+    return max(runs, key=lambda run: run[1]["date"], default=(None, None))
 
 
 def cuda_samples(report):
@@ -69,7 +70,7 @@ def fit():
                     efficiency = by_engine["dense"] / by_engine["sparse_rt"] * info["density"]
                     samples.setdefault(table, {}).setdefault(info["regime"], []).append(efficiency)
     efficiency = {t: {name: geomean(v) for name, v in sorted(by.items())} for t, by in samples.items()}
-    cuda = newest_cuda_report()
+    _, cuda = newest_cuda_run()
     if cuda:
         samples["cuda"] = cuda_samples(cuda)
         efficiency["cuda"] = {name: percentile(v, CUDA_FIT_PERCENTILE) for name, v in sorted(samples["cuda"].items())}

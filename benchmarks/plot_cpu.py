@@ -26,6 +26,23 @@ def bars(ax, xs, stats, label, offset):
     ax.errorbar([x + offset for x in xs], g, yerr=[low, high], marker="o", capsize=4, label=label)
 
 
+def speedup_axis(ax):
+    """A speedup axis as every sparse_rt plot draws it: log scale, the break-even line at 1x."""
+    ax.axhline(1.0, color="gray", lw=1, ls="--")
+    ax.set_ylabel("speedup of sparse_rt (x, log scale)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+
+
+def save(fig, title, name):
+    """The figure under its title as RESULTS/name (one name per plot, so the README shows the newest)."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = RESULTS / name
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main():
     linear_path, linear = _newest("cpu-linear")
     conv_path, conv = _newest("cpu-conv")
@@ -45,16 +62,11 @@ def main():
     right.set_xlabel("sparsity")
     right.set_title("Conv2d: DLMC ResNet-50 layers, real shapes, batch 1")
     for ax in (left, right):
-        ax.axhline(1.0, color="gray", lw=1, ls="--")
-        ax.set_ylabel("speedup of sparse_rt (x, log scale)")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
+        speedup_axis(ax)
         ax.legend()
     machine = linear["machine"]
-    fig.suptitle(f"sparse_rt CPU speedups, fp32, {machine['cpu']}, {machine['threads']} threads, {linear['date'][:10]}")
-    fig.tight_layout()
-    out = RESULTS / "cpu-speedup.png"  # one name, so the README always shows the newest
-    fig.savefig(out, dpi=110)
+    out = save(fig, f"sparse_rt CPU speedups, fp32, {machine['cpu']}, {machine['threads']} threads, "
+                    f"{linear['date'][:10]}", "cpu-speedup.png")
     print(f"wrote {out} from {linear_path.name}, {conv_path.name} and {plan_path.name}")
 
 

@@ -12,14 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from plot_cpu import RESULTS, bars  # noqa: E402
+from calibrate_plan import newest_cuda_run  # noqa: E402
+from plot_cpu import bars, save, speedup_axis  # noqa: E402
 
 from sparse_rt.bench import geomean  # noqa: E402
-
-
-def newest_run():
-    runs = [p for p in RESULTS.glob("cuda-*.json") if not json.loads(p.read_text()).get("dry_run")]
-    return max(runs, key=lambda p: json.loads(p.read_text())["date"], default=None)
 
 
 def stats(values):
@@ -44,10 +40,9 @@ def plot_series(ax, batches, series, label, offset):
 
 
 def main(path=None):
-    path = Path(path) if path else newest_run()
-    if path is None:
+    path, run = (Path(path), json.loads(Path(path).read_text())) if path else newest_cuda_run()
+    if run is None:
         sys.exit("no GPU results (benchmarks/results/cuda-DATE.json): run `make gpu-check` on a GPU machine")
-    run = json.loads(path.read_text())
     rows = run["bench"]["results"]
     batches = sorted({r["batch"] for r in rows})
     fig, (kernel, suites, models) = plt.subplots(1, 3, figsize=(17, 4.8))
@@ -68,17 +63,12 @@ def main(path=None):
     models.set_xticks(range(len(e2e)), labels, rotation=90, fontsize=7)
     models.set_title("models at 90%, end to end, against the dense model")
     for ax in (kernel, suites, models):
-        ax.axhline(1.0, color="gray", lw=1, ls="--")
-        ax.set_ylabel("speedup of sparse_rt (x, log scale)")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
+        speedup_axis(ax)
     kernel.legend(fontsize=7, ncol=2)
     suites.legend(fontsize=7)
     env = run["environment"]
-    fig.suptitle(f"sparse_rt CUDA kernels, {env['device']}, torch {env['torch']}, CUDA graphs, {run['date'][:10]}")
-    fig.tight_layout()
-    out = RESULTS / "cuda-speedup.png"  # one name, so the README always shows the newest
-    fig.savefig(out, dpi=110)
+    out = save(fig, f"sparse_rt CUDA kernels, {env['device']}, torch {env['torch']}, CUDA graphs, "
+                    f"{run['date'][:10]}", "cuda-speedup.png")
     print(f"wrote {out} from {path.name}")
 
 
