@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings
 
 from sparse_rt.bench.dlmc import dlmc_root
@@ -18,8 +19,24 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 
 def pytest_configure(config):
+    # fp32 dense references must be fp32: cuDNN's default TF32 convolutions (Ampere and newer) put
+    # the reference itself ~1e-4 off, failing the 1e-5 comparisons on a GPU.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     config.addinivalue_line("markers", "slow: takes over ~5 s; deselect with -m 'not slow'")
     config.addinivalue_line("markers", "cuda: runs the CUDA kernels (skipped without them); select with -m cuda")
+
+
+@pytest.fixture
+def csr_device(device, monkeypatch):
+    """The device of a CSR_DEVICES parameter `device`, with SPARSE_RT_CSR_CUDA_KERNEL set for its
+    kernel choice (unset: the cost model picks)."""
+    device, _, kernel = device.partition("-")
+    if kernel:
+        monkeypatch.setenv("SPARSE_RT_CSR_CUDA_KERNEL", kernel)
+    else:
+        monkeypatch.delenv("SPARSE_RT_CSR_CUDA_KERNEL", raising=False)
+    return device
 
 
 @pytest.fixture
