@@ -50,6 +50,9 @@ def requires_cuda(test):
 
 # One device list for the whole suite: every device-parametrised test has a CUDA case.
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_MARKS)]
+# csr_linear on CUDA has two kernels for fp16/bf16 from batch 8 (csrc/kernels/cuda/csr_spmm.cu);
+# "cuda-tensor_cores" forces the tensor-core one where it applies (the `csr_device` fixture).
+CSR_DEVICES = DEVICES + [pytest.param("cuda-tensor_cores", marks=CUDA_MARKS)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # --------------------------------------------------------------------------- sparse operands

@@ -5,6 +5,7 @@ import gzip
 import pytest
 import torch
 from helpers import (
+    CSR_DEVICES,
     DEVICES,
     DTYPES,
     assert_close,
@@ -40,12 +41,13 @@ def _linear_ref(x, w, bias, relu):
                                 compute_dtype=torch.float64)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", CSR_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}-d{c[3]}")
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("relu", [False, True])
-def test_csr_linear(device, dtype, case, with_bias, relu):
+def test_csr_linear(device, csr_device, dtype, case, with_bias, relu):
+    device = csr_device
     out_f, in_f, lead, density, rows_kw = case
     w = random_csr(out_f, in_f, density, seed=out_f * in_f, dtype=dtype, device=device, **rows_kw)
     x = randn(*lead, in_f, dtype=dtype, device=device, seed=1)
@@ -63,11 +65,12 @@ def test_csr_linear_non_contiguous_input(device):
     assert_close(y, _linear_ref(x, w, None, False), torch.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", CSR_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", LINEAR_KERNEL_CASES, ids=lambda c: f"row{c[0]}-batch{c[1]}")
-def test_csr_linear_row_lengths_and_batch_tiles(device, dtype, case):
+def test_csr_linear_row_lengths_and_batch_tiles(device, csr_device, dtype, case):
     """Average row lengths that select each CUDA subwarp width, batches around each batch tile."""
+    device = csr_device
     avg_row, batch = case
     in_f = 1024
     w = random_csr(75, in_f, avg_row / in_f, seed=avg_row, dtype=dtype, device=device)
@@ -77,12 +80,13 @@ def test_csr_linear_row_lengths_and_batch_tiles(device, dtype, case):
     assert_close(y, _linear_ref(x, w, bias, True), dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", CSR_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [8, 13, 23, 30, 36, 47, 55, 63, 71, 130])
-def test_csr_linear_every_column_tile(device, dtype, batch):
+def test_csr_linear_every_column_tile(device, csr_device, dtype, batch):
     """Batches whose last panel (rounded up to 8 rows) is 8 to 56 columns wide, alone or after
     whole 64-column panels: every combination of the CPU SpMM's 32-, 16- and 8-column tiles."""
+    device = csr_device
     w = random_csr(40, 96, 0.3, seed=batch, dtype=dtype, device=device, empty_rows=(3,))
     x = randn(batch, 96, dtype=dtype, device=device, seed=batch)
     bias = randn(40, dtype=dtype, device=device, seed=2)
@@ -256,10 +260,11 @@ def _one_file_per_shape(dlmc, subdir):
     return list(first.values())
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", CSR_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 16])
-def test_csr_linear_dlmc_transformer(dlmc, device, dtype, batch):
+def test_csr_linear_dlmc_transformer(dlmc, device, csr_device, dtype, batch):
+    device = csr_device
     for path in _one_file_per_shape(dlmc, "transformer/magnitude_pruning/0.9"):
         w = to_device(load_smtx(path, seed=0, dtype=dtype), device)
         x = randn(batch, w.shape[1], dtype=dtype, device=device, seed=9)

@@ -3,7 +3,8 @@
 reference: the script `make gpu-check` runs under compute-sanitizer (memcheck and racecheck).
 
 Families: csr_linear in fp32/fp16/bf16 (vector and scalar index loads: `col[1:]`-style views
-take the scalar path; subwarps of 8, 16 and 32 lanes; batch tiles of 1, 2, 4 and 8), bsr_linear
+take the scalar path; subwarps of 8, 16 and 32 lanes; batch tiles of 1, 2, 4 and 8; fp16/bf16 on
+tensor cores from batch 8), bsr_linear
 (16x16 and 32x32 blocks on tensor cores, fp32 and small or rectangular blocks on CUDA cores),
 csr_conv2d (stride, padding, dilation, groups, 1x1), and the index validation kernel (full
 checks on). Every family also meets empty rows and a weight with no nonzeros.
@@ -21,7 +22,9 @@ Exit status 0 when every output matches, 1 when one does not, 2 when the ops are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -108,15 +111,33 @@ def check(case, run, reference, out_shape, device):
 def csr_linear_cases(device):
     # (name, rows, cols, density, batch, extra): avg row lengths pick subwarps 8 (short rows),
     # 16 (>= 64 per row) and 32 (>= 256); batches 1, 2, 3, 5 and 19 pick the tile widths 1, 2, 4,
-    # 8 and two tiles with a tail.
+    # 8 and two tiles with a tail. From batch 8, fp16/bf16 take the tensor cores: 4-byte x copies
+    # (in_features not a multiple of 8) and 16-byte ones, steps of 128 and (dense rows) 32 columns
+    # with windows that overflow, rows and batches past the last whole tile.
     shapes = [("short rows", 40, 96, 0.2, 1), ("subwarp 16", 24, 512, 0.2, 2),
-              ("subwarp 32", 16, 1024, 0.4, 3), ("tile 8", 33, 200, 0.3, 5), ("tiles + tail", 48, 128, 0.25, 19)]
+              ("subwarp 32", 16, 1024, 0.4, 3), ("tile 8", 33, 200, 0.3, 5), ("tiles + tail", 48, 128, 0.25, 19),
+              ("tensor cores", 70, 302, 0.1, 9), ("tensor cores dense", 80, 256, 0.9, 40),
+              ("tensor cores wide batch", 130, 256, 0.05, 150)]
     for dtype in DTYPES.values():
         for i, (label, rows, cols, density, batch) in enumerate(shapes):
             w = weight(rows, cols, density, seed=i, dtype=dtype, empty_rows=(0, rows // 2), dense_rows=(rows - 1,))
             for view in ("aligned", "col[1:] view"):
                 yield f"{label} {rows}x{cols} N={batch} {view}", dtype, w, batch, view != "aligned", i % 2 == 0
         yield "nnz=0 with bias", dtype, torch.zeros(12, 20, dtype=torch.float64), 3, False, False
+
+
+@contextlib.contextmanager
+def csr_cuda_kernel(kernel):
+    """SPARSE_RT_CSR_CUDA_KERNEL set to `kernel` (None: unset) for the duration."""
+    saved = os.environ.pop("SPARSE_RT_CSR_CUDA_KERNEL", None)
+    if kernel is not None:
+        os.environ["SPARSE_RT_CSR_CUDA_KERNEL"] = kernel
+    try:
+        yield
+    finally:
+        os.environ.pop("SPARSE_RT_CSR_CUDA_KERNEL", None)
+        if saved is not None:
+            os.environ["SPARSE_RT_CSR_CUDA_KERNEL"] = saved
 
 
 def run_csr_linear(device):
@@ -131,7 +152,10 @@ def run_csr_linear(device):
         if view:
             col, val = misaligned(col), misaligned(val)
         args = (x.to(device), csr.crow_indices.to(device), col, val, bias.to(device), w.shape[1], relu)
-        yield check(case, lambda: torch.ops.sparse_rt.csr_linear(*args), ref, ref.shape, device)
+        # The tensor-core cases are too small for the cost model to pick that kernel: forced.
+        with csr_cuda_kernel("tensor_cores" if name.startswith("tensor cores") else None):
+            result = check(case, lambda: torch.ops.sparse_rt.csr_linear(*args), ref, ref.shape, device)
+        yield result
 
 
 def run_bsr_linear(device):

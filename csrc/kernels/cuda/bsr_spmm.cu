@@ -10,6 +10,7 @@
 // threads of a block row.
 #include "common.cuh"
 #include "launch.h"
+#include "mma.cuh"
 #include "row_extent.h"
 
 namespace sparse_rt {
@@ -20,38 +21,6 @@ using namespace detail;
 
 constexpr int kWarpsPerBlock = 4;
 constexpr int kSimtThreads = 128;
-
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
-                                          const uint32_t (&b)[2], __half) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-  __trap();  // The launcher only selects this kernel on compute capability >= 8.0.
-#endif
-}
-
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
-                                          const uint32_t (&b)[2], __nv_bfloat16) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-  __trap();
-#endif
-}
-
-// Two adjacent 16-bit elements as one register (the launcher checks 4-byte alignment).
-template <typename T>
-__device__ __forceinline__ uint32_t load_pair(const T* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4)
@@ -167,12 +136,7 @@ bool tensor_cores_apply(const T* x, const T* val, int64_t k, int64_t bh, int64_t
   if (sizeof(T) != 2 || bh % 16 != 0 || bw % 16 != 0) return false;
   // Fragments are 32-bit loads: both bases 4-byte aligned, and k, bw even (true for bw % 16 == 0).
   if (!is_aligned(x, 4) || !is_aligned(val, 4) || k % 2 != 0) return false;
-  // A host attribute query, not a stream operation: allowed during graph capture.
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
-    return false;
-  return major >= 8;
+  return tensor_cores_available();
 }
 
 template <typename T>
