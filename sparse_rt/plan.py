@@ -63,11 +63,12 @@ def format_label(format, blocksize):
 # moderate sparsity (BERT-base shapes, 128 tokens, in that run: sparse 1.7x dense at 70%).
 #
 # "cuda": measured on an H200 against cuBLAS and cuDNN in fp16/bf16, CUDA graphs
-# (benchmarks/results/cuda-2026-12-04.json, `make gpu-check`): BERT-base and 11008x4096 layers and DLMC
-# Transformer layers at batch 1, 8, 64 and 256, the ResNet-50 convolutions at batch 1 and 8. The CSR
-# kernels run on CUDA cores and re-read each sparse row for every 8 batch rows while cuBLAS streams the
-# weight once on tensor cores, so the efficiency falls with the batch (geometric means: gemv 0.113, gemm
-# 0.066 at batch 8, 0.025 at 64, 0.009 at 256). Layers of one regime spread 4x (launch-bound small ones,
+# (benchmarks/results/cuda-2026-12-04-csr-mma.json, `make gpu-check`): BERT-base and 11008x4096 layers and
+# DLMC Transformer layers at batch 1, 8, 64 and 256, the ResNet-50 convolutions at batch 1 and 8. The CSR
+# kernels run on CUDA cores (tensor cores for large layers from batch 64: csr_spmm.cu) and re-read each
+# sparse row for every 8 batch rows while cuBLAS streams the weight once on tensor cores, so the
+# efficiency falls with the batch (geometric means in the first run, cuda-2026-12-04.json: gemv 0.113,
+# gemm 0.066 at batch 8, 0.025 at 64, 0.009 at 256). Layers of one regime spread 4x (launch-bound small ones,
 # bandwidth-bound large ones: gemv 0.068-0.256), so the row holds each regime's 10th percentile rather than
 # its mean: sparse where 9 in 10 of the measured layers would have won, i.e. from ~92% sparsity at batch 1,
 # ~96% at batch 8-63, and practically never from batch 64 or for convolutions. On the measured layers
@@ -79,7 +80,7 @@ CUDA_FIT_PERCENTILE = 10  # the CUDA row's statistic (benchmarks/calibrate_plan.
 SPARSE_EFFICIENCY = {
     "cpu": {"gemv": 0.200, "gemm": 0.247, "gemm64": 0.247, "conv1x1": 0.353, "conv": 0.173},
     "cpu-avx2": {"gemv": 0.175, "gemm": 0.362, "gemm64": 0.362, "conv1x1": 0.288, "conv": 0.226},
-    "cuda": {"gemv": 0.0760, "gemm": 0.0417, "gemm64": 0.0048, "conv1x1": 0.0033, "conv": 0.0070},
+    "cuda": {"gemv": 0.0766, "gemm": 0.0423, "gemm64": 0.0087, "conv1x1": 0.0033, "conv": 0.0069},
 }
 # The CPU rows by the x86-64 level the kernels run at (build_info's "cpu_isa").
 CPU_ROW_OF_ISA = {"x86-64-v4": "cpu", "x86-64-v3": "cpu-avx2"}
