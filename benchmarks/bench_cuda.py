@@ -15,7 +15,9 @@ Suites (in this order by default, so that a time budget cuts the least important
   dlmc    csr_linear on real DLMC Transformer 90% patterns (benchmarks/data).
   bsr     bsr_linear with 32x32 and 16x16 blocks (tensor cores) at 70/90/95% and 4x4 blocks (CUDA
           cores) at 90%, vs dense and Triton BSR (which needs blocks >= 16 and N % 16 == 0).
-Batches N = 1, 8, 64, 256 for the Linear suites.
+Batches N = 1, 8, 64, 256 for the Linear suites. Where csr_linear has two CUDA kernels (fp16/bf16,
+N >= 8) each is also timed forced ("csr:subwarp", "csr:tensor_cores"; their speedup entries are
+their time over the one the cost model chose).
 
 Checks: every engine's output is compared with a float32 reference (TF32 off) before it is timed;
 one whose largest error relative to max(|reference|, 1) exceeds the dtype's tolerance is recorded
@@ -36,6 +38,7 @@ import copy
 import datetime as dt
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -70,6 +73,11 @@ TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 SUBJECT = "sparse_rt"
 BASELINE_LABELS = {"dense": "dense (cuBLAS / cuDNN)", "torch_sparse": "torch.sparse CSR (cuSPARSE)",
                    "triton_bsr": "torch Triton BSR"}
+# csr_linear's two CUDA kernels for fp16/bf16 from batch 8 (csrc/kernels/cuda/csr_spmm.cu): each
+# is also timed forced, as engine "csr:KERNEL", so that a run shows what the cost model chose
+# against and refits it.
+CSR_KERNEL_VARIABLE = "SPARSE_RT_CSR_CUDA_KERNEL"
+CSR_KERNELS = ("subwarp", "tensor_cores")
 BERT = {(768, 768), (3072, 768), (768, 3072)}
 LLM = (11008, 4096)
 
@@ -293,9 +301,27 @@ def linear_engines(bench, w, fmt, block, copies):
 
     def engines(x):
         other = others if isinstance(others, str) else engine(lambda: others(x))
-        return {SUBJECT: lambda i: op(x, *ours[i], None, k, False), "dense": lambda i: F.linear(x, dense[i]),
-                baseline: other}
+        ours_call = lambda i: op(x, *ours[i], None, k, False)  # noqa: E731
+        calls = {SUBJECT: ours_call, "dense": lambda i: F.linear(x, dense[i]), baseline: other}
+        if fmt == "csr" and x.is_cuda and x.element_size() == 2 and x.shape[0] >= 8 and k % 2 == 0:
+            calls.update({f"csr:{kernel}": forced_kernel(kernel, ours_call) for kernel in CSR_KERNELS})
+        return calls
     return engines
+
+
+def forced_kernel(kernel, call):
+    """call(i) run with the CSR kernel forced (a CUDA graph keeps the kernel chosen at capture)."""
+    def run(i):
+        saved = os.environ.get(CSR_KERNEL_VARIABLE)
+        os.environ[CSR_KERNEL_VARIABLE] = kernel
+        try:
+            return call(i)
+        finally:
+            if saved is None:
+                del os.environ[CSR_KERNEL_VARIABLE]
+            else:
+                os.environ[CSR_KERNEL_VARIABLE] = saved
+    return run
 
 
 def triton_bsr(bench, w, block, copies):

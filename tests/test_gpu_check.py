@@ -3,6 +3,7 @@ that must survive a failing build, and the benchmark summary that a GPU run repo
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,18 @@ def test_bench_tiny_on_cpu(tmp_path):
     table = bench_cuda.cost_table("cpu")  # the row this CPU's layers are planned with
     assert set(summary["calibration"]) >= {f"{table}:gemv", f"{table}:gemm", f"{table}:conv1x1"}
     assert summary["targets"] == []  # the targets are GPU targets
+
+
+def test_a_forced_csr_kernel_is_set_only_while_its_call_runs(monkeypatch):
+    variable = bench_cuda.CSR_KERNEL_VARIABLE
+    seen = []
+    call = bench_cuda.forced_kernel("tensor_cores", lambda i: seen.append((i, os.environ[variable])))
+    monkeypatch.setenv(variable, "subwarp")
+    call(3)
+    assert seen == [(3, "tensor_cores")] and os.environ[variable] == "subwarp"
+    monkeypatch.delenv(variable)
+    call(4)
+    assert seen[-1] == (4, "tensor_cores") and variable not in os.environ
 
 
 def _row(suite, case, batch, ms, dense_ms, **info):
