@@ -23,7 +23,9 @@ namespace cuda {
 
 // csr_spmm.cu: y[n, r] = act(bias[r] + sum_{e in row r} val[e] * x[n, col[e]]).
 // x row-major [n, k], y row-major [n, m], W CSR [m, k] with crow[m + 1], col/val[nnz].
-// `bias` may be null. Writes bias (or zeros) for empty rows and for nnz == 0.
+// `bias` may be null. Writes bias (or zeros) for empty rows and for nnz == 0. fp16/bf16 from n = 8
+// may run on tensor cores, which need each row's columns strictly increasing (as sparse_rt's formats
+// store them): a row that is not comes out NaN there, like a malformed one.
 #define SPARSE_RT_DECLARE_CSR_SPMM(T)                                                             \
   cudaError_t csr_spmm(const T* x, const int32_t* crow, const int32_t* col, const T* val,         \
                        const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t nnz,         \
