@@ -38,7 +38,6 @@ import copy
 import datetime as dt
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ from sparse_rt.bench import geomean, percentile  # noqa: E402
 from sparse_rt.bench.dlmc import load_packed, rn50_conv_geometry  # noqa: E402
 from sparse_rt.formats import BSR, CSR  # noqa: E402
 from sparse_rt.inputs import example_input  # noqa: E402
+from sparse_rt.ops import CSR_CUDA_KERNELS, csr_cuda_kernel  # noqa: E402
 from sparse_rt.plan import (  # noqa: E402
     CUDA_FIT_PERCENTILE,
     SPARSE_EFFICIENCY,
@@ -73,11 +73,6 @@ TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 SUBJECT = "sparse_rt"
 BASELINE_LABELS = {"dense": "dense (cuBLAS / cuDNN)", "torch_sparse": "torch.sparse CSR (cuSPARSE)",
                    "triton_bsr": "torch Triton BSR"}
-# csr_linear's two CUDA kernels for fp16/bf16 from batch 8 (csrc/kernels/cuda/csr_spmm.cu): each
-# is also timed forced, as engine "csr:KERNEL", so that a run shows what the cost model chose
-# against and refits it.
-CSR_KERNEL_VARIABLE = "SPARSE_RT_CSR_CUDA_KERNEL"
-CSR_KERNELS = ("subwarp", "tensor_cores")
 BERT = {(768, 768), (3072, 768), (768, 3072)}
 LLM = (11008, 4096)
 
@@ -304,23 +299,18 @@ def linear_engines(bench, w, fmt, block, copies):
         ours_call = lambda i: op(x, *ours[i], None, k, False)  # noqa: E731
         calls = {SUBJECT: ours_call, "dense": lambda i: F.linear(x, dense[i]), baseline: other}
         if fmt == "csr" and x.is_cuda and x.element_size() == 2 and x.shape[0] >= 8 and k % 2 == 0:
-            calls.update({f"csr:{kernel}": forced_kernel(kernel, ours_call) for kernel in CSR_KERNELS})
+            # Each of csr_linear's two kernels also forced, so that a run shows what the cost model
+            # chose against and refits it.
+            calls.update({f"csr:{kernel}": forced_kernel(kernel, ours_call) for kernel in CSR_CUDA_KERNELS})
         return calls
     return engines
 
 
 def forced_kernel(kernel, call):
-    """call(i) run with the CSR kernel forced (a CUDA graph keeps the kernel chosen at capture)."""
+    """call(i) run with the CSR kernel forced (sparse_rt.ops.csr_cuda_kernel)."""
     def run(i):
-        saved = os.environ.get(CSR_KERNEL_VARIABLE)
-        os.environ[CSR_KERNEL_VARIABLE] = kernel
-        try:
+        with csr_cuda_kernel(kernel):
             return call(i)
-        finally:
-            if saved is None:
-                del os.environ[CSR_KERNEL_VARIABLE]
-            else:
-                os.environ[CSR_KERNEL_VARIABLE] = saved
     return run
 
 

@@ -12,6 +12,7 @@ import torch
 from hypothesis import settings
 
 from sparse_rt.bench.dlmc import dlmc_root
+from sparse_rt.ops import CSR_CUDA_KERNEL_VARIABLE
 
 settings.register_profile("quick", max_examples=15, deadline=None)
 settings.register_profile("long", max_examples=1000, deadline=None)
@@ -30,12 +31,13 @@ def pytest_configure(config):
 @pytest.fixture
 def csr_device(device, monkeypatch):
     """The device of a CSR_DEVICES parameter `device`, with SPARSE_RT_CSR_CUDA_KERNEL set for its
-    kernel choice (unset: the cost model picks)."""
+    kernel choice (unset: the cost model picks). monkeypatch, not sparse_rt.ops.csr_cuda_kernel:
+    the setting must outlive the fixture's return."""
     device, _, kernel = device.partition("-")
     if kernel:
-        monkeypatch.setenv("SPARSE_RT_CSR_CUDA_KERNEL", kernel)
+        monkeypatch.setenv(CSR_CUDA_KERNEL_VARIABLE, kernel)
     else:
-        monkeypatch.delenv("SPARSE_RT_CSR_CUDA_KERNEL", raising=False)
+        monkeypatch.delenv(CSR_CUDA_KERNEL_VARIABLE, raising=False)
     return device
 
 

@@ -9,7 +9,7 @@ import torch
 from helpers import CUDA_MARKS, assert_close, randn, random_csr, to_device
 
 from sparse_rt.formats import CSR
-from sparse_rt.ops import reference
+from sparse_rt.ops import CSR_CUDA_KERNEL_VARIABLE, reference
 
 pytestmark = CUDA_MARKS
 
@@ -61,7 +61,7 @@ def test_runs_on_current_nondefault_stream():
 @pytest.mark.parametrize("kernel,dtype,batch", [("subwarp", torch.float32, 4), ("tensor_cores", torch.float16, 16)])
 def test_row_pointers_broken_after_capture_come_out_nan_in_replays(kernel, dtype, batch, monkeypatch):
     """A replay runs no host code, so only the kernels' own row check (row_extent.h) sees crow."""
-    monkeypatch.setenv("SPARSE_RT_CSR_CUDA_KERNEL", kernel)
+    monkeypatch.setenv(CSR_CUDA_KERNEL_VARIABLE, kernel)
     w = random_csr(64, 128, 0.2, seed=0, dtype=dtype, device="cuda")
     x = randn(batch, 128, dtype=dtype, device="cuda", seed=1)
     crow = w.crow_indices.clone()
@@ -86,7 +86,7 @@ def test_tensor_core_csr_rows_must_increase(dtype, monkeypatch):
     """The tensor-core kernel expands each row's entries in column order (csr_spmm.cu): a row whose
     columns do not increase strictly (back across a 128-column step, back within one, a repeated
     column) comes out NaN, as a malformed row does; the other rows are right."""
-    monkeypatch.setenv("SPARSE_RT_CSR_CUDA_KERNEL", "tensor_cores")
+    monkeypatch.setenv(CSR_CUDA_KERNEL_VARIABLE, "tensor_cores")
     dense = torch.zeros(20, 512)
     dense[3, [5, 300]] = torch.tensor([1.5, -2.0])
     dense[4, [10, 20]] = torch.tensor([0.5, 0.25])

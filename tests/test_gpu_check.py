@@ -83,7 +83,7 @@ def test_bench_tiny_on_cpu(tmp_path):
 
 
 def test_a_forced_csr_kernel_is_set_only_while_its_call_runs(monkeypatch):
-    variable = bench_cuda.CSR_KERNEL_VARIABLE
+    variable = bench_cuda.sparse_rt.ops.CSR_CUDA_KERNEL_VARIABLE
     seen = []
     call = bench_cuda.forced_kernel("tensor_cores", lambda i: seen.append((i, os.environ[variable])))
     monkeypatch.setenv(variable, "subwarp")

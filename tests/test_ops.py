@@ -1,6 +1,7 @@
 """Every op against its pure-torch reference run in float64 (double accumulation)."""
 
 import gzip
+import os
 
 import pytest
 import torch
@@ -54,6 +55,18 @@ def test_csr_linear(device, csr_device, dtype, case, with_bias, relu):
     bias = randn(out_f, dtype=dtype, device=device, seed=2) if with_bias else None
     y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, bias, in_f, relu)
     assert_close(y, _linear_ref(x, w, bias, relu), dtype)
+
+
+def test_csr_cuda_kernel_is_set_inside_its_block_and_refuses_unknown_names(monkeypatch):
+    monkeypatch.setenv(ops.CSR_CUDA_KERNEL_VARIABLE, "subwarp")
+    with ops.csr_cuda_kernel("tensor_cores"):
+        assert os.environ[ops.CSR_CUDA_KERNEL_VARIABLE] == "tensor_cores"
+        with ops.csr_cuda_kernel(None):
+            assert ops.CSR_CUDA_KERNEL_VARIABLE not in os.environ
+    assert os.environ[ops.CSR_CUDA_KERNEL_VARIABLE] == "subwarp"
+    with pytest.raises(ValueError, match="'tensor-cores' is not one of"):
+        with ops.csr_cuda_kernel("tensor-cores"):
+            pass
 
 
 @pytest.mark.parametrize("device", DEVICES)

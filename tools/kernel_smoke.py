@@ -22,9 +22,7 @@ Exit status 0 when every output matches, 1 when one does not, 2 when the ops are
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -126,20 +124,6 @@ def csr_linear_cases(device):
         yield "nnz=0 with bias", dtype, torch.zeros(12, 20, dtype=torch.float64), 3, False, False
 
 
-@contextlib.contextmanager
-def csr_cuda_kernel(kernel):
-    """SPARSE_RT_CSR_CUDA_KERNEL set to `kernel` (None: unset) for the duration."""
-    saved = os.environ.pop("SPARSE_RT_CSR_CUDA_KERNEL", None)
-    if kernel is not None:
-        os.environ["SPARSE_RT_CSR_CUDA_KERNEL"] = kernel
-    try:
-        yield
-    finally:
-        os.environ.pop("SPARSE_RT_CSR_CUDA_KERNEL", None)
-        if saved is not None:
-            os.environ["SPARSE_RT_CSR_CUDA_KERNEL"] = saved
-
-
 def run_csr_linear(device):
     for name, dtype, w, batch, view, relu in csr_linear_cases(device):
         case = Case("csr_linear", name, dtype)
@@ -153,7 +137,7 @@ def run_csr_linear(device):
             col, val = misaligned(col), misaligned(val)
         args = (x.to(device), csr.crow_indices.to(device), col, val, bias.to(device), w.shape[1], relu)
         # The tensor-core cases are too small for the cost model to pick that kernel: forced.
-        with csr_cuda_kernel("tensor_cores" if name.startswith("tensor cores") else None):
+        with sparse_rt.ops.csr_cuda_kernel("tensor_cores" if name.startswith("tensor cores") else None):
             result = check(case, lambda: torch.ops.sparse_rt.csr_linear(*args), ref, ref.shape, device)
         yield result
 

@@ -7,8 +7,11 @@ import torch
 
 from . import reference
 from ._library import (
+    CSR_CUDA_KERNEL_VARIABLE,
+    CSR_CUDA_KERNELS,
     HAS_COMPILED_OPS,
     build_info,
+    csr_cuda_kernel,
     full_index_checks,
     onnxruntime_kernels_library,
     set_full_index_checks,
@@ -88,5 +91,6 @@ def add_layer_norm(input: torch.Tensor, residual: torch.Tensor, weight: Optional
 
 __all__ = ["csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d", "scaled_dot_product_attention",
            "add_layer_norm", "reference", "HAS_COMPILED_OPS",
+           "csr_cuda_kernel", "CSR_CUDA_KERNELS", "CSR_CUDA_KERNEL_VARIABLE",
            "build_info", "full_index_checks", "onnxruntime_kernels_library", "set_full_index_checks",
            "conv2d_output_size", "conv2d_output_hw"]

@@ -2,6 +2,7 @@
 after one warning that says why."""
 
 import contextlib
+import os
 import warnings
 
 try:
@@ -59,3 +60,27 @@ def full_index_checks(enabled=True):
         yield
     finally:
         _C.set_thread_full_index_checks(previous)
+
+
+# csr_linear's two CUDA kernels where both apply (fp16/bf16 from batch 8): csrc/kernels/cuda/csr_spmm.cu.
+CSR_CUDA_KERNEL_VARIABLE = "SPARSE_RT_CSR_CUDA_KERNEL"
+CSR_CUDA_KERNELS = ("subwarp", "tensor_cores")
+
+
+@contextlib.contextmanager
+def csr_cuda_kernel(kernel):
+    """Inside the block, CUDA csr_linear runs `kernel` ("subwarp" or "tensor_cores") where both of
+    its kernels apply, instead of the one its cost model picks; None: the cost model. It sets
+    SPARSE_RT_CSR_CUDA_KERNEL, which the launcher reads on every call (a CUDA graph keeps the kernel
+    chosen when it was captured), so it is process-wide: for tests and benchmarks."""
+    if kernel is not None and kernel not in CSR_CUDA_KERNELS:
+        raise ValueError(f"csr_cuda_kernel: {kernel!r} is not one of {CSR_CUDA_KERNELS} (or None)")
+    saved = os.environ.pop(CSR_CUDA_KERNEL_VARIABLE, None)
+    if kernel is not None:
+        os.environ[CSR_CUDA_KERNEL_VARIABLE] = kernel
+    try:
+        yield
+    finally:
+        os.environ.pop(CSR_CUDA_KERNEL_VARIABLE, None)
+        if saved is not None:
+            os.environ[CSR_CUDA_KERNEL_VARIABLE] = saved
