@@ -292,13 +292,14 @@ MmaPlan plan_mma(int64_t n, int64_t m, int64_t k, int64_t nnz, int multiprocesso
   return {chunk, batch_tile, row_blocks * ((n + batch_tile - 1) / batch_tile)};
 }
 
-// Whether the tensor cores beat the subwarp kernel, by a cost model fitted on the H200 run of
-// 2026-12-04 (benchmarks/results/cuda-2026-12-04.json, batches 8-256): the subwarp kernel's time
-// grows with the products nnz * n (about 1 us per 10^6 on large layers, more on small ones); the
-// tensor-core kernel's with the steps a block walks (about 4.4 us each) times the waves of
-// blocks (4 per multiprocessor), whatever the density. Required lead: 1.25x.
-bool tensor_cores_pay(int64_t n, int64_t m, int64_t k, int64_t nnz, int multiprocessors) {
-  const MmaPlan plan = plan_mma(n, m, k, nnz, multiprocessors);
+// Whether the tensor cores beat the subwarp kernel, by a cost model fitted on an H200
+// (benchmarks/results/): the subwarp kernel's time grows with the products nnz * n (about 1 us per
+// 10^6 on the large layers of cuda-2026-12-04.json, more on small ones); the tensor-core kernel's
+// with the steps a block walks times the waves of blocks (4 per multiprocessor), whatever the
+// density: 4.0-5.2 us per step and wave in cuda-2026-12-04-csr-mma-first.json (a version of this
+// kernel whose rows' shuffles did not yet overlap), so 4.4; the kernel here took 3.8-5.6 in
+// cuda-2026-12-04-csr-mma.json (a partial last wave counted whole). Required lead: 1.25x.
+bool tensor_cores_pay(const MmaPlan& plan, int64_t n, int64_t k, int64_t nnz, int multiprocessors) {
   const int64_t slots = 4 * static_cast<int64_t>(multiprocessors);
   const double steps = static_cast<double>((k + plan.chunk - 1) / plan.chunk);
   const double mma_us = 4.4 * steps * static_cast<double>((plan.blocks + slots - 1) / slots);
@@ -320,8 +321,7 @@ KernelChoice kernel_choice() {
 template <typename T>
 cudaError_t launch_mma(const T* x, const int32_t* crow, const int32_t* col, const T* val,
                        const T* bias, T* y, int64_t n, int64_t m, int64_t k, int64_t nnz,
-                       bool relu, int multiprocessors, cudaStream_t stream) {
-  const MmaPlan plan = plan_mma(n, m, k, nnz, multiprocessors);
+                       bool relu, const MmaPlan& plan, cudaStream_t stream) {
   const bool x_vec16 = k % 8 == 0 && is_aligned(x, 16);
   const dim3 grid(grid_dim(m, kMmaRows, kMaxGridX), grid_dim(n, plan.batch_tile, kMaxGridY));
   csr_spmm_mma_kernel<T><<<grid, kMmaWarps * 32, 0, stream>>>(
@@ -338,10 +338,11 @@ cudaError_t csr_spmm_impl(const T* x, const int32_t* crow, const int32_t* col, c
     // x tiles are copied 4 bytes at a time at least: an aligned base and an even row length.
     if (n >= 8 && k % 2 == 0 && is_aligned(x, 4) && tensor_cores_available()) {
       const int multiprocessors = multiprocessor_count();
+      const MmaPlan plan = plan_mma(n, m, k, nnz, multiprocessors);
       const KernelChoice choice = kernel_choice();
       if (choice == KernelChoice::kTensorCores ||
-          (choice == KernelChoice::kAuto && tensor_cores_pay(n, m, k, nnz, multiprocessors)))
-        return launch_mma(x, crow, col, val, bias, y, n, m, k, nnz, relu, multiprocessors, stream);
+          (choice == KernelChoice::kAuto && tensor_cores_pay(plan, n, k, nnz, multiprocessors)))
+        return launch_mma(x, crow, col, val, bias, y, n, m, k, nnz, relu, plan, stream);
     }
   }
   // int4 index loads and 4-element value loads; views with odd offsets take the scalar path.
