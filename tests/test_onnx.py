@@ -679,6 +679,33 @@ def test_native_session_groups_linears_reading_one_input(tmp_path, batch):
         torch.testing.assert_close(torch.from_numpy(got[0]), model(x), rtol=1e-5, atol=1e-5)
 
 
+@requires_compiled_ops
+@needs_native
+def test_native_session_packs_constant_weights_without_changing_the_output(tmp_path, monkeypatch):
+    """A native session packs constant weights' nonzeros for the tiled SpMM (cpu::pack_nonzeros,
+    whose kernel the C++ tests check is taken and exact) on their first tiled call: a BERT layer wide
+    enough to pack, 70 token rows (a packed 64-row panel and an unpacked partial one), gives the
+    output of a session made with SPARSE_RT_PACK_NONZEROS=0 bit for bit, and torch's."""
+    import numpy as np
+
+    from sparse_rt.onnx import session as make_session
+
+    torch.manual_seed(0)
+    dense = models.create("bert_encoder", layers=1, hidden=384, heads=6, intermediate=768).eval()
+    model = sparse_rt.sparsify(sparse_rt.magnitude_prune(dense, 0.8), format="csr").eval()
+    x = torch.randn(1, 70, 384)
+    path = tmp_path / "m.onnx"
+    model.export_onnx(path, x, flavor="sparse")
+    packed = make_session(path, intra_op_num_threads=2)
+    monkeypatch.setenv("SPARSE_RT_PACK_NONZEROS", "0")
+    unpacked = make_session(path, intra_op_num_threads=2)
+    got = [s.run(None, {s.get_inputs()[0].name: x.numpy()})[0] for s in (packed, unpacked, packed)]
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[2], got[1])  # the packing kept, not rebuilt
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.from_numpy(got[0]), model(x), rtol=1e-5, atol=1e-5)
+
+
 def _linear_then_gelu(approximate="none", relu=0, also_output=False):
     """CsrLinear [N, 8] -> [N, 4] (columns 0, 3, 5, 7, values 1, 2, 3, 4) then Gelu; with
     also_output the linear's output is a graph output too."""

@@ -24,6 +24,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -198,6 +200,13 @@ std::string node_description(const OrtKernelInfo* info, const char* op_type) {
   return std::string("sparse_rt.") + op_type + " node '" + Ort::ConstKernelInfo(info).GetNodeName() + "'";
 }
 
+// The data of input `index` where it is one of the node's constant initializers, else null.
+const void* constant_input(const OrtKernelInfo* info, size_t index) {
+  int is_constant = 0;
+  const Ort::ConstValue value = Ort::ConstKernelInfo(info).GetTensorConstantInput(index, &is_constant);
+  return is_constant ? value.GetTensorRawData() : nullptr;
+}
+
 // One weight's index arrays, validated before a kernel reads them: in full once, on the first
 // call, when they are the node's constant initializers (the columns they address depend on
 // attributes only); on every call otherwise.
@@ -223,16 +232,41 @@ class IndexCheck {
   }
 
  private:
-  static const void* constant_input(const OrtKernelInfo* info, size_t index) {
-    int is_constant = 0;
-    const Ort::ConstValue value = Ort::ConstKernelInfo(info).GetTensorConstantInput(index, &is_constant);
-    return is_constant ? value.GetTensorRawData() : nullptr;
-  }
-
   const void* const crow_;
   const void* const col_;
   std::mutex mutex_;
   bool checked_ = false;
+};
+
+// A CSR weight's nonzeros packed for the tiled SpMM (cpu::pack_nonzeros), built on the first call
+// that runs it and kept, where crow, col and values are the node's constant initializers (they
+// cannot change between calls); other weights run unpacked. The packing holds a copy of the
+// nonzeros (8 bytes each); SPARSE_RT_PACK_NONZEROS=0 when the session is made saves that memory
+// and keeps every weight unpacked.
+class PackedWeight {
+ public:
+  PackedWeight(const OrtKernelInfo* info, size_t crow_input)
+      : crow_(packing_enabled() ? constant_input(info, crow_input) : nullptr),
+        col_(constant_input(info, crow_input + 1)), values_(constant_input(info, crow_input + 2)) {}
+
+  // The packing of `view` (a constant weight's), or null.
+  const cpu::PackedNonzeros* operator()(const cpu::CsrView<float>& view) {
+    if (!crow_ || !col_ || !values_ || view.crow != crow_ || view.col != col_ || view.values != values_) return nullptr;
+    std::call_once(packed_once_, [&] { packed_ = cpu::pack_nonzeros(view); });
+    return packed_.get();
+  }
+
+ private:
+  static bool packing_enabled() {
+    const char* value = std::getenv("SPARSE_RT_PACK_NONZEROS");
+    return value == nullptr || std::strcmp(value, "0") != 0;
+  }
+
+  const void* const crow_;  // null: not packed
+  const void* const col_;
+  const void* const values_;
+  std::once_flag packed_once_;
+  std::unique_ptr<const cpu::PackedNonzeros> packed_;
 };
 
 int64_t int_attribute(const OrtKernelInfo* info, const char* name) {
@@ -351,7 +385,8 @@ class LinearKernel : public OpKernel {
  public:
   LinearKernel(const OrtKernelInfo* info, const char* op_type, bool blocked)
       : OpKernel(info, op_type, blocked), in_features_(int_attribute(info, "in_features")),
-        relu_(int_attribute(info, "relu") != 0), gelu_(optional_int_attribute(info, "gelu", 0) != 0) {
+        relu_(int_attribute(info, "relu") != 0), gelu_(optional_int_attribute(info, "gelu", 0) != 0),
+        packed_weight_(info, kCrow) {
     if (in_features_ < 0) invalid("in_features must be >= 0, got ", in_features_);
     if (relu_ && gelu_) invalid("relu and gelu cannot both be set");
   }
@@ -380,9 +415,10 @@ class LinearKernel : public OpKernel {
       });
       return;
     }
-    const cpu::CsrView<float> view{w.crow, w.col, w.values, w.row_blocks, in_features_};
+    cpu::CsrView<float> view{w.crow, w.col, w.values, w.row_blocks, in_features_};
     Scratch scratch(ctx);
     const float* panels = packed_input(scratch, xp, batch, in_features_, pf);
+    if (panels) view.packed = packed_weight_(view);
     cpu::parallel_over_rows(pf, w.crow, w.row_blocks, 1, work, [&](int64_t, int64_t r0, int64_t r1) {
       cpu::csr_linear_rows(view, xp, panels, batch, y, ep, r0, r1);
     });
@@ -392,6 +428,7 @@ class LinearKernel : public OpKernel {
   const int64_t in_features_;
   const bool relu_;
   const bool gelu_;  // GELU (exact form) after bias and residual: a Gelu node folded in
+  mutable PackedWeight packed_weight_;
 };
 
 struct CsrLinearKernel final : LinearKernel {
@@ -439,6 +476,7 @@ class CsrLinearsKernel {
     for (size_t i = 0; i < layers; ++i) {
       const size_t first = 1 + i * kInputsPerLayer;
       checks_.push_back(std::make_unique<IndexCheck>(info, first, first + 1));
+      packed_weights_.push_back(std::make_unique<PackedWeight>(info, first));
     }
   }
 
@@ -467,7 +505,11 @@ class CsrLinearsKernel {
       Scratch scratch(ctx);
       const float* panels = packed_input(scratch, xp, batch, in_features_, pf);
       std::vector<cpu::CsrView<float>> views;
-      for (const Weight& w : weights) views.push_back({w.crow, w.col, w.values, w.row_blocks, in_features_});
+      for (int64_t i = 0; i < layers; ++i) {
+        const Weight& w = weights[i];
+        views.push_back({w.crow, w.col, w.values, w.row_blocks, in_features_});
+        if (panels) views.back().packed = (*packed_weights_[i])(views.back());
+      }
       cpu::parallel_over_row_sets(
           pf, layers, max_rows, work, [&](int64_t i) { return views[i].crow; }, [&](int64_t i) { return views[i].rows; },
           [&](int64_t i, int64_t r0, int64_t r1) {
@@ -481,6 +523,7 @@ class CsrLinearsKernel {
   const std::string what_;
   const int64_t in_features_;
   std::vector<std::unique_ptr<IndexCheck>> checks_;
+  std::vector<std::unique_ptr<PackedWeight>> packed_weights_;
 };
 
 // --- CsrMlp ---------------------------------------------------------------------------------------
@@ -499,7 +542,8 @@ class CsrMlpKernel {
   explicit CsrMlpKernel(const OrtKernelInfo* info)
       : what_(node_description(info, "CsrMlp")), in_features_(int_attribute(info, "in_features")),
         relu_(optional_int_attribute(info, "relu", 0) != 0), gelu_(optional_int_attribute(info, "gelu", 0) != 0),
-        first_check_(info, kFirstLayer, kFirstLayer + 1), second_check_(info, kSecondLayer, kSecondLayer + 1) {
+        first_check_(info, kFirstLayer, kFirstLayer + 1), second_check_(info, kSecondLayer, kSecondLayer + 1),
+        first_packed_(info, kFirstLayer), second_packed_(info, kSecondLayer) {
     if (in_features_ < 0) invalid("in_features must be >= 0, got ", in_features_);
     if (relu_ && gelu_) invalid("relu and gelu cannot both be set");
   }
@@ -521,14 +565,16 @@ class CsrMlpKernel {
       if (batch == 0 || w2.rows() == 0) return;
       const cpu::Epilogue ep1{w1.bias, relu_, nullptr, gelu_};
       const cpu::Epilogue ep2{w2.bias, false, static_cast<const float*>(residual.data)};
-      const cpu::CsrView<float> view1{w1.crow, w1.col, w1.values, w1.rows(), in_features_};
-      const cpu::CsrView<float> view2{w2.crow, w2.col, w2.values, w2.rows(), w1.rows()};
+      cpu::CsrView<float> view1{w1.crow, w1.col, w1.values, w1.rows(), in_features_};
+      cpu::CsrView<float> view2{w2.crow, w2.col, w2.values, w2.rows(), w1.rows()};
       const auto* xp = static_cast<const float*>(x.data);
       const cpu::ParallelFor pf = ort_parallel_for();
       Scratch scratch(ctx);
       if (const float* panels = packed_input(scratch, xp, batch, in_features_, pf)) {
         const int64_t panel_columns = std::min(cpu::PanelLayout{batch, in_features_}.padded(), cpu::kPanelWidth);
         float* hidden = scratch.get<float>(w1.rows() * panel_columns);
+        view1.packed = first_packed_(view1);
+        view2.packed = second_packed_(view2);
         cpu::csr_mlp_tiled(view1, ep1, cpu::PanelActivation{nullptr, nullptr}, view2, ep2, panels, batch, hidden, y, pf);
         return;
       }
@@ -547,6 +593,7 @@ class CsrMlpKernel {
   const int64_t in_features_;
   const bool relu_, gelu_;  // the first layer's activation
   IndexCheck first_check_, second_check_;
+  PackedWeight first_packed_, second_packed_;
 };
 
 // --- CsrConv2d ----------------------------------------------------------------------------------

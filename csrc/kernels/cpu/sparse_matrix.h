@@ -7,7 +7,11 @@
 
 namespace sparse_rt::cpu {
 
-// CSR matrix [rows, cols]: row r holds entries crow[r] .. crow[r+1]-1.
+struct PackedNonzeros;  // csr_spmm.h
+
+// CSR matrix [rows, cols]: row r holds entries crow[r] .. crow[r+1]-1. `packed`, when given, is
+// pack_nonzeros of this same matrix (its nonzeros in the tiled SpMM's order), which the SpMM then
+// reads instead of col and values.
 template <typename V>
 struct CsrView {
   const int32_t* crow;
@@ -15,6 +19,7 @@ struct CsrView {
   const V* values;
   int64_t rows;
   int64_t cols;
+  const PackedNonzeros* packed = nullptr;
 };
 
 // BSR matrix [block_rows*bh, block_cols*bw]: block row r holds blocks crow[r] .. crow[r+1]-1, block

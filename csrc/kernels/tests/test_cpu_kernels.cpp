@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
 #include <utility>
@@ -82,8 +83,11 @@ bfloat16_t encode<bfloat16_t>(float v) {  // values in the tests are exact in bf
 }
 template <>
 half_t encode<half_t>(float v) {  // small integers / 8: exact in half
+  // Searched once per value (the tests use a few dozen distinct ones, millions of times).
+  static std::map<float, uint16_t> found;
+  if (const auto it = found.find(v); it != found.end()) return {it->second};
   for (uint32_t b = 0; b < 65536; ++b) {
-    if (half_reference(uint16_t(b)) == double(v)) return {uint16_t(b)};
+    if (half_reference(uint16_t(b)) == double(v)) return {found[v] = uint16_t(b)};
   }
   std::abort();
 }
@@ -162,9 +166,17 @@ const ParallelFor kThreeChunks{three_chunks_backwards, 3};
 // ascending order; the K-blocked SpMM must stay exact without it).
 template <typename V>
 void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, bool relu, bool with_residual,
-                     bool columns_descending = false, bool gelu = false) {
+                     bool columns_descending = false, bool gelu = false, bool expect_packed = false,
+                     int64_t empty_rows = 0) {
   std::mt19937 g(unsigned(rows * 131 + cols * 7 + batch));
   RandomCsr m = random_csr(rows, cols, density, g);
+  // The first empty_rows rows emptied (whole segments and row blocks with nothing to add).
+  for (int64_t r = 0; r < empty_rows; ++r) {
+    const int64_t removed = m.crow[r + 1] - m.crow[0];
+    m.col.erase(m.col.begin() + m.crow[0], m.col.begin() + m.crow[r + 1]);
+    m.val.erase(m.val.begin() + m.crow[0], m.val.begin() + m.crow[r + 1]);
+    for (int64_t i = 0; i <= rows; ++i) m.crow[i] = i <= r ? 0 : m.crow[i] - int32_t(removed);
+  }
   for (int64_t r = 0; columns_descending && r < rows; ++r) {
     std::reverse(m.col.begin() + m.crow[r], m.col.begin() + m.crow[r + 1]);
     std::reverse(m.val.begin() + m.crow[r], m.val.begin() + m.crow[r + 1]);
@@ -189,13 +201,22 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
   }
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
   const Epilogue ep{bias.data(), relu, with_residual ? residual.data() : nullptr, gelu};
-  std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN);
+  std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN), y_packed(batch * rows, NAN);
+  // The nonzeros packed for the tiled kernel, where that pays: the same sums bit for bit.
+  const auto packed = pack_nonzeros(w);
+  CsrView<V> w_packed = w;
+  w_packed.packed = packed.get();
   // Two row ranges, as two threads would compute them.
   const int64_t mid = balanced_row_start(m.crow.data(), rows, 1, 2);
   for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, mid}, {mid, rows}}) {
     csr_linear_gather(w, x.data(), batch, y_gather.data(), ep, r0, r1);
     csr_linear_tiled(w, panels.data(), batch, y_tiled.data(), ep, r0, r1);
+    csr_linear_tiled(w_packed, panels.data(), batch, y_packed.data(), ep, r0, r1);
   }
+  expect(!expect_packed || packed, "pack_nonzeros " + std::to_string(rows) + "x" + std::to_string(cols) + " packs");
+  expect(std::memcmp(y_tiled.data(), y_packed.data(), y_tiled.size() * sizeof(float)) == 0,
+         "csr_linear " + std::to_string(rows) + "x" + std::to_string(cols) + " batch " + std::to_string(batch) +
+             ": packed nonzeros give the unpacked sums");
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t r = 0; r < rows; ++r) {
       double ref = bias[r];
@@ -245,7 +266,8 @@ void halve_and_subtract_one(void*, float* data, int64_t count) {
 // csr_mlp_tiled against two layers computed in double: the ReLU in the first layer's epilogue, or
 // the activation callback after it; several panels, the last one partial.
 template <typename V>
-void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double density, bool relu) {
+void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double density, bool relu,
+                  bool expect_packed = false) {
   std::mt19937 g(unsigned(in * 131 + hidden * 7 + out + batch));
   const RandomCsr m1 = random_csr(hidden, in, density, g), m2 = random_csr(out, hidden, density, g);
   const std::vector<V> vals1 = encode_all<V>(m1.val), vals2 = encode_all<V>(m2.val);
@@ -261,6 +283,18 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
   const CsrView<V> w2{m2.crow.data(), m2.col.data(), vals2.data(), out, hidden};
   csr_mlp_tiled(w1, Epilogue{bias1.data(), relu, nullptr}, activate, w2, Epilogue{bias2.data(), false, residual.data()},
                 panels.data(), batch, h.data(), y.data(), kThreeChunks);
+  // With both layers' nonzeros packed where that pays: the same sums bit for bit.
+  const auto packed1 = pack_nonzeros(w1), packed2 = pack_nonzeros(w2);
+  CsrView<V> w1_packed = w1, w2_packed = w2;
+  w1_packed.packed = packed1.get();
+  w2_packed.packed = packed2.get();
+  std::vector<float> y_packed(batch * out, NAN);
+  csr_mlp_tiled(w1_packed, Epilogue{bias1.data(), relu, nullptr}, activate, w2_packed,
+                Epilogue{bias2.data(), false, residual.data()}, panels.data(), batch, h.data(), y_packed.data(),
+                kThreeChunks);
+  expect(!expect_packed || (packed1 && packed2), "csr_mlp: pack_nonzeros packs both layers");
+  expect(std::memcmp(y.data(), y_packed.data(), y.size() * sizeof(float)) == 0,
+         "csr_mlp: packed nonzeros give the unpacked sums");
   std::vector<double> act(hidden);
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t r = 0; r < hidden; ++r) {
@@ -350,10 +384,16 @@ void test_value_type() {
     test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, false, c.batch % 3 == 1, false, /*gelu=*/true);
   }
   test_csr_linear<V>(70, 700, 130, 0.3, false, true, true);
+  // Packed nonzeros: two row blocks (one split between the two ranges), columns in several blocks,
+  // rows out of column order, a partial panel, and leading rows empty.
+  test_csr_linear<V>(300, 700, 130, 0.1, true, true, false, false, /*expect_packed=*/true);
+  test_csr_linear<V>(300, 700, 64, 0.1, false, false, true, true, /*expect_packed=*/true);
+  test_csr_linear<V>(520, 650, 72, 0.2, false, true, false, false, /*expect_packed=*/true, /*empty_rows=*/260);
   test_csr_mlp<V>(40, 96, 24, 150, 0.2, false);  // three panels, the last 22 rows padded to 24
   test_csr_mlp<V>(33, 70, 17, 64, 0.3, true);
   test_csr_mlp<V>(16, 8, 5, 9, 0.0, false);  // nnz = 0: the output is bias2 + residual
   test_csr_mlp<V>(300, 520, 30, 70, 0.3, false);  // both layers' columns in blocks
+  test_csr_mlp<V>(400, 700, 300, 130, 0.1, true, /*expect_packed=*/true);
   for (const auto& [bh, bw] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {2, 8}, {16, 16}}) {
     test_bsr_linear<V>(bh, bw, 3);
   }
