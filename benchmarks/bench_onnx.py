@@ -4,12 +4,14 @@
     python benchmarks/bench_onnx.py --models resnet50 --runs 32 --threads 2
 
 Each model is magnitude-pruned (first conv left dense), converted, and exported three times:
-dense (torch.onnx.export of the pruned nn.Module), portable and sparse. The three onnxruntime
+dense (torch.onnx.export of the pruned nn.Module), portable and sparse. The sparse file runs on
+the native kernels (also without packing the weights' nonzeros) and on the Python ops. The
 sessions run the same input taking turns in blocks, after warm-up; medians are reported. Writes
 benchmarks/results/onnx-DATE.json with the machine, versions, thread settings and every figure.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -27,6 +29,7 @@ import sparse_rt.onnx
 from sparse_rt import models
 
 SPARSE_KERNELS = ("native", "python")
+PACKING_VARIABLE = "SPARSE_RT_PACK_NONZEROS"
 MODELS = {"resnet50": ((1, 3, 224, 224), ("conv1",)), "bert_encoder": ((1, 128, 768), ())}
 _WARMUP_PER_BLOCK, _TIMED_PER_BLOCK = 2, 8
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -46,6 +49,21 @@ def _versions():
 def _bytes(path):
     extra = path + ".data"
     return os.path.getsize(path) + (os.path.getsize(extra) if os.path.exists(extra) else 0)
+
+
+@contextlib.contextmanager
+def _unpacked_weights():
+    """Native sessions made inside the block keep their weights unpacked (SPARSE_RT_PACK_NONZEROS=0,
+    read when a session's kernels are made)."""
+    saved = os.environ.get(PACKING_VARIABLE)
+    os.environ[PACKING_VARIABLE] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(PACKING_VARIABLE)
+        else:
+            os.environ[PACKING_VARIABLE] = saved
 
 
 def bench_model(name, sparsity, threads, runs, workdir, echo):
@@ -68,19 +86,24 @@ def bench_model(name, sparsity, threads, runs, workdir, echo):
         "dense": sparse_rt.onnx.session(paths["dense"], register_ops=False, **options),
         "portable": sparse_rt.onnx.session(paths["portable"], register_ops=False, **options),
     }
-    # The sparse file on each way of running our ops that this build has (session's `kernels`).
+    # The sparse file on each way of running our ops that this build has (session's `kernels`), and
+    # on the native kernels once more without packing the weights' nonzeros.
     for kernels in SPARSE_KERNELS:
         if kernels == "native" and sparse_rt.ops.onnxruntime_kernels_library() is None:
             continue
         sessions[f"sparse-{kernels}"] = sparse_rt.onnx.session(paths["sparse"], kernels=kernels, **options)
+        if kernels == "native":
+            with _unpacked_weights():
+                sessions["sparse-native-unpacked"] = sparse_rt.onnx.session(paths["sparse"], kernels=kernels, **options)
     feed = x.numpy()
     samples = {k: [] for k in sessions}
     # Sessions take turns in blocks: a session's thread pool keeps spinning for a while after its
     # run, and would slow whichever session ran next if they alternated run by run. The first
-    # runs of each block (warm-up after the switch) are not timed.
+    # runs of each block (warm-up after the switch) are not timed, and every other round runs the
+    # sessions in reverse order, so that no session always follows the same one.
     rounds = max(1, -(-runs // _TIMED_PER_BLOCK))
-    for _ in range(rounds):
-        for key, sess in sessions.items():
+    for round_ in range(rounds):
+        for key, sess in (sessions.items() if round_ % 2 == 0 else reversed(sessions.items())):
             inputs = {sess.get_inputs()[0].name: feed}
             for i in range(_WARMUP_PER_BLOCK + _TIMED_PER_BLOCK):
                 t0 = time.perf_counter()

@@ -706,6 +706,43 @@ def test_native_session_packs_constant_weights_without_changing_the_output(tmp_p
         torch.testing.assert_close(torch.from_numpy(got[0]), model(x), rtol=1e-5, atol=1e-5)
 
 
+@requires_compiled_ops
+@needs_native
+def test_native_packed_weights_on_dlmc_transformer_patterns(dlmc, monkeypatch):
+    """Real pruned patterns (DLMC transformer, 90%), one CsrLinear per shape, 70 rows: packed and
+    unpacked sessions agree bit for bit and with the product in double."""
+    import gzip
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparse_rt.formats.smtx import load_smtx
+
+    shapes = {}
+    for path in sorted((dlmc / "transformer/magnitude_pruning/0.9").glob("*.smtx.gz")):
+        with gzip.open(path, "rt") as f:
+            shapes.setdefault(tuple(f.readline().split(",")[:2]), path)
+    assert shapes
+    for path in shapes.values():
+        w = load_smtx(path, seed=0)
+        rows, cols = w.shape
+        weights = [numpy_helper.from_array(t.numpy(), name) for t, name in (
+            (w.crow_indices, "crow"), (w.col_indices, "col"), (w.values, "values"), (torch.zeros(rows), "bias"))]
+        node = helper.make_node("CsrLinear", ["X", "crow", "col", "values", "bias"], ["Y"], name="linear",
+                                domain="sparse_rt", in_features=cols, relu=0)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", cols])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=weights)
+        source = _model_of(graph, opset=20).SerializeToString()
+        x = np.random.default_rng(1).standard_normal((70, cols), dtype=np.float32)
+        monkeypatch.delenv("SPARSE_RT_PACK_NONZEROS", raising=False)
+        packed = _native_session_by_hand(source, threads=2).run(None, {"X": x})[0]
+        monkeypatch.setenv("SPARSE_RT_PACK_NONZEROS", "0")
+        unpacked = _native_session_by_hand(source, threads=2).run(None, {"X": x})[0]
+        np.testing.assert_array_equal(packed, unpacked, err_msg=path.name)
+        expected = torch.from_numpy(x).double() @ w.to_dense().double().T
+        torch.testing.assert_close(torch.from_numpy(packed).double(), expected, rtol=1e-5, atol=1e-4, msg=path.name)
+
+
 def _linear_then_gelu(approximate="none", relu=0, also_output=False):
     """CsrLinear [N, 8] -> [N, 4] (columns 0, 3, 5, 7, values 1, 2, 3, 4) then Gelu; with
     also_output the linear's output is a graph output too."""
