@@ -422,10 +422,12 @@ void pack_panels(const float* x, const PanelLayout& layout, float* panels, const
   });
 }
 
-// Below this many nonzeros per segment on average, the sums' load and store per segment and the
-// sorted order's scattered stores cost more than reading from L1 saves. On a Zen 3 at 128 tokens
-// (a standalone C++ loop, one thread): 1.07-1.47x the unpacked kernel at 6.4 nonzeros per segment
-// (density 0.05 on BERT-base's shapes), 1.45-1.68x at 12.8, 1.19-1.98x at 25.6.
+// Below this many nonzeros per segment on average, the sums' load and store per segment would
+// cost more than reading from L1 saves. On a Zen 3 at 128 tokens (a standalone C++ loop, one
+// thread, BERT-base's shapes): 1.05-1.49x the unpacked kernel at 6.4 nonzeros per segment (density
+// 0.05; the most on the 3072-wide layer, whose panel outgrows L2), 1.45-1.68x at 12.8, 1.19-1.98x
+// at 25.6; sparser was not measured, so the bound sits below the sparsest gain seen. Wider column
+// blocks at density 0.05 (256 or 384 columns, more nonzeros per segment) gained nothing more.
 constexpr double kMinPackedSegment = 4;
 
 template <typename V>
