@@ -438,9 +438,6 @@ std::unique_ptr<const PackedNonzeros> pack_nonzeros(const CsrView<V>& w) {
   if (column_blocks <= 1 || double(nnz) < kMinPackedSegment * double(w.rows) * double(column_blocks)) return nullptr;
   auto packed = std::make_unique<PackedNonzeros>();
   PackedNonzeros& p = *packed;
-  p.rows = w.rows;
-  p.cols = w.cols;
-  p.column_block = column_block;
   p.entries.reserve(nnz);
   p.block_segments.push_back(0);
   int64_t cursor[kPackedRowBlock];

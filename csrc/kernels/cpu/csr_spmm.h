@@ -62,10 +62,10 @@ void pack_panels(const float* x, const PanelLayout& layout, float* panels, const
 // the operand rows it multiplies come from L1 rather than L2. The tile's window of the operand (cols
 // rows of 64 floats: 192 KiB for a 768-wide layer) outgrows L1, and row by row every nonzero
 // fetches its 256 bytes from L2, which caps the kernel at about one multiply-add per cycle. Packed,
-// rows are taken kPackedRowBlock at a time and, within those, columns `column_block` (an L1's worth
-// of operand rows) at a time: each row's nonzeros in the column block form a segment that adds to
-// the row's sums in a buffer, so each operand row is read from L2 once per row block and from L1
-// by every other nonzero of the block that needs it. A column block's segments are sorted by
+// rows are taken kPackedRowBlock at a time and, within those, columns an L1's worth of operand
+// rows at a time (a column block): each row's nonzeros in the column block form a segment that
+// adds to the row's sums in a buffer, so each operand row is read from L2 once per row block and
+// from L1 by every other nonzero of the block that needs it. A column block's segments are sorted by
 // length, so that consecutive segments' loops run the same number of times and their exits are
 // predicted. Each segment keeps CSR order and a row's segments follow column-block order, so the
 // sums are the unpacked kernel's bit for bit. Packing copies the nonzeros (8 bytes each) and pays
@@ -79,7 +79,6 @@ struct PackedNonzeros {
     int32_t row;    // within its row block
     int32_t count;  // entries
   };
-  int64_t rows, cols, column_block;
   std::vector<Entry> entries;
   std::vector<Segment> segments;
   // Row block b's segments are [block_segments[b], block_segments[b + 1]), its entries start at
