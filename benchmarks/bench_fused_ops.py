@@ -2,7 +2,9 @@
 
 On DLMC Transformer encoder layers (magnitude pruning 0.9, 512-wide): the feed-forward block
 (csr_mlp against csr_linear, GELU, csr_linear, and dense torch) and the query/key/value projections
-(csr_linears against three csr_linear calls, and dense torch); and attention over that width's 8
+(csr_linears against three csr_linear calls, and dense torch), each fused op also with its weights
+packed (ops.pack_csr: "fused-packed", its outputs checked equal too; the op compares the packing
+with the weights on every call, which the timing includes); and attention over that width's 8
 heads of 64 (sparse_rt's scaled_dot_product_attention against the matmul, softmax, matmul it
 replaces and PyTorch's own F.scaled_dot_product_attention in the "dense" column, each with the
 heads merged back into [tokens, 512]); and a transformer's residual connection, add_layer_norm against
@@ -47,11 +49,18 @@ def _csr(w):
     return w.crow_indices, w.col_indices, w.values
 
 
+def _packing(w):
+    return ops.pack_csr(*_csr(w), w.shape[1])
+
+
 def ffn_engines(folder, layer, x):
     w1, w2 = _weights(folder, layer, ("ffn_conv1", "ffn_conv2"))
     d1, d2 = w1.to_dense(), w2.to_dense()
+    p1, p2 = _packing(w1), _packing(w2)
     return {
         "fused": lambda: ops.csr_mlp(x, *_csr(w1), None, *_csr(w2), None, x.shape[1], "gelu"),
+        "fused-packed": lambda: ops.csr_mlp(x, *_csr(w1), None, *_csr(w2), None, x.shape[1], "gelu",
+                                            packed1=p1, packed2=p2),
         "unfused": lambda: ops.csr_linear(F.gelu(ops.csr_linear(x, *_csr(w1), None, x.shape[1])), *_csr(w2),
                                           None, w2.shape[1]),
         "dense": lambda: F.linear(F.gelu(F.linear(x, d1)), d2),
@@ -62,8 +71,10 @@ def qkv_engines(folder, layer, x):
     ws = _weights(folder, layer, [f"self_attention_multihead_attention_{p}" for p in "qkv"])
     dense = [w.to_dense() for w in ws]
     lists = [list(t) for t in zip(*map(_csr, ws))]
+    packings = [_packing(w) for w in ws]
     return {
         "fused": lambda: ops.csr_linears(x, *lists, [None] * 3, x.shape[1]),
+        "fused-packed": lambda: ops.csr_linears(x, *lists, [None] * 3, x.shape[1], packed=packings),
         "unfused": lambda: [ops.csr_linear(x, *_csr(w), None, x.shape[1]) for w in ws],
         "dense": lambda: [F.linear(x, d) for d in dense],
     }
@@ -99,10 +110,11 @@ def _check(block, layer, engines):
         if (fused - unfused).abs().max() > 1e-5 * unfused.abs().max():
             sys.exit(f"{block}: the fused op's outputs are not within 1e-5 of the unfused calls'")
         return
+    packed = engines["fused-packed"]()
     if block == "ffn":
-        fused, unfused = [fused], [unfused]
-    if not all(map(torch.equal, fused, unfused)):
-        sys.exit(f"{block} layer {layer}: the fused op's outputs differ from the unfused calls'")
+        fused, unfused, packed = [fused], [unfused], [packed]
+    if not all(map(torch.equal, fused, unfused)) or not all(map(torch.equal, packed, unfused)):
+        sys.exit(f"{block} layer {layer}: the fused op's outputs (packed or not) differ from the unfused calls'")
 
 
 def _label(layer):
@@ -133,9 +145,11 @@ def run(args):
             p50 = {name: median(s) * 1e3 for name, s in samples.items()}
             rows.append({"block": block, "layer": layer, "tokens": tokens, "p50_ms": p50,
                          "fused_vs_unfused": p50["unfused"] / p50["fused"],
-                         "fused_vs_dense": p50["dense"] / p50["fused"] if "dense" in p50 else None})
+                         "fused_vs_dense": p50["dense"] / p50["fused"] if "dense" in p50 else None,
+                         "packed_vs_fused": p50["fused"] / p50["fused-packed"] if "fused-packed" in p50 else None})
             log(f"[{i + 1}/{len(cases)}] {block} layer {_label(layer)} tokens {tokens}: fused {p50['fused']:.3f} ms, "
-                f"{rows[-1]['fused_vs_unfused']:.2f}x unfused, {_cell(rows[-1]['fused_vs_dense'], '{:.2f}x')} dense")
+                f"{rows[-1]['fused_vs_unfused']:.2f}x unfused, {_cell(rows[-1]['fused_vs_dense'], '{:.2f}x')} dense, "
+                f"packed {_cell(rows[-1]['packed_vs_fused'], '{:.2f}x')} unpacked")
     end_load = load_average()
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "patterns": PATTERNS, "threads": args.threads,
@@ -154,13 +168,15 @@ def main(argv=None):
     report = run(args)
     out = Path(args.out or Path(__file__).parent / "results" / f"fused-ops-{datetime.date.today()}.json")
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print("| block | layer | tokens | fused ms | unfused ms | dense ms | fused vs unfused | fused vs dense |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| block | layer | tokens | fused ms | unfused ms | dense ms | fused vs unfused | fused vs dense "
+          "| fused packed ms | packed vs unpacked |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in report["results"]:
         p = r["p50_ms"]
         dense, vs_dense = _cell(p.get("dense"), "{:.3f}"), _cell(r["fused_vs_dense"], "{:.2f}x")
+        packed, vs_unpacked = _cell(p.get("fused-packed"), "{:.3f}"), _cell(r["packed_vs_fused"], "{:.2f}x")
         print(f"| {r['block']} | {_label(r['layer'])} | {r['tokens']} | {p['fused']:.3f} | {p['unfused']:.3f} | "
-              f"{dense} | {r['fused_vs_unfused']:.2f}x | {vs_dense} |")
+              f"{dense} | {r['fused_vs_unfused']:.2f}x | {vs_dense} | {packed} | {vs_unpacked} |")
     if report["warning"]:
         print(f"WARNING: {report['warning']}")
     print(f"wrote {out}")

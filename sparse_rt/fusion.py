@@ -305,9 +305,10 @@ def sparse_mlp(first, second, activation, input):
     runs inside it), else the layers one after the other: the latter is what an ONNX export sees,
     and what runs once the layers are replaced (the portable export's twins)."""
     if input.dtype == torch.float32 and _csr_ops_take(input, (first, second)):
+        # The second layer's input (the first's output) has `input`'s rows.
         return ops.csr_mlp(input, first.crow_indices, first.col_indices, first.values, first.bias,
                            second.crow_indices, second.col_indices, second.values, second.bias,
-                           first.in_features, activation)
+                           first.in_features, activation, None, first.packing(input), second.packing(input))
     hidden = first(input)
     if activation != "relu":
         hidden = F.gelu(hidden, approximate="tanh" if activation == "gelu_tanh" else "none")
@@ -322,7 +323,7 @@ def sparse_linears(layers, input):
     if _csr_ops_take(input, layers) and not any(layer.relu for layer in layers):
         return ops.csr_linears(input, [layer.crow_indices for layer in layers], [layer.col_indices for layer in layers],
                                [layer.values for layer in layers], [layer.bias for layer in layers],
-                               layers[0].in_features)
+                               layers[0].in_features, [layer.packing(input) for layer in layers])
     return [layer(input) for layer in layers]
 
 

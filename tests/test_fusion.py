@@ -461,3 +461,23 @@ def test_fused_layers_report_their_epilogue():
     conv = SparseConv2d.from_dense(nn.Conv2d(2, 2, 3))
     y = conv(torch.randn(1, 2, 5, 5), residual=torch.randn(2, 3, 3))  # broadcasts: added after the kernel
     assert y.shape == (1, 2, 3, 3)
+
+
+@requires_compiled_ops
+def test_fused_bert_blocks_pass_their_layers_packings_with_the_very_same_values(monkeypatch):
+    """At 4 x 128 tokens (PACKING_MIN_ROWS) the fused feed-forward and query/key/value calls read every
+    layer's packing; the outputs are those of the unpacked model bit for bit."""
+    bert = models.create("bert_encoder", layers=1, hidden=384, heads=4, intermediate=768).eval()
+    model = _sparse(bert, 0.8)
+    model.fuse()
+    x = torch.randn(4, 128, 384, generator=torch.Generator().manual_seed(0))
+    layers = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    with torch.inference_mode():
+        monkeypatch.setenv("SPARSE_RT_PACK_NONZEROS", "0")
+        expected = model(x)
+        assert all(layer.packing(x) is None for layer in layers)
+        monkeypatch.delenv("SPARSE_RT_PACK_NONZEROS")
+        for layer in layers:
+            layer.repack()
+        assert torch.equal(model(x), expected)
+    assert all(layer._packing is not None for layer in layers)

@@ -1,10 +1,14 @@
+import pickle
+from copy import deepcopy
+
 import pytest
 import torch
-from helpers import DEVICES, assert_close, randn
+from helpers import DEVICES, assert_close, randn, requires_compiled_ops
 from torch import nn
 
 import sparse_rt
 from sparse_rt.nn import SparseConv2d, SparseLinear
+from sparse_rt.nn import linear as linear_module
 from sparse_rt.pruning import magnitude_prune
 
 
@@ -180,3 +184,61 @@ def test_transformer_encoder_layer_runs_its_sparse_layers_not_the_dense_fast_pat
         got = sparse_rt.sparsify(layer, min_sparsity=0.0, format="csr")(x)
     assert len(calls) == 2
     assert_close(got, expected, torch.float32)
+
+
+@requires_compiled_ops
+def test_sparse_linear_packs_its_weight_for_large_inputs_and_repacks_after_changes(monkeypatch):
+    """A CSR layer packs on its first input of PACKING_MIN_ROWS rows (outputs bit for bit the unpacked
+    ones), packs again after an in-place change PyTorch counts, refuses a packing made stale behind
+    PyTorch's back until repack(), and keeps the packing out of state_dict, pickles and copies."""
+    dense = _pruned_linear(in_f=700, out_f=300, sparsity=0.8)
+    layer = SparseLinear.from_dense(dense)
+    rows = linear_module.PACKING_MIN_ROWS
+    x, small = randn(2, rows // 2, 700, seed=1), randn(rows - 1, 700, seed=2)
+    unpacked = SparseLinear.from_dense(dense)
+    monkeypatch.setenv(linear_module.PACKING_VARIABLE, "0")
+    expected = unpacked(x)
+    assert unpacked.packing(x) is None
+    monkeypatch.delenv(linear_module.PACKING_VARIABLE)
+
+    layer(small)
+    assert layer.packing(small) is None  # too few rows to pay for the packing's check
+    assert torch.equal(layer(x), expected)
+    packing = layer.packing(x)
+    assert packing is not None and packing.numel() > 0
+    assert layer.packing(x) is packing  # kept
+    assert set(layer.state_dict()) == {"crow_indices", "col_indices", "values", "bias"}
+
+    with torch.no_grad():
+        layer.values.mul_(2)  # counted: packs again
+    assert layer.packing(x) is not packing
+    assert_close(layer(x), 2 * (expected - dense.bias) + dense.bias, torch.float32)
+
+    layer.values.data.mul_(0.5)  # not counted: the ops refuse the stale packing
+    with pytest.raises(RuntimeError, match=r"packed differs from col_indices / values .* repack\(\)"):
+        layer(x)
+    layer.repack()
+    assert torch.equal(layer(x), expected)
+
+    for copy in (pickle.loads(pickle.dumps(layer)), deepcopy(layer)):
+        assert copy._packing is None or copy._packing is not layer._packing
+        assert torch.equal(copy(x), expected)
+    layer.load_state_dict(SparseLinear.from_dense(_pruned_linear(seed=3, in_f=700, out_f=300)).state_dict(),
+                          assign=True)
+    assert torch.equal(layer(x), SparseLinear.from_dense(_pruned_linear(seed=3, in_f=700, out_f=300))(x))
+
+
+@requires_compiled_ops
+def test_a_sparse_linear_made_in_inference_mode_packs_and_its_stale_packing_is_refused():
+    """Inference tensors have no version counter: the layer packs all the same, and an in-place change
+    made in inference mode is caught by the ops' comparison."""
+    with torch.inference_mode():
+        layer = SparseLinear.from_dense(_pruned_linear(in_f=700, out_f=300))
+        x = randn(linear_module.PACKING_MIN_ROWS, 700, seed=1)
+        expected = layer(x)
+        assert layer.packing(x) is not None
+        layer.values.mul_(2)
+        with pytest.raises(RuntimeError, match=r"packed differs"):
+            layer(x)
+        layer.repack()
+        assert_close(layer(x), 2 * (expected - layer.bias) + layer.bias, torch.float32)

@@ -33,6 +33,26 @@ def test_opcheck_csr_linear(device):
         torch.library.opcheck(torch.ops.sparse_rt.csr_linear.default, args)
 
 
+def test_opcheck_pack_csr_and_the_ops_reading_a_packing():
+    """CPU only (packings are the CPU kernels' layout); 64 input rows, so that the packing is read."""
+    for dtype in DTYPES:
+        w1 = random_csr(40, 300, 0.3, seed=1, dtype=dtype)
+        w2 = random_csr(24, 40, 0.3, seed=2, dtype=dtype)
+        pack = torch.ops.sparse_rt.pack_csr.default
+        torch.library.opcheck(pack, (w1.crow_indices, w1.col_indices, w1.values, 300))
+        packing = pack(w1.crow_indices, w1.col_indices, w1.values, 300)
+        assert packing.numel() > 0
+        x = randn(64, 300, dtype=dtype)
+        torch.library.opcheck(torch.ops.sparse_rt.csr_linear.default,
+                              (x, w1.crow_indices, w1.col_indices, w1.values, None, 300, True, None, packing))
+        torch.library.opcheck(torch.ops.sparse_rt.csr_linears.default,
+                              (x, [w1.crow_indices] * 2, [w1.col_indices] * 2, [w1.values] * 2, [None, None], 300,
+                               [packing, None]))
+        torch.library.opcheck(torch.ops.sparse_rt.csr_mlp.default,
+                              (x, w1.crow_indices, w1.col_indices, w1.values, None, w2.crow_indices, w2.col_indices,
+                               w2.values, None, 300, "gelu", None, packing, None))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_bsr_linear(device):
     for dtype in (torch.float32, torch.float16):

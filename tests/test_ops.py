@@ -13,6 +13,7 @@ from helpers import (
     randn,
     random_bsr,
     random_csr,
+    requires_compiled_ops,
     to_device,
 )
 
@@ -407,3 +408,103 @@ def test_add_layer_norm(device, dtype, shape, affine):
     out = ops.add_layer_norm(x, residual, weight, bias, 1e-5)
     expected = reference.add_layer_norm(x, residual, weight, bias, 1e-5, compute_dtype=torch.float64)
     assert_close(out, expected, dtype)
+
+
+# Packed nonzeros (ops.pack_csr): a weight wide enough for several L1 column blocks and dense enough
+# to pack, with empty and dense rows; 130 input rows are two full 64-row panels (read packed) and a
+# partial one (read unpacked).
+def _packable(rows, cols, seed, dtype=torch.float32):
+    return random_csr(rows, cols, 0.2, seed=seed, dtype=dtype, empty_rows=(0, 7), dense_rows=(3,))
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_csr_ops_give_the_unpacked_outputs_bit_for_bit(dtype):
+    w1, w2, w3 = _packable(300, 700, 1, dtype), _packable(250, 300, 2, dtype), _packable(40, 700, 3, dtype)
+    packings = [ops.pack_csr(w.crow_indices, w.col_indices, w.values, w.shape[1]) for w in (w1, w2, w3)]
+    assert all(p.dtype == torch.int32 and p.numel() > 0 for p in packings)
+    x = randn(130, 700, dtype=dtype, seed=3)
+    bias = randn(300, dtype=dtype, seed=4)
+    args = (x, w1.crow_indices, w1.col_indices, w1.values, bias, 700, True, None)
+    packed = ops.csr_linear(*args, packed=packings[0])
+    assert torch.equal(packed, ops.csr_linear(*args))
+    assert_close(packed, _linear_ref(x, w1, bias, True), dtype)
+    layers = ([w1.crow_indices, w3.crow_indices], [w1.col_indices, w3.col_indices], [w1.values, w3.values],
+              [bias, None], 700)
+    for got, want in zip(ops.csr_linears(x, *layers, packed=[packings[0], None]), ops.csr_linears(x, *layers)):
+        assert torch.equal(got, want)
+    mlp = (x, w1.crow_indices, w1.col_indices, w1.values, bias, w2.crow_indices, w2.col_indices, w2.values,
+           None, 700, "gelu")
+    packed_mlp = ops.csr_mlp(*mlp, packed1=packings[0], packed2=packings[1])
+    assert torch.equal(packed_mlp, ops.csr_mlp(*mlp))
+    assert_close(packed_mlp, reference.csr_mlp(*mlp, compute_dtype=torch.float64), dtype)
+
+
+@requires_compiled_ops
+def test_packed_csr_linear_on_dlmc_transformer_patterns(dlmc):
+    packed_shapes = 0
+    for path in _one_file_per_shape(dlmc, "transformer/magnitude_pruning/0.9"):
+        w = load_smtx(path, seed=0)
+        packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, w.shape[1])
+        packed_shapes += packing.numel() > 0
+        x = randn(192, w.shape[1], seed=9)
+        y = ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, w.shape[1], packed=packing)
+        assert torch.equal(y, ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, w.shape[1]))
+        assert_close(y, _linear_ref(x, w, None, False), torch.float32)
+    assert packed_shapes > 0
+
+
+@requires_compiled_ops
+def test_pack_csr_is_empty_where_packing_would_not_pay_and_the_ops_take_that():
+    narrow = random_csr(50, 64, 0.5, seed=5)  # one L1 column block: nothing to block
+    sparse = random_csr(50, 700, 0.01, seed=6)  # a few nonzeros per row and block
+    empty = random_csr(50, 700, 0.0, seed=7)
+    x = randn(70, 64, seed=1)
+    for w in (narrow, sparse, empty):
+        packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, w.shape[1])
+        assert packing.dtype == torch.int32 and packing.numel() == 0
+        x = randn(70, w.shape[1], seed=1)
+        assert torch.equal(ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, w.shape[1], packed=packing),
+                           ops.csr_linear(x, w.crow_indices, w.col_indices, w.values, None, w.shape[1]))
+
+
+@requires_compiled_ops
+def test_packed_csr_ops_refuse_a_packing_that_is_not_the_weights():
+    w, other = _packable(300, 700, 1), _packable(300, 700, 2)
+    packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, 700)
+    x = randn(64, 700, seed=2)
+
+    def linear(packed, values=w.values):
+        return ops.csr_linear(x, w.crow_indices, w.col_indices, values, None, 700, packed=packed)
+
+    changed = w.values.clone()
+    changed[w.crow_indices[200]] += 1  # row 200's first nonzero
+    cases = [
+        (lambda: linear(packing, changed), r"packed differs from col_indices / values in row 200 \(nonzeros \d+"),
+        (lambda: linear(ops.pack_csr(other.crow_indices, other.col_indices, other.values, 700)),
+         r"packed (has a layout that does not fit|differs)"),
+        (lambda: linear(packing[:-2]), r"packed has a layout that does not fit the weight's 300 rows"),
+        (lambda: linear(packing[1:]), r"packed is not a packing of nonzeros"),
+        (lambda: linear(packing.long()), r"packed must be int32, got Long"),
+        (lambda: linear(packing.view(-1, 1)), r"packed must be 1-D"),
+        (lambda: ops.csr_linear(x[:, :650], w.crow_indices, w.col_indices, w.values, None, 650, packed=packing),
+         r"packed was packed for a 300x700 weight, not 300x650"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linear: " + message):
+            call()
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linears \(layer 1\): packed differs"):
+        ops.csr_linears(x, [w.crow_indices] * 2, [w.col_indices] * 2, [w.values, changed], [None, None], 700,
+                        packed=[packing, packing])
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linears: packed must be empty or hold one entry per "
+                                           r"layer \(2\), got 1"):
+        ops.csr_linears(x, [w.crow_indices] * 2, [w.col_indices] * 2, [w.values] * 2, [None, None], 700,
+                        packed=[packing])
+    back = _packable(700, 300, 3)
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_mlp \(second layer\): packed was packed for"):
+        ops.csr_mlp(x, w.crow_indices, w.col_indices, w.values, None, back.crow_indices, back.col_indices,
+                    back.values, None, 700, "relu", packed1=packing, packed2=packing)
+    # Read only where a full panel runs: a smaller batch neither reads nor checks it.
+    small = randn(40, 700, seed=3)
+    assert torch.equal(ops.csr_linear(small, w.crow_indices, w.col_indices, changed, None, 700, packed=packing),
+                       ops.csr_linear(small, w.crow_indices, w.col_indices, changed, None, 700))

@@ -252,8 +252,11 @@ class PackedWeight {
   // The packing of `view` (a constant weight's), or null.
   const cpu::PackedNonzeros* operator()(const cpu::CsrView<float>& view) {
     if (!crow_ || !col_ || !values_ || view.crow != crow_ || view.col != col_ || view.values != values_) return nullptr;
-    std::call_once(packed_once_, [&] { packed_ = cpu::pack_nonzeros(view); });
-    return packed_.get();
+    std::call_once(packed_once_, [&] {
+      blob_ = cpu::pack_nonzeros(view);
+      if (!blob_.empty()) view_ = cpu::packed_nonzeros(blob_.data());
+    });
+    return blob_.empty() ? nullptr : &view_;
   }
 
  private:
@@ -266,7 +269,8 @@ class PackedWeight {
   const void* const col_;
   const void* const values_;
   std::once_flag packed_once_;
-  std::unique_ptr<const cpu::PackedNonzeros> packed_;
+  std::vector<int32_t> blob_;  // empty: packing would not pay
+  cpu::PackedNonzeros view_{};
 };
 
 int64_t int_attribute(const OrtKernelInfo* info, const char* name) {

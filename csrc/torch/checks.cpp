@@ -97,23 +97,44 @@ LinearProblem prepare_linear(const char* op, const at::Tensor& input, const at::
   return {weight, batch, std::move(out_shape), in_features / weight.block_w};
 }
 
+SparseWeightInfo prepare_pack(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                              int64_t in_features) {
+  const char* op = "pack_csr";
+  const SparseWeightInfo weight = check_sparse_weight(op, crow, col, values, 1);
+  SPARSE_RT_CHECK(in_features >= 0, op, "in_features must be >= 0, got ", in_features);
+  return weight;
+}
+
+void check_packing(const char* op, const c10::optional<at::Tensor>& packed, const at::Tensor& values) {
+  if (!packed) return;
+  check_index_tensor(op, "packed", *packed);
+  SPARSE_RT_CHECK(packed->device() == values.device(), op, "packed is on ", packed->device(),
+                  " but the weight is on ", values.device());
+  SPARSE_RT_CHECK(packed->is_cpu() || packed->numel() == 0, op,
+                  "packed nonzeros are a layout of the CPU kernels; pass packed=None on ", packed->device());
+}
+
 std::string linears_layer_name(size_t layer) { return "csr_linears (layer " + std::to_string(layer) + ")"; }
 
 std::vector<LinearProblem> prepare_linears(const at::Tensor& input, at::TensorList crows, at::TensorList cols,
                                            at::TensorList values,
                                            const c10::List<c10::optional<at::Tensor>>& biases,
-                                           int64_t in_features) {
+                                           int64_t in_features,
+                                           const c10::List<c10::optional<at::Tensor>>& packed) {
   const char* op = "csr_linears";
   SPARSE_RT_CHECK(!crows.empty() && cols.size() == crows.size() && values.size() == crows.size() &&
                       biases.size() == crows.size(),
                   op, "crow_indices, col_indices, values and bias must be lists of one length >= 1, got ",
                   crows.size(), ", ", cols.size(), ", ", values.size(), " and ", biases.size(), " entries");
+  SPARSE_RT_CHECK(packed.empty() || packed.size() == crows.size(), op, "packed must be empty or hold one entry per "
+                  "layer (", crows.size(), "), got ", packed.size());
   std::vector<LinearProblem> layers;
   for (size_t i = 0; i < crows.size(); ++i) {
     SPARSE_RT_CHECK(values[i].scalar_type() == values[0].scalar_type(), op, "the layers' values differ in dtype (",
                     values[0].scalar_type(), " in layer 0, ", values[i].scalar_type(), " in layer ", i, ")");
     layers.push_back(prepare_linear(linears_layer_name(i).c_str(), input, crows[i], cols[i], values[i],
                                     biases.get(i), in_features, 1));
+    if (!packed.empty()) check_packing(linears_layer_name(i).c_str(), packed.get(i), values[i]);
   }
   return layers;
 }
@@ -122,7 +143,8 @@ MlpProblem prepare_mlp(const at::Tensor& input, const at::Tensor& crow1, const a
                        const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
                        const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
                        const c10::optional<at::Tensor>& bias2, int64_t in_features,
-                       c10::string_view activation, const c10::optional<at::Tensor>& residual) {
+                       c10::string_view activation, const c10::optional<at::Tensor>& residual,
+                       const c10::optional<at::Tensor>& packed1, const c10::optional<at::Tensor>& packed2) {
   const char* op = "csr_mlp";
   LinearProblem first = prepare_linear(kMlpFirstLayer, input, crow1, col1, values1, bias1, in_features, 1);
   SPARSE_RT_CHECK(values1.scalar_type() == values2.scalar_type(), op, "the layers' values differ in dtype (",
@@ -136,6 +158,8 @@ MlpProblem prepare_mlp(const at::Tensor& input, const at::Tensor& crow1, const a
   std::vector<int64_t> out_shape = first.out_shape;
   out_shape.back() = second.weight.rows;
   check_residual(op, residual, out_shape, input);
+  check_packing(kMlpFirstLayer, packed1, values1);
+  check_packing(kMlpSecondLayer, packed2, values2);
   return {std::move(first), std::move(second), std::move(out_shape), relu,
           activation == "gelu_tanh" ? "tanh" : "none"};
 }

@@ -83,18 +83,31 @@ LinearProblem prepare_linear(const char* op, const at::Tensor& input, const at::
                              const c10::optional<at::Tensor>& bias, int64_t in_features,
                              int64_t value_rank);
 
+// pack_csr's arguments, checked as csr_linear checks its weight (without an input): the weight's
+// sizes.
+SparseWeightInfo prepare_pack(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                              int64_t in_features);
+
+// A packing handed to a CSR op (pack_csr's result), checked as a tensor: int32, 1-D, contiguous, on
+// the weight's device, and empty unless that is the CPU (the CUDA kernels have no packed layout:
+// pack_csr returns an empty one there). Its contents are compared with the weight by the CPU op
+// where it reads them (cpu::find_packed_error).
+void check_packing(const char* op, const c10::optional<at::Tensor>& packed, const at::Tensor& values);
+
 // csr_linears' arguments, checked: lists of one length >= 1, each layer as prepare_linear checks it
-// (errors name "csr_linears (layer i)", linears_layer_name(i)) against the one input, and one value
-// dtype for all the layers.
+// (errors name "csr_linears (layer i)", linears_layer_name(i)) against the one input, one value
+// dtype for all the layers, and no packings (an empty list) or one per layer (check_packing).
 std::vector<LinearProblem> prepare_linears(const at::Tensor& input, at::TensorList crows, at::TensorList cols,
                                            at::TensorList values,
                                            const c10::List<c10::optional<at::Tensor>>& biases,
-                                           int64_t in_features);
+                                           int64_t in_features,
+                                           const c10::List<c10::optional<at::Tensor>>& packed);
 std::string linears_layer_name(size_t layer);
 
 // csr_mlp's arguments, checked: each layer as prepare_linear checks it (the second's input being
-// the first's output; errors name the layer), one value dtype for both, the activation and the
-// residual. `gelu_approximate` is F.gelu's `approximate` for the GELU activations.
+// the first's output; errors name the layer), one value dtype for both, the activation, the
+// residual and the packings (check_packing). `gelu_approximate` is F.gelu's `approximate` for the
+// GELU activations.
 struct MlpProblem {
   LinearProblem first, second;
   std::vector<int64_t> out_shape;  // input.shape[:-1] + [second layer's rows]
@@ -105,7 +118,8 @@ MlpProblem prepare_mlp(const at::Tensor& input, const at::Tensor& crow1, const a
                        const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
                        const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
                        const c10::optional<at::Tensor>& bias2, int64_t in_features,
-                       c10::string_view activation, const c10::optional<at::Tensor>& residual);
+                       c10::string_view activation, const c10::optional<at::Tensor>& residual,
+                       const c10::optional<at::Tensor>& packed1, const c10::optional<at::Tensor>& packed2);
 // The op names prepare_mlp's errors give for each layer.
 constexpr const char* kMlpFirstLayer = "csr_mlp (first layer)";
 constexpr const char* kMlpSecondLayer = "csr_mlp (second layer)";

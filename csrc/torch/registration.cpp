@@ -5,23 +5,28 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(sparse_rt, m) {
+  // `packed` (CSR ops, CPU): the weight's nonzeros as pack_csr laid them out for the tiled SpMM,
+  // which reads them instead of col_indices and values after comparing the two (a packing that no
+  // longer matches the weight is an error). An empty packing (pack_csr found it would not pay) or
+  // none: the weight as it is.
+  m.def("pack_csr(Tensor crow_indices, Tensor col_indices, Tensor values, int in_features) -> Tensor");
   m.def(
       "csr_linear(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
-      "Tensor? bias, int in_features, bool relu=False, Tensor? residual=None) -> Tensor");
+      "Tensor? bias, int in_features, bool relu=False, Tensor? residual=None, Tensor? packed=None) -> Tensor");
   m.def(
       "bsr_linear(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_features, bool relu=False, Tensor? residual=None) -> Tensor");
   // CSR linear layers reading one input (e.g. attention's query, key and value projections), each
-  // output its own tensor: the input is read and packed once.
+  // output its own tensor: the input is read and packed once. `packed`: none, or one per layer.
   m.def(
       "csr_linears(Tensor input, Tensor[] crow_indices, Tensor[] col_indices, Tensor[] values, "
-      "Tensor?[] bias, int in_features) -> Tensor[]");
+      "Tensor?[] bias, int in_features, Tensor?[]? packed=None) -> Tensor[]");
   // Two CSR linear layers with an activation ('relu', 'gelu' or 'gelu_tanh') between them; the
   // residual is added to the second layer's output.
   m.def(
       "csr_mlp(Tensor input, Tensor crow_indices1, Tensor col_indices1, Tensor values1, Tensor? bias1, "
       "Tensor crow_indices2, Tensor col_indices2, Tensor values2, Tensor? bias2, int in_features, "
-      "str activation, Tensor? residual=None) -> Tensor");
+      "str activation, Tensor? residual=None, Tensor? packed1=None, Tensor? packed2=None) -> Tensor");
   m.def(
       "csr_conv2d(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_channels, int[2] kernel_size, int[2] stride, int[2] padding, "

@@ -80,7 +80,8 @@ def _dims(x):
 
 
 def _linear_translation(emit):
-    def translation(input, crow, col, values, bias=None, in_features=0, relu=False, residual=None):
+    # `packed` (csr_linear's packing) is the CPU ops' runtime layout; layers pass None when exported.
+    def translation(input, crow, col, values, bias=None, in_features=0, relu=False, residual=None, packed=None):
         return emit(input, crow, col, values, bias, residual, in_features=in_features, relu=int(relu))
     return translation
 

@@ -22,12 +22,28 @@ if HAS_COMPILED_OPS:
     from . import _fake  # noqa: F401  (registers the fake kernels)
 
 
+def pack_csr(crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor,
+             in_features: int) -> torch.Tensor:
+    """The CSR weight's nonzeros laid out for the CPU ops' tiled SpMM (int32; 8 bytes per nonzero),
+    for their `packed` arguments: the SpMM then reads each 64-row panel's operand rows from L1,
+    with the same sums bit for bit. Empty where that would not pay (a narrow or very sparse
+    weight), on CUDA (its kernels have no packed layout) and without the compiled ops. The ops
+    compare a packing with the weight on every call that reads it (O(nnz)), and refuse one that no
+    longer matches."""
+    if not HAS_COMPILED_OPS:
+        return torch.empty(0, dtype=torch.int32)
+    return torch.ops.sparse_rt.pack_csr(crow_indices, col_indices, values, in_features)
+
+
 def csr_linear(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor,
                bias: Optional[torch.Tensor], in_features: int, relu: bool = False,
-               residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """y = act(input @ W.T + bias + residual), W in CSR [len(crow_indices) - 1, in_features]."""
-    impl = torch.ops.sparse_rt.csr_linear if HAS_COMPILED_OPS else reference.csr_linear
-    return impl(input, crow_indices, col_indices, values, bias, in_features, relu, residual)
+               residual: Optional[torch.Tensor] = None, packed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = act(input @ W.T + bias + residual), W in CSR [len(crow_indices) - 1, in_features];
+    `packed`: pack_csr's result for W (CPU)."""
+    if HAS_COMPILED_OPS:
+        return torch.ops.sparse_rt.csr_linear(input, crow_indices, col_indices, values, bias, in_features, relu,
+                                              residual, packed)
+    return reference.csr_linear(input, crow_indices, col_indices, values, bias, in_features, relu, residual)
 
 
 def bsr_linear(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor,
@@ -39,24 +55,32 @@ def bsr_linear(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
 
 
 def csr_linears(input: torch.Tensor, crow_indices: List[torch.Tensor], col_indices: List[torch.Tensor],
-                values: List[torch.Tensor], bias: List[Optional[torch.Tensor]], in_features: int) -> List[torch.Tensor]:
+                values: List[torch.Tensor], bias: List[Optional[torch.Tensor]], in_features: int,
+                packed: Sequence[Optional[torch.Tensor]] = ()) -> List[torch.Tensor]:
     """[input @ W_i.T + bias_i for each layer i], the W_i in CSR [len(crow_indices[i]) - 1, in_features]:
     layers reading one input (attention's query, key and value projections) in one call, which
-    reads and packs the input once."""
-    impl = torch.ops.sparse_rt.csr_linears if HAS_COMPILED_OPS else reference.csr_linears
-    return impl(input, list(crow_indices), list(col_indices), list(values), list(bias), in_features)
+    reads and packs the input once. `packed`: none, or pack_csr's result (or None) per layer."""
+    if HAS_COMPILED_OPS:
+        return torch.ops.sparse_rt.csr_linears(input, list(crow_indices), list(col_indices), list(values), list(bias),
+                                               in_features, list(packed) or None)
+    return reference.csr_linears(input, list(crow_indices), list(col_indices), list(values), list(bias), in_features)
 
 
 def csr_mlp(input: torch.Tensor, crow_indices1: torch.Tensor, col_indices1: torch.Tensor, values1: torch.Tensor,
             bias1: Optional[torch.Tensor], crow_indices2: torch.Tensor, col_indices2: torch.Tensor,
             values2: torch.Tensor, bias2: Optional[torch.Tensor], in_features: int, activation: str,
-            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+            residual: Optional[torch.Tensor] = None, packed1: Optional[torch.Tensor] = None,
+            packed2: Optional[torch.Tensor] = None) -> torch.Tensor:
     """W2 act(W1 input + bias1) + bias2 + residual with W1, W2 in CSR and act 'relu', 'gelu' or
     'gelu_tanh' (F.gelu's approximate='tanh'): two csr_linear calls and the activation between them,
-    computed one 64-row panel of the input at a time on the CPU (the hidden activations stay in cache)."""
-    impl = torch.ops.sparse_rt.csr_mlp if HAS_COMPILED_OPS else reference.csr_mlp
-    return impl(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, col_indices2, values2, bias2,
-                in_features, activation, residual)
+    computed one 64-row panel of the input at a time on the CPU (the hidden activations stay in cache).
+    `packed1`, `packed2`: pack_csr's results for W1 and W2 (CPU)."""
+    if HAS_COMPILED_OPS:
+        return torch.ops.sparse_rt.csr_mlp(input, crow_indices1, col_indices1, values1, bias1, crow_indices2,
+                                           col_indices2, values2, bias2, in_features, activation, residual,
+                                           packed1, packed2)
+    return reference.csr_mlp(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, col_indices2,
+                             values2, bias2, in_features, activation, residual)
 
 
 def csr_conv2d(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor,
@@ -89,8 +113,8 @@ def add_layer_norm(input: torch.Tensor, residual: torch.Tensor, weight: Optional
     impl = torch.ops.sparse_rt.add_layer_norm if HAS_COMPILED_OPS else reference.add_layer_norm
     return impl(input, residual, weight, bias, eps)
 
-__all__ = ["csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d", "scaled_dot_product_attention",
-           "add_layer_norm", "reference", "HAS_COMPILED_OPS",
+__all__ = ["pack_csr", "csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d",
+           "scaled_dot_product_attention", "add_layer_norm", "reference", "HAS_COMPILED_OPS",
            "csr_cuda_kernel", "CSR_CUDA_KERNELS", "CSR_CUDA_KERNEL_VARIABLE",
            "build_info", "full_index_checks", "onnxruntime_kernels_library", "set_full_index_checks",
            "conv2d_output_size", "conv2d_output_hw"]

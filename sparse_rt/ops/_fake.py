@@ -20,8 +20,15 @@ def _output(input, shape, residual):
     return input.new_empty(shape)
 
 
+@torch.library.register_fake("sparse_rt::pack_csr")
+def _pack_csr_fake(crow_indices, col_indices, values, in_features):
+    # Its length depends on the nonzeros' positions (or is 0 where packing would not pay).
+    return crow_indices.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int32)
+
+
 @torch.library.register_fake("sparse_rt::csr_linear")
-def _csr_linear_fake(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None):
+def _csr_linear_fake(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None,
+                     packed=None):
     return _linear_out(input, crow_indices, values, in_features, 1, residual)
 
 
@@ -31,13 +38,13 @@ def _bsr_linear_fake(input, crow_indices, col_indices, values, bias, in_features
 
 
 @torch.library.register_fake("sparse_rt::csr_linears")
-def _csr_linears_fake(input, crow_indices, col_indices, values, bias, in_features):
+def _csr_linears_fake(input, crow_indices, col_indices, values, bias, in_features, packed=None):
     return [_linear_out(input, crow, None, in_features, 1, None) for crow in crow_indices]
 
 
 @torch.library.register_fake("sparse_rt::csr_mlp")
 def _csr_mlp_fake(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, col_indices2, values2, bias2,
-                  in_features, activation, residual=None):
+                  in_features, activation, residual=None, packed1=None, packed2=None):
     torch._check(input.shape[-1] == in_features,
                  lambda: f"input has {input.shape[-1]} features, expected {in_features}")
     return _output(input, (*input.shape[:-1], crow_indices2.shape[0] - 1), residual)

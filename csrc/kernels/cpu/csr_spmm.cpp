@@ -3,40 +3,13 @@
 #include <algorithm>
 #include <limits>
 
-#include <unistd.h>
-
+#include "cache_sizes.h"
 #include "isa.h"
 #include "scalar_types.h"
 #include "vectors.h"
 
 namespace sparse_rt::cpu {
 namespace {
-
-// A cache level's size per core as the C library reports it (sysconf's _SC_LEVEL1_DCACHE_SIZE or
-// _SC_LEVEL2_CACHE_SIZE), or `unknown` when it reports none.
-int64_t cache_bytes(int name, int64_t unknown) {
-  const long reported = sysconf(name);
-  return reported > 0 ? int64_t(reported) : unknown;
-}
-
-int64_t l1_cache_bytes() {
-#ifdef _SC_LEVEL1_DCACHE_SIZE
-  static const int64_t bytes = cache_bytes(_SC_LEVEL1_DCACHE_SIZE, 32 << 10);
-  return bytes;
-#else
-  return 32 << 10;
-#endif
-}
-
-// Unknown counts as unbounded (no prefetching).
-int64_t l2_cache_bytes() {
-#ifdef _SC_LEVEL2_CACHE_SIZE
-  static const int64_t bytes = cache_bytes(_SC_LEVEL2_CACHE_SIZE, std::numeric_limits<int64_t>::max());
-  return bytes;
-#else
-  return std::numeric_limits<int64_t>::max();
-#endif
-}
 
 // acc[i] += v * src[i-th vector], for i < VECS: one nonzero's share of a tile.
 template <typename Vec, int VECS>
@@ -321,7 +294,7 @@ template <typename Vec, int VECS>
     const int64_t first = block * kPackedRowBlock;
     const int64_t lo = std::max(row_begin, first) - first, hi = std::min(row_end, first + kPackedRowBlock) - first;
     std::fill(sums + lo * kTileStride, sums + hi * kTileStride, 0.f);
-    const PackedNonzeros::Entry* e = p.entries.data() + p.block_entries[block];
+    const PackedNonzeros::Entry* e = p.entries + p.block_entries[block];
     for (int64_t s = p.block_segments[block]; s < p.block_segments[block + 1]; ++s) {
       const PackedNonzeros::Segment segment = p.segments[s];
       const PackedNonzeros::Entry* const end = e + segment.count;
@@ -422,67 +395,12 @@ void pack_panels(const float* x, const PanelLayout& layout, float* panels, const
   });
 }
 
-// Below this many nonzeros per segment on average, the sums' load and store per segment would
-// cost more than reading from L1 saves. On a Zen 3 at 128 tokens (a standalone C++ loop, one
-// thread, BERT-base's shapes): 1.05-1.49x the unpacked kernel at 6.4 nonzeros per segment (density
-// 0.05; the most on the 3072-wide layer, whose panel outgrows L2), 1.45-1.68x at 12.8, 1.19-1.98x
-// at 25.6; sparser was not measured, so the bound sits below the sparsest gain seen. Wider column
-// blocks at density 0.05 (256 or 384 columns, more nonzeros per segment) gained nothing more.
-constexpr double kMinPackedSegment = 4;
-
-template <typename V>
-std::unique_ptr<const PackedNonzeros> pack_nonzeros(const CsrView<V>& w) {
-  const int64_t column_block = std::max<int64_t>(1, l1_cache_bytes() / (kPackedTileWidth * int64_t(sizeof(float))));
-  const int64_t column_blocks = (w.cols + column_block - 1) / column_block;
-  const int64_t nnz = w.crow[w.rows] - w.crow[0];
-  if (column_blocks <= 1 || double(nnz) < kMinPackedSegment * double(w.rows) * double(column_blocks)) return nullptr;
-  auto packed = std::make_unique<PackedNonzeros>();
-  PackedNonzeros& p = *packed;
-  p.entries.reserve(nnz);
-  p.block_segments.push_back(0);
-  int64_t cursor[kPackedRowBlock];
-  struct Pending {
-    int32_t count, row;
-    int64_t start;
-  };
-  std::vector<Pending> pending;
-  for (int64_t first = 0; first < w.rows; first += kPackedRowBlock) {
-    const int64_t count = std::min(kPackedRowBlock, w.rows - first);
-    p.block_entries.push_back(int64_t(p.entries.size()));
-    for (int64_t i = 0; i < count; ++i) cursor[i] = w.crow[first + i];
-    for (int64_t kb = 0; kb < column_blocks; ++kb) {
-      // The last block takes whatever remains, so columns out of order within a row are still
-      // each taken once (in CSR order, like the unpacked kernel).
-      const int64_t limit = kb + 1 < column_blocks ? (kb + 1) * column_block : std::numeric_limits<int64_t>::max();
-      pending.clear();
-      for (int64_t i = 0; i < count; ++i) {
-        const int64_t start = cursor[i], end = w.crow[first + i + 1];
-        while (cursor[i] < end && w.col[cursor[i]] < limit) ++cursor[i];
-        if (cursor[i] > start) pending.push_back({int32_t(cursor[i] - start), int32_t(i), start});
-      }
-      std::stable_sort(pending.begin(), pending.end(),
-                       [](const Pending& a, const Pending& b) { return a.count < b.count; });
-      for (const Pending& segment : pending) {
-        p.segments.push_back({segment.row, segment.count});
-        for (int64_t k = segment.start; k < segment.start + segment.count; ++k) {
-          p.entries.push_back({w.col[k], to_float(w.values[k])});
-        }
-      }
-    }
-    p.block_segments.push_back(int64_t(p.segments.size()));
-  }
-  return packed;
-}
-
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,
               int64_t row_begin, int64_t row_end) {
   SPARSE_RT_DISPATCH_WIDE(spmm_rows<Wide>(w, b, y, ep, row_begin, row_end))
 }
 
-template std::unique_ptr<const PackedNonzeros> pack_nonzeros<float>(const CsrView<float>&);
-template std::unique_ptr<const PackedNonzeros> pack_nonzeros<half_t>(const CsrView<half_t>&);
-template std::unique_ptr<const PackedNonzeros> pack_nonzeros<bfloat16_t>(const CsrView<bfloat16_t>&);
 template void csr_spmm<float>(const CsrView<float>&, const DenseRows&, StridedOutput, Epilogue,
                               int64_t, int64_t);
 template void csr_spmm<half_t>(const CsrView<half_t>&, const DenseRows&, StridedOutput, Epilogue,

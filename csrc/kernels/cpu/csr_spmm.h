@@ -16,9 +16,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <vector>
 
+#include "packed_nonzeros.h"
 #include "parallel.h"
 #include "sparse_matrix.h"
 
@@ -57,42 +57,6 @@ struct PanelLayout {
 
 // Packs x into panels, split by columns over pf's threads when x is large enough to pay for that.
 void pack_panels(const float* x, const PanelLayout& layout, float* panels, const ParallelFor& pf);
-
-// A CSR matrix's nonzeros copied in the order the SpMM reads them for one 64-column tile, so that
-// the operand rows it multiplies come from L1 rather than L2. The tile's window of the operand (cols
-// rows of 64 floats: 192 KiB for a 768-wide layer) outgrows L1, and row by row every nonzero
-// fetches its 256 bytes from L2, which caps the kernel at about one multiply-add per cycle. Packed,
-// rows are taken kPackedRowBlock at a time and, within those, columns an L1's worth of operand
-// rows at a time (a column block): each row's nonzeros in the column block form a segment that
-// adds to the row's sums in a buffer, so each operand row is read from L2 once per row block and
-// from L1 by every other nonzero of the block that needs it. A column block's segments are sorted by
-// length, so that consecutive segments' loops run the same number of times and their exits are
-// predicted. Each segment keeps CSR order and a row's segments follow column-block order, so the
-// sums are the unpacked kernel's bit for bit. Packing copies the nonzeros (8 bytes each) and pays
-// where the weight does not change between calls (see pack_nonzeros for when it is not built).
-struct PackedNonzeros {
-  struct Entry {
-    int32_t col;
-    float value;
-  };
-  struct Segment {
-    int32_t row;    // within its row block
-    int32_t count;  // entries
-  };
-  std::vector<Entry> entries;
-  std::vector<Segment> segments;
-  // Row block b's segments are [block_segments[b], block_segments[b + 1]), its entries start at
-  // block_entries[b].
-  std::vector<int64_t> block_segments, block_entries;
-};
-
-constexpr int64_t kPackedRowBlock = 256, kPackedTileWidth = 64;
-
-// The packing of w for the SpMM, or null where it would not pay: a column block of at most the
-// whole row (nothing to block), or fewer than kMinPackedSegment nonzeros per row and column block
-// on average (each segment costs a load and a store of its row's sums).
-template <typename V>
-std::unique_ptr<const PackedNonzeros> pack_nonzeros(const CsrView<V>& w);
 
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,

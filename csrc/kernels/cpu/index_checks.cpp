@@ -1,36 +1,8 @@
 #include "index_checks.h"
 
 #include <algorithm>
-#include <atomic>
-#include <limits>
 
 namespace sparse_rt::cpu {
-namespace {
-
-constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-
-// The lowest i in [0, n) with bad(i), or kNone; chunks of `grain` run on pf's threads and a chunk
-// stops at its first violation. chunk_is_clean(begin, end), when it returns true, clears a whole
-// chunk without looking at each element.
-template <typename Bad, typename Clean>
-int64_t first_violation(int64_t n, int64_t grain, const ParallelFor& pf, const Bad& bad,
-                        const Clean& chunk_is_clean) {
-  std::atomic<int64_t> first{kNone};
-  pf.run(0, n, grain, [&](int64_t begin, int64_t end) {
-    if (chunk_is_clean(begin, end)) return;
-    for (int64_t i = begin; i < end; ++i) {
-      if (bad(i)) {
-        int64_t seen = first.load();
-        while (i < seen && !first.compare_exchange_weak(seen, i)) {
-        }
-        return;
-      }
-    }
-  });
-  return first.load();
-}
-
-}  // namespace
 
 std::string find_index_error(const int32_t* crow, int64_t rows, const int32_t* col, int64_t nnz,
                              int64_t cols, bool check_columns, const ParallelFor& pf) {
@@ -39,10 +11,8 @@ std::string find_index_error(const int32_t* crow, int64_t rows, const int32_t* c
     return "crow_indices[-1] must equal the number of stored entries (" + std::to_string(nnz) +
            "), got " + std::to_string(crow[rows]);
   }
-  const int64_t bad_row = first_violation(
-      rows, 1 << 14, pf, [&](int64_t r) { return crow[r] > crow[r + 1]; },
-      [](int64_t, int64_t) { return false; });
-  if (bad_row != kNone) {
+  const int64_t bad_row = first_violation(rows, 1 << 14, pf, [&](int64_t r) { return crow[r] > crow[r + 1]; });
+  if (bad_row != kNoViolation) {
     return "crow_indices must be non-decreasing, but crow_indices[" + std::to_string(bad_row) +
            "]=" + std::to_string(crow[bad_row]) + " > crow_indices[" + std::to_string(bad_row + 1) +
            "]=" + std::to_string(crow[bad_row + 1]);
@@ -56,7 +26,7 @@ std::string find_index_error(const int32_t* crow, int64_t rows, const int32_t* c
     for (int64_t i = begin; i < end; ++i) largest = std::max(largest, uint32_t(col[i]));
     return uint64_t(largest) < uint64_t(cols);
   });
-  if (bad_col != kNone) {
+  if (bad_col != kNoViolation) {
     return "col_indices[" + std::to_string(bad_col) + "]=" + std::to_string(col[bad_col]) +
            " is out of range [0, " + std::to_string(cols) + ")";
   }

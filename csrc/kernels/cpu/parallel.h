@@ -4,7 +4,9 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <limits>
 
 #include "sparse_matrix.h"
 
@@ -56,6 +58,33 @@ void parallel_over_rows(const ParallelFor& pf, const int32_t* crow, int64_t rows
                         int64_t work, const F& body) {
   parallel_over_row_sets(
       pf, outer, rows, work, [&](int64_t) { return crow; }, [&](int64_t) { return rows; }, body);
+}
+
+constexpr int64_t kNoViolation = std::numeric_limits<int64_t>::max();
+
+// The lowest i in [0, n) with bad(i), or kNoViolation; chunks of `grain` run on pf's threads and a
+// chunk stops at its first violation. chunk_is_clean(begin, end), when it returns true, clears a
+// whole chunk without looking at each element.
+template <typename Bad, typename Clean>
+int64_t first_violation(int64_t n, int64_t grain, const ParallelFor& pf, const Bad& bad, const Clean& chunk_is_clean) {
+  std::atomic<int64_t> first{kNoViolation};
+  pf.run(0, n, grain, [&](int64_t begin, int64_t end) {
+    if (chunk_is_clean(begin, end)) return;
+    for (int64_t i = begin; i < end && i < first.load(std::memory_order_relaxed); ++i) {
+      if (bad(i)) {
+        int64_t seen = first.load();
+        while (i < seen && !first.compare_exchange_weak(seen, i)) {
+        }
+        return;
+      }
+    }
+  });
+  return first.load();
+}
+
+template <typename Bad>
+int64_t first_violation(int64_t n, int64_t grain, const ParallelFor& pf, const Bad& bad) {
+  return first_violation(n, grain, pf, bad, [](int64_t, int64_t) { return false; });
 }
 
 }  // namespace sparse_rt::cpu

@@ -7,9 +7,9 @@
 
 namespace sparse_rt::cpu {
 
-struct PackedNonzeros;  // csr_spmm.h
+struct PackedNonzeros;  // packed_nonzeros.h
 
-// CSR matrix [rows, cols]: row r holds entries crow[r] .. crow[r+1]-1. `packed`, when given, is
+// CSR matrix [rows, cols]: row r holds entries crow[r] .. crow[r+1]-1. `packed`, when given, views
 // pack_nonzeros of this same matrix (its nonzeros in the tiled SpMM's order), which the SpMM then
 // reads instead of col and values.
 template <typename V>

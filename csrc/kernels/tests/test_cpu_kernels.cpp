@@ -162,6 +162,45 @@ void three_chunks_backwards(int64_t begin, int64_t end, int64_t, RangeFn body) {
 }
 const ParallelFor kThreeChunks{three_chunks_backwards, 3};
 
+// pack_nonzeros(w), after checking that find_packed_error accepts it and reports what is wrong
+// with copies of it altered: a value or a column changed (a stale packing), a segment moved past
+// its row's nonzeros, a shortened blob, another weight's shape.
+template <typename V>
+std::vector<int32_t> checked_packing(const CsrView<V>& w) {
+  std::vector<int32_t> blob = pack_nonzeros(w);
+  if (blob.empty()) return blob;
+  const auto error = [&](const std::vector<int32_t>& b, int64_t size, const CsrView<V>& view) {
+    return find_packed_error(view, b.data(), size, kThreeChunks);
+  };
+  const auto fails_with = [&](const std::string& what, const std::vector<int32_t>& b, const std::string& words,
+                              int64_t size = -1, const CsrView<V>* view = nullptr) {
+    const std::string e = error(b, size < 0 ? int64_t(b.size()) : size, view ? *view : w);
+    expect(e.find(words) != std::string::npos, "find_packed_error on " + what + ": got '" + e + "'");
+  };
+  expect(error(blob, int64_t(blob.size()), w).empty(), "find_packed_error accepts pack_nonzeros' blob");
+  const PackedNonzeros p = packed_nonzeros(blob.data());
+  const int64_t last_entry = int64_t(blob.size()) - 2;  // the last entry: column, then value bits
+  std::vector<int32_t> altered = blob;
+  altered[last_entry + 1] ^= 1;
+  fails_with("a changed value", altered, "changed after it was packed");
+  altered = blob;
+  altered[last_entry] = int32_t(w.cols);
+  fails_with("a column out of range", altered, "changed after it was packed");
+  altered = blob;
+  const int64_t segment = (reinterpret_cast<const int32_t*>(p.segments) - blob.data());
+  altered[segment + 1] = 1 << 30;
+  fails_with("a segment longer than its row", altered, "outside its row block");
+  altered = blob;
+  altered[segment] = int32_t(kPackedRowBlock);
+  fails_with("a segment of another block's row", altered, "outside its row block");
+  fails_with("a shortened blob", blob, "layout", int64_t(blob.size()) - 2);
+  fails_with("three ints", blob, "header", 3);
+  CsrView<V> wider = w;
+  wider.cols += 1;
+  fails_with("another weight's shape", blob, "was packed for", -1, &wider);
+  return blob;
+}
+
 // columns_descending: each row's nonzeros stored in descending column order (CSR does not require
 // ascending order; the K-blocked SpMM must stay exact without it).
 template <typename V>
@@ -203,9 +242,10 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
   const Epilogue ep{bias.data(), relu, with_residual ? residual.data() : nullptr, gelu};
   std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN), y_packed(batch * rows, NAN);
   // The nonzeros packed for the tiled kernel, where that pays: the same sums bit for bit.
-  const auto packed = pack_nonzeros(w);
+  const std::vector<int32_t> packed = checked_packing(w);
+  const PackedNonzeros packed_view = packed.empty() ? PackedNonzeros{} : packed_nonzeros(packed.data());
   CsrView<V> w_packed = w;
-  w_packed.packed = packed.get();
+  w_packed.packed = packed.empty() ? nullptr : &packed_view;
   // Two row ranges, as two threads would compute them.
   const int64_t mid = balanced_row_start(m.crow.data(), rows, 1, 2);
   for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, mid}, {mid, rows}}) {
@@ -213,7 +253,7 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
     csr_linear_tiled(w, panels.data(), batch, y_tiled.data(), ep, r0, r1);
     csr_linear_tiled(w_packed, panels.data(), batch, y_packed.data(), ep, r0, r1);
   }
-  expect(!expect_packed || packed, "pack_nonzeros " + std::to_string(rows) + "x" + std::to_string(cols) + " packs");
+  expect(!expect_packed || !packed.empty(), "pack_nonzeros " + std::to_string(rows) + "x" + std::to_string(cols) + " packs");
   expect(std::memcmp(y_tiled.data(), y_packed.data(), y_tiled.size() * sizeof(float)) == 0,
          "csr_linear " + std::to_string(rows) + "x" + std::to_string(cols) + " batch " + std::to_string(batch) +
              ": packed nonzeros give the unpacked sums");
@@ -284,15 +324,17 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
   csr_mlp_tiled(w1, Epilogue{bias1.data(), relu, nullptr}, activate, w2, Epilogue{bias2.data(), false, residual.data()},
                 panels.data(), batch, h.data(), y.data(), kThreeChunks);
   // With both layers' nonzeros packed where that pays: the same sums bit for bit.
-  const auto packed1 = pack_nonzeros(w1), packed2 = pack_nonzeros(w2);
+  const std::vector<int32_t> packed1 = checked_packing(w1), packed2 = checked_packing(w2);
+  const PackedNonzeros view1 = packed1.empty() ? PackedNonzeros{} : packed_nonzeros(packed1.data());
+  const PackedNonzeros view2 = packed2.empty() ? PackedNonzeros{} : packed_nonzeros(packed2.data());
   CsrView<V> w1_packed = w1, w2_packed = w2;
-  w1_packed.packed = packed1.get();
-  w2_packed.packed = packed2.get();
+  w1_packed.packed = packed1.empty() ? nullptr : &view1;
+  w2_packed.packed = packed2.empty() ? nullptr : &view2;
   std::vector<float> y_packed(batch * out, NAN);
   csr_mlp_tiled(w1_packed, Epilogue{bias1.data(), relu, nullptr}, activate, w2_packed,
                 Epilogue{bias2.data(), false, residual.data()}, panels.data(), batch, h.data(), y_packed.data(),
                 kThreeChunks);
-  expect(!expect_packed || (packed1 && packed2), "csr_mlp: pack_nonzeros packs both layers");
+  expect(!expect_packed || (!packed1.empty() && !packed2.empty()), "csr_mlp: pack_nonzeros packs both layers");
   expect(std::memcmp(y.data(), y_packed.data(), y.size() * sizeof(float)) == 0,
          "csr_mlp: packed nonzeros give the unpacked sums");
   std::vector<double> act(hidden);

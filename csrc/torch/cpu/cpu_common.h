@@ -11,6 +11,7 @@
 
 #include "../../kernels/cpu/csr_linear.h"
 #include "../../kernels/cpu/csr_spmm.h"
+#include "../../kernels/cpu/packed_nonzeros.h"
 #include "../../kernels/cpu/parallel.h"
 #include "../../kernels/cpu/scalar_types.h"
 #include "../../kernels/cpu/sparse_matrix.h"
@@ -65,6 +66,25 @@ inline at::Tensor packed_input(const char* op, const at::Tensor& x, int64_t batc
   cpu::pack_panels(x.const_data_ptr<float>(), cpu::PanelLayout{batch, in_features}, panels.mutable_data_ptr<float>(),
                    torch_parallel_for());
   return panels;
+}
+
+// The view of a CSR op's packing (pack_csr's result) where the SpMM will read it (some panel is a
+// full 64 columns), after comparing it with the weight w; null where it is absent, empty (pack_csr
+// found it would not pay) or not read. `view` holds the view.
+template <typename V>
+const cpu::PackedNonzeros* checked_packing(const char* op, const c10::optional<at::Tensor>& packed,
+                                           const cpu::CsrView<V>& w, int64_t batch, cpu::PackedNonzeros& view) {
+  if (!packed || packed->numel() == 0 || cpu::PanelLayout{batch, w.cols}.padded() < cpu::kPackedTileWidth) {
+    return nullptr;
+  }
+  const int32_t* blob = packed->const_data_ptr<int32_t>();
+  const std::string error = cpu::find_packed_error(w, blob, packed->numel(), torch_parallel_for());
+  SPARSE_RT_CHECK(error.empty(), op, "packed ", error,
+                  " (pack it again with sparse_rt.ops.pack_csr; a sparse_rt layer repacks by itself after "
+                  "in-place changes PyTorch sees, and after others, such as writes through .data or NumPy, "
+                  "once its repack() is called)");
+  view = cpu::packed_nonzeros(blob);
+  return &view;
 }
 
 // The packed input's data, or null where there is none (the gather kernel then).

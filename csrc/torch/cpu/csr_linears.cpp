@@ -10,9 +10,11 @@ namespace {
 
 std::vector<at::Tensor> csr_linears_cpu(const at::Tensor& input, at::TensorList crows, at::TensorList cols,
                                         at::TensorList values, const c10::List<c10::optional<at::Tensor>>& biases,
-                                        int64_t in_features) {
+                                        int64_t in_features,
+                                        const c10::optional<c10::List<c10::optional<at::Tensor>>>& packings) {
+  const c10::List<c10::optional<at::Tensor>> packed = packings.value_or(c10::List<c10::optional<at::Tensor>>());
   const char* op = "csr_linears";
-  const std::vector<LinearProblem> layers = prepare_linears(input, crows, cols, values, biases, in_features);
+  const std::vector<LinearProblem> layers = prepare_linears(input, crows, cols, values, biases, in_features, packed);
   const int64_t count = int64_t(layers.size()), batch = layers[0].batch;
   int64_t work = 0, max_rows = 0;
   std::vector<at::Tensor> outputs;
@@ -27,15 +29,19 @@ std::vector<at::Tensor> csr_linears_cpu(const at::Tensor& input, at::TensorList 
   }
   if (batch > 0) {
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
-    const at::Tensor packed = packed_input(op, x, batch, in_features);
+    const at::Tensor panels_tensor = packed_input(op, x, batch, in_features);
     const float* xp = x.const_data_ptr<float>();
-    const float* panels = panels_or_null(packed);
+    const float* panels = panels_or_null(panels_tensor);
     dispatch_value_type(values[0].scalar_type(), [&](auto tag) {
       using V = decltype(tag);
       std::vector<cpu::CsrView<V>> weights;
+      std::vector<cpu::PackedNonzeros> views(count);
       for (int64_t i = 0; i < count; ++i) {
         weights.push_back({crows[i].const_data_ptr<int32_t>(), cols[i].const_data_ptr<int32_t>(),
                            values_ptr<V>(values[i]), layers[i].weight.rows, in_features});
+        if (!packed.empty()) {
+          weights[i].packed = checked_packing(linears_layer_name(i).c_str(), packed.get(i), weights[i], batch, views[i]);
+        }
       }
       // Every layer's rows split over the threads in one parallel region.
       cpu::parallel_over_row_sets(

@@ -22,10 +22,11 @@ at::Tensor csr_mlp_cpu(const at::Tensor& input, const at::Tensor& crow1, const a
                        const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
                        const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
                        const c10::optional<at::Tensor>& bias2, int64_t in_features,
-                       c10::string_view activation, const c10::optional<at::Tensor>& residual) {
+                       c10::string_view activation, const c10::optional<at::Tensor>& residual,
+                       const c10::optional<at::Tensor>& packed1, const c10::optional<at::Tensor>& packed2) {
   const char* op = "csr_mlp";
   const MlpProblem p = prepare_mlp(input, crow1, col1, values1, bias1, crow2, col2, values2, bias2, in_features,
-                                   activation, residual);
+                                   activation, residual, packed1, packed2);
   check_sparse_indices(kMlpFirstLayer, crow1, col1, p.first.index_cols, full_index_checks_enabled());
   check_sparse_indices(kMlpSecondLayer, crow2, col2, p.second.index_cols, full_index_checks_enabled());
   const int64_t batch = p.first.batch, hidden_features = p.first.weight.rows, out_features = p.second.weight.rows;
@@ -47,10 +48,15 @@ at::Tensor csr_mlp_cpu(const at::Tensor& input, const at::Tensor& crow1, const a
   const cpu::Epilogue ep2 = make_epilogue(bias2_32, false, residual32);
   dispatch_value_type(values1.scalar_type(), [&](auto tag) {
     using V = decltype(tag);
-    const cpu::CsrView<V> w1{crow1.const_data_ptr<int32_t>(), col1.const_data_ptr<int32_t>(),
-                             values_ptr<V>(values1), hidden_features, in_features};
-    const cpu::CsrView<V> w2{crow2.const_data_ptr<int32_t>(), col2.const_data_ptr<int32_t>(),
-                             values_ptr<V>(values2), out_features, hidden_features};
+    cpu::CsrView<V> w1{crow1.const_data_ptr<int32_t>(), col1.const_data_ptr<int32_t>(), values_ptr<V>(values1),
+                       hidden_features, in_features};
+    cpu::CsrView<V> w2{crow2.const_data_ptr<int32_t>(), col2.const_data_ptr<int32_t>(), values_ptr<V>(values2),
+                       out_features, hidden_features};
+    cpu::PackedNonzeros view1, view2;
+    if (tiled) {
+      w1.packed = checked_packing(kMlpFirstLayer, packed1, w1, batch, view1);
+      w2.packed = checked_packing(kMlpSecondLayer, packed2, w2, batch, view2);
+    }
     float* h = hidden.mutable_data_ptr<float>();
     if (tiled) {
       cpu::csr_mlp_tiled(w1, ep1, activate, w2, ep2, panels.const_data_ptr<float>(), batch, h,
