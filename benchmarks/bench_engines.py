@@ -11,6 +11,8 @@ dense) and batch size, the same pruned weights run in every engine on the same t
                       holds it and any further sparse_rt variants, name -> builder)
   sparse_rt-fused     the same, then model.fuse(): BatchNorm folded, residual sums and ReLUs in
                       the sparse kernels' epilogues
+  sparse_rt-fused-unpacked  the same with its Linear layers unpacked (SparseLinear.packs = False);
+                      only when named in --engines: what packing gains, measured in the same run
   onnxruntime         the pruned model exported to ONNX (dense), stock onnxruntime
   onnxruntime-sparse  sparse_rt's ONNX sparse flavour (its own ops) in onnxruntime
   openvino            the same dense ONNX file in OpenVINO, fp32 forced, LATENCY hint
@@ -57,6 +59,7 @@ from sparse_rt.bench.engines import (
 from sparse_rt.bench.stats import latency_stats
 from sparse_rt.inputs import example_input
 from sparse_rt.machine import busy_warning, load_average, machine_info
+from sparse_rt.nn import SparseLinear
 from sparse_rt.timing import call_block, compare_latency_blocks
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,12 +79,23 @@ def _fused(pruned, example):
     return model
 
 
+def _fused_unpacked(pruned, example):
+    model = _fused(pruned, example)
+    for layer in model.modules():
+        if isinstance(layer, SparseLinear):
+            layer.packs = False
+    return model
+
+
 SPARSE_RT_VARIANTS = {
     "sparse_rt": _planned,
     "sparse_rt-fused": _fused,
+    "sparse_rt-fused-unpacked": _fused_unpacked,
 }
 DENSE_ENGINES = ("torch-dense", "onnxruntime", "openvino")
 ENGINES = ("torch-dense", *SPARSE_RT_VARIANTS, "onnxruntime", "onnxruntime-sparse", "openvino", "deepsparse")
+# Run only when named: a variant that measures a feature of another.
+OPT_IN_ENGINES = ("sparse_rt-fused-unpacked",)
 
 
 def log(message):
@@ -104,7 +118,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=_csv(int), default=[1, 8], help="batch sizes (default 1,8)")
     p.add_argument("--sparsity", type=_csv(float), default=list(SPARSITIES),
                    help=f"sparsities (default {','.join(map(str, SPARSITIES))})")
-    p.add_argument("--engines", type=_csv(str), default=list(ENGINES), help=f"comma list of {', '.join(ENGINES)}")
+    p.add_argument("--engines", type=_csv(str), default=[e for e in ENGINES if e not in OPT_IN_ENGINES],
+                   help=f"comma list of {', '.join(ENGINES)} (default: all but {', '.join(OPT_IN_ENGINES)})")
     p.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
     p.add_argument("--block", type=int, default=5, help="timed calls per block (default 5)")
     p.add_argument("--untimed", type=int, default=2, help="untimed calls opening each block (default 2)")

@@ -1,7 +1,8 @@
-"""onnxruntime: the dense ONNX export vs sparse_rt's two flavours, file sizes and batch-1 latency.
+"""onnxruntime: the dense ONNX export vs sparse_rt's two flavours, file sizes and latency (batch 1 by default).
 
     python benchmarks/bench_onnx.py                      # ResNet-50 and BERT-base encoder at 90%
     python benchmarks/bench_onnx.py --models resnet50 --runs 32 --threads 2
+    python benchmarks/bench_onnx.py --models bert_encoder --sparsity 0.95 --batch 8
 
 Each model is magnitude-pruned (first conv left dense), converted, and exported three times:
 dense (torch.onnx.export of the pruned nn.Module), portable and sparse. The sparse file runs on
@@ -66,8 +67,9 @@ def _unpacked_weights():
             os.environ[PACKING_VARIABLE] = saved
 
 
-def bench_model(name, sparsity, threads, runs, workdir, echo):
-    shape, keep_dense = MODELS[name]
+def bench_model(name, sparsity, batch, threads, runs, workdir, echo):
+    one, keep_dense = MODELS[name]
+    shape = (batch, *one[1:])
     torch.manual_seed(0)
     pruned = sparse_rt.magnitude_prune(models.create(name).eval(), sparsity, exclude=keep_dense)
     model = sparse_rt.sparsify(pruned).eval()
@@ -130,6 +132,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--batch", type=int, default=1, help="inputs per run (default 1)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="onnxruntime intra-op threads and torch threads (default: torch's)")
     p.add_argument("--runs", type=int, default=16,
@@ -148,8 +151,9 @@ def main(argv=None):
     }
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
-            print(f"{name} at {args.sparsity:.0%}, batch 1, {args.threads} threads")
-            report["models"][name] = bench_model(name, args.sparsity, args.threads, args.runs, workdir, print)
+            print(f"{name} at {args.sparsity:.0%}, batch {args.batch}, {args.threads} threads")
+            report["models"][name] = bench_model(name, args.sparsity, args.batch, args.threads, args.runs, workdir,
+                                                 print)
     report["machine"]["load_average_after"] = list(os.getloadavg())
     out = args.out or os.path.join(RESULTS, f"onnx-{now.date().isoformat()}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -10,9 +10,11 @@ from ..formats import BSR, CSR
 from ._sparse_weight import SparseWeightModule
 
 # Inputs of fewer rows run unpacked: the ops compare a packing with the weight on every call (a
-# pass over both), which on BERT-base's layers at 90% (Zen 3, 2 threads) ate the gain below 8 of
-# the SpMM's 64-row panels: packed / unpacked 0.68-1.08x at 128 rows, 1.02-1.16x at 512 and
-# 1.07-1.21x at 1024.
+# pass over both), which eats the gain over few of the SpMM's 64-row panels. Zen 3, 2 threads,
+# packed / unpacked: DLMC transformer layers at 90%, 0.87-1.10x at 128 rows and 1.00-1.14x at 1024
+# (benchmarks/bench_fused_ops.py, results/fused-ops-2026-12-04-packed.json); random BERT-base-shaped
+# layers at 80-90% (a script outside the repo), 0.68-1.08x at 128, 1.02-1.16x at 512, 1.07-1.21x
+# at 1024.
 PACKING_MIN_ROWS = 512
 # "0" when a layer packs keeps its weight unpacked (the packing's 8 bytes per nonzero are saved).
 PACKING_VARIABLE = "SPARSE_RT_PACK_NONZEROS"
@@ -33,6 +35,8 @@ class SparseLinear(SparseWeightModule):
     make the ops refuse the stale packing, naming it, until repack() is called; they never compute
     with it."""
 
+    # Whether this layer packs (False keeps it unpacked, as SPARSE_RT_PACK_NONZEROS=0 does for all).
+    packs = True
     # (weak reference, version) of crow_indices, col_indices and values when packed (None for an
     # inference tensor's version); the packing, None where there is none (not worth it, turned off).
     _packing_key = None
@@ -85,10 +89,10 @@ class SparseLinear(SparseWeightModule):
 
     def packing(self, input):
         """The packing of this layer's weight (ops.pack_csr) that the CPU ops read for `input` (or for
-        an input of its rows: the product of its leading dimensions), or None: for a CSR weight and
-        the compiled ops, a plain CPU input of at least PACKING_MIN_ROWS rows, outside an export or
+        an input of its rows: the product of its leading dimensions), or None: for a CSR weight that
+        `packs` and the compiled ops, a plain CPU input of at least PACKING_MIN_ROWS rows, outside an export or
         torch.compile (which see the op without it)."""
-        if (self.format != "csr" or not ops.HAS_COMPILED_OPS or type(input) is not torch.Tensor
+        if (not self.packs or self.format != "csr" or not ops.HAS_COMPILED_OPS or type(input) is not torch.Tensor
                 or input.device.type != "cpu" or math.prod(input.shape[:-1]) < PACKING_MIN_ROWS
                 or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
             return None

@@ -10,14 +10,16 @@
 namespace sparse_rt::cpu {
 namespace {
 
-// Below this many nonzeros per segment on average, the sums' load and store per segment cost
-// about what reading from L1 saves. On a Zen 3 at 128 tokens (a standalone C++ loop, one thread,
-// BERT-base's shapes): 1.05-1.49x the unpacked kernel at 6.4 nonzeros per segment (density 0.05),
-// 1.45-1.68x at 12.8, 1.19-1.98x at 25.6; but the whole ops at 6.4 (2 threads, 1024 rows: the
-// PyTorch op with its per-call comparison, 0.89-1.01x; onnxruntime's BERT-base at 95%, 1.00x)
-// gained nothing, so the bound sits between 6.4 and 12.8. Wider column blocks at density 0.05
-// (256 or 384 columns, more nonzeros per segment) gained nothing either.
-constexpr double kMinPackedSegment = 8;
+// Below this many nonzeros per segment on average, the sums' load and store per segment would
+// cost more than reading from L1 saves. On a Zen 3 at 128 tokens (a standalone C++ loop, one
+// thread, BERT-base's shapes): 1.05-1.49x the unpacked kernel at 6.4 nonzeros per segment (density
+// 0.05; the most on the 3072-wide layer, whose panel outgrows L2), 1.45-1.68x at 12.8, 1.19-1.98x
+// at 25.6. Whole BERT-base at 95% (6.4), batch 8, 2 threads: onnxruntime's kernels 1.05x
+// (benchmarks/results/onnx-2026-12-04-zen3-bert95-b8.json), the fused PyTorch path, whose ops also
+// compare the packing with the weight per call, level (0.98x; engines-2026-12-04-zen3-torch-packed-
+// ab-b8.json). Sparser was not measured, so the bound sits below the sparsest gain seen. Wider
+// column blocks at density 0.05 (256 or 384 columns, more nonzeros per segment) gained nothing.
+constexpr double kMinPackedSegment = 4;
 
 enum HeaderField { kTag, kRows, kCols, kRowBlocks, kSegments, kEntries };
 
