@@ -53,10 +53,8 @@ at::Tensor csr_mlp_cpu(const at::Tensor& input, const at::Tensor& crow1, const a
     cpu::CsrView<V> w2{crow2.const_data_ptr<int32_t>(), col2.const_data_ptr<int32_t>(), values_ptr<V>(values2),
                        out_features, hidden_features};
     cpu::PackedNonzeros view1, view2;
-    if (tiled) {
-      w1.packed = checked_packing(kMlpFirstLayer, packed1, w1, batch, view1);
-      w2.packed = checked_packing(kMlpSecondLayer, packed2, w2, batch, view2);
-    }
+    w1.packed = checked_packing(kMlpFirstLayer, packed1, w1, batch, view1);
+    w2.packed = checked_packing(kMlpSecondLayer, packed2, w2, batch, view2);
     float* h = hidden.mutable_data_ptr<float>();
     if (tiled) {
       cpu::csr_mlp_tiled(w1, ep1, activate, w2, ep2, panels.const_data_ptr<float>(), batch, h,
