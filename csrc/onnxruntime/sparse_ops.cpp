@@ -343,7 +343,8 @@ class OpKernel {
                                                  const Weight& w, bool relu, const Tensor* residual, bool gelu = false) {
     check_residual(residual, out_dims);
     float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
-    return {y, cpu::Epilogue{w.bias, relu, residual ? static_cast<const float*>(residual->data) : nullptr, gelu}};
+    return {y, cpu::Epilogue{w.bias, relu, residual ? static_cast<const float*>(residual->data) : nullptr,
+                             gelu ? cpu::Gelu::kExact : cpu::Gelu::kNone}};
   }
 
   bool blocked() const { return blocked_; }
@@ -567,7 +568,7 @@ class CsrMlpKernel {
       check_residual(residual.data ? &residual : nullptr, out_dims);
       float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
       if (batch == 0 || w2.rows() == 0) return;
-      const cpu::Epilogue ep1{w1.bias, relu_, nullptr, gelu_};
+      const cpu::Epilogue ep1{w1.bias, relu_, nullptr, gelu_ ? cpu::Gelu::kExact : cpu::Gelu::kNone};
       const cpu::Epilogue ep2{w2.bias, false, static_cast<const float*>(residual.data)};
       cpu::CsrView<float> view1{w1.crow, w1.col, w1.values, w1.rows(), in_features_};
       cpu::CsrView<float> view2{w2.crow, w2.col, w2.values, w2.rows(), w1.rows()};
@@ -579,7 +580,7 @@ class CsrMlpKernel {
         float* hidden = scratch.get<float>(w1.rows() * panel_columns);
         view1.packed = first_packed_(view1);
         view2.packed = second_packed_(view2);
-        cpu::csr_mlp_tiled(view1, ep1, cpu::PanelActivation{nullptr, nullptr}, view2, ep2, panels, batch, hidden, y, pf);
+        cpu::csr_mlp_tiled(view1, ep1, view2, ep2, panels, batch, hidden, y, pf);
         return;
       }
       float* hidden = scratch.get<float>(batch * w1.rows());

@@ -72,4 +72,18 @@ template <typename T>
   return x * (x < 0.f ? half_erfc : 1.f - half_erfc);
 }
 
+// GELU in its tanh form (torch's approximate='tanh'): x (1 + tanh(u)) / 2 with
+// u = sqrt(2 / pi) (x + 0.044715 x^3), written as x * sigmoid(2u) so that only e^(-2|u|) <= 1 is
+// needed: x / (1 + e) for u >= 0, x e / (1 + e) below. e is taken no lower than e^-87, where the
+// result is below float's smallest normal times |x| anyway.
+template <typename T>
+[[gnu::always_inline]] inline T gelu_tanh(T x) {
+  constexpr float kTwiceSqrt2OverPi = 1.5957691216057308f, kCubic = 0.044715f;
+  const T two_u = kTwiceSqrt2OverPi * (x + kCubic * x * x * x);
+  T y = two_u < 0.f ? two_u : -two_u;
+  y = y < -87.f ? splat<T>(-87.f) : y;
+  const T e = exp_nonpositive<T>(y);
+  return x * (two_u < 0.f ? e : splat<T>(1.f)) / (1.f + e);
+}
+
 }  // namespace sparse_rt::cpu

@@ -105,16 +105,14 @@ void csr_linear_tiled(const CsrView<V>& w, const float* panels, int64_t batch, f
 }
 
 template <typename V>
-void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const PanelActivation& activate,
-                   const CsrView<V>& w2, Epilogue ep2, const float* panels, int64_t batch, float* hidden,
-                   float* y, const ParallelFor& pf) {
+void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const CsrView<V>& w2, Epilogue ep2, const float* panels,
+                   int64_t batch, float* hidden, float* y, const ParallelFor& pf) {
   const PanelLayout layout{batch, w1.cols};
   const int64_t nnz1 = w1.crow[w1.rows], nnz2 = w2.crow[w2.rows];
   for (int64_t p = 0; p < layout.count(); ++p) {
     const int64_t first = p * kPanelWidth, width = layout.width(p);
     parallel_over_rows(pf, w1.crow, w1.rows, 1, nnz1 * width, [&](int64_t, int64_t r0, int64_t r1) {
       csr_spmm(w1, {panels + layout.offset(p), width, width}, {hidden, width, 1, width}, ep1, r0, r1);
-      if (activate.apply) activate.apply(activate.context, hidden + r0 * width, (r1 - r0) * width);
     });
     parallel_over_rows(pf, w2.crow, w2.rows, 1, nnz2 * width, [&](int64_t, int64_t r0, int64_t r1) {
       csr_spmm(w2, {hidden, width, width}, {y + first * w2.rows, 1, w2.rows, std::min(width, batch - first)},
@@ -136,14 +134,11 @@ template void csr_linear_tiled<half_t>(const CsrView<half_t>&, const float*, int
 template void csr_linear_tiled<bfloat16_t>(const CsrView<bfloat16_t>&, const float*, int64_t, float*,
                                            Epilogue, int64_t, int64_t);
 
-template void csr_mlp_tiled<float>(const CsrView<float>&, Epilogue, const PanelActivation&,
-                                   const CsrView<float>&, Epilogue, const float*, int64_t, float*, float*,
-                                   const ParallelFor&);
-template void csr_mlp_tiled<half_t>(const CsrView<half_t>&, Epilogue, const PanelActivation&,
-                                    const CsrView<half_t>&, Epilogue, const float*, int64_t, float*, float*,
-                                    const ParallelFor&);
-template void csr_mlp_tiled<bfloat16_t>(const CsrView<bfloat16_t>&, Epilogue, const PanelActivation&,
-                                        const CsrView<bfloat16_t>&, Epilogue, const float*, int64_t, float*,
-                                        float*, const ParallelFor&);
+template void csr_mlp_tiled<float>(const CsrView<float>&, Epilogue, const CsrView<float>&, Epilogue, const float*,
+                                   int64_t, float*, float*, const ParallelFor&);
+template void csr_mlp_tiled<half_t>(const CsrView<half_t>&, Epilogue, const CsrView<half_t>&, Epilogue, const float*,
+                                    int64_t, float*, float*, const ParallelFor&);
+template void csr_mlp_tiled<bfloat16_t>(const CsrView<bfloat16_t>&, Epilogue, const CsrView<bfloat16_t>&, Epilogue,
+                                        const float*, int64_t, float*, float*, const ParallelFor&);
 
 }  // namespace sparse_rt::cpu

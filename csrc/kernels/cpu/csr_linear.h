@@ -44,22 +44,15 @@ void csr_linear_rows(const CsrView<V>& w, const float* x, const float* panels, i
   }
 }
 
-// Two linear layers with an activation between them, y = W2 act(W1 x + ep1) + ep2 (ep1: W1's bias,
-// and a ReLU when that is the activation; no residual), for batches of kTiledMinBatch and more: one
-// panel of x at a time, W1's output for that panel (hidden [w1.rows, panel width], W1's rows
+// Two linear layers with an activation between them, y = W2 act(W1 x + b1) + ep2, for batches of
+// kTiledMinBatch and more: ep1 holds W1's bias and the activation (a ReLU or a GELU; no residual).
+// One panel of x at a time, W1's output for that panel (hidden [w1.rows, panel width], W1's rows
 // contiguous) stays in cache as the dense operand of W2, so the hidden activations are never stored
 // as a [batch, w1.rows] matrix, transposed back into panels, or passed over separately for the
-// activation. Both layers split rows over pf's threads; `activate.apply(context, h, n)`, unless
-// null, is called by each thread on the n floats of W1's rows it computed after ep1, and is the
-// caller's (e.g. torch's GELU, bit for bit the unfused model's). The sums are those of two
-// csr_linear_tiled calls, in the same order.
-struct PanelActivation {
-  void (*apply)(void* context, float* data, int64_t count);
-  void* context;
-};
+// activation, which runs on W1's sums in registers. Both layers split rows over pf's threads. The
+// values are those of two csr_linear_tiled calls with these epilogues, bit for bit.
 template <typename V>
-void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const PanelActivation& activate,
-                   const CsrView<V>& w2, Epilogue ep2, const float* panels, int64_t batch, float* hidden,
-                   float* y, const ParallelFor& pf);
+void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const CsrView<V>& w2, Epilogue ep2, const float* panels,
+                   int64_t batch, float* hidden, float* y, const ParallelFor& pf);
 
 }  // namespace sparse_rt::cpu

@@ -35,16 +35,19 @@ struct BsrView {
   int64_t bw;
 };
 
+// Which GELU an epilogue applies (activation.h): none, the exact form or the tanh approximation.
+enum class Gelu : uint8_t { kNone, kExact, kTanh };
+
 // The epilogue every kernel applies to its fp32 accumulator before storing it:
 // act(acc + bias[row] + residual[index]), where `index` is where the value is stored, counted from
-// the output pointer the kernel was given, and act the ReLU, GELU (activation.h) or nothing. The
-// residual (a skip connection's tensor) has the output's layout; adding it here saves the separate
-// pass over the output that `y + x` costs.
+// the output pointer the kernel was given, and act the ReLU, a GELU or nothing. The residual (a skip
+// connection's tensor) has the output's layout; adding it here saves the separate pass over the
+// output that `y + x` costs.
 struct Epilogue {
   const float* bias;  // nullptr: no bias
   bool relu;
   const float* residual = nullptr;  // nullptr: none
-  bool gelu = false;                // not with relu
+  Gelu gelu = Gelu::kNone;          // not with relu
 
   float apply(float acc, int64_t row, int64_t index) const {
     if (bias) acc += bias[row];
@@ -56,10 +59,11 @@ struct Epilogue {
   template <typename T>
   [[gnu::always_inline]] T activate(T v) const {
     if (relu) v = v < 0.f ? T{} : v;
-    if (gelu) v = cpu::gelu(v);
+    if (gelu == Gelu::kExact) v = cpu::gelu(v);
+    if (gelu == Gelu::kTanh) v = cpu::gelu_tanh(v);
     return v;
   }
-  bool activates() const { return relu || gelu; }
+  bool activates() const { return relu || gelu != Gelu::kNone; }
 
   // The same epilogue for an output that starts `offset` elements into the one it was made for.
   Epilogue at(int64_t offset) const { return {bias, relu, residual ? residual + offset : nullptr, gelu}; }
