@@ -3,7 +3,6 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
-#include <ATen/ops/softmax.h>
 #include <torch/library.h>
 
 #include "../../kernels/cpu/attention.h"
