@@ -78,15 +78,14 @@ template <typename T>
 
 // GELU in its tanh form (torch's approximate='tanh'): x (1 + tanh(u)) / 2 with
 // u = sqrt(2 / pi) (x + 0.044715 x^3), written as x * sigmoid(2u) so that only e^(-2|u|) <= 1 is
-// needed: x / (1 + e) for u >= 0, x e / (1 + e) below. e is taken no lower than e^-87, where the
-// result is below float's smallest normal times |x| anyway.
+// needed: x / (1 + e) for u >= 0, x e / (1 + e) below. Below e^-87 (float's smallest normal) e is
+// 0, so that the far left gives 0 (NaN at -inf) as torch's does, not x e^-87.
 template <typename T>
 [[gnu::always_inline]] inline T gelu_tanh(T x) {
   constexpr float kTwiceSqrt2OverPi = 1.5957691216057308f, kCubic = 0.044715f;
   const T two_u = kTwiceSqrt2OverPi * (x + kCubic * x * x * x);
-  T y = two_u < 0.f ? two_u : -two_u;
-  y = y < -87.f ? splat<T>(-87.f) : y;
-  const T e = exp_nonpositive<T>(y);
+  const T y = two_u < 0.f ? two_u : -two_u;
+  const T e = y < -87.f ? T{} : exp_nonpositive<T>(y < -87.f ? splat<T>(-87.f) : y);
   return x * (two_u < 0.f ? e : splat<T>(1.f)) / (1.f + e);
 }
 

@@ -155,14 +155,15 @@ void test_gelu(Gelu form) {
   std::printf("%s: worst error %.2f of its bound\n", name, worst);
 }
 
-// The exact GELU far beyond test_gelu's grid, as torch computes it: the identity on the right, zero
-// on the left (the fit's clamp), NaN at -inf.
-void test_gelu_extremes() {
-  const Epilogue ep{nullptr, false, nullptr, Gelu::kExact};
+// Both GELUs far beyond test_gelu's grid, as torch computes them: the identity on the right, zero
+// on the left (the exact form's clamp, the tanh form's e^-2|u| below float's range), NaN at -inf.
+void test_gelu_extremes(Gelu form) {
+  const Epilogue ep{nullptr, false, nullptr, form};
   const float inf = std::numeric_limits<float>::infinity();
-  for (const auto& [x, want] : {std::pair{1e30f, 1e30f}, std::pair{inf, inf}, std::pair{-1e30f, 0.f}, std::pair{-6.f, 0.f}}) {
+  for (const auto& [x, want] : {std::pair{1e30f, 1e30f}, std::pair{inf, inf}, std::pair{-1e30f, 0.f}, std::pair{-60.f, 0.f}}) {
     for (const float got : {ep.activate(x), ep.activate(splat<vec8>(x))[5], ep.activate(splat<vec16>(x))[13]}) {
-      expect(got == want, "gelu(" + std::to_string(x) + ") = " + std::to_string(got));
+      expect(got == want, std::string(form == Gelu::kExact ? "gelu(" : "gelu_tanh(") + std::to_string(x) + ") = " +
+                              std::to_string(got));
     }
   }
   expect(std::isnan(ep.activate(-inf)) && std::isnan(ep.activate(splat<vec8>(-inf))[0]), "gelu(-inf) is not NaN");
@@ -711,8 +712,9 @@ void test_transpose() {
 int main() {
   test_16bit_conversions();
   test_gelu(Gelu::kExact);
-  test_gelu_extremes();
   test_gelu(Gelu::kTanh);
+  test_gelu_extremes(Gelu::kExact);
+  test_gelu_extremes(Gelu::kTanh);
   test_transpose<vec8>();
   test_transpose<vec16>();
   test_vector_span<1>();
