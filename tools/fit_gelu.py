@@ -33,7 +33,7 @@ def fit(iterations=12, points=4000):
         error_rows = np.concatenate([powers_p, -target[:, None] * powers_q[:, 1:]], 1) * (x / previous_q)[:, None]
         error_rhs = target * x / previous_q
         ones = np.ones((len(x), 1))
-        q_rows = np.concatenate([np.zeros((len(x), NUMERATOR_DEGREE + 1)), -powers_q[:, 1:], 0 * ones], 1)
+        q_rows = np.concatenate([np.zeros((len(x), NUMERATOR_DEGREE + 1)), -powers_q[:, 1:], np.zeros_like(ones)], 1)
         a_ub = np.vstack([np.hstack([error_rows, -ones]), np.hstack([-error_rows, -ones]), q_rows])
         b_ub = np.concatenate([error_rhs, -error_rhs, np.full(len(x), 0.5)])
         cost = np.zeros(unknowns + 1)

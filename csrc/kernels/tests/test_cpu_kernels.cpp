@@ -158,15 +158,15 @@ void test_gelu(Gelu form) {
 // Both GELUs far beyond test_gelu's grid, as torch computes them: the identity on the right, zero
 // on the left (the exact form's clamp, the tanh form's e^-2|u| below float's range), NaN at -inf.
 void test_gelu_extremes(Gelu form) {
+  const std::string name = form == Gelu::kExact ? "gelu" : "gelu_tanh";
   const Epilogue ep{nullptr, false, nullptr, form};
   const float inf = std::numeric_limits<float>::infinity();
   for (const auto& [x, want] : {std::pair{1e30f, 1e30f}, std::pair{inf, inf}, std::pair{-1e30f, 0.f}, std::pair{-60.f, 0.f}}) {
     for (const float got : {ep.activate(x), ep.activate(splat<vec8>(x))[5], ep.activate(splat<vec16>(x))[13]}) {
-      expect(got == want, std::string(form == Gelu::kExact ? "gelu(" : "gelu_tanh(") + std::to_string(x) + ") = " +
-                              std::to_string(got));
+      expect(got == want, name + "(" + std::to_string(x) + ") = " + std::to_string(got));
     }
   }
-  expect(std::isnan(ep.activate(-inf)) && std::isnan(ep.activate(splat<vec8>(-inf))[0]), "gelu(-inf) is not NaN");
+  expect(std::isnan(ep.activate(-inf)) && std::isnan(ep.activate(splat<vec8>(-inf))[0]), name + "(-inf) is not NaN");
 }
 
 // The tests' parallel-for: three chunks (grain ignored, so that small shapes split too), run last
