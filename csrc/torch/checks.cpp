@@ -11,6 +11,7 @@
 
 #include "../kernels/checked_int.h"
 #include "../kernels/cpu/index_checks.h"
+#include "cpu/block_cache.h"
 #include "cpu/cpu_common.h"
 
 namespace sparse_rt {
@@ -275,7 +276,7 @@ void check_residual(const char* op, const c10::optional<at::Tensor>& residual, a
 
 at::Tensor allocate(const char* op, const char* what, at::IntArrayRef sizes, const at::TensorOptions& options) {
   try {
-    return at::empty(sizes, options);
+    return options.device().is_cpu() ? empty_cached(sizes, options) : at::empty(sizes, options);
   } catch (const c10::Error& e) {
     CheckedInt bytes(static_cast<int64_t>(options.dtype().itemsize()));
     for (const int64_t size : sizes) bytes = bytes * size;

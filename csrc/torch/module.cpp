@@ -5,6 +5,7 @@
 
 #include "../kernels/cpu/isa.h"
 #include "checks.h"
+#include "cpu/block_cache.h"
 
 PYBIND11_MODULE(_C, m) {
   m.def("build_info", [] {
@@ -33,4 +34,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_full_index_checks", &sparse_rt::set_full_index_checks, pybind11::arg("enabled"));
   m.def("set_thread_full_index_checks", &sparse_rt::set_thread_full_index_checks,
         pybind11::arg("state"));
+  m.def("cpu_block_cache_stats", [] {
+    const sparse_rt::BlockCacheStats s = sparse_rt::block_cache_stats();
+    pybind11::dict stats;
+    stats["in_use_bytes"] = s.in_use_bytes;
+    stats["idle_bytes"] = s.idle_bytes;
+    stats["limit_bytes"] = s.limit_bytes;
+    stats["hits"] = s.hits;
+    stats["misses"] = s.misses;
+    return stats;
+  });
+  m.def("set_cpu_block_cache_limit", &sparse_rt::set_block_cache_limit, pybind11::arg("bytes"));
+  m.def("empty_cpu_block_cache", &sparse_rt::empty_block_cache);
 }

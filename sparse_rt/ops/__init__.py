@@ -11,9 +11,12 @@ from ._library import (
     CSR_CUDA_KERNELS,
     HAS_COMPILED_OPS,
     build_info,
+    cpu_cache_stats,
     csr_cuda_kernel,
+    empty_cpu_cache,
     full_index_checks,
     onnxruntime_kernels_library,
+    set_cpu_cache_limit,
     set_full_index_checks,
 )
 from .geometry import conv2d_output_hw, conv2d_output_size
@@ -118,4 +121,5 @@ __all__ = ["pack_csr", "csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "cs
            "scaled_dot_product_attention", "add_layer_norm", "reference", "HAS_COMPILED_OPS",
            "csr_cuda_kernel", "CSR_CUDA_KERNELS", "CSR_CUDA_KERNEL_VARIABLE",
            "build_info", "full_index_checks", "onnxruntime_kernels_library", "set_full_index_checks",
+           "cpu_cache_stats", "set_cpu_cache_limit", "empty_cpu_cache",
            "conv2d_output_size", "conv2d_output_hw"]

@@ -62,6 +62,47 @@ def full_index_checks(enabled=True):
         _C.set_thread_full_index_checks(previous)
 
 
+def cpu_cache_stats():
+    """The CPU ops' block cache (csrc/torch/cpu/block_cache.h): their outputs and scratch of 1 MiB
+    or more come from freed blocks kept for reuse, so that a model's forward does not page-fault
+    its activations in again on every call. A dict of in_use_bytes, idle_bytes (kept for reuse),
+    limit_bytes, hits and misses; {} without the compiled ops."""
+    return dict(_C.cpu_block_cache_stats()) if HAS_COMPILED_OPS else {}
+
+
+def set_cpu_cache_limit(limit_bytes):
+    """The most idle memory the CPU block cache keeps (1 GiB by default; 0 keeps none). When a
+    freed block would take it past the limit, every idle block is released first. Also
+    SPARSE_RT_CPU_CACHE_LIMIT_MB. Returns the previous limit."""
+    if not HAS_COMPILED_OPS:
+        return 0
+    if limit_bytes < 0:
+        raise ValueError(f"set_cpu_cache_limit: limit_bytes must be >= 0, got {limit_bytes}")
+    previous = _C.cpu_block_cache_stats()["limit_bytes"]
+    _C.set_cpu_block_cache_limit(int(limit_bytes))
+    return previous
+
+
+def empty_cpu_cache():
+    """Releases the CPU block cache's idle blocks to the system (blocks held by tensors stay)."""
+    if HAS_COMPILED_OPS:
+        _C.empty_cpu_block_cache()
+
+
+def _cache_limit_from_environment(variable="SPARSE_RT_CPU_CACHE_LIMIT_MB"):
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return
+    try:
+        set_cpu_cache_limit(int(text) << 20)
+    except ValueError:
+        raise ValueError(f"{variable} must be a whole number of MiB >= 0, got {text!r}") from None
+
+
+if HAS_COMPILED_OPS:
+    _cache_limit_from_environment()
+
+
 # csr_linear's two CUDA kernels where both apply (fp16/bf16 from batch 8): csrc/kernels/cuda/csr_spmm.cu.
 CSR_CUDA_KERNEL_VARIABLE = "SPARSE_RT_CSR_CUDA_KERNEL"
 CSR_CUDA_KERNELS = ("subwarp", "tensor_cores")

@@ -4,6 +4,7 @@
 
 #include "../../kernels/cpu/csr_conv2d.h"
 #include "../checks.h"
+#include "block_cache.h"
 #include "cpu_common.h"
 
 namespace sparse_rt {
@@ -11,7 +12,7 @@ namespace {
 
 // Scratch of n elements, or none (no allocation) when the kernel needs none.
 at::Tensor scratch(int64_t n, const at::TensorOptions& options) {
-  return n > 0 ? at::empty({n}, options) : at::Tensor();
+  return n > 0 ? empty_cached({n}, options) : at::Tensor();
 }
 
 template <typename T>
