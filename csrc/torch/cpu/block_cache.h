@@ -2,7 +2,7 @@
 // CUDA caching allocator does for GPU memory and onnxruntime's arena for its sessions. glibc hands a
 // freed block of several MiB back to the kernel (munmap, or trimming the heap's top), so the next
 // call page-faults it in again and the kernel zeroes every page: on ResNet-50 at batch 8 that was
-// about 12,700 faults and a sixth of the forward (README, "The CPU ops take their outputs").
+// about 12,700 faults per forward (README, "The block cache").
 #pragma once
 
 #include <ATen/core/Tensor.h>
