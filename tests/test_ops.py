@@ -361,10 +361,11 @@ def test_a_residual_of_another_shape_dtype_or_device_is_refused(device):
 
 # (batch, heads, queries, keys, head_dim): BERT-base's heads; odd sizes of every dimension (queries and
 # keys not multiples of the 8-query block or of a vector, head_dim not a multiple of 16); one key;
-# cross attention (queries != keys; 130 keys: past the 128 up to which CPUs below AVX-512 run the
-# written-out form, PyTorch's flash kernel beyond); a batch without queries.
+# cross attention (queries != keys; 130 keys: past the 128 up to which CPUs without AVX2 run the
+# written-out form; 600 keys: past the 512 up to which AVX2 CPUs run the kernel, PyTorch's flash
+# kernel beyond); a batch without queries.
 ATTENTION_CASES = [(1, 12, 128, 128, 64), (2, 3, 37, 5, 20), (1, 1, 1, 1, 1), (3, 2, 9, 130, 64), (2, 4, 17, 17, 33),
-                   (1, 2, 0, 6, 8)]
+                   (1, 2, 5, 600, 24), (1, 2, 0, 6, 8)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

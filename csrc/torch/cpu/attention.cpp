@@ -19,10 +19,16 @@ at::Tensor as_fp32_rows(const at::Tensor& t) {
   return f.stride(3) == 1 ? f : f.contiguous();
 }
 
-// Below AVX-512, up to this many keys the written-out form (one batched matmul for the scores,
-// softmax in place, one for the output) beats PyTorch's flash kernel; beyond it flash wins (Zen 3,
-// 2 threads, 12 heads of 64: 1.30x / 1.44x faster at 64 / 128 keys, level at 256, 0.49x at 1024).
+// Without AVX2, up to this many keys the written-out form (one batched matmul for the scores,
+// softmax in place, one for the output) beats PyTorch's flash kernel; beyond it flash wins (measured
+// on a Zen 3 with 2 threads, 12 heads of 64: 1.30x / 1.44x faster at 64 / 128 keys, level at 256,
+// 0.49x at 1024).
 constexpr int64_t kWrittenOutMaxKeys = 128;
+
+// With AVX2 but not AVX-512, up to this many keys the kernel beats PyTorch's flash kernel (Zen 3,
+// 2 threads, 12 heads of 64: 1.3x at 128 keys, 1.03x at 512, 0.77x at 1024): its whole rows of
+// scores and the head's keys and values outgrow L2 beyond that.
+constexpr int64_t kAvx2KernelMaxKeys = 512;
 
 // softmax(scale * q k^T) v for fp32 [batch, heads, n, d] tensors, as [batch, heads, queries, d].
 at::Tensor written_out_attention(const AttentionProblem& p, const at::Tensor& q, const at::Tensor& k,
@@ -50,11 +56,11 @@ at::Tensor scaled_dot_product_attention_cpu(const at::Tensor& query, const at::T
                        .transpose(1, 2);
   if (out.numel() > 0) {
     const at::Tensor q = as_fp32_rows(query), k = as_fp32_rows(key), v = as_fp32_rows(value);
-    // The kernel's score tiles are vec16 registers; below AVX-512 they spill (30x slower than
-    // PyTorch's kernel on a Zen 3), so there PyTorch's ops fill the op's layout instead.
-    if (cpu::cpu_isa() != cpu::Isa::kX86_64_V4) {
-      out.copy_(p.keys <= kWrittenOutMaxKeys ? written_out_attention(p, q, k, v, scale)
-                                             : at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale));
+    const cpu::Isa isa = cpu::cpu_isa();
+    if (isa == cpu::Isa::kBaseline || (isa == cpu::Isa::kX86_64_V3 && p.keys > kAvx2KernelMaxKeys)) {
+      out.copy_(isa == cpu::Isa::kBaseline && p.keys <= kWrittenOutMaxKeys
+                    ? written_out_attention(p, q, k, v, scale)
+                    : at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale));
       return out.to(query.scalar_type());
     }
     cpu::scaled_dot_product_attention(
