@@ -13,6 +13,9 @@ dense) and batch size, the same pruned weights run in every engine on the same t
                       the sparse kernels' epilogues
   sparse_rt-fused-unpacked  the same with its Linear layers unpacked (SparseLinear.packs = False);
                       only when named in --engines: what packing gains, measured in the same run
+  sparse_rt-fused-trusted  sparse_rt-fused run with trusted packings (sparse_rt.ops.trusted_packings:
+                      no per-call comparison of the packings with the weights, packing from fewer rows);
+                      only when named in --engines
   onnxruntime         the pruned model exported to ONNX (dense), stock onnxruntime
   onnxruntime-sparse  sparse_rt's ONNX sparse flavour (its own ops) in onnxruntime
   openvino            the same dense ONNX file in OpenVINO, fp32 forced, LATENCY hint
@@ -87,15 +90,32 @@ def _fused_unpacked(pruned, example):
     return model
 
 
+class _TrustingPackings(torch.nn.Module):
+    """A model whose calls run with trusted packings (sparse_rt.ops.trusted_packings)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with sparse_rt.ops.trusted_packings():
+            return self.model(x)
+
+
+def _fused_trusted(pruned, example):
+    return _TrustingPackings(_fused(pruned, example)).eval()
+
+
 SPARSE_RT_VARIANTS = {
     "sparse_rt": _planned,
     "sparse_rt-fused": _fused,
     "sparse_rt-fused-unpacked": _fused_unpacked,
+    "sparse_rt-fused-trusted": _fused_trusted,
 }
 DENSE_ENGINES = ("torch-dense", "onnxruntime", "openvino")
 ENGINES = ("torch-dense", *SPARSE_RT_VARIANTS, "onnxruntime", "onnxruntime-sparse", "openvino", "deepsparse")
 # Run only when named: a variant that measures a feature of another.
-OPT_IN_ENGINES = ("sparse_rt-fused-unpacked",)
+OPT_IN_ENGINES = ("sparse_rt-fused-unpacked", "sparse_rt-fused-trusted")
 
 
 def log(message):

@@ -229,6 +229,36 @@ def test_sparse_linear_packs_its_weight_for_large_inputs_and_repacks_after_chang
 
 
 @requires_compiled_ops
+def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes_with_its_packing():
+    """Trusted packings (sparse_rt.ops.trusted_packings): a layer of density PACKING_MIN_DENSITY_TRUSTED or
+    more packs from PACKING_MIN_ROWS_TRUSTED rows, its outputs stay the unpacked ones bit for bit, a
+    counted change still repacks, and an uncounted one is computed with the packing made before it
+    until repack(), as documented."""
+    dense = _pruned_linear(in_f=700, out_f=300, sparsity=0.8)
+    layer = SparseLinear.from_dense(dense)
+    x = randn(linear_module.PACKING_MIN_ROWS_TRUSTED, 700, seed=1)
+    assert linear_module.PACKING_MIN_ROWS_TRUSTED < linear_module.PACKING_MIN_ROWS
+    expected = layer(x)
+    assert layer.packing(x) is None  # too few rows while the ops compare every packing
+    sparser = SparseLinear.from_dense(_pruned_linear(in_f=700, out_f=300, sparsity=0.95))
+    assert sparser.values.numel() < linear_module.PACKING_MIN_DENSITY_TRUSTED * 700 * 300
+    with sparse_rt.ops.trusted_packings():
+        assert layer.packing(randn(linear_module.PACKING_MIN_ROWS_TRUSTED - 1, 700, seed=2)) is None
+        assert sparser.packing(x) is None  # too sparse to pay at so few rows
+        assert torch.equal(layer(x), expected)
+        packing = layer.packing(x)
+        assert packing is not None and packing.numel() > 0
+        with torch.no_grad():
+            layer.values.mul_(2)  # counted: packs again
+        assert_close(layer(x), 2 * (expected - dense.bias) + dense.bias, torch.float32)
+        assert layer.packing(x) is not packing
+        layer.values.data.mul_(0.5)  # not counted: the packing of the doubled weight is used
+        assert_close(layer(x), 2 * (expected - dense.bias) + dense.bias, torch.float32)
+        layer.repack()
+        assert torch.equal(layer(x), expected)
+
+
+@requires_compiled_ops
 def test_a_sparse_linear_made_in_inference_mode_packs_and_its_stale_packing_is_refused():
     """Inference tensors have no version counter: the layer packs all the same, and an in-place change
     made in inference mode is caught by the ops' comparison."""

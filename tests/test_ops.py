@@ -2,6 +2,8 @@
 
 import gzip
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -510,3 +512,44 @@ def test_packed_csr_ops_refuse_a_packing_that_is_not_the_weights():
     small = randn(40, 700, seed=3)
     assert torch.equal(ops.csr_linear(small, w.crow_indices, w.col_indices, changed, None, 700, packed=packing),
                        ops.csr_linear(small, w.crow_indices, w.col_indices, changed, None, 700))
+
+
+@requires_compiled_ops
+def test_trusted_packings_skip_the_entry_comparison_but_not_the_layout_check():
+    """With trusted packings a stale packing is computed with, as documented (the weight it was made
+    from), a packing with columns outside the weight is clamped rather than read out of bounds, and
+    a malformed layout is still refused."""
+    w = _packable(300, 700, 1)
+    packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, 700)
+    x = randn(64, 700, seed=2)
+    changed = w.values.clone()
+    changed[w.crow_indices[200]] += 1
+
+    def linear(packed, values=w.values):
+        return ops.csr_linear(x, w.crow_indices, w.col_indices, values, None, 700, packed=packed)
+
+    assert not ops.trusted_packings_enabled()
+    with ops.trusted_packings():
+        assert ops.trusted_packings_enabled()
+        assert torch.equal(linear(packing, changed), linear(None))  # stale: the packed values
+        corrupt = packing.clone()
+        corrupt[-2] = 1 << 30  # the last entry's column
+        assert torch.isfinite(linear(corrupt)).all()
+        with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linear: packed has a layout that does not fit"):
+            linear(packing[:-2])
+        with ops.trusted_packings(False):  # a nested block turns it off for its calls
+            with pytest.raises(RuntimeError, match=r"packed differs from col_indices / values in row 200"):
+                linear(packing, changed)
+    with pytest.raises(RuntimeError, match=r"packed differs from col_indices / values in row 200"):
+        linear(packing, changed)
+    assert not ops.set_trusted_packings(True) and ops.trusted_packings_enabled()
+    assert ops.set_trusted_packings(False) and not ops.trusted_packings_enabled()
+
+
+@requires_compiled_ops
+def test_trusted_packings_from_the_environment():
+    code = "from sparse_rt import ops; print(ops.trusted_packings_enabled())"
+    for value, expected in (("1", "True"), ("0", "False")):
+        env = {**os.environ, "SPARSE_RT_TRUST_PACKINGS": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected

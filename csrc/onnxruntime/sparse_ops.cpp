@@ -254,7 +254,10 @@ class PackedWeight {
     if (!crow_ || !col_ || !values_ || view.crow != crow_ || view.col != col_ || view.values != values_) return nullptr;
     std::call_once(packed_once_, [&] {
       blob_ = cpu::pack_nonzeros(view);
-      if (!blob_.empty()) view_ = cpu::packed_nonzeros(blob_.data());
+      if (!blob_.empty()) {
+        view_ = cpu::packed_nonzeros(blob_.data());
+        view_.columns_checked = true;  // made here from the weight's checked columns
+      }
     });
     return blob_.empty() ? nullptr : &view_;
   }

@@ -293,23 +293,43 @@ bool env_flag(const char* name) {
   return value != nullptr && std::strcmp(value, "1") == 0;
 }
 
-std::atomic<bool> full_index_checks{env_flag("SPARSE_RT_CHECK_INDICES")};
+// A process-wide opt-in (its environment variable, or the setter) that each thread may override
+// with a state of its own: -1 follows the process, 0 is off, 1 on.
+struct OptIn {
+  std::atomic<bool> process;
+  bool enabled(int thread_state) const {
+    return thread_state >= 0 ? thread_state == 1 : process.load(std::memory_order_relaxed);
+  }
+};
+
+int exchange_thread_state(int& thread_state, int state, const char* what) {
+  TORCH_CHECK(state >= -1 && state <= 1, "sparse_rt: thread ", what, " state must be -1, 0 or 1");
+  const int previous = thread_state;
+  thread_state = state;
+  return previous;
+}
+
+OptIn full_index_checks{env_flag("SPARSE_RT_CHECK_INDICES")};
 thread_local int thread_full_index_checks = -1;
+OptIn trusted_packings{env_flag("SPARSE_RT_TRUST_PACKINGS")};
+thread_local int thread_trusted_packings = -1;
 
 }  // namespace
 
-bool full_index_checks_enabled() {
-  return thread_full_index_checks >= 0 ? thread_full_index_checks == 1
-                                       : full_index_checks.load(std::memory_order_relaxed);
-}
+bool full_index_checks_enabled() { return full_index_checks.enabled(thread_full_index_checks); }
 
-void set_full_index_checks(bool enabled) { full_index_checks.store(enabled); }
+void set_full_index_checks(bool enabled) { full_index_checks.process.store(enabled); }
 
 int set_thread_full_index_checks(int state) {
-  TORCH_CHECK(state >= -1 && state <= 1, "sparse_rt: thread full-index-check state must be -1, 0 or 1");
-  const int previous = thread_full_index_checks;
-  thread_full_index_checks = state;
-  return previous;
+  return exchange_thread_state(thread_full_index_checks, state, "full-index-check");
+}
+
+bool trusted_packings_enabled() { return trusted_packings.enabled(thread_trusted_packings); }
+
+void set_trusted_packings(bool enabled) { trusted_packings.process.store(enabled); }
+
+int set_thread_trusted_packings(int state) {
+  return exchange_thread_state(thread_trusted_packings, state, "trusted-packing");
 }
 
 void check_sparse_indices(const char* op, const at::Tensor& crow, const at::Tensor& col,

@@ -173,6 +173,17 @@ bool full_index_checks_enabled();
 void set_full_index_checks(bool enabled);
 int set_thread_full_index_checks(int state);  // returns the thread's previous state
 
+// Whether the CPU ops trust a `packed` argument's nonzeros: they check its layout against the row
+// pointers (O(rows + segments)) but do not compare its entries with col_indices and values (a pass
+// over every nonzero of both), and the SpMM clamps its columns into the weight, so a packing never
+// makes a read out of bounds; a packing made before writes to the weight that its layer did not see
+// is then computed with, silently. Off by default; SPARSE_RT_TRUST_PACKINGS=1 or
+// sparse_rt.ops.set_trusted_packings(True) process-wide, sparse_rt.ops.trusted_packings() per thread
+// (the same three states as the full index checks).
+bool trusted_packings_enabled();
+void set_trusted_packings(bool enabled);
+int set_thread_trusted_packings(int state);
+
 // Index validation of CPU tensors before a kernel reads them: crow starts at 0, is non-decreasing
 // and ends at nnz; with `check_columns`, every column index lies in [0, cols). The CPU ops run it on
 // every call (columns when full checks are enabled); the CUDA ops run it on host copies to word

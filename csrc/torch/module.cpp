@@ -34,6 +34,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_full_index_checks", &sparse_rt::set_full_index_checks, pybind11::arg("enabled"));
   m.def("set_thread_full_index_checks", &sparse_rt::set_thread_full_index_checks,
         pybind11::arg("state"));
+  m.def("trusted_packings_enabled", &sparse_rt::trusted_packings_enabled);
+  m.def("set_trusted_packings", &sparse_rt::set_trusted_packings, pybind11::arg("enabled"));
+  m.def("set_thread_trusted_packings", &sparse_rt::set_thread_trusted_packings, pybind11::arg("state"));
   m.def("cpu_block_cache_stats", [] {
     const sparse_rt::BlockCacheStats s = sparse_rt::block_cache_stats();
     pybind11::dict stats;

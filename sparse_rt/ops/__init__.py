@@ -18,6 +18,9 @@ from ._library import (
     onnxruntime_kernels_library,
     set_cpu_cache_limit,
     set_full_index_checks,
+    set_trusted_packings,
+    trusted_packings,
+    trusted_packings_enabled,
 )
 from .geometry import conv2d_output_hw, conv2d_output_size
 
@@ -121,5 +124,6 @@ __all__ = ["pack_csr", "csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "cs
            "scaled_dot_product_attention", "add_layer_norm", "reference", "HAS_COMPILED_OPS",
            "csr_cuda_kernel", "CSR_CUDA_KERNELS", "CSR_CUDA_KERNEL_VARIABLE",
            "build_info", "full_index_checks", "onnxruntime_kernels_library", "set_full_index_checks",
-           "cpu_cache_stats", "set_cpu_cache_limit", "empty_cpu_cache",
+           "cpu_cache_stats", "set_cpu_cache_limit", "empty_cpu_cache", "set_trusted_packings",
+           "trusted_packings", "trusted_packings_enabled",
            "conv2d_output_size", "conv2d_output_hw"]

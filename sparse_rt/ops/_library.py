@@ -52,14 +52,55 @@ def set_full_index_checks(enabled):
 def full_index_checks(enabled=True):
     """Turns full index checks on (or off) for op calls made by the current thread inside the
     block; other threads keep their own setting, so concurrent blocks cannot undo each other."""
+    with _thread_setting("set_thread_full_index_checks", enabled):
+        yield
+
+
+def set_trusted_packings(enabled):
+    """Makes the CPU ops trust the `packed` arguments (pack_csr's packings) of csr_linear, csr_linears
+    and csr_mlp: they check a packing's layout against the weight's row pointers (O(rows + segments))
+    but no longer compare its entries with col_indices and values (a pass over every nonzero of both,
+    on every call; half the time of a BERT-base feed-forward block at 128 tokens), and the SpMM clamps
+    the packing's columns into the weight, so no read goes out of bounds. sparse_rt's layers of
+    density PACKING_MIN_DENSITY_TRUSTED and more then pack from PACKING_MIN_ROWS_TRUSTED input rows
+    on (sparse_rt/nn/linear.py).
+
+    The price: a layer repacks after the in-place changes PyTorch counts, but after writes it does not
+    count (through .data or NumPy, or to tensors made in inference mode) the ops compute with the
+    packing made before them, silently, until the layer's repack() is called. Turn it on for weights
+    that stay as loaded. Off by default; also enabled by SPARSE_RT_TRUST_PACKINGS=1. Returns the
+    previous setting. Without the compiled ops it does nothing (they have no packings)."""
+    if not HAS_COMPILED_OPS:
+        return False
+    previous = _C.trusted_packings_enabled()
+    _C.set_trusted_packings(bool(enabled))
+    return previous
+
+
+def trusted_packings_enabled():
+    """Whether op calls made by the current thread trust packings (set_trusted_packings)."""
+    return HAS_COMPILED_OPS and _C.trusted_packings_enabled()
+
+
+@contextlib.contextmanager
+def trusted_packings(enabled=True):
+    """Trusts packings (set_trusted_packings) for op calls made by the current thread inside the
+    block, or not (enabled=False); other threads keep their own setting."""
+    with _thread_setting("set_thread_trusted_packings", enabled):
+        yield
+
+
+@contextlib.contextmanager
+def _thread_setting(setter, enabled):
+    """The current thread's state of a compiled setting (_C.<setter>) on or off inside the block."""
     if not HAS_COMPILED_OPS:
         yield
         return
-    previous = _C.set_thread_full_index_checks(int(bool(enabled)))
+    previous = getattr(_C, setter)(int(bool(enabled)))
     try:
         yield
     finally:
-        _C.set_thread_full_index_checks(previous)
+        getattr(_C, setter)(previous)
 
 
 def cpu_cache_stats():

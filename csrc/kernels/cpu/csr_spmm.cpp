@@ -281,15 +281,18 @@ template <typename Vec, int VECS, typename V>
 
 // Rows [row_begin, row_end) of a 64-column operand from the packed nonzeros (PackedNonzeros): the
 // row blocks overlapping the range, each block's segments in order, those of rows outside the
-// range skipped.
-template <typename Vec, int VECS>
-[[gnu::always_inline]] inline void packed_tile(const PackedNonzeros& p, const DenseRows& b, const StridedOutput& y,
-                                               const Epilogue& ep, int64_t row_begin, int64_t row_end) {
+// range skipped. kClamp: each column is clamped into [0, cols), for entries not compared with the
+// weight (PackedNonzeros::columns_checked).
+template <typename Vec, int VECS, bool kClamp>
+[[gnu::always_inline]] inline void packed_tile(const PackedNonzeros& p, int64_t cols, const DenseRows& b,
+                                               const StridedOutput& y, const Epilogue& ep, int64_t row_begin,
+                                               int64_t row_end) {
   constexpr int64_t kWidth = VECS * int64_t(kLanesOf<Vec>);
   static_assert(kWidth == kPackedTileWidth && kWidth <= kTileStride && VECS >= 4);
   alignas(64) float sums[kPackedRowBlock * kTileStride];
   const float* const data = b.data;
   const int64_t ld = b.ld;
+  const uint32_t last_col = uint32_t(cols - 1);
   for (int64_t block = row_begin / kPackedRowBlock; block * kPackedRowBlock < row_end; ++block) {
     const int64_t first = block * kPackedRowBlock;
     const int64_t lo = std::max(row_begin, first) - first, hi = std::min(row_end, first + kPackedRowBlock) - first;
@@ -305,7 +308,10 @@ template <typename Vec, int VECS>
       float* const tile = sums + segment.row * kTileStride;
       Vec acc[VECS];
       for (int i = 0; i < VECS; ++i) acc[i] = load<Vec>(tile + kLanesOf<Vec> * i);
-      for (; e < end; ++e) add_scaled(acc, e->value, data + int64_t(e->col) * ld);
+      for (; e < end; ++e) {
+        const uint32_t col = kClamp ? std::min(uint32_t(e->col), last_col) : uint32_t(e->col);
+        add_scaled(acc, e->value, data + int64_t(col) * ld);
+      }
       __builtin_memcpy(tile, acc, sizeof acc);
     }
     for (int64_t g = lo; g < hi; g += kGroup) {
@@ -326,7 +332,9 @@ template <typename Wide, typename V>
   int64_t q = 0;
   constexpr int kLanes = kLanesOf<Wide>;
   if (w.packed && b.width == kPackedTileWidth) {
-    return packed_tile<Wide, kPackedTileWidth / kLanes>(*w.packed, b, y, ep, row_begin, row_end);
+    return w.packed->columns_checked
+               ? packed_tile<Wide, kPackedTileWidth / kLanes, false>(*w.packed, w.cols, b, y, ep, row_begin, row_end)
+               : packed_tile<Wide, kPackedTileWidth / kLanes, true>(*w.packed, w.cols, b, y, ep, row_begin, row_end);
   }
   for (; q + 64 <= b.width; q += 64) column_tile<Wide, 64 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 32 <= b.width; q += 32) column_tile<Wide, 32 / kLanes>(w, b, y, ep, row_begin, row_end, q);

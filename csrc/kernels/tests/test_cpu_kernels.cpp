@@ -187,8 +187,9 @@ template <typename V>
 std::vector<int32_t> checked_packing(const CsrView<V>& w) {
   std::vector<int32_t> blob = pack_nonzeros(w);
   if (blob.empty()) return blob;
-  const auto error = [&](const std::vector<int32_t>& b, int64_t size, const CsrView<V>& view) {
-    return find_packed_error(view, b.data(), size, kThreeChunks);
+  const auto error = [&](const std::vector<int32_t>& b, int64_t size, const CsrView<V>& view,
+                         bool compare_entries = true) {
+    return find_packed_error(view, b.data(), size, kThreeChunks, compare_entries);
   };
   const auto fails_with = [&](const std::string& what, const std::vector<int32_t>& b, const std::string& words,
                               int64_t size = -1, const CsrView<V>* view = nullptr) {
@@ -204,6 +205,9 @@ std::vector<int32_t> checked_packing(const CsrView<V>& w) {
   altered = blob;
   altered[last_entry] = int32_t(w.cols);
   fails_with("a column out of range", altered, "changed after it was packed");
+  // Trusted (entries not compared), both pass; the SpMM clamps the column (test_clamped_packing).
+  expect(error(altered, int64_t(altered.size()), w, false).empty(),
+         "find_packed_error without comparing entries accepts a changed column");
   altered = blob;
   const int64_t segment = (reinterpret_cast<const int32_t*>(p.segments) - blob.data());
   altered[segment + 1] = 1 << 30;
@@ -211,6 +215,8 @@ std::vector<int32_t> checked_packing(const CsrView<V>& w) {
   altered = blob;
   altered[segment] = int32_t(kPackedRowBlock);
   fails_with("a segment of another block's row", altered, "outside its row block");
+  expect(error(altered, int64_t(altered.size()), w, false).find("outside its row block") != std::string::npos,
+         "find_packed_error without comparing entries still rejects a segment of another block's row");
   fails_with("a shortened blob", blob, "layout", int64_t(blob.size()) - 2);
   fails_with("three ints", blob, "header", 3);
   CsrView<V> wider = w;
@@ -258,23 +264,30 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
   }
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
   const Epilogue ep{bias.data(), relu, with_residual ? residual.data() : nullptr, gelu};
-  std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN), y_packed(batch * rows, NAN);
-  // The nonzeros packed for the tiled kernel, where that pays: the same sums bit for bit.
+  std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN), y_packed(batch * rows, NAN),
+      y_clamped(batch * rows, NAN);
+  // The nonzeros packed for the tiled kernel, where that pays: the same sums bit for bit, with the
+  // columns known to be checked and with them clamped.
   const std::vector<int32_t> packed = checked_packing(w);
-  const PackedNonzeros packed_view = packed.empty() ? PackedNonzeros{} : packed_nonzeros(packed.data());
-  CsrView<V> w_packed = w;
+  PackedNonzeros packed_view = packed.empty() ? PackedNonzeros{} : packed_nonzeros(packed.data());
+  PackedNonzeros clamped_view = packed_view;
+  packed_view.columns_checked = true;
+  CsrView<V> w_packed = w, w_clamped = w;
   w_packed.packed = packed.empty() ? nullptr : &packed_view;
+  w_clamped.packed = packed.empty() ? nullptr : &clamped_view;
   // Two row ranges, as two threads would compute them.
   const int64_t mid = balanced_row_start(m.crow.data(), rows, 1, 2);
   for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, mid}, {mid, rows}}) {
     csr_linear_gather(w, x.data(), batch, y_gather.data(), ep, r0, r1);
     csr_linear_tiled(w, panels.data(), batch, y_tiled.data(), ep, r0, r1);
     csr_linear_tiled(w_packed, panels.data(), batch, y_packed.data(), ep, r0, r1);
+    csr_linear_tiled(w_clamped, panels.data(), batch, y_clamped.data(), ep, r0, r1);
   }
   expect(!expect_packed || !packed.empty(), "pack_nonzeros " + std::to_string(rows) + "x" + std::to_string(cols) + " packs");
-  expect(std::memcmp(y_tiled.data(), y_packed.data(), y_tiled.size() * sizeof(float)) == 0,
+  expect(std::memcmp(y_tiled.data(), y_packed.data(), y_tiled.size() * sizeof(float)) == 0 &&
+             std::memcmp(y_tiled.data(), y_clamped.data(), y_tiled.size() * sizeof(float)) == 0,
          "csr_linear " + std::to_string(rows) + "x" + std::to_string(cols) + " batch " + std::to_string(batch) +
-             ": packed nonzeros give the unpacked sums");
+             ": packed nonzeros (columns checked or clamped) give the unpacked sums");
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t r = 0; r < rows; ++r) {
       double ref = bias[r];
@@ -287,6 +300,45 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
                                 ", " + std::to_string(r) + ")";
       expect(close(y_gather[n * rows + r], ref), "gather " + where);
       expect(close(y_tiled[n * rows + r], ref), "tiled " + where);
+    }
+  }
+}
+
+// A packing whose entries were not compared with the weight (trusted packings) and hold columns
+// outside it, above and (as int32) below: the SpMM clamps them into the operand instead of reading
+// outside it (the sanitizer build would report the read), and the rows they are not in come out as
+// the unpacked kernel's.
+void test_clamped_packing() {
+  const int64_t rows = 300, cols = 700, batch = 64;
+  std::mt19937 g(7);
+  const RandomCsr m = random_csr(rows, cols, 0.2, g);
+  const CsrView<float> w{m.crow.data(), m.col.data(), m.val.data(), rows, cols};
+  std::vector<int32_t> blob = pack_nonzeros(w);
+  expect(!blob.empty(), "test_clamped_packing: the weight packs");
+  const PackedNonzeros view = packed_nonzeros(blob.data());
+  const int64_t nnz = m.crow[rows];
+  const int64_t first_column = reinterpret_cast<const int32_t*>(view.entries) - blob.data();
+  blob[first_column] = -5;
+  blob[first_column + 2 * (nnz - 1)] = 1 << 30;
+  expect(find_packed_error(w, blob.data(), int64_t(blob.size()), kThreeChunks, false).empty(),
+         "test_clamped_packing: the layout passes");
+  // The weight rows of the first and the last entry: those of the first and the last segment.
+  const int64_t last_block = (rows - 1) / kPackedRowBlock, segments = view.block_segments[last_block + 1];
+  const int64_t altered[] = {view.segments[0].row, last_block * kPackedRowBlock + view.segments[segments - 1].row};
+  CsrView<float> w_packed = w;
+  w_packed.packed = &view;
+  const PanelLayout layout{batch, cols};
+  std::vector<float> x(batch * cols), panels(layout.padded() * cols);
+  for (auto& v : x) v = exact_value(g);
+  pack_panels(x.data(), layout, panels.data(), kThreeChunks);
+  std::vector<float> y(batch * rows), y_packed(batch * rows);
+  csr_linear_tiled(w, panels.data(), batch, y.data(), Epilogue{}, 0, rows);
+  csr_linear_tiled(w_packed, panels.data(), batch, y_packed.data(), Epilogue{}, 0, rows);
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float got = y_packed[n * rows + r];
+      expect(std::isfinite(got) && (r == altered[0] || r == altered[1] || got == y[n * rows + r]),
+             "test_clamped_packing: row " + std::to_string(r) + " of input " + std::to_string(n));
     }
   }
 }
@@ -723,6 +775,7 @@ int main() {
   test_balanced_rows();
   test_index_checks();
   test_conv_layout_is_bounded();
+  test_clamped_packing();
   test_attention();
   test_add_layer_norm();
   test_value_type<float>();

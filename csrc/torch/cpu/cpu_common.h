@@ -69,21 +69,24 @@ inline at::Tensor packed_input(const char* op, const at::Tensor& x, int64_t batc
 }
 
 // The view of a CSR op's packing (pack_csr's result) where the SpMM will read it (some panel is a
-// full 64 columns), after comparing it with the weight w; null where it is absent, empty (pack_csr
+// full 64 columns), after checking it against the weight w (find_packed_error: its entries too,
+// unless packings are trusted); null where it is absent, empty (pack_csr
 // found it would not pay) or not read. `view` holds the view.
 template <typename V>
 const cpu::PackedNonzeros* checked_packing(const char* op, const c10::optional<at::Tensor>& packed,
                                            const cpu::CsrView<V>& w, int64_t batch, cpu::PackedNonzeros& view) {
-  if (!packed || packed->numel() == 0 || cpu::PanelLayout{batch, w.cols}.padded() < cpu::kPackedTileWidth) {
+  if (!packed || packed->numel() == 0 || w.cols == 0 || cpu::PanelLayout{batch, w.cols}.padded() < cpu::kPackedTileWidth) {
     return nullptr;
   }
   const int32_t* blob = packed->const_data_ptr<int32_t>();
-  const std::string error = cpu::find_packed_error(w, blob, packed->numel(), torch_parallel_for());
+  const bool compare_entries = !trusted_packings_enabled();
+  const std::string error = cpu::find_packed_error(w, blob, packed->numel(), torch_parallel_for(), compare_entries);
   SPARSE_RT_CHECK(error.empty(), op, "packed ", error,
                   " (pack it again with sparse_rt.ops.pack_csr; a sparse_rt layer repacks by itself after "
                   "in-place changes PyTorch sees, and after others, such as writes through .data or NumPy, "
                   "once its repack() is called)");
   view = cpu::packed_nonzeros(blob);
+  view.columns_checked = compare_entries;
   return &view;
 }
 
