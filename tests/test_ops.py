@@ -517,8 +517,8 @@ def test_packed_csr_ops_refuse_a_packing_that_is_not_the_weights():
 @requires_compiled_ops
 def test_trusted_packings_skip_the_entry_comparison_but_not_the_layout_check():
     """With trusted packings a stale packing is computed with, as documented (the weight it was made
-    from), a packing with columns outside the weight is clamped rather than read out of bounds, and
-    a malformed layout is still refused."""
+    from), a packing with columns outside the weight or segments outside their row block is read
+    within bounds, and a malformed header or row block offsets are still refused."""
     w = _packable(300, 700, 1)
     packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, 700)
     x = randn(64, 700, seed=2)
@@ -534,6 +534,8 @@ def test_trusted_packings_skip_the_entry_comparison_but_not_the_layout_check():
         assert torch.equal(linear(packing, changed), linear(None))  # stale: the packed values
         corrupt = packing.clone()
         corrupt[-2] = 1 << 30  # the last entry's column
+        # The first segment's row and length (after the header and the two row blocks' offsets)
+        corrupt[6 + 2 * 3:6 + 2 * 3 + 2] = torch.tensor([-3, 1 << 30], dtype=torch.int32)
         assert torch.isfinite(linear(corrupt)).all()
         with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linear: packed has a layout that does not fit"):
             linear(packing[:-2])

@@ -281,8 +281,10 @@ template <typename Vec, int VECS, typename V>
 
 // Rows [row_begin, row_end) of a 64-column operand from the packed nonzeros (PackedNonzeros): the
 // row blocks overlapping the range, each block's segments in order, those of rows outside the
-// range skipped. kClamp: each column is clamped into [0, cols), for entries not compared with the
-// weight (PackedNonzeros::columns_checked).
+// range skipped. A segment never reaches past its block's entries, so a blob whose segments were
+// not placed (find_packed_error without the comparison) is read within bounds. kClamp: each column
+// is clamped into [0, cols), for entries not compared with the weight
+// (PackedNonzeros::columns_checked).
 template <typename Vec, int VECS, bool kClamp>
 [[gnu::always_inline]] inline void packed_tile(const PackedNonzeros& p, int64_t cols, const DenseRows& b,
                                                const StridedOutput& y, const Epilogue& ep, int64_t row_begin,
@@ -298,9 +300,10 @@ template <typename Vec, int VECS, bool kClamp>
     const int64_t lo = std::max(row_begin, first) - first, hi = std::min(row_end, first + kPackedRowBlock) - first;
     std::fill(sums + lo * kTileStride, sums + hi * kTileStride, 0.f);
     const PackedNonzeros::Entry* e = p.entries + p.block_entries[block];
+    const PackedNonzeros::Entry* const block_end = p.entries + p.block_entries[block + 1];
     for (int64_t s = p.block_segments[block]; s < p.block_segments[block + 1]; ++s) {
       const PackedNonzeros::Segment segment = p.segments[s];
-      const PackedNonzeros::Entry* const end = e + segment.count;
+      const PackedNonzeros::Entry* const end = e + std::clamp<int64_t>(segment.count, 0, block_end - e);
       if (segment.row < lo || segment.row >= hi) {
         e = end;
         continue;

@@ -128,6 +128,11 @@ std::string find_packed_error(const CsrView<V>& w, const int32_t* blob, int64_t 
       p.block_entries[row_blocks] != entry_count) {
     return "has segment or entry offsets that do not span its segments and entries";
   }
+  // Without the comparison that is all: the SpMM keeps each segment within its row block's rows and
+  // entries and clamps the columns, so whatever the segments hold it reads nothing outside the blob
+  // or the operand. Placing them (below) is O(segments): 5-6% of csr_mlp at BERT-base's shapes and
+  // 128 rows (Zen 3).
+  if (!compare_entries) return "";
   // The segments' places: each segment continues its row from where the row's previous segment
   // ended, within the row and the block's entries, and a block's segments use up its rows and its
   // entries (O(segments + rows), row blocks over the threads). "" or the block's first problem.
@@ -160,7 +165,6 @@ std::string find_packed_error(const CsrView<V>& w, const int32_t* blob, int64_t 
   };
   const int64_t bad_block = first_violation(row_blocks, 1, pf, [&](int64_t b) { return !place_segments(b).empty(); });
   if (bad_block != kNoViolation) return place_segments(bad_block);
-  if (!compare_entries) return "";
   // Then every entry against the CSR arrays, segments over the threads: an entry's 8 bytes against
   // its column and value as one 64-bit word (the loop vectorizes), its column in range.
   const uint64_t* words = reinterpret_cast<const uint64_t*>(p.entries);

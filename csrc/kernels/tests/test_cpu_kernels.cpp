@@ -215,8 +215,14 @@ std::vector<int32_t> checked_packing(const CsrView<V>& w) {
   altered = blob;
   altered[segment] = int32_t(kPackedRowBlock);
   fails_with("a segment of another block's row", altered, "outside its row block");
-  expect(error(altered, int64_t(altered.size()), w, false).find("outside its row block") != std::string::npos,
-         "find_packed_error without comparing entries still rejects a segment of another block's row");
+  // Without the comparison the segments are not placed (the SpMM keeps them in bounds:
+  // test_clamped_packing), but the row blocks' offsets are still checked.
+  expect(error(altered, int64_t(altered.size()), w, false).empty(),
+         "find_packed_error without comparing entries accepts a misplaced segment");
+  altered = blob;
+  altered[kPackedHeader] = 1;  // the first row block's segments would start at segment 1
+  expect(error(altered, int64_t(altered.size()), w, false).find("offsets") != std::string::npos,
+         "find_packed_error without comparing entries rejects a row block's segment offsets");
   fails_with("a shortened blob", blob, "layout", int64_t(blob.size()) - 2);
   fails_with("three ints", blob, "header", 3);
   CsrView<V> wider = w;
@@ -305,9 +311,11 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
 }
 
 // A packing whose entries were not compared with the weight (trusted packings) and hold columns
-// outside it, above and (as int32) below: the SpMM clamps them into the operand instead of reading
-// outside it (the sanitizer build would report the read), and the rows they are not in come out as
-// the unpacked kernel's.
+// outside it, above and (as int32) below, and whose first row block has segments running past its
+// entries, of negative length and of rows outside it: the SpMM clamps the columns into the operand
+// and keeps the segments within their block instead of reading outside either (the sanitizer build
+// would report the read), and the rows of the second block that the columns are not in come out
+// as the unpacked kernel's.
 void test_clamped_packing() {
   const int64_t rows = 300, cols = 700, batch = 64;
   std::mt19937 g(7);
@@ -320,11 +328,16 @@ void test_clamped_packing() {
   const int64_t first_column = reinterpret_cast<const int32_t*>(view.entries) - blob.data();
   blob[first_column] = -5;
   blob[first_column + 2 * (nnz - 1)] = 1 << 30;
-  expect(find_packed_error(w, blob.data(), int64_t(blob.size()), kThreeChunks, false).empty(),
-         "test_clamped_packing: the layout passes");
-  // The weight rows of the first and the last entry: those of the first and the last segment.
+  // The weight row of the last entry: that of the last segment.
   const int64_t last_block = (rows - 1) / kPackedRowBlock, segments = view.block_segments[last_block + 1];
-  const int64_t altered[] = {view.segments[0].row, last_block * kPackedRowBlock + view.segments[segments - 1].row};
+  const int64_t altered_row = last_block * kPackedRowBlock + view.segments[segments - 1].row;
+  expect(last_block == 1 && view.block_segments[1] >= 3, "test_clamped_packing: two row blocks, three segments");
+  int32_t* first_segments = blob.data() + (reinterpret_cast<const int32_t*>(view.segments) - blob.data());
+  first_segments[1] = 1 << 30;      // segment 0: its count
+  first_segments[3] = -4;           // segment 1: its count
+  first_segments[4] = -1;           // segment 2: its row
+  expect(find_packed_error(w, blob.data(), int64_t(blob.size()), kThreeChunks, false).empty(),
+         "test_clamped_packing: the row blocks' offsets pass");
   CsrView<float> w_packed = w;
   w_packed.packed = &view;
   const PanelLayout layout{batch, cols};
@@ -337,7 +350,7 @@ void test_clamped_packing() {
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t r = 0; r < rows; ++r) {
       const float got = y_packed[n * rows + r];
-      expect(std::isfinite(got) && (r == altered[0] || r == altered[1] || got == y[n * rows + r]),
+      expect(std::isfinite(got) && (r < kPackedRowBlock || r == altered_row || got == y[n * rows + r]),
              "test_clamped_packing: row " + std::to_string(r) + " of input " + std::to_string(n));
     }
   }
