@@ -11,24 +11,13 @@ forward are counted for each after the timing.
 """
 
 import argparse
-import datetime
-import json
 import resource
-import sys
-import time
-from pathlib import Path
 
 import torch
+from in_process_ab import add_arguments, bench_model, write_report  # beside this file
 
-import sparse_rt
-from sparse_rt import models, ops
-from sparse_rt.inputs import example_input
-from sparse_rt.machine import busy_warning, load_average, machine_info
-from sparse_rt.timing import call_block, compare_latency_blocks, median
-
-
-def log(message):
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+from sparse_rt import ops
+from sparse_rt.machine import load_average
 
 
 def _with_limit(limit, forward):
@@ -46,57 +35,31 @@ def _faults_per_forward(run, calls=3):
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
-def bench(model_name, sparsity, batches, limit, args):
-    shape = models.input_shape(model_name)
-    torch.manual_seed(args.seed)
-    pruned = sparse_rt.magnitude_prune(models.create(model_name).eval(), sparsity,
-                                       exclude=models.keep_dense(model_name)).eval()
-    model = sparse_rt.sparsify(pruned, example_inputs=(example_input(1, shape, seed=args.seed),)).eval()
-    model.fuse()
-    rows = []
-    with torch.inference_mode():
-        for batch in batches:
-            x = example_input(batch, shape, seed=args.seed)
-            engines = {"cache": _with_limit(limit, lambda: model(x)),
-                       "no-cache": _with_limit(0, lambda: model(x))}
-            if not torch.equal(engines["cache"](), engines["no-cache"]()):
-                raise AssertionError(f"{model_name} batch {batch}: outputs differ with and without the cache")
-            samples = compare_latency_blocks({name: call_block(run) for name, run in engines.items()},
-                                             block_calls=args.block_calls, min_time=args.min_time)
-            p50 = {name: median(s) * 1e3 for name, s in samples.items()}
-            faults = {name: _faults_per_forward(run) for name, run in engines.items()}
-            rows.append({"model": model_name, "sparsity": sparsity, "batch": batch, "p50_ms": p50,
-                         "samples": {name: len(s) for name, s in samples.items()},
-                         "page_faults_per_forward": faults, "speedup": p50["no-cache"] / p50["cache"]})
-            log(f"{model_name} {sparsity:g} batch {batch}: cache {p50['cache']:.1f} ms, no cache "
-                f"{p50['no-cache']:.1f} ms ({rows[-1]['speedup']:.2f}x); faults per forward {faults['cache']:.0f} "
-                f"against {faults['no-cache']:.0f}")
+def bench(model_name, sparsity, limit, args):
+    def settings(model, x):
+        return {"cache": _with_limit(limit, lambda: model(x)), "no-cache": _with_limit(0, lambda: model(x))}
+
+    def faults(engines):
+        return {"page_faults_per_forward": {name: _faults_per_forward(run) for name, run in engines.items()}}
+
+    rows = bench_model(model_name, sparsity, args, settings, faults)
+    for row in rows:
+        row["speedup"] = row["p50_ms"]["no-cache"] / row["p50_ms"]["cache"]
     ops.set_cpu_cache_limit(limit)
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["resnet50", "bert_encoder"], choices=models.names())
+    add_arguments(parser, models_default=["resnet50", "bert_encoder"], batch_default=[1, 8], min_time_default=20.0)
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--block-calls", type=int, default=5, help="timed calls per turn")
-    parser.add_argument("--min-time", type=float, default=20.0, help="seconds of rounds per configuration")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="result file (default benchmarks/results/block-cache-DATE.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start_load = load_average()
     limit = ops.cpu_cache_stats()["limit_bytes"]  # the default, or SPARSE_RT_CPU_CACHE_LIMIT_MB's
-    rows = [row for name in args.models for row in bench(name, args.sparsity, args.batch, limit, args)]
-    end_load = load_average()
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv), "threads": args.threads, "machine": machine_info(),
-              "load": {"start": start_load, "end": end_load},
-              "warning": busy_warning(start_load, end_load, args.threads), "results": rows}
-    out = Path(args.out or Path(__file__).parent / "results" / f"block-cache-{datetime.date.today()}.json")
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    rows = [row for name in args.models for row in bench(name, args.sparsity, limit, args)]
+    report, out = write_report(rows, args, start_load, "block-cache")
     print("| model | sparsity | batch | cache ms | no cache ms | speedup | faults per forward (cache / no cache) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

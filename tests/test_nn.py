@@ -230,8 +230,8 @@ def test_sparse_linear_packs_its_weight_for_large_inputs_and_repacks_after_chang
 
 @requires_compiled_ops
 def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes_with_its_packing():
-    """Trusted packings (sparse_rt.ops.trusted_packings): a layer packs from PACKING_MIN_ROWS_TRUSTED
-    rows, its outputs stay the unpacked ones bit for bit, a
+    """Trusted packings (sparse_rt.ops.trusted_packings): a layer of density PACKING_MIN_DENSITY_TRUSTED or
+    more packs from PACKING_MIN_ROWS_TRUSTED rows, its outputs stay the unpacked ones bit for bit, a
     counted change still repacks, and an uncounted one is computed with the packing made before it
     until repack(), as documented."""
     dense = _pruned_linear(in_f=700, out_f=300, sparsity=0.8)
@@ -240,8 +240,11 @@ def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes
     assert linear_module.PACKING_MIN_ROWS_TRUSTED < linear_module.PACKING_MIN_ROWS
     expected = layer(x)
     assert layer.packing(x) is None  # too few rows while the ops compare every packing
+    sparser = SparseLinear.from_dense(_pruned_linear(in_f=700, out_f=300, sparsity=0.95))
+    assert sparser.values.numel() < linear_module.PACKING_MIN_DENSITY_TRUSTED * 700 * 300
     with sparse_rt.ops.trusted_packings():
         assert layer.packing(randn(linear_module.PACKING_MIN_ROWS_TRUSTED - 1, 700, seed=2)) is None
+        assert sparser.packing(x) is None  # too sparse to pay at so few rows
         assert torch.equal(layer(x), expected)
         packing = layer.packing(x)
         assert packing is not None and packing.numel() > 0

@@ -16,12 +16,13 @@ from ._sparse_weight import SparseWeightModule
 # layers at 80-90% (a script outside the repo), 0.68-1.08x at 128, 1.02-1.16x at 512, 1.07-1.21x
 # at 1024.
 PACKING_MIN_ROWS = 512
-# With trusted packings (ops.set_trusted_packings) the ops skip that comparison, and a packing pays
-# from one whole panel on (pack_csr declines a weight too sparse to gain: fewer than 4 nonzeros per
-# row and column block). BERT-base feed-forward shapes, csr_mlp packed against unpacked, trusted
-# (2 threads, Zen 3, a script outside the repo): 1.23x at density 0.1 and 1.03x at 0.05 at 128 rows,
-# 1.22x and 1.03x at 256.
+# With trusted packings (ops.set_trusted_packings) the ops skip that comparison, and a packing of a
+# weight of at least PACKING_MIN_DENSITY_TRUSTED pays from one whole panel on. Whole BERT-base at
+# batch 1 (128 tokens), trusted, packing from 64 rows against not packing, in one process (2 threads,
+# Zen 3, a script outside the repo): 1.14x at 90%, 0.976x at 95%, although csr_mlp alone at
+# BERT-base's shapes gains 1.23x at density 0.1 and 1.03x at 0.05.
 PACKING_MIN_ROWS_TRUSTED = 64
+PACKING_MIN_DENSITY_TRUSTED = 0.08
 # "0" when a layer packs keeps its weight unpacked (the packing's 8 bytes per nonzero are saved).
 PACKING_VARIABLE = "SPARSE_RT_PACK_NONZEROS"
 
@@ -97,12 +98,11 @@ class SparseLinear(SparseWeightModule):
         """The packing of this layer's weight (ops.pack_csr) that the CPU ops read for `input` (or for
         an input of its rows: the product of its leading dimensions), or None: for a CSR weight that
         `packs` and the compiled ops, a plain CPU input of at least PACKING_MIN_ROWS rows
-        (PACKING_MIN_ROWS_TRUSTED with trusted packings), outside an export or torch.compile (which see
-        the op without it)."""
+        (PACKING_MIN_ROWS_TRUSTED with trusted packings and a density of at least
+        PACKING_MIN_DENSITY_TRUSTED), outside an export or torch.compile (which see the op without it)."""
         if (not self.packs or self.format != "csr" or not ops.HAS_COMPILED_OPS or type(input) is not torch.Tensor
                 or input.device.type != "cpu" or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-                or math.prod(input.shape[:-1])
-                < (PACKING_MIN_ROWS_TRUSTED if ops.trusted_packings_enabled() else PACKING_MIN_ROWS)):
+                or math.prod(input.shape[:-1]) < self._packing_min_rows()):
             return None
         tensors = (self.crow_indices, self.col_indices, self.values)
         key = self._packing_key
@@ -113,6 +113,13 @@ class SparseLinear(SparseWeightModule):
             self._packing = packing if packing is not None and packing.numel() > 0 else None
             self._packing_key = tuple((weakref.ref(t), _version(t)) for t in tensors)
         return self._packing
+
+    def _packing_min_rows(self):
+        dense_entries = self.out_features * self.in_features
+        if (ops.trusted_packings_enabled() and dense_entries > 0
+                and self.values.numel() >= PACKING_MIN_DENSITY_TRUSTED * dense_entries):
+            return PACKING_MIN_ROWS_TRUSTED
+        return PACKING_MIN_ROWS
 
     def repack(self):
         """Drops the packing, so that the next call packs the weight again: needed after writes to

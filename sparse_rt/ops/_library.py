@@ -62,8 +62,8 @@ def set_trusted_packings(enabled):
     longer compare its entries with col_indices and values (a pass over every nonzero of both, on
     every call; half the time of a BERT-base feed-forward block at 128 tokens), and the SpMM keeps
     each segment of nonzeros within its row block and clamps the packing's columns into the weight,
-    so no read goes out of bounds. sparse_rt's layers then pack from PACKING_MIN_ROWS_TRUSTED input
-    rows on (sparse_rt/nn/linear.py).
+    so no read goes out of bounds. sparse_rt's layers of density PACKING_MIN_DENSITY_TRUSTED and more
+    then pack from PACKING_MIN_ROWS_TRUSTED input rows on (sparse_rt/nn/linear.py).
 
     The price: a layer repacks after the in-place changes PyTorch counts, but after writes it does not
     count (through .data or NumPy, or to tensors made in inference mode) the ops compute with the
