@@ -11,7 +11,7 @@ struct PackedNonzeros;  // packed_nonzeros.h
 
 // CSR matrix [rows, cols]: row r holds entries crow[r] .. crow[r+1]-1. `packed`, when given, views
 // pack_nonzeros of this same matrix (its nonzeros in the tiled SpMM's order), which the SpMM then
-// reads instead of col and values.
+// reads instead of col and values for a 64-column panel.
 template <typename V>
 struct CsrView {
   const int32_t* crow;
