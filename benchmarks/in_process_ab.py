@@ -49,7 +49,8 @@ def fused_model(model_name, sparsity, seed):
 
 
 def time_settings(settings, what, args):
-    """{name: p50 ms} of `settings` ({name: callable}), after checking that they give equal outputs."""
+    """({name: p50 ms}, {name: timed calls}) of `settings` ({name: callable}), after checking that they
+    give equal outputs."""
     outputs = {name: run() for name, run in settings.items()}
     first, *others = outputs
     for name in others:
@@ -57,11 +58,11 @@ def time_settings(settings, what, args):
             raise AssertionError(f"{what}: the outputs of {first} and {name} differ")
     samples = compare_latency_blocks({name: call_block(run) for name, run in settings.items()},
                                      block_calls=args.block_calls, min_time=args.min_time)
-    return {name: median(s) * 1e3 for name, s in samples.items()}
+    return {name: median(s) * 1e3 for name, s in samples.items()}, {name: len(s) for name, s in samples.items()}
 
 
 def bench_model(model_name, sparsity, args, settings_of, measure_more=None):
-    """One row {model, sparsity, batch, p50_ms, ...} per batch size in args.batch: the fused model timed
+    """One row {model, sparsity, batch, p50_ms, samples, ...} per batch size in args.batch: the fused model timed
     under settings_of(model, x), and measure_more(settings) merged into the row where given."""
     shape = models.input_shape(model_name)
     model = fused_model(model_name, sparsity, args.seed)
@@ -69,9 +70,9 @@ def bench_model(model_name, sparsity, args, settings_of, measure_more=None):
     with torch.inference_mode():
         for batch in args.batch:
             settings = settings_of(model, example_input(batch, shape, seed=args.seed))
-            p50 = time_settings(settings, f"{model_name} {sparsity:g} batch {batch}", args)
+            p50, counts = time_settings(settings, f"{model_name} {sparsity:g} batch {batch}", args)
             rows.append({"model": model_name, "sparsity": sparsity, "batch": batch, "p50_ms": p50,
-                         **(measure_more(settings) if measure_more else {})})
+                         "samples": counts, **(measure_more(settings) if measure_more else {})})
             log(f"{model_name} {sparsity:g} batch {batch}: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in p50.items()))
     return rows
 

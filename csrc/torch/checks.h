@@ -173,11 +173,11 @@ bool full_index_checks_enabled();
 void set_full_index_checks(bool enabled);
 int set_thread_full_index_checks(int state);  // returns the thread's previous state
 
-// Whether the CPU ops trust a `packed` argument's nonzeros: they check its layout against the row
-// pointers (O(rows + segments)) but do not compare its entries with col_indices and values (a pass
-// over every nonzero of both), and the SpMM clamps its columns into the weight, so a packing never
-// makes a read out of bounds; a packing made before writes to the weight that its layer did not see
-// is then computed with, silently. Off by default; SPARSE_RT_TRUST_PACKINGS=1 or
+// Whether the CPU ops trust a `packed` argument's nonzeros: they check its header and row blocks'
+// offsets (O(rows / 256)) but do not compare its entries with col_indices and values (a pass over
+// every nonzero of both), and the SpMM keeps each segment within its row block and clamps its
+// columns into the weight, so a packing never makes a read out of bounds; a packing made before
+// writes to the weight that its layer did not see is then computed with, silently. Off by default; SPARSE_RT_TRUST_PACKINGS=1 or
 // sparse_rt.ops.set_trusted_packings(True) process-wide, sparse_rt.ops.trusted_packings() per thread
 // (the same three states as the full index checks).
 bool trusted_packings_enabled();
