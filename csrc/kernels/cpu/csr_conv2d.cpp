@@ -7,6 +7,7 @@
 
 #include "../checked_int.h"
 #include "csr_spmm.h"
+#include "finished_rows.h"
 #include "scalar_types.h"
 
 namespace sparse_rt::cpu {
@@ -87,9 +88,12 @@ void conv_tap_offsets_of_rows(const int32_t* crow, const int32_t* col, const Con
 }
 
 // Copies the output pixels out of the wide rows; `ep` (bias already added) applies what must come
-// after it, residual and activation, which index the cropped output.
-void crop_wide_output(const Conv2dShape& s, const PackedConvLayout& l, const float* wide,
-                      float* out, const Epilogue& ep, int64_t o_begin, int64_t o_end) {
+// after it, residual and activation, which index the cropped output. In vectors: element by element
+// (Epilogue::apply) this pass took 6.5% of fused ResNet-50's time at batch 1 (Zen 3); in vectors the
+// whole model runs 1.04-1.06x faster at 90% and 95%, batch 1 and 8.
+template <typename Wide>
+[[gnu::always_inline]] inline void crop_rows(const Conv2dShape& s, const PackedConvLayout& l, const float* wide,
+                                             float* out, const Epilogue& ep, int64_t o_begin, int64_t o_end) {
   for (int64_t o = o_begin; o < o_end; ++o) {
     for (int64_t oy = 0; oy < s.out_h; ++oy) {
       const int64_t start = (o * s.out_h + oy) * s.out_w;
@@ -98,9 +102,14 @@ void crop_wide_output(const Conv2dShape& s, const PackedConvLayout& l, const flo
         std::memcpy(out + start, row, sizeof(float) * s.out_w);
         continue;
       }
-      for (int64_t ox = 0; ox < s.out_w; ++ox) out[start + ox] = ep.apply(row[ox], o, start + ox);
+      store_finished_row<Wide>(row, 0.f, ep.residual ? ep.residual + start : nullptr, ep, out + start, s.out_w);
     }
   }
+}
+
+void crop_wide_output(const Conv2dShape& s, const PackedConvLayout& l, const float* wide,
+                      float* out, const Epilogue& ep, int64_t o_begin, int64_t o_end) {
+  SPARSE_RT_DISPATCH_WIDE(crop_rows<Wide>(s, l, wide, out, ep, o_begin, o_end))
 }
 
 // The output pixels q in [0, out) whose tap at `offset` (k * dilation - pad) reads inside

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "cache_sizes.h"
+#include "finished_rows.h"
 #include "isa.h"
 #include "scalar_types.h"
 #include "vectors.h"
@@ -96,29 +97,6 @@ inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOut
 // meant 64 scattered scalar stores per row for linear layers, which cost more than the sums.
 constexpr int64_t kGroup = 16, kTileStride = 64;
 
-// Stores at `out` the epilogue of a vector of sums that already hold their bias: + residual (when
-// given, read at `residual`), then ep's activation; the same order of operations as Epilogue::apply.
-template <typename Vec>
-[[gnu::always_inline]] inline void store_finished(const Vec& sums, const float* residual, const Epilogue& ep,
-                                                  float* out) {
-  Vec v = sums;
-  if (residual) v += load<Vec>(residual);
-  v = ep.activate(v);
-  __builtin_memcpy(out, &v, sizeof v);
-}
-
-// out[j] for j from `j` while a whole Vec fits before `end`: the epilogue on sums[j] + bias.
-// Returns the first j not stored.
-template <typename Vec>
-[[gnu::always_inline]] inline int64_t store_vectors(const float* sums, float bias, const float* residual,
-                                                    const Epilogue& ep, float* out, int64_t j, int64_t end) {
-  constexpr int64_t kLanes = kLanesOf<Vec>;
-  for (; j + kLanes <= end; j += kLanes) {
-    store_finished<Vec>(load<Vec>(sums + j) + bias, residual ? residual + j : nullptr, ep, out + j);
-  }
-  return j;
-}
-
 // Whole groups of a linear layer's output (consecutive rows adjacent), stored Wide-square blocks
 // at a time: each block transposed in registers, then stored a column at a time.
 template <typename Wide>
@@ -169,20 +147,11 @@ template <typename Wide>
     return;
   }
   if (y.col_stride == 1) {
-    // A convolution's output: each row's columns are contiguous, stored as whole vectors (stores
-    // of single floats missing the cache filled the store queue long before memory was busy).
+    // A convolution's output: each row's columns are contiguous.
     for (int64_t i = 0; i < count; ++i) {
       const int64_t r = r0 + i, start = r * y.row_stride + q0;
-      const float bias = ep.bias ? ep.bias[r] : 0.f;
-      const float* sums = tile + i * kTileStride;
-      const float* residual = ep.residual ? ep.residual + start : nullptr;
-      float* out = y.data + start;
-      int64_t j = store_vectors<Wide>(sums, bias, residual, ep, out, 0, stored);
-      if constexpr (kLanesOf<Wide> > 8) j = store_vectors<vec8>(sums, bias, residual, ep, out, j, stored);
-      for (; j < stored; ++j) {
-        const float v = sums[j] + bias + (residual ? residual[j] : 0.f);
-        out[j] = ep.activate(v);
-      }
+      store_finished_row<Wide>(tile + i * kTileStride, ep.bias ? ep.bias[r] : 0.f,
+                               ep.residual ? ep.residual + start : nullptr, ep, y.data + start, stored);
     }
     return;
   }
