@@ -44,8 +44,8 @@ class SparseLinear(SparseWeightModule):
 
     # Whether this layer packs (False keeps it unpacked, as SPARSE_RT_PACK_NONZEROS=0 does for all).
     packs = True
-    # (weak reference, version) of crow_indices, col_indices and values when packed (None for an
-    # inference tensor's version); the packing, None where there is none (not worth it, turned off).
+    # Weak references to crow_indices, col_indices and values when packed, then their versions (None
+    # for an inference tensor); the packing, None where there is none (not worth it, turned off).
     _packing_key = None
     _packing = None
 
@@ -100,24 +100,30 @@ class SparseLinear(SparseWeightModule):
         `packs` and the compiled ops, a plain CPU input of at least PACKING_MIN_ROWS rows
         (PACKING_MIN_ROWS_TRUSTED with trusted packings and a density of at least
         PACKING_MIN_DENSITY_TRUSTED), outside an export or torch.compile (which see the op without it)."""
+        # An export or torch.compile traces this method: it must return before reading anything else.
         if (not self.packs or self.format != "csr" or not ops.HAS_COMPILED_OPS or type(input) is not torch.Tensor
-                or input.device.type != "cpu" or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-                or math.prod(input.shape[:-1]) < self._packing_min_rows()):
+                or input.device.type != "cpu" or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
             return None
-        tensors = (self.crow_indices, self.col_indices, self.values)
+        crow, col, values = self.crow_indices, self.col_indices, self.values
+        if math.prod(input.shape[:-1]) < self._packing_min_rows(values):
+            return None
+        # Checked on every call (72 times per BERT-base forward), so written out rather than looped:
+        # the generator over the three tensors cost more than the rest of this method.
         key = self._packing_key
-        if key is None or any(ref() is not t or version != _version(t) for (ref, version), t in zip(key, tensors)):
+        if (key is None or key[0]() is not crow or key[1]() is not col or key[2]() is not values
+                or key[3] != _version(crow) or key[4] != _version(col) or key[5] != _version(values)):
             packing = None
             if os.environ.get(PACKING_VARIABLE) != "0":
-                packing = ops.pack_csr(*tensors, self.in_features)
+                packing = ops.pack_csr(crow, col, values, self.in_features)
             self._packing = packing if packing is not None and packing.numel() > 0 else None
-            self._packing_key = tuple((weakref.ref(t), _version(t)) for t in tensors)
+            self._packing_key = (weakref.ref(crow), weakref.ref(col), weakref.ref(values),
+                                 _version(crow), _version(col), _version(values))
         return self._packing
 
-    def _packing_min_rows(self):
+    def _packing_min_rows(self, values):
         dense_entries = self.out_features * self.in_features
         if (ops.trusted_packings_enabled() and dense_entries > 0
-                and self.values.numel() >= PACKING_MIN_DENSITY_TRUSTED * dense_entries):
+                and values.numel() >= PACKING_MIN_DENSITY_TRUSTED * dense_entries):
             return PACKING_MIN_ROWS_TRUSTED
         return PACKING_MIN_ROWS
 
