@@ -104,9 +104,10 @@ class SparseLinear(SparseWeightModule):
         if (not self.packs or self.format != "csr" or not ops.HAS_COMPILED_OPS or type(input) is not torch.Tensor
                 or input.device.type != "cpu" or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
             return None
-        crow, col, values = self.crow_indices, self.col_indices, self.values
+        values = self.values
         if math.prod(input.shape[:-1]) < self._packing_min_rows(values):
-            return None
+            return None  # the common case below PACKING_MIN_ROWS: nothing else read
+        crow, col = self.crow_indices, self.col_indices
         # Checked on every call (72 times per BERT-base forward), so written out rather than looped:
         # the generator over the three tensors cost more than the rest of this method.
         key = self._packing_key
