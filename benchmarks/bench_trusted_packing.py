@@ -22,20 +22,20 @@ from in_process_ab import add_arguments, bench_model, write_report  # beside thi
 
 from sparse_rt import ops
 from sparse_rt.machine import load_average
-from sparse_rt.nn import linear as linear_module
+from sparse_rt.nn import packing as packing_module
 
 NEVER = 1 << 62  # more rows than any input has
 
 
 @contextlib.contextmanager
 def _packing_rule(min_rows, min_density):
-    """The trusted layers' packing rule (sparse_rt/nn/linear.py) changed for the block."""
-    saved = linear_module.PACKING_MIN_ROWS_TRUSTED, linear_module.PACKING_MIN_DENSITY_TRUSTED
-    linear_module.PACKING_MIN_ROWS_TRUSTED, linear_module.PACKING_MIN_DENSITY_TRUSTED = min_rows, min_density
+    """The trusted layers' packing rule (sparse_rt/nn/packing.py) changed for the block."""
+    saved = packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED
+    packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED = min_rows, min_density
     try:
         yield
     finally:
-        linear_module.PACKING_MIN_ROWS_TRUSTED, linear_module.PACKING_MIN_DENSITY_TRUSTED = saved
+        packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED = saved
 
 
 def settings(model, x):
@@ -47,7 +47,7 @@ def settings(model, x):
 
     return {"default": lambda: model(x),
             "trusted": trusted(),
-            "trusted-any-density": trusted((linear_module.PACKING_MIN_ROWS_TRUSTED, 0.0)),
+            "trusted-any-density": trusted((packing_module.PACKING_MIN_ROWS_TRUSTED, 0.0)),
             "trusted-unpacked": trusted((NEVER, 0.0))}
 
 

@@ -10,7 +10,7 @@ from helpers import randn, requires_compiled_ops
 
 from sparse_rt import magnitude_prune, ops
 from sparse_rt.nn import SparseLinear
-from sparse_rt.nn import linear as linear_module
+from sparse_rt.nn import packing as packing_module
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -19,7 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def test_a_small_run_reports_every_setting(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     bench = importlib.import_module("bench_trusted_packing")
-    rule = linear_module.PACKING_MIN_ROWS_TRUSTED, linear_module.PACKING_MIN_DENSITY_TRUSTED
+    rule = packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED
     out = tmp_path / "trusted-packing.json"
     bench.main(["--models", "bert_encoder", "--sparsity", "0.9", "--batch", "1", "--min-time", "0",
                 "--block-calls", "1", "--out", str(out)])
@@ -28,7 +28,7 @@ def test_a_small_run_reports_every_setting(tmp_path, monkeypatch, capsys):
     assert set(row["p50_ms"]) == {"default", "trusted", "trusted-any-density", "trusted-unpacked"}
     assert all(v > 0 for v in row["p50_ms"].values())
     assert row["speedup_over_default"]["trusted"] == row["p50_ms"]["default"] / row["p50_ms"]["trusted"]
-    assert (linear_module.PACKING_MIN_ROWS_TRUSTED, linear_module.PACKING_MIN_DENSITY_TRUSTED) == rule
+    assert (packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED) == rule
     assert not ops.trusted_packings_enabled()
     assert "| bert_encoder | 0.9 | 1 |" in capsys.readouterr().out
 
@@ -39,9 +39,9 @@ def test_each_setting_packs_the_layers_its_name_says(monkeypatch):
     bench = importlib.import_module("bench_trusted_packing")
     torch.manual_seed(0)
     denser, sparser = (SparseLinear.from_dense(magnitude_prune(torch.nn.Linear(700, 300), s)) for s in (0.8, 0.95))
-    assert sparser.values.numel() < linear_module.PACKING_MIN_DENSITY_TRUSTED * 700 * 300 <= denser.values.numel()
+    assert sparser.values.numel() < packing_module.PACKING_MIN_DENSITY_TRUSTED * 700 * 300 <= denser.values.numel()
     model = torch.nn.Sequential(denser, torch.nn.Linear(300, 700), sparser)
-    x = randn(linear_module.PACKING_MIN_ROWS_TRUSTED, 700, seed=1)
+    x = randn(packing_module.PACKING_MIN_ROWS_TRUSTED, 700, seed=1)
     packed = []
     monkeypatch.setattr(SparseLinear, "packing", _recording(SparseLinear.packing, packed))
     expected = {"default": [False, False], "trusted": [True, False], "trusted-any-density": [True, True],

@@ -8,7 +8,7 @@ from torch import nn
 
 import sparse_rt
 from sparse_rt.nn import SparseConv2d, SparseLinear
-from sparse_rt.nn import linear as linear_module
+from sparse_rt.nn import packing as packing_module
 from sparse_rt.pruning import magnitude_prune
 
 
@@ -193,13 +193,13 @@ def test_sparse_linear_packs_its_weight_for_large_inputs_and_repacks_after_chang
     PyTorch's back until repack(), and keeps the packing out of state_dict, pickles and copies."""
     dense = _pruned_linear(in_f=700, out_f=300, sparsity=0.8)
     layer = SparseLinear.from_dense(dense)
-    rows = linear_module.PACKING_MIN_ROWS
+    rows = packing_module.PACKING_MIN_ROWS
     x, small = randn(2, rows // 2, 700, seed=1), randn(rows - 1, 700, seed=2)
     unpacked = SparseLinear.from_dense(dense)
-    monkeypatch.setenv(linear_module.PACKING_VARIABLE, "0")
+    monkeypatch.setenv(packing_module.PACKING_VARIABLE, "0")
     expected = unpacked(x)
     assert unpacked.packing(x) is None
-    monkeypatch.delenv(linear_module.PACKING_VARIABLE)
+    monkeypatch.delenv(packing_module.PACKING_VARIABLE)
 
     layer(small)
     assert layer.packing(small) is None  # too few rows to pay for the packing's check
@@ -236,14 +236,14 @@ def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes
     until repack(), as documented."""
     dense = _pruned_linear(in_f=700, out_f=300, sparsity=0.8)
     layer = SparseLinear.from_dense(dense)
-    x = randn(linear_module.PACKING_MIN_ROWS_TRUSTED, 700, seed=1)
-    assert linear_module.PACKING_MIN_ROWS_TRUSTED < linear_module.PACKING_MIN_ROWS
+    x = randn(packing_module.PACKING_MIN_ROWS_TRUSTED, 700, seed=1)
+    assert packing_module.PACKING_MIN_ROWS_TRUSTED < packing_module.PACKING_MIN_ROWS
     expected = layer(x)
     assert layer.packing(x) is None  # too few rows while the ops compare every packing
     sparser = SparseLinear.from_dense(_pruned_linear(in_f=700, out_f=300, sparsity=0.95))
-    assert sparser.values.numel() < linear_module.PACKING_MIN_DENSITY_TRUSTED * 700 * 300
+    assert sparser.values.numel() < packing_module.PACKING_MIN_DENSITY_TRUSTED * 700 * 300
     with sparse_rt.ops.trusted_packings():
-        assert layer.packing(randn(linear_module.PACKING_MIN_ROWS_TRUSTED - 1, 700, seed=2)) is None
+        assert layer.packing(randn(packing_module.PACKING_MIN_ROWS_TRUSTED - 1, 700, seed=2)) is None
         assert sparser.packing(x) is None  # too sparse to pay at so few rows
         assert torch.equal(layer(x), expected)
         packing = layer.packing(x)
@@ -259,12 +259,43 @@ def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes
 
 
 @requires_compiled_ops
+def test_a_pointwise_sparse_conv2d_packs_for_enough_pixels_and_repacks_after_changes(monkeypatch):
+    """A 1x1, stride-1 layer packs from PACKING_MIN_PIXELS pixels of all its images together (outputs
+    bit for bit the unpacked ones and within rounding of the dense layer), packs again after a counted
+    change and refuses a stale packing until repack(); other convolutions never pack."""
+    torch.manual_seed(2)
+    dense = magnitude_prune(nn.Sequential(nn.Conv2d(700, 300, 1)), 0.8)[0]
+    layer = SparseConv2d.from_dense(dense)
+    x = randn(4, 700, 7, 7, seed=1)  # 196 pixels
+    small = randn(1, 700, 7, 7, seed=2)
+    assert 4 * 7 * 7 >= packing_module.PACKING_MIN_PIXELS > 7 * 7
+    monkeypatch.setenv(packing_module.PACKING_VARIABLE, "0")
+    expected = SparseConv2d.from_dense(dense)(x)
+    monkeypatch.delenv(packing_module.PACKING_VARIABLE)
+    assert layer.packing(small) is None
+    packing = layer.packing(x)
+    assert packing is not None and layer.packing(x) is packing
+    assert torch.equal(layer(x), expected)
+    assert_close(layer(x), dense(x), torch.float32)
+    with torch.no_grad():
+        layer.values.mul_(2)
+    assert layer.packing(x) is not packing
+    layer.values.data.mul_(0.5)
+    with pytest.raises(RuntimeError, match=r"sparse_rt.csr_conv2d: packed differs .* repack\(\)"):
+        layer(x)
+    layer.repack()
+    assert torch.equal(layer(x), expected)
+    for conv in (nn.Conv2d(700, 300, 1, stride=2), nn.Conv2d(700, 300, 3, padding=1), nn.Conv2d(700, 300, 1, groups=2)):
+        assert SparseConv2d.from_dense(magnitude_prune(nn.Sequential(conv), 0.8)[0]).packing(x) is None
+
+
+@requires_compiled_ops
 def test_a_sparse_linear_made_in_inference_mode_packs_and_its_stale_packing_is_refused():
     """Inference tensors have no version counter: the layer packs all the same, and an in-place change
     made in inference mode is caught by the ops' comparison."""
     with torch.inference_mode():
         layer = SparseLinear.from_dense(_pruned_linear(in_f=700, out_f=300))
-        x = randn(linear_module.PACKING_MIN_ROWS, 700, seed=1)
+        x = randn(packing_module.PACKING_MIN_ROWS, 700, seed=1)
         expected = layer(x)
         assert layer.packing(x) is not None
         layer.values.mul_(2)

@@ -743,6 +743,49 @@ def test_native_packed_weights_on_dlmc_transformer_patterns(dlmc, monkeypatch):
         torch.testing.assert_close(torch.from_numpy(packed).double(), expected, rtol=1e-5, atol=1e-4, msg=path.name)
 
 
+@requires_compiled_ops
+@needs_native
+def test_native_packed_pointwise_convolutions_on_dlmc_rn50_patterns(dlmc, monkeypatch):
+    """Real pruned 1x1 layers (DLMC ResNet-50, 90%), one CsrConv2d per shape over 3 images of 7x7
+    (panels across the images): packed and unpacked sessions agree bit for bit and with the
+    convolution in double."""
+    import gzip
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparse_rt.formats.smtx import load_smtx
+
+    shapes = {}
+    for path in sorted((dlmc / "rn50/magnitude_pruning/0.9").glob("*.smtx.gz")):
+        with gzip.open(path, "rt") as f:
+            rows, cols = (int(v) for v in f.readline().split(",")[:2])
+        if not (cols % 9 == 0 and cols // 9 >= 64):  # 1x1 layers only
+            shapes.setdefault((rows, cols), path)
+    packable = 0
+    for (rows, cols), path in shapes.items():
+        w = load_smtx(path, seed=0)
+        packable += sparse_rt.ops.pack_csr(w.crow_indices, w.col_indices, w.values, cols).numel() > 0
+        weights = [numpy_helper.from_array(t.numpy(), name) for t, name in (
+            (w.crow_indices, "crow"), (w.col_indices, "col"), (w.values, "values"), (torch.zeros(rows), "bias"))]
+        node = helper.make_node("CsrConv2d", ["X", "crow", "col", "values", "bias"], ["Y"], name="conv",
+                                domain="sparse_rt", in_channels=cols, kernel_h=1, kernel_w=1, stride_h=1, stride_w=1,
+                                pad_h=0, pad_w=0, dilation_h=1, dilation_w=1, group=1, relu=0)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                                              ["N", cols, 7, 7])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=weights)
+        source = _model_of(graph, opset=20).SerializeToString()
+        x = np.random.default_rng(1).standard_normal((3, cols, 7, 7), dtype=np.float32)
+        monkeypatch.delenv("SPARSE_RT_PACK_NONZEROS", raising=False)
+        packed = _native_session_by_hand(source, threads=2).run(None, {"X": x})[0]
+        monkeypatch.setenv("SPARSE_RT_PACK_NONZEROS", "0")
+        unpacked = _native_session_by_hand(source, threads=2).run(None, {"X": x})[0]
+        np.testing.assert_array_equal(packed, unpacked, err_msg=path.name)
+        expected = torch.nn.functional.conv2d(torch.from_numpy(x).double(), w.to_dense().double()[:, :, None, None])
+        torch.testing.assert_close(torch.from_numpy(packed).double(), expected, rtol=1e-5, atol=1e-4, msg=path.name)
+    assert packable > 0
+
+
 def _linear_then_gelu(approximate="none", relu=0, also_output=False):
     """CsrLinear [N, 8] -> [N, 4] (columns 0, 3, 5, 7, values 1, 2, 3, 4) then Gelu; with
     also_output the linear's output is a graph output too."""

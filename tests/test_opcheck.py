@@ -34,7 +34,7 @@ def test_opcheck_csr_linear(device):
 
 
 def test_opcheck_pack_csr_and_the_ops_reading_a_packing():
-    """CPU only (packings are the CPU kernels' layout); 64 input rows, so that the packing is read."""
+    """CPU only (packings are the CPU kernels' layout); 64 input rows or more, so that the packing is read."""
     for dtype in DTYPES:
         w1 = random_csr(40, 300, 0.3, seed=1, dtype=dtype)
         w2 = random_csr(24, 40, 0.3, seed=2, dtype=dtype)
@@ -51,6 +51,10 @@ def test_opcheck_pack_csr_and_the_ops_reading_a_packing():
         torch.library.opcheck(torch.ops.sparse_rt.csr_mlp.default,
                               (x, w1.crow_indices, w1.col_indices, w1.values, None, w2.crow_indices, w2.col_indices,
                                w2.values, None, 300, "gelu", None, packing, None))
+        image = randn(2, 300, 6, 6, dtype=dtype)  # a pointwise convolution over 72 pixels reads it
+        torch.library.opcheck(torch.ops.sparse_rt.csr_conv2d.default,
+                              (image, w1.crow_indices, w1.col_indices, w1.values, None, 300, [1, 1], [1, 1], [0, 0],
+                               [1, 1], 1, True, None, packing))
 
 
 @pytest.mark.parametrize("device", DEVICES)

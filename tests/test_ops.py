@@ -444,6 +444,53 @@ def test_packed_csr_ops_give_the_unpacked_outputs_bit_for_bit(dtype):
     assert_close(packed_mlp, reference.csr_mlp(*mlp, compute_dtype=torch.float64), dtype)
 
 
+def _pointwise_conv(w, packed=None, residual=None):
+    """A pointwise csr_conv2d of w ([out_channels, in_channels]) with a bias and a ReLU."""
+    bias = randn(w.shape[0], dtype=w.values.dtype, seed=4)
+    return lambda x: ops.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[1], (1, 1), (1, 1),
+                                    (0, 0), (1, 1), 1, True, residual, packed)
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_pointwise_csr_conv2d_gives_the_unpacked_outputs_bit_for_bit(dtype):
+    """A pointwise convolution runs as a linear layer over the pixels of all its images, 64 at a time
+    (panels across images: 3 x 7x7 = two whole panels and one of 19 pixels), reading the packing."""
+    w = _packable(300, 700, 1, dtype)
+    packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, 700)
+    assert packing.numel() > 0
+    x = randn(3, 700, 7, 7, dtype=dtype, seed=2)
+    residual = randn(3, 300, 7, 7, dtype=dtype, seed=3)
+    packed = _pointwise_conv(w, packing, residual)(x)
+    assert torch.equal(packed, _pointwise_conv(w, None, residual)(x))
+    bias = randn(300, dtype=dtype, seed=4)
+    expected = reference.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, 700, (1, 1), (1, 1), (0, 0),
+                                    (1, 1), 1, True, residual, compute_dtype=torch.float64)
+    assert_close(packed, expected, dtype)
+
+
+@requires_compiled_ops
+def test_packed_pointwise_csr_conv2d_on_dlmc_rn50_patterns(dlmc):
+    """Real pruned 1x1 layers (DLMC ResNet-50, 90%) at batch 2 on 10x10 images (200 pixels: three
+    whole panels, one of them across the images), packed where packing pays."""
+    packed_shapes = 0
+    for path in _one_file_per_shape(dlmc, "rn50/magnitude_pruning/0.9"):
+        w = load_smtx(path, seed=0)
+        cout, cols = w.shape
+        if cols % 9 == 0 and cols // 9 >= 64:
+            continue  # a 3x3 layer
+        packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, cols)
+        packed_shapes += packing.numel() > 0
+        x = randn(2, cols, 10, 10, seed=9)
+        y = _pointwise_conv(w, packing)(x)
+        assert torch.equal(y, _pointwise_conv(w)(x))
+        bias = randn(cout, seed=4)
+        expected = reference.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, cols, (1, 1), (1, 1),
+                                        (0, 0), (1, 1), 1, True, compute_dtype=torch.float64)
+        assert_close(y, expected, torch.float32)
+    assert packed_shapes > 0
+
+
 @requires_compiled_ops
 def test_packed_csr_linear_on_dlmc_transformer_patterns(dlmc):
     packed_shapes = 0
@@ -504,14 +551,22 @@ def test_packed_csr_ops_refuse_a_packing_that_is_not_the_weights():
                                            r"layer \(2\), got 1"):
         ops.csr_linears(x, [w.crow_indices] * 2, [w.col_indices] * 2, [w.values] * 2, [None, None], 700,
                         packed=[packing])
+    image = randn(2, 700, 8, 8, seed=4)
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_conv2d: packed differs from col_indices / values in "
+                                           r"row 200"):
+        ops.csr_conv2d(image, w.crow_indices, w.col_indices, changed, None, 700, (1, 1), (1, 1), (0, 0), (1, 1), 1,
+                       packed=packing)
     back = _packable(700, 300, 3)
     with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_mlp \(second layer\): packed was packed for"):
         ops.csr_mlp(x, w.crow_indices, w.col_indices, w.values, None, back.crow_indices, back.col_indices,
                     back.values, None, 700, "relu", packed1=packing, packed2=packing)
-    # Read only where a full panel runs: a smaller batch neither reads nor checks it.
+    # Read only where a full panel runs: a smaller batch neither reads nor checks it, nor does a
+    # convolution that is not pointwise.
     small = randn(40, 700, seed=3)
     assert torch.equal(ops.csr_linear(small, w.crow_indices, w.col_indices, changed, None, 700, packed=packing),
                        ops.csr_linear(small, w.crow_indices, w.col_indices, changed, None, 700))
+    strided = (w.crow_indices, w.col_indices, changed, None, 700, (1, 1), (2, 2), (0, 0), (1, 1), 1)
+    assert torch.equal(ops.csr_conv2d(image, *strided, packed=packing), ops.csr_conv2d(image, *strided))
 
 
 @requires_compiled_ops

@@ -608,7 +608,8 @@ class CsrMlpKernel {
 
 class CsrConv2dKernel final : public OpKernel {
  public:
-  explicit CsrConv2dKernel(const OrtKernelInfo* info) : OpKernel(info, "CsrConv2d", false) {
+  explicit CsrConv2dKernel(const OrtKernelInfo* info)
+      : OpKernel(info, "CsrConv2d", false), packed_weight_(info, kCrow) {
     const char* names[] = {"in_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h",
                            "pad_w",       "dilation_h", "dilation_w", "group", "relu"};
     int64_t a[11];
@@ -665,24 +666,27 @@ class CsrConv2dKernel final : public OpKernel {
     Scratch scratch(ctx);
     cpu::ConvScratch buffers{};
     std::shared_ptr<const KeptOffsets> kept;  // held until the call ends
+    const cpu::ParallelFor pf = ort_parallel_for();
     try {
-      const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, w.nnz);
+      const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, w.nnz, pf.num_threads);
       const int32_t* offsets = nullptr;
-      if (!layout.gather && constant_weight(w)) {
+      if (sizes.offsets > 0 && constant_weight(w)) {
         kept = kept_tap_offsets(s, layout, w);
         offsets = kept->offsets.data();
-      } else if (!layout.gather) {
+      } else if (sizes.offsets > 0) {
         int32_t* fresh = scratch.get<int32_t>(sizes.offsets);
-        cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh, ort_parallel_for());
+        cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh, pf);
         offsets = fresh;
       }
-      buffers = {scratch.get<float>(sizes.packed), offsets, scratch.get<float>(sizes.wide)};
+      buffers = {scratch.get<float>(sizes.packed), offsets, scratch.get<float>(sizes.wide),
+                 scratch.get<float>(sizes.panels)};
     } catch (const std::exception&) {
       layout.gather = true;  // the packed path's scratch does not fit: the gather path needs none
       buffers = {};
     }
-    const cpu::CsrView<float> view{w.crow, w.col, w.values, s.out_channels, index_cols_};
-    cpu::csr_conv2d(s, layout, view, static_cast<const float*>(x.data), y, ep, buffers, ort_parallel_for());
+    cpu::CsrView<float> view{w.crow, w.col, w.values, s.out_channels, index_cols_};
+    if (layout.panels) view.packed = packed_weight_(view);  // the panels layout reads the weight's own columns
+    cpu::csr_conv2d(s, layout, view, static_cast<const float*>(x.data), y, ep, buffers, pf);
   }
 
  private:
@@ -708,6 +712,7 @@ class CsrConv2dKernel final : public OpKernel {
 
   mutable std::mutex kept_mutex_;
   mutable std::shared_ptr<const KeptOffsets> kept_;
+  mutable PackedWeight packed_weight_;
   Conv2dShape geometry_;
   bool relu_;
   int64_t index_cols_;

@@ -30,7 +30,7 @@ TORCH_LIBRARY(sparse_rt, m) {
   m.def(
       "csr_conv2d(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_channels, int[2] kernel_size, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups, bool relu=False, Tensor? residual=None) -> Tensor");
+      "int[2] dilation, int groups, bool relu=False, Tensor? residual=None, Tensor? packed=None) -> Tensor");
   // softmax(scale * query @ key^T) @ value per batch and head, without mask or dropout (the dense
   // part of a sparse transformer layer). The output is laid out [batch, queries, heads, head_dim] and
   // returned as its [batch, heads, queries, head_dim] view, so merging the heads back

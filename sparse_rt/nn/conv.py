@@ -4,6 +4,7 @@ from .. import ops
 from ..formats import CSR
 from ..ops.geometry import INT64_MAX, int64_product
 from ._sparse_weight import SparseWeightModule
+from .packing import PACKING_MIN_PIXELS, PackedWeight
 
 
 def explicit_padding(conv):
@@ -37,9 +38,14 @@ def check_conv_geometry(in_channels, out_channels, kernel_size, stride, padding,
                          f"{kernel_size[1]} (the weight's columns) overflows int64")
 
 
-class SparseConv2d(SparseWeightModule):
+class SparseConv2d(PackedWeight, SparseWeightModule):
     """Drop-in replacement of nn.Conv2d (zero padding) whose weight is CSR over
-    [out_channels, in_channels/groups * kh * kw], the row-major flattening of the dense weight."""
+    [out_channels, in_channels/groups * kh * kw], the row-major flattening of the dense weight.
+
+    On the CPU a pointwise layer (1x1, stride 1, no padding, one group) packs its weight for inputs
+    of enough pixels, all images together (PackedWeight): its op runs it as a linear layer over them."""
+
+    packing_min_rows = PACKING_MIN_PIXELS
 
     def __init__(self, in_channels, out_channels, kernel_size, weight, bias=None, stride=(1, 1),
                  padding=(0, 0), dilation=(1, 1), groups=1):
@@ -79,9 +85,18 @@ class SparseConv2d(SparseWeightModule):
 
     def forward(self, input, residual=None):
         """act(conv2d(input, W) + bias + residual); `residual` as in SparseLinear.forward."""
+        packing = self.packing(input)
         return self._epilogue(input, residual, lambda relu, res: ops.csr_conv2d(
             input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_channels,
-            self.kernel_size, self.stride, self.padding, self.dilation, self.groups, relu, res))
+            self.kernel_size, self.stride, self.padding, self.dilation, self.groups, relu, res, packing))
+
+    def _packing_rows(self, input):
+        pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+                     and self.groups == 1)
+        return input.shape[0] * input.shape[2] * input.shape[3] if pointwise and input.dim() == 4 else 0
+
+    def _packing_columns(self):
+        return self.in_channels
 
     def output_shape(self, input):
         out_hw = ops.conv2d_output_hw(input.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)

@@ -1,53 +1,17 @@
 import math
-import os
-import weakref
 
-import torch
 from torch import nn
 
 from .. import ops
 from ..formats import BSR, CSR
 from ._sparse_weight import SparseWeightModule
-
-# Inputs of fewer rows run unpacked: the ops compare a packing with the weight on every call (a
-# pass over both), which eats the gain over few of the SpMM's 64-row panels. Zen 3, 2 threads,
-# packed / unpacked: DLMC transformer layers at 90%, 0.87-1.10x at 128 rows and 1.00-1.14x at 1024
-# (benchmarks/bench_fused_ops.py, results/fused-ops-2026-12-04-packed.json); random BERT-base-shaped
-# layers at 80-90% (a script outside the repo), 0.68-1.08x at 128, 1.02-1.16x at 512, 1.07-1.21x
-# at 1024.
-PACKING_MIN_ROWS = 512
-# With trusted packings (ops.set_trusted_packings) the ops skip that comparison, and a packing of a
-# weight of at least PACKING_MIN_DENSITY_TRUSTED pays from one whole panel on. Whole BERT-base at
-# batch 1 (128 tokens), trusted, packing from 64 rows against not packing, in one process (2 threads,
-# Zen 3, a script outside the repo): 1.14x at 90%, 0.976x at 95%, although csr_mlp alone at
-# BERT-base's shapes gains 1.23x at density 0.1 and 1.03x at 0.05.
-PACKING_MIN_ROWS_TRUSTED = 64
-PACKING_MIN_DENSITY_TRUSTED = 0.08
-# "0" when a layer packs keeps its weight unpacked (the packing's 8 bytes per nonzero are saved).
-PACKING_VARIABLE = "SPARSE_RT_PACK_NONZEROS"
+from .packing import PackedWeight
 
 
-def _version(tensor):
-    """PyTorch's count of the in-place changes it saw; None for an inference tensor (it counts none)."""
-    return None if tensor.is_inference() else tensor._version
-
-
-class SparseLinear(SparseWeightModule):
+class SparseLinear(PackedWeight, SparseWeightModule):
     """Drop-in replacement of nn.Linear whose weight [out_features, in_features] is CSR or BSR.
 
-    On the CPU a CSR layer packs its weight (ops.pack_csr) the first time an input of at least
-    PACKING_MIN_ROWS rows comes, and keeps the packing with the tensors it was made from and their
-    versions: an in-place change PyTorch counts makes the next call pack again. Writes it does not
-    count (through .data or NumPy, or to tensors made in inference mode, which have no version)
-    make the ops refuse the stale packing, naming it, until repack() is called; they never compute
-    with it, unless packings are trusted (ops.set_trusted_packings), which skips that comparison."""
-
-    # Whether this layer packs (False keeps it unpacked, as SPARSE_RT_PACK_NONZEROS=0 does for all).
-    packs = True
-    # Weak references to crow_indices, col_indices and values when packed, then their versions (None
-    # for an inference tensor); the packing, None where there is none (not worth it, turned off).
-    _packing_key = None
-    _packing = None
+    On the CPU a CSR layer packs its weight for inputs of enough rows (PackedWeight)."""
 
     def __init__(self, in_features, out_features, weight, bias=None):
         super().__init__()
@@ -94,51 +58,11 @@ class SparseLinear(SparseWeightModule):
             input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_features, relu, res,
             packing))
 
-    def packing(self, input):
-        """The packing of this layer's weight (ops.pack_csr) that the CPU ops read for `input` (or for
-        an input of its rows: the product of its leading dimensions), or None: for a CSR weight that
-        `packs` and the compiled ops, a plain CPU input of at least PACKING_MIN_ROWS rows
-        (PACKING_MIN_ROWS_TRUSTED with trusted packings and a density of at least
-        PACKING_MIN_DENSITY_TRUSTED), outside an export or torch.compile (which see the op without it)."""
-        # An export or torch.compile traces this method: it must return before reading anything else.
-        if (not self.packs or self.format != "csr" or not ops.HAS_COMPILED_OPS or type(input) is not torch.Tensor
-                or input.device.type != "cpu" or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
-            return None
-        values = self.values
-        if math.prod(input.shape[:-1]) < self._packing_min_rows(values):
-            return None  # the common case below PACKING_MIN_ROWS: nothing else read
-        crow, col = self.crow_indices, self.col_indices
-        # Checked on every call (72 times per BERT-base forward), so written out rather than looped:
-        # the generator over the three tensors cost more than the rest of this method.
-        key = self._packing_key
-        if (key is None or key[0]() is not crow or key[1]() is not col or key[2]() is not values
-                or key[3] != _version(crow) or key[4] != _version(col) or key[5] != _version(values)):
-            packing = None
-            if os.environ.get(PACKING_VARIABLE) != "0":
-                packing = ops.pack_csr(crow, col, values, self.in_features)
-            self._packing = packing if packing is not None and packing.numel() > 0 else None
-            self._packing_key = (weakref.ref(crow), weakref.ref(col), weakref.ref(values),
-                                 _version(crow), _version(col), _version(values))
-        return self._packing
+    def _packing_rows(self, input):
+        return math.prod(input.shape[:-1])
 
-    def _packing_min_rows(self, values):
-        dense_entries = self.out_features * self.in_features
-        if (ops.trusted_packings_enabled() and dense_entries > 0
-                and values.numel() >= PACKING_MIN_DENSITY_TRUSTED * dense_entries):
-            return PACKING_MIN_ROWS_TRUSTED
-        return PACKING_MIN_ROWS
-
-    def repack(self):
-        """Drops the packing, so that the next call packs the weight again: needed after writes to
-        the weight that PyTorch does not count (through .data or NumPy)."""
-        self._packing_key = self._packing = None
-
-    def __getstate__(self):
-        # Weak references do not pickle; a copy packs again when first used.
-        state = super().__getstate__()
-        state.pop("_packing_key", None)
-        state.pop("_packing", None)
-        return state
+    def _packing_columns(self):
+        return self.in_features
 
     def output_shape(self, input):
         return (*input.shape[:-1], self.out_features)

@@ -131,8 +131,9 @@ def _check_conv_input(x, a):
 
 
 def _conv_translation(emit):
+    # `packed`, as for the linear ops, is a runtime layout that layers pass as None when exported.
     def translation(input, crow, col, values, bias, in_channels, kernel_size, stride, padding, dilation,
-                    groups, relu=False, residual=None):
+                    groups, relu=False, residual=None, packed=None):
         return emit(input, crow, col, values, bias, residual, in_channels=in_channels,
                     kernel_h=kernel_size[0], kernel_w=kernel_size[1], stride_h=stride[0], stride_w=stride[1],
                     pad_h=padding[0], pad_w=padding[1], dilation_h=dilation[0], dilation_w=dilation[1],

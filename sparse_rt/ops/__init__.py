@@ -93,11 +93,16 @@ def csr_mlp(input: torch.Tensor, crow_indices1: torch.Tensor, col_indices1: torc
 def csr_conv2d(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor,
                bias: Optional[torch.Tensor], in_channels: int, kernel_size: Sequence[int], stride: Sequence[int],
                padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool = False,
-               residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """act(conv2d(input, W) + bias + residual) with W in CSR over [out_channels, in_channels/groups*kh*kw]."""
-    impl = torch.ops.sparse_rt.csr_conv2d if HAS_COMPILED_OPS else reference.csr_conv2d
-    return impl(input, crow_indices, col_indices, values, bias, in_channels, list(kernel_size),
-                list(stride), list(padding), list(dilation), groups, relu, residual)
+               residual: Optional[torch.Tensor] = None, packed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """act(conv2d(input, W) + bias + residual) with W in CSR over [out_channels, in_channels/groups*kh*kw];
+    `packed`: pack_csr's result for W, read by a pointwise convolution (1x1, stride 1, no padding, one
+    group) on the CPU, which runs as a linear layer over the pixels of all images."""
+    if HAS_COMPILED_OPS:
+        return torch.ops.sparse_rt.csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels,
+                                              list(kernel_size), list(stride), list(padding), list(dilation),
+                                              groups, relu, residual, packed)
+    return reference.csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels, list(kernel_size),
+                                list(stride), list(padding), list(dilation), groups, relu, residual)
 
 
 

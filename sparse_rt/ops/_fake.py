@@ -52,7 +52,7 @@ def _csr_mlp_fake(input, crow_indices1, col_indices1, values1, bias1, crow_indic
 
 @torch.library.register_fake("sparse_rt::csr_conv2d")
 def _csr_conv2d_fake(input, crow_indices, col_indices, values, bias, in_channels, kernel_size,
-                     stride, padding, dilation, groups, relu=False, residual=None):
+                     stride, padding, dilation, groups, relu=False, residual=None, packed=None):
     out_hw = conv2d_output_hw(input.shape[2:], kernel_size, stride, padding, dilation)
     return _output(input, (input.shape[0], crow_indices.shape[0] - 1, *out_hw), residual)
 

@@ -38,6 +38,14 @@ struct PackedConvLayout {
   // Then the width is not padded either, so no read runs past the input, and the last wide % 8
   // columns take the SpMM's overlapping last tile.
   bool direct;
+  // A direct layout of one group over at least one panel's worth of pixels (batch * height * width
+  // >= kPanelWidth) runs as a linear layer: the images' pixels side by side are the columns of one
+  // [in_channels, batch * height * width] operand, copied 64 columns at a time into a panel (rows
+  // 64 floats apart, as pack_panels lays out a linear layer's input) that the SpMM reads with the
+  // weight's own columns, packed (PackedNonzeros) when w.packed is given. Panels span images, so a
+  // 7x7 image at batch 8 fills six whole panels rather than three narrow tiles per image, and a
+  // panel's window of the operand is contiguous. No tap offsets then.
+  bool panels;
   // The wide rows are the output rows when phase_w == out_w, and the SpMM writes y directly;
   // otherwise it writes a scratch buffer that is cropped into y.
   bool crop;
@@ -63,11 +71,15 @@ struct ConvScratch {
   float* packed;           // batch * packed_len
   const int32_t* offsets;  // nnz, filled by conv_tap_offsets
   float* wide;             // batch * out_channels * wide_padded
+  float* panels;           // one panel (in_channels * kPanelWidth floats) per thread, at most
 };
 struct ConvScratchSizes {
-  int64_t packed, offsets, wide;
+  int64_t packed, offsets, wide, panels;
 };
-ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout& layout, int64_t nnz);
+// `threads`: the ParallelFor's num_threads that csr_conv2d will get (the panels layout copies each
+// thread's panel into its own part of the scratch).
+ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout& layout, int64_t nnz,
+                                    int64_t threads);
 
 // The packed path's tap offsets: for each nonzero, where its tap's input starts in a packed image
 // (or in the input itself, when the layout is direct). They depend on the weight's pattern, the
@@ -81,6 +93,8 @@ void conv_tap_offsets(const Conv2dShape& s, const PackedConvLayout& layout, cons
 // y fp32 [batch, out_channels, out_h, out_w], W (w.cols = in_channels / groups * kh * kw) as in
 // conv_shape.h, its tap offsets in scratch.offsets. Packing runs on pf's threads split by (image,
 // channel), the SpMM by (image, nnz-balanced rows); a batch-1 image is packed by every thread too.
+// The panels layout splits (panel, nnz-balanced rows) over the threads, each copying its panels;
+// w.packed (pack_nonzeros of w, checked by the caller) is read there only.
 template <typename V>
 void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& layout, const CsrView<V>& w,
                 const float* x, float* y, Epilogue ep, const ConvScratch& scratch,

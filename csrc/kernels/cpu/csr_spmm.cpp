@@ -147,11 +147,21 @@ template <typename Wide>
     return;
   }
   if (y.col_stride == 1) {
-    // A convolution's output: each row's columns are contiguous.
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t r = r0 + i, start = r * y.row_stride + q0;
-      store_finished_row<Wide>(tile + i * kTileStride, ep.bias ? ep.bias[r] : 0.f,
-                               ep.residual ? ep.residual + start : nullptr, ep, y.data + start, stored);
+    // A convolution's output: each row's columns are contiguous, in one image or in runs that
+    // end where an image does (StridedOutput::image_columns).
+    for (int64_t j = 0; j < stored;) {
+      int64_t run = stored - j, at = q0 + j;
+      if (y.image_columns > 0) {
+        const int64_t column = y.first_column + q0 + j, pixel = column % y.image_columns;
+        run = std::min(run, y.image_columns - pixel);
+        at = column / y.image_columns * y.image_stride + pixel;
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t r = r0 + i, start = r * y.row_stride + at;
+        store_finished_row<Wide>(tile + i * kTileStride + j, ep.bias ? ep.bias[r] : 0.f,
+                                 ep.residual ? ep.residual + start : nullptr, ep, y.data + start, run);
+      }
+      j += run;
     }
     return;
   }

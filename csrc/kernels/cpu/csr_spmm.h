@@ -35,6 +35,14 @@ struct StridedOutput {
   int64_t row_stride;
   int64_t col_stride;
   int64_t columns;  // columns stored (<= DenseRows::width; the rest is padding)
+  // With col_stride 1, columns may run across images (a pointwise convolution's pixels of several
+  // images side by side): column q is pixel (first_column + q) % image_columns of image
+  // (first_column + q) / image_columns, whose output starts image_stride floats after the last
+  // one's. 0: the columns are one image's, from data on. Only the grouped stores (every operand
+  // of 8 columns and more) read these.
+  int64_t image_columns = 0;
+  int64_t image_stride = 0;
+  int64_t first_column = 0;
 };
 
 // The dense operand of a batched linear layer: x ([rows, cols] row-major, rows = the batch)

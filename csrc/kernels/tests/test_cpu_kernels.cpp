@@ -433,8 +433,9 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
   }
 }
 
+// packed_weight: the weight packed (pack_nonzeros) for a layout of panels, which must take it.
 template <typename V>
-void test_conv(Conv2dShape s, double density, bool with_residual) {
+void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_weight = false) {
   s = with_output_size(s);
   std::mt19937 rng(unsigned(s.in_channels * 13 + s.kh * 5 + s.stride_w));
   const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
@@ -448,13 +449,20 @@ void test_conv(Conv2dShape s, double density, bool with_residual) {
   std::vector<float> out(s.batch * s.out_channels * out_plane, NAN);
   // Scratch starts as NaN: any element read before it is written shows in the result.
   const PackedConvLayout layout = packed_conv_layout(s, int64_t(m.col.size()));
-  const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, int64_t(m.col.size()));
-  std::vector<float> packed(sizes.packed, NAN), wide(sizes.wide, NAN);
+  const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, int64_t(m.col.size()), kThreeChunks.num_threads);
+  std::vector<float> packed(sizes.packed, NAN), wide(sizes.wide, NAN), panels(sizes.panels, NAN);
   std::vector<int32_t> offsets(sizes.offsets, -1);
-  const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), s.out_channels, cin_g * s.kh * s.kw};
+  CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), s.out_channels, cin_g * s.kh * s.kw};
+  const std::vector<int32_t> blob = packed_weight ? pack_nonzeros(w) : std::vector<int32_t>();
+  PackedNonzeros view{};
+  if (packed_weight) {
+    expect(layout.panels && !blob.empty(), "the convolution runs as panels with a packed weight");
+    view = packed_nonzeros(blob.data());
+    w.packed = &view;
+  }
   conv_tap_offsets(s, layout, m.crow.data(), m.col.data(), offsets.data(), kThreeChunks);
   csr_conv2d(s, layout, w, in.data(), out.data(), Epilogue{bias.data(), true, with_residual ? residual.data() : nullptr},
-             ConvScratch{packed.data(), offsets.data(), wide.data()}, kThreeChunks);
+             ConvScratch{packed.data(), offsets.data(), wide.data(), panels.data()}, kThreeChunks);
   for (int64_t n = 0; n < s.batch; ++n) {
     for (int64_t o = 0; o < s.out_channels; ++o) {
       for (int64_t oy = 0; oy < s.out_h; ++oy) {
@@ -529,7 +537,13 @@ void test_value_type() {
   test_conv<V>({2, 5, 13, 11, 7, 0, 0, 3, 3, 2, 3, 1, 2, 2, 1, 1}, 0.5);  // stride and dilation together
   test_conv<V>({1, 16, 70, 70, 4, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.2);  // 64-wide tiles
   test_conv<V>({2, 8, 6, 6, 8, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.0);
-  test_conv<V>({2, 5, 6, 7, 6, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // read directly, overlapping last tile
+  test_conv<V>({1, 5, 6, 7, 6, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // read directly, overlapping last tile
+  test_conv<V>({2, 5, 6, 7, 6, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // panels: one across both images
+  // Panels of 7x7 images at batch 3 (147 pixels: two whole panels across images, a last one of 24
+  // columns), 600 input channels (packed: several column blocks), more rows than a row block.
+  test_conv<V>({3, 600, 7, 7, 300, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.1);
+  test_conv<V>({3, 600, 7, 7, 300, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.1, true, true);
+  test_conv<V>({1, 200, 9, 9, 17, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 2}, 0.3);  // grouped 1x1: read directly
   test_conv<V>({3, 4, 2, 3, 3, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // read directly, narrower than 8
   test_conv<V>({2, 6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
@@ -556,8 +570,9 @@ void test_conv_layout_is_bounded() {
   };
   for (const Conv2dShape& s : attacks) {
     const PackedConvLayout layout = packed_conv_layout(s, 1);
-    const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, 1);
-    expect(layout.gather && layout.row_slot.empty() && sizes.packed == 0 && sizes.offsets == 0 && sizes.wide == 0,
+    const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, 1, 4);
+    expect(layout.gather && layout.row_slot.empty() && sizes.packed == 0 && sizes.offsets == 0 && sizes.wide == 0 &&
+               sizes.panels == 0,
            "conv layout of stride " + std::to_string(s.stride_h) + ", padding " + std::to_string(s.pad_h) +
                " takes the gather path without scratch");
   }

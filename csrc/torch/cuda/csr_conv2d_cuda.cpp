@@ -17,13 +17,15 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
                            const c10::optional<at::Tensor>& bias, int64_t in_channels,
                            at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                           bool relu, const c10::optional<at::Tensor>& residual) {
+                           bool relu, const c10::optional<at::Tensor>& residual,
+                           const c10::optional<at::Tensor>& packed) {
   constexpr const char* op = "csr_conv2d";
   const ConvProblem p = prepare_conv(input, crow_indices, col_indices, values, bias, in_channels,
                                      kernel_size, stride, padding, dilation, groups);
   const Conv2dShape& s = p.shape;
   const std::vector<int64_t> out_shape{s.batch, s.out_channels, s.out_h, s.out_w};
   check_residual(op, residual, out_shape, input);
+  check_packing(op, packed, values);  // empty or none here: CUDA has no packed layout
   // A limit of this backend's kernel (a channel index in its 32-bit shared-memory tap table).
   SPARSE_RT_CHECK(in_channels <= std::numeric_limits<int32_t>::max(), op, "in_channels=", in_channels,
                   " exceeds the CUDA kernel's limit of 2^31 - 1");
