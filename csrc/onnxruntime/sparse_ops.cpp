@@ -579,8 +579,7 @@ class CsrMlpKernel {
       const cpu::ParallelFor pf = ort_parallel_for();
       Scratch scratch(ctx);
       if (const float* panels = packed_input(scratch, xp, batch, in_features_, pf)) {
-        const int64_t panel_columns = std::min(cpu::PanelLayout{batch, in_features_}.padded(), cpu::kPanelWidth);
-        float* hidden = scratch.get<float>(w1.rows() * panel_columns);
+        float* hidden = scratch.get<float>(cpu::mlp_hidden_floats(batch, in_features_, w1.rows(), pf.num_threads));
         view1.packed = first_packed_(view1);
         view2.packed = second_packed_(view2);
         cpu::csr_mlp_tiled(view1, ep1, view2, ep2, panels, batch, hidden, y, pf);

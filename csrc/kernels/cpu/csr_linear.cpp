@@ -109,15 +109,35 @@ void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const CsrView<V>& w2, Epi
                    int64_t batch, float* hidden, float* y, const ParallelFor& pf) {
   const PanelLayout layout{batch, w1.cols};
   const int64_t nnz1 = w1.crow[w1.rows], nnz2 = w2.crow[w2.rows];
-  for (int64_t p = 0; p < layout.count(); ++p) {
+  // Rows [r0, r1) of panel p's hidden activations h, and of its output from h.
+  const auto first_layer = [&](int64_t p, float* h, int64_t r0, int64_t r1) {
+    const int64_t width = layout.width(p);
+    csr_spmm(w1, {panels + layout.offset(p), width, width}, {h, width, 1, width}, ep1, r0, r1);
+  };
+  const auto second_layer = [&](int64_t p, const float* h, int64_t r0, int64_t r1) {
     const int64_t first = p * kPanelWidth, width = layout.width(p);
-    parallel_over_rows(pf, w1.crow, w1.rows, 1, nnz1 * width, [&](int64_t, int64_t r0, int64_t r1) {
-      csr_spmm(w1, {panels + layout.offset(p), width, width}, {hidden, width, 1, width}, ep1, r0, r1);
+    csr_spmm(w2, {h, width, width}, {y + first * w2.rows, 1, w2.rows, std::min(width, batch - first)},
+             ep2.at(first * w2.rows), r0, r1);
+  };
+  const int64_t threads = mlp_panel_threads(batch, w1.cols, pf.num_threads);
+  const int64_t whole = threads > 0 ? layout.count() - layout.count() % threads : 0;
+  if (whole > 0) {
+    pf.run(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        float* const h = hidden + t * w1.rows * kPanelWidth;
+        for (int64_t p = whole * t / threads; p < whole * (t + 1) / threads; ++p) {
+          first_layer(p, h, 0, w1.rows);
+          second_layer(p, h, 0, w2.rows);
+        }
+      }
     });
-    parallel_over_rows(pf, w2.crow, w2.rows, 1, nnz2 * width, [&](int64_t, int64_t r0, int64_t r1) {
-      csr_spmm(w2, {hidden, width, width}, {y + first * w2.rows, 1, w2.rows, std::min(width, batch - first)},
-               ep2.at(first * w2.rows), r0, r1);
-    });
+  }
+  for (int64_t p = whole; p < layout.count(); ++p) {
+    const int64_t width = layout.width(p);
+    parallel_over_rows(pf, w1.crow, w1.rows, 1, nnz1 * width,
+                       [&](int64_t, int64_t r0, int64_t r1) { first_layer(p, hidden, r0, r1); });
+    parallel_over_rows(pf, w2.crow, w2.rows, 1, nnz2 * width,
+                       [&](int64_t, int64_t r0, int64_t r1) { second_layer(p, hidden, r0, r1); });
   }
 }
 

@@ -395,7 +395,7 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
     for (auto& e : *v) e = exact_value(g);
   }
   pack_panels(x.data(), layout, panels.data(), kThreeChunks);
-  std::vector<float> h(hidden * kPanelWidth, NAN), y(batch * out, NAN);
+  std::vector<float> h(mlp_hidden_floats(batch, in, hidden, kThreeChunks.num_threads), NAN), y(batch * out, NAN);
   const CsrView<V> w1{m1.crow.data(), m1.col.data(), vals1.data(), hidden, in};
   const CsrView<V> w2{m2.crow.data(), m2.col.data(), vals2.data(), out, hidden};
   const Epilogue ep1{bias1.data(), relu, nullptr, gelu}, ep2{bias2.data(), false, residual.data()};
@@ -520,6 +520,7 @@ void test_value_type() {
   test_csr_linear<V>(300, 700, 64, 0.1, false, false, true, Gelu::kExact, /*expect_packed=*/true);
   test_csr_linear<V>(520, 650, 72, 0.2, false, true, false, Gelu::kNone, /*expect_packed=*/true, /*empty_rows=*/260);
   test_csr_mlp<V>(40, 96, 24, 150, 0.2, false, Gelu::kExact);  // three panels, the last 22 rows padded to 24
+  test_csr_mlp<V>(40, 96, 24, 250, 0.2, true);  // four panels over three threads: one split by rows
   test_csr_mlp<V>(33, 70, 17, 64, 0.3, true);
   test_csr_mlp<V>(16, 8, 5, 9, 0.0, false);  // nnz = 0: the output is bias2 + residual
   test_csr_mlp<V>(300, 520, 30, 70, 0.3, false, Gelu::kTanh);  // both layers' columns in blocks

@@ -28,10 +28,10 @@ at::Tensor csr_mlp_cpu(const at::Tensor& input, const at::Tensor& crow1, const a
   // Below kTiledMinBatch the layers run one after the other on the gather kernel.
   const at::Tensor panels = packed_input(op, x, batch, in_features);
   const bool tiled = panels.defined();
-  // The hidden activations of one panel (tiled) or of the whole batch.
-  const int64_t hidden_columns =
-      tiled ? std::min(cpu::PanelLayout{batch, in_features}.padded(), cpu::kPanelWidth) : batch;
-  at::Tensor hidden = allocate(op, "hidden activations", {hidden_features * hidden_columns}, x.options());
+  // The hidden activations of a panel per thread that takes whole panels (tiled), or of the batch.
+  const int64_t hidden_floats = tiled ? cpu::mlp_hidden_floats(batch, in_features, hidden_features, at::get_num_threads())
+                                      : hidden_features * batch;
+  at::Tensor hidden = allocate(op, "hidden activations", {hidden_floats}, x.options());
   // The GELU runs in the first layer's epilogue, on its sums in registers, within 3e-7 |h| of torch's
   // (activation.h): torch's own GELU over each panel's hidden activations, bit for bit the unfused
   // model's, made BERT-base's feed-forward block 3-6% slower (Zen 3, 90-95%, 128-1024 tokens).
