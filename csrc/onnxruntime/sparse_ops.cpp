@@ -427,9 +427,7 @@ class LinearKernel : public OpKernel {
     Scratch scratch(ctx);
     const float* panels = packed_input(scratch, xp, batch, in_features_, pf);
     if (panels) view.packed = packed_weight_(view);
-    cpu::parallel_over_rows(pf, w.crow, w.row_blocks, 1, work, [&](int64_t, int64_t r0, int64_t r1) {
-      cpu::csr_linear_rows(view, xp, panels, batch, y, ep, r0, r1);
-    });
+    cpu::csr_linear(view, xp, panels, batch, y, ep, pf);
   }
 
  private:

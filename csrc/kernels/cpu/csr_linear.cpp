@@ -4,6 +4,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cache_sizes.h"
 #include "csr_spmm.h"
 #include "isa.h"
 #include "scalar_types.h"
@@ -90,11 +91,14 @@ void csr_linear_gather(const CsrView<V>& w, const float* x, int64_t batch, float
   gather_rows(w, x, batch, y, ep, row_begin, row_end, sparse_dot<V>);
 }
 
+namespace {
+
+// Rows [row_begin, row_end) of panels [panel_begin, panel_end) (csr_linear_tiled).
 template <typename V>
-void csr_linear_tiled(const CsrView<V>& w, const float* panels, int64_t batch, float* y, Epilogue ep,
-                      int64_t row_begin, int64_t row_end) {
+void tiled_panels(const CsrView<V>& w, const float* panels, int64_t batch, float* y, const Epilogue& ep,
+                  int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
   const PanelLayout layout{batch, w.cols};
-  for (int64_t p = 0; p < layout.count(); ++p) {
+  for (int64_t p = panel_begin; p < panel_end; ++p) {
     // Panel p is batch rows [p * 64, p * 64 + width) of the output: stored transposed, consecutive
     // output features adjacent.
     const int64_t first = p * kPanelWidth, width = layout.width(p);
@@ -102,6 +106,39 @@ void csr_linear_tiled(const CsrView<V>& w, const float* panels, int64_t batch, f
              {y + first * w.rows, 1, w.rows, std::min(width, batch - first)}, ep.at(first * w.rows),
              row_begin, row_end);
   }
+}
+
+}  // namespace
+
+template <typename V>
+void csr_linear_tiled(const CsrView<V>& w, const float* panels, int64_t batch, float* y, Epilogue ep,
+                      int64_t row_begin, int64_t row_end) {
+  tiled_panels(w, panels, batch, y, ep, 0, PanelLayout{batch, w.cols}.count(), row_begin, row_end);
+}
+
+template <typename V>
+void csr_linear(const CsrView<V>& w, const float* x, const float* panels, int64_t batch, float* y, Epilogue ep,
+                const ParallelFor& pf) {
+  const int64_t nnz = w.crow[w.rows], threads = pf.num_threads;
+  const int64_t count = panels ? PanelLayout{batch, w.cols}.count() : 0;
+  // 8 bytes per nonzero: a column and an fp32 value, packed or not.
+  const bool split_panels = threads > 1 && count >= threads && nnz * 8 <= l2_cache_bytes();
+  const int64_t whole = split_panels ? count - count % threads : 0;
+  if (whole > 0) {
+    pf.run(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        tiled_panels(w, panels, batch, y, ep, whole * t / threads, whole * (t + 1) / threads, 0, w.rows);
+      }
+    });
+    if (whole == count) return;
+  }
+  parallel_over_rows(pf, w.crow, w.rows, 1, nnz * (batch - whole * kPanelWidth), [&](int64_t, int64_t r0, int64_t r1) {
+    if (whole > 0) {
+      tiled_panels(w, panels, batch, y, ep, whole, count, r0, r1);
+    } else {
+      csr_linear_rows(w, x, panels, batch, y, ep, r0, r1);
+    }
+  });
 }
 
 template <typename V>
@@ -153,6 +190,13 @@ template void csr_linear_tiled<half_t>(const CsrView<half_t>&, const float*, int
                                        int64_t, int64_t);
 template void csr_linear_tiled<bfloat16_t>(const CsrView<bfloat16_t>&, const float*, int64_t, float*,
                                            Epilogue, int64_t, int64_t);
+
+template void csr_linear<float>(const CsrView<float>&, const float*, const float*, int64_t, float*, Epilogue,
+                                const ParallelFor&);
+template void csr_linear<half_t>(const CsrView<half_t>&, const float*, const float*, int64_t, float*, Epilogue,
+                                 const ParallelFor&);
+template void csr_linear<bfloat16_t>(const CsrView<bfloat16_t>&, const float*, const float*, int64_t, float*,
+                                     Epilogue, const ParallelFor&);
 
 template void csr_mlp_tiled<float>(const CsrView<float>&, Epilogue, const CsrView<float>&, Epilogue, const float*,
                                    int64_t, float*, float*, const ParallelFor&);

@@ -289,6 +289,15 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
     csr_linear_tiled(w_packed, panels.data(), batch, y_packed.data(), ep, r0, r1);
     csr_linear_tiled(w_clamped, panels.data(), batch, y_clamped.data(), ep, r0, r1);
   }
+  // The whole batch on three threads (csr_linear: whole panels per thread where there are at least
+  // three, the rest split by rows): the same sums bit for bit.
+  std::vector<float> y_threads(batch * rows, NAN);
+  if (batch >= kTiledMinBatch) {
+    csr_linear(w_packed, x.data(), panels.data(), batch, y_threads.data(), ep, kThreeChunks);
+    expect(std::memcmp(y_threads.data(), y_packed.data(), y_threads.size() * sizeof(float)) == 0,
+           "csr_linear " + std::to_string(rows) + "x" + std::to_string(cols) + " batch " + std::to_string(batch) +
+               " over three threads gives csr_linear_tiled's sums");
+  }
   expect(!expect_packed || !packed.empty(), "pack_nonzeros " + std::to_string(rows) + "x" + std::to_string(cols) + " packs");
   expect(std::memcmp(y_tiled.data(), y_packed.data(), y_tiled.size() * sizeof(float)) == 0 &&
              std::memcmp(y_tiled.data(), y_clamped.data(), y_tiled.size() * sizeof(float)) == 0,
@@ -507,6 +516,8 @@ void test_value_type() {
                               LinearCase{48, 40, 35, 0.2}, LinearCase{50, 33, 128, 0.15},
                               // Three panels, the last 22 rows padded to 24
                               LinearCase{37, 50, 150, 0.2},
+                              // Four panels: on three threads one whole each, the fourth split by rows
+                              LinearCase{37, 50, 250, 0.2},
                               // Columns in blocks that fill L1 (64-wide tiles, a row block and a part)
                               LinearCase{70, 700, 130, 0.3}}) {
     test_csr_linear<V>(c.rows, c.cols, c.batch, c.density, c.batch % 2 == 0, c.batch % 3 != 1);

@@ -37,10 +37,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
       cpu::CsrView<V> w{crow_p, col.const_data_ptr<int32_t>(), values_ptr<V>(values), rows, in_features};
       cpu::PackedNonzeros view;
       w.packed = checked_packing(op, packed, w, batch, view);
-      cpu::parallel_over_rows(torch_parallel_for(), crow_p, rows, 1, p.weight.stored * batch,
-                              [&](int64_t, int64_t r0, int64_t r1) {
-                                cpu::csr_linear_rows(w, xp, panels, batch, yp, ep, r0, r1);
-                              });
+      cpu::csr_linear(w, xp, panels, batch, yp, ep, torch_parallel_for());
     });
   }
   return y.to(input.scalar_type()).view(p.out_shape);
