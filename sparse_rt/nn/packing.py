@@ -19,9 +19,9 @@ from .. import ops
 PACKING_MIN_ROWS = 512
 # A pointwise convolution's op (its rows are the pixels of all images) gains more per row from a
 # packing than a linear layer's, enough to pay for the comparison from fewer rows. Fused ResNet-50 at
-# 90%, each pointwise layer alone (Zen 3, 2 threads, a script outside the repo), packed and compared
-# on every call against unpacked: 0.98-1.41x at batch 1 on the 14x14 layers (196 pixels), 1.19-1.92x
-# at batch 8 on the 7x7 ones (392).
+# 90%, each pointwise layer alone (Zen 3, 2 threads, a script outside the repo), packed (compared on
+# every call) against the unpacked tap offsets it ran on before: 0.98-1.41x at batch 1 on the 14x14
+# layers (196 pixels), 1.19-1.92x at batch 8 on the 7x7 ones (392).
 PACKING_MIN_PIXELS = 196
 # With trusted packings (ops.set_trusted_packings) the ops skip that comparison, and a packing of a
 # weight of at least PACKING_MIN_DENSITY_TRUSTED pays from one whole panel on. Whole BERT-base at
