@@ -218,12 +218,24 @@ void pointwise_conv_panels(const Conv2dShape& s, const CsrView<V>& w, const floa
   const int64_t pixels = s.height * s.width, columns = s.batch * pixels;
   const PanelWork work = panel_work(s, w.crow[w.rows], pf.num_threads);
   const int64_t units = work.panels * work.parts;
+  // The first pair of a slot: slot_of does not decrease with the pair.
+  const auto first_pair = [&](int64_t slot) {
+    int64_t low = 0, high = units;
+    while (low < high) {
+      const int64_t mid = (low + high) / 2;
+      if (work.slot_of(mid) < slot) {
+        low = mid + 1;
+      } else {
+        high = mid;
+      }
+    }
+    return low;
+  };
   pf.run(0, work.slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
     for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
       float* const panel = scratch + slot * s.in_channels * kPanelWidth;
       int64_t copied = -1;
-      for (int64_t u = 0; u < units; ++u) {
-        if (work.slot_of(u) != slot) continue;
+      for (int64_t u = first_pair(slot); u < first_pair(slot + 1); ++u) {
         const int64_t p = u / work.parts, part = u % work.parts;
         const int64_t first = p * kPanelWidth, width = work.layout.width(p), pixel = first % pixels;
         DenseRows b{panel, width, width};

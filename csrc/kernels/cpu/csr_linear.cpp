@@ -108,6 +108,19 @@ void tiled_panels(const CsrView<V>& w, const float* panels, int64_t batch, float
   }
 }
 
+// The panels that split whole over `threads` threads (csr_linear, csr_mlp_tiled): all but the last
+// count % threads, which split rows instead.
+int64_t whole_panels(int64_t count, int64_t threads) { return count - count % threads; }
+
+// body(thread, panel_begin, panel_end) for each of `threads` threads in one parallel region, panels
+// [0, whole) split evenly between them.
+template <typename F>
+void over_whole_panels(const ParallelFor& pf, int64_t threads, int64_t whole, const F& body) {
+  pf.run(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) body(t, whole * t / threads, whole * (t + 1) / threads);
+  });
+}
+
 }  // namespace
 
 template <typename V>
@@ -123,12 +136,10 @@ void csr_linear(const CsrView<V>& w, const float* x, const float* panels, int64_
   const int64_t count = panels ? PanelLayout{batch, w.cols}.count() : 0;
   // 8 bytes per nonzero: a column and an fp32 value, packed or not.
   const bool split_panels = threads > 1 && count >= threads && nnz * 8 <= l2_cache_bytes();
-  const int64_t whole = split_panels ? count - count % threads : 0;
+  const int64_t whole = split_panels ? whole_panels(count, threads) : 0;
   if (whole > 0) {
-    pf.run(0, threads, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        tiled_panels(w, panels, batch, y, ep, whole * t / threads, whole * (t + 1) / threads, 0, w.rows);
-      }
+    over_whole_panels(pf, threads, whole, [&](int64_t, int64_t p0, int64_t p1) {
+      tiled_panels(w, panels, batch, y, ep, p0, p1, 0, w.rows);
     });
     if (whole == count) return;
   }
@@ -157,15 +168,13 @@ void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const CsrView<V>& w2, Epi
              ep2.at(first * w2.rows), r0, r1);
   };
   const int64_t threads = mlp_panel_threads(batch, w1.cols, pf.num_threads);
-  const int64_t whole = threads > 0 ? layout.count() - layout.count() % threads : 0;
+  const int64_t whole = threads > 0 ? whole_panels(layout.count(), threads) : 0;
   if (whole > 0) {
-    pf.run(0, threads, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        float* const h = hidden + t * w1.rows * kPanelWidth;
-        for (int64_t p = whole * t / threads; p < whole * (t + 1) / threads; ++p) {
-          first_layer(p, h, 0, w1.rows);
-          second_layer(p, h, 0, w2.rows);
-        }
+    over_whole_panels(pf, threads, whole, [&](int64_t t, int64_t p0, int64_t p1) {
+      float* const h = hidden + t * w1.rows * kPanelWidth;
+      for (int64_t p = p0; p < p1; ++p) {
+        first_layer(p, h, 0, w1.rows);
+        second_layer(p, h, 0, w2.rows);
       }
     });
   }
