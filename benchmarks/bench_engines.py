@@ -25,12 +25,13 @@ dense) and batch size, the same pruned weights run in every engine on the same t
 Every engine's output is checked against torch-dense on the timed input: max |diff| / max |torch|
 must stay within --tolerance (default 1e-4, fp32), or the engine is reported wrong and not timed.
 Timing: engines take turns in blocks (sparse_rt.timing.compare_latency_blocks: after a warm-up
-round, per round each engine makes --untimed calls after the switch, then --block timed calls;
-the order rotates), so DeepSparse in its process takes turns like the others and thread pools
-that keep spinning after a run slow nobody's timed calls. Speedups are p50 ratios within one
-configuration: against the fastest dense engine (torch-dense, onnxruntime, openvino) and against
-torch-dense. Writes benchmarks/results/engines-DATE.json (machine, CPU, versions, load averages,
-every figure) and a PNG of speedup vs sparsity per engine, model and batch size.
+round, per round each engine makes --untimed calls after the switch, and more until --settle
+seconds have passed, then --block timed calls; the order rotates), so DeepSparse in its process
+takes turns like the others and thread pools that keep spinning after a run slow nobody's timed
+calls. Speedups are p50 ratios within one configuration: against the fastest dense engine
+(torch-dense, onnxruntime, openvino) and against torch-dense. Writes
+benchmarks/results/engines-DATE.json (machine, CPU, versions, load averages, every figure) and a
+PNG of speedup vs sparsity per engine, model and batch size.
 """
 
 import argparse
@@ -63,7 +64,7 @@ from sparse_rt.bench.stats import latency_stats
 from sparse_rt.inputs import example_input
 from sparse_rt.machine import busy_warning, load_average, machine_info
 from sparse_rt.nn import SparseLinear
-from sparse_rt.timing import call_block, compare_latency_blocks
+from sparse_rt.timing import SETTLE_SECONDS, call_block, compare_latency_blocks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet50", "bert_encoder")  # bert_encoder's standard input: 128 tokens of 768 features
@@ -143,6 +144,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
     p.add_argument("--block", type=int, default=5, help="timed calls per block (default 5)")
     p.add_argument("--untimed", type=int, default=2, help="untimed calls opening each block (default 2)")
+    p.add_argument("--settle", type=float, default=SETTLE_SECONDS,
+                   help=f"and untimed calls until this many seconds of the block have passed (default "
+                        f"{SETTLE_SECONDS:g}: the previous engine's spinning threads stop)")
     p.add_argument("--rounds", type=int, default=3, help="at least this many rounds of blocks (default 3)")
     p.add_argument("--time", type=float, default=0.0, help="and at least this many seconds of rounds per "
                    "configuration (default 0)")
@@ -159,7 +163,7 @@ def parse_args(argv=None):
                 "sparsities must be in [0, 1)" if any(not 0 <= s < 1 for s in args.sparsity) else "",
                 "batch sizes, --threads, --block and --rounds must be >= 1"
                 if min(*args.batch, args.threads, args.block, args.rounds) < 1 else "",
-                "--untimed must be >= 0" if args.untimed < 0 else ""]
+                "--untimed and --settle must be >= 0" if min(args.untimed, args.settle) < 0 else ""]
     if any(problems):
         p.error("; ".join(m for m in problems if m))
     args.engines = [e for e in ENGINES if e in args.engines]  # the documented order
@@ -168,7 +172,7 @@ def parse_args(argv=None):
 
 @dataclass
 class Prepared:
-    block: object  # run(untimed, timed) -> per-call seconds
+    block: object  # run(untimed, timed, settle) -> per-call seconds
     max_rel_diff: float
     note: str = ""
 
@@ -264,7 +268,8 @@ def bench_config(engines, x, reference, workdir, args):
         else:
             log(f"  {name}: output differs from torch by {prepared.max_rel_diff:.1e} (relative), above "
                 f"--tolerance {args.tolerance:g}: not timed")
-    samples = compare_latency_blocks(blocks, block_calls=args.block, untimed_calls=args.untimed, min_time=args.time,
+    samples = compare_latency_blocks(blocks, block_calls=args.block, untimed_calls=args.untimed,
+                                     settle=args.settle, min_time=args.time,
                                      min_rounds=args.rounds) if blocks else {}
     for name, s in samples.items():
         rows[name].update(latency_stats(s, x.shape[0]))

@@ -158,9 +158,9 @@ class DeepSparseWorker:
         return self._request({"op": "compile", "path": str(path), "batch": batch, "threads": threads,
                               "input": str(input_npy), "expected": str(expected_npy)})
 
-    def block(self, untimed, timed):
+    def block(self, untimed, timed, settle=0.0):
         """A block of calls of the compiled model (sparse_rt.timing.compare_latency_blocks' protocol)."""
-        return self._request({"op": "block", "untimed": untimed, "timed": timed})["samples"]
+        return self._request({"op": "block", "untimed": untimed, "timed": timed, "settle": settle})["samples"]
 
     def close(self):
         if self.process.poll() is None:

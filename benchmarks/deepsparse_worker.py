@@ -10,8 +10,9 @@ stdout itself is pointed at stderr, where DeepSparse's banner and logs go). On s
   {"op": "compile", "path": P, "batch": B, "threads": T, "input": "x.npy", "expected": "y.npy"}
       -> {"ok": true, "compile_s": S, "max_rel_diff": max|out - expected| / max|expected|,
           "fraction_of_supported_ops": F}   (the share of the graph DeepSparse runs natively)
-  {"op": "block", "untimed": U, "timed": N}
-      -> {"ok": true, "samples": [N per-call seconds]}   (U untimed calls first)
+  {"op": "block", "untimed": U, "timed": N, "settle": S}
+      -> {"ok": true, "samples": [N per-call seconds]}   (first U untimed calls, and more until
+                                                          S seconds have passed)
   {"op": "quit"}
 A request that fails answers {"ok": false, "error": "..."} and the server goes on.
 """
@@ -22,10 +23,13 @@ import sys
 import time
 
 
-def _block(engine, inputs, untimed, timed):
+def _block(engine, inputs, untimed, timed, settle):
     # The protocol of sparse_rt.timing.call_block (not importable here: no torch in this venv).
-    for _ in range(untimed):
+    deadline = time.perf_counter() + settle
+    calls = 0
+    while calls < untimed or time.perf_counter() < deadline:
         engine.run(inputs)
+        calls += 1
     samples = []
     for _ in range(timed):
         t0 = time.perf_counter()
@@ -77,7 +81,8 @@ def main():
             elif op == "block":
                 if engine is None:
                     raise RuntimeError("block before a successful compile")
-                answer({"ok": True, "samples": _block(engine, inputs, request["untimed"], request["timed"])})
+                answer({"ok": True, "samples": _block(engine, inputs, request["untimed"], request["timed"],
+                                                                request["settle"])})
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as e:  # noqa: BLE001  (reported to the parent, which records it)

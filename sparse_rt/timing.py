@@ -65,11 +65,15 @@ def _rotating_rounds(names, take, min_rounds, min_time):
 
 
 def call_block(fn):
-    """A block runner for compare_latency_blocks: run(untimed, timed) calls `fn` `untimed` times,
-    then `timed` times each timed with perf_counter, and returns those seconds."""
-    def run(untimed, timed):
-        for _ in range(untimed):
+    """A block runner for compare_latency_blocks: run(untimed, timed, settle=0) calls `fn` `untimed`
+    times, and again until `settle` seconds have passed since the block began, then `timed` times
+    each timed with perf_counter, and returns those seconds."""
+    def run(untimed, timed, settle=0.0):
+        deadline = time.perf_counter() + settle
+        calls = 0
+        while calls < untimed or time.perf_counter() < deadline:
             fn()
+            calls += 1
         samples = []
         for _ in range(timed):
             t0 = time.perf_counter()
@@ -80,23 +84,34 @@ def call_block(fn):
     return run
 
 
-def compare_latency_blocks(blocks, *, block_calls=5, untimed_calls=2, min_time=0.0, min_rounds=3):
+# How long an engine keeps running untimed calls after taking its turn (compare_latency_blocks'
+# default). Thread pools that spin after a run slow whatever runs next on the same cores: after
+# onnxruntime's (2 threads, a Zen 4), fused BERT-base at batch 1 ran its next calls at 2x its time
+# for about 80 ms, and DeepSparse its next at up to 3x for up to 200 ms; two untimed calls of a
+# 30 ms model did not outlast that.
+SETTLE_SECONDS = 0.3
+
+
+def compare_latency_blocks(blocks, *, block_calls=5, untimed_calls=2, settle=SETTLE_SECONDS, min_time=0.0,
+                           min_rounds=3):
     """Times engines that take turns in blocks and returns {name: sorted per-call seconds}.
 
-    `blocks` maps a name to run(untimed, timed) -> list of per-call seconds (call_block wraps a
-    callable; an engine in another process answers the same request). A first round warms each
-    engine with untimed_calls + block_calls untimed calls; then, in at least `min_rounds` rounds
-    and `min_time` seconds, each engine in turn (the order rotating each round) makes
-    `untimed_calls` calls after the switch, untimed, and `block_calls` timed ones. For CPU engines
-    with thread pools of their own, which keep spinning for a while after a run and would slow
-    whichever engine ran next if they alternated call by call (compare_latency), and for engines
-    in other processes, whose calls cannot be interleaved one by one."""
-    if block_calls < 1 or untimed_calls < 0 or min_rounds < 1:
-        raise ValueError("block_calls and min_rounds must be >= 1 and untimed_calls >= 0")
+    `blocks` maps a name to run(untimed, timed, settle) -> list of per-call seconds (call_block
+    wraps a callable; an engine in another process answers the same request). A first round warms
+    each engine with untimed_calls + block_calls untimed calls; then, in at least `min_rounds`
+    rounds and `min_time` seconds, each engine in turn (the order rotating each round) makes at
+    least `untimed_calls` untimed calls after the switch, and more until `settle` seconds have
+    passed, then `block_calls` timed ones. For CPU engines with thread pools of their own, which
+    keep spinning for a while after a run and would slow whichever engine ran next if they
+    alternated call by call (compare_latency), and for engines in other processes, whose calls
+    cannot be interleaved one by one."""
+    if block_calls < 1 or untimed_calls < 0 or settle < 0 or min_rounds < 1:
+        raise ValueError("block_calls and min_rounds must be >= 1, untimed_calls and settle >= 0")
     names = list(blocks)
     for name in names:
-        blocks[name](untimed_calls + block_calls, 0)
-    return _rotating_rounds(names, lambda name: blocks[name](untimed_calls, block_calls), min_rounds, min_time)
+        blocks[name](untimed_calls + block_calls, 0, settle)
+    return _rotating_rounds(names, lambda name: blocks[name](untimed_calls, block_calls, settle), min_rounds,
+                            min_time)
 
 
 def cuda_graph_replay(fn, warmup_calls=2):

@@ -4,6 +4,7 @@ correctness, and end-to-end runs that must write every field of the JSON and the
 import importlib.util
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def _hand_model():
 def test_report_arithmetic_on_a_hand_computable_model(monkeypatch):
     # Known latencies per engine (seconds): sparse_rt's p50 is 2 ms, dense's 6 ms, torch-sparse's 3 ms.
     fake = {"sparse_rt": [0.001, 0.002, 0.003], "dense": [0.004, 0.006, 0.008], "torch-sparse": [0.003] * 3}
-    monkeypatch.setattr(runner, "compare_latency", lambda fns, **kw: {n: fake[n] for n in fns})
+    monkeypatch.setattr(runner, "_interleaved_samples", lambda fns, settings, cuda: {n: fake[n] for n in fns})
     report = bench.run(_hand_model(), (16,), batch=[1, 4], baselines="dense,torch-sparse", warmup=0, time=0)
     variant = report.data["variants"][0]
     m = variant["metrics"]
@@ -200,7 +201,7 @@ def test_busy_warning_when_the_load_exceeds_the_threads(monkeypatch):
     assert "3.25 at the end" in warning and "at the start" not in warning and "2 thread(s)" in warning
     # In a run: the load averages go to the report, and a busy machine gets a warning line printed.
     fake = {"sparse_rt": [0.001], "dense": [0.002]}
-    monkeypatch.setattr(runner, "compare_latency", lambda fns, **kw: {n: fake[n] for n in fns})
+    monkeypatch.setattr(runner, "_interleaved_samples", lambda fns, settings, cuda: {n: fake[n] for n in fns})
     loads = iter([[5.0, 4.0, 3.0], [6.0, 5.0, 4.0]])
     monkeypatch.setattr(runner, "load_average", lambda: next(loads))
     report = bench.run(_hand_model(), (16,), baselines="dense", threads=1, warmup=0, time=0)
@@ -217,20 +218,34 @@ def test_blocks_take_turns_in_rotating_order():
     calls = []
 
     def block(name):
-        def run(untimed, timed):
-            calls.append((name, untimed, timed))
+        def run(untimed, timed, settle):
+            calls.append((name, untimed, timed, settle))
             return [0.001] * timed
         return run
 
     samples = compare_latency_blocks({"a": block("a"), "b": block("b")}, block_calls=3, untimed_calls=2,
-                                     min_rounds=2)
-    assert calls == [("a", 5, 0), ("b", 5, 0),  # the warm-up round
-                     ("a", 2, 3), ("b", 2, 3), ("b", 2, 3), ("a", 2, 3)]
+                                     settle=0.5, min_rounds=2)
+    assert calls == [("a", 5, 0, 0.5), ("b", 5, 0, 0.5),  # the warm-up round
+                     ("a", 2, 3, 0.5), ("b", 2, 3, 0.5), ("b", 2, 3, 0.5), ("a", 2, 3, 0.5)]
     assert {name: len(s) for name, s in samples.items()} == {"a": 6, "b": 6}
-    counted = []
-    assert len(call_block(lambda: counted.append(1))(2, 3)) == 3 and len(counted) == 5
     with pytest.raises(ValueError, match="block_calls"):
         compare_latency_blocks({"a": block("a")}, block_calls=0)
+    with pytest.raises(ValueError, match="settle"):
+        compare_latency_blocks({"a": block("a")}, settle=-1)
+
+
+def test_a_block_settles_before_its_timed_calls():
+    """call_block makes its untimed calls, then more until `settle` seconds have passed (another
+    engine's spinning threads stop meanwhile), then the timed ones."""
+    stamps = []
+    run = call_block(lambda: (stamps.append(time.perf_counter()), time.sleep(0.01)))
+    assert len(run(2, 3)) == 3 and len(stamps) == 5  # no settle time: the counts alone
+    stamps.clear()
+    start = time.perf_counter()
+    samples = run(1, 2, settle=0.1)
+    untimed = stamps[:-2]
+    assert len(samples) == 2 and len(untimed) >= 2
+    assert untimed[-1] - start < 0.1 <= stamps[-2] - start  # the timed calls begin after the settle time
 
 
 class _OnnxFile:
@@ -288,7 +303,7 @@ def test_openvino_and_sparse_flavour_unavailable_with_a_reason(monkeypatch, tmp_
         openvino_engine(None, threads=1, device=torch.device("cpu"))
     # In a run, the baseline is reported with the reason and the others go on.
     fake = {"sparse_rt": [0.001], "dense": [0.002]}
-    monkeypatch.setattr(runner, "compare_latency", lambda fns, **kw: {n: fake[n] for n in fns})
+    monkeypatch.setattr(runner, "_interleaved_samples", lambda fns, settings, cuda: {n: fake[n] for n in fns})
     report = bench.run(_hand_model(), (16,), baselines="dense,openvino", warmup=0, time=0)
     engines = report.data["variants"][0]["engines"]
     assert engines["openvino"]["status"] == "unavailable" and "not installed" in engines["openvino"]["note"]

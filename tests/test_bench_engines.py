@@ -40,9 +40,11 @@ def test_arguments(bench_engines, capsys):
                                      "--engines", "deepsparse,sparse_rt", "--threads", "4"])
     assert (args.models, args.batch, args.sparsity, args.threads) == (["bert_encoder"], [8], [0.9, 0.95], 4)
     assert args.engines == ["sparse_rt", "deepsparse"]  # the documented order
+    assert bench_engines.parse_args([]).settle == 0.3 and bench_engines.parse_args(["--settle", "0"]).settle == 0
     for bad, message in ((["--engines", "tvm"], "unknown engine(s) tvm"), (["--models", "gpt9"], "unknown model(s)"),
                          (["--sparsity", "1.0"], "sparsities must be in [0, 1)"),
-                         (["--batch", "0"], "must be >= 1"), (["--batch", ""], "at least one value")):
+                         (["--batch", "0"], "must be >= 1"), (["--batch", ""], "at least one value"),
+                         (["--settle", "-1"], "--untimed and --settle must be >= 0")):
         with pytest.raises(SystemExit):
             bench_engines.parse_args(bad)
         assert message in capsys.readouterr().err
@@ -52,7 +54,7 @@ def _check_run(bench_engines, tmp_path, engines, extra=()):
     out = tmp_path / "e.json"
     assert bench_engines.main(["--models", "cifar_resnet", "--batch", "1,2", "--sparsity", "0.9", "--engines",
                                ",".join(engines), "--threads", "1", "--rounds", "1", "--block", "2",
-                               "--untimed", "0", "--out", str(out), *extra]) == 0
+                               "--untimed", "0", "--settle", "0", "--out", str(out), *extra]) == 0
     report = json.loads(out.read_text())
     assert {"date", "command", "machine", "versions", "config", "load", "results"} <= set(report)
     assert {"cpu", "cores"} <= set(report["machine"]) and {"torch", "sparse_rt", "openvino"} <= set(report["versions"])
@@ -128,7 +130,7 @@ def test_deepsparse_worker_protocol(deepsparse_python, tmp_path):
         answer = worker.compile(path, 3, 1, tmp_path / "x.npy", tmp_path / "y.npy")
         assert answer["max_rel_diff"] < 1e-5 and answer["fraction_of_supported_ops"] > 0
         assert worker.compile(path, 3, 1, tmp_path / "x.npy", tmp_path / "wrong.npy")["max_rel_diff"] > 0.1
-        samples = worker.block(1, 4)
+        samples = worker.block(1, 4, 0.05)  # one untimed call, and more for 0.05 s
         assert len(samples) == 4 and all(s > 0 for s in samples)
         with pytest.raises(env.DeepSparseUnavailable) as failed:
             worker.compile(tmp_path / "missing.onnx", 1, 1, tmp_path / "x.npy", tmp_path / "y.npy")

@@ -18,7 +18,7 @@ from ..model import SparseModel, sparsify
 from ..nn.surgery import dense_copy
 from ..pruning import magnitude_prune
 from ..resolve import resolve_model
-from ..timing import compare_latency, cuda_graph_replay, layer_times
+from ..timing import call_block, compare_latency, compare_latency_blocks, cuda_graph_replay, layer_times, warm_up
 from .engines import (
     BASELINES,
     DenseOnnx,
@@ -130,7 +130,8 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
                ReLUs in the kernels); the baselines are built from the model before fusion.
     batch:     batch sizes ("1,8,32" or [1, 8, 32]); sparsity: one value or several ("0.5,0.9").
     warmup:    seconds each engine runs before timing, per batch size (0: none).
-    time:      seconds of interleaved timing rounds per batch size, at least `min_iterations` rounds.
+    time:      seconds of interleaved timing rounds per batch size, at least `min_iterations` timed
+               calls per engine (on the CPU in turns of 5 calls, each after 0.3 s of untimed ones).
     threads:   intra-op threads of torch, onnxruntime and OpenVINO for the run (default: torch's);
                the report warns when the machine's load average exceeds them (busy machine).
     dtype:     'fp32', 'fp16', 'bf16'.
@@ -203,8 +204,7 @@ def _time_engines(sparse, engines, status, make_input, settings, step, sparsity)
         step(("" if sparsity is None else f"sparsity {sparsity:g}, ") + f"batch {b}")
         x = make_input(b)
         fns = _prepare(engines, status, x, settings.cuda_graphs, check=b == settings.batches[0], batch=b)
-        samples = compare_latency(fns, warmup=settings.warmup, min_time=settings.seconds,
-                                  min_rounds=settings.min_iterations, cuda=cuda)
+        samples = _interleaved_samples(fns, settings, cuda)
         stats = {name: latency_stats(s, b) for name, s in samples.items()}
         for name, s in stats.items():
             speedup = None if name == SUBJECT else s["p50_ms"] / stats[SUBJECT]["p50_ms"]
@@ -265,6 +265,23 @@ def _prepare(engines, status, x, cuda_graphs, check, batch):
                                             / reference.abs().max().clamp_min(1e-30)).item()
         fns[name] = _cuda_graph(fn, status[name]) if cuda_graphs and engine.graphable else fn
     return fns
+
+
+# Timed calls per turn on the CPU (_interleaved_samples).
+BLOCK_CALLS = 5
+
+
+def _interleaved_samples(fns, settings, cuda):
+    """{name: sorted per-call seconds} of the engines taking turns. On CUDA call by call; on the CPU
+    in blocks, each opening with untimed calls until the previous engine's threads have stopped
+    spinning (onnxruntime's made the next engine's calls 2x slower for about 80 ms: timing.py)."""
+    if cuda:
+        return compare_latency(fns, warmup=settings.warmup, min_time=settings.seconds,
+                               min_rounds=settings.min_iterations, cuda=True)
+    warm_up(fns, settings.warmup)
+    rounds = -(-settings.min_iterations // BLOCK_CALLS)
+    return compare_latency_blocks({name: call_block(fn) for name, fn in fns.items()}, block_calls=BLOCK_CALLS,
+                                  min_time=settings.seconds, min_rounds=rounds)
 
 
 def _first_tensor(output):

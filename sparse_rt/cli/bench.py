@@ -27,7 +27,7 @@ def add_parser(sub):
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per engine and batch size")
     p.add_argument("--time", type=float, default=10.0,
                    help="seconds of interleaved timing per batch size (all engines together)")
-    p.add_argument("--min-iterations", type=int, default=1, help="at least this many timing rounds")
+    p.add_argument("--min-iterations", type=int, default=1, help="at least this many timed calls per engine")
     p.add_argument("--seed", type=int, default=0, help="seed of pruning and inputs")
     p.add_argument("--cuda-graphs", action="store_true", help="replay torch engines from CUDA graphs")
     p.add_argument("--fuse", action="store_true", help="time sparse_rt's model fused (SparseModel.fuse: "
