@@ -235,7 +235,8 @@ void pointwise_conv_panels(const Conv2dShape& s, const CsrView<V>& w, const floa
     for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
       float* const panel = scratch + slot * s.in_channels * kPanelWidth;
       int64_t copied = -1;
-      for (int64_t u = first_pair(slot); u < first_pair(slot + 1); ++u) {
+      const int64_t pairs_end = first_pair(slot + 1);
+      for (int64_t u = first_pair(slot); u < pairs_end; ++u) {
         const int64_t p = u / work.parts, part = u % work.parts;
         const int64_t first = p * kPanelWidth, width = work.layout.width(p), pixel = first % pixels;
         DenseRows b{panel, width, width};
