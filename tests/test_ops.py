@@ -229,6 +229,8 @@ CONV_CASES = [
     # overlapping 8), and 56 packed ones (a 3x3 stride 2 on 14x14: tiles of 32, 16 and 8)
     (2, 24, 7, 7, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1, 0.3),
     (1, 16, 14, 14, 24, (3, 3), (2, 2), (1, 1), (1, 1), 1, 0.3),
+    # 1x1 images, 70 of them: a pointwise convolution whose panels' columns are images
+    (70, 24, 1, 1, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1, 0.4),
 ]
 
 

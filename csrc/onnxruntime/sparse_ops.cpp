@@ -675,8 +675,7 @@ class CsrConv2dKernel final : public OpKernel {
         cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh, pf);
         offsets = fresh;
       }
-      buffers = {scratch.get<float>(sizes.packed), offsets, scratch.get<float>(sizes.wide),
-                 scratch.get<float>(sizes.panels)};
+      buffers = {scratch.get<float>(sizes.packed), offsets, scratch.get<float>(sizes.panels)};
     } catch (const std::exception&) {
       layout.gather = true;  // the packed path's scratch does not fit: the gather path needs none
       buffers = {};

@@ -7,7 +7,6 @@
 
 #include "../checked_int.h"
 #include "csr_spmm.h"
-#include "finished_rows.h"
 #include "scalar_types.h"
 
 namespace sparse_rt::cpu {
@@ -85,31 +84,6 @@ void conv_tap_offsets_of_rows(const int32_t* crow, const int32_t* col, const Con
     const int32_t base = int32_t((o / cout_per_group) * group_stride);
     for (int64_t k = crow[o]; k < crow[o + 1]; ++k) offsets[k] = base + column_offsets[col[k]];
   }
-}
-
-// Copies the output pixels out of the wide rows; `ep` (bias already added) applies what must come
-// after it, residual and activation, which index the cropped output. In vectors: element by element
-// (Epilogue::apply) this pass took 6.5% of fused ResNet-50's time at batch 1 (Zen 3); in vectors the
-// whole model runs 1.04-1.06x faster at 90% and 95%, batch 1 and 8.
-template <typename Wide>
-[[gnu::always_inline]] inline void crop_rows(const Conv2dShape& s, const PackedConvLayout& l, const float* wide,
-                                             float* out, const Epilogue& ep, int64_t o_begin, int64_t o_end) {
-  for (int64_t o = o_begin; o < o_end; ++o) {
-    for (int64_t oy = 0; oy < s.out_h; ++oy) {
-      const int64_t start = (o * s.out_h + oy) * s.out_w;
-      const float* row = wide + o * l.wide_padded + oy * l.phase_w;
-      if (!ep.residual && !ep.activates()) {
-        std::memcpy(out + start, row, sizeof(float) * s.out_w);
-        continue;
-      }
-      store_finished_row<Wide>(row, 0.f, ep.residual ? ep.residual + start : nullptr, ep, out + start, s.out_w);
-    }
-  }
-}
-
-void crop_wide_output(const Conv2dShape& s, const PackedConvLayout& l, const float* wide,
-                      float* out, const Epilogue& ep, int64_t o_begin, int64_t o_end) {
-  SPARSE_RT_DISPATCH_WIDE(crop_rows<Wide>(s, l, wide, out, ep, o_begin, o_end))
 }
 
 // The output pixels q in [0, out) whose tap at `offset` (k * dilation - pad) reads inside
@@ -246,8 +220,15 @@ void pointwise_conv_panels(const Conv2dShape& s, const CsrView<V>& w, const floa
           pack_pixel_panel(x, s.in_channels, pixels, columns, first, width, panel);
           copied = p;
         }
-        const StridedOutput out{y, pixels, 1, std::min(width, columns - first), pixels, s.out_channels * pixels, first};
-        csr_spmm(w, b, out, ep, balanced_row_start(w.crow, w.rows, part, work.parts),
+        const int64_t stored = std::min(width, columns - first);
+        // Images of one pixel: the output is a linear layer's, [batch, out_channels], from the
+        // panel's first image on.
+        const bool one_pixel = pixels == 1;
+        const StridedOutput out =
+            one_pixel ? StridedOutput{y + first * s.out_channels, 1, s.out_channels, stored}
+                      : StridedOutput{y, pixels, 1, stored, pixels, pixels, s.out_channels * pixels, first};
+        csr_spmm(w, b, out, one_pixel ? ep.at(first * s.out_channels) : ep,
+                 balanced_row_start(w.crow, w.rows, part, work.parts),
                  balanced_row_start(w.crow, w.rows, part + 1, work.parts));
       }
     }
@@ -285,8 +266,7 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
   // A tap reads [offset, offset + wide_padded), which may run past the last plane by up to
   // wide_padded floats: the zero tail keeps those reads inside the buffer.
   const CheckedInt packed_len = CheckedInt(s.in_channels) * l.phases * phase_h * phase_w + wide_padded;
-  const CheckedInt scratch = tables + CheckedInt(s.batch) * packed_len + nnz +
-                             CheckedInt(s.batch) * s.out_channels * wide_padded;
+  const CheckedInt scratch = tables + CheckedInt(s.batch) * packed_len + nnz;
   // Tap offsets into a packed image are int32.
   if (!packed_len.at_most(std::numeric_limits<int32_t>::max() - 1) || !scratch.at_most(limit)) return gather;
   l.phase_h = phase_h.value();
@@ -303,9 +283,9 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
 }
 
 ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout& l, int64_t nnz, int64_t threads) {
-  if (l.gather) return {0, 0, 0, 0};
-  if (l.panels) return {0, 0, 0, panel_work(s, nnz, threads).slots * s.in_channels * kPanelWidth};
-  return {l.direct ? 0 : s.batch * l.packed_len, nnz, l.crop ? s.batch * s.out_channels * l.wide_padded : 0, 0};
+  if (l.gather) return {0, 0, 0};
+  if (l.panels) return {0, 0, panel_work(s, nnz, threads).slots * s.in_channels * kPanelWidth};
+  return {l.direct ? 0 : s.batch * l.packed_len, nnz, 0};
 }
 
 void conv_tap_offsets(const Conv2dShape& s, const PackedConvLayout& l, const int32_t* crow, const int32_t* col,
@@ -343,24 +323,19 @@ void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V
     });
   }
   // The SpMM's dense operand is the packed image (or the input itself), its column indices the
-  // tap offsets into it.
+  // tap offsets into it. Its output rows are the wide ones, stored cropped (StridedOutput's segments).
   const float* images = l.direct ? x : scratch.packed;
   const int64_t image_stride = l.direct ? in_image : l.packed_len;
   const int64_t width = l.direct ? l.wide : l.wide_padded;
+  const int64_t out_plane = s.out_h * s.out_w;
   const CsrView<V> taps{w.crow, scratch.offsets, w.values, w.rows, w.cols};
   parallel_over_rows(pf, w.crow, w.rows, s.batch, int64_t(w.crow[w.rows]) * l.wide,
                      [&](int64_t n, int64_t o0, int64_t o1) {
                        const DenseRows b{images + n * image_stride, 1, width};
-                       const Epilogue image_ep = ep.at(n * out_image);
-                       if (l.crop) {
-                         // The wide rows get the bias; residual and activation follow the crop.
-                         float* wide = scratch.wide + n * w.rows * l.wide_padded;
-                         csr_spmm(taps, b, {wide, l.wide_padded, 1, l.wide}, {ep.bias, false}, o0, o1);
-                         const Epilogue after_crop{nullptr, ep.relu, image_ep.residual, ep.gelu};
-                         crop_wide_output(s, l, wide, y + n * out_image, after_crop, o0, o1);
-                       } else {
-                         csr_spmm(taps, b, {y + n * out_image, l.wide, 1, l.wide}, image_ep, o0, o1);
-                       }
+                       const StridedOutput out =
+                           l.crop ? StridedOutput{y + n * out_image, out_plane, 1, l.wide, l.phase_w, s.out_w, s.out_w}
+                                  : StridedOutput{y + n * out_image, out_plane, 1, l.wide};
+                       csr_spmm(taps, b, out, ep.at(n * out_image), o0, o1);
                      });
 }
 

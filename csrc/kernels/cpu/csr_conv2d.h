@@ -7,7 +7,7 @@
 // convolution keeps one of four). Outputs are computed "wide" - each output row as long as a phase
 // row (Ws) - so that output position q = oy*Ws + ox maps to packed input position q + offset with
 // one offset per nonzero, and the SpMM runs over contiguous rows. The extra columns (ox >= OW) are
-// cropped away.
+// computed but not stored.
 //
 // The packed image spans the padded input, and its stride-phase tables the stride: geometries with
 // padding, stride or dilation far beyond the image would make it huge (and its sizes overflow).
@@ -46,8 +46,8 @@ struct PackedConvLayout {
   // 7x7 image at batch 8 fills six whole panels rather than three narrow tiles per image, and a
   // panel's window of the operand is contiguous. No tap offsets then.
   bool panels;
-  // The wide rows are the output rows when phase_w == out_w, and the SpMM writes y directly;
-  // otherwise it writes a scratch buffer that is cropped into y.
+  // The wide rows are the output rows when phase_w == out_w; otherwise the SpMM stores the first
+  // out_w columns of each.
   bool crop;
   // The packed path's scratch would exceed kPackedScratchPerElement times the elements the call
   // reads and writes (input, output, nonzeros) plus kPackedScratchSlack, or its sizes overflow:
@@ -65,16 +65,15 @@ constexpr int64_t kPackedScratchSlack = int64_t(1) << 20;
 PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz);
 
 // What csr_conv2d needs besides its operands, in elements: the packed images (none when the
-// layout is direct), one tap offset per nonzero (conv_tap_offsets), and the wide outputs (none
-// without crop); none on the gather path. The caller allocates it, with its own allocator.
+// layout is direct) and one tap offset per nonzero (conv_tap_offsets), or the panels; none on the
+// gather path. The caller allocates it, with its own allocator.
 struct ConvScratch {
   float* packed;           // batch * packed_len
   const int32_t* offsets;  // nnz, filled by conv_tap_offsets
-  float* wide;             // batch * out_channels * wide_padded
   float* panels;           // one panel (in_channels * kPanelWidth floats) per thread, at most
 };
 struct ConvScratchSizes {
-  int64_t packed, offsets, wide, panels;
+  int64_t packed, offsets, panels;
 };
 // `threads`: the ParallelFor's num_threads that csr_conv2d will get (the panels layout copies each
 // thread's panel into its own part of the scratch).

@@ -84,10 +84,8 @@ inline void row_column(const CsrView<V>& w, const DenseRows& b, const StridedOut
     for (int p = 0; p < 4; ++p) acc[p] += to_float(w.values[k + p]) * b.data[int64_t(w.col[k + p]) * b.ld + q];
   }
   for (; k < end; ++k) acc[0] += to_float(w.values[k]) * b.data[int64_t(w.col[k]) * b.ld + q];
-  if (q < y.columns) {
-    const int64_t index = r * y.row_stride + q * y.col_stride;
-    y.data[index] = ep.apply((acc[0] + acc[1]) + (acc[2] + acc[3]), r, index);
-  }
+  const int64_t index = q < y.columns ? y.index(r, q) : -1;
+  if (index >= 0) y.data[index] = ep.apply((acc[0] + acc[1]) + (acc[2] + acc[3]), r, index);
 }
 
 // Rows are computed kGroup at a time into a tile buffer (row i's sums at i * kTileStride), then
@@ -130,11 +128,14 @@ template <typename Wide>
                                                   const Epilogue& ep, int64_t r0, int64_t count,
                                                   int64_t q0, int64_t width) {
   const int64_t stored = std::min(width, y.columns - q0);
-  if (y.row_stride == 1 && count == kGroup && width % kLanesOf<Wide> == 0) {
+  // A linear layer's output (consecutive rows adjacent); a 1x1 image's convolution has a row stride
+  // of 1 too, but its columns are images (segments).
+  const bool transposed = y.row_stride == 1 && y.segment_columns == 0;
+  if (transposed && count == kGroup && width % kLanesOf<Wide> == 0) {
     store_group_transposed<Wide>(tile, y, ep, r0, q0, stored);
     return;
   }
-  if (y.row_stride == 1) {
+  if (transposed) {
     for (int64_t j = 0; j < stored; ++j) {
       const int64_t start = r0 + (q0 + j) * y.col_stride;
       const float* residual = ep.residual ? ep.residual + start : nullptr;
@@ -148,18 +149,19 @@ template <typename Wide>
   }
   if (y.col_stride == 1) {
     // A convolution's output: each row's columns are contiguous, in one image or in runs that
-    // end where an image does (StridedOutput::image_columns).
+    // end where a segment does (StridedOutput::segment_columns), of which the first `kept` are stored.
     for (int64_t j = 0; j < stored;) {
-      int64_t run = stored - j, at = q0 + j;
-      if (y.image_columns > 0) {
-        const int64_t column = y.first_column + q0 + j, pixel = column % y.image_columns;
-        run = std::min(run, y.image_columns - pixel);
-        at = column / y.image_columns * y.image_stride + pixel;
+      int64_t run = stored - j, kept = run, at = q0 + j;
+      if (y.segment_columns > 0) {
+        const int64_t column = y.first_column + q0 + j, element = column % y.segment_columns;
+        run = std::min(run, y.segment_columns - element);
+        kept = std::clamp<int64_t>(y.segment_kept - element, 0, run);
+        at = column / y.segment_columns * y.segment_stride + element;
       }
-      for (int64_t i = 0; i < count; ++i) {
+      for (int64_t i = 0; i < count && kept > 0; ++i) {
         const int64_t r = r0 + i, start = r * y.row_stride + at;
         store_finished_row<Wide>(tile + i * kTileStride + j, ep.bias ? ep.bias[r] : 0.f,
-                                 ep.residual ? ep.residual + start : nullptr, ep, y.data + start, run);
+                                 ep.residual ? ep.residual + start : nullptr, ep, y.data + start, kept);
       }
       j += run;
     }

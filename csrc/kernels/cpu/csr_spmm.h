@@ -35,14 +35,24 @@ struct StridedOutput {
   int64_t row_stride;
   int64_t col_stride;
   int64_t columns;  // columns stored (<= DenseRows::width; the rest is padding)
-  // With col_stride 1, columns may run across images (a pointwise convolution's pixels of several
-  // images side by side): column q is pixel (first_column + q) % image_columns of image
-  // (first_column + q) / image_columns, whose output starts image_stride floats after the last
-  // one's. 0: the columns are one image's, from data on. Only the grouped stores (every operand
-  // of 8 columns and more) read these.
-  int64_t image_columns = 0;
-  int64_t image_stride = 0;
+  // With col_stride 1, the columns may be cut into segments of segment_columns (0: one segment):
+  // column q is element e = (first_column + q) % segment_columns of segment
+  // s = (first_column + q) / segment_columns, stored at s * segment_stride + e when e <
+  // segment_kept, and not at all otherwise. Two uses: the pixels of several images side by side
+  // (a pointwise convolution's panels: a segment is an image, all kept), and a convolution's wide
+  // rows (a segment is a row of a stride phase, of which the first out_w columns are the output's:
+  // stored cropped, straight from the sums).
+  int64_t segment_columns = 0;
+  int64_t segment_kept = 0;
+  int64_t segment_stride = 0;
   int64_t first_column = 0;
+
+  // Where Y[r, q] is stored, or -1 where column q is cut away.
+  int64_t index(int64_t r, int64_t q) const {
+    if (segment_columns == 0) return r * row_stride + q * col_stride;
+    const int64_t column = first_column + q, element = column % segment_columns;
+    return element < segment_kept ? r * row_stride + column / segment_columns * segment_stride + element : -1;
+  }
 };
 
 // The dense operand of a batched linear layer: x ([rows, cols] row-major, rows = the batch)

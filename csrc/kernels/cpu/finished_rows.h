@@ -34,13 +34,22 @@ template <typename Vec>
 }
 
 // out[j] for j < count, contiguous sums to contiguous outputs: Wide vectors, then 8-float ones,
-// then the last few one at a time (stores of single floats that miss the cache fill the store
-// queue long before memory is busy, so vectors wherever they fit).
+// then the last few as one 8-float vector ending at the last (it stores again up to seven outputs
+// with the values they have: `out` must not overlap `sums` or `residual`), or, in a row shorter
+// than 8, one at a time. Stores of single floats that miss the cache fill the store queue long
+// before memory is busy, and GCC vectorized the loop over the last few under masks, evaluating
+// every activation: with the last 6 of each row of 14 stored that way, a 3x3 convolution of 256
+// channels on 14x14 images (batch 8, 90% sparse) ran 1.2x slower on a Zen 4.
 template <typename Wide>
 [[gnu::always_inline]] inline void store_finished_row(const float* sums, float bias, const float* residual,
                                                       const Epilogue& ep, float* out, int64_t count) {
   int64_t j = store_vectors<Wide>(sums, bias, residual, ep, out, 0, count);
   if constexpr (kLanesOf<Wide> > 8) j = store_vectors<vec8>(sums, bias, residual, ep, out, j, count);
+  if (j == count) return;
+  if (count >= 8) {
+    store_vectors<vec8>(sums, bias, residual, ep, out, count - 8, count);
+    return;
+  }
   for (; j < count; ++j) out[j] = ep.activate(sums[j] + bias + (residual ? residual[j] : 0.f));
 }
 

@@ -459,7 +459,7 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
   // Scratch starts as NaN: any element read before it is written shows in the result.
   const PackedConvLayout layout = packed_conv_layout(s, int64_t(m.col.size()));
   const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, int64_t(m.col.size()), kThreeChunks.num_threads);
-  std::vector<float> packed(sizes.packed, NAN), wide(sizes.wide, NAN), panels(sizes.panels, NAN);
+  std::vector<float> packed(sizes.packed, NAN), panels(sizes.panels, NAN);
   std::vector<int32_t> offsets(sizes.offsets, -1);
   CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), s.out_channels, cin_g * s.kh * s.kw};
   const std::vector<int32_t> blob = packed_weight ? pack_nonzeros(w) : std::vector<int32_t>();
@@ -471,7 +471,7 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
   }
   conv_tap_offsets(s, layout, m.crow.data(), m.col.data(), offsets.data(), kThreeChunks);
   csr_conv2d(s, layout, w, in.data(), out.data(), Epilogue{bias.data(), true, with_residual ? residual.data() : nullptr},
-             ConvScratch{packed.data(), offsets.data(), wide.data(), panels.data()}, kThreeChunks);
+             ConvScratch{packed.data(), offsets.data(), panels.data()}, kThreeChunks);
   for (int64_t n = 0; n < s.batch; ++n) {
     for (int64_t o = 0; o < s.out_channels; ++o) {
       for (int64_t oy = 0; oy < s.out_h; ++oy) {
@@ -557,6 +557,14 @@ void test_value_type() {
   test_conv<V>({3, 600, 7, 7, 300, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.1, true, true);
   test_conv<V>({1, 200, 9, 9, 17, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 2}, 0.3);  // grouped 1x1: read directly
   test_conv<V>({3, 4, 2, 3, 3, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // read directly, narrower than 8
+  // Panels of 1x1 images: each column is an image (row stride 1, but not a linear layer's layout).
+  test_conv<V>({70, 24, 1, 1, 40, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.4);
+  test_conv<V>({70, 600, 1, 1, 40, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.1, false, true);
+  // Wide rows stored cropped: 14 of 16 (an 8-float vector and one overlapping it), 7 of 9 (one by
+  // one), 56 of 58 (runs that cross 64-column tiles).
+  test_conv<V>({2, 20, 14, 14, 24, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.3);
+  test_conv<V>({2, 8, 7, 7, 8, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
+  test_conv<V>({1, 4, 56, 56, 3, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
   test_conv<V>({2, 6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
   // The gather path: stride, padding or dilation far beyond the image.
@@ -583,7 +591,7 @@ void test_conv_layout_is_bounded() {
   for (const Conv2dShape& s : attacks) {
     const PackedConvLayout layout = packed_conv_layout(s, 1);
     const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, 1, 4);
-    expect(layout.gather && layout.row_slot.empty() && sizes.packed == 0 && sizes.offsets == 0 && sizes.wide == 0 &&
+    expect(layout.gather && layout.row_slot.empty() && sizes.packed == 0 && sizes.offsets == 0 &&
                sizes.panels == 0,
            "conv layout of stride " + std::to_string(s.stride_h) + ", padding " + std::to_string(s.pad_h) +
                " takes the gather path without scratch");

@@ -40,20 +40,19 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
     cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, p.weight.stored);
     const cpu::ParallelFor pf = torch_parallel_for();
-    at::Tensor image, offsets, wide, panels;
+    at::Tensor image, offsets, panels;
     try {
       const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, p.weight.stored, pf.num_threads);
       image = scratch(sizes.packed, x.options());
       offsets = scratch(sizes.offsets, crow.options());
-      wide = scratch(sizes.wide, x.options());
       panels = scratch(sizes.panels, x.options());
     } catch (const c10::Error&) {
       // The packed path's scratch does not fit in memory: the gather path needs none.
       layout.gather = true;
-      image = offsets = wide = panels = at::Tensor();
+      image = offsets = panels = at::Tensor();
     }
     const cpu::ConvScratch buffers{data_or_null<float>(image), data_or_null<int32_t>(offsets),
-                                   data_or_null<float>(wide), data_or_null<float>(panels)};
+                                   data_or_null<float>(panels)};
     try {
       cpu::conv_tap_offsets(s, layout, crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(),
                             data_or_null<int32_t>(offsets), pf);
