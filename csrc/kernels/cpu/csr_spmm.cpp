@@ -150,6 +150,12 @@ template <typename Wide>
   if (y.col_stride == 1) {
     // A convolution's output: each row's columns are contiguous, in one image or in runs that
     // end where a segment does (StridedOutput::segment_columns), of which the first `kept` are stored.
+    struct Run {
+      int64_t from, kept, at;
+    };
+    Run runs[kTileStride];
+    int64_t count_runs = 0;
+    bool adjacent = true;  // each run's outputs follow the last one's
     for (int64_t j = 0; j < stored;) {
       int64_t run = stored - j, kept = run, at = q0 + j;
       if (y.segment_columns > 0) {
@@ -158,12 +164,34 @@ template <typename Wide>
         kept = std::clamp<int64_t>(y.segment_kept - element, 0, run);
         at = column / y.segment_columns * y.segment_stride + element;
       }
-      for (int64_t i = 0; i < count && kept > 0; ++i) {
-        const int64_t r = r0 + i, start = r * y.row_stride + at;
-        store_finished_row<Wide>(tile + i * kTileStride + j, ep.bias ? ep.bias[r] : 0.f,
-                                 ep.residual ? ep.residual + start : nullptr, ep, y.data + start, kept);
+      if (kept > 0) {
+        if (count_runs > 0) adjacent = adjacent && at == runs[count_runs - 1].at + runs[count_runs - 1].kept;
+        runs[count_runs++] = {j, kept, at};
       }
       j += run;
+    }
+    if (count_runs > 1 && adjacent) {
+      // Runs that meet in the output (a convolution's wide rows cropped: 7 of each 9 columns on a
+      // 7x7 image) are joined first and stored as one row, in vectors rather than seven at a time.
+      for (int64_t i = 0; i < count; ++i) {
+        alignas(64) float joined[kTileStride];
+        int64_t length = 0;
+        for (int64_t u = 0; u < count_runs; ++u) {
+          const float* from = tile + i * kTileStride + runs[u].from;
+          for (int64_t t = 0; t < runs[u].kept; ++t) joined[length++] = from[t];
+        }
+        const int64_t r = r0 + i, start = r * y.row_stride + runs[0].at;
+        store_finished_row<Wide>(joined, ep.bias ? ep.bias[r] : 0.f, ep.residual ? ep.residual + start : nullptr, ep,
+                                 y.data + start, length);
+      }
+      return;
+    }
+    for (int64_t u = 0; u < count_runs; ++u) {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t r = r0 + i, start = r * y.row_stride + runs[u].at;
+        store_finished_row<Wide>(tile + i * kTileStride + runs[u].from, ep.bias ? ep.bias[r] : 0.f,
+                                 ep.residual ? ep.residual + start : nullptr, ep, y.data + start, runs[u].kept);
+      }
     }
     return;
   }
