@@ -278,7 +278,8 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
   l.direct = s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
   l.crop = l.phase_w != s.out_w;
   // batch * height * width fits: the input's elements were bounded above.
-  l.panels = l.direct && s.groups == 1 && s.batch * s.height * s.width >= kPanelWidth;
+  l.panels = l.direct && s.groups == 1 &&
+             PanelLayout{s.batch * s.height * s.width, s.in_channels}.padded() >= kPanelWidth;
   return l;
 }
 

@@ -38,12 +38,12 @@ struct PackedConvLayout {
   // Then the width is not padded either, so no read runs past the input, and the last wide % 8
   // columns take the SpMM's overlapping last tile.
   bool direct;
-  // A direct layout of one group over at least one panel's worth of pixels (batch * height * width
-  // >= kPanelWidth) runs as a linear layer: the images' pixels side by side are the columns of one
-  // [in_channels, batch * height * width] operand, copied 64 columns at a time into a panel (rows
-  // 64 floats apart, as pack_panels lays out a linear layer's input) that the SpMM reads with the
-  // weight's own columns, packed (PackedNonzeros) when w.packed is given. Panels span images, so a
-  // 7x7 image at batch 8 fills six whole panels rather than three narrow tiles per image, and a
+  // A direct layout of one group over a whole panel of pixels once padded (PanelLayout: batch *
+  // height * width > 32) runs as a linear layer: the images' pixels side by side are the columns
+  // of one [in_channels, batch * height * width] operand, copied 64 columns at a time into a panel
+  // (rows 64 floats apart, as pack_panels lays out a linear layer's input) that the SpMM reads with
+  // the weight's own columns, packed (PackedNonzeros) when w.packed is given. Panels span images,
+  // so a 7x7 image at batch 8 fills six whole panels rather than three narrow tiles per image, and a
   // panel's window of the operand is contiguous. No tap offsets then.
   bool panels;
   // The wide rows are the output rows when phase_w == out_w; otherwise the SpMM stores the first

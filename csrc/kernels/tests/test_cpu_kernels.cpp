@@ -530,6 +530,8 @@ void test_value_type() {
   test_csr_linear<V>(300, 700, 130, 0.1, true, true, false, Gelu::kNone, /*expect_packed=*/true);
   test_csr_linear<V>(300, 700, 64, 0.1, false, false, true, Gelu::kExact, /*expect_packed=*/true);
   test_csr_linear<V>(520, 650, 72, 0.2, false, true, false, Gelu::kNone, /*expect_packed=*/true, /*empty_rows=*/260);
+  // 49 rows: one panel, padded to a whole one, which the packed kernel reads.
+  test_csr_linear<V>(300, 700, 49, 0.1, true, true, false, Gelu::kNone, /*expect_packed=*/true);
   test_csr_mlp<V>(40, 96, 24, 150, 0.2, false, Gelu::kExact);  // three panels, the last 22 rows padded to 24
   test_csr_mlp<V>(40, 96, 24, 250, 0.2, true);  // four panels over three threads: one split by rows
   test_csr_mlp<V>(33, 70, 17, 64, 0.3, true);
@@ -555,6 +557,9 @@ void test_value_type() {
   // columns), 600 input channels (packed: several column blocks), more rows than a row block.
   test_conv<V>({3, 600, 7, 7, 300, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.1);
   test_conv<V>({3, 600, 7, 7, 300, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.1, true, true);
+  // One 7x7 image: 49 pixels, a panel padded to a whole one.
+  test_conv<V>({1, 600, 7, 7, 300, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.1);
+  test_conv<V>({1, 600, 7, 7, 300, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.1, true, true);
   test_conv<V>({1, 200, 9, 9, 17, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 2}, 0.3);  // grouped 1x1: read directly
   test_conv<V>({3, 4, 2, 3, 3, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1}, 0.5);  // read directly, narrower than 8
   // Panels of 1x1 images: each column is an image (row stride 1, but not a linear layer's layout).
