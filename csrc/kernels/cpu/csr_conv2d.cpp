@@ -262,7 +262,9 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
   const CheckedInt phase_h = (CheckedInt(s.height) + CheckedInt(2) * s.pad_h + (s.stride_h - 1)) / s.stride_h;
   const CheckedInt phase_w = (CheckedInt(s.width) + CheckedInt(2) * s.pad_w + (s.stride_w - 1)) / s.stride_w;
   const CheckedInt wide = CheckedInt(s.out_h) * phase_w;
-  const CheckedInt wide_padded = (wide + 7) / 8 * 8;
+  // Padded as a linear layer's panels are (padded_columns): the rule applied to the last tile's columns.
+  const int64_t last_tile = wide.value() % kPanelWidth;
+  const CheckedInt wide_padded = wide + (padded_columns(last_tile) - last_tile);
   // A tap reads [offset, offset + wide_padded), which may run past the last plane by up to
   // wide_padded floats: the zero tail keeps those reads inside the buffer.
   const CheckedInt packed_len = CheckedInt(s.in_channels) * l.phases * phase_h * phase_w + wide_padded;

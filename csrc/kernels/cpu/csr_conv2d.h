@@ -32,7 +32,7 @@ struct PackedConvLayout {
   int64_t stored_cols;       // phase columns stored; phase (a, b) is stored at row_slot[a] * stored_cols + col_slot[b]
   int64_t phases;            // stored phases per channel
   int64_t wide;              // out_h * phase_w: output positions computed per channel
-  int64_t wide_padded;       // wide rounded up to a multiple of 8 (the SpMM's vector width)
+  int64_t wide_padded;       // wide padded as padded_columns does (to a multiple of 8, the SpMM's vector width)
   int64_t packed_len;        // floats in a packed image, including the zero tail the SpMM may read
   // A 1x1, stride-1, unpadded convolution reads the image as it is: packing would only copy it.
   // Then the width is not padded either, so no read runs past the input, and the last wide % 8

@@ -66,14 +66,18 @@ struct StridedOutput {
 // (4 KiB apart) every row of a window fell into the same few cache sets.
 constexpr int64_t kPanelWidth = 64;
 
+// The columns an operand of `columns` is computed over: rounded up to a multiple of 8, or to a
+// whole 64-column tile where its last one holds more than 32 (see above).
+constexpr int64_t padded_columns(int64_t columns) {
+  const int64_t last = columns % kPanelWidth;
+  return last > kPanelWidth / 2 ? columns - last + kPanelWidth : (columns + 7) / 8 * 8;
+}
+
 struct PanelLayout {
   int64_t rows;
   int64_t cols;
 
-  int64_t padded() const {  // all panels hold cols * padded() floats
-    const int64_t last = rows % kPanelWidth;
-    return last > kPanelWidth / 2 ? rows - last + kPanelWidth : (rows + 7) / 8 * 8;
-  }
+  int64_t padded() const { return padded_columns(rows); }  // all panels hold cols * padded() floats
   int64_t count() const { return (padded() + kPanelWidth - 1) / kPanelWidth; }
   int64_t width(int64_t panel) const { return std::min(kPanelWidth, padded() - panel * kPanelWidth); }
   int64_t offset(int64_t panel) const { return panel * kPanelWidth * cols; }

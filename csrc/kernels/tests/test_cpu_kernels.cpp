@@ -571,6 +571,7 @@ void test_value_type() {
   test_conv<V>({2, 8, 7, 7, 8, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
   test_conv<V>({1, 4, 56, 56, 3, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
   test_conv<V>({2, 6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
+  test_conv<V>({1, 40, 14, 14, 24, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.3);  // 7x7 output: one 64-column tile
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
   // The gather path: stride, padding or dilation far beyond the image.
   test_conv<V>({2, 3, 4, 4, 2, 0, 0, 1, 1, 1 << 27, 2, 0, 0, 1, 1, 1}, 1.0);
