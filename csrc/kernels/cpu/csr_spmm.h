@@ -60,7 +60,7 @@ struct StridedOutput {
 // width rounded up to a multiple of 8 with zeros; to a whole panel when it holds more than 32 rows:
 // one 64-column tile beats the 32-, 16- and 8-column ones it would take, each a pass over the
 // weight, as for ResNet-50's 7x7 images at batch 1, 49 columns: 1x1 convolutions of 512 and 2048
-// channels 1.5-1.7x on a Zen 4), and panel p holds x[p * 64 : p * 64 + width, :]
+// channels 1.4-1.9x on a Zen 4), and panel p holds x[p * 64 : p * 64 + width, :]
 // transposed, [cols][width], contiguously. The window of B that a 64-column tile reads is then one
 // contiguous block; with x^T stored whole its rows lay `batch` floats apart, and at a batch of 1024
 // (4 KiB apart) every row of a window fell into the same few cache sets.
