@@ -346,6 +346,21 @@ def test_residual_in_the_epilogue_of_every_op(device, dtype, relu):
         assert_close(ops.csr_conv2d(x, *args), reference.csr_conv2d(x, *args, compute_dtype=torch.float64), dtype)
 
 
+# Convolutions that touch more than half of a 32 MiB L3 (this project's machines) store their output
+# with non-temporal stores (csr_conv2d.h, streams_output): a 1x1 convolution on the panels layout and
+# a 3x3 one on the packed layout, cropped, each with a residual.
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_convolution_larger_than_the_cache_streams_its_output_unchanged(relu):
+    for n, cin, cout, k, padding in [(3, 64, 256, (1, 1), (0, 0)), (3, 96, 192, (3, 3), (1, 1))]:
+        w = random_csr(cout, cin * k[0] * k[1], 0.1, seed=cout, empty_rows=(0,))
+        x = randn(n, cin, 56, 56, seed=6)
+        residual = randn(n, cout, 56, 56, seed=7)
+        args = (w.crow_indices, w.col_indices, w.values, randn(cout, seed=8), cin, k, (1, 1), padding, (1, 1), 1,
+                relu, residual)
+        assert_close(ops.csr_conv2d(x, *args), reference.csr_conv2d(x, *args, compute_dtype=torch.float64),
+                     torch.float32)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_residual_of_another_shape_dtype_or_device_is_refused(device):
     w = random_csr(12, 20, 0.3, seed=1, device=device)

@@ -1,8 +1,11 @@
-// Cache sizes per core as the C library reports them (sysconf), for the kernels' blocking.
+// Cache sizes as the C library (L1, L2: per core) and Linux (L3: shared) report them, for the
+// kernels' blocking.
 #pragma once
 
 #include <cstdint>
+#include <fstream>
 #include <limits>
+#include <string>
 
 #include <unistd.h>
 
@@ -31,6 +34,26 @@ inline int64_t l2_cache_bytes() {
 #else
   return std::numeric_limits<int64_t>::max();
 #endif
+}
+
+// The L3 that the first CPU shares, as Linux's sysfs describes it (glibc's sysconf reports the whole
+// package's on AMD: 320 MiB on a Zen 4 whose cores share 32 MiB), or unbounded when it does not
+// (no streaming stores then).
+inline int64_t l3_cache_bytes() {
+  static const int64_t bytes = [] {
+    for (int index = 0; index < 8; ++index) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+      std::ifstream level(dir + "level"), size(dir + "size");
+      int level_number = 0;
+      int64_t kib = 0;
+      std::string unit;
+      if (level >> level_number && level_number == 3 && size >> kib >> unit && kib > 0 && unit == "K") {
+        return kib << 10;
+      }
+    }
+    return std::numeric_limits<int64_t>::max();
+  }();
+  return bytes;
 }
 
 }  // namespace sparse_rt::cpu

@@ -6,6 +6,7 @@
 #include <new>
 
 #include "../checked_int.h"
+#include "cache_sizes.h"
 #include "csr_spmm.h"
 #include "scalar_types.h"
 
@@ -300,10 +301,18 @@ void conv_tap_offsets(const Conv2dShape& s, const PackedConvLayout& l, const int
   });
 }
 
+bool streams_output(const Conv2dShape& s, const Epilogue& ep) {
+  const double output = double(s.batch) * double(s.out_channels) * double(s.out_h * s.out_w);
+  const double touched = double(s.batch) * double(s.in_channels) * double(s.height * s.width) +
+                         output * (ep.residual ? 2 : 1);
+  return touched * sizeof(float) > double(l3_cache_bytes()) / 2;
+}
+
 template <typename V>
 void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V>& w,
                 const float* x, float* y, Epilogue ep, const ConvScratch& scratch,
                 const ParallelFor& pf) {
+  ep.stream = ep.stream || streams_output(s, ep);
   if (l.gather) {
     gather_conv2d(s, w, x, y, ep, pf);
     return;

@@ -88,12 +88,20 @@ ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout
 void conv_tap_offsets(const Conv2dShape& s, const PackedConvLayout& layout, const int32_t* crow, const int32_t* col,
                       int32_t* offsets, const ParallelFor& pf);
 
+// Whether csr_conv2d stores its output with non-temporal stores (Epilogue::stream) by itself: when
+// what the call reads and writes (input, output, residual) exceeds half the L3, the output will have
+// left the cache before the next layer reads it, and a plain store would first fetch each line it
+// fills. ResNet-50's expanding 1x1 convolutions with a residual at batch 8 (Zen 4, 90% sparse):
+// 1.2-1.3x per layer, the whole model 1.05x; at batch 1 no layer comes near the bound.
+bool streams_output(const Conv2dShape& s, const Epilogue& ep);
+
 // y = act(conv2d(x, W) + bias) for the whole batch: x is fp32 [batch, in_channels, height, width],
 // y fp32 [batch, out_channels, out_h, out_w], W (w.cols = in_channels / groups * kh * kw) as in
 // conv_shape.h, its tap offsets in scratch.offsets. Packing runs on pf's threads split by (image,
 // channel), the SpMM by (image, nnz-balanced rows); a batch-1 image is packed by every thread too.
 // The panels layout splits (panel, nnz-balanced rows) over the threads, each copying its panels;
-// w.packed (pack_nonzeros of w, checked by the caller) is read there only.
+// w.packed (pack_nonzeros of w, checked by the caller) is read there only. The output is streamed
+// where ep.stream asks for it or streams_output finds it pays.
 template <typename V>
 void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& layout, const CsrView<V>& w,
                 const float* x, float* y, Epilogue ep, const ConvScratch& scratch,

@@ -422,7 +422,11 @@ void pack_panels(const float* x, const PanelLayout& layout, float* panels, const
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,
               int64_t row_begin, int64_t row_end) {
-  SPARSE_RT_DISPATCH_WIDE(spmm_rows<Wide>(w, b, y, ep, row_begin, row_end))
+  [&] { SPARSE_RT_DISPATCH_WIDE(spmm_rows<Wide>(w, b, y, ep, row_begin, row_end)) }();
+#if defined(__x86_64__)
+  // Non-temporal stores are weakly ordered: visible to the thread that reads the output next once fenced.
+  if (ep.stream) asm volatile("sfence" ::: "memory");
+#endif
 }
 
 template void csr_spmm<float>(const CsrView<float>&, const DenseRows&, StridedOutput, Epilogue,

@@ -18,6 +18,17 @@ template <typename Vec>
   Vec v = sums;
   if (residual) v += load<Vec>(residual);
   v = ep.activate(v);
+#if defined(__x86_64__)
+  // Only a whole line: a partial one written this way costs a read of the line by the memory.
+  // Inline assembly rather than the intrinsic, which GCC would refuse to inline into this function
+  // before it is itself inlined into an AVX-512 kernel (the only one whose Wide is 64 bytes).
+  if constexpr (sizeof(Vec) == 64) {
+    if (ep.stream && (reinterpret_cast<uintptr_t>(out) & 63) == 0) {
+      asm volatile("vmovntps %1, %0" : "=m"(*reinterpret_cast<Vec*>(out)) : "v"(v));
+      return;
+    }
+  }
+#endif
   __builtin_memcpy(out, &v, sizeof v);
 }
 

@@ -48,6 +48,10 @@ struct Epilogue {
   bool relu;
   const float* residual = nullptr;  // nullptr: none
   Gelu gelu = Gelu::kNone;          // not with relu
+  // Store whole aligned 64-byte vectors with non-temporal stores, which write a line without
+  // reading it first: for outputs too large to stay in the cache until they are read (AVX-512 only;
+  // the kernel fences its stores before it returns).
+  bool stream = false;
 
   float apply(float acc, int64_t row, int64_t index) const {
     if (bias) acc += bias[row];
@@ -66,7 +70,7 @@ struct Epilogue {
   bool activates() const { return relu || gelu != Gelu::kNone; }
 
   // The same epilogue for an output that starts `offset` elements into the one it was made for.
-  Epilogue at(int64_t offset) const { return {bias, relu, residual ? residual + offset : nullptr, gelu}; }
+  Epilogue at(int64_t offset) const { return {bias, relu, residual ? residual + offset : nullptr, gelu, stream}; }
 };
 
 // Splits rows [0, rows) into `parts` contiguous ranges holding about the same number of nonzeros,

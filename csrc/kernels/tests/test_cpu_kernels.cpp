@@ -443,8 +443,9 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
 }
 
 // packed_weight: the weight packed (pack_nonzeros) for a layout of panels, which must take it.
+// stream: the output stored with non-temporal stores where a vector is aligned (Epilogue::stream).
 template <typename V>
-void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_weight = false) {
+void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_weight = false, bool stream = false) {
   s = with_output_size(s);
   std::mt19937 rng(unsigned(s.in_channels * 13 + s.kh * 5 + s.stride_w));
   const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
@@ -470,7 +471,8 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
     w.packed = &view;
   }
   conv_tap_offsets(s, layout, m.crow.data(), m.col.data(), offsets.data(), kThreeChunks);
-  csr_conv2d(s, layout, w, in.data(), out.data(), Epilogue{bias.data(), true, with_residual ? residual.data() : nullptr},
+  csr_conv2d(s, layout, w, in.data(), out.data(),
+             Epilogue{bias.data(), true, with_residual ? residual.data() : nullptr, Gelu::kNone, stream},
              ConvScratch{packed.data(), offsets.data(), panels.data()}, kThreeChunks);
   for (int64_t n = 0; n < s.batch; ++n) {
     for (int64_t o = 0; o < s.out_channels; ++o) {
@@ -497,11 +499,12 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
   }
 }
 
-// Every convolution case with and without a residual in the epilogue.
+// Every convolution case with and without a residual in the epilogue, and streamed.
 template <typename V>
 void test_conv(const Conv2dShape& s, double density) {
   test_conv<V>(s, density, false);
   test_conv<V>(s, density, true);
+  test_conv<V>(s, density, true, false, true);
 }
 
 template <typename V>
