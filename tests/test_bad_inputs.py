@@ -436,6 +436,25 @@ def test_add_layer_norm_errors(device, changes, message):
 
 @requires_compiled_ops
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("changes,message", [
+    (dict(input=torch.randn(3, 8, 8)), r"input must be 4-D \[N, C, H, W\], got shape \[3, 8, 8\]"),
+    (dict(input=torch.randn(1, 3, 8, 8, dtype=torch.float64)), r"input must be float32, float16 or bfloat16, got Double"),
+    (dict(kernel_size=[3]), r"kernel_size, stride and padding must have 2 entries"),
+    (dict(padding=[2, 1]), r"need kernel_size, stride >= 1 \(below 2\^31\) and 0 <= padding <= kernel_size / 2, got "
+                           r"kernel_size=\[3, 3\] stride=\[2, 2\] padding=\[2, 1\]"),
+    (dict(stride=[0, 1]), r"need kernel_size, stride >= 1"),
+    (dict(input=torch.randn(1, 3, 1, 8), padding=[0, 0]),
+     r"input \[1, 3, 1, 8\] is smaller than the kernel \[3, 3\] after padding \[0, 0\]"),
+])
+def test_max_pool2d_errors(device, changes, message):
+    args = {**dict(input=torch.randn(1, 3, 8, 8), kernel_size=[3, 3], stride=[2, 2], padding=[1, 1]), **changes}
+    args = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    with pytest.raises(RuntimeError, match=r"^sparse_rt.max_pool2d: " + message):
+        torch.ops.sparse_rt.max_pool2d(*args.values())
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("device", DEVICES)
 def test_bsr_linear_errors(device):
     w = random_bsr(8, 12, (4, 4), 0.5, seed=1, device=device)
     x = randn(2, 12, device=device)

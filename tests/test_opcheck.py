@@ -137,3 +137,12 @@ def test_opcheck_add_layer_norm(device):
         for weight, bias in [(randn(24, dtype=dtype, device=device), randn(24, dtype=dtype, device=device)),
                              (None, None)]:
             torch.library.opcheck(torch.ops.sparse_rt.add_layer_norm.default, (x, residual, weight, bias, 1e-5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_max_pool2d(device):
+    for dtype in DTYPES:
+        x = randn(2, 20, 9, 7, dtype=dtype, device=device)
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            torch.library.opcheck(torch.ops.sparse_rt.max_pool2d.default,
+                                  (x.contiguous(memory_format=memory_format), [3, 2], [2, 1], [1, 0]))

@@ -361,6 +361,35 @@ def test_a_convolution_larger_than_the_cache_streams_its_output_unchanged(relu):
                      torch.float32)
 
 
+# max_pool2d against torch's on either memory format: odd sizes, channels that fill no vector or
+# leave a remainder, windows cut by the padding, NaN and -inf in the input, an empty batch.
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [
+    ((2, 64, 28, 28), (3, 3), (2, 2), (1, 1)),  # ResNet's stem pool
+    ((3, 20, 9, 7), (3, 2), (1, 2), (1, 0)),
+    ((2, 17, 8, 8), (2, 2), (2, 2), (0, 0)),
+    ((1, 5, 13, 11), (3, 3), (2, 2), (1, 1)),
+    ((1, 33, 15, 40), (3, 3), (2, 2), (1, 1)),
+    ((1, 16, 3, 3), (3, 3), (1, 1), (1, 1)),
+    ((0, 8, 8, 8), (3, 3), (2, 2), (1, 1)),
+], ids=str)
+def test_max_pool2d(device, dtype, case):
+    shape, kernel_size, stride, padding = case
+    x = randn(*shape, device=device)
+    if x.numel():
+        x.view(-1)[7] = float("nan")
+        x.view(-1)[-5] = float("nan")
+        x.view(-1)[3] = float("-inf")
+    x = x.to(dtype)
+    expected = torch.nn.functional.max_pool2d(x.float(), kernel_size, stride, padding).to(dtype)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        out = ops.max_pool2d(x.contiguous(memory_format=memory_format), kernel_size, stride, padding)
+        assert out.is_contiguous() and out.dtype == dtype and out.shape == expected.shape
+        assert torch.equal(out.isnan(), expected.isnan())
+        assert torch.equal(out.nan_to_num(), expected.nan_to_num())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_residual_of_another_shape_dtype_or_device_is_refused(device):
     w = random_csr(12, 20, 0.3, seed=1, device=device)

@@ -262,6 +262,31 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
   return {weight, shape, index_cols.value()};
 }
 
+PoolProblem prepare_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding) {
+  const char* op = "max_pool2d";
+  SPARSE_RT_CHECK(input.dim() == 4, op, "input must be 4-D [N, C, H, W], got shape ", input.sizes());
+  SPARSE_RT_CHECK(is_supported_value_type(input.scalar_type()), op, "input must be float32, float16 or bfloat16, got ",
+                  input.scalar_type());
+  SPARSE_RT_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2, op,
+                  "kernel_size, stride and padding must have 2 entries");
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  for (int i = 0; i < 2; ++i) {
+    SPARSE_RT_CHECK(kernel_size[i] >= 1 && stride[i] >= 1 && padding[i] >= 0 && kernel_size[i] <= kMax &&
+                        stride[i] <= kMax && padding[i] <= kernel_size[i] / 2,
+                    op, "need kernel_size, stride >= 1 (below 2^31) and 0 <= padding <= kernel_size / 2, got ",
+                    "kernel_size=", kernel_size, " stride=", stride, " padding=", padding);
+  }
+  // Padding is at most half the kernel, so the sizes below stay far from overflow.
+  const int64_t out_h = (input.size(2) + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
+  const int64_t out_w = (input.size(3) + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
+  SPARSE_RT_CHECK(input.size(2) + 2 * padding[0] >= kernel_size[0] && input.size(3) + 2 * padding[1] >= kernel_size[1],
+                  op, "input ", input.sizes(), " is smaller than the kernel ", kernel_size, " after padding ",
+                  padding);
+  return {input.size(0), input.size(1), input.size(2), input.size(3), kernel_size[0], kernel_size[1],
+          stride[0], stride[1], padding[0], padding[1], out_h, out_w};
+}
+
 void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef out_shape,
                     const at::Tensor& input) {
   if (!residual.has_value()) return;

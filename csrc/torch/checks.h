@@ -152,6 +152,16 @@ int64_t prepare_add_layer_norm(const at::Tensor& input, const at::Tensor& residu
                                const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
                                double eps);
 
+// max_pool2d's arguments, checked: a 4-D float32, float16 or bfloat16 input [N, C, H, W] (any memory
+// format), kernel_size >= 1, stride >= 1 and 0 <= padding <= kernel_size / 2 (so that every window
+// holds a pixel, as torch.max_pool2d requires), 2 entries each, and an output of at least one pixel.
+// Returns the geometry (kernels/cpu/max_pool.h's fields).
+struct PoolProblem {
+  int64_t batch, channels, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w;
+};
+PoolProblem prepare_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding);
+
 // The residual an op adds to its output before the activation, when given: the output's shape,
 // the input's dtype and device.
 void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef out_shape,

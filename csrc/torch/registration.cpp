@@ -39,4 +39,7 @@ TORCH_LIBRARY(sparse_rt, m) {
   // LayerNorm over the last dimension of input + residual (a transformer's residual connection),
   // one pass per row instead of a sum and a LayerNorm.
   m.def("add_layer_norm(Tensor input, Tensor residual, Tensor? weight, Tensor? bias, float eps) -> Tensor");
+  // torch.max_pool2d (no dilation, floor mode) returned NCHW-contiguous, without the indices: on the CPU
+  // from a channels_last copy of the input (none where it is channels_last already).
+  m.def("max_pool2d(Tensor input, int[] kernel_size, int[] stride, int[] padding) -> Tensor");
 }

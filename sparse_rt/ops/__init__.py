@@ -125,8 +125,16 @@ def add_layer_norm(input: torch.Tensor, residual: torch.Tensor, weight: Optional
     impl = torch.ops.sparse_rt.add_layer_norm if HAS_COMPILED_OPS else reference.add_layer_norm
     return impl(input, residual, weight, bias, eps)
 
+def max_pool2d(input: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
+    """F.max_pool2d(input, kernel_size, stride, padding) (no dilation, floor mode) as an NCHW-contiguous
+    tensor, without computing the indices: on the CPU one pass over a channels_last input (a CNN's stem,
+    whose dense convolution runs channels_last), the same values bit for bit."""
+    impl = torch.ops.sparse_rt.max_pool2d if HAS_COMPILED_OPS else reference.max_pool2d
+    return impl(input, list(kernel_size), list(stride), list(padding))
+
+
 __all__ = ["pack_csr", "csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d",
-           "scaled_dot_product_attention", "add_layer_norm", "reference", "HAS_COMPILED_OPS",
+           "scaled_dot_product_attention", "add_layer_norm", "max_pool2d", "reference", "HAS_COMPILED_OPS",
            "csr_cuda_kernel", "CSR_CUDA_KERNELS", "CSR_CUDA_KERNEL_VARIABLE",
            "build_info", "full_index_checks", "onnxruntime_kernels_library", "set_full_index_checks",
            "cpu_cache_stats", "set_cpu_cache_limit", "empty_cpu_cache", "set_trusted_packings",

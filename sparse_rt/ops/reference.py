@@ -85,6 +85,10 @@ def add_layer_norm(input, residual, weight, bias, eps, *, compute_dtype=torch.fl
     return out.to(input.dtype)
 
 
+def max_pool2d(input, kernel_size, stride, padding):
+    return F.max_pool2d(input, kernel_size, stride, padding).contiguous()
+
+
 def bsr_linear(input, crow_indices, col_indices, values, bias, in_features, relu=False, residual=None,
                *, compute_dtype=torch.float32):
     rows = (crow_indices.numel() - 1) * values.shape[1]

@@ -21,6 +21,7 @@
 #include "kernels/cpu/csr_spmm.h"
 #include "kernels/cpu/index_checks.h"
 #include "kernels/cpu/layer_norm.h"
+#include "kernels/cpu/max_pool.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scalar_types.h"
 #include "kernels/cpu/vectors.h"
@@ -800,6 +801,47 @@ void test_add_layer_norm() {
   test_add_layer_norm(4, 1, true);   // one column: (s - mean) is 0, the output is the bias
 }
 
+// max_pool2d_nhwc_to_nchw against a scalar reference: channels that fill whole vectors, leave a
+// remainder or fill none, windows cut by the padding, a NaN (which wins) and -inf in the input.
+void test_max_pool(PoolShape s) {
+  s.out_h = (s.height + 2 * s.pad_h - s.kernel_h) / s.stride_h + 1;
+  s.out_w = (s.width + 2 * s.pad_w - s.kernel_w) / s.stride_w + 1;
+  std::mt19937 rng(unsigned(s.channels * 7 + s.width));
+  std::vector<float> x(s.batch * s.height * s.width * s.channels);  // [batch, height, width, channels]
+  for (auto& v : x) v = exact_value(rng);
+  x[3] = -std::numeric_limits<float>::infinity();
+  x[x.size() / 2] = NAN;
+  std::vector<float> y(s.batch * s.channels * s.out_h * s.out_w, 12345.f);
+  max_pool2d_nhwc_to_nchw(s, x.data(), y.data(), kThreeChunks);
+  for (int64_t n = 0; n < s.batch; ++n) {
+    for (int64_t c = 0; c < s.channels; ++c) {
+      for (int64_t oy = 0; oy < s.out_h; ++oy) {
+        for (int64_t ox = 0; ox < s.out_w; ++ox) {
+          float ref = -std::numeric_limits<float>::infinity();
+          for (int64_t iy = oy * s.stride_h - s.pad_h; iy < oy * s.stride_h - s.pad_h + s.kernel_h; ++iy) {
+            for (int64_t ix = ox * s.stride_w - s.pad_w; ix < ox * s.stride_w - s.pad_w + s.kernel_w; ++ix) {
+              if (iy < 0 || iy >= s.height || ix < 0 || ix >= s.width) continue;
+              const float v = x[((n * s.height + iy) * s.width + ix) * s.channels + c];
+              if (v > ref || std::isnan(v)) ref = v;
+            }
+          }
+          const float got = y[((n * s.channels + c) * s.out_h + oy) * s.out_w + ox];
+          expect(std::isnan(ref) ? std::isnan(got) : got == ref,
+                 "max_pool2d channels " + std::to_string(s.channels) + " at (" + std::to_string(n) + ", " +
+                     std::to_string(c) + ", " + std::to_string(oy) + ", " + std::to_string(ox) + ")");
+        }
+      }
+    }
+  }
+}
+
+void test_max_pool() {
+  // batch, channels, height, width, kernel, stride, padding (out_h, out_w filled in)
+  test_max_pool({2, 64, 15, 37, 3, 3, 2, 2, 1, 1, 0, 0});
+  test_max_pool({1, 20, 9, 7, 3, 2, 1, 2, 1, 0, 0, 0});
+  test_max_pool({3, 5, 6, 6, 2, 2, 2, 2, 0, 0, 0, 0});
+}
+
 // The in-register transpose of the SpMM packing and stores, on each vector width.
 template <typename Vec>
 void test_transpose() {
@@ -835,6 +877,7 @@ int main() {
   test_clamped_packing();
   test_attention();
   test_add_layer_norm();
+  test_max_pool();
   test_value_type<float>();
   test_value_type<half_t>();
   test_value_type<bfloat16_t>();
