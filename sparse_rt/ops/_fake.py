@@ -73,7 +73,5 @@ def _add_layer_norm_fake(input, residual, weight, bias, eps):
 
 @torch.library.register_fake("sparse_rt::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding):
-    batch, channels, height, width = input.shape
-    out_h = (height + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
-    out_w = (width + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
-    return input.new_empty((batch, channels, out_h, out_w))
+    out_hw = conv2d_output_hw(input.shape[2:], kernel_size, stride, padding, (1, 1))
+    return input.new_empty((*input.shape[:2], *out_hw))
