@@ -61,9 +61,10 @@ def set_trusted_packings(enabled):
     csr_mlp and csr_conv2d: they check a packing's header and its row blocks' offsets (O(rows / 256)) but no
     longer compare its entries with col_indices and values (a pass over every nonzero of both, on
     every call; half the time of a BERT-base feed-forward block at 128 tokens), and the SpMM keeps
-    each segment of nonzeros within its row block and clamps the packing's columns into the weight,
-    so no read goes out of bounds. sparse_rt's layers of density PACKING_MIN_DENSITY_TRUSTED and more
-    then pack from PACKING_MIN_ROWS_TRUSTED input rows on (sparse_rt/nn/packing.py).
+    each segment of nonzeros within its row block and checks the packing's columns (clamping them
+    into the weight in a row block where one lies outside it), so no read goes out of bounds.
+    sparse_rt's layers of density PACKING_MIN_DENSITY_TRUSTED and more then pack from
+    PACKING_MIN_ROWS_TRUSTED input rows on (sparse_rt/nn/packing.py).
 
     The price: a layer repacks after the in-place changes PyTorch counts, but after writes it does not
     count (through .data or NumPy, or to tensors made in inference mode) the ops compute with the

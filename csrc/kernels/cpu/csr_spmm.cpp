@@ -288,47 +288,71 @@ template <typename Vec, int VECS, typename V>
   }
 }
 
-// Rows [row_begin, row_end) of a 64-column panel (its rows 64 floats apart) from the packed nonzeros
-// (PackedNonzeros): the row blocks overlapping the range, each block's segments in order, those of
-// rows outside the range skipped. A segment never reaches past its block's entries, so a blob whose
-// segments were not placed (find_packed_error without the comparison) is read within bounds.
-// kClamp: each column is clamped into [0, cols), for entries not compared with the weight
-// (PackedNonzeros::columns_checked).
+// Whether every entry of [begin, end) has a column below `cols`.
+[[gnu::always_inline]] inline bool columns_below(const PackedNonzeros::Entry* begin, const PackedNonzeros::Entry* end,
+                                                 int64_t cols) {
+  uint32_t highest = 0;
+  for (const PackedNonzeros::Entry* e = begin; e < end; ++e) highest = std::max(highest, uint32_t(e->col));
+  return begin == end || int64_t(highest) < cols;
+}
+
+// Adds a row block's segments of rows [lo, hi) to their rows' sums (sums + row * kTileStride), from
+// the panel `data` (its rows kWidth floats apart). A segment never reaches past the block's entries
+// [e, block_end), so a blob whose segments were not placed (find_packed_error without the comparison)
+// is read within bounds. kClamp: each column is clamped into [0, cols), for entries that may not lie
+// in the weight.
 template <typename Vec, int VECS, bool kClamp>
+[[gnu::always_inline]] inline void add_block_segments(const PackedNonzeros& p, int64_t block, int64_t lo, int64_t hi,
+                                                      int64_t cols, const float* data, float* sums) {
+  // A constant stride makes each nonzero's row address a shift of its column, not a multiply by a
+  // stride the compiler kept on the stack: on a Zen 3, 1.06-1.15x on BERT-base's feed-forward shapes
+  // at densities 0.05-0.1 (one thread), and whole BERT-base 1.04-1.09x (2 threads, batch 8, and
+  // batch 1 with trusted packings).
+  constexpr int64_t ld = VECS * int64_t(kLanesOf<Vec>);
+  const uint32_t last_col = uint32_t(cols - 1);
+  const PackedNonzeros::Entry* e = p.entries + p.block_entries[block];
+  const PackedNonzeros::Entry* const block_end = p.entries + p.block_entries[block + 1];
+  for (int64_t s = p.block_segments[block]; s < p.block_segments[block + 1]; ++s) {
+    const PackedNonzeros::Segment segment = p.segments[s];
+    const PackedNonzeros::Entry* const end = e + std::clamp<int64_t>(segment.count, 0, block_end - e);
+    if (segment.row < lo || segment.row >= hi) {
+      e = end;
+      continue;
+    }
+    float* const tile = sums + segment.row * kTileStride;
+    Vec acc[VECS];
+    for (int i = 0; i < VECS; ++i) acc[i] = load<Vec>(tile + kLanesOf<Vec> * i);
+    for (; e < end; ++e) {
+      const uint32_t col = kClamp ? std::min(uint32_t(e->col), last_col) : uint32_t(e->col);
+      add_scaled(acc, e->value, data + int64_t(col) * ld);
+    }
+    __builtin_memcpy(tile, acc, sizeof acc);
+  }
+}
+
+// Rows [row_begin, row_end) of a 64-column panel (its rows 64 floats apart: b.ld == kWidth, see
+// spmm_rows) from the packed nonzeros (PackedNonzeros): the row blocks overlapping the range, each
+// block's segments in order, those of rows outside the range skipped. Entries not compared with the
+// weight (PackedNonzeros::columns_checked) are first checked block by block, one pass over the
+// block's columns, which then stay in cache for the sums: a block whose columns all lie in the weight
+// runs without the clamp per nonzero, which kept its bound on the stack, two more loads per nonzero
+// for a kernel bound by its loads (whole BERT-base at batch 8, one thread, trusted packings: 0.92x).
+template <typename Vec, int VECS>
 [[gnu::always_inline]] inline void packed_tile(const PackedNonzeros& p, int64_t cols, const DenseRows& b,
                                                const StridedOutput& y, const Epilogue& ep, int64_t row_begin,
                                                int64_t row_end) {
   constexpr int64_t kWidth = VECS * int64_t(kLanesOf<Vec>);
   static_assert(kWidth == kPackedTileWidth && kWidth <= kTileStride && VECS >= 4);
   alignas(64) float sums[kPackedRowBlock * kTileStride];
-  const float* const data = b.data;
-  // The operand is a panel (b.ld == kWidth: spmm_rows). A constant stride makes each nonzero's row
-  // address a shift of its column, not a multiply by a stride the compiler kept on the stack: on a
-  // Zen 3, 1.06-1.15x on BERT-base's feed-forward shapes at densities 0.05-0.1 (one thread), and
-  // whole BERT-base 1.04-1.09x (2 threads, batch 8, and batch 1 with trusted packings).
-  constexpr int64_t ld = kWidth;
-  const uint32_t last_col = uint32_t(cols - 1);
   for (int64_t block = row_begin / kPackedRowBlock; block * kPackedRowBlock < row_end; ++block) {
     const int64_t first = block * kPackedRowBlock;
     const int64_t lo = std::max(row_begin, first) - first, hi = std::min(row_end, first + kPackedRowBlock) - first;
     std::fill(sums + lo * kTileStride, sums + hi * kTileStride, 0.f);
-    const PackedNonzeros::Entry* e = p.entries + p.block_entries[block];
-    const PackedNonzeros::Entry* const block_end = p.entries + p.block_entries[block + 1];
-    for (int64_t s = p.block_segments[block]; s < p.block_segments[block + 1]; ++s) {
-      const PackedNonzeros::Segment segment = p.segments[s];
-      const PackedNonzeros::Entry* const end = e + std::clamp<int64_t>(segment.count, 0, block_end - e);
-      if (segment.row < lo || segment.row >= hi) {
-        e = end;
-        continue;
-      }
-      float* const tile = sums + segment.row * kTileStride;
-      Vec acc[VECS];
-      for (int i = 0; i < VECS; ++i) acc[i] = load<Vec>(tile + kLanesOf<Vec> * i);
-      for (; e < end; ++e) {
-        const uint32_t col = kClamp ? std::min(uint32_t(e->col), last_col) : uint32_t(e->col);
-        add_scaled(acc, e->value, data + int64_t(col) * ld);
-      }
-      __builtin_memcpy(tile, acc, sizeof acc);
+    if (p.columns_checked ||
+        columns_below(p.entries + p.block_entries[block], p.entries + p.block_entries[block + 1], cols)) {
+      add_block_segments<Vec, VECS, false>(p, block, lo, hi, cols, b.data, sums);
+    } else {
+      add_block_segments<Vec, VECS, true>(p, block, lo, hi, cols, b.data, sums);
     }
     for (int64_t g = lo; g < hi; g += kGroup) {
       store_group(sums + g * kTileStride, y, ep, first + g, std::min(kGroup, hi - g), 0, kWidth);
@@ -348,9 +372,7 @@ template <typename Wide, typename V>
   int64_t q = 0;
   constexpr int kLanes = kLanesOf<Wide>;
   if (w.packed && b.width == kPackedTileWidth && b.ld == kPackedTileWidth) {
-    return w.packed->columns_checked
-               ? packed_tile<Wide, kPackedTileWidth / kLanes, false>(*w.packed, w.cols, b, y, ep, row_begin, row_end)
-               : packed_tile<Wide, kPackedTileWidth / kLanes, true>(*w.packed, w.cols, b, y, ep, row_begin, row_end);
+    return packed_tile<Wide, kPackedTileWidth / kLanes>(*w.packed, w.cols, b, y, ep, row_begin, row_end);
   }
   for (; q + 64 <= b.width; q += 64) column_tile<Wide, 64 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 32 <= b.width; q += 32) column_tile<Wide, 32 / kLanes>(w, b, y, ep, row_begin, row_end, q);

@@ -47,8 +47,8 @@ struct PackedNonzeros {
   const int32_t* block_segments;
   const int32_t* block_entries;
   // Whether every entry's column is known to lie in the weight (the blob was compared with it, or
-  // made from it by whoever holds the view); otherwise the SpMM clamps each column into the weight
-  // (csr_mlp at BERT-base's shapes, Zen 3: 7-10% in one measurement, 0-3% in a later interleaved one).
+  // made from it by whoever holds the view); otherwise the SpMM checks a row block's columns before
+  // its sums and clamps each column into the weight in a block where one lies outside it.
   bool columns_checked = false;
 };
 
@@ -70,7 +70,8 @@ PackedNonzeros packed_nonzeros(const int32_t* blob);
 // (w changed after it was packed; O(nnz), every entry against w's arrays). All over pf's threads;
 // w's row pointers must have been checked (find_index_error). A blob that passes without the
 // comparison is safe to read whatever its segments and entries hold: the SpMM keeps each segment
-// within its row block and, unless the view says its columns were checked, clamps them into w.
+// within its row block and, unless the view says its columns were checked, clamps them into w
+// where a row block's columns do not all lie in it.
 template <typename V>
 std::string find_packed_error(const CsrView<V>& w, const int32_t* blob, int64_t size, const ParallelFor& pf,
                               bool compare_entries = true);

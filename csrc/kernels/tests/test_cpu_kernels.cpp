@@ -322,8 +322,9 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
 
 // A packing whose entries were not compared with the weight (trusted packings) and hold columns
 // outside it, above and (as int32) below, and whose first row block has segments running past its
-// entries, of negative length and of rows outside it: the SpMM clamps the columns into the operand
-// and keeps the segments within their block instead of reading outside either (the sanitizer build
+// entries, of negative length and of rows outside it: the SpMM finds the columns outside the operand
+// in each block's check, clamps them there, and keeps the segments within their block instead of
+// reading outside either (the sanitizer build
 // would report the read), and the rows of the second block that the columns are not in come out
 // as the unpacked kernel's.
 void test_clamped_packing() {
