@@ -125,6 +125,7 @@ def add_layer_norm(input: torch.Tensor, residual: torch.Tensor, weight: Optional
     impl = torch.ops.sparse_rt.add_layer_norm if HAS_COMPILED_OPS else reference.add_layer_norm
     return impl(input, residual, weight, bias, eps)
 
+
 def max_pool2d(input: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
     """F.max_pool2d(input, kernel_size, stride, padding) (no dilation, floor mode) as an NCHW-contiguous
     tensor, without computing the indices: on the CPU one pass over a channels_last input (a CNN's stem,
