@@ -302,7 +302,7 @@ def add_layer_norm(layer_norm, input, residual):
     op, one pass per row, on fp32 CPU tensors of one shape when no gradient is wanted; else the sum and the
     module, which is also what an ONNX export sees (an Add and a LayerNormalization)."""
     tensors = (input, residual, layer_norm.weight, layer_norm.bias)
-    if (ops.HAS_COMPILED_OPS and input.device.type == "cpu" and not torch.onnx.is_in_onnx_export()
+    if (ops.HAS_COMPILED_OPS and input.is_cpu and not torch.onnx.is_in_onnx_export()
             and isinstance(residual, torch.Tensor) and input.shape == residual.shape
             and tuple(layer_norm.normalized_shape) == tuple(input.shape[-1:])
             and all(t is None or t.dtype == torch.float32 for t in tensors)
@@ -319,9 +319,8 @@ def sparse_mlp(first, second, activation, input):
     export sees, and what runs once the layers are replaced (the portable export's twins)."""
     if input.dtype == torch.float32 and _csr_ops_take(input, (first, second)):
         # The second layer's input (the first's output) has `input`'s rows.
-        return ops.csr_mlp(input, first.crow_indices, first.col_indices, first.values, first.bias,
-                           second.crow_indices, second.col_indices, second.values, second.bias,
-                           first.in_features, activation, None, first.packing(input), second.packing(input))
+        return ops.csr_mlp(input, *first._weight_tensors(), *second._weight_tensors(), first.in_features, activation,
+                           None, first.packing(input), second.packing(input))
     hidden = first(input)
     if activation != "relu":
         hidden = F.gelu(hidden, approximate="tanh" if activation == "gelu_tanh" else "none")
@@ -334,16 +333,16 @@ def sparse_linears(layers, input):
     and the input is on the CPU (the same kernels, so the same values bit for bit); else, as in an
     ONNX export, layer by layer."""
     if _csr_ops_take(input, layers) and not any(layer.relu for layer in layers):
-        return ops.csr_linears(input, [layer.crow_indices for layer in layers], [layer.col_indices for layer in layers],
-                               [layer.values for layer in layers], [layer.bias for layer in layers],
-                               layers[0].in_features, [layer.packing(input) for layer in layers])
+        crow, col, values, bias = zip(*(layer._weight_tensors() for layer in layers))
+        return ops.csr_linears(input, list(crow), list(col), list(values), list(bias), layers[0].in_features,
+                               [layer.packing(input) for layer in layers])
     return [layer(input) for layer in layers]
 
 
 def _csr_ops_take(input, layers):
     """Whether the fused CPU ops take `layers` on `input`: compiled ops, a CPU input outside an ONNX
     export, and CSR SparseLinear layers whose values share a dtype."""
-    return (ops.HAS_COMPILED_OPS and input.device.type == "cpu" and not torch.onnx.is_in_onnx_export()
+    return (ops.HAS_COMPILED_OPS and input.is_cpu and not torch.onnx.is_in_onnx_export()
             and all(isinstance(layer, SparseLinear) and layer.format == "csr" for layer in layers)
             and len({layer.values.dtype for layer in layers}) == 1)
 

@@ -85,15 +85,21 @@ class SparseConv2d(PackedWeight, SparseWeightModule):
 
     def forward(self, input, residual=None):
         """act(conv2d(input, W) + bias + residual); `residual` as in SparseLinear.forward."""
+        crow, col, values, bias = self._weight_tensors()
         packing = self.packing(input)
         return self._epilogue(input, residual, lambda relu, res: ops.csr_conv2d(
-            input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_channels,
-            self.kernel_size, self.stride, self.padding, self.dilation, self.groups, relu, res, packing))
+            input, crow, col, values, bias, self.in_channels, self.kernel_size, self.stride, self.padding,
+            self.dilation, self.groups, relu, res, packing))
+
+    def _reads_packing(self):
+        # Only a pointwise layer's op runs as a linear layer over the pixels, reading a packing.
+        return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
 
     def _packing_rows(self, input):
-        pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
-                     and self.groups == 1)
-        return input.shape[0] * input.shape[2] * input.shape[3] if pointwise and input.dim() == 4 else 0
+        if not self._reads_packing() or input.dim() != 4:
+            return 0
+        batch, _, height, width = input.shape
+        return batch * height * width
 
     def _packing_columns(self):
         return self.in_channels

@@ -50,13 +50,13 @@ class SparseLinear(PackedWeight, SparseWeightModule):
     def forward(self, input, residual=None):
         """act(input @ W.T + bias + residual); `residual` (shaped like the output) is what
         sparse_rt.fusion passes for a skip connection added after this layer."""
+        crow, col, values, bias = self._weight_tensors()
         if self.format == "bsr":
             return self._epilogue(input, residual, lambda relu, res: ops.bsr_linear(
-                input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_features, relu, res))
+                input, crow, col, values, bias, self.in_features, relu, res))
         packing = self.packing(input)
         return self._epilogue(input, residual, lambda relu, res: ops.csr_linear(
-            input, self.crow_indices, self.col_indices, self.values, self.bias, self.in_features, relu, res,
-            packing))
+            input, crow, col, values, bias, self.in_features, relu, res, packing))
 
     def _packing_rows(self, input):
         return math.prod(input.shape[:-1])

@@ -21,4 +21,7 @@ def conv2d_output_size(size, kernel, stride, padding, dilation):
 
 def conv2d_output_hw(in_hw, kernel_size, stride, padding, dilation):
     """(out_h, out_w) of a 2-D convolution of an [.., H, W] input."""
-    return tuple(conv2d_output_size(in_hw[i], kernel_size[i], stride[i], padding[i], dilation[i]) for i in range(2))
+    # Written out: a layer checks its residual's shape with it on every call, and the generator
+    # took twice as long.
+    return (conv2d_output_size(in_hw[0], kernel_size[0], stride[0], padding[0], dilation[0]),
+            conv2d_output_size(in_hw[1], kernel_size[1], stride[1], padding[1], dilation[1]))
