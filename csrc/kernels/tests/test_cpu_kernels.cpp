@@ -578,6 +578,8 @@ void test_value_type() {
   test_conv<V>({2, 6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
   test_conv<V>({1, 40, 14, 14, 24, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.3);  // 7x7 output: one 64-column tile
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
+  // 16 taps, the most whose offsets AVX-512 maps a vector at a time (7x7 above: a table per column).
+  test_conv<V>({2, 10, 9, 9, 6, 0, 0, 4, 4, 1, 1, 2, 1, 1, 1, 2}, 0.4);
   // The gather path: stride, padding or dilation far beyond the image.
   test_conv<V>({2, 3, 4, 4, 2, 0, 0, 1, 1, 1 << 27, 2, 0, 0, 1, 1, 1}, 1.0);
   test_conv<V>({1, 2, 4, 4, 2, 0, 0, 2, 2, 1, 1, 23000, 23000, 46003, 46003, 1}, 1.0);
