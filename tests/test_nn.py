@@ -50,6 +50,18 @@ def test_sparse_conv_matches_dense(device, kw):
     assert_close(sparse(x), dense(x).detach(), torch.float32)
 
 
+def test_a_bias_made_a_parameter_is_still_the_one_the_layers_add():
+    # Layers read their tensors from the buffer dict; a bias made trainable moves out of it.
+    dense_linear, dense_conv = _pruned_linear(), _pruned_conv(padding=1)
+    for dense, sparse, x in ((dense_linear, SparseLinear.from_dense(dense_linear), randn(3, 40)),
+                             (dense_conv, SparseConv2d.from_dense(dense_conv), randn(2, 8, 9, 9))):
+        sparse.bias = nn.Parameter(sparse.bias + 1)
+        assert "bias" in sparse._parameters and "bias" not in sparse._buffers
+        with torch.no_grad():
+            dense.bias += 1
+        assert_close(sparse(x), dense(x).detach(), torch.float32)
+
+
 def test_state_dict_round_trip_into_a_module_with_other_nnz():
     a = SparseLinear.from_dense(_pruned_linear(seed=0, sparsity=0.9))
     b = SparseLinear.from_dense(_pruned_linear(seed=1, sparsity=0.5))
