@@ -291,6 +291,33 @@ void pointwise_conv_panels(const Conv2dShape& s, const CsrView<V>& w, const floa
   });
 }
 
+// The packed path's channel blocks (PackedConvLayout::idx_block): a 64-column tile reads in each
+// input channel the union of its taps' windows, 64 floats from each tap's offset (126 floats for a
+// 3x3 kernel on a 28-wide image), and over all the channels that outgrows L1 (63 KiB for
+// ResNet-50's 128-channel 3x3 layers), so each nonzero waited on L2. A block's windows fill half of
+// L1, leaving the rest to the row block's sums. One group only: a row's offsets then grow with the
+// channel, so a block is a range of them. Only where a row has kMinNonzerosPerBlock nonzeros in a
+// block on average: each (row, block) stores and reloads the row's sums.
+void set_channel_blocks(const Conv2dShape& s, int64_t nnz, PackedConvLayout& l) {
+  constexpr int64_t kMinNonzerosPerBlock = 16;
+  l.idx_block = l.idx_blocks = 0;
+  if (s.groups != 1 || l.direct) return;
+  std::vector<int64_t> starts(s.kh * s.kw);
+  for (int64_t tap = 0; tap < int64_t(starts.size()); ++tap) starts[tap] = tap_offset(s, l, tap);
+  std::sort(starts.begin(), starts.end());
+  int64_t window = 0, covered = std::numeric_limits<int64_t>::min();
+  for (const int64_t start : starts) {
+    window += start + kPanelWidth - std::max(start, covered);
+    covered = start + kPanelWidth;
+  }
+  const int64_t channels = std::max<int64_t>(1, l1_cache_bytes() / 2 / (window * int64_t(sizeof(float))));
+  const int64_t count = (s.in_channels + channels - 1) / channels;
+  // In double: the output's channels are bounded by the call's size only.
+  if (count < 2 || double(nnz) < double(kMinNonzerosPerBlock) * double(s.out_channels) * double(count)) return;
+  l.idx_block = channels * l.phases * l.plane;
+  l.idx_blocks = count;
+}
+
 }  // namespace
 
 PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
@@ -338,6 +365,7 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
   // batch * height * width fits: the input's elements were bounded above.
   l.panels = l.direct && s.groups == 1 &&
              PanelLayout{s.batch * s.height * s.width, s.in_channels}.padded() >= kPanelWidth;
+  set_channel_blocks(s, nnz, l);
   return l;
 }
 
@@ -410,7 +438,7 @@ void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V
   const CsrView<V> taps{w.crow, scratch.offsets, w.values, w.rows, w.cols};
   parallel_over_rows(pf, w.crow, w.rows, s.batch, int64_t(w.crow[w.rows]) * l.wide,
                      [&](int64_t n, int64_t o0, int64_t o1) {
-                       const DenseRows b{images + n * image_stride, 1, width};
+                       const DenseRows b{images + n * image_stride, 1, width, l.idx_block, l.idx_blocks};
                        const StridedOutput out =
                            l.crop ? StridedOutput{y + n * out_image, out_plane, 1, l.wide, l.phase_w, s.out_w, s.out_w}
                                   : StridedOutput{y + n * out_image, out_plane, 1, l.wide};

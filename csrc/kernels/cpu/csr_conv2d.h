@@ -49,6 +49,10 @@ struct PackedConvLayout {
   // The wide rows are the output rows when phase_w == out_w; otherwise the SpMM stores the first
   // out_w columns of each.
   bool crop;
+  // The SpMM reads the packed image (or the input, when direct) idx_block offsets at a time, a
+  // block of input channels whose taps' windows fit L1, in idx_blocks blocks; 0 for all at once
+  // (DenseRows::idx_block). Chosen from the nonzeros' count, so the layout is for one weight.
+  int64_t idx_block, idx_blocks;
   // The packed path's scratch would exceed kPackedScratchPerElement times the elements the call
   // reads and writes (input, output, nonzeros) plus kPackedScratchSlack, or its sizes overflow:
   // then no scratch is used and each nonzero adds its value times the input to the output pixels

@@ -211,35 +211,42 @@ template <typename Wide>
   SPARSE_RT_DISPATCH_WIDE(store_group_body<Wide>(tile, y, ep, r0, count, q0, width))
 }
 
-// How many of B's rows a tile of `width` columns takes at a time (column_tile_blocked), or 0 for
-// all of them at once. A block of B rows fills L1; B's rows must be disjoint (a linear layer's
-// panel, not a convolution's overlapping taps), and blocking pays only when a row has enough
-// nonzeros in each block: its sums are stored and reloaded once per block, and each (row, block)
-// ends in a mispredicted loop exit. On a Zen 3 (32 KiB of L1, blocks of 128 rows), 64 tokens,
-// one thread: 1.2-1.5x at densities 0.2-0.5 on 768x768, 3072x768 and 768x3072 layers, 0.94-1.11x
-// at 0.1 (12.8 nonzeros per row and block), 0.6-0.9x at 0.02-0.05.
+// How a tile of `width` columns reads B's rows (column_tile_blocked): `size` idx values at a time,
+// in `count` blocks, the last taking the rest; count 0 for all of them at once. Where the caller
+// does not block them (DenseRows::idx_block), a block of B rows fills L1; B's rows must be disjoint
+// (a linear layer's panel), and blocking pays only when a row has enough nonzeros in each block: its
+// sums are stored and reloaded once per block, and each (row, block) ends in a mispredicted loop
+// exit. On a Zen 3 (32 KiB of L1, blocks of 128 rows), 64 tokens, one thread: 1.2-1.5x at
+// densities 0.2-0.5 on 768x768, 3072x768 and 768x3072 layers, 0.94-1.11x at 0.1 (12.8 nonzeros per
+// row and block), 0.6-0.9x at 0.02-0.05.
+struct IdxBlocks {
+  int64_t size, count;
+};
+
 template <typename V>
-int64_t k_block_rows(const CsrView<V>& w, const DenseRows& b, int64_t width) {
+IdxBlocks idx_blocks(const CsrView<V>& w, const DenseRows& b, int64_t width) {
+  if (b.idx_block > 0) return {b.idx_block, b.idx_blocks};
   constexpr double kMinNonzerosPerBlock = 16;
   const int64_t block = l1_cache_bytes() / (width * int64_t(sizeof(float)));
   // In double: rows x cols of a huge logical shape overflows int64.
   const double nnz = double(w.crow[w.rows] - w.crow[0]);
   const bool pays = nnz * double(block) >= kMinNonzerosPerBlock * double(w.rows) * double(w.cols);
-  return b.ld >= width && block >= 1 && w.cols > block && pays ? block : 0;
+  if (b.ld < width || block < 1 || w.cols <= block || !pays) return {0, 0};
+  return {block, (w.cols + block - 1) / block};
 }
 
-// Output columns [q, q + VECS * lanes) of rows [row_begin, row_end), B's rows read k_block at a
-// time: kRowBlock rows each add the nonzeros of their columns in the block to their sums before
-// the next block of B is read, so a B row comes from L2 once per row block rather than once per
-// nonzero (with a whole row per pass the tile's window of B, w.cols rows, outgrows L1 from 128
-// columns of 64 floats). Nonzeros are taken in CSR order, the last block taking whatever
+// Output columns [q, q + VECS * lanes) of rows [row_begin, row_end), B's rows read a block of idx
+// values at a time: kRowBlock rows each add the nonzeros of their columns in the block to their
+// sums before the next block of B is read, so a B row comes from L2 once per row block rather than
+// once per nonzero (with a whole row per pass the tile's window of B, w.cols rows, outgrows L1 from
+// 128 columns of 64 floats). Nonzeros are taken in CSR order, the last block taking whatever
 // remains: the sums are row_tile's bit for bit, and columns out of order within a row cost speed,
 // not correctness.
 template <typename Vec, int VECS, typename V>
 [[gnu::always_inline]] inline void column_tile_blocked(const CsrView<V>& w, const DenseRows& b,
                                                        const StridedOutput& y, const Epilogue& ep,
                                                        int64_t row_begin, int64_t row_end, int64_t q,
-                                                       int64_t k_block) {
+                                                       IdxBlocks blocks) {
   constexpr int64_t kWidth = VECS * int64_t(kLanesOf<Vec>), kRowBlock = 64;
   static_assert(VECS >= 4 && kWidth <= kTileStride && kRowBlock % kGroup == 0);
   alignas(64) float sums[kRowBlock * kTileStride];
@@ -247,10 +254,10 @@ template <typename Vec, int VECS, typename V>
   for (int64_t rb = row_begin; rb < row_end; rb += kRowBlock) {
     const int64_t count = std::min(kRowBlock, row_end - rb);
     for (int64_t i = 0; i < count; ++i) cursor[i] = w.crow[rb + i];
-    for (int64_t kb = 0; kb < w.cols; kb += k_block) {
-      const int64_t limit = kb + k_block < w.cols ? kb + k_block : std::numeric_limits<int64_t>::max();
+    for (int64_t j = 0; j < blocks.count; ++j) {
+      const int64_t limit = j + 1 < blocks.count ? (j + 1) * blocks.size : std::numeric_limits<int64_t>::max();
       for (int64_t i = 0; i < count; ++i) {
-        row_tile_until<Vec, VECS>(w, b, rb + i, q, cursor[i], limit, kb == 0, sums + i * kTileStride);
+        row_tile_until<Vec, VECS>(w, b, rb + i, q, cursor[i], limit, j == 0, sums + i * kTileStride);
       }
     }
     for (int64_t g = 0; g < count; g += kGroup) {
@@ -267,8 +274,8 @@ template <typename Vec, int VECS, typename V>
   constexpr int64_t kWidth = VECS * int64_t(kLanesOf<Vec>);
   static_assert(kWidth <= kTileStride);
   if constexpr (VECS >= 4) {
-    if (const int64_t k_block = k_block_rows(w, b, kWidth)) {
-      return column_tile_blocked<Vec, VECS>(w, b, y, ep, row_begin, row_end, q, k_block);
+    if (const IdxBlocks blocks = idx_blocks(w, b, kWidth); blocks.count > 0) {
+      return column_tile_blocked<Vec, VECS>(w, b, y, ep, row_begin, row_end, q, blocks);
     }
   }
   // The window of B a linear layer's tile reads (its width in each of B's rows: w.cols rows

@@ -28,6 +28,12 @@ struct DenseRows {
   const float* data;
   int64_t ld;     // floats between consecutive idx values
   int64_t width;  // columns computed (q range); B + idx*ld + width - 1 must be readable
+  // Overlapping rows (ld < width: a convolution's taps into one image) read in blocks of idx
+  // values, [j * idx_block, (j + 1) * idx_block) for j < idx_blocks, the last block taking the rest,
+  // chosen by the caller so that a tile's window of each block fits L1 (see column_tile_blocked);
+  // 0: the SpMM decides, blocking disjoint rows only.
+  int64_t idx_block = 0;
+  int64_t idx_blocks = 0;
 };
 
 struct StridedOutput {

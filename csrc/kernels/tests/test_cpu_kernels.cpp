@@ -446,8 +446,10 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
 
 // packed_weight: the weight packed (pack_nonzeros) for a layout of panels, which must take it.
 // stream: the output stored with non-temporal stores where a vector is aligned (Epilogue::stream).
+// channel_blocks: the packed image must be read in at least two blocks of input channels.
 template <typename V>
-void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_weight = false, bool stream = false) {
+void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_weight = false, bool stream = false,
+               bool channel_blocks = false) {
   s = with_output_size(s);
   std::mt19937 rng(unsigned(s.in_channels * 13 + s.kh * 5 + s.stride_w));
   const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
@@ -461,6 +463,7 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
   std::vector<float> out(s.batch * s.out_channels * out_plane, NAN);
   // Scratch starts as NaN: any element read before it is written shows in the result.
   const PackedConvLayout layout = packed_conv_layout(s, int64_t(m.col.size()));
+  expect(!channel_blocks || layout.idx_blocks >= 2, "the packed image is read in blocks of channels");
   const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, int64_t(m.col.size()), kThreeChunks.num_threads);
   std::vector<float> packed(sizes.packed, NAN), panels(sizes.panels, NAN);
   std::vector<int32_t> offsets(sizes.offsets, -1);
@@ -501,12 +504,17 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
   }
 }
 
-// Every convolution case with and without a residual in the epilogue, and streamed.
+// A convolution case with and without a residual in the epilogue, and streamed.
+template <typename V>
+void test_conv_epilogues(const Conv2dShape& s, double density, bool channel_blocks) {
+  test_conv<V>(s, density, false, false, false, channel_blocks);
+  test_conv<V>(s, density, true, false, false, channel_blocks);
+  test_conv<V>(s, density, true, false, true, channel_blocks);
+}
+
 template <typename V>
 void test_conv(const Conv2dShape& s, double density) {
-  test_conv<V>(s, density, false);
-  test_conv<V>(s, density, true);
-  test_conv<V>(s, density, true, false, true);
+  test_conv_epilogues<V>(s, density, false);
 }
 
 template <typename V>
@@ -580,6 +588,10 @@ void test_value_type() {
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
   // 16 taps, the most whose offsets AVX-512 maps a vector at a time (7x7 above: a table per column).
   test_conv<V>({2, 10, 9, 9, 6, 0, 0, 4, 4, 1, 1, 2, 1, 1, 1, 2}, 0.4);
+  // The packed image read in blocks of input channels (3 or 4 of them with 32-64 KiB of L1): 3x3,
+  // and 3x3 stride 2 (four phases per channel), empty rows among them.
+  test_conv_epilogues<V>({2, 160, 14, 14, 20, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.1, true);
+  test_conv_epilogues<V>({1, 200, 15, 17, 18, 0, 0, 3, 3, 2, 2, 1, 1, 1, 1, 1}, 0.3, true);
   // The gather path: stride, padding or dilation far beyond the image.
   test_conv<V>({2, 3, 4, 4, 2, 0, 0, 1, 1, 1 << 27, 2, 0, 0, 1, 1, 1}, 1.0);
   test_conv<V>({1, 2, 4, 4, 2, 0, 0, 2, 2, 1, 1, 23000, 23000, 46003, 46003, 1}, 1.0);
