@@ -2,11 +2,13 @@
 versions, date), and the memory a process may still allocate."""
 
 import datetime
+import functools
 import importlib.metadata
 import os
 import platform
 import resource
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -26,6 +28,22 @@ def cpu_model():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=None)
+def cache_bytes(level: int) -> Optional[int]:
+    """The size of CPU 0's level-`level` data (or unified) cache in bytes, as sysfs tells it; None
+    where it does not."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if int((index / "level").read_text()) != level or (index / "type").read_text().strip() == "Instruction":
+                continue
+            size = (index / "size").read_text().strip()
+            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def physical_cores():

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .autotune import AutotuneCache, capture_layer_inputs, measure
-from .fusion import FusionReport, fuse
+from .fusion import FusionReport, SplitBatch, fuse
 from .nn import SparseConv2d, SparseLinear
 from .nn._sparse_weight import check_keys_before_loading
 from .nn.conv import explicit_padding
@@ -97,7 +97,22 @@ class SparseModel(nn.Module):
         self.fusion: Optional[FusionReport] = None  # set by fuse()
 
     def forward(self, *args, **kwargs):
+        if self.fusion is not None and len(args) == 1 and not kwargs:
+            return self._split_batch()(args[0])
         return self.module(*args, **kwargs)
+
+    def _split_batch(self):
+        """The fused module's SplitBatch, made again when `module` was replaced."""
+        split = self.__dict__.get("_split")
+        if split is None or split.graph_module is not self.module:
+            split = SplitBatch(self.module)
+            self.__dict__["_split"] = split  # not a submodule: it holds the module's own layers
+        return split
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_split", None)  # made again on the first call
+        return state
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         check_keys_before_loading(self, state_dict, strict)  # a failed strict load changes nothing

@@ -486,3 +486,75 @@ def test_fused_bert_blocks_pass_their_layers_packings_with_the_very_same_values(
             layer.repack()
         assert torch.equal(model(x), expected)
     assert all(layer._packing is not None for layer in layers)
+
+
+def _small_caches(monkeypatch, l2, l3):
+    sizes = {2: l2, 3: l3}
+    monkeypatch.setattr(fusion, "cache_bytes", lambda level: sizes.get(level))
+
+
+def _batch_sizes_seen(layer):
+    """The batch sizes `layer` is called with, from now on."""
+    seen = []
+    layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    return seen
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("l3, images", [(1 << 20, 1), (2 << 20, 2)])
+def test_a_fused_cnn_runs_its_first_stages_in_parts_of_the_batch_with_the_same_outputs(monkeypatch, l3, images):
+    # At 64x64 pixels, resnet18's stem conv writes 256 KiB per image and each of layer1's blocks 64 KiB:
+    # with a 48 KiB L2 the cut is layer1's end, the batch of 4 (1 MiB at the stem) is split where it
+    # fills half of the L3, into parts whose stem output fills at most a quarter of it.
+    _small_caches(monkeypatch, 48 << 10, l3)
+    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
+    model.fuse()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    layer = model.module.get_submodule
+    in_first, after_cut = _batch_sizes_seen(layer("layer1.0.conv1")), _batch_sizes_seen(layer("layer2.0.conv1"))
+    with torch.inference_mode():
+        whole = model.module(x)
+        model(x)  # the plan: one image through the graph
+        in_first.clear(), after_cut.clear()
+        split = model(x)
+        assert in_first == [images] * (4 // images) and after_cut == [4]
+        assert rel_err(split, whole) < 1e-5
+        in_first.clear()
+        model(x[:1])  # one image: run whole
+        model(x[:2])  # 512 KiB at the stem, under half the L3 only with the larger one
+        assert in_first == [1, 2] if images == 2 else [1, 1, 1]
+
+
+@requires_compiled_ops
+def test_a_split_batch_runs_whole_once_a_layer_was_replaced_and_is_not_copied_along(monkeypatch):
+    import copy
+
+    _small_caches(monkeypatch, 48 << 10, 1 << 20)
+    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
+    model.fuse()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        model(x)  # the plan is made, holding layer1[0].conv1
+        replaced = copy.deepcopy(model.module.get_submodule("layer1.0.conv1"))
+        replaced.values.mul_(2)
+        model.module.set_submodule("layer1.0.conv1", replaced)
+        assert torch.equal(model(x), model.module(x))  # the new layer, not the plan's
+        twin = copy.deepcopy(model)
+        assert "_split" not in twin.__dict__
+        assert torch.equal(twin(x), model(x))
+
+
+class _BatchMixing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        return self.conv2(h - h.mean(0, keepdim=True))
+
+
+def test_only_nodes_that_treat_each_image_alone_run_in_parts():
+    gm, _ = fuse(_BatchMixing().eval())
+    assert [n.name for n in fusion._image_cuts(gm.graph)] == ["conv1", "relu"]
+    assert fusion._image_cuts(fuse(_Norms().eval())[0].graph) == []  # BERT-like blocks: a LayerNorm first
