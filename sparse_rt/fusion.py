@@ -60,6 +60,9 @@ BatchNorms), so its state_dict, .srt files and ONNX export work as before. Foldi
 rounding only (fp32: within 1e-5 relative of the unfused model). The rewrite depends on the
 architecture alone, so a fused model's .srt file is loaded by fusing the rebuilt architecture
 again (`fold_values=False`) before its tensors are put in.
+
+SplitBatch is no rewrite: it runs a fused CNN's first stages in parts of a large batch (see its
+docstring); SparseModel's forward uses it once the model is fused.
 """
 
 import operator
