@@ -97,7 +97,8 @@ class SparseModel(nn.Module):
         self.fusion: Optional[FusionReport] = None  # set by fuse()
 
     def forward(self, *args, **kwargs):
-        if self.fusion is not None and len(args) == 1 and not kwargs:
+        # Under torch.compile the graph module is traced whole (SplitBatch is Python around it).
+        if self.fusion is not None and len(args) == 1 and not kwargs and not torch.compiler.is_compiling():
             return self._split_batch()(args[0])
         return self.module(*args, **kwargs)
 

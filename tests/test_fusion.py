@@ -558,3 +558,16 @@ def test_only_nodes_that_treat_each_image_alone_run_in_parts():
     gm, _ = fuse(_BatchMixing().eval())
     assert [n.name for n in fusion._image_cuts(gm.graph)] == ["conv1", "relu"]
     assert fusion._image_cuts(fuse(_Norms().eval())[0].graph) == []  # BERT-like blocks: a LayerNorm first
+
+
+@requires_compiled_ops
+def test_a_fused_model_with_a_split_batch_compiles_whole(monkeypatch):
+    _small_caches(monkeypatch, 48 << 10, 1 << 20)
+    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
+    model.fuse()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    seen = _batch_sizes_seen(model.module.get_submodule("layer1.0.conv1"))
+    with torch.inference_mode():
+        compiled = torch.compile(model, backend="eager")(x)  # before any plan was made
+        assert seen and all(b == 4 for b in seen)  # traced and run whole: no parts
+        assert rel_err(compiled, model.module(x)) < 1e-5
