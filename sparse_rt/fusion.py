@@ -496,9 +496,9 @@ class SplitBatch:
     the cache, so each layer of those stages waited on memory; a part of the batch whose activations
     fit stays in cache from one layer to the next. Fused ResNet-50 90%, AMD EPYC Zen 4 (32 MiB of L3),
     2 threads, batch 8 through the end of layer2 against the whole batch at once: in parts of 2 images
-    1.03x, of 4 1.01x; one image at a time 1.056x when the second core ran at its usual speed, 0.85x
-    in its slow spells, when the more numerous, shorter parallel regions wait on it; batch 16 in parts
-    of 2 1.10x.
+    1.03-1.07x, of 4 1.01-1.04x; one image at a time 1.06x when the second core ran at its usual speed
+    but 0.85x in its slow spells, when the more numerous, shorter parallel regions wait on it; batch 16
+    in parts of 2 1.10x.
 
     The part of the graph run in parts is from its input to a cut (a node after which no earlier value
     is read), through nodes that treat each image on its own (_PER_IMAGE_*): the last cut whose output
@@ -525,7 +525,7 @@ class SplitBatch:
         if key not in self._plans:
             self._plans[key] = self._plan(input[:1])
         plan = self._plans[key]
-        if plan is None or input.shape[0] * plan.peak_bytes < cache_bytes(3) / 2 or not plan.current(gm):
+        if plan is None or input.shape[0] * plan.peak_bytes < cache_bytes(3) / 2 or not plan.current():
             return gm(input)
         return plan.rest(torch.cat([plan.first(part) for part in input.split(plan.images)]))
 
@@ -533,8 +533,8 @@ class SplitBatch:
         l2, l3 = cache_bytes(2), cache_bytes(3)
         if l2 is None or l3 is None:
             return None
-        with torch.no_grad():
-            sizes = _output_bytes(self.graph_module, image, self._cuts)
+        with torch.no_grad():  # on a copy: the graph may change its input in place (add_, relu_)
+            sizes = _output_bytes(self.graph_module, image.clone(), self._cuts)
         filling = [i for i, cut in enumerate(self._cuts) if sizes.get(cut, 0) >= l2]
         if not filling:
             return None
@@ -611,11 +611,21 @@ class _SplitPlan:
             values[node] = rest.node_copy(node, values.__getitem__)
         self.first, self.rest = fx.GraphModule(gm, first), fx.GraphModule(gm, rest)
         self.peak_bytes, self.images = peak_bytes, images
-        self._layers = [(node.target, gm.get_submodule(node.target)) for node in nodes if node.op == "call_module"]
+        # Each (owner, name, module) link on the way from gm to a called layer, once.
+        links = {}
+        for node in nodes:
+            if node.op == "call_module":
+                owner = gm
+                for name in node.target.split("."):
+                    module = owner._modules[name]
+                    links[(id(owner), name)] = (owner, name, module)
+                    owner = module
+        self._links = list(links.values())
 
-    def current(self, gm):
-        """Whether gm still holds the layers the plan was made with."""
-        return all(gm.get_submodule(target) is layer for target, layer in self._layers)
+    def current(self):
+        """Whether the graph module still holds the layers the plan was made with (checked link by
+        link: get_submodule on each layer took 0.3 ms per call on ResNet-50)."""
+        return all(owner._modules.get(name) is module for owner, name, module in self._links)
 
 
 def _call_counts(graph):

@@ -571,3 +571,27 @@ def test_a_fused_model_with_a_split_batch_compiles_whole(monkeypatch):
         compiled = torch.compile(model, backend="eager")(x)  # before any plan was made
         assert seen and all(b == 4 for b in seen)  # traced and run whole: no parts
         assert rel_err(compiled, model.module(x)) < 1e-5
+
+
+class _AddsInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        return self.conv(x.add_(1))
+
+
+def test_the_split_plan_leaves_an_input_changed_in_place_changed_once(monkeypatch):
+    # 28.8 KiB of conv output per image fills the 16 KiB "L2": 4 images are split, one at a time.
+    _small_caches(monkeypatch, 16 << 10, 128 << 10)
+    gm, _ = fuse(_AddsInPlace().eval())
+    split = fusion.SplitBatch(gm)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    expected_input = x + 1
+    with torch.no_grad():
+        expected = gm.conv(expected_input)
+        y = split(x)
+    assert split._plans[((3, 32, 32), torch.float32)].images == 1
+    assert torch.equal(x, expected_input)
+    assert rel_err(y, expected) < 1e-6
