@@ -502,13 +502,14 @@ class SplitBatch:
 
     The part of the graph run in parts is from its input to a cut (a node after which no earlier value
     is read), through nodes that treat each image on its own (_PER_IMAGE_*): the last cut whose output
-    for one image fills the L2 cache. The batch is split where its largest activation up to the cut
-    fills half of the L3, into parts whose largest activation fills at most a quarter of it (a layer
-    reads one activation and writes the next). Sizes are measured by running one image through the
-    graph, once per image shape. The parts' outputs at the cut are joined (torch.cat) for the rest.
-    Same layers, so the same values, up to the dense layers' rounding at another batch size. Only for
-    one CPU tensor input outside ONNX exports, compilation and tracing; otherwise, and where the layers
-    change after the plan was made, the graph runs whole."""
+    for one image fills the L2 cache and is smaller than an activation before it (ResNet-18 and -34,
+    whose activations shrink below the L2 right after the stem, run whole). The batch is split where its
+    largest activation up to the cut fills half of the L3, into parts whose largest activation fills at
+    most a quarter of it (a layer reads one activation and writes the next). Sizes are measured by
+    running one image through the graph, once per image shape. The parts' outputs at the cut are joined
+    (torch.cat) for the rest. Same layers, so the same values, up to the dense layers' rounding at
+    another batch size. Only for one CPU tensor input outside ONNX exports, compilation and tracing;
+    otherwise, and where the layers change after the plan was made, the graph runs whole."""
 
     def __init__(self, graph_module: fx.GraphModule):
         self.graph_module = graph_module
@@ -535,11 +536,14 @@ class SplitBatch:
             return None
         with torch.no_grad():  # on a copy: the graph may change its input in place (add_, relu_)
             sizes = _output_bytes(self.graph_module, image.clone(), self._cuts)
-        filling = [i for i, cut in enumerate(self._cuts) if sizes.get(cut, 0) >= l2]
-        if not filling:
+        outputs = [sizes.get(cut, 0) for cut in self._cuts]
+        # A cut at the largest activation so far would join (copy) that activation again: ResNet-18's
+        # after its stem (25.7 MB at batch 8) ran 0.97x the whole batch.
+        cuts = [i for i, size in enumerate(outputs) if i > 0 and l2 <= size < max(outputs[:i])]
+        if not cuts:
             return None
-        peak = max(sizes.get(cut, 0) for cut in self._cuts[:filling[-1] + 1])
-        return _SplitPlan(self.graph_module, self._cuts[filling[-1]], peak, max(1, l3 // 4 // peak))
+        peak = max(outputs[:cuts[-1] + 1])
+        return _SplitPlan(self.graph_module, self._cuts[cuts[-1]], peak, max(1, l3 // 4 // peak))
 
 
 # Module types, functions and methods that treat each image of a batch on its own. A node of any other

@@ -554,6 +554,18 @@ class _BatchMixing(nn.Module):
         return self.conv2(h - h.mean(0, keepdim=True))
 
 
+def test_no_split_at_the_largest_activation_so_far(monkeypatch):
+    # resnet18 at 64x64: the only cuts filling a 96 KiB "L2" are the stem conv's and its ReLU's
+    # (256 KiB each); layer1's outputs are 64 KiB.
+    _small_caches(monkeypatch, 96 << 10, 1 << 20)
+    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
+    model.fuse()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        model(x)
+    assert model._split_batch()._plans[((3, 64, 64), torch.float32)] is None
+
+
 def test_only_nodes_that_treat_each_image_alone_run_in_parts():
     gm, _ = fuse(_BatchMixing().eval())
     assert [n.name for n in fusion._image_cuts(gm.graph)] == ["conv1", "relu"]
@@ -576,21 +588,22 @@ def test_a_fused_model_with_a_split_batch_compiles_whole(monkeypatch):
 class _AddsInPlace(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)
+        self.conv, self.pool = nn.Conv2d(3, 8, 3), nn.MaxPool2d(2)
 
     def forward(self, x):
-        return self.conv(x.add_(1))
+        return self.pool(self.conv(x.add_(1)))
 
 
 def test_the_split_plan_leaves_an_input_changed_in_place_changed_once(monkeypatch):
-    # 28.8 KiB of conv output per image fills the 16 KiB "L2": 4 images are split, one at a time.
-    _small_caches(monkeypatch, 16 << 10, 128 << 10)
+    # The pool's 7.2 KiB per image fill the 4 KiB "L2" and follow the conv's 28.8 KiB: cut there,
+    # 4 images split one at a time.
+    _small_caches(monkeypatch, 4 << 10, 128 << 10)
     gm, _ = fuse(_AddsInPlace().eval())
     split = fusion.SplitBatch(gm)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     expected_input = x + 1
     with torch.no_grad():
-        expected = gm.conv(expected_input)
+        expected = gm.pool(gm.conv(expected_input))
         y = split(x)
     assert split._plans[((3, 32, 32), torch.float32)].images == 1
     assert torch.equal(x, expected_input)
