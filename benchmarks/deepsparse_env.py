@@ -55,7 +55,7 @@ def _interpreter():
 
 
 def _run(command, what):
-    done = subprocess.run(command, capture_output=True, text=True, env=_child_env())
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env())
     if done.returncode != 0:
         # pip names the failing requirement last; its warnings about unreachable indexes are noise
         lines = [line for line in (done.stderr + done.stdout).splitlines()
@@ -64,7 +64,7 @@ def _run(command, what):
     return done
 
 
-def _child_env():
+def child_env():
     """The environment of the venv's processes: none of this process's import paths (they could
     bring a numpy 2), and DeepSparse's and SparseZoo's usage analytics off (they phone home)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -127,7 +127,7 @@ class DeepSparseWorker:
         self.log = Path(log)
         self._log_file = open(self.log, "w")
         self.process = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._log_file, text=True, env=_child_env())
+                                        stderr=self._log_file, text=True, env=child_env())
         try:
             self.versions = self._request(None)["versions"]
         except BaseException:

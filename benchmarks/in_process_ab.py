@@ -37,12 +37,17 @@ def add_arguments(parser, *, models_default, batch_default, min_time_default):
     parser.add_argument("--seed", type=int, default=0)
 
 
-def fused_model(model_name, sparsity, seed):
-    """The zoo model magnitude-pruned, sparsify()d and fuse()d: bench_engines.py's "sparse_rt-fused"."""
-    shape = models.input_shape(model_name)
+def pruned_model(model_name, sparsity, seed):
+    """The zoo model magnitude-pruned (dense, the pruned weights zero), its weights drawn from `seed`."""
     torch.manual_seed(seed)
-    pruned = sparse_rt.magnitude_prune(models.create(model_name).eval(), sparsity,
-                                       exclude=models.keep_dense(model_name)).eval()
+    return sparse_rt.magnitude_prune(models.create(model_name).eval(), sparsity,
+                                     exclude=models.keep_dense(model_name)).eval()
+
+
+def fused_model(model_name, sparsity, seed):
+    """pruned_model sparsify()d and fuse()d: bench_engines.py's "sparse_rt-fused"."""
+    shape = models.input_shape(model_name)
+    pruned = pruned_model(model_name, sparsity, seed)
     model = sparse_rt.sparsify(pruned, example_inputs=(example_input(1, shape, seed=seed),)).eval()
     model.fuse()
     return model

@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from deepsparse_env import DeepSparseUnavailable, _child_env, ensure_venv, export_onnx  # beside this file
-from in_process_ab import RESULTS, fused_model, log
+from deepsparse_env import DeepSparseUnavailable, child_env, ensure_venv, export_onnx  # beside this file
+from in_process_ab import RESULTS, fused_model, log, pruned_model
 
 from sparse_rt import models
 from sparse_rt.inputs import example_input
@@ -53,7 +53,7 @@ def deepsparse_layers(onnx_path, batch, threads):
     python = ensure_venv(create=False)
     command = [str(python.parent / "deepsparse.debug_analysis"), "-ncores", str(threads), "-b", str(batch),
                "-wi", "5", "-bi", "20", str(onnx_path)]
-    done = subprocess.run(command, capture_output=True, text=True, env=_child_env())
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env())
     if done.returncode != 0:
         raise DeepSparseUnavailable(f"deepsparse.debug_analysis failed (exit {done.returncode}): {done.stderr[-500:]}")
     return read_debug_analysis(done.stdout)
@@ -90,7 +90,7 @@ def compare(model_name, sparsity, batch, threads, seed=0):
         ours, wall = layer_times(sparse.module, lambda: sparse(x), max_seconds=10.0, max_runs=20)
     leaves = dict(sparse.module.named_modules())
     with tempfile.TemporaryDirectory(prefix="layers_vs_deepsparse_") as tmp:
-        pruned = sparse_rt_pruned(model_name, sparsity, seed)
+        pruned = pruned_model(model_name, sparsity, seed)
         path = export_onnx(pruned, example_input(1, models.input_shape(model_name), seed=seed),
                            Path(tmp) / "model.onnx")
         theirs, their_total = deepsparse_layers(path, batch, threads)
@@ -109,15 +109,6 @@ def compare(model_name, sparsity, batch, threads, seed=0):
             "unmatched_sparse_rt": {n: ours[n] * 1e3 for n in rest},
             "unmatched_deepsparse": [{"row": r, "ms": ms} for r, ms, names in theirs
                                      if not any(n in ours for n in names)]}
-
-
-def sparse_rt_pruned(model_name, sparsity, seed):
-    """The dense model with the pruned weights zero, as fused_model prunes it."""
-    import sparse_rt
-
-    torch.manual_seed(seed)
-    return sparse_rt.magnitude_prune(models.create(model_name).eval(), sparsity,
-                                     exclude=models.keep_dense(model_name)).eval()
 
 
 def summary(result):

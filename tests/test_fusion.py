@@ -493,6 +493,14 @@ def _small_caches(monkeypatch, l2, l3):
     monkeypatch.setattr(fusion, "cache_bytes", lambda level: sizes.get(level))
 
 
+def _fused_resnet18_batch(monkeypatch, l2, l3, seed):
+    """Fused sparse resnet18 with the given cache sizes, and a batch of 4 images of 64x64 pixels."""
+    _small_caches(monkeypatch, l2, l3)
+    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
+    model.fuse()
+    return model, torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
 def _batch_sizes_seen(layer):
     """The batch sizes `layer` is called with, from now on."""
     seen = []
@@ -506,10 +514,7 @@ def test_a_fused_cnn_runs_its_first_stages_in_parts_of_the_batch_with_the_same_o
     # At 64x64 pixels, resnet18's stem conv writes 256 KiB per image and each of layer1's blocks 64 KiB:
     # with a 48 KiB L2 the cut is layer1's end, the batch of 4 (1 MiB at the stem) is split where it
     # fills half of the L3, into parts whose stem output fills at most a quarter of it.
-    _small_caches(monkeypatch, 48 << 10, l3)
-    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
-    model.fuse()
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    model, x = _fused_resnet18_batch(monkeypatch, 48 << 10, l3, seed=2)
     layer = model.module.get_submodule
     in_first, after_cut = _batch_sizes_seen(layer("layer1.0.conv1")), _batch_sizes_seen(layer("layer2.0.conv1"))
     with torch.inference_mode():
@@ -529,10 +534,7 @@ def test_a_fused_cnn_runs_its_first_stages_in_parts_of_the_batch_with_the_same_o
 def test_a_split_batch_runs_whole_once_a_layer_was_replaced_and_is_not_copied_along(monkeypatch):
     import copy
 
-    _small_caches(monkeypatch, 48 << 10, 1 << 20)
-    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
-    model.fuse()
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    model, x = _fused_resnet18_batch(monkeypatch, 48 << 10, 1 << 20, seed=3)
     with torch.inference_mode():
         model(x)  # the plan is made, holding layer1[0].conv1
         replaced = copy.deepcopy(model.module.get_submodule("layer1.0.conv1"))
@@ -557,10 +559,7 @@ class _BatchMixing(nn.Module):
 def test_no_split_at_the_largest_activation_so_far(monkeypatch):
     # resnet18 at 64x64: the only cuts filling a 96 KiB "L2" are the stem conv's and its ReLU's
     # (256 KiB each); layer1's outputs are 64 KiB.
-    _small_caches(monkeypatch, 96 << 10, 1 << 20)
-    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
-    model.fuse()
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    model, x = _fused_resnet18_batch(monkeypatch, 96 << 10, 1 << 20, seed=6)
     with torch.inference_mode():
         model(x)
     assert model._split_batch()._plans[((3, 64, 64), torch.float32)] is None
@@ -574,10 +573,7 @@ def test_only_nodes_that_treat_each_image_alone_run_in_parts():
 
 @requires_compiled_ops
 def test_a_fused_model_with_a_split_batch_compiles_whole(monkeypatch):
-    _small_caches(monkeypatch, 48 << 10, 1 << 20)
-    model = _sparse(_resnet18(), exclude=models.keep_dense("resnet18"))
-    model.fuse()
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    model, x = _fused_resnet18_batch(monkeypatch, 48 << 10, 1 << 20, seed=4)
     seen = _batch_sizes_seen(model.module.get_submodule("layer1.0.conv1"))
     with torch.inference_mode():
         compiled = torch.compile(model, backend="eager")(x)  # before any plan was made
