@@ -5,10 +5,13 @@
 
 sparse_rt: the model as bench_engines.py's "sparse_rt-fused" runs it (magnitude-pruned, sparsify()d,
 fuse()d, called as SparseModel), each leaf module timed by forward hooks (sparse_rt.timing.layer_times;
-a layer called once per part of a split batch adds its parts up). DeepSparse: `deepsparse.debug_analysis`
-in its own venv (deepsparse_env.py) on the dense-with-zeros ONNX file bench_engines.py feeds it, which
-reports its own per-layer times; its fused "pyramid" rows cover several layers and are kept as groups.
-Rows are matched by the ONNX node names the exporter derives from module names. Writes a JSON file
+a layer called once per part of a split batch adds its parts up); a graph that passes its layers to
+functions (BERT's fused query/key/value and feed-forward ops) is timed node by node instead
+(sparse_rt.timing.node_times, the batch whole). DeepSparse: `deepsparse.debug_analysis` in its own venv
+(deepsparse_env.py) on the dense-with-zeros ONNX file bench_engines.py feeds it, which reports its own
+per-layer times. Rows are matched by the ONNX node names the exporter derives from module names; rows
+and nodes that share a module form one group (DeepSparse's fused "pyramid" rows cover several layers,
+one fused op of ours several of its rows). Writes a JSON file
 (default benchmarks/results/layers-DATE-MODEL-SPARSITY-bBATCH.json) and prints the table by kind of
 layer. Both engines run one after the other, not interleaved: read the ratios, and rerun on a quiet
 machine (the load is recorded).
@@ -21,6 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -30,7 +34,7 @@ from in_process_ab import RESULTS, fused_model, log, pruned_model
 from sparse_rt import models
 from sparse_rt.inputs import example_input
 from sparse_rt.machine import busy_warning, load_average, machine_info
-from sparse_rt.timing import layer_times
+from sparse_rt.timing import layer_times, node_times
 
 _ROW = re.compile(r"^(\S+)\s*\|.*\|\s*([0-9.]+)\s*\|\s*[0-9.]+\s*\|\s*[0-9.]+\s*\|\s*(\S.*)$")
 
@@ -80,35 +84,92 @@ def kind(module):
     return type(module).__name__
 
 
+def layers_in_functions(graph_module):
+    """Whether a graph passes modules to functions (a fused graph's sparse_linears, sparse_mlp): layers
+    that hooks on leaf modules do not see."""
+    modules = dict(graph_module.named_modules())
+    return any(node.op == "get_attr" and node.target in modules and
+               any(user.op == "call_function" for user in node.users) for node in graph_module.graph.nodes)
+
+
+def node_kind(node, modules):
+    """A timed graph node's kind: its module's (kind()), or the name of the function or method it calls."""
+    if node.op == "call_module":
+        return kind(modules[node.target])
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def match(ours, theirs):
+    """Groups of our timed entries ({label: (seconds, module names)}) and DeepSparse's rows ([(row, ms,
+    module names)]) that share a module, joined transitively (one of its rows over several of our layers,
+    one of ours over several of its rows): ([(our labels, their row indices)], our labels in none, their
+    row indices in none), in the order of their rows."""
+    parent = {}
+
+    def root(key):
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    holders = {}
+    for label, (_, names) in ours.items():
+        for name in names:
+            holders.setdefault(name, []).append(("ours", label))
+    for index, (_, _, names) in enumerate(theirs):
+        for name in names:
+            for holder in holders.get(name, []):
+                parent[root(holder)] = root(("theirs", index))
+    groups = {}
+    for index in range(len(theirs)):
+        if ("theirs", index) in parent:
+            groups.setdefault(root(("theirs", index)), ([], []))[1].append(index)
+    for label in ours:
+        if ("ours", label) in parent:
+            groups[root(("ours", label))][0].append(label)
+    grouped = [g for g in groups.values() if g[0]]
+    claimed = {label for labels, _ in grouped for label in labels}
+    return (grouped, [label for label in ours if label not in claimed],
+            [i for i in range(len(theirs)) if ("theirs", i) not in parent])
+
+
 def compare(model_name, sparsity, batch, threads, seed=0):
     torch.set_num_threads(threads)
     sparse = fused_model(model_name, sparsity, seed)
     x = example_input(batch, models.input_shape(model_name), seed=seed)
+    graph = sparse.module
+    modules = dict(graph.named_modules())
     with torch.inference_mode():
         for _ in range(3):
             sparse(x)
-        ours, wall = layer_times(sparse.module, lambda: sparse(x), max_seconds=10.0, max_runs=20)
-    leaves = dict(sparse.module.named_modules())
+        if layers_in_functions(graph):
+            # Interpreted node by node (the graph run whole, as without SparseModel's split batch);
+            # the forward's own time is taken apart, without the interpreter's Python.
+            times, _, names = node_times(graph, (x,), max_seconds=10.0, max_runs=20)
+            nodes = {node.name: node for node in graph.graph.nodes}
+            ours = {label: (t, names[label]) for label, t in times.items()}
+            kinds = {label: node_kind(nodes[label], modules) for label in times}
+            start = time.perf_counter()
+            for _ in range(10):
+                sparse(x)
+            wall = (time.perf_counter() - start) / 10
+        else:
+            times, wall = layer_times(graph, lambda: sparse(x), max_seconds=10.0, max_runs=20)
+            ours = {label: (t, [label]) for label, t in times.items()}
+            kinds = {label: kind(modules[label]) for label in times}
     with tempfile.TemporaryDirectory(prefix="layers_vs_deepsparse_") as tmp:
         pruned = pruned_model(model_name, sparsity, seed)
         path = export_onnx(pruned, example_input(1, models.input_shape(model_name), seed=seed),
                            Path(tmp) / "model.onnx")
         theirs, their_total = deepsparse_layers(path, batch, threads)
-    claimed, groups = set(), []
-    for row, ms, names in theirs:
-        names = [n for n in names if n in ours]
-        if not names:
-            continue
-        claimed.update(names)
-        groups.append({"deepsparse_row": row, "deepsparse_ms": ms, "layers": names,
-                       "sparse_rt_ms": sum(ours[n] for n in names) * 1e3,
-                       "kind": kind(leaves[names[0]]) if len(names) == 1 else "fused group"})
-    rest = sorted(set(ours) - claimed)
+    grouped, rest_ours, rest_theirs = match(ours, theirs)
+    groups = [{"deepsparse_rows": [theirs[i][0] for i in rows], "deepsparse_ms": sum(theirs[i][1] for i in rows),
+               "layers": labels, "sparse_rt_ms": sum(ours[label][0] for label in labels) * 1e3,
+               "kind": kinds[labels[0]] if len(labels) == 1 else "fused group"}
+              for labels, rows in grouped]
     return {"sparse_rt_forward_ms": wall * 1e3, "deepsparse_forward_ms": their_total,
             "matched": groups,
-            "unmatched_sparse_rt": {n: ours[n] * 1e3 for n in rest},
-            "unmatched_deepsparse": [{"row": r, "ms": ms} for r, ms, names in theirs
-                                     if not any(n in ours for n in names)]}
+            "unmatched_sparse_rt": {label: ours[label][0] * 1e3 for label in rest_ours},
+            "unmatched_deepsparse": [{"row": theirs[i][0], "ms": theirs[i][1]} for i in rest_theirs]}
 
 
 def summary(result):
