@@ -126,9 +126,7 @@ def match(ours, theirs):
     for label in ours:
         if ("ours", label) in parent:
             groups[root(("ours", label))][0].append(label)
-    grouped = [g for g in groups.values() if g[0]]
-    claimed = {label for labels, _ in grouped for label in labels}
-    return (grouped, [label for label in ours if label not in claimed],
+    return (list(groups.values()), [label for label in ours if ("ours", label) not in parent],
             [i for i in range(len(theirs)) if ("theirs", i) not in parent])
 
 
