@@ -495,15 +495,12 @@ class CsrLinearsKernel {
       const int64_t layers = static_cast<int64_t>(checks_.size());
       std::vector<Weight> weights;
       std::vector<float*> outputs;
-      int64_t work = 0, max_rows = 0;
       for (int64_t i = 0; i < layers; ++i) {
         const size_t first = 1 + i * kInputsPerLayer;
         weights.push_back(read_layer(ctx, first, in_features_, *checks_[i], "layer " + std::to_string(i)));
         std::vector<int64_t> out_dims = x.dims;
         out_dims.back() = weights.back().rows();
         outputs.push_back(ctx.GetOutput(i, out_dims).GetTensorMutableData<float>());
-        work += weights.back().nnz * batch;
-        max_rows = std::max(max_rows, weights.back().rows());
       }
       if (batch == 0) return;
       const auto* xp = static_cast<const float*>(x.data);
@@ -516,12 +513,10 @@ class CsrLinearsKernel {
         views.push_back({w.crow, w.col, w.values, w.row_blocks, in_features_});
         if (panels) views.back().packed = (*packed_weights_[i])(views.back());
       }
-      cpu::parallel_over_row_sets(
-          pf, layers, max_rows, work, [&](int64_t i) { return views[i].crow; }, [&](int64_t i) { return views[i].rows; },
-          [&](int64_t i, int64_t r0, int64_t r1) {
-            const cpu::Epilogue ep{weights[i].bias, false, nullptr};
-            cpu::csr_linear_rows(views[i], xp, panels, batch, outputs[i], ep, r0, r1);
-          });
+      // Layer by layer, as the PyTorch op does (csrc/torch/cpu/csr_linears.cpp says why).
+      for (int64_t i = 0; i < layers; ++i) {
+        cpu::csr_linear(views[i], xp, panels, batch, outputs[i], cpu::Epilogue{weights[i].bias, false, nullptr}, pf);
+      }
     });
   }
 
