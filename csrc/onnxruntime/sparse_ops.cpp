@@ -378,13 +378,10 @@ class Scratch {
   std::vector<Ort::MemoryAllocation> allocations_;
 };
 
-// x [batch, in_features] packed for the tiled SpMM (pack_panels) in scratch, or null below
-// kTiledMinBatch, where the gather kernel reads x itself (csr_linear_rows).
-const float* packed_input(Scratch& scratch, const float* x, int64_t batch, int64_t in_features,
-                          const cpu::ParallelFor& pf) {
-  float* panels = scratch.get<float>(cpu::packed_input_floats(batch, in_features));
-  if (panels) cpu::pack_panels(x, cpu::PanelLayout{batch, in_features}, panels, pf);
-  return panels;
+// Scratch for x [batch, in_features] packed for the tiled SpMM (the kernels pack it: cpu::csr_linears),
+// or null below kTiledMinBatch, where the gather kernel reads x itself.
+float* panel_scratch(Scratch& scratch, int64_t batch, int64_t in_features) {
+  return scratch.get<float>(cpu::packed_input_floats(batch, in_features));
 }
 
 // --- CsrLinear and BsrLinear --------------------------------------------------------------------
@@ -425,7 +422,7 @@ class LinearKernel : public OpKernel {
     }
     cpu::CsrView<float> view{w.crow, w.col, w.values, w.row_blocks, in_features_};
     Scratch scratch(ctx);
-    const float* panels = packed_input(scratch, xp, batch, in_features_, pf);
+    float* panels = panel_scratch(scratch, batch, in_features_);
     if (panels) view.packed = packed_weight_(view);
     cpu::csr_linear(view, xp, panels, batch, y, ep, pf);
   }
@@ -506,17 +503,16 @@ class CsrLinearsKernel {
       const auto* xp = static_cast<const float*>(x.data);
       const cpu::ParallelFor pf = ort_parallel_for();
       Scratch scratch(ctx);
-      const float* panels = packed_input(scratch, xp, batch, in_features_, pf);
+      float* panels = panel_scratch(scratch, batch, in_features_);
       std::vector<cpu::CsrView<float>> views;
       for (int64_t i = 0; i < layers; ++i) {
         const Weight& w = weights[i];
         views.push_back({w.crow, w.col, w.values, w.row_blocks, in_features_});
         if (panels) views.back().packed = (*packed_weights_[i])(views.back());
       }
-      // Layer by layer, as the PyTorch op does (csrc/torch/cpu/csr_linears.cpp says why).
-      for (int64_t i = 0; i < layers; ++i) {
-        cpu::csr_linear(views[i], xp, panels, batch, outputs[i], cpu::Epilogue{weights[i].bias, false, nullptr}, pf);
-      }
+      std::vector<cpu::Epilogue> epilogues;
+      for (const Weight& w : weights) epilogues.push_back({w.bias, false, nullptr});
+      cpu::csr_linears(views.data(), epilogues.data(), outputs.data(), layers, xp, panels, batch, pf);
     });
   }
 
@@ -571,11 +567,11 @@ class CsrMlpKernel {
       const auto* xp = static_cast<const float*>(x.data);
       const cpu::ParallelFor pf = ort_parallel_for();
       Scratch scratch(ctx);
-      if (const float* panels = packed_input(scratch, xp, batch, in_features_, pf)) {
+      if (float* panels = panel_scratch(scratch, batch, in_features_)) {
         float* hidden = scratch.get<float>(cpu::mlp_hidden_floats(batch, in_features_, w1.rows(), pf.num_threads));
         view1.packed = first_packed_(view1);
         view2.packed = second_packed_(view2);
-        cpu::csr_mlp_tiled(view1, ep1, view2, ep2, panels, batch, hidden, y, pf);
+        cpu::csr_mlp_tiled(view1, ep1, view2, ep2, xp, panels, batch, hidden, y, pf);
         return;
       }
       float* hidden = scratch.get<float>(batch * w1.rows());

@@ -130,31 +130,51 @@ void csr_linear_tiled(const CsrView<V>& w, const float* panels, int64_t batch, f
 }
 
 template <typename V>
-void csr_linear(const CsrView<V>& w, const float* x, const float* panels, int64_t batch, float* y, Epilogue ep,
-                const ParallelFor& pf) {
-  const int64_t nnz = w.crow[w.rows], threads = pf.num_threads;
-  const int64_t count = panels ? PanelLayout{batch, w.cols}.count() : 0;
+void csr_linears(const CsrView<V>* ws, const Epilogue* eps, float* const* ys, int64_t layers, const float* x,
+                 float* panels, int64_t batch, const ParallelFor& pf) {
+  if (layers == 0) return;
+  const int64_t cols = ws[0].cols, threads = pf.num_threads;
+  if (!panels) {
+    for (int64_t l = 0; l < layers; ++l) {
+      const CsrView<V>& w = ws[l];
+      parallel_over_rows(pf, w.crow, w.rows, 1, w.crow[w.rows] * batch, [&](int64_t, int64_t r0, int64_t r1) {
+        csr_linear_gather(w, x, batch, ys[l], eps[l], r0, r1);
+      });
+    }
+    return;
+  }
+  const PanelLayout layout{batch, cols};
+  const int64_t count = layout.count();
   // 8 bytes per nonzero: a column and an fp32 value, packed or not.
-  const bool split_panels = threads > 1 && count >= threads && nnz * 8 <= l2_cache_bytes();
-  const int64_t whole = split_panels ? whole_panels(count, threads) : 0;
+  const auto fits_l2 = [&](int64_t l) { return ws[l].crow[ws[l].rows] * 8 <= l2_cache_bytes(); };
+  bool any_fits = false;
+  for (int64_t l = 0; l < layers; ++l) any_fits = any_fits || fits_l2(l);
+  const int64_t whole = threads > 1 && count >= threads && any_fits ? whole_panels(count, threads) : 0;
   if (whole > 0) {
     over_whole_panels(pf, threads, whole, [&](int64_t, int64_t p0, int64_t p1) {
-      tiled_panels(w, panels, batch, y, ep, p0, p1, 0, w.rows);
+      pack_panel_range(x, layout, p0, p1, panels);
+      for (int64_t l = 0; l < layers; ++l) {
+        if (fits_l2(l)) tiled_panels(ws[l], panels, batch, ys[l], eps[l], p0, p1, 0, ws[l].rows);
+      }
     });
-    if (whole == count) return;
   }
-  parallel_over_rows(pf, w.crow, w.rows, 1, nnz * (batch - whole * kPanelWidth), [&](int64_t, int64_t r0, int64_t r1) {
-    if (whole > 0) {
-      tiled_panels(w, panels, batch, y, ep, whole, count, r0, r1);
-    } else {
-      csr_linear_rows(w, x, panels, batch, y, ep, r0, r1);
-    }
-  });
+  if (whole < count) pack_panels(x, layout, panels, pf, whole);
+  for (int64_t l = 0; l < layers; ++l) {
+    // The panels this layer has left: those after the whole ones, or all of them where its nonzeros
+    // outgrow L2 (then every thread would read them all from L3 once per panel).
+    const int64_t first = fits_l2(l) ? whole : 0;
+    if (first == count) continue;
+    const CsrView<V>& w = ws[l];
+    parallel_over_rows(pf, w.crow, w.rows, 1, w.crow[w.rows] * (layout.padded() - first * kPanelWidth),
+                       [&](int64_t, int64_t r0, int64_t r1) {
+                         tiled_panels(w, panels, batch, ys[l], eps[l], first, count, r0, r1);
+                       });
+  }
 }
 
 template <typename V>
-void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const CsrView<V>& w2, Epilogue ep2, const float* panels,
-                   int64_t batch, float* hidden, float* y, const ParallelFor& pf) {
+void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const CsrView<V>& w2, Epilogue ep2, const float* x,
+                   float* panels, int64_t batch, float* hidden, float* y, const ParallelFor& pf) {
   const PanelLayout layout{batch, w1.cols};
   const int64_t nnz1 = w1.crow[w1.rows], nnz2 = w2.crow[w2.rows];
   // Rows [r0, r1) of panel p's hidden activations h, and of its output from h.
@@ -172,12 +192,14 @@ void csr_mlp_tiled(const CsrView<V>& w1, Epilogue ep1, const CsrView<V>& w2, Epi
   if (whole > 0) {
     over_whole_panels(pf, threads, whole, [&](int64_t t, int64_t p0, int64_t p1) {
       float* const h = hidden + t * w1.rows * kPanelWidth;
+      pack_panel_range(x, layout, p0, p1, panels);
       for (int64_t p = p0; p < p1; ++p) {
         first_layer(p, h, 0, w1.rows);
         second_layer(p, h, 0, w2.rows);
       }
     });
   }
+  if (whole < layout.count()) pack_panels(x, layout, panels, pf, whole);
   for (int64_t p = whole; p < layout.count(); ++p) {
     const int64_t width = layout.width(p);
     parallel_over_rows(pf, w1.crow, w1.rows, 1, nnz1 * width,
@@ -200,18 +222,18 @@ template void csr_linear_tiled<half_t>(const CsrView<half_t>&, const float*, int
 template void csr_linear_tiled<bfloat16_t>(const CsrView<bfloat16_t>&, const float*, int64_t, float*,
                                            Epilogue, int64_t, int64_t);
 
-template void csr_linear<float>(const CsrView<float>&, const float*, const float*, int64_t, float*, Epilogue,
-                                const ParallelFor&);
-template void csr_linear<half_t>(const CsrView<half_t>&, const float*, const float*, int64_t, float*, Epilogue,
-                                 const ParallelFor&);
-template void csr_linear<bfloat16_t>(const CsrView<bfloat16_t>&, const float*, const float*, int64_t, float*,
-                                     Epilogue, const ParallelFor&);
+template void csr_linears<float>(const CsrView<float>*, const Epilogue*, float* const*, int64_t, const float*,
+                                 float*, int64_t, const ParallelFor&);
+template void csr_linears<half_t>(const CsrView<half_t>*, const Epilogue*, float* const*, int64_t, const float*,
+                                  float*, int64_t, const ParallelFor&);
+template void csr_linears<bfloat16_t>(const CsrView<bfloat16_t>*, const Epilogue*, float* const*, int64_t,
+                                      const float*, float*, int64_t, const ParallelFor&);
 
 template void csr_mlp_tiled<float>(const CsrView<float>&, Epilogue, const CsrView<float>&, Epilogue, const float*,
-                                   int64_t, float*, float*, const ParallelFor&);
+                                   float*, int64_t, float*, float*, const ParallelFor&);
 template void csr_mlp_tiled<half_t>(const CsrView<half_t>&, Epilogue, const CsrView<half_t>&, Epilogue, const float*,
-                                    int64_t, float*, float*, const ParallelFor&);
+                                    float*, int64_t, float*, float*, const ParallelFor&);
 template void csr_mlp_tiled<bfloat16_t>(const CsrView<bfloat16_t>&, Epilogue, const CsrView<bfloat16_t>&, Epilogue,
-                                        const float*, int64_t, float*, float*, const ParallelFor&);
+                                        const float*, float*, int64_t, float*, float*, const ParallelFor&);
 
 }  // namespace sparse_rt::cpu

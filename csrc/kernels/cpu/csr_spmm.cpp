@@ -414,12 +414,12 @@ template <typename Wide, typename V>
   }
 }
 
-// Columns [k_begin, k_end) of x (k_begin a multiple of 16): its Wide-square blocks transposed in
-// registers (a block never straddles two panels: both are aligned to 16), the edges that do not
-// fill one and the padding element by element.
+// Columns [k_begin, k_end) of x's panels [p_begin, p_end) (k_begin a multiple of 16): their
+// Wide-square blocks transposed in registers (a block never straddles two panels: both are aligned
+// to 16), the edges that do not fill one and the padding element by element.
 template <typename Wide>
-[[gnu::always_inline]] inline void pack_blocks(const float* x, const PanelLayout& layout, int64_t k_begin,
-                                               int64_t k_end, float* panels) {
+[[gnu::always_inline]] inline void pack_blocks(const float* x, const PanelLayout& layout, int64_t p_begin,
+                                               int64_t p_end, int64_t k_begin, int64_t k_end, float* panels) {
   const int64_t rows = layout.rows, cols = layout.cols;
   const auto at = [&](int64_t k, int64_t n) {
     const int64_t panel = n / kPanelWidth;
@@ -427,9 +427,10 @@ template <typename Wide>
   };
   constexpr int kLanes = kLanesOf<Wide>;
   static_assert(kPanelWidth % kLanes == 0 && 16 % kLanes == 0);
-  const int64_t full_rows = rows / kLanes * kLanes;
+  const int64_t n_begin = p_begin * kPanelWidth, n_end = std::min(layout.padded(), p_end * kPanelWidth);
+  const int64_t full_rows = std::max(n_begin, std::min(n_end, rows / kLanes * kLanes));
   const int64_t full_cols_end = k_begin + (k_end - k_begin) / kLanes * kLanes;
-  for (int64_t n0 = 0; n0 < full_rows; n0 += kLanes) {
+  for (int64_t n0 = n_begin; n0 < full_rows; n0 += kLanes) {
     // The block's rows of the panel holding batch rows [n0, n0 + kLanes) lie `width` floats apart.
     const int64_t width = layout.width(n0 / kPanelWidth);
     for (int64_t k0 = k_begin; k0 < full_cols_end; k0 += kLanes) {
@@ -443,27 +444,34 @@ template <typename Wide>
     }
   }
   for (int64_t k = k_begin; k < k_end; ++k) {
-    for (int64_t n = k < full_cols_end ? full_rows : 0; n < layout.padded(); ++n) {
+    for (int64_t n = k < full_cols_end ? full_rows : n_begin; n < n_end; ++n) {
       *at(k, n) = n < rows ? x[n * cols + k] : 0.f;
     }
   }
 }
 
-void pack_columns(const float* x, const PanelLayout& layout, int64_t k_begin, int64_t k_end, float* panels) {
-  SPARSE_RT_DISPATCH_WIDE(pack_blocks<Wide>(x, layout, k_begin, k_end, panels))
+void pack_columns(const float* x, const PanelLayout& layout, int64_t p_begin, int64_t p_end, int64_t k_begin,
+                  int64_t k_end, float* panels) {
+  SPARSE_RT_DISPATCH_WIDE(pack_blocks<Wide>(x, layout, p_begin, p_end, k_begin, k_end, panels))
 }
 
 }  // namespace
 
-void pack_panels(const float* x, const PanelLayout& layout, float* panels, const ParallelFor& pf) {
+void pack_panels(const float* x, const PanelLayout& layout, float* panels, const ParallelFor& pf,
+                 int64_t first_panel) {
   // Chunks of 16 columns; a thread gets at least kMinPackFloats of them (a parallel region costs a
   // few microseconds, about what copying that many floats takes).
   constexpr int64_t kMinPackFloats = 1 << 15;
   const int64_t chunks = (layout.cols + 15) / 16;
-  const int64_t grain = std::max<int64_t>(1, kMinPackFloats / (16 * layout.padded()));
+  const int64_t packed_rows = std::max<int64_t>(1, layout.padded() - first_panel * kPanelWidth);
+  const int64_t grain = std::max<int64_t>(1, kMinPackFloats / (16 * packed_rows));
   pf.run(0, chunks, grain, [&](int64_t begin, int64_t end) {
-    pack_columns(x, layout, begin * 16, std::min(layout.cols, end * 16), panels);
+    pack_columns(x, layout, first_panel, layout.count(), begin * 16, std::min(layout.cols, end * 16), panels);
   });
+}
+
+void pack_panel_range(const float* x, const PanelLayout& layout, int64_t p_begin, int64_t p_end, float* panels) {
+  pack_columns(x, layout, p_begin, p_end, 0, layout.cols, panels);
 }
 
 template <typename V>

@@ -89,8 +89,14 @@ struct PanelLayout {
   int64_t offset(int64_t panel) const { return panel * kPanelWidth * cols; }
 };
 
-// Packs x into panels, split by columns over pf's threads when x is large enough to pay for that.
-void pack_panels(const float* x, const PanelLayout& layout, float* panels, const ParallelFor& pf);
+// Packs x's panels [first_panel, layout.count()) into panels (at their layout offsets), split by
+// columns over pf's threads when they are large enough to pay for that.
+void pack_panels(const float* x, const PanelLayout& layout, float* panels, const ParallelFor& pf,
+                 int64_t first_panel = 0);
+
+// Packs x's panels [p_begin, p_end) on the calling thread: the one that will read them, so that they
+// are in its cache rather than the other cores' (see csr_linears).
+void pack_panel_range(const float* x, const PanelLayout& layout, int64_t p_begin, int64_t p_end, float* panels);
 
 template <typename V>
 void csr_spmm(const CsrView<V>& w, const DenseRows& b, StridedOutput y, Epilogue ep,

@@ -269,6 +269,17 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
       }
     }
   }
+  // Packed a panel range at a time (pack_panel_range, last panel first) and from a first panel on
+  // (pack_panels): the same floats, and nothing before the first panel written.
+  std::vector<float> by_range(panels.size(), NAN), from_second(panels.size(), NAN);
+  for (int64_t p = layout.count() - 1; p >= 0; --p) pack_panel_range(x.data(), layout, p, p + 1, by_range.data());
+  pack_panels(x.data(), layout, from_second.data(), kThreeChunks, 1);
+  const size_t second = std::min(panels.size(), size_t(layout.offset(1)));
+  expect(std::memcmp(by_range.data(), panels.data(), panels.size() * sizeof(float)) == 0 &&
+             std::all_of(from_second.begin(), from_second.begin() + second, [](float v) { return std::isnan(v); }) &&
+             std::memcmp(from_second.data() + second, panels.data() + second,
+                         (panels.size() - second) * sizeof(float)) == 0,
+         "pack_panel_range and pack_panels from the second panel, batch " + std::to_string(batch));
   const CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), rows, cols};
   const Epilogue ep{bias.data(), relu, with_residual ? residual.data() : nullptr, gelu};
   std::vector<float> y_gather(batch * rows, NAN), y_tiled(batch * rows, NAN), y_packed(batch * rows, NAN),
@@ -290,13 +301,19 @@ void test_csr_linear(int64_t rows, int64_t cols, int64_t batch, double density, 
     csr_linear_tiled(w_packed, panels.data(), batch, y_packed.data(), ep, r0, r1);
     csr_linear_tiled(w_clamped, panels.data(), batch, y_clamped.data(), ep, r0, r1);
   }
-  // The whole batch on three threads (csr_linear: whole panels per thread where there are at least
-  // three, the rest split by rows): the same sums bit for bit.
-  std::vector<float> y_threads(batch * rows, NAN);
+  // The whole batch on three threads, packing x itself into scratch (csr_linears: whole panels per
+  // thread where there are at least three, the rest split by rows), the layer packed and not: the
+  // same sums bit for bit.
+  std::vector<float> y_threads(batch * rows, NAN), y_threads_unpacked(batch * rows, NAN);
   if (batch >= kTiledMinBatch) {
-    csr_linear(w_packed, x.data(), panels.data(), batch, y_threads.data(), ep, kThreeChunks);
-    expect(std::memcmp(y_threads.data(), y_packed.data(), y_threads.size() * sizeof(float)) == 0,
-           "csr_linear " + std::to_string(rows) + "x" + std::to_string(cols) + " batch " + std::to_string(batch) +
+    std::vector<float> scratch(panels.size(), NAN);
+    const CsrView<V> layers[] = {w_packed, w};
+    const Epilogue epilogues[] = {ep, ep};
+    float* const outputs[] = {y_threads.data(), y_threads_unpacked.data()};
+    csr_linears(layers, epilogues, outputs, 2, x.data(), scratch.data(), batch, kThreeChunks);
+    expect(std::memcmp(y_threads.data(), y_packed.data(), y_threads.size() * sizeof(float)) == 0 &&
+               std::memcmp(y_threads_unpacked.data(), y_tiled.data(), y_threads.size() * sizeof(float)) == 0,
+           "csr_linears " + std::to_string(rows) + "x" + std::to_string(cols) + " batch " + std::to_string(batch) +
                " over three threads gives csr_linear_tiled's sums");
   }
   expect(!expect_packed || !packed.empty(), "pack_nonzeros " + std::to_string(rows) + "x" + std::to_string(cols) + " packs");
@@ -401,16 +418,15 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
   const RandomCsr m1 = random_csr(hidden, in, density, g), m2 = random_csr(out, hidden, density, g);
   const std::vector<V> vals1 = encode_all<V>(m1.val), vals2 = encode_all<V>(m2.val);
   const PanelLayout layout{batch, in};
-  std::vector<float> x(batch * in), panels(layout.padded() * in), bias1(hidden), bias2(out), residual(batch * out);
+  std::vector<float> x(batch * in), panels(layout.padded() * in, NAN), bias1(hidden), bias2(out), residual(batch * out);
   for (auto* v : {&x, &bias1, &bias2, &residual}) {
     for (auto& e : *v) e = exact_value(g);
   }
-  pack_panels(x.data(), layout, panels.data(), kThreeChunks);
   std::vector<float> h(mlp_hidden_floats(batch, in, hidden, kThreeChunks.num_threads), NAN), y(batch * out, NAN);
   const CsrView<V> w1{m1.crow.data(), m1.col.data(), vals1.data(), hidden, in};
   const CsrView<V> w2{m2.crow.data(), m2.col.data(), vals2.data(), out, hidden};
   const Epilogue ep1{bias1.data(), relu, nullptr, gelu}, ep2{bias2.data(), false, residual.data()};
-  csr_mlp_tiled(w1, ep1, w2, ep2, panels.data(), batch, h.data(), y.data(), kThreeChunks);
+  csr_mlp_tiled(w1, ep1, w2, ep2, x.data(), panels.data(), batch, h.data(), y.data(), kThreeChunks);
   // With both layers' nonzeros packed where that pays: the same sums bit for bit.
   const std::vector<int32_t> packed1 = checked_packing(w1), packed2 = checked_packing(w2);
   const PackedNonzeros view1 = packed1.empty() ? PackedNonzeros{} : packed_nonzeros(packed1.data());
@@ -419,7 +435,8 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
   w1_packed.packed = packed1.empty() ? nullptr : &view1;
   w2_packed.packed = packed2.empty() ? nullptr : &view2;
   std::vector<float> y_packed(batch * out, NAN);
-  csr_mlp_tiled(w1_packed, ep1, w2_packed, ep2, panels.data(), batch, h.data(), y_packed.data(), kThreeChunks);
+  csr_mlp_tiled(w1_packed, ep1, w2_packed, ep2, x.data(), panels.data(), batch, h.data(), y_packed.data(),
+                kThreeChunks);
   expect(!expect_packed || (!packed1.empty() && !packed2.empty()), "csr_mlp: pack_nonzeros packs both layers");
   expect(std::memcmp(y.data(), y_packed.data(), y.size() * sizeof(float)) == 0,
          "csr_mlp: packed nonzeros give the unpacked sums");

@@ -56,16 +56,12 @@ inline cpu::ParallelFor torch_parallel_for() {
           at::get_num_threads()};
 }
 
-// The input of the linear kernels, x [batch, in_features] fp32, packed into panels (pack_panels)
-// when the batch takes the tiled kernel; undefined below kTiledMinBatch, where the gather kernel
-// reads x itself (cpu::csr_linear_rows).
-inline at::Tensor packed_input(const char* op, const at::Tensor& x, int64_t batch, int64_t in_features) {
+// Scratch for the input of the linear kernels, x [batch, in_features] fp32, packed into panels
+// (the kernels pack it, see cpu::csr_linears) when the batch takes the tiled kernel; undefined below
+// kTiledMinBatch, where the gather kernel reads x itself.
+inline at::Tensor panel_scratch(const char* op, const at::Tensor& x, int64_t batch, int64_t in_features) {
   const int64_t floats = cpu::packed_input_floats(batch, in_features);
-  if (floats == 0) return at::Tensor();
-  at::Tensor panels = allocate(op, "packed input", {floats}, x.options());
-  cpu::pack_panels(x.const_data_ptr<float>(), cpu::PanelLayout{batch, in_features}, panels.mutable_data_ptr<float>(),
-                   torch_parallel_for());
-  return panels;
+  return floats == 0 ? at::Tensor() : allocate(op, "packed input", {floats}, x.options());
 }
 
 // The view of a CSR op's packing (pack_csr's result) where the SpMM will read it (some panel is a
@@ -90,9 +86,9 @@ const cpu::PackedNonzeros* checked_packing(const char* op, const c10::optional<a
   return &view;
 }
 
-// The packed input's data, or null where there is none (the gather kernel then).
-inline const float* panels_or_null(const at::Tensor& panels) {
-  return panels.defined() ? panels.const_data_ptr<float>() : nullptr;
+// The packed input's scratch, or null where there is none (the gather kernel then).
+inline float* panels_or_null(at::Tensor& panels) {
+  return panels.defined() ? panels.mutable_data_ptr<float>() : nullptr;
 }
 
 }  // namespace sparse_rt

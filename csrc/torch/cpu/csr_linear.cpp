@@ -27,9 +27,9 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& crow, const
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
     const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
     const cpu::Epilogue ep = make_epilogue(bias32, relu, residual32);
-    const at::Tensor panels_tensor = packed_input(op, x, batch, in_features);
+    at::Tensor panels_tensor = panel_scratch(op, x, batch, in_features);
     const float* xp = x.const_data_ptr<float>();
-    const float* panels = panels_or_null(panels_tensor);
+    float* panels = panels_or_null(panels_tensor);
     float* yp = y.mutable_data_ptr<float>();
     const int32_t* crow_p = crow.const_data_ptr<int32_t>();
     dispatch_value_type(values.scalar_type(), [&](auto tag) {

@@ -26,9 +26,9 @@ std::vector<at::Tensor> csr_linears_cpu(const at::Tensor& input, at::TensorList 
   }
   if (batch > 0) {
     const at::Tensor x = as_fp32(input.reshape({batch, in_features}));
-    const at::Tensor panels_tensor = packed_input(op, x, batch, in_features);
+    at::Tensor panels_tensor = panel_scratch(op, x, batch, in_features);
     const float* xp = x.const_data_ptr<float>();
-    const float* panels = panels_or_null(panels_tensor);
+    float* panels = panels_or_null(panels_tensor);
     dispatch_value_type(values[0].scalar_type(), [&](auto tag) {
       using V = decltype(tag);
       std::vector<cpu::CsrView<V>> weights;
@@ -40,15 +40,13 @@ std::vector<at::Tensor> csr_linears_cpu(const at::Tensor& input, at::TensorList 
           weights[i].packed = checked_packing(linears_layer_name(i).c_str(), packed.get(i), weights[i], batch, views[i]);
         }
       }
-      // Layer by layer over the one packed input, each as csr_linear splits it: whole panels per
-      // thread where the layer's nonzeros fit in L2 (BERT-base's 768x768 layers), rather than every
-      // layer's rows split over the threads in one region, which had each thread read every panel
-      // once per layer (whole BERT-base at batch 8, 2 threads: 1.01x, 1.08x in one of the host's slow
-      // spells; batch 1 level).
+      std::vector<cpu::Epilogue> epilogues;
+      std::vector<float*> ys;
       for (int64_t i = 0; i < count; ++i) {
-        cpu::csr_linear(weights[i], xp, panels, batch, outputs[i].mutable_data_ptr<float>(),
-                        make_epilogue(biases32[i], false, c10::nullopt), torch_parallel_for());
+        epilogues.push_back(make_epilogue(biases32[i], false, c10::nullopt));
+        ys.push_back(outputs[i].mutable_data_ptr<float>());
       }
+      cpu::csr_linears(weights.data(), epilogues.data(), ys.data(), count, xp, panels, batch, torch_parallel_for());
     });
   }
   for (int64_t i = 0; i < count; ++i) outputs[i] = outputs[i].to(input.scalar_type()).view(layers[i].out_shape);

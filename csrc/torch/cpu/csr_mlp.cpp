@@ -26,7 +26,7 @@ at::Tensor csr_mlp_cpu(const at::Tensor& input, const at::Tensor& crow1, const a
   const c10::optional<at::Tensor> bias1_32 = as_fp32(bias1), bias2_32 = as_fp32(bias2),
                                   residual32 = as_fp32(residual);
   // Below kTiledMinBatch the layers run one after the other on the gather kernel.
-  const at::Tensor panels = packed_input(op, x, batch, in_features);
+  at::Tensor panels = panel_scratch(op, x, batch, in_features);
   const bool tiled = panels.defined();
   // The hidden activations of a panel per thread that takes whole panels (tiled), or of the batch.
   const int64_t hidden_floats = tiled ? cpu::mlp_hidden_floats(batch, in_features, hidden_features, at::get_num_threads())
@@ -49,7 +49,7 @@ at::Tensor csr_mlp_cpu(const at::Tensor& input, const at::Tensor& crow1, const a
     w2.packed = checked_packing(kMlpSecondLayer, packed2, w2, batch, view2);
     float* h = hidden.mutable_data_ptr<float>();
     if (tiled) {
-      cpu::csr_mlp_tiled(w1, ep1, w2, ep2, panels.const_data_ptr<float>(), batch, h,
+      cpu::csr_mlp_tiled(w1, ep1, w2, ep2, x.const_data_ptr<float>(), panels.mutable_data_ptr<float>(), batch, h,
                          y.mutable_data_ptr<float>(), torch_parallel_for());
       return;
     }
