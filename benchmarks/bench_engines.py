@@ -62,7 +62,7 @@ from sparse_rt.bench.engines import (
 )
 from sparse_rt.bench.stats import latency_stats
 from sparse_rt.inputs import example_input
-from sparse_rt.machine import busy_warning, load_average, machine_info
+from sparse_rt.machine import busy_warning, core_round_trip_ns, load_average, machine_info
 from sparse_rt.nn import SparseLinear
 from sparse_rt.timing import SETTLE_SECONDS, call_block, compare_latency_blocks
 
@@ -315,6 +315,9 @@ def run(args, command):
         log(f"WARNING: {warning}")
     torch.set_num_threads(args.threads)
     info = machine_info()
+    round_trip_start = info["machine"]["core_round_trip_ns"]
+    if round_trip_start is not None:
+        log(f"a cache line's round trip between the first two CPUs: {round_trip_start:.0f} ns")
     report = {"date": info["date"], "command": command,
               "machine": info["machine"], "versions": {**info["versions"], "onnx": _version("onnx")},
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -335,7 +338,8 @@ def run(args, command):
                 shutil.rmtree(workdir)  # its ONNX files: up to 1.5 GB per sparsity for BERT-base
     load_end = load_average()
     report["load"] = {"start": load_start, "end": load_end, "threads": args.threads,
-                      "warning": busy_warning(load_start, load_end, args.threads)}
+                      "warning": busy_warning(load_start, load_end, args.threads),
+                      "core_round_trip_ns": {"start": round_trip_start, "end": core_round_trip_ns()}}
     return report
 
 
@@ -392,6 +396,10 @@ def table(report):
     lines.append("p50 ms per batch (speedup over the fastest dense engine of the same configuration); "
                  f"{report['config']['threads']} threads, {report['machine']['cpu']}, {report['date']}")
     lines += [f"- {note}" for note in notes]
+    round_trip = report["load"].get("core_round_trip_ns") or {}
+    if None not in (round_trip.get("start"), round_trip.get("end")):
+        lines.append(f"- a cache line's round trip between the first two CPUs: {round_trip['start']:.0f} ns at the "
+                     f"start, {round_trip['end']:.0f} ns at the end (sparse_rt.machine.core_round_trip_ns)")
     if report["load"]["warning"]:
         lines.append(f"WARNING: {report['load']['warning']}")
     return "\n".join(lines)

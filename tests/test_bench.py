@@ -3,6 +3,7 @@ correctness, and end-to-end runs that must write every field of the JSON and the
 
 import importlib.util
 import json
+import os
 import sys
 import time
 
@@ -212,6 +213,22 @@ def test_busy_warning_when_the_load_exceeds_the_threads(monkeypatch):
     monkeypatch.setattr(runner, "load_average", lambda: [0.25, 0.5, 0.5])
     quiet = bench.run(_hand_model(), (16,), baselines="dense", threads=1, warmup=0, time=0)
     assert quiet.data["load"]["warning"] is None and "WARNING" not in str(quiet)
+
+
+def test_core_round_trip_between_the_first_two_cpus(monkeypatch):
+    from sparse_rt import machine
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not sparse_rt.ops.HAS_COMPILED_OPS:
+        pytest.skip("needs two CPUs and the compiled ops")
+    ns = machine.core_round_trip_ns(rounds=2000, repeats=1)
+    assert 1 < ns < 1e6
+    # CPUs the threads cannot be pinned to: no figure rather than a hang or a wrong one.
+    for cpu in (-1, max(cpus) + 1, 1 << 20):
+        assert sparse_rt.ops.core_round_trip_ns(cpus[0], cpu, 100) is None
+        assert sparse_rt.ops.core_round_trip_ns(cpu, cpus[0], 100) is None
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {cpus[0]})
+    assert machine.core_round_trip_ns() is None
 
 
 def test_blocks_take_turns_in_rotating_order():

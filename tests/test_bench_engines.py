@@ -59,6 +59,8 @@ def _check_run(bench_engines, tmp_path, engines, extra=()):
     assert {"date", "command", "machine", "versions", "config", "load", "results"} <= set(report)
     assert {"cpu", "cores"} <= set(report["machine"]) and {"torch", "sparse_rt", "openvino"} <= set(report["versions"])
     assert len(report["load"]["start"]) == 3 and report["load"]["threads"] == 1
+    assert set(report["load"]["core_round_trip_ns"]) == {"start", "end"}
+    assert "core_round_trip_ns" in report["machine"]
     rows = {(r["batch"], r["engine"]): r for r in report["results"]}
     assert set(rows) == {(b, e) for b in (1, 2) for e in engines}
     for (batch, engine), row in rows.items():

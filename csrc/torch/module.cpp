@@ -5,6 +5,7 @@
 
 #include "../kernels/cpu/isa.h"
 #include "checks.h"
+#include "core_round_trip.h"
 #include "cpu/block_cache.h"
 
 PYBIND11_MODULE(_C, m) {
@@ -49,4 +50,6 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("set_cpu_block_cache_limit", &sparse_rt::set_block_cache_limit, pybind11::arg("bytes"));
   m.def("empty_cpu_block_cache", &sparse_rt::empty_block_cache);
+  m.def("core_round_trip_ns", &sparse_rt::core_round_trip_ns, pybind11::arg("cpu_a"), pybind11::arg("cpu_b"),
+        pybind11::arg("rounds"), pybind11::call_guard<pybind11::gil_scoped_release>());
 }

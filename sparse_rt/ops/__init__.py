@@ -11,6 +11,7 @@ from ._library import (
     CSR_CUDA_KERNELS,
     HAS_COMPILED_OPS,
     build_info,
+    core_round_trip_ns,
     cpu_cache_stats,
     csr_cuda_kernel,
     empty_cpu_cache,
@@ -137,7 +138,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride, padding) -> torch.Tenso
 __all__ = ["pack_csr", "csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d",
            "scaled_dot_product_attention", "add_layer_norm", "max_pool2d", "reference", "HAS_COMPILED_OPS",
            "csr_cuda_kernel", "CSR_CUDA_KERNELS", "CSR_CUDA_KERNEL_VARIABLE",
-           "build_info", "full_index_checks", "onnxruntime_kernels_library", "set_full_index_checks",
+           "build_info", "core_round_trip_ns", "full_index_checks", "onnxruntime_kernels_library",
+           "set_full_index_checks",
            "cpu_cache_stats", "set_cpu_cache_limit", "empty_cpu_cache", "set_trusted_packings",
            "trusted_packings", "trusted_packings_enabled",
            "conv2d_output_size", "conv2d_output_hw"]

@@ -26,6 +26,15 @@ def build_info():
     return dict(_C.build_info()) if HAS_COMPILED_OPS else {}
 
 
+def core_round_trip_ns(cpu_a, cpu_b, rounds):
+    """The mean round trip in ns of a cache line between threads pinned to CPUs cpu_a and cpu_b over
+    `rounds` exchanges; None where they cannot be pinned or the compiled ops are missing."""
+    if not HAS_COMPILED_OPS:
+        return None
+    ns = _C.core_round_trip_ns(int(cpu_a), int(cpu_b), int(rounds))
+    return ns if ns >= 0 else None
+
+
 def onnxruntime_kernels_library():
     """Path of the library onnxruntime loads for the native kernels of the "sparse" ONNX flavour
     (sparse_rt._C itself, which exports RegisterCustomOps), or None where they were not built in."""
