@@ -227,6 +227,11 @@ def test_core_round_trip_between_the_first_two_cpus(monkeypatch):
     for cpu in (-1, max(cpus) + 1, 1 << 20):
         assert sparse_rt.ops.core_round_trip_ns(cpus[0], cpu, 100) is None
         assert sparse_rt.ops.core_round_trip_ns(cpu, cpus[0], 100) is None
+    # Both threads on one CPU (each pass waits for a time slice): done within its 100 ms budget, not
+    # after 10^8 rounds.
+    start = time.perf_counter()
+    assert sparse_rt.ops.core_round_trip_ns(cpus[0], cpus[0], 10**8) > 0
+    assert time.perf_counter() - start < 5
     monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {cpus[0]})
     assert machine.core_round_trip_ns() is None
 

@@ -9,9 +9,9 @@
 
 namespace sparse_rt {
 
-// The mean round trip in nanoseconds over `rounds` exchanges between a thread pinned to `cpu_a` and
-// one pinned to `cpu_b`, or a negative value where the threads cannot be pinned (not Linux, or a CPU
-// this process may not run on).
+// The mean round trip in nanoseconds over `rounds` exchanges (fewer where they take more than 100 ms)
+// between a thread pinned to `cpu_a` and one pinned to `cpu_b`, or a negative value where the threads
+// cannot be pinned (not Linux, or a CPU this process may not run on).
 double core_round_trip_ns(int cpu_a, int cpu_b, int64_t rounds);
 
 }  // namespace sparse_rt
