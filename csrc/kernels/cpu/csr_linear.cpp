@@ -133,18 +133,9 @@ template <typename V>
 void csr_linears(const CsrView<V>* ws, const Epilogue* eps, float* const* ys, int64_t layers, const float* x,
                  float* panels, int64_t batch, const ParallelFor& pf) {
   if (layers == 0) return;
-  const int64_t cols = ws[0].cols, threads = pf.num_threads;
-  if (!panels) {
-    for (int64_t l = 0; l < layers; ++l) {
-      const CsrView<V>& w = ws[l];
-      parallel_over_rows(pf, w.crow, w.rows, 1, w.crow[w.rows] * batch, [&](int64_t, int64_t r0, int64_t r1) {
-        csr_linear_gather(w, x, batch, ys[l], eps[l], r0, r1);
-      });
-    }
-    return;
-  }
-  const PanelLayout layout{batch, cols};
-  const int64_t count = layout.count();
+  const int64_t threads = pf.num_threads;
+  const PanelLayout layout{batch, ws[0].cols};
+  const int64_t count = panels ? layout.count() : 0;
   // 8 bytes per nonzero: a column and an fp32 value, packed or not.
   const auto fits_l2 = [&](int64_t l) { return ws[l].crow[ws[l].rows] * 8 <= l2_cache_bytes(); };
   bool any_fits = false;
@@ -158,18 +149,27 @@ void csr_linears(const CsrView<V>* ws, const Epilogue* eps, float* const* ys, in
       }
     });
   }
-  if (whole < count) pack_panels(x, layout, panels, pf, whole);
+  if (panels && whole < count) pack_panels(x, layout, panels, pf, whole);
+  // Whatever is left, every layer's rows split in one region: the gather kernel's whole batch, or the
+  // panels a layer has left on the tiled one (those after the whole ones, or all of them where its
+  // nonzeros outgrow L2: then every thread would read them all from L3 once per panel).
+  const auto first_panel = [&](int64_t l) { return fits_l2(l) ? whole : 0; };
+  int64_t work = 0, max_rows = 0;
   for (int64_t l = 0; l < layers; ++l) {
-    // The panels this layer has left: those after the whole ones, or all of them where its nonzeros
-    // outgrow L2 (then every thread would read them all from L3 once per panel).
-    const int64_t first = fits_l2(l) ? whole : 0;
-    if (first == count) continue;
-    const CsrView<V>& w = ws[l];
-    parallel_over_rows(pf, w.crow, w.rows, 1, w.crow[w.rows] * (layout.padded() - first * kPanelWidth),
-                       [&](int64_t, int64_t r0, int64_t r1) {
-                         tiled_panels(w, panels, batch, ys[l], eps[l], first, count, r0, r1);
-                       });
+    const int64_t columns = panels ? layout.padded() - first_panel(l) * kPanelWidth : batch;
+    work += ws[l].crow[ws[l].rows] * columns;
+    if (!panels || first_panel(l) < count) max_rows = std::max(max_rows, ws[l].rows);
   }
+  if (max_rows == 0) return;
+  parallel_over_row_sets(
+      pf, layers, max_rows, work, [&](int64_t l) { return ws[l].crow; }, [&](int64_t l) { return ws[l].rows; },
+      [&](int64_t l, int64_t r0, int64_t r1) {
+        if (panels) {
+          tiled_panels(ws[l], panels, batch, ys[l], eps[l], first_panel(l), count, r0, r1);
+        } else {
+          csr_linear_gather(ws[l], x, batch, ys[l], eps[l], r0, r1);
+        }
+      });
 }
 
 template <typename V>
