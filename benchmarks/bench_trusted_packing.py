@@ -3,8 +3,9 @@ should pack, in one process, taking turns (in_process_ab.py).
 
 A zoo model is magnitude-pruned, sparsify()d and fuse()d, then run under four settings:
   default              every packing compared with its weight on each call; layers pack from
-                       PACKING_MIN_ROWS input rows
-  trusted              trusted packings as shipped: layers of density PACKING_MIN_DENSITY_TRUSTED
+                       PACKING_MIN_ROWS input rows, those of density PACKING_MIN_DENSITY and
+                       more from PACKING_MIN_ROWS_DENSE
+  trusted              trusted packings as shipped: layers of density PACKING_MIN_DENSITY
                        and more pack from PACKING_MIN_ROWS_TRUSTED rows
   trusted-any-density  trusted, every layer packing from PACKING_MIN_ROWS_TRUSTED rows
   trusted-unpacked     trusted, no layer packing
@@ -30,12 +31,12 @@ NEVER = 1 << 62  # more rows than any input has
 @contextlib.contextmanager
 def _packing_rule(min_rows, min_density):
     """The trusted layers' packing rule (sparse_rt/nn/packing.py) changed for the block."""
-    saved = packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED
-    packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED = min_rows, min_density
+    saved = packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY
+    packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY = min_rows, min_density
     try:
         yield
     finally:
-        packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED = saved
+        packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY = saved
 
 
 def settings(model, x):

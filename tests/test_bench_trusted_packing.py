@@ -19,7 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def test_a_small_run_reports_every_setting(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     bench = importlib.import_module("bench_trusted_packing")
-    rule = packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED
+    rule = packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY
     out = tmp_path / "trusted-packing.json"
     bench.main(["--models", "bert_encoder", "--sparsity", "0.9", "--batch", "1", "--min-time", "0",
                 "--block-calls", "1", "--out", str(out)])
@@ -28,7 +28,7 @@ def test_a_small_run_reports_every_setting(tmp_path, monkeypatch, capsys):
     assert set(row["p50_ms"]) == {"default", "trusted", "trusted-any-density", "trusted-unpacked"}
     assert all(v > 0 for v in row["p50_ms"].values())
     assert row["speedup_over_default"]["trusted"] == row["p50_ms"]["default"] / row["p50_ms"]["trusted"]
-    assert (packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY_TRUSTED) == rule
+    assert (packing_module.PACKING_MIN_ROWS_TRUSTED, packing_module.PACKING_MIN_DENSITY) == rule
     assert not ops.trusted_packings_enabled()
     assert "| bert_encoder | 0.9 | 1 |" in capsys.readouterr().out
 
@@ -39,7 +39,7 @@ def test_each_setting_packs_the_layers_its_name_says(monkeypatch):
     bench = importlib.import_module("bench_trusted_packing")
     torch.manual_seed(0)
     denser, sparser = (SparseLinear.from_dense(magnitude_prune(torch.nn.Linear(700, 300), s)) for s in (0.8, 0.95))
-    assert sparser.values.numel() < packing_module.PACKING_MIN_DENSITY_TRUSTED * 700 * 300 <= denser.values.numel()
+    assert sparser.values.numel() < packing_module.PACKING_MIN_DENSITY * 700 * 300 <= denser.values.numel()
     model = torch.nn.Sequential(denser, torch.nn.Linear(300, 700), sparser)
     x = randn(packing_module.PACKING_MIN_ROWS_TRUSTED, 700, seed=1)
     packed = []

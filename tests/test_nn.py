@@ -200,12 +200,14 @@ def test_transformer_encoder_layer_runs_its_sparse_layers_not_the_dense_fast_pat
 
 @requires_compiled_ops
 def test_sparse_linear_packs_its_weight_for_large_inputs_and_repacks_after_changes(monkeypatch):
-    """A CSR layer packs on its first input of PACKING_MIN_ROWS rows (outputs bit for bit the unpacked
-    ones), packs again after an in-place change PyTorch counts, refuses a packing made stale behind
-    PyTorch's back until repack(), and keeps the packing out of state_dict, pickles and copies."""
+    """A CSR layer of density PACKING_MIN_DENSITY packs on its first input of PACKING_MIN_ROWS_DENSE
+    rows (outputs bit for bit the unpacked ones), packs again after an in-place change PyTorch counts,
+    refuses a packing made stale behind PyTorch's back until repack(), and keeps the packing out of
+    state_dict, pickles and copies."""
     dense = _pruned_linear(in_f=700, out_f=300, sparsity=0.8)
     layer = SparseLinear.from_dense(dense)
-    rows = packing_module.PACKING_MIN_ROWS
+    rows = packing_module.PACKING_MIN_ROWS_DENSE
+    assert layer.values.numel() >= packing_module.PACKING_MIN_DENSITY * 700 * 300
     x, small = randn(2, rows // 2, 700, seed=1), randn(rows - 1, 700, seed=2)
     unpacked = SparseLinear.from_dense(dense)
     monkeypatch.setenv(packing_module.PACKING_VARIABLE, "0")
@@ -241,8 +243,27 @@ def test_sparse_linear_packs_its_weight_for_large_inputs_and_repacks_after_chang
 
 
 @requires_compiled_ops
+def test_a_sparse_linear_below_the_packing_density_packs_from_packing_min_rows(monkeypatch):
+    """A layer sparser than PACKING_MIN_DENSITY loses by a compared packing at PACKING_MIN_ROWS_DENSE
+    rows (BERT-base at 95%): it packs from PACKING_MIN_ROWS on, with outputs bit for bit the unpacked
+    ones."""
+    dense = _pruned_linear(in_f=700, out_f=300, sparsity=0.93)
+    layer, unpacked = SparseLinear.from_dense(dense), SparseLinear.from_dense(dense)
+    assert layer.values.numel() < packing_module.PACKING_MIN_DENSITY * 700 * 300
+    assert packing_module.PACKING_MIN_ROWS_DENSE < packing_module.PACKING_MIN_ROWS
+    few, enough = (randn(rows, 700, seed=1) for rows in (packing_module.PACKING_MIN_ROWS - 1,
+                                                          packing_module.PACKING_MIN_ROWS))
+    monkeypatch.setenv(packing_module.PACKING_VARIABLE, "0")
+    expected = unpacked(enough)
+    monkeypatch.delenv(packing_module.PACKING_VARIABLE)
+    assert layer.packing(few) is None
+    assert layer.packing(enough) is not None
+    assert torch.equal(layer(enough), expected)
+
+
+@requires_compiled_ops
 def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes_with_its_packing():
-    """Trusted packings (sparse_rt.ops.trusted_packings): a layer of density PACKING_MIN_DENSITY_TRUSTED or
+    """Trusted packings (sparse_rt.ops.trusted_packings): a layer of density PACKING_MIN_DENSITY or
     more packs from PACKING_MIN_ROWS_TRUSTED rows, its outputs stay the unpacked ones bit for bit, a
     counted change still repacks, and an uncounted one is computed with the packing made before it
     until repack(), as documented."""
@@ -253,7 +274,7 @@ def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes
     expected = layer(x)
     assert layer.packing(x) is None  # too few rows while the ops compare every packing
     sparser = SparseLinear.from_dense(_pruned_linear(in_f=700, out_f=300, sparsity=0.95))
-    assert sparser.values.numel() < packing_module.PACKING_MIN_DENSITY_TRUSTED * 700 * 300
+    assert sparser.values.numel() < packing_module.PACKING_MIN_DENSITY * 700 * 300
     with sparse_rt.ops.trusted_packings():
         assert layer.packing(randn(packing_module.PACKING_MIN_ROWS_TRUSTED - 1, 700, seed=2)) is None
         assert sparser.packing(x) is None  # too sparse to pay at so few rows

@@ -17,6 +17,13 @@ from .. import ops
 # layers at 80-90% (a script outside the repo), 0.68-1.08x at 128, 1.02-1.16x at 512, 1.07-1.21x
 # at 1024.
 PACKING_MIN_ROWS = 512
+# A weight of at least PACKING_MIN_DENSITY packs from PACKING_MIN_ROWS_DENSE rows, its packing
+# compared with it all the same: the comparison runs eight entries at a time (AVX-512). Whole fused
+# BERT-base, in one process against unpacked (Zen 4, 2 threads, /tmp/bert/minrows_ab.py outside the
+# repo): 256 tokens (batch 2) 1.37x at 80% and 1.07x at 90% (1.04-1.05x with the scalar comparison
+# before), 384 tokens 1.14x at 90%; at 95% (density 0.05) 0.96x, and 128 tokens at 90% 0.97x (the
+# comparison reads the packing and the weight from DRAM: 6 ms of a 32 ms forward).
+PACKING_MIN_ROWS_DENSE = 256
 # A pointwise convolution's op (its rows are the pixels of all images) gains more per row from a
 # packing than a linear layer's, enough to pay for the comparison from fewer rows. Fused ResNet-50 at
 # 90%, each pointwise layer alone (Zen 3, 2 threads, a script outside the repo), packed (compared on
@@ -24,12 +31,12 @@ PACKING_MIN_ROWS = 512
 # layers (196 pixels), 1.19-1.92x at batch 8 on the 7x7 ones (392).
 PACKING_MIN_PIXELS = 196
 # With trusted packings (ops.set_trusted_packings) the ops skip that comparison, and a packing of a
-# weight of at least PACKING_MIN_DENSITY_TRUSTED pays from one whole panel on. Whole BERT-base at
+# weight of at least PACKING_MIN_DENSITY pays from one whole panel on. Whole BERT-base at
 # batch 1 (128 tokens), trusted, packing from 64 rows against not packing, in one process (2 threads,
 # Zen 3, a script outside the repo): 1.14x at 90%, 0.976x at 95%, although csr_mlp alone at
 # BERT-base's shapes gains 1.23x at density 0.1 and 1.03x at 0.05.
 PACKING_MIN_ROWS_TRUSTED = 64
-PACKING_MIN_DENSITY_TRUSTED = 0.08
+PACKING_MIN_DENSITY = 0.08
 # "0" when a layer packs keeps its weight unpacked (the packing's 8 bytes per nonzero are saved).
 PACKING_VARIABLE = "SPARSE_RT_PACK_NONZEROS"
 
@@ -63,9 +70,9 @@ class PackedWeight:
     def packing(self, input):
         """The packing of this layer's weight (ops.pack_csr) that the CPU op reads for `input`, or
         None: for a CSR weight that `packs` and the compiled ops, a plain CPU input of at least
-        packing_min_rows rows (PACKING_MIN_ROWS_TRUSTED with trusted packings and a density of at
-        least PACKING_MIN_DENSITY_TRUSTED), outside an export or torch.compile (which see the op
-        without it)."""
+        packing_min_rows rows (for a density of at least PACKING_MIN_DENSITY: PACKING_MIN_ROWS_DENSE
+        where that is fewer, PACKING_MIN_ROWS_TRUSTED with trusted packings), outside an export or
+        torch.compile (which see the op without it)."""
         # An export or torch.compile traces this method: it must return before reading anything else.
         # The checks are ordered cheapest first (is_in_onnx_export costs 1.1 us).
         if (not self.packs or self.format != "csr" or not self._reads_packing() or not ops.HAS_COMPILED_OPS
@@ -95,10 +102,11 @@ class PackedWeight:
 
     def _packing_min_rows(self, values):
         dense_entries = self.weight_shape[0] * self.weight_shape[1]
-        if (ops.trusted_packings_enabled() and dense_entries > 0
-                and values.numel() >= PACKING_MIN_DENSITY_TRUSTED * dense_entries):
+        if dense_entries == 0 or values.numel() < PACKING_MIN_DENSITY * dense_entries:
+            return self.packing_min_rows
+        if ops.trusted_packings_enabled():
             return PACKING_MIN_ROWS_TRUSTED
-        return self.packing_min_rows
+        return min(self.packing_min_rows, PACKING_MIN_ROWS_DENSE)
 
     def repack(self):
         """Drops the packing, so that the next call packs the weight again: needed after writes to

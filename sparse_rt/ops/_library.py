@@ -72,7 +72,7 @@ def set_trusted_packings(enabled):
     every call; half the time of a BERT-base feed-forward block at 128 tokens), and the SpMM keeps
     each segment of nonzeros within its row block and checks the packing's columns (clamping them
     into the weight in a row block where one lies outside it), so no read goes out of bounds.
-    sparse_rt's layers of density PACKING_MIN_DENSITY_TRUSTED and more then pack from
+    sparse_rt's layers of density PACKING_MIN_DENSITY and more then pack from
     PACKING_MIN_ROWS_TRUSTED input rows on (sparse_rt/nn/packing.py).
 
     The price: a layer repacks after the in-place changes PyTorch counts, but after writes it does not

@@ -22,6 +22,19 @@ struct CsrView {
   const PackedNonzeros* packed = nullptr;
 };
 
+// Reads a byte of each cache line of rows [first, last)'s columns and values once, in order, so
+// that they are in cache for a pass that takes a run of each row in turn: with more rows than the
+// hardware prefetchers follow streams, such a pass waits on memory for every run where the matrix
+// is not in cache already (column_tile_blocked in csr_spmm.cpp, find_packed_error).
+template <typename V>
+void touch_rows(const CsrView<V>& w, int64_t first, int64_t last) {
+  const auto touch = [](const void* begin, const void* end) {
+    for (auto* byte = static_cast<const volatile char*>(begin); byte < end; byte += 64) (void)*byte;
+  };
+  touch(w.col + w.crow[first], w.col + w.crow[last]);
+  touch(w.values + w.crow[first], w.values + w.crow[last]);
+}
+
 // BSR matrix [block_rows*bh, block_cols*bw]: block row r holds blocks crow[r] .. crow[r+1]-1, block
 // k covers columns col[k]*bw ... and its values are a row-major bh x bw tile at values + k*bh*bw.
 template <typename V>

@@ -200,12 +200,21 @@ std::vector<int32_t> checked_packing(const CsrView<V>& w) {
   expect(error(blob, int64_t(blob.size()), w).empty(), "find_packed_error accepts pack_nonzeros' blob");
   const PackedNonzeros p = packed_nonzeros(blob.data());
   const int64_t last_entry = int64_t(blob.size()) - 2;  // the last entry: column, then value bits
+  const int64_t entries = (blob.size() - (reinterpret_cast<const int32_t*>(p.entries) - blob.data())) / 2;
   std::vector<int32_t> altered = blob;
-  altered[last_entry + 1] ^= 1;
-  fails_with("a changed value", altered, "changed after it was packed");
+  // Entries at each place of the comparison's eight-entry steps and of a segment's last few (masked).
+  for (const int64_t k : {int64_t(0), int64_t(1), int64_t(7), int64_t(8), entries / 2, entries - 2, entries - 1}) {
+    if (k < 0 || k >= entries) continue;
+    altered = blob;
+    altered[last_entry - 2 * (entries - 1 - k) + 1] ^= 1;
+    fails_with("a changed value (entry " + std::to_string(k) + ")", altered, "changed after it was packed");
+  }
   altered = blob;
   altered[last_entry] = int32_t(w.cols);
   fails_with("a column out of range", altered, "changed after it was packed");
+  altered = blob;
+  altered[last_entry - 2 * (entries / 2)] = -1;
+  fails_with("a negative column", altered, "changed after it was packed");
   // Trusted (entries not compared), both pass; the SpMM clamps the column (test_clamped_packing).
   expect(error(altered, int64_t(altered.size()), w, false).empty(),
          "find_packed_error without comparing entries accepts a changed column");
