@@ -18,11 +18,12 @@ from .. import ops
 # at 1024.
 PACKING_MIN_ROWS = 512
 # A weight of at least PACKING_MIN_DENSITY packs from PACKING_MIN_ROWS_DENSE rows, its packing
-# compared with it all the same: the comparison runs eight entries at a time (AVX-512). Whole fused
-# BERT-base, in one process against unpacked (Zen 4, 2 threads, /tmp/bert/minrows_ab.py outside the
-# repo): 256 tokens (batch 2) 1.37x at 80% and 1.07x at 90% (1.04-1.05x with the scalar comparison
-# before), 384 tokens 1.14x at 90%; at 95% (density 0.05) 0.96x, and 128 tokens at 90% 0.97x (the
-# comparison reads the packing and the weight from DRAM: 6 ms of a 32 ms forward).
+# compared with it all the same (eight entries at a time with AVX-512). Whole fused BERT-base, Zen 4,
+# 2 threads, the default against unpacked in one process (benchmarks/bench_trusted_packing.py,
+# results/trusted-packing-2026-12-06-zen4-dense-rule.json and -touch-rows.json): 256 tokens (batch 2)
+# 1.06x at 90%, 1.15x at 87.5%, 1.07-1.46x at 80%. A script outside the repo (/tmp/bert/minrows_ab.py)
+# found 1.14x at 384 tokens (90%), but 0.96x at 95% (density 0.05) and 0.97x at 128 tokens (90%): the
+# comparison reads the packing and the weight from DRAM, 6 ms of a 32 ms forward.
 PACKING_MIN_ROWS_DENSE = 256
 # A pointwise convolution's op (its rows are the pixels of all images) gains more per row from a
 # packing than a linear layer's, enough to pay for the comparison from fewer rows. Fused ResNet-50 at
