@@ -38,7 +38,7 @@ def _engines(w, batch):
     }
 
 
-@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("batch", [1, 32, 128])
 @pytest.mark.parametrize("engine", ["sparse_rt", "dense", "torch_csr", "scipy"])
 @pytest.mark.parametrize("layer", range(96 // LAYER_STRIDE))
 def test_transformer_linear(benchmark, dlmc, layer, engine, batch):

@@ -51,16 +51,20 @@ def format_label(format, blocksize):
 # mean of speedup x density (CPU rows) or its 10th percentile (CUDA row, see there).
 #
 # "cpu": from `make bench` on the reference machine (2-core AMD EPYC with AVX-512), over the DLMC layers of
-# each regime (gemv: gather dot products; gemm: tiled SpMM at batch 32; conv1x1: tiled SpMM straight on the
-# input; conv: packed input, also the 1x1 one narrower than the SpMM's narrowest tile). The CPU benchmarks
-# time no batch of 64 or more: "gemm64" repeats "gemm" (the tiled SpMM's work per nonzero does not grow with
-# the batch; at 128 tokens the engines runs of BERT-base show it no less efficient).
+# each regime (gemv: gather dot products; gemm: tiled SpMM at batch 32; gemm64: the same at batch 128;
+# conv1x1: tiled SpMM straight on the input; conv: packed input, also the 1x1 one narrower than the SpMM's
+# narrowest tile). The Linear entries come from benchmarks/results/cpu-linear-2026-12-06-zen4.json (Zen 4),
+# the first run with a batch of 128: until then "gemm64" repeated "gemm" (0.247), which kept BERT-base dense
+# at 70% sparsity, where its layers run 2.1-3.1x faster sparse at 128 tokens (the same file's "BERT-base
+# shapes" series; 1.4-2.0x at 50%: the efficiency grows with the density, so the fit at the DLMC layers'
+# 90% is conservative below it).
 #
 # "cpu-avx2": the same fit where the CPU kernels run at x86-64-v3 (AVX2, no AVX-512), from
 # benchmarks/results/cpu-linear-2026-12-04-zen3.json and cpu-conv-2026-12-04-zen3.json (a 2-core AMD
 # EPYC of family 25, Zen 3). Batched Linear layers win from lower sparsity there (gemm 0.362, not
-# 0.247): dense sgemm is slower without AVX-512, and the SpMM's L1-sized column blocks pay off at
-# moderate sparsity (BERT-base shapes, 128 tokens, in that run: sparse 1.7x dense at 70%).
+# 0.283): dense sgemm is slower without AVX-512, and the SpMM's L1-sized column blocks pay off at
+# moderate sparsity (BERT-base shapes, 128 tokens, in that run: sparse 1.7x dense at 70%). That run had
+# no batch of 128: its "gemm64" repeats "gemm".
 #
 # "cuda": measured on an H200 against cuBLAS and cuDNN in fp16/bf16, CUDA graphs
 # (benchmarks/results/cuda-2026-12-04-csr-mma.json, `make gpu-check`): BERT-base and 11008x4096 layers and
@@ -78,7 +82,7 @@ def format_label(format, blocksize):
 # Where these estimates are off for a machine, sparsify(..., autotune=True) measures instead.
 CUDA_FIT_PERCENTILE = 10  # the CUDA row's statistic (benchmarks/calibrate_plan.py, bench_cuda's summary)
 SPARSE_EFFICIENCY = {
-    "cpu": {"gemv": 0.200, "gemm": 0.247, "gemm64": 0.247, "conv1x1": 0.353, "conv": 0.173},
+    "cpu": {"gemv": 0.182, "gemm": 0.283, "gemm64": 0.414, "conv1x1": 0.353, "conv": 0.173},
     "cpu-avx2": {"gemv": 0.175, "gemm": 0.362, "gemm64": 0.362, "conv1x1": 0.288, "conv": 0.226},
     "cuda": {"gemv": 0.0766, "gemm": 0.0423, "gemm64": 0.0087, "conv1x1": 0.0033, "conv": 0.0069},
 }

@@ -156,7 +156,7 @@ def test_autotune_keeps_the_faster_measurement_and_caches_it(tmp_path, monkeypat
 
 
 def test_example_inputs_give_the_cost_model_the_batch():
-    """A density between the gemv and gemm break-even densities (0.200 and 0.247 in the "cpu" row of
+    """A density between the gemv and gemm64 break-even densities (0.182 and 0.414 in the "cpu" row of
     SPARSE_EFFICIENCY, 0.175 and 0.362 in "cpu-avx2") runs dense at batch 1 and sparse at batch 64."""
     torch.manual_seed(0)
     model = sparse_rt.magnitude_prune(nn.Sequential(nn.Linear(256, 512)), 0.78)
@@ -169,7 +169,7 @@ def test_example_inputs_give_the_cost_model_the_batch():
     assert (at_batch_1.format, at_batch_1.reason) == (
         "dense", f"cost model: sparse est. {predicted_speedup('gemv', density):.2f}x dense")
     assert (at_batch_64.format, at_batch_64.reason) == (
-        "csr", f"cost model: sparse est. {predicted_speedup('gemm', density):.1f}x dense")
+        "csr", f"cost model: sparse est. {predicted_speedup('gemm64', density):.1f}x dense")
     assert first_row(randn(4, 16, 256)).format == "csr"  # leading dimensions make the batch
     assert first_row().reason == at_batch_1.reason  # without example inputs: batch 1
     assert isinstance(sparse_rt.sparsify(_mixed_mlp()).module[0], SparseLinear)
