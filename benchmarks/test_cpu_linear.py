@@ -153,8 +153,9 @@ def _magnitude_pruned(rows, cols, density, seed):
 def test_bert_linear_density(benchmark, shape, engine, density):
     """BERT-base layer shapes at 128 tokens from 50% to 95% sparsity, sparse_rt against dense torch: where
     the tiled SpMM reads its operand's rows in L1-sized column blocks (each row with >= 16 nonzeros per
-    block, from a density of about 0.125 on a 32 KiB L1) and where sparse passes dense. Not a planner
-    calibration case (no regime: the planner's efficiency is one number per regime)."""
+    block, from a density of about 0.125 on a 32 KiB L1) and where sparse passes dense. A planner
+    calibration case for how the gemm64 regime's efficiency grows with the density
+    (benchmarks/calibrate_plan.py: sparse_rt.plan.DENSITY_EXPONENT)."""
     w = _magnitude_pruned(*shape, density, seed=shape[0] + shape[1])
     x = torch.randn(128, shape[1], generator=torch.Generator().manual_seed(4))
     dense = w.to_dense()
@@ -163,6 +164,6 @@ def test_bert_linear_density(benchmark, shape, engine, density):
     benchmark.group = f"BERT-base {shape[0]}x{shape[1]} density {density:g} tokens=128"
     benchmark.extra_info["engine"] = engine
     benchmark.extra_info["series"] = f"BERT-base shapes, density {density:g}"
-    benchmark.extra_info["density"] = w.density
+    benchmark.extra_info.update(density=w.density, regime=regime("Linear", x.shape[0]))
     with torch.inference_mode():
         benchmark(fns[engine])

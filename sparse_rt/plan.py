@@ -53,18 +53,18 @@ def format_label(format, blocksize):
 # "cpu": from `make bench` on the reference machine (2-core AMD EPYC with AVX-512), over the DLMC layers of
 # each regime (gemv: gather dot products; gemm: tiled SpMM at batch 32; gemm64: the same at batch 128;
 # conv1x1: tiled SpMM straight on the input; conv: packed input, also the 1x1 one narrower than the SpMM's
-# narrowest tile). The Linear entries come from benchmarks/results/cpu-linear-2026-12-06-zen4.json (Zen 4),
-# the first run with a batch of 128: until then "gemm64" repeated "gemm" (0.247), which kept BERT-base dense
-# at 70% sparsity, where its layers run 2.1-3.1x faster sparse at 128 tokens (the same file's "BERT-base
-# shapes" series; 1.4-2.0x at 50%: the efficiency grows with the density, so the fit at the DLMC layers'
-# 90% is conservative below it).
+# narrowest tile), at CALIBRATION_DENSITY. The Linear entries come from
+# benchmarks/results/cpu-linear-2026-12-06-zen4-density.json (Zen 4; the convolutions' from
+# cpu-conv-2026-11-21.json): until the first run with a batch of 128 (cpu-linear-2026-12-06-zen4.json) "gemm64"
+# repeated "gemm" (0.247), which kept BERT-base dense at 70% sparsity, where its layers run 2.1-3.1x faster
+# sparse at 128 tokens. Two runs an hour apart on this host gave gemm 0.283 and 0.395, gemv 0.182 and 0.205
+# (the host's two vCPUs change placement; microsecond layers feel it most): the rows are one run's fit.
 #
 # "cpu-avx2": the same fit where the CPU kernels run at x86-64-v3 (AVX2, no AVX-512), from
 # benchmarks/results/cpu-linear-2026-12-04-zen3.json and cpu-conv-2026-12-04-zen3.json (a 2-core AMD
-# EPYC of family 25, Zen 3). Batched Linear layers win from lower sparsity there (gemm 0.362, not
-# 0.283): dense sgemm is slower without AVX-512, and the SpMM's L1-sized column blocks pay off at
-# moderate sparsity (BERT-base shapes, 128 tokens, in that run: sparse 1.7x dense at 70%). That run had
-# no batch of 128: its "gemm64" repeats "gemm".
+# EPYC of family 25, Zen 3): dense sgemm is slower without AVX-512, and the SpMM's L1-sized column blocks
+# pay off at moderate sparsity (BERT-base shapes, 128 tokens, in that run: sparse 1.7x dense at 70%). That
+# run had no batch of 128: its "gemm64" repeats "gemm", and the row has no DENSITY_EXPONENT (flat).
 #
 # "cuda": measured on an H200 against cuBLAS and cuDNN in fp16/bf16, CUDA graphs
 # (benchmarks/results/cuda-2026-12-04-csr-mma.json, `make gpu-check`): BERT-base and 11008x4096 layers and
@@ -79,12 +79,29 @@ def format_label(format, blocksize):
 # themselves (in sample) that picks 4 of 88, all faster than cuBLAS (1.35-2.4x), where the mean would
 # have picked 22 with 9 slower.
 #
+# Where a regime was timed over a spread of densities, its efficiency grows with the density (more nonzeros
+# per row and column block amortise the same per-row and per-block work): DENSITY_EXPONENT holds (b, low,
+# high) of efficiency(d) = SPARSE_EFFICIENCY x (d / CALIBRATION_DENSITY) ** b for d in [low, high], the
+# densities it was fitted over (benchmarks/calibrate_plan.py: least squares of log efficiency on log density),
+# held at the nearest end outside them rather than extrapolated; a regime without an entry is flat. The "cpu"
+# row's are fitted with its efficiencies (gemm64 over the DLMC layers and BERT-base shapes at densities
+# 0.05-0.5, 128 tokens; the convolutions over the DLMC ResNet-50 layers at 80-98%). Flat, gemm64's 0.414
+# kept BERT-base dense at 50% sparsity, where its layers run 1.44-2.01x faster sparse, and conv's 0.173
+# kept a third of ResNet-50's convolutions dense at 80%; whole fused models, old tables against these, in
+# process (/tmp/bert/plan_ab.py outside the repo, 2 threads): BERT-base 50% batch 1 1.54x (every layer
+# sparse), ResNet-50 80% batch 1 1.39x (53 of 54 sparse, against 33), 90% level (same plans); at batch 8,
+# before the range was held (same plans at batch 1), 1.36x and 1.44x.
+#
 # Where these estimates are off for a machine, sparsify(..., autotune=True) measures instead.
 CUDA_FIT_PERCENTILE = 10  # the CUDA row's statistic (benchmarks/calibrate_plan.py, bench_cuda's summary)
+CALIBRATION_DENSITY = 0.1  # the density the efficiencies hold at: the DLMC layers' (90% sparsity)
 SPARSE_EFFICIENCY = {
-    "cpu": {"gemv": 0.182, "gemm": 0.283, "gemm64": 0.414, "conv1x1": 0.353, "conv": 0.173},
+    "cpu": {"gemv": 0.205, "gemm": 0.395, "gemm64": 0.486, "conv1x1": 0.406, "conv": 0.216},
     "cpu-avx2": {"gemv": 0.175, "gemm": 0.362, "gemm64": 0.362, "conv1x1": 0.288, "conv": 0.226},
     "cuda": {"gemv": 0.0766, "gemm": 0.0423, "gemm64": 0.0087, "conv1x1": 0.0033, "conv": 0.0069},
+}
+DENSITY_EXPONENT = {
+    "cpu": {"gemm64": (0.318, 0.05, 0.5), "conv1x1": (0.348, 0.02, 0.2), "conv": (0.561, 0.02, 0.2)},
 }
 # The CPU rows by the x86-64 level the kernels run at (build_info's "cpu_isa").
 CPU_ROW_OF_ISA = {"x86-64-v4": "cpu", "x86-64-v3": "cpu-avx2"}
@@ -113,9 +130,18 @@ def regime(kind, batch=1, kernel_size=None, stride=None, padding=None, out_pixel
     return "conv1x1" if pointwise and (out_pixels is None or out_pixels >= 8) else "conv"
 
 
+def efficiency(layer_regime, density, device="cpu"):
+    """The sparse kernel's speed per multiply-add relative to dense torch for a layer of this regime and
+    density on `device` (SPARSE_EFFICIENCY, grown or shrunk by DENSITY_EXPONENT)."""
+    table = cost_table(device)
+    flat = (0.0, CALIBRATION_DENSITY, CALIBRATION_DENSITY)
+    exponent, low, high = DENSITY_EXPONENT.get(table, {}).get(layer_regime, flat)
+    return SPARSE_EFFICIENCY[table][layer_regime] * (min(max(density, low), high) / CALIBRATION_DENSITY) ** exponent
+
+
 def predicted_speedup(layer_regime, density, device="cpu"):
     """Predicted dense time / sparse time of a layer of this regime and density on `device`."""
-    return SPARSE_EFFICIENCY[cost_table(device)][layer_regime] / max(density, 1e-9)
+    return efficiency(layer_regime, density, device) / max(density, 1e-9)
 
 
 def plan_layer(kind, weight_shape, sparsity, *, min_sparsity, format="auto", layer_regime=None, device="cpu"):

@@ -9,10 +9,13 @@ import sparse_rt
 import sparse_rt.plan
 from sparse_rt.nn import SparseLinear
 from sparse_rt.plan import (
+    CALIBRATION_DENSITY,
+    DENSITY_EXPONENT,
     SPARSE_EFFICIENCY,
     FormatSpec,
     cost_table,
     device_type,
+    efficiency,
     plan_layer,
     predicted_speedup,
     regime,
@@ -29,12 +32,12 @@ def test_regimes():
 
 def test_cost_model_keeps_moderately_sparse_layers_dense():
     for device in ("cpu", "cuda"):
-        for name, efficiency in SPARSE_EFFICIENCY[cost_table(device)].items():
-            assert predicted_speedup(name, 0.1, device) == pytest.approx(efficiency / 0.1)
-    conv = SPARSE_EFFICIENCY[cost_table("cpu")]["conv"]
-    sparse = plan_layer("Conv2d", (64, 576), 1 - conv / 4, min_sparsity=0.5, layer_regime="conv")
+        for name, at_calibration in SPARSE_EFFICIENCY[cost_table(device)].items():
+            assert predicted_speedup(name, 0.1, device) == pytest.approx(at_calibration / 0.1)
+    gemv = SPARSE_EFFICIENCY[cost_table("cpu")]["gemv"]  # a flat regime: no DENSITY_EXPONENT entry
+    sparse = plan_layer("Linear", (64, 576), 1 - gemv / 4, min_sparsity=0.5, layer_regime="gemv")
     assert (sparse.format, sparse.reason) == ("csr", "cost model: sparse est. 4.0x dense")
-    dense = plan_layer("Conv2d", (64, 576), 1 - conv * 2, min_sparsity=0.5, layer_regime="conv")
+    dense = plan_layer("Linear", (64, 576), 1 - gemv * 2, min_sparsity=0.5, layer_regime="gemv")
     assert dense.format == "dense" and dense.reason == "cost model: sparse est. 0.50x dense"
     assert plan_layer("Conv2d", (64, 576), 0.6, min_sparsity=0.5, format="csr").format == "csr"
     assert plan_layer("Linear", (64, 64), 0.4, min_sparsity=0.5, format="csr").format == "dense"
@@ -43,13 +46,14 @@ def test_cost_model_keeps_moderately_sparse_layers_dense():
 @pytest.mark.parametrize("isa,table", [("x86-64-v4", "cpu"), ("x86-64-v3", "cpu-avx2"), ("baseline", "cpu"),
                                        (None, "cpu")])
 def test_cpu_layers_are_planned_with_the_row_of_the_kernels_level(monkeypatch, isa, table):
-    """AVX2 CPUs have their own calibration (batched Linear layers win from lower sparsity there); CUDA
-    devices keep theirs whatever the CPU."""
+    """AVX2 CPUs have their own calibration (a batched Linear layer breaks even at another density there);
+    CUDA devices keep theirs whatever the CPU: a density between the two rows' break-evens runs sparse
+    with the row whose efficiency is higher only."""
     monkeypatch.setattr(sparse_rt.plan, "build_info", lambda: {"cpu_isa": isa} if isa else {})
     assert cost_table("cpu") == cost_table(None) == table and cost_table("cuda:0") == "cuda"
-    sparsity = 1 - (SPARSE_EFFICIENCY["cpu"]["gemm"] + SPARSE_EFFICIENCY["cpu-avx2"]["gemm"]) / 2
-    plan = plan_layer("Linear", (768, 768), sparsity, min_sparsity=0.5, layer_regime="gemm")
-    assert plan.format == ("csr" if table == "cpu-avx2" else "dense")
+    rows = {row: SPARSE_EFFICIENCY[row]["gemm"] for row in ("cpu", "cpu-avx2")}
+    plan = plan_layer("Linear", (768, 768), 1 - sum(rows.values()) / 2, min_sparsity=0.5, layer_regime="gemm")
+    assert plan.format == ("csr" if rows[table] == max(rows.values()) else "dense")
 
 
 def test_cost_model_follows_the_device():
@@ -155,9 +159,25 @@ def test_autotune_keeps_the_faster_measurement_and_caches_it(tmp_path, monkeypat
     assert len(json.loads(cache.read_text())) == 4
 
 
+def test_efficiency_grows_with_the_density_over_the_fitted_range_only():
+    """A regime fitted over a spread of densities: its efficiency is the table's at CALIBRATION_DENSITY, grows
+    as density ** exponent inside the fitted range and is held at the range's ends outside it."""
+    table = cost_table("cpu")
+    for name, (exponent, low, high) in DENSITY_EXPONENT[table].items():
+        at_calibration = SPARSE_EFFICIENCY[table][name]
+        assert efficiency(name, CALIBRATION_DENSITY) == pytest.approx(at_calibration)
+        assert efficiency(name, high) == pytest.approx(at_calibration * (high / CALIBRATION_DENSITY) ** exponent)
+        assert efficiency(name, min(1.0, 2 * high)) == pytest.approx(efficiency(name, high))
+        assert efficiency(name, low / 2) == pytest.approx(efficiency(name, low))
+        assert predicted_speedup(name, high) == pytest.approx(efficiency(name, high) / high)
+    # BERT-base's layers at 50% sparsity fed 128 tokens: sparse (they ran 1.44-2.01x faster so); at batch 1 dense.
+    assert plan_layer("Linear", (768, 768), 0.5, min_sparsity=0.5, layer_regime="gemm64").format == "csr"
+    assert plan_layer("Linear", (768, 768), 0.5, min_sparsity=0.5, layer_regime="gemv").format == "dense"
+
+
 def test_example_inputs_give_the_cost_model_the_batch():
-    """A density between the gemv and gemm64 break-even densities (0.182 and 0.414 in the "cpu" row of
-    SPARSE_EFFICIENCY, 0.175 and 0.362 in "cpu-avx2") runs dense at batch 1 and sparse at batch 64."""
+    """A density between the gemv and gemm64 break-even densities (0.205 and above 0.5 in the "cpu" row,
+    0.175 and 0.362 in "cpu-avx2") runs dense at batch 1 and sparse at batch 64."""
     torch.manual_seed(0)
     model = sparse_rt.magnitude_prune(nn.Sequential(nn.Linear(256, 512)), 0.78)
 
