@@ -1,8 +1,7 @@
-"""Plots the newest CPU results (benchmarks/results/cpu-{linear,conv,plan}-*.json) as a PNG: speedup of
+"""Plots the newest CPU results of one machine (benchmarks/results/cpu-{linear,conv,plan}-*.json) as a PNG: speedup of
 sparse_rt against batch size (Linear, per baseline) and against sparsity (Conv2d, kernel and
 planner), geometric means with min–max bars.    python benchmarks/plot_cpu.py"""
 
-import json
 import sys
 from pathlib import Path
 
@@ -10,13 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from update_readme import newest_on_one_host  # noqa: E402  (beside this file)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _newest(prefix):
-    files = sorted(RESULTS.glob(f"{prefix}-*.json"))
-    return (files[-1], json.loads(files[-1].read_text())) if files else (None, None)
 
 
 def bars(ax, xs, stats, label, offset):
@@ -44,11 +39,12 @@ def save(fig, title, name):
 
 
 def main():
-    linear_path, linear = _newest("cpu-linear")
-    conv_path, conv = _newest("cpu-conv")
-    plan_path, plan = _newest("cpu-plan")
-    if not linear or not conv or not plan:
-        sys.exit("run `make bench` first: cpu-linear-*.json, cpu-conv-*.json and cpu-plan-*.json are needed")
+    newest = newest_on_one_host(["cpu-linear", "cpu-conv", "cpu-plan"])
+    if len(newest) < 3:
+        sys.exit("run `make bench` first: cpu-linear-*.json, cpu-conv-*.json and cpu-plan-*.json of one machine "
+                 "are needed")
+    (linear_path, linear), (conv_path, conv), (plan_path, plan) = (newest[p] for p in ("cpu-linear", "cpu-conv",
+                                                                                       "cpu-plan"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     batches = sorted((s for s in linear["summary"] if s.startswith("N=")), key=lambda s: int(s[2:]))
     for i, engine in enumerate(sorted({e for s in batches for e in linear["summary"][s]})):

@@ -3,7 +3,7 @@ so the numbers there always come from a real run:
 
     python benchmarks/update_readme.py [TABLE ...]     (default: every table with results)
 
-cpu    <- cpu-{linear,conv,plan,e2e}-DATE.json, the newest of each (`make bench`)
+cpu    <- cpu-{linear,conv,plan,e2e}-DATE.json, the newest of each on one machine (`make bench`)
 bench  <- bench-MODEL-DATE.json, the newest per model (`make bench-report`)
 """
 
@@ -30,13 +30,35 @@ CPU_SUITES = {  # result file prefix: what its cases are
 }
 
 
+def host(report):
+    """What tells the machines of two results files apart: the CPU (family and model numbers since
+    2026-12-07; before, a virtual machine's generic name only) and the x86-64 level sparse_rt's kernels ran
+    at (files from before it was recorded come from the AVX-512 reference machine)."""
+    return report["machine"]["cpu"], report["versions"]["sparse_rt_build"].get("cpu_isa", "x86-64-v4")
+
+
+def newest_on_one_host(prefixes):
+    """{prefix: (path, report)}, the newest run of each suite on one machine: the machine of the newest run of
+    any of them, so that one table or plot never mixes machines; a suite never run there is left out."""
+    runs = [(path, json.loads(path.read_text())) for prefix in prefixes for path in RESULTS.glob(f"{prefix}-*.json")]
+    if not runs:
+        return {}
+    machine = host(max(runs, key=lambda run: run[1]["date"])[1])
+    newest = {}
+    for path, report in sorted(runs, key=lambda run: run[1]["date"]):
+        prefix = next(p for p in prefixes if path.name.startswith(f"{p}-"))
+        if host(report) == machine:
+            newest[prefix] = (path, report)
+    return newest
+
+
 def cpu_table():
-    newest = {p: sorted(RESULTS.glob(f"{p}-*.json")) for p in CPU_SUITES}
-    newest = {p: files[-1] for p, files in newest.items() if files}
+    newest = newest_on_one_host(list(CPU_SUITES))
     if not newest:
         return None
-    reports = {p: json.loads(path.read_text()) for p, path in newest.items()}
-    lines = [_measured(next(iter(reports.values())), list(newest.values())), "",
+    reports = {p: report for p, (_, report) in newest.items()}
+    paths = [path for path, _ in newest.values()]
+    lines = [_measured(next(iter(reports.values())), paths), "",
              "| suite | series | sparse_rt vs | geomean | min–max | cases |", "| --- " * 6 + "|"]
     for prefix, r in reports.items():
         for series, by_engine in r["summary"].items():

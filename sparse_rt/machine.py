@@ -26,10 +26,19 @@ def _cpuinfo():
 
 
 def cpu_model():
+    """The CPU's model name, with its family and model numbers where /proc/cpuinfo gives them: a
+    virtual machine may name every AMD host "AMD EPYC", and results from a Zen 3 and a Zen 4 must not
+    pass for one machine's (family 25 model 1 against model 17)."""
+    fields = {}
     for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+        if not line.strip():
+            break  # the first CPU's block is enough
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 @functools.lru_cache(maxsize=None)
