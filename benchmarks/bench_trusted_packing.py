@@ -19,7 +19,7 @@ import argparse
 import contextlib
 
 import torch
-from in_process_ab import add_arguments, bench_model, write_report  # beside this file
+from in_process_ab import add_arguments, bench_model, print_report, write_report  # beside this file
 
 from sparse_rt import ops
 from sparse_rt.machine import load_average
@@ -72,14 +72,8 @@ def main(argv=None):
             for row in bench(name, sparsity, args)]
     report, out = write_report(rows, args, start_load, "trusted-packing")
     names = list(rows[0]["p50_ms"]) if rows else []
-    print("| model | sparsity | batch | " + " | ".join(f"{n} ms" for n in names) + " |")
-    print("| --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
-    for r in rows:
-        cells = [f"{r['p50_ms'][n]:.1f} ({r['speedup_over_default'][n]:.2f}x)" for n in names]
-        print(f"| {r['model']} | {r['sparsity']:g} | {r['batch']} | " + " | ".join(cells) + " |")
-    if report["warning"]:
-        print(f"WARNING: {report['warning']}")
-    print(f"wrote {out}")
+    print_report(rows, {n: f"{n} ms" for n in names},
+                 lambda r, n: f"{r['p50_ms'][n]:.1f} ({r['speedup_over_default'][n]:.2f}x)", report, out)
 
 
 if __name__ == "__main__":

@@ -53,29 +53,30 @@ def fused_model(model_name, sparsity, seed):
     return model
 
 
-def time_settings(settings, what, args):
+def time_settings(settings, what, args, same_outputs=True):
     """({name: p50 ms}, {name: timed calls}) of `settings` ({name: callable}), after checking that they
-    give equal outputs."""
+    give equal outputs (unless not `same_outputs`: settings that compute other sums)."""
     outputs = {name: run() for name, run in settings.items()}
     first, *others = outputs
     for name in others:
-        if not torch.equal(outputs[first], outputs[name]):
+        if same_outputs and not torch.equal(outputs[first], outputs[name]):
             raise AssertionError(f"{what}: the outputs of {first} and {name} differ")
     samples = compare_latency_blocks({name: call_block(run) for name, run in settings.items()},
                                      block_calls=args.block_calls, min_time=args.min_time)
     return {name: median(s) * 1e3 for name, s in samples.items()}, {name: len(s) for name, s in samples.items()}
 
 
-def bench_model(model_name, sparsity, args, settings_of, measure_more=None):
+def bench_model(model_name, sparsity, args, settings_of, measure_more=None, same_outputs=True):
     """One row {model, sparsity, batch, p50_ms, samples, ...} per batch size in args.batch: the fused model timed
-    under settings_of(model, x), and measure_more(settings) merged into the row where given."""
+    under settings_of(model, x) (checked to give equal outputs, unless not `same_outputs`), and
+    measure_more(settings) merged into the row where given."""
     shape = models.input_shape(model_name)
     model = fused_model(model_name, sparsity, args.seed)
     rows = []
     with torch.inference_mode():
         for batch in args.batch:
             settings = settings_of(model, example_input(batch, shape, seed=args.seed))
-            p50, counts = time_settings(settings, f"{model_name} {sparsity:g} batch {batch}", args)
+            p50, counts = time_settings(settings, f"{model_name} {sparsity:g} batch {batch}", args, same_outputs)
             rows.append({"model": model_name, "sparsity": sparsity, "batch": batch, "p50_ms": p50,
                          "samples": counts, **(measure_more(settings) if measure_more else {})})
             log(f"{model_name} {sparsity:g} batch {batch}: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in p50.items()))
@@ -93,3 +94,15 @@ def write_report(rows, args, start_load, stem):
     out = Path(args.out or RESULTS / f"{stem}-{datetime.date.today()}.json")
     out.write_text(json.dumps(report, indent=1) + "\n")
     return report, out
+
+
+def print_report(rows, columns, cell, report, out):
+    """rows as a markdown table (model, sparsity, batch, then cell(row, name) under each header of `columns`,
+    {name: header}), the report's load warning and where it was written."""
+    print("| model | sparsity | batch | " + " | ".join(columns.values()) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in columns) + " |")
+    for r in rows:
+        print(f"| {r['model']} | {r['sparsity']:g} | {r['batch']} | " + " | ".join(cell(r, n) for n in columns) + " |")
+    if report["warning"]:
+        print(f"WARNING: {report['warning']}")
+    print(f"wrote {out}")

@@ -57,22 +57,26 @@ SparseWeightInfo check_sparse_weight(const char* op, const at::Tensor& crow, con
   return {(crow.numel() - 1) * bh, col.numel(), bh, bw};
 }
 
-// The activation must share the weight's device and floating dtype; the bias, when given, is 1-D,
-// `rows` long, with the values' dtype and device.
+// The activation must share the weight's device and floating dtype, except that on the CPU an fp32
+// activation may meet 16-bit values (weights stored in fp16 or bf16: the kernels widen each value to
+// fp32 as they read it, and compute as for fp32 values); the bias, when given, is 1-D, `rows` long, on
+// the weight's device, with the values' dtype or the activation's.
 void check_activation_and_bias(const char* op, const at::Tensor& input,
                                const c10::optional<at::Tensor>& bias, const at::Tensor& values,
                                int64_t rows) {
   SPARSE_RT_CHECK(input.device() == values.device(), op, "input is on ", input.device(),
                   " but the weight is on ", values.device());
-  SPARSE_RT_CHECK(input.scalar_type() == values.scalar_type(), op, "input dtype ",
-                  input.scalar_type(), " does not match the weight values dtype ",
-                  values.scalar_type());
+  const bool stored_16_bit = input.is_cpu() && input.scalar_type() == at::kFloat && values.scalar_type() != at::kFloat;
+  SPARSE_RT_CHECK(input.scalar_type() == values.scalar_type() || stored_16_bit, op, "input dtype ",
+                  input.scalar_type(), " does not match the weight values dtype ", values.scalar_type(),
+                  input.is_cpu() ? "" : " (fp32 inputs with 16-bit values run on the CPU only)");
   if (!bias.has_value()) return;
   const at::Tensor& b = *bias;
   SPARSE_RT_CHECK(b.dim() == 1 && b.size(0) == rows, op, "bias must have shape [", rows, "], got ",
                   b.sizes());
-  SPARSE_RT_CHECK(b.scalar_type() == values.scalar_type(), op, "bias dtype ", b.scalar_type(),
-                  " does not match the weight values dtype ", values.scalar_type());
+  SPARSE_RT_CHECK(b.scalar_type() == values.scalar_type() || b.scalar_type() == input.scalar_type(), op,
+                  "bias dtype ", b.scalar_type(), " matches neither the weight values dtype ", values.scalar_type(),
+                  " nor the input dtype ", input.scalar_type());
   SPARSE_RT_CHECK(b.device() == values.device(), op, "bias is on ", b.device(),
                   " but the weight is on ", values.device());
 }

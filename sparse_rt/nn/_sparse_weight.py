@@ -4,6 +4,15 @@ from torch import nn
 from ..formats import BSR, CSR
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# What SparseWeightModule.store_weights keeps values in, and the bound on what that changes in a
+# layer's fp32 output y = W x + b (a guarantee of round-to-nearest, tested in tests/test_weight_storage.py):
+#   |y_stored - y_fp32| <= relative * sum_k |W_k x_k| + absolute * sum_k |x_k|   per output
+# relative: the format's unit roundoff (8 significant bits for bf16, 11 for fp16); absolute: half the
+# spacing of its subnormals, for weights below its normal range (fp16: 6.1e-5; bf16: fp32's). The fp32 sums' own
+# rounding comes on top, as for any fp32 weight.
+WEIGHT_STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+WEIGHT_STORAGE_ERROR = {torch.float32: (0.0, 0.0), torch.bfloat16: (2.0**-8, 2.0**-134),
+                        torch.float16: (2.0**-11, 2.0**-25)}
 
 
 def check_weight_and_bias(weight, bias, what, contiguous=False):
@@ -21,7 +30,8 @@ def check_weight_and_bias(weight, bias, what, contiguous=False):
     if bias is None:
         return
     check_bias_shape(bias, weight.shape[0], where)
-    if bias.dtype != weight.values.dtype:
+    # An fp32 bias beside 16-bit values: a layer whose weights store_weights() keeps in 16 bits.
+    if bias.dtype != weight.values.dtype and not (bias.dtype == torch.float32 and weight.values.element_size() == 2):
         raise ValueError(f"{where}bias dtype {bias.dtype} differs from the values dtype {weight.values.dtype}")
     if bias.device != weight.values.device:
         raise ValueError(f"{where}bias is on {bias.device} but the weight is on {weight.values.device}")
@@ -143,6 +153,26 @@ class SparseWeightModule(nn.Module):
             return run(self.relu, residual)
         y = run(False, None) + residual
         return torch.relu(y) if self.relu else y
+
+    def store_weights(self, dtype):
+        """Keeps this layer's nonzero values in `dtype` (WEIGHT_STORAGE_DTYPES: torch.bfloat16 or
+        torch.float16 to halve them, torch.float32 to widen them back), each rounded to the nearest;
+        the bias, the indices and the activations keep their dtypes. An fp32 input then still computes
+        in fp32 on the CPU, each value widened as the kernels read it; the output moves from the fp32
+        weight's by at most the rounding (WEIGHT_STORAGE_ERROR). CUDA ops refuse fp32 inputs with
+        16-bit values. `.weight.dtype` reports `dtype` (model code that casts its input to its
+        weight's dtype then runs in 16 bits)."""
+        if dtype not in WEIGHT_STORAGE_DTYPES:
+            raise ValueError(f"{type(self).__name__}.store_weights: dtype must be one of "
+                             f"{', '.join(map(str, WEIGHT_STORAGE_DTYPES))}, got {dtype}")
+        values = self.values.detach()
+        stored = values.to(dtype)
+        overflow = torch.isfinite(values) & ~torch.isfinite(stored)
+        if overflow.any():
+            largest = values[overflow].abs().max().item()
+            raise ValueError(f"{type(self).__name__}.store_weights: a value of magnitude {largest:g} exceeds {dtype}'s "
+                             f"range ({torch.finfo(dtype).max:g})")
+        self.values = stored.contiguous()
 
     def sparse_weight(self):
         """The weight as a CSR or BSR container sharing this module's buffers."""

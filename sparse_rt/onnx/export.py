@@ -10,6 +10,7 @@ import torch
 from onnx.external_data_helper import set_external_data
 
 from ..io import atomic_write
+from ..nn._sparse_weight import SparseWeightModule
 from ..nn.surgery import dense_copy
 from . import portable
 from .fold import fold_batchnorm_and_relu
@@ -69,6 +70,7 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
         raise TypeError(f"export expects an nn.Module, got {type(model).__name__}")
     path = os.fspath(path)
     args = _as_tuple(example_inputs)
+    _refuse_stored_weights(model, args)
     model = model.eval()
     if flavor == "portable":
         traced, table = portable.to_portable(model), None
@@ -104,6 +106,18 @@ def export(model, path, example_inputs, *, flavor="portable", opset=None, check=
     if check:
         result.max_abs_diff, result.max_rel_diff = compare(model, path, args, flavor)
     return result
+
+
+def _refuse_stored_weights(model, args):
+    """Raises ValueError where a sparse layer keeps 16-bit values for floating inputs of another dtype
+    (SparseWeightModule.store_weights): ONNX ops take their weights and inputs in one dtype."""
+    dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}
+    for name, layer in model.named_modules():
+        values = getattr(layer, "values", None)
+        if isinstance(layer, SparseWeightModule) and dtypes and values.dtype not in dtypes:
+            raise ValueError(f"layer '{name}' stores its values in {values.dtype} (store_weights) but the inputs are "
+                             f"{', '.join(sorted(map(str, dtypes)))}: ONNX ops take weights and inputs in one dtype; "
+                             f"call store_weights({next(iter(dtypes))}) before exporting")
 
 
 @contextlib.contextmanager
