@@ -67,6 +67,29 @@ def test_convert_fuse_writes_a_fused_model(tmp_path, capsys, resnet20):
         assert ((model(x) - dense(x)).norm() / dense(x).norm()).item() <= 1e-5
 
 
+def test_convert_store_weights_writes_16_bit_values(tmp_path, capsys, resnet20):
+    dense, ckpt = resnet20
+    paths = {name: tmp_path / f"{name}.srt" for name in ("fp32", "bf16")}
+    for name, path in paths.items():
+        extra = ["--store-weights", name] if name != "fp32" else []
+        code, out, err = _run(capsys, "convert", ckpt, "--arch", "cifar_resnet", "--arch-kwargs", "depth=20",
+                              "--format", "csr", "--fuse", *extra, "-o", path)
+        assert code == 0, err
+    assert "sparse weights stored in bf16" in out
+    assert paths["bf16"].stat().st_size < 0.85 * paths["fp32"].stat().st_size
+    model = sparse_rt.load(paths["bf16"])
+    layers = [m for m in model.modules() if isinstance(m, sparse_rt.nn.SparseConv2d)]
+    assert layers and all(m.values.dtype == torch.bfloat16 and m.bias.dtype == torch.float32 for m in layers)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        y = model(x)
+        assert y.dtype == torch.float32
+        assert 0 < ((y - dense(x)).norm() / dense(x).norm()).item() <= 1e-2
+    code, _, err = _run(capsys, "convert", "--ensemble", tmp_path, "--arch", "cifar_resnet", "--store-weights", "bf16",
+                        "-o", tmp_path / "e.srt")
+    assert code != 0 and "--store-weights apply to single models" in err
+
+
 def test_inspect_checkpoint(capsys, resnet20):
     _, ckpt = resnet20
     code, out, err = _run(capsys, "inspect", ckpt)

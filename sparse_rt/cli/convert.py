@@ -2,7 +2,7 @@
 
 import os
 
-from ..convert import from_checkpoint
+from ..convert import from_checkpoint, parse_dtype
 from ..ensemble import SparseEnsemble
 from . import args as cli_args
 from .describe import print_model, print_source
@@ -17,14 +17,18 @@ def add_parser(sub):
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="value dtype of the result")
     p.add_argument("--fuse", action="store_true", help="fold BatchNorms and fuse residual sums and ReLUs into "
                    "the sparse kernels (SparseModel.fuse; the file records it)")
+    p.add_argument("--store-weights", choices=["bf16", "fp16"],
+                   help="keep the sparse layers' values in 16 bits, activations in fp32 (SparseModel.store_weights, "
+                        "after --fuse; outputs move by the weights' rounding, about 1e-3 relative with bf16)")
     p.add_argument("-o", "--output", required=True, help="the .srt file to write")
     p.set_defaults(run=run)
 
 
 def run(args):
     if args.ensemble:
-        if args.fuse:
-            raise ValueError("--fuse applies to single models; an ensemble fuses its members' layers itself")
+        if args.fuse or args.store_weights:
+            raise ValueError("--fuse and --store-weights apply to single models; an ensemble fuses its members' "
+                             "layers itself")
         ensemble = _ensemble(args)
         ensemble.save(args.output)
         print(ensemble.report())
@@ -35,6 +39,9 @@ def run(args):
                                 progress=cli_args.progress(), **cli_args.checkpoint_options(args))
         if args.fuse:
             print(f"fused: {model.eval().fuse()}")
+        if args.store_weights:
+            model.store_weights(parse_dtype(args.store_weights))
+            print(f"sparse weights stored in {args.store_weights}")
         model.save(args.output)
         print_source(model.source)
         print_model(model, args.input_shape, args.tokens)
