@@ -14,7 +14,7 @@ import argparse
 import resource
 
 import torch
-from in_process_ab import add_arguments, bench_model, write_report  # beside this file
+from in_process_ab import add_arguments, bench_model, print_report, write_report  # beside this file
 
 from sparse_rt import ops
 from sparse_rt.machine import load_average
@@ -60,15 +60,11 @@ def main(argv=None):
     limit = ops.cpu_cache_stats()["limit_bytes"]  # the default, or SPARSE_RT_CPU_CACHE_LIMIT_MB's
     rows = [row for name in args.models for row in bench(name, args.sparsity, limit, args)]
     report, out = write_report(rows, args, start_load, "block-cache")
-    print("| model | sparsity | batch | cache ms | no cache ms | speedup | faults per forward (cache / no cache) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        p, f = r["p50_ms"], r["page_faults_per_forward"]
-        print(f"| {r['model']} | {r['sparsity']:g} | {r['batch']} | {p['cache']:.1f} | {p['no-cache']:.1f} | "
-              f"{r['speedup']:.2f}x | {f['cache']:.0f} / {f['no-cache']:.0f} |")
-    if report["warning"]:
-        print(f"WARNING: {report['warning']}")
-    print(f"wrote {out}")
+    cells = {"cache": lambda r: f"{r['p50_ms']['cache']:.1f}", "no-cache": lambda r: f"{r['p50_ms']['no-cache']:.1f}",
+             "speedup": lambda r: f"{r['speedup']:.2f}x",
+             "faults": lambda r: "{cache:.0f} / {no-cache:.0f}".format_map(r["page_faults_per_forward"])}
+    print_report(rows, {"cache": "cache ms", "no-cache": "no cache ms", "speedup": "speedup",
+                        "faults": "faults per forward (cache / no cache)"}, lambda r, name: cells[name](r), report, out)
 
 
 if __name__ == "__main__":
