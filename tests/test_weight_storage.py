@@ -155,6 +155,10 @@ def test_cuda_refuses_fp32_inputs_with_16_bit_values():
     w = _stored(random_csr(12, 20, 0.3, seed=1, device="cuda"), torch.bfloat16)
     with pytest.raises(RuntimeError, match=r"fp32 inputs with 16-bit values run on the CPU only"):
         ops.csr_linear(randn(3, 20, device="cuda"), w.crow_indices, w.col_indices, w.values, None, 20)
+    layer = SparseLinear(20, 12, random_csr(12, 20, 0.3, seed=1, device="cuda"))
+    with pytest.raises(ValueError, match=r"16-bit values beside fp32 inputs run on the CPU only, and this layer is "
+                                         r"on cuda"):
+        layer.store_weights(torch.bfloat16)
 
 
 def _fused_bert(seed=0):

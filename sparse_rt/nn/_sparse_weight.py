@@ -166,6 +166,10 @@ class SparseWeightModule(nn.Module):
             raise ValueError(f"{type(self).__name__}.store_weights: dtype must be one of "
                              f"{', '.join(map(str, WEIGHT_STORAGE_DTYPES))}, got {dtype}")
         values = self.values.detach()
+        if values.device.type != "cpu" and dtype != torch.float32:
+            raise ValueError(f"{type(self).__name__}.store_weights: 16-bit values beside fp32 inputs run on the "
+                             f"CPU only, and this layer is on {values.device} (there, model.to({dtype}) runs it in "
+                             "16 bits)")
         stored = values.to(dtype)
         overflow = torch.isfinite(values) & ~torch.isfinite(stored)
         if overflow.any():
