@@ -10,7 +10,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # relative: the format's unit roundoff (8 significant bits for bf16, 11 for fp16); absolute: half the
 # spacing of its subnormals, for weights below its normal range (fp16: 6.1e-5; bf16: fp32's). The fp32 sums' own
 # rounding comes on top, as for any fp32 weight.
-WEIGHT_STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+WEIGHT_STORAGE_DTYPES = KERNEL_DTYPES  # the value dtypes the kernels read
 WEIGHT_STORAGE_ERROR = {torch.float32: (0.0, 0.0), torch.bfloat16: (2.0**-8, 2.0**-134),
                         torch.float16: (2.0**-11, 2.0**-25)}
 

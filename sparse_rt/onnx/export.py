@@ -112,12 +112,13 @@ def _refuse_stored_weights(model, args):
     """Raises ValueError where a sparse layer keeps 16-bit values for floating inputs of another dtype
     (SparseWeightModule.store_weights): ONNX ops take their weights and inputs in one dtype."""
     dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}
+    if not dtypes:
+        return
     for name, layer in model.named_modules():
-        values = getattr(layer, "values", None)
-        if isinstance(layer, SparseWeightModule) and dtypes and values.dtype not in dtypes:
-            raise ValueError(f"layer '{name}' stores its values in {values.dtype} (store_weights) but the inputs are "
-                             f"{', '.join(sorted(map(str, dtypes)))}: ONNX ops take weights and inputs in one dtype; "
-                             f"call store_weights({next(iter(dtypes))}) before exporting")
+        if isinstance(layer, SparseWeightModule) and layer.values.dtype not in dtypes:
+            raise ValueError(f"layer '{name}' stores its values in {layer.values.dtype} (store_weights) but the "
+                             f"inputs are {', '.join(sorted(map(str, dtypes)))}: ONNX ops take weights and inputs in "
+                             f"one dtype; call store_weights({next(iter(dtypes))}) before exporting")
 
 
 @contextlib.contextmanager
