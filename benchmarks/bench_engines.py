@@ -11,11 +11,14 @@ dense) and batch size, the same pruned weights run in every engine on the same t
                       holds it and any further sparse_rt variants, name -> builder)
   sparse_rt-fused     the same, then model.fuse(): BatchNorm folded, residual sums and ReLUs in
                       the sparse kernels' epilogues
+  sparse_rt-captured  sparse_rt-fused with model.capture(): the forward's ops recorded once and replayed
+                      from C++, without Python between them (every engine runs under inference_mode)
   sparse_rt-fused-unpacked  the same with its Linear layers unpacked (SparseLinear.packs = False);
                       only when named in --engines: what packing gains, measured in the same run
   sparse_rt-fused-trusted  sparse_rt-fused run with trusted packings (sparse_rt.ops.trusted_packings:
                       no per-call comparison of the packings with the weights, packing from fewer rows);
                       only when named in --engines
+  sparse_rt-captured-trusted  sparse_rt-captured run with trusted packings; only when named in --engines
   onnxruntime         the pruned model exported to ONNX (dense), stock onnxruntime
   onnxruntime-sparse  sparse_rt's ONNX sparse flavour (its own ops) in onnxruntime
   openvino            the same dense ONNX file in OpenVINO, fp32 forced, LATENCY hint
@@ -83,6 +86,10 @@ def _fused(pruned, example):
     return model
 
 
+def _captured(pruned, example):
+    return _fused(pruned, example).capture()
+
+
 def _fused_unpacked(pruned, example):
     model = _fused(pruned, example)
     for layer in model.modules():
@@ -107,16 +114,22 @@ def _fused_trusted(pruned, example):
     return _TrustingPackings(_fused(pruned, example)).eval()
 
 
+def _captured_trusted(pruned, example):
+    return _TrustingPackings(_captured(pruned, example)).eval()
+
+
 SPARSE_RT_VARIANTS = {
     "sparse_rt": _planned,
     "sparse_rt-fused": _fused,
+    "sparse_rt-captured": _captured,
     "sparse_rt-fused-unpacked": _fused_unpacked,
     "sparse_rt-fused-trusted": _fused_trusted,
+    "sparse_rt-captured-trusted": _captured_trusted,
 }
 DENSE_ENGINES = ("torch-dense", "onnxruntime", "openvino")
 ENGINES = ("torch-dense", *SPARSE_RT_VARIANTS, "onnxruntime", "onnxruntime-sparse", "openvino", "deepsparse")
 # Run only when named: a variant that measures a feature of another.
-OPT_IN_ENGINES = ("sparse_rt-fused-unpacked", "sparse_rt-fused-trusted")
+OPT_IN_ENGINES = ("sparse_rt-fused-unpacked", "sparse_rt-fused-trusted", "sparse_rt-captured-trusted")
 
 
 def log(message):

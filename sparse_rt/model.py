@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .autotune import AutotuneCache, capture_layer_inputs, measure
+from .capture import Captures
 from .fusion import FusionReport, SplitBatch, fuse
 from .nn import SparseConv2d, SparseLinear
 from .nn._sparse_weight import SparseWeightModule, check_keys_before_loading
@@ -97,10 +98,49 @@ class SparseModel(nn.Module):
         self.fusion: Optional[FusionReport] = None  # set by fuse()
 
     def forward(self, *args, **kwargs):
+        captures = self.__dict__.get("_captures")
+        if captures is not None and not kwargs:
+            if captures.module is not self.module:
+                captures.clear(self.module)
+            return captures(self._eager_forward, args)
+        return self._eager_forward(*args, **kwargs)
+
+    def _eager_forward(self, *args, **kwargs):
         # Under torch.compile the graph module is traced whole (SplitBatch is Python around it).
         if self.fusion is not None and len(args) == 1 and not kwargs and not torch.compiler.is_compiling():
             return self._split_batch()(args[0])
         return self.module(*args, **kwargs)
+
+    def capture(self, enabled: bool = True) -> "SparseModel":
+        """Replays the forward's ops from C++, without Python between them (sparse_rt.capture): per
+        input signature (the positional tensors' shapes, strides, dtypes and devices, the thread count,
+        trusted packings), the first call runs eagerly, the second records the ops it calls, later
+        calls replay them, with the same outputs. Only without gradients (inference_mode or no_grad)
+        and for plain tensor inputs; forwards whose Python reads tensor values run eagerly. In-place
+        changes to the weights are seen (the next call records again), as are fuse(), store_weights(),
+        load_state_dict(), .to() and a new `module`; forward hooks inside the model and layers or
+        tensors swapped in by hand are not: call capture() again after such changes. Returns the model;
+        capture(False) turns replays off. `capture_report()` says what each signature does."""
+        self.__dict__["_captures"] = Captures(self.module) if enabled else None
+        return self
+
+    def capture_report(self) -> dict:
+        """{input signature: "replays N ops", or why it runs eagerly}; empty without capture()."""
+        captures = self.__dict__.get("_captures")
+        return {} if captures is None else captures.report()
+
+    def _drop_captures(self):
+        captures = self.__dict__.get("_captures")
+        if captures is not None:
+            captures.clear(self.module)
+
+    def _apply(self, fn, recurse=True):
+        self._drop_captures()  # .to(), .float(), ...: new tensors
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        self._drop_captures()
+        return super().train(mode)
 
     def _split_batch(self):
         """The fused module's SplitBatch, made again when `module` was replaced."""
@@ -117,6 +157,7 @@ class SparseModel(nn.Module):
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         check_keys_before_loading(self, state_dict, strict)  # a failed strict load changes nothing
+        self._drop_captures()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def fuse(self) -> FusionReport:
@@ -127,6 +168,7 @@ class SparseModel(nn.Module):
         Returns what was fused (also kept in `self.fusion` and recorded by save())."""
         module, report = fuse(self.module)
         self.module = module
+        self._drop_captures()
         self.fusion = report if self.fusion is None else self.fusion + report  # a second call finds what the first left
         return report
 
@@ -143,6 +185,7 @@ class SparseModel(nn.Module):
                     layer.store_weights(dtype)
                 except ValueError as e:
                     raise ValueError(f"layer '{name}': {e}") from None
+        self._drop_captures()
         return self
 
     def summary(self) -> Summary:

@@ -126,6 +126,28 @@ def test_fuse_times_the_fused_model_against_the_unfused_baselines():
     assert all(engine["status"] == "ok" for engine in variant["engines"].values())
 
 
+def test_capture_times_the_replayed_model_and_profiles_it_eagerly():
+    pruned = sparse_rt.magnitude_prune(models.create("cifar_resnet").eval(), 0.9, exclude=("conv",))
+    sparse = sparse_rt.sparsify(pruned, format="csr")
+    report = bench.run(sparse, (3, 32, 32), baselines="dense", batch="2", warmup=0, time=0.3, fuse=True,
+                       capture=True)
+    variant = report.data["variants"][0]
+    assert report.data["config"]["capture"]
+    assert all(engine["status"] == "ok" for engine in variant["engines"].values())  # outputs checked
+    [state] = variant["capture"]["2"]  # the timed calls replayed
+    assert state.startswith("replays")
+    timed = [row["time_ms"][0] for row in variant["layers"] if row.get("time_ms")]
+    assert len(timed) > 10 and all(t > 0 for t in timed)  # the profile's hooks ran
+
+
+def test_cli_capture_flag(tmp_path):
+    path = tmp_path / "r.json"
+    assert main(["bench", "cifar_resnet", "--sparsity", "0.9", "--batch", "2", "--time", "0.2", "--warmup", "0.05",
+                 "--baselines", "dense", "--fuse", "--capture", "--json", str(path), "--no-progress"]) == 0
+    data = json.loads(path.read_text())
+    assert data["config"]["capture"] and data["variants"][0]["capture"]["2"][0].startswith("replays")
+
+
 def test_srt_and_checkpoint_forms(tmp_path):
     pruned = sparse_rt.magnitude_prune(models.create("cifar_resnet").eval(), 0.9, exclude=("conv",))
     sparse = sparse_rt.sparsify(pruned)

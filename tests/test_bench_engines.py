@@ -34,8 +34,8 @@ def test_arguments(bench_engines, capsys):
     args = bench_engines.parse_args([])
     assert (args.models, args.batch, args.threads) == (["resnet50", "bert_encoder"], [1, 8], 2)
     assert args.sparsity == [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
-    assert args.engines == ["torch-dense", "sparse_rt", "sparse_rt-fused", "onnxruntime", "onnxruntime-sparse",
-                            "openvino", "deepsparse"]
+    assert args.engines == ["torch-dense", "sparse_rt", "sparse_rt-fused", "sparse_rt-captured", "onnxruntime",
+                            "onnxruntime-sparse", "openvino", "deepsparse"]
     args = bench_engines.parse_args(["--models", "bert_encoder", "--batch", "8", "--sparsity", "0.9,0.95",
                                      "--engines", "deepsparse,sparse_rt", "--threads", "4"])
     assert (args.models, args.batch, args.sparsity, args.threads) == (["bert_encoder"], [8], [0.9, 0.95], 4)

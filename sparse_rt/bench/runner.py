@@ -113,7 +113,7 @@ def _input_maker(inputs, shape, seed, device, dtype, tokens=None):
 
 def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=BASELINES, device="cpu",
         dtype=None, threads=None, warmup=2.0, time=10.0, min_iterations=1, cuda_graphs=False, seed=0,
-        progress=False, tokens=None, trust_arch=False, fuse=False):
+        progress=False, tokens=None, trust_arch=False, fuse=False, capture=False):
     """Benchmarks sparse_rt against `baselines` (BASELINES: 'dense', 'torch-sparse', 'onnxruntime',
     'onnxruntime-sparse', 'openvino'; one that cannot run here is recorded with the reason) and
     returns a BenchReport (print it, .to_json(), .to_csv(), .plot()).
@@ -128,6 +128,8 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
     trust_arch: let a .srt import the module its architecture names (as sparse_rt.load).
     fuse:      time sparse_rt's model after SparseModel.fuse() (BatchNorm folded, residual sums and
                ReLUs in the kernels); the baselines are built from the model before fusion.
+    capture:   time sparse_rt's model replaying its forward from C++ (SparseModel.capture(), after
+               `fuse`); its per-layer profile runs eagerly (a replay calls no module hooks).
     batch:     batch sizes ("1,8,32" or [1, 8, 32]); sparsity: one value or several ("0.5,0.9").
     warmup:    seconds each engine runs before timing, per batch size (0: none).
     time:      seconds of interleaved timing rounds per batch size, at least `min_iterations` timed
@@ -155,12 +157,14 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
     if threads:
         torch.set_num_threads(threads)
     try:
-        settings = _Settings(baselines, batches, device, warmup, time, min_iterations, cuda_graphs, tokens, fuse)
+        settings = _Settings(baselines, batches, device, warmup, time, min_iterations, cuda_graphs, tokens, fuse,
+                             capture)
         data = {**machine_info(), "model": {"name": name, "input_shape": list(make_input(1).shape[1:])},
                 "config": {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
                            "threads": torch.get_num_threads(), "batches": batches, "baselines": baselines,
                            "warmup_s": warmup, "time_s": time, "min_iterations": min_iterations,
-                           "cuda_graphs": cuda_graphs, "seed": seed, "tokens": tokens, "fuse": fuse},
+                           "cuda_graphs": cuda_graphs, "seed": seed, "tokens": tokens, "fuse": fuse,
+                           "capture": capture},
                 "variants": []}
         with _progress(progress, len(variants) * len(batches)) as step, torch.inference_mode():
             for variant in variants:
@@ -186,6 +190,7 @@ class _Settings:
     cuda_graphs: bool
     tokens: int  # the inputs are token ids below it (None: floats)
     fuse: bool  # sparse_rt's model is fused after the baselines are built from it
+    capture: bool  # then replays its forward from C++ (SparseModel.capture)
 
 
 def _bench_model(sparse, make_input, settings, step, sparsity):
@@ -193,13 +198,15 @@ def _bench_model(sparse, make_input, settings, step, sparsity):
     with tempfile.TemporaryDirectory(prefix="sparse_rt_bench_") as tmp:
         engines, status = _build_engines(sparse, settings.baselines, make_input(1), settings.device, tmp)
         fusion = {"fusion": sparse.fuse().to_json()} if settings.fuse and sparse.fusion is None else {}
+        if settings.capture:
+            sparse.capture()
         return {**fusion, **_time_engines(sparse, engines, status, make_input, settings, step, sparsity)}
 
 
 def _time_engines(sparse, engines, status, make_input, settings, step, sparsity):
     module, cuda = sparse.module, settings.device.type == "cuda"
     metrics = model_metrics(module, tuple(make_input(1).shape[1:]), tokens=settings.tokens)
-    results, profiles = [], []
+    results, profiles, captures = [], [], {}
     for b in settings.batches:
         step(("" if sparsity is None else f"sparsity {sparsity:g}, ") + f"batch {b}")
         x = make_input(b)
@@ -209,8 +216,14 @@ def _time_engines(sparse, engines, status, make_input, settings, step, sparsity)
         for name, s in stats.items():
             speedup = None if name == SUBJECT else s["p50_ms"] / stats[SUBJECT]["p50_ms"]
             results.append({"batch": b, "engine": name, **s, "speedup": speedup})
+        if settings.capture:
+            captures[str(b)] = sorted(set(sparse.capture_report().values()))  # what the timed calls did
+            sparse.capture(False)  # the profile's hooks see eager calls only
         profiles.append(layer_times(module, lambda: sparse(x), max_seconds=settings.seconds / 4, cuda=cuda))
+        if settings.capture:
+            sparse.capture()
     return {"metrics": metrics.as_dict(), "engines": status, "results": results,
+            **({"capture": captures} if captures else {}),
             "layers": _layer_rows(module, sparse.summary(), metrics, profiles),
             "forward_ms": [wall * 1e3 for _, wall in profiles]}
 

@@ -32,6 +32,8 @@ def add_parser(sub):
     p.add_argument("--cuda-graphs", action="store_true", help="replay torch engines from CUDA graphs")
     p.add_argument("--fuse", action="store_true", help="time sparse_rt's model fused (SparseModel.fuse: "
                    "BatchNorm folded, residual sums and ReLUs in the kernels); baselines stay unfused")
+    p.add_argument("--capture", action="store_true", help="time sparse_rt's model replaying its forward from C++ "
+                   "(SparseModel.capture: no Python between the ops; after --fuse if given)")
     p.add_argument("--json", metavar="PATH", help="write the full report (machine, versions, all fields)")
     p.add_argument("--csv", nargs="?", const="-", metavar="PATH",
                    help="write the result rows as CSV (to stdout without PATH)")
@@ -47,7 +49,8 @@ def run(args):
                        tokens=args.tokens, trust_arch=args.trust_arch,
                  baselines=args.baselines, device=args.device, dtype=args.dtype, threads=args.threads,
                  warmup=args.warmup, time=args.time, min_iterations=args.min_iterations,
-                 cuda_graphs=args.cuda_graphs, seed=args.seed, fuse=args.fuse, progress=not args.no_progress)
+                 cuda_graphs=args.cuda_graphs, seed=args.seed, fuse=args.fuse, capture=args.capture,
+                 progress=not args.no_progress)
     to_stdout = args.csv == "-"
     # With CSV on stdout the table goes to stderr, so the CSV can be piped.
     console = Console(stderr=to_stdout)

@@ -42,6 +42,14 @@ PACKING_MIN_DENSITY = 0.08
 PACKING_VARIABLE = "SPARSE_RT_PACK_NONZEROS"
 
 
+# Counts repack() calls: a forward recorded for replay (sparse_rt.capture) before one is not replayed.
+_generation = 0
+
+
+def packing_generation():
+    return _generation
+
+
 def _version(tensor):
     """PyTorch's count of the in-place changes it saw; None for an inference tensor (it counts none)."""
     return None if tensor.is_inference() else tensor._version
@@ -112,6 +120,8 @@ class PackedWeight:
     def repack(self):
         """Drops the packing, so that the next call packs the weight again: needed after writes to
         the weight that PyTorch does not count (through .data or NumPy)."""
+        global _generation
+        _generation += 1
         self._packing_key = self._packing = None
 
     def __getstate__(self):
