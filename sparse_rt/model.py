@@ -167,8 +167,7 @@ class SparseModel(nn.Module):
         torch.fx.GraphModule with the same layers under the same names, less the folded BatchNorms.
         Returns what was fused (also kept in `self.fusion` and recorded by save())."""
         module, report = fuse(self.module)
-        self.module = module
-        self._drop_captures()
+        self.module = module  # a new module: the captures record again
         self.fusion = report if self.fusion is None else self.fusion + report  # a second call finds what the first left
         return report
 
