@@ -2,7 +2,7 @@
 
 Between two ops of an eager forward runs Python: module calls, the fused functions' checks, the view
 ops' wrappers. On a 2-core CPU that costs milliseconds per BERT-base forward at batch 1 while the
-other core waits (README, "Forwards replayed from C++"). A capture records, for one input signature
+other core waits (README, "Replays from C++" under "Python API"). A capture records, for one input signature
 (shapes, strides, dtypes, devices of the positional tensor inputs, thread count, trusted packings),
 the ops the forward called and where each argument came from: an input, an earlier op's output or a
 constant (a weight, a packing, a shape). Later calls with that signature replay the ops through the

@@ -164,8 +164,8 @@ class OpTape : public torch::CustomClassHolder {
     finished_ = true;
   }
 
-  // Tensors whose in-place changes PyTorch counts (their versions now) and the generation the
-  // recording saw: run() refuses to replay once either moved.
+  // Tensors whose in-place changes PyTorch counts, with their versions now: run() refuses to replay
+  // once one moved.
   void watch(std::vector<at::Tensor> tensors) {
     for (at::Tensor& t : tensors) {
       if (t.is_inference()) continue;  // no version counter: writes to it are not seen by eager either
@@ -277,7 +277,6 @@ TORCH_LIBRARY_FRAGMENT(sparse_rt, m) {
       .def("end_step", &OpTape::end_step)
       .def("finish", &OpTape::finish)
       .def("watch", &OpTape::watch)
-      .def("current", &OpTape::current)
       .def("run", &OpTape::run)
       .def("steps", &OpTape::steps);
 }
