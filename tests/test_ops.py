@@ -346,15 +346,18 @@ def test_residual_in_the_epilogue_of_every_op(device, dtype, relu):
         assert_close(ops.csr_conv2d(x, *args), reference.csr_conv2d(x, *args, compute_dtype=torch.float64), dtype)
 
 
-# Convolutions that touch more than half of a 32 MiB L3 (this project's machines) store their output
-# with non-temporal stores (csr_conv2d.h, streams_output): a 1x1 convolution on the panels layout and
-# a 3x3 one on the packed layout, cropped, each with a residual.
+# Convolutions that touch more than half of a 32 MiB L3 (this project's machines; at most that much
+# counts) store their output with non-temporal stores (csr_conv2d.h, streams_output): a 1x1
+# convolution on the panels layout, reading the input in place (56x56 images fill whole panels) or
+# copying panels that cross images (28x28), the next panel's input prefetched, and a 3x3 one on the
+# packed layout, cropped, each with a residual.
 @pytest.mark.parametrize("relu", [False, True])
 def test_a_convolution_larger_than_the_cache_streams_its_output_unchanged(relu):
-    for n, cin, cout, k, padding in [(3, 64, 256, (1, 1), (0, 0)), (3, 96, 192, (3, 3), (1, 1))]:
+    for n, cin, cout, k, padding, size in [(3, 64, 256, (1, 1), (0, 0), 56), (8, 96, 512, (1, 1), (0, 0), 28),
+                                           (3, 96, 192, (3, 3), (1, 1), 56)]:
         w = random_csr(cout, cin * k[0] * k[1], 0.1, seed=cout, empty_rows=(0,))
-        x = randn(n, cin, 56, 56, seed=6)
-        residual = randn(n, cout, 56, 56, seed=7)
+        x = randn(n, cin, size, size, seed=6)
+        residual = randn(n, cout, size, size, seed=7)
         args = (w.crow_indices, w.col_indices, w.values, randn(cout, seed=8), cin, k, (1, 1), padding, (1, 1), 1,
                 relu, residual)
         assert_close(ops.csr_conv2d(x, *args), reference.csr_conv2d(x, *args, compute_dtype=torch.float64),

@@ -32,10 +32,26 @@ std::vector<int32_t> phase_slots(int64_t taps, int64_t dilation, int64_t stride,
 void pack_conv_input(const Conv2dShape& s, const PackedConvLayout& l, const float* in,
                      float* packed, int64_t c_begin, int64_t c_end) {
   const int64_t sh = s.stride_h, sw = s.stride_w, channel_len = l.phases * l.plane;
-  std::memset(packed + c_begin * channel_len, 0, sizeof(float) * (c_end - c_begin) * channel_len);
   if (c_end == s.in_channels) {
     std::memset(packed + s.in_channels * channel_len, 0, sizeof(float) * l.wide_padded);
   }
+  if (sh == 1 && sw == 1) {
+    // One phase, the padded image itself: each float written once, the padding between the rows
+    // zeroed as the rows are copied (zeroing the whole image first wrote it twice).
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      float* const channel = packed + c * channel_len;
+      int64_t written = 0;
+      for (int64_t y = 0; y < s.height; ++y) {
+        const int64_t at = (y + s.pad_h) * l.phase_w + s.pad_w;
+        std::fill(channel + written, channel + at, 0.f);
+        std::memcpy(channel + at, in + (c * s.height + y) * s.width, sizeof(float) * s.width);
+        written = at + s.width;
+      }
+      std::fill(channel + written, channel + channel_len, 0.f);
+    }
+    return;
+  }
+  std::memset(packed + c_begin * channel_len, 0, sizeof(float) * (c_end - c_begin) * channel_len);
   for (int64_t c = c_begin; c < c_end; ++c) {
     for (int64_t y = 0; y < s.height; ++y) {
       const int64_t py = y + s.pad_h;  // padded row: phase py % sh, phase row py / sh
@@ -214,9 +230,10 @@ PanelWork panel_work(const Conv2dShape& s, int64_t nnz, int64_t threads) {
 
 // Columns [first, first + width) of the [channels, columns] operand that images of `pixels` pixels
 // each form side by side, channel by channel into `panel` (rows `width` floats apart), zeros past
-// the last column. A panel crosses at most width images: its runs are worked out once.
+// the last column. A panel crosses at most width images: its runs are worked out once. With
+// prefetch_next, the next panel's columns are prefetched (prefetch_following).
 void pack_pixel_panel(const float* x, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
-                      int64_t width, float* panel) {
+                      int64_t width, float* panel, bool prefetch_next) {
   struct Run {
     int64_t source, at, length;
   };
@@ -232,6 +249,7 @@ void pack_pixel_panel(const float* x, int64_t channels, int64_t pixels, int64_t 
   for (int64_t c = 0; c < channels; ++c) {
     float* row = panel + c * width;
     for (int64_t i = 0; i < count; ++i) {
+      if (prefetch_next) prefetch_following(x + runs[i].source + c * pixels, runs[i].length);
       std::memcpy(row + runs[i].at, x + runs[i].source + c * pixels, sizeof(float) * runs[i].length);
     }
     std::fill(row + filled, row + width, 0.f);
@@ -273,7 +291,7 @@ void pointwise_conv_panels(const Conv2dShape& s, const CsrView<V>& w, const floa
         if (!w.packed && width == kPanelWidth && pixel + width <= pixels) {
           b = {x + first / pixels * s.in_channels * pixels + pixel, pixels, width};
         } else if (p != copied) {
-          pack_pixel_panel(x, s.in_channels, pixels, columns, first, width, panel);
+          pack_pixel_panel(x, s.in_channels, pixels, columns, first, width, panel, ep.stream);
           copied = p;
         }
         const int64_t stored = std::min(width, columns - first);
@@ -400,7 +418,7 @@ bool streams_output(const Conv2dShape& s, const Epilogue& ep) {
   const double output = double(s.batch) * double(s.out_channels) * double(s.out_h * s.out_w);
   const double touched = double(s.batch) * double(s.in_channels) * double(s.height * s.width) +
                          output * (ep.residual ? 2 : 1);
-  return touched * sizeof(float) > double(l3_cache_bytes()) / 2;
+  return touched * sizeof(float) > double(std::min(l3_cache_bytes(), kL3CountedAtMost)) / 2;
 }
 
 template <typename V>
