@@ -293,9 +293,10 @@ def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes
 
 @requires_compiled_ops
 def test_a_pointwise_sparse_conv2d_packs_for_enough_pixels_and_repacks_after_changes(monkeypatch):
-    """A 1x1, stride-1 layer packs from PACKING_MIN_PIXELS pixels of all its images together (outputs
+    """A 1x1 layer packs from PACKING_MIN_PIXELS output pixels of all its images together (outputs
     bit for bit the unpacked ones and within rounding of the dense layer), packs again after a counted
-    change and refuses a stale packing until repack(); other convolutions never pack."""
+    change and refuses a stale packing until repack(); a strided one counts the pixels it reads; other
+    convolutions never pack."""
     torch.manual_seed(2)
     dense = magnitude_prune(nn.Sequential(nn.Conv2d(700, 300, 1)), 0.8)[0]
     layer = SparseConv2d.from_dense(dense)
@@ -318,7 +319,16 @@ def test_a_pointwise_sparse_conv2d_packs_for_enough_pixels_and_repacks_after_cha
         layer(x)
     layer.repack()
     assert torch.equal(layer(x), expected)
-    for conv in (nn.Conv2d(700, 300, 1, stride=2), nn.Conv2d(700, 300, 3, padding=1), nn.Conv2d(700, 300, 1, groups=2)):
+    strided_dense = magnitude_prune(nn.Sequential(nn.Conv2d(700, 300, 1, stride=2)), 0.8)[0]
+    strided = SparseConv2d.from_dense(strided_dense)
+    assert strided.packing(x) is None  # 4 x 4x4 output pixels
+    wide = randn(4, 700, 14, 14, seed=3)  # 4 x 7x7
+    assert strided.packing(wide) is not None
+    monkeypatch.setenv(packing_module.PACKING_VARIABLE, "0")
+    assert torch.equal(strided(wide), SparseConv2d.from_dense(strided_dense)(wide))
+    monkeypatch.delenv(packing_module.PACKING_VARIABLE)
+    assert_close(strided(wide), strided_dense(wide), torch.float32)
+    for conv in (nn.Conv2d(700, 300, 3, padding=1), nn.Conv2d(700, 300, 1, groups=2)):
         assert SparseConv2d.from_dense(magnitude_prune(nn.Sequential(conv), 0.8)[0]).packing(x) is None
 
 

@@ -493,27 +493,30 @@ def test_packed_csr_ops_give_the_unpacked_outputs_bit_for_bit(dtype):
     assert_close(packed_mlp, reference.csr_mlp(*mlp, compute_dtype=torch.float64), dtype)
 
 
-def _pointwise_conv(w, packed=None, residual=None):
-    """A pointwise csr_conv2d of w ([out_channels, in_channels]) with a bias and a ReLU."""
+def _pointwise_conv(w, packed=None, residual=None, stride=(1, 1)):
+    """A 1x1 csr_conv2d of w ([out_channels, in_channels]) with a bias and a ReLU."""
     bias = randn(w.shape[0], dtype=w.values.dtype, seed=4)
-    return lambda x: ops.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[1], (1, 1), (1, 1),
+    return lambda x: ops.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, w.shape[1], (1, 1), stride,
                                     (0, 0), (1, 1), 1, True, residual, packed)
 
 
 @requires_compiled_ops
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_pointwise_csr_conv2d_gives_the_unpacked_outputs_bit_for_bit(dtype):
-    """A pointwise convolution runs as a linear layer over the pixels of all its images, 64 at a time
-    (panels across images: 3 x 7x7 = two whole panels and one of 19 pixels), reading the packing."""
+@pytest.mark.parametrize("stride, size", [((1, 1), 7), ((2, 2), 14), ((2, 3), 13)])
+def test_packed_pointwise_csr_conv2d_gives_the_unpacked_outputs_bit_for_bit(dtype, stride, size):
+    """A 1x1 convolution runs as a linear layer over the output pixels of all its images, 64 at a time
+    (panels across images: 3 x 7x7 = two whole panels and one of 19 pixels), reading the packing; a
+    strided one copies its panels from the pixels it reads (7x7 and 7x5 of 14x14 and 13x13)."""
     w = _packable(300, 700, 1, dtype)
     packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, 700)
     assert packing.numel() > 0
-    x = randn(3, 700, 7, 7, dtype=dtype, seed=2)
-    residual = randn(3, 300, 7, 7, dtype=dtype, seed=3)
-    packed = _pointwise_conv(w, packing, residual)(x)
-    assert torch.equal(packed, _pointwise_conv(w, None, residual)(x))
+    x = randn(3, 700, size, size, dtype=dtype, seed=2)
+    out_hw = ops.conv2d_output_hw((size, size), (1, 1), stride, (0, 0), (1, 1))
+    residual = randn(3, 300, *out_hw, dtype=dtype, seed=3)
+    packed = _pointwise_conv(w, packing, residual, stride)(x)
+    assert torch.equal(packed, _pointwise_conv(w, None, residual, stride)(x))
     bias = randn(300, dtype=dtype, seed=4)
-    expected = reference.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, 700, (1, 1), (1, 1), (0, 0),
+    expected = reference.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, 700, (1, 1), stride, (0, 0),
                                     (1, 1), 1, True, residual, compute_dtype=torch.float64)
     assert_close(packed, expected, dtype)
 

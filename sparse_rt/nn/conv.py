@@ -42,8 +42,9 @@ class SparseConv2d(PackedWeight, SparseWeightModule):
     """Drop-in replacement of nn.Conv2d (zero padding) whose weight is CSR over
     [out_channels, in_channels/groups * kh * kw], the row-major flattening of the dense weight.
 
-    On the CPU a pointwise layer (1x1, stride 1, no padding, one group) packs its weight for inputs
-    of enough pixels, all images together (PackedWeight): its op runs it as a linear layer over them."""
+    On the CPU a 1x1 layer without padding, of one group, packs its weight for inputs of enough
+    output pixels, all images together (PackedWeight): its op runs it as a linear layer over them
+    (a strided one over the pixels it reads, subsampled first)."""
 
     packing_min_rows = PACKING_MIN_PIXELS
 
@@ -92,14 +93,15 @@ class SparseConv2d(PackedWeight, SparseWeightModule):
             self.dilation, self.groups, relu, res, packing))
 
     def _reads_packing(self):
-        # Only a pointwise layer's op runs as a linear layer over the pixels, reading a packing.
-        return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
+        # Only a 1x1 layer's op runs as a linear layer over the (output) pixels, reading a packing.
+        return self.kernel_size == (1, 1) and self.padding == (0, 0) and self.groups == 1
 
     def _packing_rows(self, input):
         if not self._reads_packing() or input.dim() != 4:
             return 0
-        batch, _, height, width = input.shape
-        return batch * height * width
+        # A 1x1 kernel without padding reads every stride-th pixel of every stride-th row.
+        (height, width), (stride_h, stride_w) = input.shape[2:], self.stride
+        return input.shape[0] * -(-height // stride_h) * -(-width // stride_w)
 
     def _packing_columns(self):
         return self.in_channels

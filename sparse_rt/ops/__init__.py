@@ -96,8 +96,9 @@ def csr_conv2d(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
                padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool = False,
                residual: Optional[torch.Tensor] = None, packed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """act(conv2d(input, W) + bias + residual) with W in CSR over [out_channels, in_channels/groups*kh*kw];
-    `packed`: pack_csr's result for W, read by a pointwise convolution (1x1, stride 1, no padding, one
-    group) on the CPU, which runs as a linear layer over the pixels of all images."""
+    `packed`: pack_csr's result for W, read by a 1x1 convolution without padding, of one group, on the
+    CPU, which runs as a linear layer over the output pixels of all images (a strided one reads every
+    stride-th pixel)."""
     if HAS_COMPILED_OPS:
         return torch.ops.sparse_rt.csr_conv2d(input, crow_indices, col_indices, values, bias, in_channels,
                                               list(kernel_size), list(stride), list(padding), list(dilation),

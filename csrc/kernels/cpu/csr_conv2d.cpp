@@ -219,6 +219,16 @@ struct PanelWork {
   }
 };
 
+// The shape that the panels layout runs: a strided layer's is a stride-1 one on the pixels its 1x1
+// kernel reads.
+Conv2dShape panel_shape(const Conv2dShape& s) {
+  Conv2dShape p = s;
+  p.height = s.out_h;
+  p.width = s.out_w;
+  p.stride_h = p.stride_w = 1;
+  return p;
+}
+
 PanelWork panel_work(const Conv2dShape& s, int64_t nnz, int64_t threads) {
   const int64_t columns = s.batch * s.height * s.width;
   const int64_t panels = PanelLayout{columns, s.in_channels}.count();
@@ -228,41 +238,65 @@ PanelWork panel_work(const Conv2dShape& s, int64_t nnz, int64_t threads) {
   return {panels, parts, std::max<int64_t>(1, std::min(threads, panels * parts)), {columns, s.in_channels}};
 }
 
-// Columns [first, first + width) of the [channels, columns] operand that images of `pixels` pixels
-// each form side by side, channel by channel into `panel` (rows `width` floats apart), zeros past
-// the last column. A panel crosses at most width images: its runs are worked out once. With
-// prefetch_next, the next panel's columns are prefetched (prefetch_following).
-void pack_pixel_panel(const float* x, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
+// Where a 1x1 convolution's output pixels read its input: pixel (oy, ox) of image n reads channel c
+// at x[n * image + c * plane + oy * row_step + ox * col_step] (a stride-1 layer's rows follow each
+// other: contiguous).
+struct PixelSource {
+  const float* x;
+  int64_t image, plane, out_w, row_step, col_step;
+  bool contiguous() const { return col_step == 1 && row_step == out_w; }
+};
+
+// Columns [first, first + width) of the [channels, columns] operand that the images' output pixels
+// (`pixels` each) form side by side, read from `source`, channel by channel into `panel` (rows
+// `width` floats apart), zeros past the last column. A panel crosses at most width images (or output
+// rows, where the source is not contiguous): its runs are worked out once. With prefetch_next, the
+// next panel's columns of a contiguous source are prefetched (prefetch_following).
+void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
                       int64_t width, float* panel, bool prefetch_next) {
   struct Run {
-    int64_t source, at, length;
+    int64_t from, at, length;
   };
   Run runs[kPanelWidth];
   int64_t count = 0;
   const int64_t filled = std::min(width, columns - first);
+  const bool contiguous = source.contiguous();
   for (int64_t j = 0; j < filled;) {
-    const int64_t column = first + j, pixel = column % pixels;
-    const int64_t length = std::min(filled - j, pixels - pixel);
-    runs[count++] = {column / pixels * channels * pixels + pixel, j, length};
-    j += length;
+    const int64_t column = first + j, pixel = column % pixels, image = column / pixels * source.image;
+    if (contiguous) {
+      runs[count] = {image + pixel, j, std::min(filled - j, pixels - pixel)};
+    } else {
+      const int64_t oy = pixel / source.out_w, ox = pixel % source.out_w;
+      runs[count] = {image + oy * source.row_step + ox * source.col_step, j, std::min(filled - j, source.out_w - ox)};
+    }
+    j += runs[count++].length;
   }
   for (int64_t c = 0; c < channels; ++c) {
     float* row = panel + c * width;
     for (int64_t i = 0; i < count; ++i) {
-      if (prefetch_next) prefetch_following(x + runs[i].source + c * pixels, runs[i].length);
-      std::memcpy(row + runs[i].at, x + runs[i].source + c * pixels, sizeof(float) * runs[i].length);
+      const float* from = source.x + runs[i].from + c * source.plane;
+      if (source.col_step == 1) {
+        if (prefetch_next && contiguous) prefetch_following(from, runs[i].length);
+        std::memcpy(row + runs[i].at, from, sizeof(float) * runs[i].length);
+      } else {
+        for (int64_t t = 0; t < runs[i].length; ++t) row[runs[i].at + t] = from[t * source.col_step];
+      }
     }
     std::fill(row + filled, row + width, 0.f);
   }
 }
 
-// The panels layout (PackedConvLayout::panels): the SpMM of each panel, its output stored in runs
-// that end where an image does. A whole panel within one image is read in place, its rows `pixels`
-// apart, unless the packed kernel reads it (its rows must be 64 floats apart): ResNet-50's 56x56
-// layers of 64 input channels, whose weights do not pack, lost up to 10% to the copy.
+// The panels layout (PackedConvLayout::panels): the SpMM of each panel of output pixels, its output
+// stored in runs that end where an image does. A whole panel within one image of a contiguous source
+// is read in place, its rows `pixels` apart, unless the packed kernel reads it (its rows must be 64
+// floats apart): ResNet-50's 56x56 layers of 64 input channels, whose weights do not pack, lost up
+// to 10% to the copy.
 template <typename V>
-void pointwise_conv_panels(const Conv2dShape& s, const CsrView<V>& w, const float* x, float* y, const Epilogue& ep,
-                           float* scratch, const ParallelFor& pf) {
+void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const float* x, float* y,
+                           const Epilogue& ep, float* scratch, const ParallelFor& pf) {
+  const Conv2dShape s = panel_shape(shape);
+  const PixelSource source{x, shape.in_channels * shape.height * shape.width, shape.height * shape.width, s.out_w,
+                           shape.stride_h * shape.width, shape.stride_w};
   const int64_t pixels = s.height * s.width, columns = s.batch * pixels;
   const PanelWork work = panel_work(s, w.crow[w.rows], pf.num_threads);
   const int64_t units = work.panels * work.parts;
@@ -288,10 +322,10 @@ void pointwise_conv_panels(const Conv2dShape& s, const CsrView<V>& w, const floa
         const int64_t p = u / work.parts, part = u % work.parts;
         const int64_t first = p * kPanelWidth, width = work.layout.width(p), pixel = first % pixels;
         DenseRows b{panel, width, width};
-        if (!w.packed && width == kPanelWidth && pixel + width <= pixels) {
-          b = {x + first / pixels * s.in_channels * pixels + pixel, pixels, width};
+        if (!w.packed && source.contiguous() && width == kPanelWidth && pixel + width <= pixels) {
+          b = {x + first / pixels * source.image + pixel, pixels, width};
         } else if (p != copied) {
-          pack_pixel_panel(x, s.in_channels, pixels, columns, first, width, panel, ep.stream);
+          pack_pixel_panel(source, s.in_channels, pixels, columns, first, width, panel, ep.stream);
           copied = p;
         }
         const int64_t stored = std::min(width, columns - first);
@@ -378,18 +412,18 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
   l.wide = wide.value();
   l.wide_padded = wide_padded.value();
   l.packed_len = packed_len.value();
-  l.direct = s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
+  const bool pointwise = s.kh == 1 && s.kw == 1 && s.pad_h == 0 && s.pad_w == 0;
+  l.direct = pointwise && s.stride_h == 1 && s.stride_w == 1;
   l.crop = l.phase_w != s.out_w;
-  // batch * height * width fits: the input's elements were bounded above.
-  l.panels = l.direct && s.groups == 1 &&
-             PanelLayout{s.batch * s.height * s.width, s.in_channels}.padded() >= kPanelWidth;
+  // batch * out_h * out_w fits: the output's elements were bounded above.
+  l.panels = pointwise && s.groups == 1 && PanelLayout{s.batch * s.out_h * s.out_w, s.in_channels}.padded() >= kPanelWidth;
   set_channel_blocks(s, nnz, l);
   return l;
 }
 
 ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout& l, int64_t nnz, int64_t threads) {
   if (l.gather) return {0, 0, 0};
-  if (l.panels) return {0, 0, panel_work(s, nnz, threads).slots * s.in_channels * kPanelWidth};
+  if (l.panels) return {0, 0, panel_work(panel_shape(s), nnz, threads).slots * s.in_channels * kPanelWidth};
   return {l.direct ? 0 : s.batch * l.packed_len, nnz, 0};
 }
 

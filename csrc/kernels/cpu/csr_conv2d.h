@@ -45,6 +45,8 @@ struct PackedConvLayout {
   // the weight's own columns, packed (PackedNonzeros) when w.packed is given. Panels span images,
   // so a 7x7 image at batch 8 fills six whole panels rather than three narrow tiles per image, and a
   // panel's window of the operand is contiguous. No tap offsets then.
+  // A strided 1x1 convolution (no padding, one group) takes it too, its panels copied from the
+  // pixels its kernel reads: ResNet-50's downsampling layers had run on tap offsets, image by image.
   bool panels;
   // The wide rows are the output rows when phase_w == out_w; otherwise the SpMM stores the first
   // out_w columns of each.

@@ -611,6 +611,8 @@ void test_value_type() {
   test_conv<V>({1, 4, 56, 56, 3, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
   test_conv<V>({2, 6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
   test_conv<V>({1, 40, 14, 14, 24, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.3);  // 7x7 output: one 64-column tile
+  // 1x1 stride 2 subsampled into panels that cross images (7x7 outputs), reading a packed weight
+  test_conv<V>({3, 600, 14, 14, 300, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.1, true, true);
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
   // 16 taps, the most whose offsets AVX-512 maps a vector at a time (7x7 above: a table per column).
   test_conv<V>({2, 10, 9, 9, 6, 0, 0, 4, 4, 1, 1, 2, 1, 1, 1, 2}, 0.4);

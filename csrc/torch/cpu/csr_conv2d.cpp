@@ -62,7 +62,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
                           values_ptr<V>(values), s.out_channels, p.index_cols};
         // Only the panels layout reads a packing, whose columns are the panels'.
         cpu::PackedNonzeros view;
-        if (layout.panels) w.packed = checked_packing(op, packed, w, s.batch * s.height * s.width, view);
+        if (layout.panels) w.packed = checked_packing(op, packed, w, s.batch * s.out_h * s.out_w, view);
         cpu::csr_conv2d(s, layout, w, x.const_data_ptr<float>(), y.mutable_data_ptr<float>(),
                         make_epilogue(bias32, relu, residual32), buffers, pf);
       });
