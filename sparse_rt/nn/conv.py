@@ -44,7 +44,7 @@ class SparseConv2d(PackedWeight, SparseWeightModule):
 
     On the CPU a 1x1 layer without padding, of one group, packs its weight for inputs of enough
     output pixels, all images together (PackedWeight): its op runs it as a linear layer over them
-    (a strided one over the pixels it reads, subsampled first)."""
+    (a strided one over the pixels its kernel reads)."""
 
     packing_min_rows = PACKING_MIN_PIXELS
 

@@ -102,7 +102,7 @@ void conv_tap_offsets(const Conv2dShape& s, const PackedConvLayout& layout, cons
 // At most kL3CountedAtMost of the L3 counts: a virtual machine's sysfs may describe the host's whole
 // L3, shared with its other tenants (480 MiB on an Intel Xeon VM, where ResNet-50's first 1x1 layer
 // at batch 8, 32 MB touched, ran 4x faster streamed once its output had left the cache, and the
-// whole model 1.07-1.13x at batch 8, 1.00-1.02x at batch 1; cap and rule measured in process).
+// whole model 1.07-1.13x at batch 8, 0.99-1.02x at batch 1; old and new rule alternated in one process).
 // 32 MiB keeps the Zen 3 and Zen 4 hosts' own L3 (32 MiB per CCD) and their thresholds.
 constexpr int64_t kL3CountedAtMost = int64_t(32) << 20;
 bool streams_output(const Conv2dShape& s, const Epilogue& ep);
