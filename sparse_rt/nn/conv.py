@@ -99,9 +99,9 @@ class SparseConv2d(PackedWeight, SparseWeightModule):
     def _packing_rows(self, input):
         if not self._reads_packing() or input.dim() != 4:
             return 0
-        # A 1x1 kernel without padding reads every stride-th pixel of every stride-th row.
-        (height, width), (stride_h, stride_w) = input.shape[2:], self.stride
-        return input.shape[0] * -(-height // stride_h) * -(-width // stride_w)
+        out_h, out_w = ops.conv2d_output_hw(input.shape[2:], self.kernel_size, self.stride, self.padding,
+                                            self.dilation)
+        return input.shape[0] * out_h * out_w
 
     def _packing_columns(self):
         return self.in_channels

@@ -1,6 +1,5 @@
 // Cache sizes as the C library (L1, L2: per core) and Linux (L3: shared) report them, for the
-// kernels' blocking, and the prefetch of data that comes from memory in runs too short for the
-// hardware's prefetchers.
+// kernels' blocking.
 #pragma once
 
 #include <cstdint>
@@ -55,15 +54,6 @@ inline int64_t l3_cache_bytes() {
     return std::numeric_limits<int64_t>::max();
   }();
   return bytes;
-}
-
-// Prefetches the `length` floats that follow run[0, length). A layer that streams its output
-// (streams_output in csr_conv2d.h) touches more than the cache holds, and its input comes from
-// memory too, copied channel by channel, one tile's run from each row in turn, hundreds of rows:
-// more streams than the prefetchers follow. The next tile reads the run that follows in each row,
-// fetched while this one is copied.
-inline void prefetch_following(const float* run, int64_t length) {
-  for (int64_t t = 0; t < length; t += 64 / int64_t(sizeof(float))) __builtin_prefetch(run + length + t);
 }
 
 }  // namespace sparse_rt::cpu

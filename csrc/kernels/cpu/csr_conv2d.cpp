@@ -238,6 +238,15 @@ PanelWork panel_work(const Conv2dShape& s, int64_t nnz, int64_t threads) {
   return {panels, parts, std::max<int64_t>(1, std::min(threads, panels * parts)), {columns, s.in_channels}};
 }
 
+// Prefetches the `length` floats that follow run[0, length). A layer that streams its output
+// (streams_output) touches more than the cache holds, and its input comes from memory too, copied
+// channel by channel, one tile's run from each row in turn, hundreds of rows: more streams than the
+// prefetchers follow. The next tile reads the run that follows in each row, fetched while this one
+// is copied.
+void prefetch_following(const float* run, int64_t length) {
+  for (int64_t t = 0; t < length; t += 64 / int64_t(sizeof(float))) __builtin_prefetch(run + length + t);
+}
+
 // Where a 1x1 convolution's output pixels read its input: pixel (oy, ox) of image n reads channel c
 // at x[n * image + c * plane + oy * row_step + ox * col_step] (a stride-1 layer's rows follow each
 // other: contiguous).
