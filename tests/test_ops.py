@@ -229,6 +229,10 @@ CONV_CASES = [
     # overlapping 8), and 56 packed ones (a 3x3 stride 2 on 14x14: tiles of 32, 16 and 8)
     (2, 24, 7, 7, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1, 0.3),
     (1, 16, 14, 14, 24, (3, 3), (2, 2), (1, 1), (1, 1), 1, 0.3),
+    # stride-2 columns split 32 at a time: rows of 45 and 38 (a whole step and a part), one column
+    # phase stored (a one-column kernel, odd columns only) and an even padding
+    (1, 5, 9, 45, 6, (3, 1), (2, 2), (1, 1), (1, 1), 1, 0.5),
+    (1, 4, 6, 38, 3, (2, 3), (1, 2), (0, 2), (1, 1), 1, 0.5),
     # 1x1 images, 70 of them: a pointwise convolution whose panels' columns are images
     (70, 24, 1, 1, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1, 0.4),
 ]
