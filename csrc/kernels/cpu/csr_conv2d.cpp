@@ -343,11 +343,12 @@ void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixel
 // is read in place, its rows `pixels` apart, unless the packed kernel reads it (its rows must be 64
 // floats apart): ResNet-50's 56x56 layers of 64 input channels, whose weights do not pack, lost up
 // to 10% to the copy.
-// Each panel prefetches the next one's input (copied or read in place) and, unless the output
-// streams, its output lines: a panel reads and writes a run in each of hundreds of channel rows,
-// more streams than the prefetchers follow, and a layer's input has often left the cache (Intel
-// Xeon, 2 threads, ResNet-50 90% batch 8: the first 64 -> 64 layer with its operands flushed 2.6 ->
-// 1.3 ms, the whole model 1.02x; batch 1 1.005x; old and new alternated in one process).
+// Each panel prefetches the next one's input (copied or read in place), its residual and, unless
+// the output streams, its output lines: a panel reads and writes a run in each of hundreds of
+// channel rows, more streams than the prefetchers follow, and a layer's input has often left the
+// cache (Intel Xeon, 2 threads, ResNet-50 90% batch 8: the first 64 -> 64 layer with its operands
+// flushed 2.6 -> 1.3 ms, the whole model 1.02x; the residual's too, 1.03-1.04x more, at 95% 1.05x;
+// batch 1 1.00x; old and new alternated in one process).
 template <typename V>
 void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const float* x, float* y,
                            const Epilogue& ep, float* scratch, const ParallelFor& pf) {
@@ -393,6 +394,7 @@ void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const 
           const int64_t length = std::min(kPanelWidth, pixels - next_pixel);
           if (in_place) prefetch_rows(x + image * source.image + next_pixel, s.in_channels, source.plane, length, false);
           if (!ep.stream) prefetch_rows(y + image * s.out_channels * pixels + next_pixel, s.out_channels, pixels, length, true);
+          if (ep.residual) prefetch_rows(ep.residual + image * s.out_channels * pixels + next_pixel, s.out_channels, pixels, length, false);
         }
         const int64_t stored = std::min(width, columns - first);
         // Images of one pixel: the output is a linear layer's, [batch, out_channels], from the
