@@ -489,6 +489,31 @@ def test_csr_conv2d_errors(device):
 
 
 @requires_compiled_ops
+def test_csr_pointwise_conv_pair_errors_name_the_layer():
+    """CPU only (the op has no CUDA kernel: fusion calls it for CPU inputs)."""
+    w1, w2 = random_csr(6, 4, 0.5, seed=2), random_csr(3, 6, 0.5, seed=3)
+    bad_cols = w2.col_indices.clone()
+    bad_cols[0] = 6
+
+    def args(x=None, residual=None, cols2=w2.col_indices, values2=w2.values):
+        x = randn(2, 4, 5, 5) if x is None else x
+        return (x, w1.crow_indices, w1.col_indices, w1.values, None, 4, True, residual, None, w2.crow_indices, cols2,
+                values2, None, True, None)
+    first, second = r"sparse_rt.csr_pointwise_conv_pair \(first layer\): ", r"sparse_rt.csr_pointwise_conv_pair \(second layer\): "
+    cases = [
+        (args(x=randn(2, 5, 5, 5)), first + r"input has 5 channels \(shape \[2, 5, 5, 5\]\) but the layer expects 4"),
+        (args(x=randn(2, 4, 5, 5, dtype=torch.float16)), r"sparse_rt.csr_pointwise_conv_pair: input must be float32, got Half"),
+        (args(residual=randn(2, 6, 5, 4)), first + r"residual has shape \[2, 6, 5, 4\] but"),
+        (args(cols2=bad_cols), second + r"col_indices\[0\]=6 is out of range \[0, 6\)"),
+        (args(values2=w2.values.to(torch.bfloat16)),
+         r"sparse_rt.csr_pointwise_conv_pair: the layers' values must share a dtype, got Float and BFloat16"),
+    ]
+    for call_args, message in cases:
+        with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=message):
+            torch.ops.sparse_rt.csr_pointwise_conv_pair(*call_args)
+
+
+@requires_compiled_ops
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("call,message", [
     (lambda x, w: (x, *w, None, 4, [3], [1, 1], [1, 1], [1, 1], 1), r"kernel_size, stride, padding and dilation must have 2 entries"),

@@ -103,6 +103,21 @@ def test_opcheck_csr_conv2d(device):
             torch.library.opcheck(torch.ops.sparse_rt.csr_conv2d.default, args)
 
 
+def test_opcheck_csr_pointwise_conv_pair():
+    """CPU only (fusion calls it for CPU inputs): the layers one after the other (2 x 6x6 pixels), and,
+    with the residual, a panel at a time through both (8 x 32x32 pixels: 18 MB touched, past the cache)."""
+    for values_dtype in DTYPES:
+        for n, size, cin, mid, cout in ((2, 6, 12, 20, 8), (8, 32, 64, 256, 16)):
+            w1 = random_csr(mid, cin, 0.2, seed=6, dtype=values_dtype)
+            w2 = random_csr(cout, mid, 0.2, seed=7, dtype=values_dtype)
+            x = randn(n, cin, size, size)
+            for residual in (None, randn(n, mid, size, size)):
+                torch.library.opcheck(torch.ops.sparse_rt.csr_pointwise_conv_pair.default,
+                                      (x, w1.crow_indices, w1.col_indices, w1.values, randn(mid, dtype=values_dtype),
+                                       cin, True, residual, None, w2.crow_indices, w2.col_indices, w2.values, None,
+                                       False, None))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_ops_compile_fullgraph(device):
     """torch.compile traces the ops through their fake kernels without graph breaks. CUDA runs the

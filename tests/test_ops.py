@@ -548,6 +548,42 @@ def test_packed_pointwise_csr_conv2d_on_dlmc_rn50_patterns(dlmc):
 
 
 @requires_compiled_ops
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, with_residual", [
+    # 4 x 60x60 = 14400 pixels (225 panels, some across two images): the first layer's output
+    # streams (18 MB touched without a residual), so the layers run a panel at a time through both
+    ((4, 64, 60, 60, 256, 40), True),
+    ((4, 64, 60, 60, 256, 40), False),
+    # 7 x 9 x 3 pixels: too few panels for the threads, the layers one after the other
+    ((3, 24, 7, 9, 40, 24), True),
+])
+def test_csr_pointwise_conv_pair_gives_the_two_convolutions_bit_for_bit(dtype, shape, with_residual):
+    """csr_pointwise_conv_pair against its two csr_conv2d calls (bit for bit, packed and unpacked; a
+    first weight with empty rows and a dense one, a second of 0 nonzeros) and the float64 reference."""
+    n, cin, h, w_, mid, cout = shape
+    x = torch.relu(randn(n, cin, h, w_, seed=1))
+    for second_density in (0.1, 0.0):
+        w1 = random_csr(mid, cin, 0.1, seed=2, dtype=dtype, empty_rows=(0, 5), dense_rows=(3,))
+        w2 = random_csr(cout, mid, second_density, seed=3, dtype=dtype)
+        bias1, bias2 = randn(mid, dtype=dtype, seed=4), randn(cout, dtype=dtype, seed=5)
+        residual = randn(n, mid, h, w_, seed=6) if with_residual else None
+        for packed in (False, True):
+            p1 = ops.pack_csr(w1.crow_indices, w1.col_indices, w1.values, cin) if packed else None
+            p2 = ops.pack_csr(w2.crow_indices, w2.col_indices, w2.values, mid) if packed else None
+            args = (x, w1.crow_indices, w1.col_indices, w1.values, bias1, cin, True, residual, p1,
+                    w2.crow_indices, w2.col_indices, w2.values, bias2, True, p2)
+            y1, y2 = ops.csr_pointwise_conv_pair(*args)
+            one, none = (1, 1), (0, 0)
+            first = ops.csr_conv2d(x, w1.crow_indices, w1.col_indices, w1.values, bias1, cin, one, one, none, one, 1,
+                                   True, residual, p1)
+            second = ops.csr_conv2d(first, w2.crow_indices, w2.col_indices, w2.values, bias2, mid, one, one, none, one,
+                                    1, True, None, p2)
+            assert torch.equal(y1, first) and torch.equal(y2, second)
+        expected = reference.csr_pointwise_conv_pair(*args, compute_dtype=torch.float64)
+        assert_close(y1, expected[0].float(), torch.float32)
+        assert_close(y2, expected[1].float(), torch.float32)
+
+@requires_compiled_ops
 def test_packed_csr_linear_on_dlmc_transformer_patterns(dlmc):
     packed_shapes = 0
     for path in _one_file_per_shape(dlmc, "transformer/magnitude_pruning/0.9"):

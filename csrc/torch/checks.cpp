@@ -220,8 +220,7 @@ int64_t prepare_add_layer_norm(const at::Tensor& input, const at::Tensor& residu
 ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
                          const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const char* op = "csr_conv2d";
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const char* op) {
   const SparseWeightInfo weight = check_sparse_weight(op, crow, col, values, 1);
   check_activation_and_bias(op, input, bias, values, weight.rows);
   SPARSE_RT_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 &&

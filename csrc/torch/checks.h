@@ -136,7 +136,8 @@ struct ConvProblem {
 ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
                          const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                         const char* op = "csr_conv2d");
 
 // scaled_dot_product_attention's arguments, checked: query [batch, heads, queries, head_dim], key and
 // value [batch, heads, keys, head_dim] with keys >= 1, all three of one floating dtype and device.

@@ -31,6 +31,13 @@ TORCH_LIBRARY(sparse_rt, m) {
       "csr_conv2d(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
       "Tensor? bias, int in_channels, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool relu=False, Tensor? residual=None, Tensor? packed=None) -> Tensor");
+  // Two pointwise convolutions (1x1, stride 1, unpadded, one group), the second reading the first's
+  // output: (first(input) with its residual, second(that)), each with its bias and ReLU. fp32 input;
+  // both weights' values of one dtype.
+  m.def(
+      "csr_pointwise_conv_pair(Tensor input, Tensor crow_indices1, Tensor col_indices1, Tensor values1, "
+      "Tensor? bias1, int in_channels, bool relu1, Tensor? residual, Tensor? packed1, Tensor crow_indices2, "
+      "Tensor col_indices2, Tensor values2, Tensor? bias2, bool relu2, Tensor? packed2) -> (Tensor, Tensor)");
   // softmax(scale * query @ key^T) @ value per batch and head, without mask or dropout (the dense
   // part of a sparse transformer layer). The output is laid out [batch, queries, heads, head_dim] and
   // returned as its [batch, heads, queries, head_dim] view, so merging the heads back

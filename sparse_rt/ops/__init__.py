@@ -1,7 +1,7 @@
 """The sparse ops: thin wrappers over torch.ops.sparse_rt.* (C++/CUDA kernels chosen by the
 dispatcher), falling back to the pure-torch references when the compiled ops are missing."""
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -108,6 +108,24 @@ def csr_conv2d(input: torch.Tensor, crow_indices: torch.Tensor, col_indices: tor
 
 
 
+def csr_pointwise_conv_pair(input: torch.Tensor, crow_indices1: torch.Tensor, col_indices1: torch.Tensor,
+                            values1: torch.Tensor, bias1: Optional[torch.Tensor], in_channels: int, relu1: bool,
+                            residual: Optional[torch.Tensor], packed1: Optional[torch.Tensor],
+                            crow_indices2: torch.Tensor, col_indices2: torch.Tensor, values2: torch.Tensor,
+                            bias2: Optional[torch.Tensor], relu2: bool,
+                            packed2: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y1, y2): y1 = csr_conv2d of `input` by the first 1x1 weight (stride 1, no padding, one group)
+    with bias1, `residual` and relu1, y2 = the same of y1 by the second weight with bias2 and relu2;
+    fp32 input, both weights' values of one dtype. On the CPU the two layers run one 64-pixel panel
+    at a time, so that the second reads the first's output from cache; the same values as the two
+    csr_conv2d calls bit for bit. `packed1`, `packed2`: pack_csr's results for the weights."""
+    args = (input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, residual, packed1,
+            crow_indices2, col_indices2, values2, bias2, relu2, packed2)
+    if HAS_COMPILED_OPS:
+        return torch.ops.sparse_rt.csr_pointwise_conv_pair(*args)
+    return reference.csr_pointwise_conv_pair(*args)
+
+
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                  scale: float) -> torch.Tensor:
     """softmax(scale * query @ key^T) @ value for query [batch, heads, queries, head_dim] and key, value
@@ -136,7 +154,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride, padding) -> torch.Tenso
     return impl(input, list(kernel_size), list(stride), list(padding))
 
 
-__all__ = ["pack_csr", "csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d",
+__all__ = ["pack_csr", "csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d", "csr_pointwise_conv_pair",
            "scaled_dot_product_attention", "add_layer_norm", "max_pool2d", "reference", "HAS_COMPILED_OPS",
            "csr_cuda_kernel", "CSR_CUDA_KERNELS", "CSR_CUDA_KERNEL_VARIABLE",
            "build_info", "core_round_trip_ns", "full_index_checks", "onnxruntime_kernels_library",

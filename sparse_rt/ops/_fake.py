@@ -57,6 +57,14 @@ def _csr_conv2d_fake(input, crow_indices, col_indices, values, bias, in_channels
     return _output(input, (input.shape[0], crow_indices.shape[0] - 1, *out_hw), residual)
 
 
+@torch.library.register_fake("sparse_rt::csr_pointwise_conv_pair")
+def _csr_pointwise_conv_pair_fake(input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, residual,
+                                  packed1, crow_indices2, col_indices2, values2, bias2, relu2, packed2):
+    torch._check(input.shape[1] == in_channels, lambda: f"input has {input.shape[1]} channels, expected {in_channels}")
+    first = _output(input, (input.shape[0], crow_indices1.shape[0] - 1, *input.shape[2:]), residual)
+    return first, input.new_empty((input.shape[0], crow_indices2.shape[0] - 1, *input.shape[2:]))
+
+
 @torch.library.register_fake("sparse_rt::scaled_dot_product_attention")
 def _scaled_dot_product_attention_fake(query, key, value, scale):
     batch, heads, queries, head_dim = query.shape

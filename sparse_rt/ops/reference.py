@@ -65,6 +65,17 @@ def csr_mlp(input, crow_indices1, col_indices1, values1, bias1, crow_indices2, c
     return y.to(input.dtype)
 
 
+def csr_pointwise_conv_pair(input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, residual,
+                            packed1, crow_indices2, col_indices2, values2, bias2, relu2, packed2, *,
+                            compute_dtype=torch.float32):
+    one, none = (1, 1), (0, 0)
+    y1 = csr_conv2d(input, crow_indices1, col_indices1, values1, bias1, in_channels, one, one, none, one, 1, relu1,
+                    residual, compute_dtype=compute_dtype)
+    y2 = csr_conv2d(y1, crow_indices2, col_indices2, values2, bias2, crow_indices1.numel() - 1, one, one, none, one,
+                    1, relu2, compute_dtype=compute_dtype)
+    return y1, y2
+
+
 def scaled_dot_product_attention(query, key, value, scale, *, compute_dtype=torch.float32):
     if query.dim() != 4 or key.shape != value.shape or key.dim() != 4 or key.shape[2] < 1:
         raise ValueError(f"scaled_dot_product_attention: expected query [batch, heads, queries, head_dim] and key, "

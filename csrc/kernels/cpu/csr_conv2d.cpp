@@ -299,23 +299,19 @@ struct PixelSource {
   bool contiguous() const { return col_step == 1 && row_step == out_w; }
 };
 
-// Columns [first, first + width) of the [channels, columns] operand that the images' output pixels
-// (`pixels` each) form side by side, read from `source`, channel by channel into `panel` (rows
-// `width` floats apart), zeros past the last column. A panel crosses at most width images (or output
-// rows, where the source is not contiguous): its runs are worked out once. The next panel's columns
-// of a contiguous source are prefetched as each run is copied (prefetch_following).
-void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
-                      int64_t width, float* panel) {
-  struct Run {
-    int64_t from, at, length;
-  };
-  Run runs[kPanelWidth];
+// A panel's columns [first, first + width) as runs within one image (or output row, where the source
+// is not contiguous): `length` columns from `at` in the panel, read at `from` in the source. A panel
+// crosses at most width of them.
+struct PanelRun {
+  int64_t from, at, length;
+};
+int64_t panel_runs(const PixelSource& source, int64_t pixels, int64_t columns, int64_t first, int64_t width,
+                   PanelRun* runs) {
   int64_t count = 0;
   const int64_t filled = std::min(width, columns - first);
-  const bool contiguous = source.contiguous();
   for (int64_t j = 0; j < filled;) {
     const int64_t column = first + j, pixel = column % pixels, image = column / pixels * source.image;
-    if (contiguous) {
+    if (source.contiguous()) {
       runs[count] = {image + pixel, j, std::min(filled - j, pixels - pixel)};
     } else {
       const int64_t oy = pixel / source.out_w, ox = pixel % source.out_w;
@@ -323,6 +319,19 @@ void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixel
     }
     j += runs[count++].length;
   }
+  return count;
+}
+
+// Columns [first, first + width) of the [channels, columns] operand that the images' output pixels
+// (`pixels` each) form side by side, read from `source`, channel by channel into `panel` (rows
+// `width` floats apart), zeros past the last column; its runs are worked out once. The next panel's
+// columns of a contiguous source are prefetched as each run is copied (prefetch_following).
+void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
+                      int64_t width, float* panel) {
+  PanelRun runs[kPanelWidth];
+  const int64_t count = panel_runs(source, pixels, columns, first, width, runs);
+  const int64_t filled = std::min(width, columns - first);
+  const bool contiguous = source.contiguous();
   for (int64_t c = 0; c < channels; ++c) {
     float* row = panel + c * width;
     for (int64_t i = 0; i < count; ++i) {
@@ -335,6 +344,40 @@ void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixel
       }
     }
     std::fill(row + filled, row + width, 0.f);
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// to[0, n) = from[0, n), the whole 64-byte lines of `to` with non-temporal stores.
+SPARSE_RT_TARGET_X86_64_V4 void stream_floats_avx512(float* to, const float* from, int64_t n) {
+  int64_t head = std::min<int64_t>(n, (64 - int64_t(reinterpret_cast<uintptr_t>(to) & 63)) % 64 / int64_t(sizeof(float)));
+  if (reinterpret_cast<uintptr_t>(to) % sizeof(float) != 0) head = n;  // never aligns: plain stores
+  std::memcpy(to, from, sizeof(float) * head);
+  int64_t i = head;
+  for (; i + 16 <= n; i += 16) _mm512_stream_ps(to + i, _mm512_loadu_ps(from + i));
+  std::memcpy(to + i, from + i, sizeof(float) * (n - i));
+}
+#endif
+
+// The inverse of pack_pixel_panel for a contiguous [batch, channels, pixels] output `y`: the panel's
+// stored columns written to their runs, with non-temporal stores where `stream` (AVX-512 only).
+void store_pixel_panel(const float* panel, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
+                       int64_t width, float* y, bool stream) {
+  const PixelSource target{y, channels * pixels, pixels, pixels, pixels, 1};
+  PanelRun runs[kPanelWidth];
+  const int64_t count = panel_runs(target, pixels, columns, first, width, runs);
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t i = 0; i < count; ++i) {
+      float* const to = y + runs[i].from + c * pixels;
+      const float* const from = panel + c * width + runs[i].at;
+#if defined(__x86_64__) && defined(__GNUC__)
+      if (stream && cpu_isa() == Isa::kX86_64_V4) {
+        stream_floats_avx512(to, from, runs[i].length);
+        continue;
+      }
+#endif
+      std::memcpy(to, from, sizeof(float) * runs[i].length);
+    }
   }
 }
 
@@ -566,6 +609,79 @@ void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V
                      });
 }
 
+namespace {
+
+// The panels of each slot of a chain: [p * panels / slots, (p + 1) * panels / slots).
+int64_t chain_slots(const Conv2dShape& first, int64_t threads) {
+  const int64_t panels = PanelLayout{first.batch * first.height * first.width, first.in_channels}.count();
+  return std::max<int64_t>(1, std::min(threads, panels));
+}
+
+}  // namespace
+
+bool chains_pointwise(const Conv2dShape& first, const Epilogue& ep1, int64_t threads) {
+  const bool pointwise = first.kh == 1 && first.kw == 1 && first.stride_h == 1 && first.stride_w == 1 &&
+                         first.pad_h == 0 && first.pad_w == 0 && first.groups == 1;
+  const int64_t pixels = first.height * first.width;
+  const int64_t panels = PanelLayout{first.batch * pixels, first.in_channels}.count();
+  return pointwise && pixels > 1 && panels >= kChainPanelsPerThread * std::max<int64_t>(threads, 1) &&
+         (ep1.stream || streams_output(first, ep1));
+}
+
+int64_t pointwise_chain_scratch(const Conv2dShape& first, bool residual, int64_t threads) {
+  const int64_t per_slot = (first.in_channels + (residual ? 2 : 1) * first.out_channels) * kPanelWidth;
+  return chain_slots(first, threads) * per_slot;
+}
+
+template <typename V>
+void pointwise_conv_chain(const Conv2dShape& first, const CsrView<V>& w1, Epilogue ep1, float* y1,
+                          const CsrView<V>& w2, Epilogue ep2, float* y2, const float* x, float* scratch,
+                          const ParallelFor& pf) {
+  Conv2dShape second = first;
+  second.in_channels = first.out_channels;
+  second.out_channels = w2.rows;
+  const bool stream1 = ep1.stream || streams_output(first, ep1);
+  ep2.stream = ep2.stream || streams_output(second, ep2);
+  const int64_t pixels = first.height * first.width, columns = first.batch * pixels;
+  const int64_t mid = first.out_channels, image = first.in_channels * pixels;
+  const PanelLayout layout{columns, first.in_channels};
+  const int64_t panels = layout.count(), slots = chain_slots(first, pf.num_threads);
+  const PixelSource input{x, image, pixels, pixels, pixels, 1};
+  const PixelSource residual{ep1.residual, mid * pixels, pixels, pixels, pixels, 1};
+  const int64_t per_slot = pointwise_chain_scratch(first, ep1.residual != nullptr, 1);
+  pf.run(0, slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
+    for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
+      float* const panel = scratch + slot * per_slot;   // the first layer's input
+      float* const middle = panel + first.in_channels * kPanelWidth;  // its output, the second's input
+      float* const sums_residual = middle + mid * kPanelWidth;
+      for (int64_t p = slot * panels / slots; p < (slot + 1) * panels / slots; ++p) {
+        const int64_t start = p * kPanelWidth, width = layout.width(p);
+        pack_pixel_panel(input, first.in_channels, pixels, columns, start, width, panel);
+        // The first layer's output as a panel, its residual copied into one so that the epilogue
+        // reads it at the output's index; every column computed, the padding's too (from zeros).
+        Epilogue local{ep1.bias, ep1.relu, nullptr, ep1.gelu, false};
+        if (ep1.residual) {
+          pack_pixel_panel(residual, mid, pixels, columns, start, width, sums_residual);
+          local.residual = sums_residual;
+        }
+        csr_spmm(w1, DenseRows{panel, width, width}, StridedOutput{middle, width, 1, width}, local, 0, w1.rows);
+        store_pixel_panel(middle, mid, pixels, columns, start, width, y1, stream1);
+        const int64_t stored = std::min(width, columns - start);
+        const StridedOutput out{y2, pixels, 1, stored, pixels, pixels, second.out_channels * pixels, start};
+        const int64_t next = start + kPanelWidth;
+        if (!ep2.stream && next < columns) {
+          prefetch_rows(y2 + next / pixels * second.out_channels * pixels + next % pixels, second.out_channels,
+                        pixels, std::min(kPanelWidth, pixels - next % pixels), true);
+        }
+        csr_spmm(w2, DenseRows{middle, width, width}, out, ep2, 0, w2.rows);
+      }
+    }
+#if defined(__x86_64__)
+    if (stream1) asm volatile("sfence" ::: "memory");  // the non-temporal stores of store_pixel_panel
+#endif
+  });
+}
+
 template void csr_conv2d<float>(const Conv2dShape&, const PackedConvLayout&, const CsrView<float>&,
                                 const float*, float*, Epilogue, const ConvScratch&, const ParallelFor&);
 template void csr_conv2d<half_t>(const Conv2dShape&, const PackedConvLayout&, const CsrView<half_t>&,
@@ -573,5 +689,13 @@ template void csr_conv2d<half_t>(const Conv2dShape&, const PackedConvLayout&, co
 template void csr_conv2d<bfloat16_t>(const Conv2dShape&, const PackedConvLayout&,
                                      const CsrView<bfloat16_t>&, const float*, float*, Epilogue,
                                      const ConvScratch&, const ParallelFor&);
+
+#define SPARSE_RT_CHAIN(V)                                                                                       \
+  template void pointwise_conv_chain<V>(const Conv2dShape&, const CsrView<V>&, Epilogue, float*, const CsrView<V>&, \
+                                        Epilogue, float*, const float*, float*, const ParallelFor&);
+SPARSE_RT_CHAIN(float)
+SPARSE_RT_CHAIN(half_t)
+SPARSE_RT_CHAIN(bfloat16_t)
+#undef SPARSE_RT_CHAIN
 
 }  // namespace sparse_rt::cpu

@@ -119,4 +119,23 @@ void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& layout, const CsrV
                 const float* x, float* y, Epilogue ep, const ConvScratch& scratch,
                 const ParallelFor& pf);
 
+// Two pointwise convolutions in a row, the second reading the first's output (ResNet's block output
+// and the next block's first layer): y1 = first(x) with ep1, y2 = second(y1) with ep2, one panel of
+// pixels at a time through both, so that the second reads the first's output from L1/L2 rather than
+// from memory. `first` is 1x1, stride 1, unpadded, of one group; the second has first.out_channels
+// input channels and w2.rows output channels, and no residual. The same values as the two csr_conv2d
+// calls bit for bit (the same sums in the same order). Each thread takes whole panels (its share of
+// their count), so it pays only where there are kChainPanelsPerThread per thread (chains_pointwise).
+// y1 is streamed where ep1.stream asks or streams_output finds it pays; the second layer reads its
+// panel copy. w1.packed / w2.packed are read where given (each checked by the caller).
+constexpr int64_t kChainPanelsPerThread = 4;
+bool chains_pointwise(const Conv2dShape& first, const Epilogue& ep1, int64_t threads);
+// Scratch floats pointwise_conv_chain needs: per thread, the first layer's input panel, its output
+// panel and, with a residual, the residual's panel.
+int64_t pointwise_chain_scratch(const Conv2dShape& first, bool residual, int64_t threads);
+template <typename V>
+void pointwise_conv_chain(const Conv2dShape& first, const CsrView<V>& w1, Epilogue ep1, float* y1,
+                          const CsrView<V>& w2, Epilogue ep2, float* y2, const float* x, float* scratch,
+                          const ParallelFor& pf);
+
 }  // namespace sparse_rt::cpu

@@ -530,6 +530,61 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
   }
 }
 
+// pointwise_conv_chain against its two csr_conv2d calls, bit for bit: 3 x 17x17 pixels (14 panels,
+// some across images, the last narrower) on three threads, 300 -> 250 -> 24 channels (weights wide
+// enough to pack), rows empty and full, packed or not, with a residual or without; scratch and
+// outputs start as NaN.
+template <typename V>
+void test_pointwise_chain(bool with_residual, bool packed_weights) {
+  const int64_t in = 300, mid = 250, out = 24;
+  const Conv2dShape first = with_output_size({3, in, 17, 17, mid, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1});
+  Conv2dShape second = first;
+  second.in_channels = mid;
+  second.out_channels = out;
+  const int64_t pixels = first.batch * first.height * first.width;
+  std::mt19937 rng(unsigned(7 + with_residual + 2 * packed_weights));
+  const RandomCsr m1 = random_csr(mid, in, 0.2, rng), m2 = random_csr(out, mid, 0.2, rng);
+  const std::vector<V> vals1 = encode_all<V>(m1.val), vals2 = encode_all<V>(m2.val);
+  std::vector<float> x(pixels * in), bias1(mid), bias2(out), residual(pixels * mid);
+  for (auto* v : {&x, &bias1, &bias2, &residual}) {
+    for (auto& f : *v) f = exact_value(rng);
+  }
+  CsrView<V> w1{m1.crow.data(), m1.col.data(), vals1.data(), mid, in};
+  CsrView<V> w2{m2.crow.data(), m2.col.data(), vals2.data(), out, mid};
+  const std::vector<int32_t> blob1 = packed_weights ? pack_nonzeros(w1) : std::vector<int32_t>();
+  const std::vector<int32_t> blob2 = packed_weights ? pack_nonzeros(w2) : std::vector<int32_t>();
+  PackedNonzeros view1{}, view2{};
+  if (packed_weights) {
+    expect(!blob1.empty() && !blob2.empty(), "the chain's weights pack");
+    if (blob1.empty() || blob2.empty()) return;
+    view1 = packed_nonzeros(blob1.data());
+    view2 = packed_nonzeros(blob2.data());
+    w1.packed = &view1;
+    w2.packed = &view2;
+  }
+  const Epilogue ep1{bias1.data(), true, with_residual ? residual.data() : nullptr, Gelu::kNone, true};
+  const Epilogue ep2{bias2.data(), true};
+  expect(chains_pointwise(first, ep1, kThreeChunks.num_threads), "the chain runs a panel at a time");
+  const auto conv = [](const Conv2dShape& s, const CsrView<V>& w, const float* in, float* out, const Epilogue& ep) {
+    const PackedConvLayout layout = packed_conv_layout(s, w.crow[w.rows]);
+    const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, w.crow[w.rows], kThreeChunks.num_threads);
+    std::vector<float> packed(sizes.packed), panels(sizes.panels);
+    std::vector<int32_t> offsets(sizes.offsets);
+    conv_tap_offsets(s, layout, w.crow, w.col, offsets.data(), kThreeChunks);
+    csr_conv2d(s, layout, w, in, out, ep, ConvScratch{packed.data(), offsets.data(), panels.data()}, kThreeChunks);
+  };
+  std::vector<float> y1_ref(pixels * mid), y2_ref(pixels * out);
+  conv(first, w1, x.data(), y1_ref.data(), ep1);
+  conv(second, w2, y1_ref.data(), y2_ref.data(), ep2);
+  std::vector<float> scratch(pointwise_chain_scratch(first, with_residual, kThreeChunks.num_threads), NAN);
+  std::vector<float> y1(pixels * mid, NAN), y2(pixels * out, NAN);
+  pointwise_conv_chain(first, w1, ep1, y1.data(), w2, ep2, y2.data(), x.data(), scratch.data(), kThreeChunks);
+  const std::string what = std::string(" of the pointwise chain") + (with_residual ? " with a residual" : "") +
+                           (packed_weights ? ", packed" : "");
+  expect(y1 == y1_ref, "the first output" + what);
+  expect(y2 == y2_ref, "the second output" + what);
+}
+
 // A convolution case with and without a residual in the epilogue, and streamed.
 template <typename V>
 void test_conv_epilogues(const Conv2dShape& s, double density, bool channel_blocks) {
@@ -624,6 +679,9 @@ void test_value_type() {
   test_conv<V>({2, 3, 4, 4, 2, 0, 0, 1, 1, 1 << 27, 2, 0, 0, 1, 1, 1}, 1.0);
   test_conv<V>({1, 2, 4, 4, 2, 0, 0, 2, 2, 1, 1, 23000, 23000, 46003, 46003, 1}, 1.0);
   test_conv<V>({2, 4, 5, 3, 4, 0, 0, 3, 2, 1, 2, 1 << 22, 1, 1 << 22, 1, 2}, 0.7);
+  for (const bool with_residual : {false, true}) {
+    for (const bool packed_weights : {false, true}) test_pointwise_chain<V>(with_residual, packed_weights);
+  }
 }
 
 // The attack geometries of issue 14 choose the gather path in O(1), without a wrapped size.

@@ -73,8 +73,72 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
   return y.to(input.scalar_type());
 }
 
+constexpr const char* kPairFirstLayer = "csr_pointwise_conv_pair (first layer)";
+constexpr const char* kPairSecondLayer = "csr_pointwise_conv_pair (second layer)";
+
+std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
+    const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1, const at::Tensor& values1,
+    const c10::optional<at::Tensor>& bias1, int64_t in_channels, bool relu1, const c10::optional<at::Tensor>& residual,
+    const c10::optional<at::Tensor>& packed1, const at::Tensor& crow2, const at::Tensor& col2,
+    const at::Tensor& values2, const c10::optional<at::Tensor>& bias2, bool relu2,
+    const c10::optional<at::Tensor>& packed2) {
+  const char* op = "csr_pointwise_conv_pair";
+  const int64_t one[] = {1, 1}, none[] = {0, 0};
+  SPARSE_RT_CHECK(input.scalar_type() == at::kFloat, op, "input must be float32, got ", input.scalar_type());
+  const ConvProblem first = prepare_conv(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1,
+                                         kPairFirstLayer);
+  const Conv2dShape& s = first.shape;
+  const std::vector<int64_t> middle_shape{s.batch, s.out_channels, s.height, s.width};
+  check_residual(kPairFirstLayer, residual, middle_shape, input);
+  check_packing(kPairFirstLayer, packed1, values1);
+  check_sparse_indices(kPairFirstLayer, crow1, col1, first.index_cols, full_index_checks_enabled());
+  // The second layer's input as prepare_conv reads it: its shape, dtype and device.
+  const at::Tensor middle = at::empty({1, 1, 1, 1}, input.options()).expand(middle_shape);
+  const ConvProblem second = prepare_conv(middle, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1,
+                                          kPairSecondLayer);
+  SPARSE_RT_CHECK(values1.scalar_type() == values2.scalar_type(), op, "the layers' values must share a dtype, got ",
+                  values1.scalar_type(), " and ", values2.scalar_type());
+  check_packing(kPairSecondLayer, packed2, values2);
+  check_sparse_indices(kPairSecondLayer, crow2, col2, second.index_cols, full_index_checks_enabled());
+  const cpu::ParallelFor pf = torch_parallel_for();
+  // Only the kernel's pointers come from these; the residual's dtype is the input's (checked).
+  const cpu::Epilogue shape_of_ep1{nullptr, relu1, residual ? residual->const_data_ptr<float>() : nullptr};
+  if (!cpu::chains_pointwise(s, shape_of_ep1, pf.num_threads)) {
+    // Too few panels to give each thread whole ones: the layers one after the other.
+    at::Tensor out1 = csr_conv2d_cpu(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1, relu1,
+                                     residual, packed1);
+    at::Tensor out2 = csr_conv2d_cpu(out1, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1,
+                                     relu2, c10::nullopt, packed2);
+    return {out1, out2};
+  }
+  at::Tensor y1 = allocate(op, "first output", middle_shape, input.options());
+  at::Tensor y2 = allocate(op, "second output", {s.batch, second.shape.out_channels, s.height, s.width},
+                           input.options());
+  const at::Tensor x = input.contiguous();
+  const c10::optional<at::Tensor> bias1_32 = as_fp32(bias1), bias2_32 = as_fp32(bias2), residual32 = as_fp32(residual);
+  at::Tensor buffers = empty_cached({cpu::pointwise_chain_scratch(s, residual.has_value(), pf.num_threads)}, x.options());
+  dispatch_value_type(values1.scalar_type(), [&](auto tag) {
+    using V = decltype(tag);
+    cpu::CsrView<V> w1{crow1.const_data_ptr<int32_t>(), col1.const_data_ptr<int32_t>(), values_ptr<V>(values1),
+                       s.out_channels, first.index_cols};
+    cpu::CsrView<V> w2{crow2.const_data_ptr<int32_t>(), col2.const_data_ptr<int32_t>(), values_ptr<V>(values2),
+                       second.shape.out_channels, second.index_cols};
+    cpu::PackedNonzeros view1, view2;
+    const int64_t pixels = s.batch * s.height * s.width;
+    w1.packed = checked_packing(kPairFirstLayer, packed1, w1, pixels, view1);
+    w2.packed = checked_packing(kPairSecondLayer, packed2, w2, pixels, view2);
+    cpu::pointwise_conv_chain(s, w1, make_epilogue(bias1_32, relu1, residual32), y1.mutable_data_ptr<float>(), w2,
+                              make_epilogue(bias2_32, relu2, c10::nullopt), y2.mutable_data_ptr<float>(),
+                              x.const_data_ptr<float>(), buffers.mutable_data_ptr<float>(), pf);
+  });
+  return {y1, y2};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparse_rt, CPU, m) { m.impl("csr_conv2d", &csr_conv2d_cpu); }
+TORCH_LIBRARY_IMPL(sparse_rt, CPU, m) {
+  m.impl("csr_conv2d", &csr_conv2d_cpu);
+  m.impl("csr_pointwise_conv_pair", &csr_pointwise_conv_pair_cpu);
+}
 
 }  // namespace sparse_rt
