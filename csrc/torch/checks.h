@@ -127,6 +127,9 @@ constexpr const char* kMlpSecondLayer = "csr_mlp (second layer)";
 // csr_conv2d's arguments, checked: weight, activation, bias and the geometry (two entries per list,
 // positive kernel/stride/dilation and non-negative padding, each below 2^31, groups dividing both
 // channel counts, no overflow, a non-empty output).
+// The op names csr_pointwise_conv_pair's errors give for each layer (prepare_conv's `op`).
+constexpr const char* kPairFirstLayer = "csr_pointwise_conv_pair (first layer)";
+constexpr const char* kPairSecondLayer = "csr_pointwise_conv_pair (second layer)";
 struct ConvProblem {
   SparseWeightInfo weight;
   Conv2dShape shape;

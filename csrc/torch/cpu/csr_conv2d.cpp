@@ -73,9 +73,6 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
   return y.to(input.scalar_type());
 }
 
-constexpr const char* kPairFirstLayer = "csr_pointwise_conv_pair (first layer)";
-constexpr const char* kPairSecondLayer = "csr_pointwise_conv_pair (second layer)";
-
 std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
     const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1, const at::Tensor& values1,
     const c10::optional<at::Tensor>& bias1, int64_t in_channels, bool relu1, const c10::optional<at::Tensor>& residual,

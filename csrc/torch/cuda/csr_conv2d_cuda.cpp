@@ -49,8 +49,34 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& input, const at::Tensor& crow_indic
   return y;
 }
 
+// The two layers one after the other, each checked first under its own name (the CPU op's panels
+// through both layers have no counterpart here).
+std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cuda(
+    const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1, const at::Tensor& values1,
+    const c10::optional<at::Tensor>& bias1, int64_t in_channels, bool relu1, const c10::optional<at::Tensor>& residual,
+    const c10::optional<at::Tensor>& packed1, const at::Tensor& crow2, const at::Tensor& col2,
+    const at::Tensor& values2, const c10::optional<at::Tensor>& bias2, bool relu2,
+    const c10::optional<at::Tensor>& packed2) {
+  const int64_t one[] = {1, 1}, none[] = {0, 0};
+  const ConvProblem first = prepare_conv(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1,
+                                         kPairFirstLayer);
+  const Conv2dShape& s = first.shape;
+  const std::vector<int64_t> middle_shape{s.batch, s.out_channels, s.height, s.width};
+  check_residual(kPairFirstLayer, residual, middle_shape, input);
+  const at::Tensor middle = at::empty({1, 1, 1, 1}, input.options()).expand(middle_shape);
+  prepare_conv(middle, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1, kPairSecondLayer);
+  at::Tensor y1 = csr_conv2d_cuda(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1, relu1,
+                                  residual, packed1);
+  at::Tensor y2 = csr_conv2d_cuda(y1, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1, relu2,
+                                  c10::nullopt, packed2);
+  return {y1, y2};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparse_rt, CUDA, m) { m.impl("csr_conv2d", &csr_conv2d_cuda); }
+TORCH_LIBRARY_IMPL(sparse_rt, CUDA, m) {
+  m.impl("csr_conv2d", &csr_conv2d_cuda);
+  m.impl("csr_pointwise_conv_pair", &csr_pointwise_conv_pair_cuda);
+}
 
 }  // namespace sparse_rt
