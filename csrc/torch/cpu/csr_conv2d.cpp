@@ -98,10 +98,11 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
   check_packing(kPairSecondLayer, packed2, values2);
   check_sparse_indices(kPairSecondLayer, crow2, col2, second.index_cols, full_index_checks_enabled());
   const cpu::ParallelFor pf = torch_parallel_for();
-  // Only the kernel's pointers come from these; the residual's dtype is the input's (checked).
+  // What chains_pointwise reads of the first layer's epilogue: whether it adds a residual.
   const cpu::Epilogue shape_of_ep1{nullptr, relu1, residual ? residual->const_data_ptr<float>() : nullptr};
   if (!cpu::chains_pointwise(s, shape_of_ep1, pf.num_threads)) {
-    // Too few panels to give each thread whole ones: the layers one after the other.
+    // Too few panels to give each thread whole ones, or a first output that stays in the cache
+    // anyway: the layers one after the other.
     at::Tensor out1 = csr_conv2d_cpu(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1, relu1,
                                      residual, packed1);
     at::Tensor out2 = csr_conv2d_cpu(out1, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1,
