@@ -276,8 +276,8 @@ void prefetch_following(const float* run, int64_t length) {
   for (int64_t t = 0; t < length; t += 64 / int64_t(sizeof(float))) __builtin_prefetch(run + length + t);
 }
 
-// Prefetches `rows` runs of `length` floats, `row_step` floats apart, from `at` on, for writing
-// where `write` (a line about to be stored to is read first).
+// Prefetches `rows` runs of `length` floats, `row_step` floats apart, from `at` on; with write intent
+// where `write` and the build targets PREFETCHW (a line about to be stored to is read first either way).
 void prefetch_rows(const float* at, int64_t rows, int64_t row_step, int64_t length, bool write) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t t = 0; t < length; t += 64 / int64_t(sizeof(float))) {
