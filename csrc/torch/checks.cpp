@@ -265,6 +265,24 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
   return {weight, shape, index_cols.value()};
 }
 
+PairProblem prepare_pointwise_conv_pair(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                                        const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                                        int64_t in_channels, const c10::optional<at::Tensor>& residual,
+                                        const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
+                                        const c10::optional<at::Tensor>& bias2) {
+  const int64_t one[] = {1, 1}, none[] = {0, 0};
+  const ConvProblem first = prepare_conv(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1,
+                                         kPairFirstLayer);
+  const Conv2dShape& s = first.shape;
+  std::vector<int64_t> middle_shape{s.batch, s.out_channels, s.height, s.width};
+  check_residual(kPairFirstLayer, residual, middle_shape, input);
+  // The second layer's input as prepare_conv reads it: its shape, dtype and device.
+  const at::Tensor middle = at::empty({1, 1, 1, 1}, input.options()).expand(middle_shape);
+  const ConvProblem second = prepare_conv(middle, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1,
+                                          kPairSecondLayer);
+  return {first, second, std::move(middle_shape)};
+}
+
 PoolProblem prepare_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                at::IntArrayRef padding) {
   const char* op = "max_pool2d";

@@ -127,9 +127,6 @@ constexpr const char* kMlpSecondLayer = "csr_mlp (second layer)";
 // csr_conv2d's arguments, checked: weight, activation, bias and the geometry (two entries per list,
 // positive kernel/stride/dilation and non-negative padding, each below 2^31, groups dividing both
 // channel counts, no overflow, a non-empty output).
-// The op names csr_pointwise_conv_pair's errors give for each layer (prepare_conv's `op`).
-constexpr const char* kPairFirstLayer = "csr_pointwise_conv_pair (first layer)";
-constexpr const char* kPairSecondLayer = "csr_pointwise_conv_pair (second layer)";
 struct ConvProblem {
   SparseWeightInfo weight;
   Conv2dShape shape;
@@ -141,6 +138,21 @@ ConvProblem prepare_conv(const at::Tensor& input, const at::Tensor& crow, const 
                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                          const char* op = "csr_conv2d");
+
+// csr_pointwise_conv_pair's layers, checked: each as prepare_conv checks a 1x1, stride-1, unpadded
+// convolution of one group (errors name the layer: kPairFirstLayer, kPairSecondLayer), the second
+// reading the first's output ([batch, first's rows, height, width]: middle_shape), and the residual.
+struct PairProblem {
+  ConvProblem first, second;
+  std::vector<int64_t> middle_shape;
+};
+constexpr const char* kPairFirstLayer = "csr_pointwise_conv_pair (first layer)";
+constexpr const char* kPairSecondLayer = "csr_pointwise_conv_pair (second layer)";
+PairProblem prepare_pointwise_conv_pair(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                                        const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                                        int64_t in_channels, const c10::optional<at::Tensor>& residual,
+                                        const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
+                                        const c10::optional<at::Tensor>& bias2);
 
 // scaled_dot_product_attention's arguments, checked: query [batch, heads, queries, head_dim], key and
 // value [batch, heads, keys, head_dim] with keys >= 1, all three of one floating dtype and device.

@@ -276,15 +276,19 @@ void prefetch_following(const float* run, int64_t length) {
   for (int64_t t = 0; t < length; t += 64 / int64_t(sizeof(float))) __builtin_prefetch(run + length + t);
 }
 
-// Prefetches `rows` runs of `length` floats, `row_step` floats apart, from `at` on; with write intent
-// where `write` and the build targets PREFETCHW (a line about to be stored to is read first either way).
-void prefetch_rows(const float* at, int64_t rows, int64_t row_step, int64_t length, bool write) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t t = 0; t < length; t += 64 / int64_t(sizeof(float))) {
+// Prefetches a panel's share of a contiguous [images, channels, pixels] tensor `t`: from column
+// `column` (pixel column % pixels of image column / pixels) to the panel's or the image's end, in each
+// of the channels' rows; with write intent where `write` and the build targets PREFETCHW (a line about
+// to be stored to is read first either way).
+void prefetch_panel(const float* t, int64_t channels, int64_t pixels, int64_t column, bool write) {
+  const float* const at = t + column / pixels * channels * pixels + column % pixels;
+  const int64_t length = std::min(kPanelWidth, pixels - column % pixels);
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t j = 0; j < length; j += 64 / int64_t(sizeof(float))) {
       if (write) {
-        __builtin_prefetch(at + r * row_step + t, 1);
+        __builtin_prefetch(at + c * pixels + j, 1);
       } else {
-        __builtin_prefetch(at + r * row_step + t);
+        __builtin_prefetch(at + c * pixels + j);
       }
     }
   }
@@ -432,12 +436,9 @@ void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const 
         }
         const int64_t next = first + kPanelWidth;
         if (part == 0 && next < columns && pixels > 1) {
-          // The next panel's run in its first image.
-          const int64_t image = next / pixels, next_pixel = next % pixels;
-          const int64_t length = std::min(kPanelWidth, pixels - next_pixel);
-          if (in_place) prefetch_rows(x + image * source.image + next_pixel, s.in_channels, source.plane, length, false);
-          if (!ep.stream) prefetch_rows(y + image * s.out_channels * pixels + next_pixel, s.out_channels, pixels, length, true);
-          if (ep.residual) prefetch_rows(ep.residual + image * s.out_channels * pixels + next_pixel, s.out_channels, pixels, length, false);
+          if (in_place) prefetch_panel(x, s.in_channels, pixels, next, false);
+          if (!ep.stream) prefetch_panel(y, s.out_channels, pixels, next, true);
+          if (ep.residual) prefetch_panel(ep.residual, s.out_channels, pixels, next, false);
         }
         const int64_t stored = std::min(width, columns - first);
         // Images of one pixel: the output is a linear layer's, [batch, out_channels], from the
@@ -669,10 +670,7 @@ void pointwise_conv_chain(const Conv2dShape& first, const CsrView<V>& w1, Epilog
         const int64_t stored = std::min(width, columns - start);
         const StridedOutput out{y2, pixels, 1, stored, pixels, pixels, second.out_channels * pixels, start};
         const int64_t next = start + kPanelWidth;
-        if (!ep2.stream && next < columns) {
-          prefetch_rows(y2 + next / pixels * second.out_channels * pixels + next % pixels, second.out_channels,
-                        pixels, std::min(kPanelWidth, pixels - next % pixels), true);
-        }
+        if (!ep2.stream && next < columns) prefetch_panel(y2, second.out_channels, pixels, next, true);
         csr_spmm(w2, DenseRows{middle, width, width}, out, ep2, 0, w2.rows);
       }
     }

@@ -82,17 +82,12 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
   const char* op = "csr_pointwise_conv_pair";
   const int64_t one[] = {1, 1}, none[] = {0, 0};
   SPARSE_RT_CHECK(input.scalar_type() == at::kFloat, op, "input must be float32, got ", input.scalar_type());
-  const ConvProblem first = prepare_conv(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1,
-                                         kPairFirstLayer);
+  const PairProblem p =
+      prepare_pointwise_conv_pair(input, crow1, col1, values1, bias1, in_channels, residual, crow2, col2, values2, bias2);
+  const ConvProblem &first = p.first, &second = p.second;
   const Conv2dShape& s = first.shape;
-  const std::vector<int64_t> middle_shape{s.batch, s.out_channels, s.height, s.width};
-  check_residual(kPairFirstLayer, residual, middle_shape, input);
   check_packing(kPairFirstLayer, packed1, values1);
   check_sparse_indices(kPairFirstLayer, crow1, col1, first.index_cols, full_index_checks_enabled());
-  // The second layer's input as prepare_conv reads it: its shape, dtype and device.
-  const at::Tensor middle = at::empty({1, 1, 1, 1}, input.options()).expand(middle_shape);
-  const ConvProblem second = prepare_conv(middle, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1,
-                                          kPairSecondLayer);
   SPARSE_RT_CHECK(values1.scalar_type() == values2.scalar_type(), op, "the layers' values must share a dtype, got ",
                   values1.scalar_type(), " and ", values2.scalar_type());
   check_packing(kPairSecondLayer, packed2, values2);
@@ -109,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
                                      relu2, c10::nullopt, packed2);
     return {out1, out2};
   }
-  at::Tensor y1 = allocate(op, "first output", middle_shape, input.options());
+  at::Tensor y1 = allocate(op, "first output", p.middle_shape, input.options());
   at::Tensor y2 = allocate(op, "second output", {s.batch, second.shape.out_channels, s.height, s.width},
                            input.options());
   const at::Tensor x = input.contiguous();

@@ -58,13 +58,9 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cuda(
     const at::Tensor& values2, const c10::optional<at::Tensor>& bias2, bool relu2,
     const c10::optional<at::Tensor>& packed2) {
   const int64_t one[] = {1, 1}, none[] = {0, 0};
-  const ConvProblem first = prepare_conv(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1,
-                                         kPairFirstLayer);
-  const Conv2dShape& s = first.shape;
-  const std::vector<int64_t> middle_shape{s.batch, s.out_channels, s.height, s.width};
-  check_residual(kPairFirstLayer, residual, middle_shape, input);
-  const at::Tensor middle = at::empty({1, 1, 1, 1}, input.options()).expand(middle_shape);
-  prepare_conv(middle, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1, kPairSecondLayer);
+  const Conv2dShape s =
+      prepare_pointwise_conv_pair(input, crow1, col1, values1, bias1, in_channels, residual, crow2, col2, values2, bias2)
+          .first.shape;
   at::Tensor y1 = csr_conv2d_cuda(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1, relu1,
                                   residual, packed1);
   at::Tensor y2 = csr_conv2d_cuda(y1, crow2, col2, values2, bias2, s.out_channels, one, one, none, one, 1, relu2,
