@@ -99,22 +99,18 @@ template <typename Wide>
   }
 }
 
-// row[0, keys) <- e^(scale * row - max), row[keys, padded) <- 0; returns 1 / their sum.
+// row[0, keys) <- e^(row - max), row[keys, padded) <- 0 (the scores arrive scaled: see
+// transpose_keys); returns 1 / their sum.
 template <typename Wide>
-[[gnu::always_inline]] inline float softmax_numerators(float* row, int64_t keys, int64_t padded, float scale) {
+[[gnu::always_inline]] inline float softmax_numerators(float* row, int64_t keys, int64_t padded) {
   constexpr int kLanes = kLanesOf<Wide>;
-  for (int64_t j = 0; j < padded; j += kLanes) {
-    const Wide scaled = load<Wide>(row + j) * scale;
-    __builtin_memcpy(row + j, &scaled, sizeof scaled);
-  }
   std::fill(row + keys, row + padded, -std::numeric_limits<float>::infinity());
   Wide most = Wide{} - std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < padded; j += kLanes) {
     const Wide s = load<Wide>(row + j);
     most = s > most ? s : most;
   }
-  float max = most[0];
-  for (int i = 1; i < kLanes; ++i) max = std::max(max, most[i]);
+  const float max = reduce_lanes(most, [](float a, float b) { return std::max(a, b); });
   Wide sums = {};
   for (int64_t j = 0; j < padded; j += kLanes) {
     Wide e = load<Wide>(row + j) - max;
@@ -122,9 +118,7 @@ template <typename Wide>
     __builtin_memcpy(row + j, &e, sizeof e);
     sums += e;
   }
-  float sum = 0.f;
-  for (int i = 0; i < kLanes; ++i) sum += sums[i];
-  return 1.f / sum;
+  return 1.f / reduce_lanes(sums, [](float a, float b) { return a + b; });
 }
 
 // One thread's buffers, sized for one head and reused across its heads.
@@ -133,37 +127,38 @@ struct HeadBuffers {
       : keys_padded(whole_vectors(s.keys)),
         dim_padded(whole_vectors(s.head_dim)),
         keys_t(s.head_dim * keys_padded),
-        values(s.keys * dim_padded),
+        values(s.head_dim == dim_padded ? 0 : s.keys * dim_padded),
         queries(kQueryBlock * s.head_dim),
         scores(kQueryBlock * keys_padded),
         sums(kQueryBlock * dim_padded) {}
   int64_t keys_padded, dim_padded;
   std::vector<float> keys_t;   // [head_dim][keys_padded]: k transposed, padding columns 0
-  std::vector<float> values;   // [keys][dim_padded]: v, padding columns 0
-  std::vector<float> queries;  // [kQueryBlock][head_dim]: the block's queries, missing rows 0
+  std::vector<float> values;   // [keys][dim_padded]: v, padding columns 0 (head_dim not whole vectors)
+  std::vector<float> queries;  // [kQueryBlock][head_dim]: a short block's queries, missing rows 0
   std::vector<float> scores;   // [kQueryBlock][keys_padded]
   std::vector<float> sums;     // [kQueryBlock][dim_padded]: probabilities times values
 };
 
-// keys_t[d * ld + j] = k[b, h, j, d]: square blocks of Wide's lanes transposed in registers, the
-// edges one by one.
+// keys_t[d * ld + j] = scale * k[b, h, j, d]: square blocks of Wide's lanes transposed in registers,
+// the edges one by one. Scaled here, once per key, the scores need no pass of their own.
 template <typename Wide>
 [[gnu::always_inline]] inline void transpose_keys(const HeadsView<const float>& k, int64_t b, int64_t h,
-                                                  int64_t keys, int64_t dim, int64_t ld, float* keys_t) {
+                                                  int64_t keys, int64_t dim, float scale, int64_t ld,
+                                                  float* keys_t) {
   constexpr int kLanes = kLanesOf<Wide>;
   const int64_t whole_keys = keys / kLanes * kLanes, whole_dim = dim / kLanes * kLanes;
   for (int64_t j0 = 0; j0 < whole_keys; j0 += kLanes) {
     for (int64_t d0 = 0; d0 < whole_dim; d0 += kLanes) {
       Wide block[kLanes];
 #pragma GCC unroll 16
-      for (int i = 0; i < kLanes; ++i) block[i] = load<Wide>(k.row(b, h, j0 + i) + d0);
+      for (int i = 0; i < kLanes; ++i) block[i] = load<Wide>(k.row(b, h, j0 + i) + d0) * scale;
       transpose(block);
 #pragma GCC unroll 16
       for (int i = 0; i < kLanes; ++i) __builtin_memcpy(keys_t + (d0 + i) * ld + j0, &block[i], sizeof block[i]);
     }
   }
   for (int64_t j = 0; j < keys; ++j) {
-    for (int64_t d = j < whole_keys ? whole_dim : 0; d < dim; ++d) keys_t[d * ld + j] = k.row(b, h, j)[d];
+    for (int64_t d = j < whole_keys ? whole_dim : 0; d < dim; ++d) keys_t[d * ld + j] = scale * k.row(b, h, j)[d];
   }
 }
 
@@ -174,30 +169,45 @@ template <typename Wide>
                                                HeadBuffers& buf) {
   const int64_t keys = shape.keys, dim = shape.head_dim, kp = buf.keys_padded, dp = buf.dim_padded;
   float* keys_t = buf.keys_t.data();
-  float* values = buf.values.data();
-  transpose_keys<Wide>(k, b, h, keys, dim, kp, keys_t);
-  for (int64_t j = 0; j < keys; ++j) std::copy(v.row(b, h, j), v.row(b, h, j) + dim, values + j * dp);
+  transpose_keys<Wide>(k, b, h, keys, dim, scale, kp, keys_t);
   for (int64_t d = 0; d < dim; ++d) std::fill(keys_t + d * kp + keys, keys_t + (d + 1) * kp, 0.f);
-  for (int64_t j = 0; j < keys; ++j) std::fill(values + j * dp + dim, values + (j + 1) * dp, 0.f);
+  // Values whose rows are whole vectors are read in place; others are copied, padded with zeros.
+  const float* values = v.row(b, h, 0);
+  int64_t values_ld = v.token_stride;
+  if (dim != dp) {
+    for (int64_t j = 0; j < keys; ++j) {
+      std::copy(v.row(b, h, j), v.row(b, h, j) + dim, buf.values.data() + j * dp);
+      std::fill(buf.values.data() + j * dp + dim, buf.values.data() + (j + 1) * dp, 0.f);
+    }
+    values = buf.values.data();
+    values_ld = dp;
+  }
 
-  float* block = buf.queries.data();
   float* scores = buf.scores.data();
   float* sums = buf.sums.data();
   for (int64_t i0 = 0; i0 < shape.queries; i0 += kQueryBlock) {
     const int64_t rows = std::min(kQueryBlock, shape.queries - i0);
-    for (int64_t r = 0; r < kQueryBlock; ++r) {
-      if (r < rows) {
-        std::copy(q.row(b, h, i0 + r), q.row(b, h, i0 + r) + dim, block + r * dim);
-      } else {
-        std::fill(block + r * dim, block + (r + 1) * dim, 0.f);
+    // A whole block of queries is read in place; the last, short one copied with rows of zeros.
+    const float* block = q.row(b, h, i0);
+    int64_t block_ld = q.token_stride;
+    if (rows < kQueryBlock) {
+      float* copy = buf.queries.data();
+      for (int64_t r = 0; r < kQueryBlock; ++r) {
+        if (r < rows) {
+          std::copy(q.row(b, h, i0 + r), q.row(b, h, i0 + r) + dim, copy + r * dim);
+        } else {
+          std::fill(copy + r * dim, copy + (r + 1) * dim, 0.f);
+        }
       }
+      block = copy;
+      block_ld = dim;
     }
-    block_products<Wide>(block, dim, keys_t, kp, dim, kp, scores, kp);
+    block_products<Wide>(block, block_ld, keys_t, kp, dim, kp, scores, kp);
     float inverse_sum[kQueryBlock];
     for (int64_t r = 0; r < kQueryBlock; ++r) {
-      inverse_sum[r] = softmax_numerators<Wide>(scores + r * kp, keys, kp, scale);
+      inverse_sum[r] = softmax_numerators<Wide>(scores + r * kp, keys, kp);
     }
-    block_products<Wide>(scores, kp, values, dp, keys, dp, sums, dp);
+    block_products<Wide>(scores, kp, values, values_ld, keys, dp, sums, dp);
     for (int64_t r = 0; r < rows; ++r) {
       float* y = out.row(b, h, i0 + r);
       for (int64_t d = 0; d < dim; ++d) y[d] = sums[r * dp + d] * inverse_sum[r];

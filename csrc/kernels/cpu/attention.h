@@ -4,8 +4,9 @@
 //
 // the dense remainder of a sparse transformer layer (BERT-base at 95% sparsity spent a quarter of
 // its CPU time in PyTorch's flash attention). Each (batch, head) is one unit of work: its keys are
-// transposed and its values copied into thread-local buffers padded to whole vectors, then the
-// queries are taken kQueryBlock at a time: their scores against all keys are computed in
+// scaled and transposed into a thread-local buffer padded to whole vectors, its values read in place
+// (copied and padded where a head's rows are not whole vectors), then the queries are taken
+// kQueryBlock at a time: their scores against all keys are computed in
 // registers, the softmax is taken over each whole row at once (no running rescaling: a row of
 // scores is small), and the probabilities times the values give the output rows, divided by the
 // row's sum on the way out. The sums are in fp32 in a different order from PyTorch's, so outputs

@@ -30,6 +30,20 @@ template <typename Vec>
 template <typename Vec>
 constexpr int kLanesOf = sizeof(Vec) / sizeof(float);
 
+// op folded over v's lanes by halving: log2(lanes) dependent steps rather than one per lane (a
+// row's softmax took its maximum and sum lane after lane, a fifth of attention's time).
+template <typename Vec, typename Op>
+[[gnu::always_inline]] inline float reduce_lanes(Vec v, Op op) {
+  float lanes[kLanesOf<Vec>];
+  __builtin_memcpy(lanes, &v, sizeof v);
+#pragma GCC unroll 5
+  for (int half = kLanesOf<Vec> / 2; half > 0; half /= 2) {
+#pragma GCC unroll 8
+    for (int i = 0; i < half; ++i) lanes[i] = op(lanes[i], lanes[i + half]);
+  }
+  return lanes[0];
+}
+
 // The lane that lane e of a transpose round's output takes from its two inputs (indices from
 // `lanes` select the second): lanes with bit `half` clear keep the first input's own lane (low
 // output) or take the one `half` above it (high); lanes with it set take the second input's lane

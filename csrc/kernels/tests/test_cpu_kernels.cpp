@@ -862,6 +862,10 @@ void test_attention() {
   test_attention({1, 1, 1, 1, 1}, 1.f);
   test_attention({1, 2, 9, 70, 48}, 3.f);   // keys: two 32-wide score tiles and a 16-wide one
   test_attention({2, 2, 8, 33, 17}, -0.5f);  // a negative scale: the maximum is taken after scaling
+  // Rows of whole vectors: the values and each whole block of queries read in place (their tokens
+  // strided), the last short block copied.
+  test_attention({1, 2, 20, 40, 32}, 0.3f);
+  test_attention({1, 2, 128, 128, 64}, 0.125f);  // BERT-base's heads
 }
 
 // add_layer_norm against mean and variance in double; rows of cols not a multiple of 16 take the
