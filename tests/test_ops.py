@@ -665,7 +665,7 @@ def test_packed_csr_ops_refuse_a_packing_that_is_not_the_weights():
 def test_trusted_packings_skip_the_entry_comparison_but_not_the_layout_check():
     """With trusted packings a stale packing is computed with, as documented (the weight it was made
     from), a packing with columns outside the weight or segments outside their row block is read
-    within bounds, and a malformed header or row block offsets are still refused."""
+    within bounds (one panel or many), and a malformed header or row block offsets are still refused."""
     w = _packable(300, 700, 1)
     packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, 700)
     x = randn(64, 700, seed=2)
@@ -684,6 +684,16 @@ def test_trusted_packings_skip_the_entry_comparison_but_not_the_layout_check():
         # The first segment's row and length (after the header and the two row blocks' offsets)
         corrupt[6 + 2 * 3:6 + 2 * 3 + 2] = torch.tensor([-3, 1 << 30], dtype=torch.int32)
         assert torch.isfinite(linear(corrupt)).all()
+        # Five panels: the columns are checked in one pass before the sums, not per panel and row block.
+        wide = randn(300, 700, seed=5)
+
+        def wide_linear(packed):
+            return ops.csr_linear(wide, w.crow_indices, w.col_indices, w.values, None, 700, packed=packed)
+
+        assert torch.equal(wide_linear(packing), wide_linear(None))
+        negative = packing.clone()
+        negative[-2] = -5
+        assert torch.isfinite(wide_linear(corrupt)).all() and torch.isfinite(wide_linear(negative)).all()
         with pytest.raises(RuntimeError, match=r"^sparse_rt.csr_linear: packed has a layout that does not fit"):
             linear(packing[:-2])
         with ops.trusted_packings(False):  # a nested block turns it off for its calls

@@ -1,6 +1,7 @@
 #include "packed_nonzeros.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -174,6 +175,17 @@ PackedNonzeros packed_nonzeros(const int32_t* blob) {
   const int32_t* segment_ints = block_entries + row_blocks + 1;
   return {reinterpret_cast<const PackedNonzeros::Entry*>(segment_ints + 2 * segments),
           reinterpret_cast<const PackedNonzeros::Segment*>(segment_ints), block_segments, block_entries, false};
+}
+
+bool packed_columns_below(const int32_t* blob, int64_t cols, const ParallelFor& pf) {
+  const PackedNonzeros::Entry* const entries = packed_nonzeros(blob).entries;
+  std::atomic<bool> below{true};
+  pf.run(0, blob[kEntries], kMinParallelWork, [&](int64_t begin, int64_t end) {
+    uint32_t highest = 0;
+    for (int64_t e = begin; e < end; ++e) highest = std::max(highest, uint32_t(entries[e].col));
+    if (end > begin && int64_t(highest) >= cols) below.store(false, std::memory_order_relaxed);
+  });
+  return below.load();
 }
 
 template <typename V>

@@ -46,8 +46,8 @@ struct PackedNonzeros {
   // [block_entries[b], block_entries[b + 1]).
   const int32_t* block_segments;
   const int32_t* block_entries;
-  // Whether every entry's column is known to lie in the weight (the blob was compared with it, or
-  // made from it by whoever holds the view); otherwise the SpMM checks a row block's columns before
+  // Whether every entry's column is known to lie in the weight (the blob was compared with it, made
+  // from it by whoever holds the view, or passed packed_columns_below); otherwise the SpMM checks a row block's columns before
   // its sums and clamps each column into the weight in a block where one lies outside it.
   bool columns_checked = false;
 };
@@ -62,6 +62,10 @@ std::vector<int32_t> pack_nonzeros(const CsrView<V>& w);
 // The view of a non-empty blob made by pack_nonzeros (not checked: see find_packed_error), its
 // columns not known to be checked.
 PackedNonzeros packed_nonzeros(const int32_t* blob);
+
+// Whether every entry of a blob that passed find_packed_error has a column below `cols` (a negative
+// one, read unsigned, does not): one pass over its entries, over pf's threads.
+bool packed_columns_below(const int32_t* blob, int64_t cols, const ParallelFor& pf);
 
 // Why blob (`size` ints) is not w's nonzeros packed by pack_nonzeros ("" when it is). Always: a
 // malformed header, or row blocks' offsets that do not fit w or the blob (O(row blocks)). With

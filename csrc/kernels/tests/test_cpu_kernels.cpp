@@ -209,12 +209,15 @@ std::vector<int32_t> checked_packing(const CsrView<V>& w) {
     altered[last_entry - 2 * (entries - 1 - k) + 1] ^= 1;
     fails_with("a changed value (entry " + std::to_string(k) + ")", altered, "changed after it was packed");
   }
+  expect(packed_columns_below(blob.data(), w.cols, kThreeChunks), "packed_columns_below on pack_nonzeros' blob");
   altered = blob;
   altered[last_entry] = int32_t(w.cols);
   fails_with("a column out of range", altered, "changed after it was packed");
+  expect(!packed_columns_below(altered.data(), w.cols, kThreeChunks), "packed_columns_below on a column out of range");
   altered = blob;
   altered[last_entry - 2 * (entries / 2)] = -1;
   fails_with("a negative column", altered, "changed after it was packed");
+  expect(!packed_columns_below(altered.data(), w.cols, kThreeChunks), "packed_columns_below on a negative column");
   // Trusted (entries not compared), both pass; the SpMM clamps the column (test_clamped_packing).
   expect(error(altered, int64_t(altered.size()), w, false).empty(),
          "find_packed_error without comparing entries accepts a changed column");

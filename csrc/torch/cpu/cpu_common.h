@@ -64,6 +64,8 @@ inline at::Tensor panel_scratch(const char* op, const at::Tensor& x, int64_t bat
   return floats == 0 ? at::Tensor() : allocate(op, "packed input", {floats}, x.options());
 }
 
+constexpr int64_t kPanelsCheckedOnce = 4;
+
 // The view of a CSR op's packing (pack_csr's result) where the SpMM will read it (some panel is a
 // full 64 columns), after checking it against the weight w (find_packed_error: its entries too,
 // unless packings are trusted); null where it is absent, empty (pack_csr
@@ -82,7 +84,11 @@ const cpu::PackedNonzeros* checked_packing(const char* op, const c10::optional<a
                   "in-place changes PyTorch sees, and after others, such as writes through .data or NumPy, "
                   "once its repack() is called)");
   view = cpu::packed_nonzeros(blob);
-  view.columns_checked = compare_entries;
+  // Trusted, the SpMM checks a row block's columns before its sums, once for every panel that reads
+  // the block: from kPanelsCheckedOnce panels on, one pass over all the entries first costs less.
+  view.columns_checked =
+      compare_entries || (cpu::PanelLayout{batch, w.cols}.count() >= kPanelsCheckedOnce &&
+                          cpu::packed_columns_below(blob, w.cols, torch_parallel_for()));
   return &view;
 }
 
