@@ -831,7 +831,7 @@ def test_gelu_folded_only_in_its_exact_form_after_a_linear_without_relu():
 @needs_native
 def test_native_session_runs_bert_gelu_in_the_epilogue_and_attention_and_feed_forward_as_one_node(tmp_path):
     """The feed-forward block's Gelu folds into its first linear layer, attention into one
-    MultiHeadAttention and the feed-forward block into one CsrMlp, in a native session, whose
+    ScaledDotProductAttention and the feed-forward block into one CsrMlp, in a native session, whose
     output stays within 1e-5 of the PyTorch model's."""
     import onnx
 
@@ -942,11 +942,12 @@ def _attention_written_out(scaling="Mul", factor_first=False, mask=False, probs_
     return _model_of(helper.make_graph(nodes, "g", inputs, outputs, initializer=constants), opset=20)
 
 
+@needs_native
 @pytest.mark.parametrize("scaling, factor_first", [("Mul", False), ("Mul", True), ("Div", False)])
-def test_attention_folds_into_one_multi_head_attention(scaling, factor_first):
-    """The exporter's attention becomes one MultiHeadAttention with the right heads and scale,
-    the constants it alone read are dropped, and onnxruntime gives the same output within
-    rounding (stock onnxruntime: the op is onnxruntime's own)."""
+def test_attention_folds_into_one_node(scaling, factor_first):
+    """The exporter's attention becomes one ScaledDotProductAttention of ours with the right heads
+    and scale, the constants it alone read are dropped, and our kernel gives stock onnxruntime's
+    output of the written-out graph within rounding."""
     import numpy as np
     import onnxruntime as ort
     from onnx import helper
@@ -960,14 +961,60 @@ def test_attention_folds_into_one_multi_head_attention(scaling, factor_first):
     (node,) = proto.graph.node
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert (node.op_type, node.domain, list(node.input), list(node.output)) == (
-        "MultiHeadAttention", "com.microsoft", ["q", "k", "v"], ["out"])
+        "ScaledDotProductAttention", "sparse_rt", ["q", "k", "v"], ["out"])
     assert attributes == {"num_heads": 2, "scale": 0.5 if scaling == "Mul" else 2.0}
     assert [t.name for t in proto.graph.initializer] == ["mask"]  # read by no node before either
     rng = np.random.default_rng(0)
     feed = {name: rng.standard_normal((2, 7, 8), dtype=np.float32) for name in "qkv"}
-    got, expected = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-                     for m in (proto, original))
+    got = _native_session_by_hand(proto.SerializeToString()).run(None, feed)[0]
+    expected = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _attention_node(heads=2, scale=0.5):
+    """One ScaledDotProductAttention node on q [B, Sq, E], k and v [B, Sk, E] of any shape."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ScaledDotProductAttention", ["q", "k", "v"], ["out"], name="attn", domain="sparse_rt",
+                            num_heads=heads, scale=scale)
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in "qkv"]
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    return _model_of(graph, opset=17).SerializeToString()
+
+
+@needs_native
+def test_native_attention_kernel_checks_its_inputs():
+    """Cross attention (more keys than queries, a head of 64) matches PyTorch's; operands of other
+    ranks, batch or hidden sizes, keys and values of different lengths, no keys, and a hidden size
+    that the heads do not divide are refused as InvalidArgument naming the node; num_heads < 1
+    when the session is made."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, n, 128), dtype=np.float32) for n in (9, 20, 20))
+    got = _native_session_by_hand(_attention_node(heads=2, scale=0.125)).run(None, {"q": q, "k": k, "v": v})[0]
+    heads = [torch.from_numpy(t).view(2, -1, 2, 64).transpose(1, 2) for t in (q, k, v)]
+    expected = F.scaled_dot_product_attention(*heads, scale=0.125).transpose(1, 2).reshape(2, 9, 128)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+    session = _native_session_by_hand(_attention_node(heads=3))
+    good = rng.standard_normal((2, 5, 6), dtype=np.float32)
+    cases = [
+        ({"q": good[0]}, r"Q must be 3-D \[batch, tokens, heads \* head_dim\], got \[5, 6\]"),
+        ({"k": good[:1]}, r"K has shape \[1, 5, 6\] but Q has \[2, 5, 6\]: batch and hidden size must match"),
+        ({"v": good[:, :, :3]}, r"V has shape \[2, 5, 3\] but Q has \[2, 5, 6\]"),
+        ({"v": good[:, :4]}, r"K has shape \[2, 5, 6\] but V has \[2, 4, 6\]"),
+        ({"k": good[:, :0], "v": good[:, :0]}, r"K and V have no tokens"),
+    ]
+    for changes, message in cases:
+        feed = {"q": good, "k": good, "v": good, **changes}
+        with pytest.raises(Exception, match=r"ScaledDotProductAttention node 'attn': " + message):
+            session.run(None, feed)
+    four = rng.standard_normal((2, 5, 8), dtype=np.float32)
+    with pytest.raises(Exception, match=r"'attn': the hidden size 8 is not a multiple of num_heads=3"):
+        session.run(None, {"q": four, "k": four, "v": four})
+    with pytest.raises(Exception, match=r"'attn': num_heads must be >= 1, got 0"):
+        _native_session_by_hand(_attention_node(heads=0))
 
 
 def test_attention_folded_only_as_the_exporter_writes_it_without_a_mask():

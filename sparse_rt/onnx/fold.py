@@ -21,8 +21,8 @@ group_linears_sharing_input makes one CsrLinears node, a native kernel only, of 
 nodes that read one input (attention's query, key and value projections): the input is packed
 once and all their rows split over the threads in one parallel region. fold_attention makes
 attention written out in standard ops (the exporter's form of scaled_dot_product_attention) one
-onnxruntime MultiHeadAttention node, and fuse_feed_forward one CsrMlp node (a native kernel only)
-of two CsrLinear nodes in a row, the first's output read by the second alone.
+ScaledDotProductAttention node of ours, and fuse_feed_forward one CsrMlp node of two CsrLinear
+nodes in a row, the first's output read by the second alone (native kernels only, both).
 """
 
 import numpy as np
@@ -203,9 +203,9 @@ def fold_attention(model, dims):
         Qh = Transpose(Reshape(q, [B, S, H, D]), 0,2,1,3)   (V likewise; K to 0,2,3,1)
         out = Reshape(Transpose(MatMul(Softmax(MatMul(Qh, Kt) * c), Vh), 0,2,1,3), [B, S, H*D])
 
-    becomes one onnxruntime MultiHeadAttention (com.microsoft; num_heads=H, scale=c, or 1/c for a
-    Div) on q, k and v as they are: no transposed copies of them or of the output, and the heads
-    split over the threads in one parallel region. Only where q, k, v and out have the same dims
+    becomes one ScaledDotProductAttention of ours (num_heads=H, scale=c, or 1/c for a Div; a native
+    kernel only) on q, k and v as they are: no transposed copies of them or of the output, and the
+    heads split over the threads in one parallel region. Only where q, k, v and out have the same dims
     [B, S, H*D], all known (`dims` as runtime.value_dims gives), and every intermediate value feeds
     the next node alone. Returns the number of nodes removed."""
     graph = model.graph
@@ -272,14 +272,14 @@ def fold_attention(model, dims):
         scale = float(factor.ravel()[0])
         heads, _ = q[3]
         attention = onnx.helper.make_node(
-            "MultiHeadAttention", [q[2], k[2], v[2]], [out.output[0]], name=f"{softmax.name}.attention",
-            domain="com.microsoft", num_heads=heads, scale=scale if scaling.op_type == "Mul" else 1.0 / scale)
+            "ScaledDotProductAttention", [q[2], k[2], v[2]], [out.output[0]], name=f"{softmax.name}.attention",
+            domain=DOMAIN, num_heads=heads, scale=scale if scaling.op_type == "Mul" else 1.0 / scale)
         folded = [scaling, scores, softmax, weighted, merge, *(n for split in (q, k, v) for n in split[:2])]
         removed.update(id(n) for n in folded)
         constants.update([factor_name, out.input[1], *(split[1].input[1] for split in (q, k, v))])
         nodes[next(i for i, n in enumerate(nodes) if n is out)] = attention
-    if removed and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    if removed and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     del graph.node[:]
     graph.node.extend(n for n in nodes if id(n) not in removed)
     _remove_unused_initializers(graph, constants)  # the shapes and the scale, unless read elsewhere

@@ -25,7 +25,7 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
     On the native kernels a residual Add after our op, and a Relu after it, run in the op's
     epilogue (fold.fold_residual_add_and_relu), as does a Gelu after a linear op (fold.fold_gelu),
     CsrLinear nodes reading one input run as one (fold.group_linears_sharing_input), and attention
-    written out in standard ops runs as onnxruntime's MultiHeadAttention (fold.fold_attention), and
+    written out in standard ops runs as our ScaledDotProductAttention (fold.fold_attention), and
     two CsrLinear nodes in a row run as one CsrMlp (fold.fuse_feed_forward); the file is not changed.
     `ort_options` set attributes of onnxruntime.SessionOptions (intra_op_num_threads=2,
     graph_optimization_level=...) or pass `providers` / `provider_options` on; `config` holds
