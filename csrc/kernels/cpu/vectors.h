@@ -31,9 +31,10 @@ template <typename Vec>
 constexpr int kLanesOf = sizeof(Vec) / sizeof(float);
 
 // op folded over v's lanes by halving: log2(lanes) dependent steps rather than one per lane (a
-// row's softmax took its maximum and sum lane after lane, a fifth of attention's time).
+// row's softmax took its maximum and sum lane after lane, a fifth of attention's time). By
+// reference: a vector passed by value would cross a function boundary.
 template <typename Vec, typename Op>
-[[gnu::always_inline]] inline float reduce_lanes(Vec v, Op op) {
+[[gnu::always_inline]] inline float reduce_lanes(const Vec& v, Op op) {
   float lanes[kLanesOf<Vec>];
   __builtin_memcpy(lanes, &v, sizeof v);
 #pragma GCC unroll 5
