@@ -338,14 +338,6 @@ template <typename Vec, int VECS, typename V>
   }
 }
 
-// Whether every entry of [begin, end) has a column below `cols`.
-[[gnu::always_inline]] inline bool columns_below(const PackedNonzeros::Entry* begin, const PackedNonzeros::Entry* end,
-                                                 int64_t cols) {
-  uint32_t highest = 0;
-  for (const PackedNonzeros::Entry* e = begin; e < end; ++e) highest = std::max(highest, uint32_t(e->col));
-  return begin == end || int64_t(highest) < cols;
-}
-
 // Adds a row block's segments of rows [lo, hi) to their rows' sums (sums + row * kTileStride), from
 // the panel `data` (its rows kWidth floats apart). A segment never reaches past the block's entries
 // [e, block_end), so a blob whose segments were not placed (find_packed_error without the comparison)

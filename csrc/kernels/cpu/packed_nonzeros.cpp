@@ -181,9 +181,7 @@ bool packed_columns_below(const int32_t* blob, int64_t cols, const ParallelFor& 
   const PackedNonzeros::Entry* const entries = packed_nonzeros(blob).entries;
   std::atomic<bool> below{true};
   pf.run(0, blob[kEntries], kMinParallelWork, [&](int64_t begin, int64_t end) {
-    uint32_t highest = 0;
-    for (int64_t e = begin; e < end; ++e) highest = std::max(highest, uint32_t(entries[e].col));
-    if (end > begin && int64_t(highest) >= cols) below.store(false, std::memory_order_relaxed);
+    if (!columns_below(entries + begin, entries + end, cols)) below.store(false, std::memory_order_relaxed);
   });
   return below.load();
 }

@@ -17,6 +17,7 @@
 // each) and pays where the weight does not change between calls.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -62,6 +63,15 @@ std::vector<int32_t> pack_nonzeros(const CsrView<V>& w);
 // The view of a non-empty blob made by pack_nonzeros (not checked: see find_packed_error), its
 // columns not known to be checked.
 PackedNonzeros packed_nonzeros(const int32_t* blob);
+
+// Whether every entry of [begin, end) has a column below `cols` (a negative one, read unsigned,
+// does not).
+[[gnu::always_inline]] inline bool columns_below(const PackedNonzeros::Entry* begin, const PackedNonzeros::Entry* end,
+                                                 int64_t cols) {
+  uint32_t highest = 0;
+  for (const PackedNonzeros::Entry* e = begin; e < end; ++e) highest = std::max(highest, uint32_t(e->col));
+  return begin == end || int64_t(highest) < cols;
+}
 
 // Whether every entry of a blob that passed find_packed_error has a column below `cols` (a negative
 // one, read unsigned, does not): one pass over its entries, over pf's threads.
