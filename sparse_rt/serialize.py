@@ -322,12 +322,16 @@ def _load_model(path, contents, module, spec):
 
 def _refuse(manifest, module, records, path):
     """(graph module, report): the rebuilt architecture fused as the saved model was (the rewrite
-    depends on the architecture alone), ready for the file's tensors, which hold the folded weights."""
+    depends on the architecture alone, and on which summand took each skip connection: as the file
+    records it, for files written before fuse's rule that prefers a pointwise one), ready for the
+    file's tensors, which hold the folded weights."""
+    recorded = manifest["fusion"]
+    residuals = recorded.get("fused_residuals") if isinstance(recorded, dict) else None
     try:
-        fused, report = fuse(module.eval(), fold_values=False)
+        fused, report = fuse(module.eval(), fold_values=False,
+                             residual_layers={str(n) for n in residuals} if isinstance(residuals, list) else None)
     except FusionError as e:
         raise SrtArchError(f"{path}: the file holds a fused model, but the architecture cannot be fused: {e}") from None
-    recorded = manifest["fusion"]
     relus = sorted(r["name"] for r in records if r.get("relu"))
     replayed = {k: sorted(map(str, v)) for k, v in report.to_json().items()}
     # Files written before a tensor-free rewrite existed lack its key: nothing in them depends on it.

@@ -405,6 +405,42 @@ def test_pointwise_convolutions_in_a_row_run_as_one_op_with_the_very_same_values
             assert rel_err(out, unfused(x)) < 1e-5
 
 
+def _strided_bottlenecks():
+    """A bottleneck block with a strided downsample (computed first, as the zoo's blocks do), then one
+    without: the sum of the first has two sparse convolutions that may take it."""
+    downsample = nn.Sequential(nn.Conv2d(64, 128, 1, stride=2, bias=False), nn.BatchNorm2d(128))
+    return _with_batch_statistics(nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
+                                                Bottleneck(64, 32, stride=2, downsample=downsample),
+                                                Bottleneck(128, 32)).eval())
+
+
+@requires_compiled_ops
+def test_the_pointwise_summand_takes_the_sum_and_chains_with_the_next_block(tmp_path):
+    """Of a block's last 1x1 layer and its strided downsample, the 1x1 layer takes the skip connection
+    (though the downsample comes first in the graph), so its output chains with the next block's first
+    layer; the values are those of the downsample taking it, bit for bit. A file whose report gives
+    the sum to the downsample (as fuse did before the rule) loads fused that way."""
+    net = _strided_bottlenecks()
+    unfused, fused, downsample_takes = (_sparse(net) for _ in range(3))
+    report = fused.fuse()
+    assert sorted(report.fused_residuals) == ["2.conv3", "3.conv3"]
+    assert report.pointwise_conv_pairs == [("2.conv3", "3.conv1")]
+    module, old_report = fuse(downsample_takes.module, residual_layers={"2.downsample.0", "3.conv3"})
+    downsample_takes.module, downsample_takes.fusion = module, old_report
+    assert sorted(old_report.fused_residuals) == ["2.downsample.0", "3.conv3"]
+    assert old_report.pointwise_conv_pairs == []
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(12))
+    with torch.inference_mode():
+        out = fused(x)
+        assert torch.equal(out, downsample_takes(x))
+        assert rel_err(out, unfused(x)) < 1e-5
+    downsample_takes.save(tmp_path / "old.srt")
+    loaded = sparse_rt.load(tmp_path / "old.srt", arch=_strided_bottlenecks())
+    assert loaded.fusion.to_json() == old_report.to_json()
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), out)
+
+
 @requires_compiled_ops
 def test_a_fused_mobilenet_saves_and_loads_with_its_pointwise_pairs_fused_again(tmp_path):
     model = _sparse(models.create("mobilenet_v2", num_classes=10).eval())
