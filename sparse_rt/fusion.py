@@ -12,10 +12,11 @@ with torch.fx and rewrites its graph:
 - A skip connection added to a sparse convolution's output (`conv(x) + identity`, ResNet's
   residual) is added in the kernel's epilogue (`conv(x, residual=identity)`). Where both summands are
   such convolutions (a bottleneck block's last layer and its downsample), the pointwise stride-1 one
-  takes the sum, so that its output chains with the next block's first layer (below), as the strided
-  downsample's could not; else the first in the graph (ResNet-50, whose blocks compute the downsample
-  first, in one process against the downsample taking it: 1.026x at 95%, 1.019x at 90% at batch 8,
-  0.99-1.01x at batch 1; the same values, a sum being commutative). Linear layers keep
+  takes the sum, else the first in the graph (ResNet-50, whose blocks compute the downsample first,
+  at batch 8 against the downsample taking it, in one process: 1.026x at 95% and 1.019x at 90% with
+  pointwise pairs, where the last layer's output then chains with the next block's first (below);
+  1.035x at 95% with bottleneck blocks; 0.99-1.01x at batch 1; the same values, a sum being
+  commutative). Linear layers keep
   their sum (BERT's `dense(h) + input`): fused, BERT-base measured no faster (batch 1: within 1%;
   batch 8: -20% to +12% run to run, benchmarks/results/engines-2026-12-02-*.json).
 - ReLU after a sparse layer (or after such a sum) runs in the layer's kernel epilogue
@@ -29,8 +30,19 @@ with torch.fx and rewrites its graph:
   channels_last copy of its input (ChannelsLastConv2d): its output is then channels_last already,
   and the layout copy is of the conv's input rather than of its 16x larger output (ResNet-50's stem,
   conv + ReLU + pool, AMD EPYC, 2 threads: batch 8 31 ms -> 7 ms; batch 1 1.3 -> 0.9 ms).
+- A ResNet bottleneck block's three CSR SparseConv2d layers (1x1; 3x3 with stride 1 and padding 1;
+  1x1 with the skip connection; one group each, each read by the next alone) become one call of
+  `bottleneck_block`: on fp32 CPU input the csr_bottleneck_block op, which, where the block's
+  activations leave the cache, runs it a band of output rows of one image at a time: the first
+  layer's output for the band (and the row either side, kept from the band above where the thread
+  ran it) and the 3x3 layer's stay in the core's L2 instead of passing through memory; elsewhere the
+  layers one after the other (within fp32 rounding of them: the sums are grouped in other tiles at
+  the bands' edges). ResNet-50 at batch 8 against the same model fused with pairs (below) instead,
+  Intel Xeon, 2 threads, in one process: 1.058x at 95%, 1.024x at 90%; its first stage 21.8 -> 17.3
+  ms at 95% (torch.profiler); stages 3 and 4, whose activations stay in the cache, run apart.
 - A pointwise CSR SparseConv2d (1x1, stride 1, unpadded, one group) whose output another such layer
-  reads (a ResNet bottleneck block's output and the next block's first layer; MobileNetV2's projection
+  reads, where no bottleneck block took either (a ResNet block's output and the next block's first
+  layer; MobileNetV2's projection
   and the next expansion) runs with it as one call of `pointwise_conv_pair`: on fp32 CPU input the
   csr_pointwise_conv_pair op, which, where the first output leaves the cache, takes a panel of 64
   pixels through both layers, so that the second reads it from L1/L2 while it is streamed out (the
@@ -112,6 +124,7 @@ class FusionReport:
     shared_input_linears: List[Tuple[str, ...]] = field(default_factory=list)
     fused_add_layer_norms: List[str] = field(default_factory=list)
     pointwise_conv_pairs: List[Tuple[str, str]] = field(default_factory=list)
+    bottleneck_blocks: List[Tuple[str, str, str]] = field(default_factory=list)
 
     def to_json(self):
         return {f.name: [list(item) if isinstance(item, tuple) else item for item in getattr(self, f.name)]
@@ -135,12 +148,13 @@ class FusionReport:
                 f"{len(self.fused_mlps)} pair(s) of sparse linear layers in one, "
                 f"{len(self.shared_input_linears)} group(s) of sparse linear layers reading one input in one call, "
                 f"{len(self.fused_add_layer_norms)} sum(s) and LayerNorm(s) in one pass, "
-                f"{len(self.pointwise_conv_pairs)} pair(s) of pointwise sparse convolutions in one")
+                f"{len(self.pointwise_conv_pairs)} pair(s) of pointwise sparse convolutions in one, "
+                f"{len(self.bottleneck_blocks)} bottleneck block(s) of sparse convolutions in one")
 
 
 # FusionReport fields of rewrites that change no tensor a file holds (layouts, attention kernels).
 TENSOR_FREE_REWRITES = ("channels_last_pools", "channels_last_convs", "fused_attentions", "fused_mlps",
-                        "shared_input_linears", "fused_add_layer_norms", "pointwise_conv_pairs")
+                        "shared_input_linears", "fused_add_layer_norms", "pointwise_conv_pairs", "bottleneck_blocks")
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -262,6 +276,17 @@ def fuse(module: nn.Module, *, fold_values: bool = True,
         relu.replace_all_uses_with(node)
         gm.graph.erase_node(relu)
         report.fused_relus.append(node.target)
+    for node in list(gm.graph.nodes):
+        block = _bottleneck_block_pattern(gm, node, calls)
+        if block is None:
+            continue
+        with gm.graph.inserting_before(node):
+            layers = [gm.graph.get_attr(n.target) for n in (*block, node)]
+            fused = gm.graph.call_function(bottleneck_block, (*layers, block[0].args[0], node.kwargs.get("residual")))
+        node.replace_all_uses_with(fused)
+        for old in (node, block[1], block[0]):
+            gm.graph.erase_node(old)
+        report.bottleneck_blocks.append((block[0].target, block[1].target, node.target))
     paired = set()
     for node in list(gm.graph.nodes):
         first = _pointwise_conv_pair_pattern(gm, node, calls)
@@ -392,6 +417,22 @@ def pointwise_conv_pair(first, second, input, residual=None):
     return middle, second(middle)
 
 
+def bottleneck_block(first, second, last, input, residual=None):
+    """last(second(first(input)), residual) for the CSR SparseConv2d layers of a bottleneck block (1x1;
+    3x3 with stride 1, padding 1; 1x1; one group each): one csr_bottleneck_block call where it takes
+    them (an fp32 CPU input, the weights' values of one dtype, a residual of the output's shape and
+    dtype or none), which runs the block a band of output rows at a time where its activations leave
+    the cache; else the layers one after the other, as an ONNX export sees them."""
+    if (input.dtype == torch.float32 and _conv_ops_take(input, (first, second, last))
+            and (residual is None or (residual.shape == (input.shape[0], last.out_channels, *input.shape[2:])
+                                      and residual.dtype == input.dtype and residual.device == input.device))):
+        w1, w2, w3 = (layer._weight_tensors() for layer in (first, second, last))
+        return ops.csr_bottleneck_block(input, *w1, first.in_channels, first.relu, *w2, second.relu, *w3, last.relu,
+                                        residual)
+    middle = second(first(input))
+    return last(middle) if residual is None else last(middle, residual)
+
+
 def _conv_ops_take(input, layers):
     """Whether the fused CPU ops take the CSR SparseConv2d `layers` on `input`: compiled ops, a 4-D CPU
     input outside an ONNX export, values of one dtype."""
@@ -411,6 +452,24 @@ def _pointwise_conv_pair_pattern(gm, node, calls):
     if _pointwise_csr_conv(gm, first, calls) is None or not set(first.kwargs) <= {"residual"}:
         return None
     return first
+
+
+def _bottleneck_block_pattern(gm, node, calls):
+    """(first, second) nodes when `node` calls a pointwise CSR SparseConv2d (at most with a residual) on
+    the output of a 3x3 one with stride 1 and padding 1, which reads that of a pointwise one (one group
+    each, no dilation), each called once, the inner two read by their successor alone. Else None."""
+    if _pointwise_csr_conv(gm, node, calls) is None or not set(node.kwargs) <= {"residual"}:
+        return None
+    second = node.args[0]
+    layer = _module_of(gm, second, SparseConv2d) if isinstance(second, fx.Node) else None
+    if (layer is None or layer.format != "csr" or calls[second.target] != 1 or len(second.args) != 1
+            or second.kwargs or _sole_user(second) is not node or layer.kernel_size != (3, 3)
+            or layer.stride != (1, 1) or layer.padding != (1, 1) or layer.dilation != (1, 1) or layer.groups != 1):
+        return None
+    first = second.args[0]
+    if _pointwise_csr_conv(gm, first, calls) is None or first.kwargs or _sole_user(first) is not second:
+        return None
+    return first, second
 
 
 def _pointwise_csr_conv(gm, node, calls):
@@ -746,8 +805,7 @@ def _sum_it_may_take(gm, node, calls):
 def _takes_the_sum(gm, node, other, calls, residual_layers):
     """Whether the convolution `node`, which may take its sum with `other`, does: as `residual_layers`
     records where given; else unless `other` may take it too and only `other` is pointwise with stride
-    1. That is a bottleneck block's last layer beside a strided downsample: with the sum, its output
-    chains with the next block's first layer (pointwise_conv_pair), the downsample's could not."""
+    1 (a bottleneck block's last layer beside a strided downsample: measured faster, module docstring)."""
     if residual_layers is not None:
         return node.target in residual_layers
     other_sum = _sum_it_may_take(gm, other, calls)

@@ -514,6 +514,32 @@ def test_csr_pointwise_conv_pair_errors_name_the_layer():
 
 
 @requires_compiled_ops
+def test_csr_bottleneck_block_errors_name_the_layer():
+    w1, w2, w3 = random_csr(6, 4, 0.5, seed=2), random_csr(5, 6 * 9, 0.3, seed=3), random_csr(4, 5, 0.5, seed=4)
+    bad_cols = w2.col_indices.clone()
+    bad_cols[0] = 54
+
+    def args(x=None, residual=None, cols2=w2.col_indices, values3=w3.values, crow3=w3.crow_indices):
+        x = randn(2, 4, 5, 5) if x is None else x
+        return (x, w1.crow_indices, w1.col_indices, w1.values, None, 4, True, w2.crow_indices, cols2, w2.values, None,
+                True, crow3, w3.col_indices, values3, None, True, residual)
+    layer = r"sparse_rt.csr_bottleneck_block \({}\): "
+    cases = [
+        (args(x=randn(2, 5, 5, 5)), layer.format("first layer") + r"input has 5 channels \(shape \[2, 5, 5, 5\]\) but"),
+        (args(x=randn(2, 4, 5)), layer.format("first layer") + r"input must be 4-D"),
+        (args(x=randn(2, 4, 5, 5, dtype=torch.float16)), r"sparse_rt.csr_bottleneck_block: input must be float32, got Half"),
+        (args(cols2=bad_cols), layer.format("3x3 layer") + r"col_indices\[0\]=54 is out of range \[0, 54\)"),
+        (args(residual=randn(2, 4, 5, 4)), layer.format("last layer") + r"residual has shape \[2, 4, 5, 4\] but"),
+        (args(crow3=torch.tensor([0, 1, 2, 3, 9], dtype=torch.int32)), layer.format("last layer")),
+        (args(values3=w3.values.to(torch.bfloat16)),
+         r"sparse_rt.csr_bottleneck_block: the layers' values must share a dtype, got Float and BFloat16"),
+    ]
+    for call_args, message in cases:
+        with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=message):
+            torch.ops.sparse_rt.csr_bottleneck_block(*call_args)
+
+
+@requires_compiled_ops
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("call,message", [
     (lambda x, w: (x, *w, None, 4, [3], [1, 1], [1, 1], [1, 1], 1), r"kernel_size, stride, padding and dilation must have 2 entries"),

@@ -394,6 +394,7 @@ def test_pointwise_convolutions_in_a_row_run_as_one_op_with_the_very_same_values
     net = _with_batch_statistics(nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), Bottleneck(64, 16),
                                                Bottleneck(64, 16)).eval())
     unfused, paired, apart = (_sparse(net) for _ in range(3))
+    monkeypatch.setattr(fusion, "_bottleneck_block_pattern", lambda *args: None)  # whole blocks would take the layers
     assert paired.fuse().pointwise_conv_pairs == [("2.conv3", "3.conv1")]
     monkeypatch.setattr(fusion, "_pointwise_conv_pair_pattern", lambda *args: None)
     assert apart.fuse().pointwise_conv_pairs == []
@@ -417,18 +418,16 @@ def _strided_bottlenecks():
 @requires_compiled_ops
 def test_the_pointwise_summand_takes_the_sum_and_chains_with_the_next_block(tmp_path):
     """Of a block's last 1x1 layer and its strided downsample, the 1x1 layer takes the skip connection
-    (though the downsample comes first in the graph), so its output chains with the next block's first
-    layer; the values are those of the downsample taking it, bit for bit. A file whose report gives
-    the sum to the downsample (as fuse did before the rule) loads fused that way."""
+    (though the downsample comes first in the graph); the values are those of the downsample taking
+    it, bit for bit. A file whose report gives the sum to the downsample (as fuse did before the rule)
+    loads fused that way."""
     net = _strided_bottlenecks()
     unfused, fused, downsample_takes = (_sparse(net) for _ in range(3))
     report = fused.fuse()
     assert sorted(report.fused_residuals) == ["2.conv3", "3.conv3"]
-    assert report.pointwise_conv_pairs == [("2.conv3", "3.conv1")]
     module, old_report = fuse(downsample_takes.module, residual_layers={"2.downsample.0", "3.conv3"})
     downsample_takes.module, downsample_takes.fusion = module, old_report
     assert sorted(old_report.fused_residuals) == ["2.downsample.0", "3.conv3"]
-    assert old_report.pointwise_conv_pairs == []
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(12))
     with torch.inference_mode():
         out = fused(x)
@@ -439,6 +438,40 @@ def test_the_pointwise_summand_takes_the_sum_and_chains_with_the_next_block(tmp_
     assert loaded.fusion.to_json() == old_report.to_json()
     with torch.inference_mode():
         assert torch.equal(loaded(x), out)
+
+
+@requires_compiled_ops
+def test_bottleneck_blocks_run_as_one_op_and_save_and_load(tmp_path):
+    """A stride-1 bottleneck block (1x1, 3x3, 1x1 with the skip connection) runs as one
+    csr_bottleneck_block call: band by band on 4 x 64x64 images (past the strided block; 19 MB touched
+    by its last layer), its layers apart at 8x8; within 1e-5 of the unfused model. The strided block's layers run alone.
+    The model saves and loads with its blocks fused again, and a file written before blocks existed
+    (its report recording the pair they replace) loads with them too."""
+    net = _strided_bottlenecks()
+    unfused, fused = _sparse(net), _sparse(net)
+    report = fused.fuse()
+    assert report.bottleneck_blocks == [("3.conv1", "3.conv2", "3.conv3")]
+    assert report.pointwise_conv_pairs == []
+    xs = [torch.randn(*shape, generator=torch.Generator().manual_seed(13)) for shape in ((4, 3, 128, 128),
+                                                                                         (1, 3, 16, 16))]
+    with torch.inference_mode():
+        expected = [fused(x) for x in xs]
+        for x, out in zip(xs, expected):
+            assert rel_err(out, unfused(x)) < 1e-5
+    fused.save(tmp_path / "blocks.srt")
+    loaded = sparse_rt.load(tmp_path / "blocks.srt", arch=_strided_bottlenecks())
+    assert loaded.fusion.to_json() == report.to_json()
+    to_json = FusionReport.to_json
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FusionReport, "to_json", lambda self: {**{k: v for k, v in to_json(self).items()
+                                                                 if k != "bottleneck_blocks"},
+                                                              "pointwise_conv_pairs": [["2.conv3", "3.conv1"]]})
+        fused.save(tmp_path / "older.srt")
+    older = sparse_rt.load(tmp_path / "older.srt", arch=_strided_bottlenecks())
+    assert older.fusion.bottleneck_blocks == report.bottleneck_blocks
+    with torch.inference_mode():
+        for x, out in zip(xs, expected):
+            assert torch.equal(loaded(x), out) and torch.equal(older(x), out)
 
 
 @requires_compiled_ops
@@ -511,15 +544,17 @@ def _small_bert():
 
 @requires_compiled_ops
 @pytest.mark.parametrize("flavor", ["portable", "sparse"])
-@pytest.mark.parametrize("arch", ["resnet18", "bert", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "bert", "mobilenet_v2", "bottlenecks"])
 def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor, arch):
-    """mobilenet_v2: pairs of pointwise convolutions in one op, exported as the two layers."""
+    """mobilenet_v2: pairs of pointwise convolutions in one op, exported as the two layers;
+    bottlenecks: a bottleneck block in one op, exported as its three layers."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     if flavor == "sparse":
         pytest.importorskip("onnxruntime_extensions")
     build = {"resnet18": _resnet18, "bert": _small_bert,
-             "mobilenet_v2": lambda: models.create("mobilenet_v2", num_classes=10).eval()}[arch]
+             "mobilenet_v2": lambda: models.create("mobilenet_v2", num_classes=10).eval(),
+             "bottlenecks": _strided_bottlenecks}[arch]
     model = _sparse(build())
     model.fuse()
     x = (torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(7)) if arch == "bert"

@@ -118,6 +118,23 @@ def test_opcheck_csr_pointwise_conv_pair():
                                        False, None))
 
 
+def test_opcheck_csr_bottleneck_block():
+    """CPU only (fusion calls it for CPU inputs): the layers one after the other (2 x 6x5 pixels), and,
+    with the residual, band by band (8 x 32x32 pixels of 256 channels: 17 MB touched, past the cache)."""
+    for values_dtype in DTYPES:
+        for n, size, cin, mid in ((2, 6, 12, 8), (8, 32, 256, 16)):
+            w1 = random_csr(mid, cin, 0.2, seed=6, dtype=values_dtype)
+            w2 = random_csr(mid, mid * 9, 0.2, seed=7, dtype=values_dtype)
+            w3 = random_csr(cin, mid, 0.2, seed=8, dtype=values_dtype)
+            x = randn(n, cin, size, size - 1 if n == 2 else size)
+            for residual in (None, randn(*x.shape)):
+                torch.library.opcheck(torch.ops.sparse_rt.csr_bottleneck_block.default,
+                                      (x, w1.crow_indices, w1.col_indices, w1.values, randn(mid, dtype=values_dtype),
+                                       cin, True, w2.crow_indices, w2.col_indices, w2.values, None, True,
+                                       w3.crow_indices, w3.col_indices, w3.values, randn(cin, dtype=values_dtype), True,
+                                       residual))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_ops_compile_fullgraph(device):
     """torch.compile traces the ops through their fake kernels without graph breaks. CUDA runs the

@@ -283,6 +283,29 @@ PairProblem prepare_pointwise_conv_pair(const at::Tensor& input, const at::Tenso
   return {first, second, std::move(middle_shape)};
 }
 
+BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                                      const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                                      int64_t in_channels, const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
+                                      const c10::optional<at::Tensor>& bias2, const at::Tensor& crow3,
+                                      const at::Tensor& col3, const at::Tensor& values3,
+                                      const c10::optional<at::Tensor>& bias3, const c10::optional<at::Tensor>& residual) {
+  const int64_t one[] = {1, 1}, three[] = {3, 3}, none[] = {0, 0};
+  // Each layer's input as prepare_conv reads it: its shape, dtype and device.
+  const auto output_of = [&](const ConvProblem& layer) {
+    const Conv2dShape& s = layer.shape;
+    return at::empty({1, 1, 1, 1}, input.options()).expand({s.batch, s.out_channels, s.out_h, s.out_w});
+  };
+  const ConvProblem first = prepare_conv(input, crow1, col1, values1, bias1, in_channels, one, one, none, one, 1,
+                                         kBlockLayers[0]);
+  const ConvProblem second = prepare_conv(output_of(first), crow2, col2, values2, bias2, first.shape.out_channels,
+                                          three, one, one, one, 1, kBlockLayers[1]);
+  const ConvProblem last = prepare_conv(output_of(second), crow3, col3, values3, bias3, second.shape.out_channels, one,
+                                        one, none, one, 1, kBlockLayers[2]);
+  const Conv2dShape& s = last.shape;
+  check_residual(kBlockLayers[2], residual, {s.batch, s.out_channels, s.out_h, s.out_w}, input);
+  return {first, second, last};
+}
+
 PoolProblem prepare_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                at::IntArrayRef padding) {
   const char* op = "max_pool2d";

@@ -154,6 +154,21 @@ PairProblem prepare_pointwise_conv_pair(const at::Tensor& input, const at::Tenso
                                         const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
                                         const c10::optional<at::Tensor>& bias2);
 
+// csr_bottleneck_block's layers, checked: each as prepare_conv checks it (errors name the layer:
+// kBlockLayers), a 1x1 convolution, a 3x3 one with stride 1 and padding 1, a 1x1 one, all of one
+// group, each reading the one before's output, and the residual of the last one's output shape.
+struct BlockProblem {
+  ConvProblem first, second, last;
+};
+constexpr const char* kBlockLayers[3] = {"csr_bottleneck_block (first layer)", "csr_bottleneck_block (3x3 layer)",
+                                         "csr_bottleneck_block (last layer)"};
+BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                                      const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                                      int64_t in_channels, const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
+                                      const c10::optional<at::Tensor>& bias2, const at::Tensor& crow3,
+                                      const at::Tensor& col3, const at::Tensor& values3,
+                                      const c10::optional<at::Tensor>& bias3, const c10::optional<at::Tensor>& residual);
+
 // scaled_dot_product_attention's arguments, checked: query [batch, heads, queries, head_dim], key and
 // value [batch, heads, keys, head_dim] with keys >= 1, all three of one floating dtype and device.
 struct AttentionProblem {

@@ -126,6 +126,25 @@ def csr_pointwise_conv_pair(input: torch.Tensor, crow_indices1: torch.Tensor, co
     return reference.csr_pointwise_conv_pair(*args)
 
 
+def csr_bottleneck_block(input: torch.Tensor, crow_indices1: torch.Tensor, col_indices1: torch.Tensor,
+                         values1: torch.Tensor, bias1: Optional[torch.Tensor], in_channels: int, relu1: bool,
+                         crow_indices2: torch.Tensor,
+                         col_indices2: torch.Tensor, values2: torch.Tensor, bias2: Optional[torch.Tensor], relu2: bool,
+                         crow_indices3: torch.Tensor, col_indices3: torch.Tensor, values3: torch.Tensor,
+                         bias3: Optional[torch.Tensor], relu3: bool, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """A bottleneck block's three csr_conv2d layers in one call: a 1x1 weight (no padding) on `input` of
+    `in_channels` channels, a 3x3 one
+    (padding 1), a 1x1 one, all stride 1 and one group, each with its bias and ReLU, `residual` added to
+    the last one's output before its ReLU; fp32 input, the weights' values of one dtype. On the CPU,
+    where the block's activations leave the cache, the layers run a band of output rows of one image
+    at a time, their inner activations in the core's L2; within fp32 rounding of the three calls."""
+    args = (input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2, col_indices2,
+            values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3, residual)
+    if HAS_COMPILED_OPS:
+        return torch.ops.sparse_rt.csr_bottleneck_block(*args)
+    return reference.csr_bottleneck_block(*args)
+
+
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                  scale: float) -> torch.Tensor:
     """softmax(scale * query @ key^T) @ value for query [batch, heads, queries, head_dim] and key, value
@@ -155,6 +174,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride, padding) -> torch.Tenso
 
 
 __all__ = ["pack_csr", "csr_linear", "bsr_linear", "csr_linears", "csr_mlp", "csr_conv2d", "csr_pointwise_conv_pair",
+           "csr_bottleneck_block",
            "scaled_dot_product_attention", "add_layer_norm", "max_pool2d", "reference", "HAS_COMPILED_OPS",
            "csr_cuda_kernel", "CSR_CUDA_KERNELS", "CSR_CUDA_KERNEL_VARIABLE",
            "build_info", "core_round_trip_ns", "full_index_checks", "onnxruntime_kernels_library",

@@ -65,6 +65,14 @@ def _csr_pointwise_conv_pair_fake(input, crow_indices1, col_indices1, values1, b
     return first, input.new_empty((input.shape[0], crow_indices2.shape[0] - 1, *input.shape[2:]))
 
 
+@torch.library.register_fake("sparse_rt::csr_bottleneck_block")
+def _csr_bottleneck_block_fake(input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2,
+                               col_indices2, values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3,
+                               residual):
+    torch._check(input.shape[1] == in_channels, lambda: f"input has {input.shape[1]} channels, expected {in_channels}")
+    return _output(input, (input.shape[0], crow_indices3.shape[0] - 1, *input.shape[2:]), residual)
+
+
 @torch.library.register_fake("sparse_rt::scaled_dot_product_attention")
 def _scaled_dot_product_attention_fake(query, key, value, scale):
     batch, heads, queries, head_dim = query.shape

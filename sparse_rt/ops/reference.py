@@ -76,6 +76,19 @@ def csr_pointwise_conv_pair(input, crow_indices1, col_indices1, values1, bias1, 
     return y1, y2
 
 
+def csr_bottleneck_block(input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2,
+                         col_indices2, values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3,
+                         residual, *, compute_dtype=torch.float32):
+    one, none = (1, 1), (0, 0)
+    mid1, mid2 = crow_indices1.numel() - 1, crow_indices2.numel() - 1
+    y = csr_conv2d(input, crow_indices1, col_indices1, values1, bias1, in_channels, one, one, none, one, 1, relu1,
+                   compute_dtype=compute_dtype)
+    y = csr_conv2d(y, crow_indices2, col_indices2, values2, bias2, mid1, (3, 3), one, one, one, 1, relu2,
+                   compute_dtype=compute_dtype)
+    return csr_conv2d(y, crow_indices3, col_indices3, values3, bias3, mid2, one, one, none, one, 1, relu3, residual,
+                      compute_dtype=compute_dtype)
+
+
 def scaled_dot_product_attention(query, key, value, scale, *, compute_dtype=torch.float32):
     if query.dim() != 4 or key.shape != value.shape or key.dim() != 4 or key.shape[2] < 1:
         raise ValueError(f"scaled_dot_product_attention: expected query [batch, heads, queries, head_dim] and key, "

@@ -680,6 +680,102 @@ void pointwise_conv_chain(const Conv2dShape& first, const CsrView<V>& w1, Epilog
   });
 }
 
+namespace {
+
+// A parallel-for that runs the body on the calling thread: a band's layers run on the thread that
+// took the band.
+const ParallelFor kSerial{[](int64_t begin, int64_t end, int64_t, RangeFn body) {
+                            if (begin < end) body(begin, end);
+                          },
+                          1};
+
+// A band's 3x3 layer as a convolution of one image: the first layer's output for the band's rows and
+// one row either side (zeros beyond the image), so unpadded in height, padded by 1 in width.
+Conv2dShape band_conv_shape(const BottleneckShape& b, int64_t rows) {
+  return with_output_size({1, b.mid1, rows + 2, b.width, b.mid2, 0, 0, 3, 3, 1, 1, 0, 1, 1, 1, 1});
+}
+
+struct BandScratch {
+  int64_t first, packed, second;  // floats per thread: first layer's output, its packed copy, the 3x3 layer's
+  int64_t total() const { return first + packed + second; }
+};
+
+BandScratch band_scratch(const BottleneckShape& b, int64_t rows, const PackedConvLayout& l) {
+  return {b.mid1 * (rows + 2) * b.width, l.packed_len, b.mid2 * rows * b.width};
+}
+
+}  // namespace
+
+int64_t bottleneck_band_rows(const BottleneckShape& b, int64_t nnz2, int64_t threads) {
+  const int64_t plane = b.height * b.width;
+  // Touched by the last layer alone: its input, its residual and its output.
+  const double touched = double(b.batch) * double(plane) * double(b.mid2 + 2 * b.out_channels) * sizeof(float);
+  if (touched <= double(std::min(l3_cache_bytes(), kL3CountedAtMost)) / 2) return 0;
+  int64_t best = 0;
+  for (int64_t rows = 1; rows <= b.height; ++rows) {
+    if (b.height % rows != 0 || b.batch * (b.height / rows) < kBandsPerThread * std::max<int64_t>(threads, 1)) continue;
+    const PackedConvLayout l = packed_conv_layout(band_conv_shape(b, rows), nnz2);
+    if (l.gather) continue;
+    // The band's share of the input and of the output pass through the L2 beside the scratch.
+    const int64_t passing = (b.in_channels * (rows + 2) + b.out_channels * rows) * b.width;
+    if ((band_scratch(b, rows, l).total() + passing) * int64_t(sizeof(float)) <= l2_cache_bytes() / 2) best = rows;
+  }
+  return best;
+}
+
+BottleneckScratchSizes bottleneck_scratch(const BottleneckShape& b, int64_t band_rows, int64_t nnz2,
+                                          int64_t threads) {
+  const PackedConvLayout l = packed_conv_layout(band_conv_shape(b, band_rows), nnz2);
+  const int64_t slots = std::max<int64_t>(1, std::min(threads, b.batch * (b.height / band_rows)));
+  return {slots * band_scratch(b, band_rows, l).total(), nnz2};
+}
+
+template <typename V>
+void bottleneck_block(const BottleneckShape& b, int64_t band_rows, const CsrView<V>& w1, const Epilogue& ep1,
+                      const CsrView<V>& w2, const Epilogue& ep2, const CsrView<V>& w3, Epilogue ep3, const float* x,
+                      float* y, float* scratch, int32_t* offsets, const ParallelFor& pf) {
+  const int64_t height = b.height, width = b.width, rows = band_rows, plane = height * width;
+  const Conv2dShape s2 = band_conv_shape(b, rows);
+  const PackedConvLayout l2 = packed_conv_layout(s2, w2.crow[w2.rows]);
+  conv_tap_offsets(s2, l2, w2.crow, w2.col, offsets, pf);
+  const Conv2dShape last{b.batch, b.mid2, height, width, b.out_channels, height, width, 1, 1, 1, 1, 0, 0, 1, 1, 1};
+  ep3.stream = ep3.stream || streams_output(last, ep3);
+  const BandScratch sizes = band_scratch(b, rows, l2);
+  const int64_t bands = height / rows, units = b.batch * bands;
+  const int64_t slots = std::max<int64_t>(1, std::min(pf.num_threads, units));
+  pf.run(0, slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
+    for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
+      float* const first = scratch + slot * sizes.total();
+      float* const packed = first + sizes.first;
+      float* const second = packed + sizes.packed;
+      const int64_t first_ld = (rows + 2) * width;
+      const int64_t unit_begin = slot * units / slots;
+      for (int64_t u = unit_begin; u < (slot + 1) * units / slots; ++u) {
+        const int64_t n = u / bands, top = u % bands * rows;
+        // The first layer's output rows [top - 1, top + rows + 1), those outside the image zero (the
+        // 3x3 layer's padding, not the first layer's output for zero input). Below the band above,
+        // the two rows they share are kept rather than computed again.
+        const bool below = u > unit_begin && top > 0;
+        const int64_t lo = below ? top + 1 : std::max<int64_t>(top - 1, 0), hi = std::min(top + rows + 1, height);
+        for (int64_t c = 0; c < b.mid1; ++c) {
+          float* const channel = first + c * first_ld;
+          if (below) std::memmove(channel, channel + rows * width, sizeof(float) * 2 * width);
+          if (top == 0) std::fill_n(channel, width, 0.f);
+          if (hi < top + rows + 1) std::fill_n(channel + (rows + 1) * width, width, 0.f);
+        }
+        if (hi > lo) {
+          csr_spmm(w1, DenseRows{x + n * b.in_channels * plane + lo * width, plane, (hi - lo) * width},
+                   StridedOutput{first + (lo - (top - 1)) * width, first_ld, 1, (hi - lo) * width}, ep1, 0, w1.rows);
+        }
+        csr_conv2d(s2, l2, w2, first, second, ep2, ConvScratch{packed, offsets, nullptr}, kSerial);
+        const int64_t at = n * b.out_channels * plane + top * width;
+        csr_spmm(w3, DenseRows{second, rows * width, rows * width}, StridedOutput{y + at, plane, 1, rows * width},
+                 ep3.at(at), 0, w3.rows);
+      }
+    }
+  });
+}
+
 template void csr_conv2d<float>(const Conv2dShape&, const PackedConvLayout&, const CsrView<float>&,
                                 const float*, float*, Epilogue, const ConvScratch&, const ParallelFor&);
 template void csr_conv2d<half_t>(const Conv2dShape&, const PackedConvLayout&, const CsrView<half_t>&,
@@ -690,7 +786,10 @@ template void csr_conv2d<bfloat16_t>(const Conv2dShape&, const PackedConvLayout&
 
 #define SPARSE_RT_CHAIN(V)                                                                                       \
   template void pointwise_conv_chain<V>(const Conv2dShape&, const CsrView<V>&, Epilogue, float*, const CsrView<V>&, \
-                                        Epilogue, float*, const float*, float*, const ParallelFor&);
+                                        Epilogue, float*, const float*, float*, const ParallelFor&);             \
+  template void bottleneck_block<V>(const BottleneckShape&, int64_t, const CsrView<V>&, const Epilogue&,         \
+                                    const CsrView<V>&, const Epilogue&, const CsrView<V>&, Epilogue, const float*, \
+                                    float*, float*, int32_t*, const ParallelFor&);
 SPARSE_RT_CHAIN(float)
 SPARSE_RT_CHAIN(half_t)
 SPARSE_RT_CHAIN(bfloat16_t)

@@ -142,4 +142,39 @@ void pointwise_conv_chain(const Conv2dShape& first, const CsrView<V>& w1, Epilog
                           const CsrView<V>& w2, Epilogue ep2, float* y2, const float* x, float* scratch,
                           const ParallelFor& pf);
 
+// A ResNet bottleneck block's three convolutions, each of one group: 1x1 (in_channels -> mid1),
+// 3x3 with stride 1 and padding 1 (mid1 -> mid2), 1x1 (mid2 -> out_channels), on an fp32 [batch,
+// in_channels, height, width] input.
+struct BottleneckShape {
+  int64_t batch, in_channels, height, width, mid1, mid2, out_channels;
+};
+
+// The block run a band of output rows of one image at a time: the first layer on the band's rows
+// and one either side (the two it shares with the band above kept where the same thread ran that
+// one), the 3x3 layer on that, the last layer with its epilogue (the residual) into the output's
+// rows, so that the two inner activations never leave the core's L2 (bottleneck_block).
+// bottleneck_band_rows: the rows of a band, the largest divisor of the height whose band's operands
+// (scratch, and the input and output rows passing through) take at most half the L2 and that gives
+// each thread kBandsPerThread bands at least; 0 where the block does not pay (its activations stay in
+// the cache anyway: the caller runs the layers apart; ResNet-50's stages 3 and 4 at batch 8 ran
+// 1.4x and 6.5x as long in bands) or no band fits. Measured on ResNet-50 at batch 8 (Intel Xeon, 2
+// threads), bands filling half the L2 against all of it: its second stage 1.5x as fast.
+constexpr int64_t kBandsPerThread = 4;
+int64_t bottleneck_band_rows(const BottleneckShape& b, int64_t nnz2, int64_t threads);
+// Scratch bottleneck_block needs: floats (per thread, the band's two inner activations and the
+// packed copy of the first) and int32 tap offsets (one per nonzero of the 3x3 layer).
+struct BottleneckScratchSizes {
+  int64_t floats, offsets;
+};
+BottleneckScratchSizes bottleneck_scratch(const BottleneckShape& b, int64_t band_rows, int64_t nnz2,
+                                          int64_t threads);
+// y = w3(w2(w1(x) with ep1) with ep2) with ep3, band by band (band_rows from bottleneck_band_rows).
+// w1.cols = in_channels, w2.cols = mid1 * 9, w3.cols = mid2; ep3's residual (if any) has y's shape.
+// The same products as the three csr_conv2d calls, summed in tiles of other widths at a band's edges:
+// equal to fp32 rounding. The output is streamed where ep3.stream asks or streams_output finds it pays.
+template <typename V>
+void bottleneck_block(const BottleneckShape& b, int64_t band_rows, const CsrView<V>& w1, const Epilogue& ep1,
+                      const CsrView<V>& w2, const Epilogue& ep2, const CsrView<V>& w3, Epilogue ep3, const float* x,
+                      float* y, float* scratch, int32_t* offsets, const ParallelFor& pf);
+
 }  // namespace sparse_rt::cpu

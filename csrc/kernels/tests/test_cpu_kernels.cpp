@@ -473,6 +473,36 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
   }
 }
 
+// A convolution in double: out = relu(conv(in) + bias (+ residual)), [batch, out_channels, out_h,
+// out_w] for input [batch, in_channels, height, width].
+template <typename T>
+std::vector<double> conv_reference(const Conv2dShape& s, const RandomCsr& m, const std::vector<float>& bias,
+                                   const std::vector<T>& in, const float* residual) {
+  const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
+  std::vector<double> out(s.batch * s.out_channels * s.out_h * s.out_w);
+  for (int64_t n = 0; n < s.batch; ++n) {
+    for (int64_t o = 0; o < s.out_channels; ++o) {
+      for (int64_t oy = 0; oy < s.out_h; ++oy) {
+        for (int64_t ox = 0; ox < s.out_w; ++ox) {
+          double sum = bias[o];
+          for (int64_t k = m.crow[o]; k < m.crow[o + 1]; ++k) {
+            const int64_t c = (o / cout_g) * cin_g + m.col[k] / (s.kh * s.kw);
+            const int64_t ky = m.col[k] / s.kw % s.kh, kx = m.col[k] % s.kw;
+            const int64_t iy = oy * s.stride_h - s.pad_h + ky * s.dil_h, ix = ox * s.stride_w - s.pad_w + kx * s.dil_w;
+            if (iy >= 0 && iy < s.height && ix >= 0 && ix < s.width) {
+              sum += double(m.val[k]) * double(in[((n * s.in_channels + c) * s.height + iy) * s.width + ix]);
+            }
+          }
+          const int64_t index = ((n * s.out_channels + o) * s.out_h + oy) * s.out_w + ox;
+          if (residual) sum += residual[index];
+          out[index] = std::max(sum, 0.0);
+        }
+      }
+    }
+  }
+  return out;
+}
+
 // packed_weight: the weight packed (pack_nonzeros) for a layout of panels, which must take it.
 // stream: the output stored with non-temporal stores where a vector is aligned (Epilogue::stream).
 // channel_blocks: the packed image must be read in at least two blocks of input channels.
@@ -481,7 +511,7 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
                bool channel_blocks = false) {
   s = with_output_size(s);
   std::mt19937 rng(unsigned(s.in_channels * 13 + s.kh * 5 + s.stride_w));
-  const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
+  const int64_t cin_g = s.in_channels / s.groups;
   const int64_t in_image = s.in_channels * s.height * s.width, out_plane = s.out_h * s.out_w;
   const RandomCsr m = random_csr(s.out_channels, cin_g * s.kh * s.kw, density, rng);
   const std::vector<V> vals = encode_all<V>(m.val);
@@ -508,28 +538,11 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
   csr_conv2d(s, layout, w, in.data(), out.data(),
              Epilogue{bias.data(), true, with_residual ? residual.data() : nullptr, Gelu::kNone, stream},
              ConvScratch{packed.data(), offsets.data(), panels.data()}, kThreeChunks);
-  for (int64_t n = 0; n < s.batch; ++n) {
-    for (int64_t o = 0; o < s.out_channels; ++o) {
-      for (int64_t oy = 0; oy < s.out_h; ++oy) {
-        for (int64_t ox = 0; ox < s.out_w; ++ox) {
-          double ref = bias[o];
-          for (int64_t k = m.crow[o]; k < m.crow[o + 1]; ++k) {
-            const int64_t c = m.col[k] / (s.kh * s.kw), ky = m.col[k] / s.kw % s.kh, kx = m.col[k] % s.kw;
-            const int64_t iy = oy * s.stride_h - s.pad_h + ky * s.dil_h;
-            const int64_t ix = ox * s.stride_w - s.pad_w + kx * s.dil_w;
-            if (iy < 0 || iy >= s.height || ix < 0 || ix >= s.width) continue;
-            ref += double(m.val[k]) *
-                   in[n * in_image + ((o / cout_g) * cin_g + c) * s.height * s.width + iy * s.width + ix];
-          }
-          const int64_t index = (n * s.out_channels + o) * out_plane + oy * s.out_w + ox;
-          if (with_residual) ref += residual[index];
-          ref = std::max(ref, 0.0);
-          expect(close(out[index], ref),
-                 "csr_conv2d image " + std::to_string(n) + " channel " + std::to_string(o) + " at (" +
-                     std::to_string(oy) + ", " + std::to_string(ox) + ")");
-        }
-      }
-    }
+  const std::vector<double> ref = conv_reference(s, m, bias, in, with_residual ? residual.data() : nullptr);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    expect(close(out[i], ref[i]), "csr_conv2d output element " + std::to_string(i) + " of shape [" +
+                                      std::to_string(s.batch) + ", " + std::to_string(s.out_channels) + ", " +
+                                      std::to_string(s.out_h) + ", " + std::to_string(s.out_w) + "]");
   }
 }
 
@@ -586,6 +599,63 @@ void test_pointwise_chain(bool with_residual, bool packed_weights) {
                            (packed_weights ? ", packed" : "");
   expect(y1 == y1_ref, "the first output" + what);
   expect(y2 == y2_ref, "the second output" + what);
+}
+
+// bottleneck_block against its three layers in double: 3 images of 12x10 (bands of 1, 3, 4 and 12
+// rows, the first rows of each thread's first band computed, the rest kept from the band above),
+// 20 -> 12 -> 9 -> 20 channels, rows empty and full, a 3x3 layer with no nonzero, with and without
+// a residual, on three threads; scratch and output start as NaN.
+template <typename V>
+void test_bottleneck_block(bool with_residual, bool empty_middle) {
+  const BottleneckShape b{3, 20, 12, 10, 12, 9, 20};
+  const auto shape = [&](int64_t in, int64_t out, int64_t k) {
+    return with_output_size({b.batch, in, b.height, b.width, out, 0, 0, k, k, 1, 1, k / 2, k / 2, 1, 1, 1});
+  };
+  const Conv2dShape s1 = shape(b.in_channels, b.mid1, 1), s2 = shape(b.mid1, b.mid2, 3), s3 = shape(b.mid2, b.out_channels, 1);
+  std::mt19937 rng(unsigned(11 + with_residual + 2 * empty_middle));
+  const RandomCsr m1 = random_csr(b.mid1, b.in_channels, 0.3, rng);
+  const RandomCsr m2 = random_csr(b.mid2, b.mid1 * 9, empty_middle ? 0.0 : 0.2, rng);
+  const RandomCsr m3 = random_csr(b.out_channels, b.mid2, 0.4, rng);
+  RandomCsr none;
+  none.crow.assign(b.mid2 + 1, 0);
+  const RandomCsr& middle = empty_middle ? none : m2;
+  const std::vector<V> vals1 = encode_all<V>(m1.val), vals2 = encode_all<V>(middle.val), vals3 = encode_all<V>(m3.val);
+  const int64_t plane = b.height * b.width;
+  std::vector<float> x(b.batch * b.in_channels * plane), bias1(b.mid1), bias2(b.mid2), bias3(b.out_channels),
+      residual(b.batch * b.out_channels * plane);
+  for (auto* v : {&x, &bias1, &bias2, &bias3, &residual}) {
+    for (auto& f : *v) f = exact_value(rng);
+  }
+  const float* res = with_residual ? residual.data() : nullptr;
+  const std::vector<double> ref = conv_reference(
+      s3, m3, bias3,
+      conv_reference(s2, middle, bias2,
+                     conv_reference(s1, m1, bias1, x, nullptr), nullptr),
+      res);
+  const CsrView<V> w1{m1.crow.data(), m1.col.data(), vals1.data(), b.mid1, b.in_channels};
+  const CsrView<V> w2{middle.crow.data(), middle.col.data(), vals2.data(), b.mid2, b.mid1 * 9};
+  const CsrView<V> w3{m3.crow.data(), m3.col.data(), vals3.data(), b.out_channels, b.mid2};
+  for (const int64_t rows : {1, 3, 4, 12}) {
+    const BottleneckScratchSizes sizes = bottleneck_scratch(b, rows, w2.crow[w2.rows], kThreeChunks.num_threads);
+    std::vector<float> scratch(sizes.floats, NAN), y(ref.size(), NAN);
+    std::vector<int32_t> offsets(sizes.offsets, -1);
+    bottleneck_block(b, rows, w1, Epilogue{bias1.data(), true}, w2, Epilogue{bias2.data(), true}, w3,
+                     Epilogue{bias3.data(), true, res}, x.data(), y.data(), scratch.data(), offsets.data(),
+                     kThreeChunks);
+    bool all_close = true;
+    for (size_t i = 0; i < ref.size(); ++i) all_close = all_close && close(y[i], ref[i]);
+    expect(all_close, "bottleneck_block in bands of " + std::to_string(rows) + " rows" +
+                          (with_residual ? ", with a residual" : "") + (empty_middle ? ", no 3x3 nonzero" : ""));
+  }
+}
+
+// bottleneck_band_rows: none where the block's activations stay in the cache; for ResNet-50's
+// first stage at batch 8, a divisor of the height that leaves each thread several bands.
+void test_bottleneck_band_rows() {
+  expect(bottleneck_band_rows({3, 20, 12, 10, 12, 9, 20}, 500, 2) == 0, "a small block runs its layers apart");
+  const int64_t rows = bottleneck_band_rows({8, 256, 56, 56, 64, 64, 256}, 1843, 2);
+  expect(rows > 0 && 56 % rows == 0 && 8 * (56 / rows) >= kBandsPerThread * 2,
+         "ResNet-50's first stage at batch 8 runs in bands, got " + std::to_string(rows) + " rows");
 }
 
 // A convolution case with and without a residual in the epilogue, and streamed.
@@ -684,6 +754,7 @@ void test_value_type() {
   test_conv<V>({2, 4, 5, 3, 4, 0, 0, 3, 2, 1, 2, 1 << 22, 1, 1 << 22, 1, 2}, 0.7);
   for (const bool with_residual : {false, true}) {
     for (const bool packed_weights : {false, true}) test_pointwise_chain<V>(with_residual, packed_weights);
+    for (const bool empty_middle : {false, true}) test_bottleneck_block<V>(with_residual, empty_middle);
   }
 }
 
@@ -982,6 +1053,7 @@ int main() {
   test_balanced_rows();
   test_index_checks();
   test_conv_layout_is_bounded();
+  test_bottleneck_band_rows();
   test_clamped_packing();
   test_attention();
   test_add_layer_norm();

@@ -127,11 +127,70 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
   return {y1, y2};
 }
 
+// Band by band through the three layers where the block's activations leave the cache
+// (cpu::bottleneck_band_rows); elsewhere the layers one after the other.
+at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                                    const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                                    int64_t in_channels, bool relu1, const at::Tensor& crow2, const at::Tensor& col2,
+                                    const at::Tensor& values2, const c10::optional<at::Tensor>& bias2, bool relu2,
+                                    const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
+                                    const c10::optional<at::Tensor>& bias3, bool relu3,
+                                    const c10::optional<at::Tensor>& residual) {
+  const char* op = "csr_bottleneck_block";
+  SPARSE_RT_CHECK(input.scalar_type() == at::kFloat, op, "input must be float32, got ", input.scalar_type());
+  const BlockProblem p = prepare_bottleneck_block(input, crow1, col1, values1, bias1, in_channels, crow2, col2, values2,
+                                                  bias2, crow3, col3, values3, bias3, residual);
+  const at::Tensor* crows[] = {&crow1, &crow2, &crow3};
+  const at::Tensor* cols[] = {&col1, &col2, &col3};
+  const at::Tensor* values[] = {&values1, &values2, &values3};
+  const ConvProblem* layers[] = {&p.first, &p.second, &p.last};
+  for (int i = 0; i < 3; ++i) {
+    check_sparse_indices(kBlockLayers[i], *crows[i], *cols[i], layers[i]->index_cols, full_index_checks_enabled());
+    SPARSE_RT_CHECK(values[i]->scalar_type() == values1.scalar_type(), op, "the layers' values must share a dtype, got ",
+                    values1.scalar_type(), " and ", values[i]->scalar_type());
+  }
+  const Conv2dShape &s1 = p.first.shape, &s3 = p.last.shape;
+  const cpu::BottleneckShape b{s1.batch, s1.in_channels, s1.height, s1.width, s1.out_channels,
+                               p.second.shape.out_channels, s3.out_channels};
+  const cpu::ParallelFor pf = torch_parallel_for();
+  const int64_t rows = cpu::bottleneck_band_rows(b, p.second.weight.stored, pf.num_threads);
+  if (rows == 0) {
+    const int64_t one[] = {1, 1}, three[] = {3, 3}, none[] = {0, 0};
+    const at::Tensor y1 = csr_conv2d_cpu(input, crow1, col1, values1, bias1, b.in_channels, one, one, none, one, 1,
+                                         relu1, c10::nullopt, c10::nullopt);
+    const at::Tensor y2 = csr_conv2d_cpu(y1, crow2, col2, values2, bias2, b.mid1, three, one, one, one, 1, relu2,
+                                         c10::nullopt, c10::nullopt);
+    return csr_conv2d_cpu(y2, crow3, col3, values3, bias3, b.mid2, one, one, none, one, 1, relu3, residual,
+                          c10::nullopt);
+  }
+  at::Tensor y = allocate(op, "output", {s3.batch, s3.out_channels, s3.out_h, s3.out_w}, input.options());
+  const at::Tensor x = input.contiguous();
+  const c10::optional<at::Tensor> bias1_32 = as_fp32(bias1), bias2_32 = as_fp32(bias2), bias3_32 = as_fp32(bias3),
+                                  residual32 = as_fp32(residual);
+  const cpu::BottleneckScratchSizes sizes = cpu::bottleneck_scratch(b, rows, p.second.weight.stored, pf.num_threads);
+  at::Tensor buffers = empty_cached({sizes.floats}, x.options());
+  at::Tensor offsets = empty_cached({sizes.offsets}, crow2.options());
+  dispatch_value_type(values1.scalar_type(), [&](auto tag) {
+    using V = decltype(tag);
+    const auto view = [&](int i) {
+      return cpu::CsrView<V>{crows[i]->const_data_ptr<int32_t>(), cols[i]->const_data_ptr<int32_t>(),
+                             values_ptr<V>(*values[i]), layers[i]->shape.out_channels, layers[i]->index_cols};
+    };
+    cpu::bottleneck_block(b, rows, view(0), make_epilogue(bias1_32, relu1, c10::nullopt), view(1),
+                          make_epilogue(bias2_32, relu2, c10::nullopt), view(2),
+                          make_epilogue(bias3_32, relu3, residual32), x.const_data_ptr<float>(),
+                          y.mutable_data_ptr<float>(), buffers.mutable_data_ptr<float>(),
+                          offsets.numel() > 0 ? offsets.mutable_data_ptr<int32_t>() : nullptr, pf);
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparse_rt, CPU, m) {
   m.impl("csr_conv2d", &csr_conv2d_cpu);
   m.impl("csr_pointwise_conv_pair", &csr_pointwise_conv_pair_cpu);
+  m.impl("csr_bottleneck_block", &csr_bottleneck_block_cpu);
 }
 
 }  // namespace sparse_rt

@@ -68,11 +68,32 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cuda(
   return {y1, y2};
 }
 
+// The three layers one after the other, checked first under their own names (the CPU op's bands
+// through all three have no counterpart here).
+at::Tensor csr_bottleneck_block_cuda(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
+                                     const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
+                                     int64_t in_channels, bool relu1, const at::Tensor& crow2, const at::Tensor& col2,
+                                     const at::Tensor& values2, const c10::optional<at::Tensor>& bias2, bool relu2,
+                                     const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
+                                     const c10::optional<at::Tensor>& bias3, bool relu3,
+                                     const c10::optional<at::Tensor>& residual) {
+  const int64_t one[] = {1, 1}, three[] = {3, 3}, none[] = {0, 0};
+  const BlockProblem p = prepare_bottleneck_block(input, crow1, col1, values1, bias1, in_channels, crow2, col2, values2,
+                                                  bias2, crow3, col3, values3, bias3, residual);
+  const at::Tensor y1 = csr_conv2d_cuda(input, crow1, col1, values1, bias1, p.first.shape.in_channels, one, one, none,
+                                        one, 1, relu1, c10::nullopt, c10::nullopt);
+  const at::Tensor y2 = csr_conv2d_cuda(y1, crow2, col2, values2, bias2, p.second.shape.in_channels, three, one, one,
+                                        one, 1, relu2, c10::nullopt, c10::nullopt);
+  return csr_conv2d_cuda(y2, crow3, col3, values3, bias3, p.last.shape.in_channels, one, one, none, one, 1, relu3,
+                         residual, c10::nullopt);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparse_rt, CUDA, m) {
   m.impl("csr_conv2d", &csr_conv2d_cuda);
   m.impl("csr_pointwise_conv_pair", &csr_pointwise_conv_pair_cuda);
+  m.impl("csr_bottleneck_block", &csr_bottleneck_block_cuda);
 }
 
 }  // namespace sparse_rt
