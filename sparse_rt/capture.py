@@ -132,6 +132,8 @@ class _Recorder(TorchDispatchMode):
                 return
         if value is None or isinstance(value, (bool, int, float, str)):
             self.tape.constant(value)
+        elif isinstance(value, (list, tuple)) and not value:
+            self.tape.empty_list()
         elif isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float)) for v in value):
             self.tape.constant(list(value))
         else:

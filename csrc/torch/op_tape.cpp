@@ -93,6 +93,18 @@ class OpTape : public torch::CustomClassHolder {
   void layout(c10::Layout value) { constant(static_cast<int64_t>(value)); }
   void device(c10::Device value) { constant(value); }
 
+  // An empty list argument, typed as the schema declares it: Python cannot hand over [] untyped (oneDNN's
+  // fused convolution takes an empty Scalar?[] for its ReLU).
+  void empty_list() {
+    const c10::Argument& schema_argument = next_argument();
+    c10::TypePtr type = schema_argument.real_type();
+    if (const auto optional = type->cast<c10::OptionalType>()) type = optional->getElementType();
+    const auto list_type = type->cast<c10::ListType>();
+    TORCH_CHECK(list_type != nullptr, "OpTape: argument '", schema_argument.name(), "' of ",
+                open_->op.schema().name(), " is no list");
+    open_->arguments.push_back({Argument::Kind::kConstant, c10::impl::GenericList(list_type->getElementType())});
+  }
+
   // The argument's default value in the op's schema (the recording did not pass it).
   void default_value() {
     const c10::Argument& schema_argument = next_argument();
@@ -271,6 +283,7 @@ TORCH_LIBRARY_FRAGMENT(sparse_rt, m) {
       .def("memory_format", &OpTape::memory_format)
       .def("layout", &OpTape::layout)
       .def("device", &OpTape::device)
+      .def("empty_list", &OpTape::empty_list)
       .def("default_value", &OpTape::default_value)
       .def("slot", &OpTape::slot)
       .def("list", &OpTape::list)
