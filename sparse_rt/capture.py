@@ -130,6 +130,10 @@ class _Recorder(TorchDispatchMode):
             if isinstance(value, kind):
                 getattr(self.tape, method)(value)
                 return
+        if isinstance(value, (bool, int, float)) and str(argument.type) in ("Tensor", "Optional[Tensor]"):
+            # A Python number that PyTorch wraps into a tensor for the kernel (y * 0.5): a replay would
+            # hand the kernel the bare number.
+            raise CaptureRefused(f"a number for its tensor argument '{argument.name}' cannot be replayed")
         if value is None or isinstance(value, (bool, int, float, str)):
             self.tape.constant(value)
         elif isinstance(value, (list, tuple)) and not value:

@@ -29,8 +29,7 @@ with torch.fx and rewrites its graph:
   A dense Conv2d whose output goes only to such a pool (directly or through a ReLU) convolves a
   channels_last copy of its input (ChannelsLastConv2d): its output is then channels_last already,
   and the layout copy is of the conv's input rather than of its 16x larger output (ResNet-50's stem,
-  conv + ReLU + pool, AMD EPYC, 2 threads: batch 8 31 ms -> 7 ms; batch 1 1.3 -> 0.9 ms). The ReLU
-  between them runs in the convolution's oneDNN epilogue (ChannelsLastConv2d.applies_relu).
+  conv + ReLU + pool, AMD EPYC, 2 threads: batch 8 31 ms -> 7 ms; batch 1 1.3 -> 0.9 ms).
 - A ResNet bottleneck block's three CSR SparseConv2d layers (1x1; 3x3 with stride 1 and padding 1;
   1x1 with the skip connection; one group each, each read by the next alone) become one call of
   `bottleneck_block`: on fp32 CPU input the csr_bottleneck_block op, which, where the block's
@@ -181,28 +180,12 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
 class ChannelsLastConv2d(nn.Conv2d):
     """nn.Conv2d that convolves a channels_last copy of a 4-D CPU input, so that its output is
     channels_last (the same values up to the convolution algorithm's rounding); other inputs are
-    convolved as given. fuse() puts it before ChannelsLastMaxPool2d. With `applies_relu`, a ReLU follows,
-    in oneDNN's epilogue for an fp32 CPU input without gradients (mkldnn._convolution_pointwise: the
-    same values as the convolution and torch.relu, without a pass over the output; ResNet-50's stem at
-    batch 8, 2 threads, Intel Xeon: 7.0 against 7.8 ms), else as torch.relu after it. (Not `relu`, the
-    sparse layers' epilogue flag that .srt files record per layer: this ReLU is the fusion's, made again
-    on loading.)"""
-
-    applies_relu = False
+    convolved as given. fuse() puts it before ChannelsLastMaxPool2d."""
 
     def forward(self, input):
         if input.dim() == 4 and input.device.type == "cpu":
             input = input.contiguous(memory_format=torch.channels_last)
-            if (self.applies_relu and _ONEDNN_CONV_RELU and input.dtype == torch.float32
-                    and self.padding_mode == "zeros" and isinstance(self.padding, tuple) and not torch.is_grad_enabled()
-                    and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
-                return torch.ops.mkldnn._convolution_pointwise(input, self.weight, self.bias, self.padding,
-                                                               self.stride, self.dilation, self.groups, "relu", [], "")
-        output = super().forward(input)
-        return torch.relu(output) if self.applies_relu else output
-
-
-_ONEDNN_CONV_RELU = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        return super().forward(input)
 
 
 class _Tracer(fx.Tracer):
@@ -352,17 +335,10 @@ def fuse(module: nn.Module, *, fold_values: bool = True,
         gm.graph.erase_node(add)
         report.fused_add_layer_norms.append(node.target)
     for node in list(gm.graph.nodes):
-        found = _dense_conv_before_pool(gm, node, calls)
-        if found is None:
-            continue
-        conv, relu = found
-        channels_last = _channels_last_conv(gm.get_submodule(conv.target))
-        gm.set_submodule(conv.target, channels_last)
-        if relu is not None:
-            channels_last.applies_relu = True
-            relu.replace_all_uses_with(conv)
-            gm.graph.erase_node(relu)
-        report.channels_last_convs.append(conv.target)
+        conv = _dense_conv_before_pool(gm, node, calls)
+        if conv is not None:
+            gm.set_submodule(conv.target, _channels_last_conv(gm.get_submodule(conv.target)))
+            report.channels_last_convs.append(conv.target)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -592,18 +568,18 @@ def _channels_last_conv(conv):
 
 
 def _dense_conv_before_pool(gm, pool, calls):
-    """(conv node, ReLU node or None) for the dense nn.Conv2d whose output reaches the
-    ChannelsLastMaxPool2d call `pool` and nothing else, directly or through a ReLU; else None."""
+    """The node of the dense nn.Conv2d whose output reaches the ChannelsLastMaxPool2d call `pool`
+    and nothing else, directly or through a ReLU; else None."""
     if _module_of(gm, pool, ChannelsLastMaxPool2d) is None or not pool.args:
         return None
-    source, relu = pool.args[0], None
+    source = pool.args[0]
     if isinstance(source, fx.Node) and _sole_user(source) is pool and source.args \
             and _is_relu_of(gm, source, source.args[0]):
-        source, relu = source.args[0], source
+        source = source.args[0]
     conv = _module_of(gm, source, nn.Conv2d)
     if type(conv) is not nn.Conv2d or calls[source.target] != 1 or len(source.users) != 1:
         return None
-    return source, relu
+    return source
 
 
 def _attention_pattern(gm, node):

@@ -181,6 +181,30 @@ def test_a_forward_reading_values_stays_eager():
     assert "steer Python" in state or "branch on" in state
 
 
+class _Arithmetic(nn.Module):
+    """Python numbers for tensor arguments (y * 0.5 + 1), or an empty list argument (torch.flip(x, []))."""
+
+    def __init__(self, numbers):
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+        self.numbers = numbers
+
+    def forward(self, x):
+        return self.fc(x) * 0.5 + 1 if self.numbers else self.fc(torch.flip(x, []))
+
+
+@pytest.mark.parametrize("numbers", [True, False])
+def test_numbers_for_tensor_arguments_run_eagerly_and_empty_lists_replay(numbers):
+    eager, captured = _eager_and_captured(_Arithmetic(numbers), {"fc.weight": (64, 64)})
+    x = torch.randn(4, 64)
+    with torch.inference_mode():
+        expected = eager(x)
+        for _ in range(4):
+            assert torch.equal(captured(x), expected)
+    [state] = _states(captured)
+    assert ("a number for its tensor argument" in state) if numbers else state.startswith("replays")
+
+
 class _Outputs(nn.Module):
     """Several outputs in a structure, one made by torch.cat of two intermediates (a list of slots)."""
 

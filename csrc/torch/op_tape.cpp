@@ -93,8 +93,8 @@ class OpTape : public torch::CustomClassHolder {
   void layout(c10::Layout value) { constant(static_cast<int64_t>(value)); }
   void device(c10::Device value) { constant(value); }
 
-  // An empty list argument, typed as the schema declares it: Python cannot hand over [] untyped (oneDNN's
-  // fused convolution takes an empty Scalar?[] for its ReLU).
+  // An empty list argument (torch.flip(x, [])), typed as the schema declares it: Python cannot hand
+  // over [] untyped.
   void empty_list() {
     const c10::Argument& schema_argument = next_argument();
     c10::TypePtr type = schema_argument.real_type();
