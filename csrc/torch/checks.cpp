@@ -285,10 +285,11 @@ PairProblem prepare_pointwise_conv_pair(const at::Tensor& input, const at::Tenso
 
 BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
                                       const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
-                                      int64_t in_channels, const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
-                                      const c10::optional<at::Tensor>& bias2, const at::Tensor& crow3,
-                                      const at::Tensor& col3, const at::Tensor& values3,
-                                      const c10::optional<at::Tensor>& bias3, const c10::optional<at::Tensor>& residual) {
+                                      int64_t in_channels, const at::Tensor& crow2, const at::Tensor& col2,
+                                      const at::Tensor& values2, const c10::optional<at::Tensor>& bias2,
+                                      const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
+                                      const c10::optional<at::Tensor>& bias3,
+                                      const c10::optional<at::Tensor>& residual) {
   const int64_t one[] = {1, 1}, three[] = {3, 3}, none[] = {0, 0};
   // Each layer's input as prepare_conv reads it: its shape, dtype and device.
   const auto output_of = [&](const ConvProblem& layer) {

@@ -164,10 +164,11 @@ constexpr const char* kBlockLayers[3] = {"csr_bottleneck_block (first layer)", "
                                          "csr_bottleneck_block (last layer)"};
 BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
                                       const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
-                                      int64_t in_channels, const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
-                                      const c10::optional<at::Tensor>& bias2, const at::Tensor& crow3,
-                                      const at::Tensor& col3, const at::Tensor& values3,
-                                      const c10::optional<at::Tensor>& bias3, const c10::optional<at::Tensor>& residual);
+                                      int64_t in_channels, const at::Tensor& crow2, const at::Tensor& col2,
+                                      const at::Tensor& values2, const c10::optional<at::Tensor>& bias2,
+                                      const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
+                                      const c10::optional<at::Tensor>& bias3,
+                                      const c10::optional<at::Tensor>& residual);
 
 // scaled_dot_product_attention's arguments, checked: query [batch, heads, queries, head_dim], key and
 // value [batch, heads, keys, head_dim] with keys >= 1, all three of one floating dtype and device.

@@ -43,8 +43,9 @@ TORCH_LIBRARY(sparse_rt, m) {
   // three weights' values of one dtype.
   m.def(
       "csr_bottleneck_block(Tensor input, Tensor crow_indices1, Tensor col_indices1, Tensor values1, Tensor? bias1, "
-      "int in_channels, bool relu1, Tensor crow_indices2, Tensor col_indices2, Tensor values2, Tensor? bias2, bool relu2, "
-      "Tensor crow_indices3, Tensor col_indices3, Tensor values3, Tensor? bias3, bool relu3, Tensor? residual) -> Tensor");
+      "int in_channels, bool relu1, Tensor crow_indices2, Tensor col_indices2, Tensor values2, Tensor? bias2, "
+      "bool relu2, Tensor crow_indices3, Tensor col_indices3, Tensor values3, Tensor? bias3, bool relu3, "
+      "Tensor? residual) -> Tensor");
   // softmax(scale * query @ key^T) @ value per batch and head, without mask or dropout (the dense
   // part of a sparse transformer layer). The output is laid out [batch, queries, heads, head_dim] and
   // returned as its [batch, heads, queries, head_dim] view, so merging the heads back

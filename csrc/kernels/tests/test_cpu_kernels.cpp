@@ -611,7 +611,8 @@ void test_bottleneck_block(bool with_residual, bool empty_middle) {
   const auto shape = [&](int64_t in, int64_t out, int64_t k) {
     return with_output_size({b.batch, in, b.height, b.width, out, 0, 0, k, k, 1, 1, k / 2, k / 2, 1, 1, 1});
   };
-  const Conv2dShape s1 = shape(b.in_channels, b.mid1, 1), s2 = shape(b.mid1, b.mid2, 3), s3 = shape(b.mid2, b.out_channels, 1);
+  const Conv2dShape s1 = shape(b.in_channels, b.mid1, 1), s2 = shape(b.mid1, b.mid2, 3);
+  const Conv2dShape s3 = shape(b.mid2, b.out_channels, 1);
   std::mt19937 rng(unsigned(11 + with_residual + 2 * empty_middle));
   const RandomCsr m1 = random_csr(b.mid1, b.in_channels, 0.3, rng);
   const RandomCsr m2 = random_csr(b.mid2, b.mid1 * 9, empty_middle ? 0.0 : 0.2, rng);

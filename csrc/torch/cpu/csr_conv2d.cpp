@@ -146,8 +146,9 @@ at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& c
   const ConvProblem* layers[] = {&p.first, &p.second, &p.last};
   for (int i = 0; i < 3; ++i) {
     check_sparse_indices(kBlockLayers[i], *crows[i], *cols[i], layers[i]->index_cols, full_index_checks_enabled());
-    SPARSE_RT_CHECK(values[i]->scalar_type() == values1.scalar_type(), op, "the layers' values must share a dtype, got ",
-                    values1.scalar_type(), " and ", values[i]->scalar_type());
+    SPARSE_RT_CHECK(values[i]->scalar_type() == values1.scalar_type(), op,
+                    "the layers' values must share a dtype, got ", values1.scalar_type(), " and ",
+                    values[i]->scalar_type());
   }
   const Conv2dShape &s1 = p.first.shape, &s3 = p.last.shape;
   const cpu::BottleneckShape b{s1.batch, s1.in_channels, s1.height, s1.width, s1.out_channels,
