@@ -1184,6 +1184,181 @@ def test_native_feed_forward_kernel_names_the_layer_it_refuses(tmp_path):
         _native_session_by_hand(proto.SerializeToString()).run(None, {"X": np.zeros((2, 7), np.float32)})
 
 
+def _bottleneck_convs(x_dims=(2, 8, 5, 7), mid=(6, 5), out_channels=8, stride=1, residual=True, last_relu=1,
+                      middle_also_output=False, unknown_dims=False, seed=0):
+    """CsrConv2d 1x1 [N, C, H, W] -> mid[0] channels (ReLU), 3x3 (`stride`, padding 1) -> mid[1] (ReLU),
+    1x1 -> out_channels (+ R, a graph input shaped like Y, with `residual`; relu=`last_relu`), initializer
+    weights ~70% sparse with an empty row each, and a dict of their dense weights and biases."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    n, channels, height, width = x_dims
+    out_size = [(height - 1) // stride + 1, (width - 1) // stride + 1]
+    initializers, dense = [], {}
+
+    def conv(name, input, output, rows, in_channels, kernel, relu, extra=(), conv_stride=1):
+        weight = rng.standard_normal((rows, in_channels * kernel * kernel)).astype(np.float32)
+        weight *= rng.random(weight.shape) < 0.3
+        weight[1] = 0  # an empty row
+        bias = rng.standard_normal(rows).astype(np.float32)
+        dense[name] = (weight.reshape(rows, in_channels, kernel, kernel), bias)
+        crow = np.concatenate([[0], np.cumsum((weight != 0).sum(1))]).astype(np.int32)
+        tensors = [numpy_helper.from_array(a, f"{name}.{part}") for part, a in (
+            ("crow", crow), ("col", np.nonzero(weight)[1].astype(np.int32)), ("values", weight[weight != 0]),
+            ("bias", bias))]
+        initializers.extend(tensors)
+        return helper.make_node(
+            "CsrConv2d", [input, *(t.name for t in tensors), *extra], [output], name=name, domain="sparse_rt",
+            in_channels=in_channels, kernel_h=kernel, kernel_w=kernel, stride_h=conv_stride, stride_w=conv_stride,
+            pad_h=kernel // 2, pad_w=kernel // 2, dilation_h=1, dilation_w=1, group=1, relu=relu)
+
+    nodes = [conv("first", "X", "A", mid[0], channels, 1, 1),
+             conv("second", "A", "B", mid[1], mid[0], 3, 1, conv_stride=stride),
+             conv("last", "B", "Y", out_channels, mid[1], 1, last_relu, ["R"] if residual else [])]
+    x_shape = ["N", channels, "H", "W"] if unknown_dims else list(x_dims)
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)]
+    if residual:
+        inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, [n, out_channels, *out_size]))
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+               for name in ("Y",) + (("B",) if middle_also_output else ())]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers)
+    return _model_of(graph, opset=20), dense
+
+
+def _bottleneck_reference(dense, x, residual):
+    """The three layers of _bottleneck_convs in float64 (torch's convolution), ReLU after each."""
+    import torch.nn.functional as F
+
+    y = torch.from_numpy(x).double()
+    for name, padding in (("first", 0), ("second", 1), ("last", 0)):
+        weight, bias = (torch.from_numpy(a).double() for a in dense[name])
+        y = F.conv2d(y, weight, bias, padding=padding)
+        y = torch.relu(y + torch.from_numpy(residual).double() if name == "last" else y)
+    return y.numpy()
+
+
+@needs_native
+@pytest.mark.parametrize("x_dims, mid, out_channels, banded", [
+    ((2, 8, 5, 7), (6, 5), 8, False),  # small enough to stay in cache: the layers one after the other
+    ((8, 64, 56, 56), (32, 32), 128, True),  # 29 MB through the last layer: in bands
+])
+def test_native_bottleneck_node_gives_the_three_convolutions_outputs(x_dims, mid, out_channels, banded):
+    """Three CsrConv2d nodes of a bottleneck block fused into one CsrBottleneck: in bands where the
+    kernel runs them so (the same products summed in tiles of other widths at a band's edges: equal
+    to fp32 rounding), else bit for bit the three nodes; both against the float64 reference."""
+    import numpy as np
+
+    from sparse_rt import _C
+    from sparse_rt.onnx import fold, runtime
+
+    separate, dense = _bottleneck_convs(x_dims, mid, out_channels)
+    fused, _ = _bottleneck_convs(x_dims, mid, out_channels)
+    nnz2 = next(t.dims[0] for t in fused.graph.initializer if t.name == "second.col")
+    runs_in_bands = _C.bottleneck_band_rows(*x_dims, *mid, out_channels, nnz2=nnz2, threads=os.cpu_count()) > 0
+    assert runs_in_bands == banded
+    assert fold.fuse_bottleneck_blocks(fused, runtime.value_dims(fused)) == 2 * banded
+    assert fold.fuse_bottleneck_blocks(fused, {}, banded_only=False) == 2 * (not banded)
+    (node,) = fused.graph.node
+    assert (node.op_type, node.name, len(node.input), list(node.output)) == (
+        "CsrBottleneck", "first+second+last", 14, ["Y"])
+    rng = np.random.default_rng(1)
+    feed = {"X": rng.standard_normal(x_dims, dtype=np.float32),
+            "R": rng.standard_normal((x_dims[0], out_channels, *x_dims[2:]), dtype=np.float32)}
+    got, expected = (_native_session_by_hand(m.SerializeToString(), threads=2).run(None, feed)[0]
+                     for m in (fused, separate))
+    reference = _bottleneck_reference(dense, feed["X"], feed["R"])
+    np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    if banded:
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+@requires_compiled_ops
+def test_bottleneck_fused_only_for_a_stride_1_block_whose_inner_outputs_the_next_layer_reads_alone():
+    from sparse_rt.onnx import fold, runtime
+
+    def unbanded(proto):
+        return fold.fuse_bottleneck_blocks(proto, {}, banded_only=False)
+
+    _assert_left_alone(unbanded, {
+        "strided 3x3": _bottleneck_convs(stride=2)[0],
+        "middle output also a graph output": _bottleneck_convs(middle_also_output=True)[0]})
+    proto, _ = _bottleneck_convs(x_dims=(8, 64, 56, 56), mid=(32, 32), out_channels=128, unknown_dims=True)
+    _assert_left_alone(lambda p: fold.fuse_bottleneck_blocks(p, runtime.value_dims(p)), {"input dims unknown": proto})
+    _assert_left_alone(lambda p: fold.fuse_bottleneck_blocks(p, {"X": [2, 8, 5, 7]}), {
+        "stays in the cache": _bottleneck_convs()[0]})
+    proto, _ = _bottleneck_convs(residual=False)
+    assert unbanded(proto) == 2 and len(proto.graph.node[0].input) == 13
+
+
+@needs_native
+def test_native_bottleneck_kernel_names_the_layer_it_refuses(tmp_path):
+    """A CsrBottleneck whose 3x3 layer addresses a column past its input's channels x 9 taps, or whose
+    X has other channels, fails the run as InvalidArgument naming the node and the layer."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from sparse_rt.onnx import fold
+
+    proto, _ = _bottleneck_convs(residual=False)
+    fold.fuse_bottleneck_blocks(proto, {}, banded_only=False)
+    col = next(t for t in proto.graph.initializer if t.name == "second.col")
+    forged = numpy_helper.to_array(col).copy()
+    forged[-1] = 6 * 9  # the first layer has 6 output channels: columns 0-53
+    col.CopyFrom(numpy_helper.from_array(forged, col.name))
+    onnx.save(proto, tmp_path / "m.onnx")
+    sess = _native_session_by_hand(tmp_path / "m.onnx")
+    with pytest.raises(Exception, match=r"CsrBottleneck node 'first\+second\+last': second layer: "
+                                        r"col_indices\[\d+\]=54 is out of range \[0, 54\)"):
+        sess.run(None, {"X": np.zeros((2, 8, 5, 7), np.float32)})
+    proto, _ = _bottleneck_convs(residual=False, unknown_dims=True)
+    fold.fuse_bottleneck_blocks(proto, {}, banded_only=False)
+    proto.graph.input[0].type.tensor_type.ClearField("shape")  # X's rank and channels left to the kernel
+    sess = _native_session_by_hand(proto.SerializeToString())
+    with pytest.raises(Exception, match=r"CsrBottleneck node 'first\+second\+last': X has shape \[2, 7, 5, 7\] "
+                                        r"but in_channels=8"):
+        sess.run(None, {"X": np.zeros((2, 7, 5, 7), np.float32)})
+    with pytest.raises(Exception, match=r"X must be 4-D \[N, C, H, W\], got shape \[2, 8, 5\]"):
+        sess.run(None, {"X": np.zeros((2, 8, 5), np.float32)})
+
+
+@needs_native
+def test_native_session_runs_bottleneck_blocks_as_one_node(tmp_path, monkeypatch):
+    """sparse_rt.onnx.session folds the residual into a block's last layer, then makes the block one
+    CsrBottleneck where it runs in bands: its output as the three nodes run as they are."""
+    import numpy as np
+    import onnx
+
+    from sparse_rt.onnx import fold
+
+    proto, _ = _bottleneck_convs(x_dims=(8, 64, 56, 56), mid=(32, 32), out_channels=128, residual=False,
+                                 last_relu=0)
+    proto.graph.node.extend([onnx.helper.make_node("Add", ["Y", "R"], ["S"]),
+                             onnx.helper.make_node("Relu", ["S"], ["Z"])])
+    proto.graph.input.append(onnx.helper.make_tensor_value_info("R", onnx.TensorProto.FLOAT, [8, 128, 56, 56]))
+    proto.graph.output[0].name = "Z"
+    onnx.save(proto, tmp_path / "m.onnx")
+    blocks = []
+
+    def fuse_and_record(model, *args, **kwargs):
+        removed = real(model, *args, **kwargs)
+        blocks.extend((len(n.input), {a.name: a.i for a in n.attribute}["relu3"]) for n in model.graph.node)
+        return removed
+
+    real = fold.fuse_bottleneck_blocks
+    monkeypatch.setattr(fold, "fuse_bottleneck_blocks", fuse_and_record)
+    sess = sparse_rt.onnx.session(tmp_path / "m.onnx", kernels="native", intra_op_num_threads=2)
+    assert blocks == [(14, 1)]  # one node, taking the residual, the ReLU after the sum its own
+    rng = np.random.default_rng(1)
+    feed = {"X": rng.standard_normal((8, 64, 56, 56), dtype=np.float32)}
+    feed["R"] = rng.standard_normal((8, 128, 56, 56), dtype=np.float32)
+    expected = _native_session_by_hand(tmp_path / "m.onnx", threads=2).run(None, feed)[0]
+    np.testing.assert_allclose(sess.run(None, feed)[0], expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
 def test_session_rejects_unknown_kernels(tmp_path):
     model, x = _tiny()
     model.export_onnx(tmp_path / "m.onnx", x, flavor="portable")

@@ -8,7 +8,9 @@
 // node, X packed once and every layer's rows in one parallel region, and CsrMlp: a CsrLinear whose
 // output only a second one reads (a feed-forward block) as one node, 64 rows of X at a time through
 // both layers, the hidden activations kept in cache, and ScaledDotProductAttention: attention written
-// out in standard ops as one node (fold.fold_attention). They call the torch-free CPU kernels
+// out in standard ops as one node (fold.fold_attention), and CsrBottleneck: a ResNet bottleneck
+// block's three CsrConv2d nodes as one, run a band of rows at a time where its activations would
+// leave the cache (fold.fuse_bottleneck_blocks). They call the torch-free CPU kernels
 // directly and run them on onnxruntime's own intra-op threads, so a session spends no time in
 // Python and no second thread pool competes for the cores.
 //
@@ -535,7 +537,7 @@ class CsrLinearsKernel {
 // panel of X at a time goes through both layers, the first layer's output for it (hidden x 64
 // floats) staying in cache as the second's operand (csr_mlp_tiled); below, the layers run in turn.
 enum MlpInput : size_t { kMlpX, kFirstLayer, kSecondLayer = kFirstLayer + kInputsPerLayer,
-                         kMlpResidual = kSecondLayer + kInputsPerLayer, kMlpInputs };
+                         kMlpResidual = kSecondLayer + kInputsPerLayer };
 
 class CsrMlpKernel {
  public:
@@ -597,10 +599,79 @@ class CsrMlpKernel {
 
 // --- CsrConv2d ----------------------------------------------------------------------------------
 
+// A convolution layer of a node: runs it on a complete shape, keeping between calls what does not
+// change where its weight is the node's constant initializers (the packing of its nonzeros, its tap
+// offsets for the last input size).
+class ConvLayer {
+ public:
+  ConvLayer(const OrtKernelInfo* info, size_t crow_input) : packed_weight_(info, crow_input) {}
+
+  // y = conv(x) with ep: s from with_output_size, w's indices checked (over `index_cols` columns),
+  // `constant` whether w is the node's constant initializers.
+  void run(const Ort::KernelContext& ctx, const Conv2dShape& s, const Weight& w, int64_t index_cols, bool constant,
+           const float* x, float* y, const cpu::Epilogue& ep) const {
+    cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, w.nnz);
+    Scratch scratch(ctx);
+    cpu::ConvScratch buffers{};
+    std::shared_ptr<const KeptOffsets> kept;  // held until the call ends
+    const cpu::ParallelFor pf = ort_parallel_for();
+    try {
+      const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, w.nnz, pf.num_threads);
+      const int32_t* offsets = nullptr;
+      if (sizes.offsets > 0 && constant) {
+        kept = kept_tap_offsets(s, layout, w);
+        offsets = kept->offsets.data();
+      } else if (sizes.offsets > 0) {
+        int32_t* fresh = scratch.get<int32_t>(sizes.offsets);
+        cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh, pf);
+        offsets = fresh;
+      }
+      buffers = {scratch.get<float>(sizes.packed), offsets, scratch.get<float>(sizes.panels)};
+    } catch (const std::exception&) {
+      layout.gather = true;  // the packed path's scratch does not fit: the gather path needs none
+      buffers = {};
+    }
+    cpu::CsrView<float> view{w.crow, w.col, w.values, s.out_channels, index_cols};
+    if (layout.panels) view.packed = packed_weight_(view);  // the panels layout reads the weight's own columns
+    cpu::csr_conv2d(s, layout, view, x, y, ep, buffers, pf);
+  }
+
+ private:
+  struct KeptOffsets {
+    int64_t height, width;
+    std::vector<int32_t> offsets;
+  };
+
+  // The tap offsets of the node's constant weight for the input size of the last call, computed
+  // once per size (they depend on the pattern, the geometry and the input's height and width
+  // only): a pass over the nonzeros, about 5% of ResNet-50's convolution time at batch 1, that
+  // every call made.
+  std::shared_ptr<const KeptOffsets> kept_tap_offsets(const Conv2dShape& s, const cpu::PackedConvLayout& layout,
+                                                      const Weight& w) const {
+    const std::lock_guard<std::mutex> lock(kept_mutex_);
+    if (!kept_ || kept_->height != s.height || kept_->width != s.width) {
+      auto fresh = std::make_shared<KeptOffsets>(KeptOffsets{s.height, s.width, std::vector<int32_t>(w.nnz)});
+      cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh->offsets.data(), ort_parallel_for());
+      kept_ = std::move(fresh);
+    }
+    return kept_;
+  }
+
+  mutable std::mutex kept_mutex_;
+  mutable std::shared_ptr<const KeptOffsets> kept_;
+  mutable PackedWeight packed_weight_;
+};
+
+// The output of batch x channels x height x width floats: refused where its bytes overflow int64.
+void check_output_bytes(const std::vector<int64_t>& dims, const char* what) {
+  CheckedInt bytes(int64_t(sizeof(float)));
+  for (int64_t d : dims) bytes = bytes * d;
+  if (bytes.overflowed()) invalid(what, " ", dims_text(dims), " would hold more bytes than int64 counts");
+}
+
 class CsrConv2dKernel final : public OpKernel {
  public:
-  explicit CsrConv2dKernel(const OrtKernelInfo* info)
-      : OpKernel(info, "CsrConv2d", false), packed_weight_(info, kCrow) {
+  explicit CsrConv2dKernel(const OrtKernelInfo* info) : OpKernel(info, "CsrConv2d", false), layer_(info, kCrow) {
     const char* names[] = {"in_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h",
                            "pad_w",       "dilation_h", "dilation_w", "group", "relu"};
     int64_t a[11];
@@ -648,64 +719,109 @@ class CsrConv2dKernel final : public OpKernel {
               ": the output would be ", s.out_h, "x", s.out_w);
     }
     const std::vector<int64_t> out_dims{s.batch, s.out_channels, s.out_h, s.out_w};
-    if ((CheckedInt(s.batch) * s.out_channels * s.out_h * s.out_w * int64_t(sizeof(float))).overflowed()) {
-      invalid("the output ", dims_text(out_dims), " would hold more bytes than int64 counts");
-    }
+    check_output_bytes(out_dims, "the output");
     const auto [y, ep] = output(ctx, out_dims, w, relu_, residual);
     if (s.batch == 0 || s.out_channels == 0) return;
-    cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, w.nnz);
-    Scratch scratch(ctx);
-    cpu::ConvScratch buffers{};
-    std::shared_ptr<const KeptOffsets> kept;  // held until the call ends
-    const cpu::ParallelFor pf = ort_parallel_for();
-    try {
-      const cpu::ConvScratchSizes sizes = cpu::conv_scratch_sizes(s, layout, w.nnz, pf.num_threads);
-      const int32_t* offsets = nullptr;
-      if (sizes.offsets > 0 && constant_weight(w)) {
-        kept = kept_tap_offsets(s, layout, w);
-        offsets = kept->offsets.data();
-      } else if (sizes.offsets > 0) {
-        int32_t* fresh = scratch.get<int32_t>(sizes.offsets);
-        cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh, pf);
-        offsets = fresh;
-      }
-      buffers = {scratch.get<float>(sizes.packed), offsets, scratch.get<float>(sizes.panels)};
-    } catch (const std::exception&) {
-      layout.gather = true;  // the packed path's scratch does not fit: the gather path needs none
-      buffers = {};
-    }
-    cpu::CsrView<float> view{w.crow, w.col, w.values, s.out_channels, index_cols_};
-    if (layout.panels) view.packed = packed_weight_(view);  // the panels layout reads the weight's own columns
-    cpu::csr_conv2d(s, layout, view, static_cast<const float*>(x.data), y, ep, buffers, pf);
+    layer_.run(ctx, s, w, index_cols_, constant_weight(w), static_cast<const float*>(x.data), y, ep);
   }
 
  private:
-  struct KeptOffsets {
-    int64_t height, width;
-    std::vector<int32_t> offsets;
-  };
-
-  // The tap offsets of the node's constant weight for the input size of the last call, computed
-  // once per size (they depend on the pattern, the geometry and the input's height and width
-  // only): a pass over the nonzeros, about 5% of ResNet-50's convolution time at batch 1, that
-  // every call made.
-  std::shared_ptr<const KeptOffsets> kept_tap_offsets(const Conv2dShape& s, const cpu::PackedConvLayout& layout,
-                                                      const Weight& w) const {
-    const std::lock_guard<std::mutex> lock(kept_mutex_);
-    if (!kept_ || kept_->height != s.height || kept_->width != s.width) {
-      auto fresh = std::make_shared<KeptOffsets>(KeptOffsets{s.height, s.width, std::vector<int32_t>(w.nnz)});
-      cpu::conv_tap_offsets(s, layout, w.crow, w.col, fresh->offsets.data(), ort_parallel_for());
-      kept_ = std::move(fresh);
-    }
-    return kept_;
-  }
-
-  mutable std::mutex kept_mutex_;
-  mutable std::shared_ptr<const KeptOffsets> kept_;
-  mutable PackedWeight packed_weight_;
+  ConvLayer layer_;
   Conv2dShape geometry_;
   bool relu_;
   int64_t index_cols_;
+};
+
+// --- CsrBottleneck --------------------------------------------------------------------------------
+
+// Inputs X [N, in_channels, H, W], a ResNet bottleneck block's three layers' (crow_indices,
+// col_indices, values, bias): a 1x1 convolution, a 3x3 one with stride 1 and padding 1, a 1x1 one,
+// each of one group, and an optional residual shaped like Y; attributes in_channels and each
+// layer's relu1 / relu2 / relu3. Not a file format op: sparse_rt.onnx.session makes it of three
+// CsrConv2d nodes in a row, each output read by the next alone (fold.fuse_bottleneck_blocks). Where
+// the block's activations leave the cache (cpu::bottleneck_band_rows) it runs a band of rows of one
+// image at a time through the three layers, the inner activations staying in L2 (as the PyTorch
+// op csr_bottleneck_block does); elsewhere the layers one after the other, as three CsrConv2d nodes.
+enum BlockInput : size_t { kBlockX, kBlockFirst, kBlockSecond = kBlockFirst + kInputsPerLayer,
+                           kBlockLast = kBlockSecond + kInputsPerLayer, kBlockResidual = kBlockLast + kInputsPerLayer };
+constexpr std::array<size_t, 3> kBlockLayerInputs{kBlockFirst, kBlockSecond, kBlockLast};
+constexpr std::array<const char*, 3> kBlockLayerNames{"first layer", "second layer", "last layer"};
+
+class CsrBottleneckKernel {
+ public:
+  explicit CsrBottleneckKernel(const OrtKernelInfo* info)
+      : what_(node_description(info, "CsrBottleneck")), in_channels_(int_attribute(info, "in_channels")),
+        relu_{int_attribute(info, "relu1") != 0, int_attribute(info, "relu2") != 0, int_attribute(info, "relu3") != 0},
+        checks_{IndexCheck(info, kBlockFirst, kBlockFirst + 1), IndexCheck(info, kBlockSecond, kBlockSecond + 1),
+                IndexCheck(info, kBlockLast, kBlockLast + 1)},
+        layers_{ConvLayer(info, kBlockFirst), ConvLayer(info, kBlockSecond), ConvLayer(info, kBlockLast)} {
+    if (in_channels_ < 1 || in_channels_ > std::numeric_limits<int32_t>::max()) {
+      invalid("in_channels must be >= 1 and below 2^31, got ", in_channels_);
+    }
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return reporting(what_, [&] {
+      const ContextScope scope(context);
+      const Ort::KernelContext ctx(context);
+      const Tensor x = read(ctx.GetInput(kBlockX));
+      if (x.dims.size() != 4) invalid("X must be 4-D [N, C, H, W], got shape ", dims_text(x.dims));
+      if (x.dims[1] != in_channels_) invalid("X has shape ", dims_text(x.dims), " but in_channels=", in_channels_);
+      if (x.dims[2] < 1 || x.dims[3] < 1) invalid("X has shape ", dims_text(x.dims), ", with no pixels");
+      // The columns each layer's indices address: its input channels times its taps.
+      std::array<Weight, 3> w{};
+      int64_t channels = in_channels_;
+      for (size_t i = 0; i < 3; ++i) {
+        const CheckedInt cols = CheckedInt(channels) * (i == 1 ? 9 : 1);
+        if (cols.overflowed()) invalid(kBlockLayerNames[i], ": ", channels, " input channels x 9 taps overflow int64");
+        w[i] = read_layer(ctx, kBlockLayerInputs[i], cols.value(), checks_[i], kBlockLayerNames[i]);
+        channels = w[i].rows();
+        if (i < 2 && channels == 0) invalid(kBlockLayerNames[i], " has no output channels: the next layer needs one");
+      }
+      const cpu::BottleneckShape b{x.dims[0], in_channels_, x.dims[2], x.dims[3], w[0].rows(), w[1].rows(),
+                                   w[2].rows()};
+      const std::vector<int64_t> out_dims{b.batch, b.out_channels, b.height, b.width};
+      for (int64_t inner : {b.mid1, b.mid2}) check_output_bytes({b.batch, inner, b.height, b.width}, "an inner activation");
+      check_output_bytes(out_dims, "the output");
+      const Ort::ConstValue residual_value = ctx.GetInput(kBlockResidual);
+      const Tensor residual = residual_value ? read(residual_value) : Tensor{};
+      check_residual(residual.data ? &residual : nullptr, out_dims);
+      float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
+      if (b.batch == 0 || b.out_channels == 0) return;
+      std::array<cpu::Epilogue, 3> ep{};
+      for (size_t i = 0; i < 3; ++i) ep[i] = {w[i].bias, relu_[i]};
+      ep[2].residual = static_cast<const float*>(residual.data);
+      const auto* xp = static_cast<const float*>(x.data);
+      const cpu::ParallelFor pf = ort_parallel_for();
+      Scratch scratch(ctx);
+      const int64_t rows = cpu::bottleneck_band_rows(b, w[1].nnz, pf.num_threads);
+      if (rows > 0) {
+        const cpu::BottleneckScratchSizes sizes = cpu::bottleneck_scratch(b, rows, w[1].nnz, pf.num_threads);
+        const auto view = [&](size_t i, int64_t cols) {
+          return cpu::CsrView<float>{w[i].crow, w[i].col, w[i].values, w[i].rows(), cols};
+        };
+        cpu::bottleneck_block(b, rows, view(0, b.in_channels), ep[0], view(1, b.mid1 * 9), ep[1], view(2, b.mid2),
+                              ep[2], xp, y, scratch.get<float>(sizes.floats), scratch.get<int32_t>(sizes.offsets), pf);
+        return;
+      }
+      // One after the other: 1x1, 3x3 (stride 1, padding 1), 1x1.
+      const auto shape = [&](int64_t in, int64_t out, int64_t k) {
+        return Conv2dShape{b.batch, in, b.height, b.width, out, b.height, b.width, k, k, 1, 1, k / 2, k / 2, 1, 1, 1};
+      };
+      float* y1 = scratch.get<float>(b.batch * b.mid1 * b.height * b.width);
+      float* y2 = scratch.get<float>(b.batch * b.mid2 * b.height * b.width);
+      layers_[0].run(ctx, shape(b.in_channels, b.mid1, 1), w[0], b.in_channels, checks_[0].constant(w[0]), xp, y1, ep[0]);
+      layers_[1].run(ctx, shape(b.mid1, b.mid2, 3), w[1], b.mid1 * 9, checks_[1].constant(w[1]), y1, y2, ep[1]);
+      layers_[2].run(ctx, shape(b.mid2, b.out_channels, 1), w[2], b.mid2, checks_[2].constant(w[2]), y2, y, ep[2]);
+    });
+  }
+
+ private:
+  const std::string what_;
+  const int64_t in_channels_;
+  const std::array<bool, 3> relu_;
+  std::array<IndexCheck, 3> checks_;
+  const std::array<ConvLayer, 3> layers_;
 };
 
 // --- ScaledDotProductAttention ------------------------------------------------------------------
@@ -812,19 +928,24 @@ struct CsrLinearsOp : OpBase<CsrLinearsOp, CsrLinearsKernel> {
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_VARIADIC; }
 };
 
-// CsrMlp: X, two layers' (crow_indices, col_indices, values, bias), an optional residual -> Y.
-struct CsrMlpOp : OpBase<CsrMlpOp, CsrMlpKernel> {
-  CsrMlpOp() : OpBase("CsrMlp") {}
-  size_t GetInputTypeCount() const { return kMlpInputs; }
+// Ops of consecutive layers (CsrMlp: two, CsrBottleneck: three): X, each layer's (crow_indices,
+// col_indices, values, bias), an optional residual -> Y.
+template <typename Kernel, size_t kLayers>
+struct LayersOp : OpBase<LayersOp<Kernel, kLayers>, Kernel> {
+  static constexpr size_t kResidualInput = 1 + kLayers * kInputsPerLayer;
+  using OpBase<LayersOp<Kernel, kLayers>, Kernel>::OpBase;
+  size_t GetInputTypeCount() const { return kResidualInput + 1; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
-    const bool indices = index != kMlpX && index != kMlpResidual && (index - kFirstLayer) % kInputsPerLayer < 2;
+    const bool indices = index != 0 && index != kResidualInput && (index - 1) % kInputsPerLayer < 2;
     return indices ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == kMlpResidual ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return index == kResidualInput ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
 };
+static_assert(LayersOp<CsrMlpKernel, 2>::kResidualInput == kMlpResidual);
+static_assert(LayersOp<CsrBottleneckKernel, 3>::kResidualInput == kBlockResidual);
 
 // ScaledDotProductAttention: Q, K, V -> Y, all fp32.
 struct AttentionOp : OpBase<AttentionOp, AttentionKernel> {
@@ -838,7 +959,8 @@ const SparseOp<CsrLinearKernel> csr_linear_op("CsrLinear");
 const SparseOp<BsrLinearKernel> bsr_linear_op("BsrLinear");
 const SparseOp<CsrConv2dKernel> csr_conv2d_op("CsrConv2d");
 const CsrLinearsOp csr_linears_op;
-const CsrMlpOp csr_mlp_op;
+const LayersOp<CsrMlpKernel, 2> csr_mlp_op("CsrMlp");
+const LayersOp<CsrBottleneckKernel, 3> csr_bottleneck_op("CsrBottleneck");
 const AttentionOp attention_op;
 
 }  // namespace
@@ -866,6 +988,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     domain.Add(&csr_conv2d_op);
     domain.Add(&csr_linears_op);
     domain.Add(&csr_mlp_op);
+    domain.Add(&csr_bottleneck_op);
     domain.Add(&attention_op);
     Ort::UnownedSessionOptions(options).Add(domain);
     const std::lock_guard<std::mutex> lock(mutex);

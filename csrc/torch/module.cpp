@@ -3,6 +3,7 @@
 // pybind11 alone, not <torch/extension.h> (all of torch's C++ API): a third of the compile time.
 #include <pybind11/pybind11.h>
 
+#include "../kernels/cpu/csr_conv2d.h"
 #include "../kernels/cpu/isa.h"
 #include "checks.h"
 #include "core_round_trip.h"
@@ -52,4 +53,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("empty_cpu_block_cache", &sparse_rt::empty_block_cache);
   m.def("core_round_trip_ns", &sparse_rt::core_round_trip_ns, pybind11::arg("cpu_a"), pybind11::arg("cpu_b"),
         pybind11::arg("rounds"), pybind11::call_guard<pybind11::gil_scoped_release>());
+  // Whether (and in bands of how many rows) the bottleneck block kernel runs a block: the ONNX
+  // session's fold makes a CsrBottleneck node only where it would (sparse_rt/onnx/fold.py).
+  m.def(
+      "bottleneck_band_rows",
+      [](int64_t batch, int64_t in_channels, int64_t height, int64_t width, int64_t mid1, int64_t mid2,
+         int64_t out_channels, int64_t nnz2, int64_t threads) {
+        return sparse_rt::cpu::bottleneck_band_rows({batch, in_channels, height, width, mid1, mid2, out_channels},
+                                                    nnz2, threads);
+      },
+      pybind11::arg("batch"), pybind11::arg("in_channels"), pybind11::arg("height"), pybind11::arg("width"),
+      pybind11::arg("mid1"), pybind11::arg("mid2"), pybind11::arg("out_channels"), pybind11::arg("nnz2"),
+      pybind11::arg("threads"));
 }

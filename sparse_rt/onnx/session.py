@@ -26,7 +26,9 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
     epilogue (fold.fold_residual_add_and_relu), as does a Gelu after a linear op (fold.fold_gelu),
     CsrLinear nodes reading one input run as one (fold.group_linears_sharing_input), and attention
     written out in standard ops runs as our ScaledDotProductAttention (fold.fold_attention), and
-    two CsrLinear nodes in a row run as one CsrMlp (fold.fuse_feed_forward); the file is not changed.
+    two CsrLinear nodes in a row run as one CsrMlp (fold.fuse_feed_forward), and a ResNet bottleneck
+    block's three CsrConv2d nodes as one CsrBottleneck (fold.fuse_bottleneck_blocks); the file is not
+    changed.
     `ort_options` set attributes of onnxruntime.SessionOptions (intra_op_num_threads=2,
     graph_optimization_level=...) or pass `providers` / `provider_options` on; `config` holds
     session config entries ({"session.intra_op.allow_spinning": "0"}). The Python ops' weights are
@@ -69,6 +71,7 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
         fold_attention,
         fold_gelu,
         fold_residual_add_and_relu,
+        fuse_bottleneck_blocks,
         fuse_feed_forward,
         group_linears_sharing_input,
     )
@@ -79,12 +82,13 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
     if native:
         options.register_custom_ops_library(native_library)
         # Residual adds, ReLUs and GELUs go into our ops' epilogues, CsrLinear nodes reading one
-        # input become one CsrLinears, attention one node and two linear layers in a row one
-        # CsrMlp, where the graph travels as bytes, within protobuf's limit; past it the file runs
-        # as it is.
+        # input become one CsrLinears, attention one node, two linear layers in a row one CsrMlp
+        # and a bottleneck block's convolutions one CsrBottleneck, where the graph travels as
+        # bytes, within protobuf's limit; past it the file runs as it is.
         if model.ByteSize() <= _MAX_PROTO_BYTES:
             dims = value_dims(model)  # of values that the rewrites keep as they are
             folded = fold_residual_add_and_relu(model, dims)
+            folded += fuse_bottleneck_blocks(model, dims)  # after the residual reaches the block's last layer
             folded += fold_gelu(model)
             folded += fold_attention(model, dims)
             folded += fuse_feed_forward(model)
