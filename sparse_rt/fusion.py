@@ -189,7 +189,13 @@ class ChannelsLastConv2d(nn.Conv2d):
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer with sparse_rt's layers as leaves: they are what the passes match."""
+    """torch.fx's tracer with sparse_rt's layers as leaves: they are what the passes match. The
+    functions the passes put in the graph stay calls when a fused module's code is traced again (as
+    unpickling a GraphModule does, with its tracer's class)."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=(attention, add_layer_norm, sparse_mlp, sparse_linears,
+                                             pointwise_conv_pair, bottleneck_block))
 
     def is_leaf_module(self, module, qualified_name):
         return isinstance(module, SparseWeightModule) or super().is_leaf_module(module, qualified_name)
@@ -220,6 +226,11 @@ def fuse(module: nn.Module, *, fold_values: bool = True,
         graph = _Tracer().trace(module)
     except Exception as e:  # fx raises many types for code it cannot trace (data-dependent control flow, ...)
         raise FusionError(f"fuse: torch.fx cannot trace {type(module).__name__}: {type(e).__name__}: {e}") from None
+    for node in graph.nodes:
+        # An annotation written as a string (`from __future__ import annotations`) would be a global
+        # of the generated code that pickling cannot name.
+        if isinstance(node.type, str):
+            node.type = None
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
     calls = _call_counts(gm.graph)
     report = FusionReport()

@@ -569,6 +569,29 @@ def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor, a
     assert rel_err(out, expected) < 1e-5
 
 
+@requires_compiled_ops
+@pytest.mark.parametrize("arch", ["bert", "mobilenet_v2", "bottlenecks"])
+def test_a_fused_model_pickles_with_its_fused_calls(tmp_path, arch):
+    """torch.save / torch.load of the whole fused model (the functions fuse() puts in the graph stay
+    calls when unpickling traces its code again; the zoo's string annotations are not globals)."""
+    build = {"bert": _small_bert, "mobilenet_v2": lambda: models.create("mobilenet_v2", num_classes=10).eval(),
+             "bottlenecks": _strided_bottlenecks}[arch]
+    model = _sparse(build())
+    model.fuse()
+    x = (torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(7)) if arch == "bert"
+         else torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7)))
+    with torch.inference_mode():
+        expected = model(x)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    def calls(module):
+        return [(n.op, getattr(n.target, "__name__", n.target)) for n in module.graph.nodes]
+
+    assert calls(loaded.module) == calls(model.module) and loaded.fusion.to_json() == model.fusion.to_json()
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), expected)
+
+
 def test_fused_layers_report_their_epilogue():
     layer = SparseLinear.from_dense(nn.Linear(3, 2))
     layer.relu = True
