@@ -213,3 +213,16 @@ def test_console_script_imports_an_arch_module_from_the_current_directory(tmp_pa
                            capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr
     assert (tmp_path / "net.srt").exists()
+
+
+def test_demo_times_the_sparse_and_the_fused_model_against_dense(capsys):
+    """`sparse-rt demo` (the README's `make demo`) on a small model: both sparse models checked against
+    the dense one, each timed beside it."""
+    code = main(["demo", "--model", "cifar_resnet", "--batch", "2", "--time", "0.05"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["dense"], ["sparse_rt"],
+                                                                                                 ["fused"])}
+    assert set(rows) == {"dense", "sparse_rt", "fused"} and all(float(row[1]) > 0 for row in rows.values())
+    assert "fused: " in out and "residual sum(s)" in out  # the fusion report
+    assert "max |sparse - dense|" in out
