@@ -118,12 +118,16 @@ def test_torch_sparse_conv_and_densify_match_the_sparse_model():
 
 def test_fuse_times_the_fused_model_against_the_unfused_baselines():
     pruned = sparse_rt.magnitude_prune(models.create("cifar_resnet").eval(), 0.9, exclude=("conv",))
-    report = bench.run(sparse_rt.sparsify(pruned, format="csr"), (3, 32, 32), baselines="dense", warmup=0, time=0,
+    baselines = "dense" + (",onnxruntime-sparse" if importlib.util.find_spec("onnxruntime") else "")
+    report = bench.run(sparse_rt.sparsify(pruned, format="csr"), (3, 32, 32), baselines=baselines, warmup=0, time=0,
                        fuse=True)
     variant = report.data["variants"][0]
     assert report.data["config"]["fuse"] and len(variant["fusion"]["folded_batchnorms"]) == 21
-    # The outputs were checked against the dense baseline, built from the model before fusion.
-    assert all(engine["status"] == "ok" for engine in variant["engines"].values())
+    # The baselines, built from the model before fusion, give its outputs: the sparse flavour's export
+    # (made on first use, after fuse() folded the BatchNorms into the shared layers) from its own copy.
+    assert len(variant["engines"]) == len(baselines.split(",")) + 1
+    for name, engine in variant["engines"].items():
+        assert engine["status"] == "ok" and engine["max_rel_diff"] < 1e-5, name
 
 
 def test_capture_times_the_replayed_model_and_profiles_it_eagerly():

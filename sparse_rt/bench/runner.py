@@ -2,6 +2,7 @@
 metrics and a per-layer time profile; returns a BenchReport."""
 
 import contextlib
+import copy
 import os
 import tempfile
 from dataclasses import dataclass
@@ -241,7 +242,9 @@ def _build_engines(sparse, baselines, example, device, tmp):
         "dense": lambda: torch_engine("dense", dense),
         "torch-sparse": lambda: torch_engine("torch-sparse", *torch_sparse_model(dense, sparse.summary())),
         "onnxruntime": lambda: onnxruntime_engine(dense_onnx, threads=threads, device=device),
-        "onnxruntime-sparse": lambda: onnxruntime_sparse_engine(sparse.module, tmp, threads=threads, device=device),
+        # Its own copy: it exports on first use, after fuse() has folded BatchNorms into the shared layers.
+        "onnxruntime-sparse": lambda: onnxruntime_sparse_engine(copy.deepcopy(sparse.module), tmp, threads=threads,
+                                                                device=device),
         "openvino": lambda: openvino_engine(dense_onnx, threads=threads, device=device),
     }
     for name in baselines:
