@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import requires_compiled_ops
 from torch import nn
 
 import sparse_rt
@@ -150,6 +151,23 @@ def test_cli_capture_flag(tmp_path):
                  "--baselines", "dense", "--fuse", "--capture", "--json", str(path), "--no-progress"]) == 0
     data = json.loads(path.read_text())
     assert data["config"]["capture"] and data["variants"][0]["capture"]["2"][0].startswith("replays")
+
+
+@requires_compiled_ops
+@pytest.mark.parametrize("stored", ["bf16", "fp16"])
+def test_store_weights_times_the_model_with_16_bit_values(tmp_path, stored):
+    """--store-weights: sparse_rt's layers keep 16-bit values after fusion; the dense baseline, built
+    before, keeps fp32, and the outputs differ by the weights' rounding only."""
+    path = tmp_path / "r.json"
+    assert main(["bench", "cifar_resnet", "--sparsity", "0.9", "--batch", "2", "--time", "0.1", "--warmup", "0",
+                 "--baselines", "dense", "--fuse", "--capture", "--store-weights", stored, "--json", str(path),
+                 "--no-progress"]) == 0
+    data = json.loads(path.read_text())
+    assert data["config"]["store_weights"] == stored
+    engines = data["variants"][0]["engines"]
+    assert engines["dense"]["status"] == "ok" and 1e-6 < engines["dense"]["max_rel_diff"] < 2e-2
+    with pytest.raises(ValueError, match="store_weights must be 'bf16' or 'fp16', got 'fp32'"):
+        bench.run("cifar_resnet", sparsity=0.9, baselines="dense", time=0, warmup=0, store_weights="fp32")
 
 
 def test_srt_and_checkpoint_forms(tmp_path):

@@ -114,7 +114,7 @@ def _input_maker(inputs, shape, seed, device, dtype, tokens=None):
 
 def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=BASELINES, device="cpu",
         dtype=None, threads=None, warmup=2.0, time=10.0, min_iterations=1, cuda_graphs=False, seed=0,
-        progress=False, tokens=None, trust_arch=False, fuse=False, capture=False):
+        progress=False, tokens=None, trust_arch=False, fuse=False, capture=False, store_weights=None):
     """Benchmarks sparse_rt against `baselines` (BASELINES: 'dense', 'torch-sparse', 'onnxruntime',
     'onnxruntime-sparse', 'openvino'; one that cannot run here is recorded with the reason) and
     returns a BenchReport (print it, .to_json(), .to_csv(), .plot()).
@@ -131,6 +131,9 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
                ReLUs in the kernels); the baselines are built from the model before fusion.
     capture:   time sparse_rt's model replaying its forward from C++ (SparseModel.capture(), after
                `fuse`); its per-layer profile runs eagerly (a replay calls no module hooks).
+    store_weights: 'bf16' or 'fp16': time sparse_rt's model with its sparse layers' values kept in that
+               dtype (SparseModel.store_weights, after `fuse`; activations stay fp32); the baselines
+               keep the fp32 weights, so the outputs differ by the weights' rounding.
     batch:     batch sizes ("1,8,32" or [1, 8, 32]); sparsity: one value or several ("0.5,0.9").
     warmup:    seconds each engine runs before timing, per batch size (0: none).
     time:      seconds of interleaved timing rounds per batch size, at least `min_iterations` timed
@@ -148,6 +151,9 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
     if warmup < 0 or time < 0 or min_iterations < 1:
         raise ValueError("warmup and time must be >= 0 and min_iterations >= 1")
     dtype = parse_dtype(dtype)
+    stored = parse_dtype(store_weights)
+    if stored not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"store_weights must be 'bf16' or 'fp16', got {store_weights!r}")
     baselines = parse_baselines(baselines)
     batches = _batches(batch, inputs)
     name, variants, shape = load_variants(model, sparsity, arch=arch, seed=seed, trust_arch=trust_arch,
@@ -159,13 +165,13 @@ def run(model, inputs=None, *, batch=None, sparsity=None, arch=None, baselines=B
         torch.set_num_threads(threads)
     try:
         settings = _Settings(baselines, batches, device, warmup, time, min_iterations, cuda_graphs, tokens, fuse,
-                             capture)
+                             capture, stored)
         data = {**machine_info(), "model": {"name": name, "input_shape": list(make_input(1).shape[1:])},
                 "config": {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
                            "threads": torch.get_num_threads(), "batches": batches, "baselines": baselines,
                            "warmup_s": warmup, "time_s": time, "min_iterations": min_iterations,
                            "cuda_graphs": cuda_graphs, "seed": seed, "tokens": tokens, "fuse": fuse,
-                           "capture": capture},
+                           "capture": capture, "store_weights": store_weights},
                 "variants": []}
         with _progress(progress, len(variants) * len(batches)) as step, torch.inference_mode():
             for variant in variants:
@@ -192,6 +198,7 @@ class _Settings:
     tokens: int  # the inputs are token ids below it (None: floats)
     fuse: bool  # sparse_rt's model is fused after the baselines are built from it
     capture: bool  # then replays its forward from C++ (SparseModel.capture)
+    store_weights: torch.dtype  # after fusion, its sparse values kept in this dtype (None: as they are)
 
 
 def _bench_model(sparse, make_input, settings, step, sparsity):
@@ -199,6 +206,8 @@ def _bench_model(sparse, make_input, settings, step, sparsity):
     with tempfile.TemporaryDirectory(prefix="sparse_rt_bench_") as tmp:
         engines, status = _build_engines(sparse, settings.baselines, make_input(1), settings.device, tmp)
         fusion = {"fusion": sparse.fuse().to_json()} if settings.fuse and sparse.fusion is None else {}
+        if settings.store_weights is not None:
+            sparse.store_weights(settings.store_weights)
         if settings.capture:
             sparse.capture()
         return {**fusion, **_time_engines(sparse, engines, status, make_input, settings, step, sparsity)}

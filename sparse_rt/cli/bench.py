@@ -34,6 +34,9 @@ def add_parser(sub):
                    "BatchNorm folded, residual sums and ReLUs in the kernels); baselines stay unfused")
     p.add_argument("--capture", action="store_true", help="time sparse_rt's model replaying its forward from C++ "
                    "(SparseModel.capture: no Python between the ops; after --fuse if given)")
+    p.add_argument("--store-weights", choices=["bf16", "fp16"],
+                   help="time sparse_rt's model with its sparse layers' values kept in 16 bits (SparseModel."
+                   "store_weights: activations stay fp32, outputs within the weights' rounding; after --fuse)")
     p.add_argument("--json", metavar="PATH", help="write the full report (machine, versions, all fields)")
     p.add_argument("--csv", nargs="?", const="-", metavar="PATH",
                    help="write the result rows as CSV (to stdout without PATH)")
@@ -50,7 +53,7 @@ def run(args):
                  baselines=args.baselines, device=args.device, dtype=args.dtype, threads=args.threads,
                  warmup=args.warmup, time=args.time, min_iterations=args.min_iterations,
                  cuda_graphs=args.cuda_graphs, seed=args.seed, fuse=args.fuse, capture=args.capture,
-                 progress=not args.no_progress)
+                 store_weights=args.store_weights, progress=not args.no_progress)
     to_stdout = args.csv == "-"
     # With CSV on stdout the table goes to stderr, so the CSV can be piped.
     console = Console(stderr=to_stdout)
