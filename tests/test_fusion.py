@@ -542,6 +542,18 @@ def _small_bert():
     return models.create("bert_encoder", layers=2, hidden=64, heads=4, intermediate=128).eval()
 
 
+def _fused_example(arch, images):
+    """(a fused sparse model of `arch`, an input for it: 2 sequences of 9 tokens, or `images` images)."""
+    build = {"resnet18": _resnet18, "bert": _small_bert,
+             "mobilenet_v2": lambda: models.create("mobilenet_v2", num_classes=10).eval(),
+             "bottlenecks": _strided_bottlenecks}[arch]
+    model = _sparse(build())
+    model.fuse()
+    x = (torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(7)) if arch == "bert"
+         else torch.randn(images, 3, 32, 32, generator=torch.Generator().manual_seed(7)))
+    return model, x
+
+
 @requires_compiled_ops
 @pytest.mark.parametrize("flavor", ["portable", "sparse"])
 @pytest.mark.parametrize("arch", ["resnet18", "bert", "mobilenet_v2", "bottlenecks"])
@@ -552,13 +564,7 @@ def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor, a
     pytest.importorskip("onnxscript")
     if flavor == "sparse":
         pytest.importorskip("onnxruntime_extensions")
-    build = {"resnet18": _resnet18, "bert": _small_bert,
-             "mobilenet_v2": lambda: models.create("mobilenet_v2", num_classes=10).eval(),
-             "bottlenecks": _strided_bottlenecks}[arch]
-    model = _sparse(build())
-    model.fuse()
-    x = (torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(7)) if arch == "bert"
-         else torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7)))
+    model, x = _fused_example(arch, images=1)
     with torch.inference_mode():
         expected = model(x)
     path = tmp_path / f"{flavor}.onnx"
@@ -574,16 +580,12 @@ def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor, a
 def test_a_fused_model_pickles_with_its_fused_calls(tmp_path, arch):
     """torch.save / torch.load of the whole fused model (the functions fuse() puts in the graph stay
     calls when unpickling traces its code again; the zoo's string annotations are not globals)."""
-    build = {"bert": _small_bert, "mobilenet_v2": lambda: models.create("mobilenet_v2", num_classes=10).eval(),
-             "bottlenecks": _strided_bottlenecks}[arch]
-    model = _sparse(build())
-    model.fuse()
-    x = (torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(7)) if arch == "bert"
-         else torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7)))
+    model, x = _fused_example(arch, images=2)
     with torch.inference_mode():
         expected = model(x)
     torch.save(model, tmp_path / "model.pt")
     loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+
     def calls(module):
         return [(n.op, getattr(n.target, "__name__", n.target)) for n in module.graph.nodes]
 
