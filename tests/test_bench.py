@@ -1,6 +1,7 @@
 """sparse_rt.bench and `sparse-rt bench`: the report's arithmetic on known inputs, the engines'
 correctness, and end-to-end runs that must write every field of the JSON and the PNG."""
 
+import copy
 import importlib.util
 import json
 import os
@@ -97,6 +98,42 @@ def test_report_arithmetic_on_a_hand_computable_model(monkeypatch):
     csv_lines = report.to_csv().splitlines()
     assert csv_lines[0].startswith("sparsity,batch,engine,p50_ms") and len(csv_lines) == 1 + 2 * 3
     assert "sparse_rt" in str(report) and "theoretical speedup" in str(report)
+
+
+def _off_by(model, factor):
+    """`model` with its first layer's bias scaled: a model that computes something else."""
+    with torch.no_grad():
+        model[0].bias.mul_(factor)
+    return model
+
+
+def test_a_baseline_that_computes_another_model_is_dropped_not_timed(monkeypatch):
+    """A baseline whose output is more than WRONG_OUTPUT_REL off sparse_rt's (an export that lost a
+    layer, say) is reported as a wrong output, in red, and neither timed nor ranked."""
+    timed = []
+
+    def samples(fns, settings, cuda):
+        timed.append(set(fns))
+        return {name: [0.001] for name in fns}
+
+    monkeypatch.setattr(runner, "_interleaved_samples", samples)
+    monkeypatch.setattr(runner, "torch_sparse_model", lambda dense, summary: (_off_by(copy.deepcopy(dense), 3.0), ""))
+    report = bench.run(_hand_model(), (16,), batch=[1, 2], baselines="dense,torch-sparse", warmup=0, time=0)
+    engines = report.data["variants"][0]["engines"]
+    assert engines["dense"]["status"] == "ok" and engines["dense"]["max_rel_diff"] < 1e-6
+    status = engines["torch-sparse"]
+    assert status["status"] == "wrong output" and status["max_rel_diff"] > runner.WRONG_OUTPUT_REL
+    assert "not timed" in status["note"]
+    assert timed == [{"sparse_rt", "dense"}] * 2
+    assert {row["engine"] for row in report.rows()} == {"sparse_rt", "dense"}
+    assert "torch-sparse: wrong output, max rel diff vs sparse_rt" in str(report)
+
+
+def test_sparse_rt_computing_another_model_than_the_dense_one_is_an_error(monkeypatch):
+    monkeypatch.setattr(runner, "_interleaved_samples", lambda fns, settings, cuda: {name: [0.001] for name in fns})
+    monkeypatch.setattr(runner, "dense_copy", lambda module: _off_by(dense_copy(module), 3.0))
+    with pytest.raises(RuntimeError, match="sparse_rt's output differs from the dense model's by .* at batch 1"):
+        bench.run(_hand_model(), (16,), batch=[1], baselines="dense", warmup=0, time=0)
 
 
 def test_torch_sparse_conv_and_densify_match_the_sparse_model():

@@ -125,7 +125,7 @@ def _renderables(data):
                           str(r["iterations"]), speedup, style="bold" if r["engine"] == "sparse_rt" else None)
     yield table
 
-    notes = []
+    notes, wrong = [], []  # wrong: baselines dropped for computing another model (runner.WRONG_OUTPUT_REL)
     for variant in data["variants"]:
         label = f"sparsity {variant['sparsity']:g}: " if variant["sparsity"] is not None else ""
         for name, status in variant["engines"].items():
@@ -133,9 +133,12 @@ def _renderables(data):
             text = "; ".join(t for t in (status["note"], status.get("cuda_graph") and
                                          f"CUDA graph {status['cuda_graph']}") if t)
             if status["status"] != "ok" or text or (check is not None and check > 1e-3):
-                notes.append(f"{label}{name}: {status['status']}"
-                             f"{f', max rel diff vs sparse_rt {check:.1e}' if check is not None else ''}"
-                             f"{f' ({text})' if text else ''}")
+                (wrong if status["status"] == "wrong output" else notes).append(
+                    f"{label}{name}: {status['status']}"
+                    f"{f', max rel diff vs sparse_rt {check:.1e}' if check is not None else ''}"
+                    f"{f' ({text})' if text else ''}")
+    if wrong:
+        yield Text("\n".join(wrong), style="bold red")
     if notes:
         yield Text("\n".join(notes), style="yellow")
 

@@ -267,11 +267,20 @@ def _build_engines(sparse, baselines, example, device, tmp):
     return engines, status
 
 
+# A baseline whose output is further than this from sparse_rt's (max |diff| / max |sparse_rt|) computes
+# another model: it is dropped from the run, not timed and ranked. Loose enough for 16-bit activations
+# and 16-bit stored weights (below 2e-2 on the zoo's models), tight enough for an export that lost a
+# layer or a BatchNorm (1.83 on cifar_resnet, timed until 8158445).
+WRONG_OUTPUT_REL = 0.1
+
+
 def _prepare(engines, status, x, cuda_graphs, check, batch):
     """{name: zero-argument callable} for input x. With `check` (the first batch size; the weights
     and code paths are the same at the others), each engine runs once first: its output is checked
     against sparse_rt's (max |diff| / max |sparse_rt|). A baseline that fails to prepare (an
-    export, a compilation for this shape) or to run is dropped from the run with the error recorded."""
+    export, a compilation for this shape) or to run, or whose output is more than WRONG_OUTPUT_REL
+    off, is dropped from the run with the reason recorded; the dense model (the model as given)
+    that far off means sparse_rt's output is wrong, an error."""
     fns, reference = {}, None
     for name, engine in list(engines.items()):
         try:
@@ -286,8 +295,18 @@ def _prepare(engines, status, x, cuda_graphs, check, batch):
             continue
         if check:
             reference = out if reference is None else reference  # sparse_rt runs first
-            status[name]["max_rel_diff"] = ((out - reference).abs().max()
-                                            / reference.abs().max().clamp_min(1e-30)).item()
+            diff = ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
+            status[name]["max_rel_diff"] = diff
+            if not diff <= WRONG_OUTPUT_REL:  # NaN too
+                if name == "dense":
+                    raise RuntimeError(f"sparse-rt bench: sparse_rt's output differs from the dense model's by "
+                                       f"{diff:.2e} (max |diff| / max |sparse_rt|) at batch {batch}: not timing a "
+                                       f"model that computes something else")
+                status[name] = {**status[name], "status": "wrong output",
+                                "note": f"batch {batch}: output {diff:.2e} off sparse_rt's (above "
+                                        f"{WRONG_OUTPUT_REL:g}): not timed"}
+                del engines[name]
+                continue
         fns[name] = _cuda_graph(fn, status[name]) if cuda_graphs and engine.graphable else fn
     return fns
 
