@@ -395,7 +395,13 @@ void store_pixel_panel(const float* panel, int64_t channels, int64_t pixels, int
 // channel rows, more streams than the prefetchers follow, and a layer's input has often left the
 // cache (Intel Xeon, 2 threads, ResNet-50 90% batch 8: the first 64 -> 64 layer with its operands
 // flushed 2.6 -> 1.3 ms, the whole model 1.02x; the residual's too, 1.03-1.04x more, at 95% 1.05x;
-// batch 1 1.00x; old and new alternated in one process).
+// batch 1 1.00x; old and new alternated in one process). Where the output streams, the residual has left
+// the cache too, and a burst of its prefetches (a line in each of hundreds of channel rows) stalls the
+// loads behind it: the SpMM's stores prefetch it instead, a group of rows at a time, as they store the
+// same rows (ResNet-50's second stage's last layer with the downsampling's output, after the block's
+// first two layers: 2.45 -> 1.72 ms; the whole model at batch 8 1.013x / 1.035x at 90%, 1.023x / 1.023x
+// at 95%, old and new alternated in one process; batch 1 unchanged: nothing streams there; Intel Xeon,
+// 2 threads, scripts outside the repo: /tmp/i6/ctx.py, ab_flag.py).
 template <typename V>
 void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const float* x, float* y,
                            const Epilogue& ep, float* scratch, const ParallelFor& pf) {
@@ -405,6 +411,9 @@ void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const 
   const int64_t pixels = s.height * s.width, columns = s.batch * pixels;
   const PanelWork work = panel_work(s, w.crow[w.rows], pf.num_threads);
   const int64_t units = work.panels * work.parts;
+  // A residual that leaves the cache with the rest of the call's operands (the output streams) is
+  // prefetched by the SpMM's stores, a group of rows at a time (StridedOutput::next_columns).
+  const bool spread_residual = ep.residual && ep.stream;
   // The first pair of a slot: slot_of does not decrease with the pair.
   const auto first_pair = [&](int64_t slot) {
     int64_t low = 0, high = units;
@@ -438,15 +447,18 @@ void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const 
         if (part == 0 && next < columns && pixels > 1) {
           if (in_place) prefetch_panel(x, s.in_channels, pixels, next, false);
           if (!ep.stream) prefetch_panel(y, s.out_channels, pixels, next, true);
-          if (ep.residual) prefetch_panel(ep.residual, s.out_channels, pixels, next, false);
+          if (ep.residual && !spread_residual) prefetch_panel(ep.residual, s.out_channels, pixels, next, false);
         }
         const int64_t stored = std::min(width, columns - first);
         // Images of one pixel: the output is a linear layer's, [batch, out_channels], from the
         // panel's first image on.
         const bool one_pixel = pixels == 1;
-        const StridedOutput out =
+        StridedOutput out =
             one_pixel ? StridedOutput{y + first * s.out_channels, 1, s.out_channels, stored}
                       : StridedOutput{y, pixels, 1, stored, pixels, pixels, s.out_channels * pixels, first};
+        if (spread_residual && width == kPanelWidth && next < columns && !one_pixel) {
+          out.next_columns = std::min(kPanelWidth, columns - next);
+        }
         csr_spmm(w, b, out, one_pixel ? ep.at(first * s.out_channels) : ep,
                  balanced_row_start(w.crow, w.rows, part, work.parts),
                  balanced_row_start(w.crow, w.rows, part + 1, work.parts));

@@ -240,6 +240,16 @@ template <typename Wide>
 // and value type (the unrolled transposes in each made this file take minutes to compile).
 [[gnu::noinline]] void store_group(const float* tile, const StridedOutput& y, const Epilogue& ep,
                                    int64_t r0, int64_t count, int64_t q0, int64_t width) {
+  // The residual of these rows in the next call's columns, a line at a time (StridedOutput::next_columns):
+  // spread over the groups, the prefetches overlap the sums rather than stall a burst of them.
+  if (ep.residual && y.next_columns > 0) {
+    for (int64_t i = 0; i < count; ++i) {
+      for (int64_t j = 0; j < y.next_columns; j += 64 / int64_t(sizeof(float))) {
+        const int64_t index = y.index(r0 + i, q0 + width + j);
+        if (index >= 0) __builtin_prefetch(ep.residual + index);
+      }
+    }
+  }
   SPARSE_RT_DISPATCH_WIDE(store_group_body<Wide>(tile, y, ep, r0, count, q0, width))
 }
 

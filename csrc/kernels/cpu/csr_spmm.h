@@ -52,6 +52,9 @@ struct StridedOutput {
   int64_t segment_kept = 0;
   int64_t segment_stride = 0;
   int64_t first_column = 0;
+  // For a call of one tile: columns of the caller's next call, which go on where this tile ends; each
+  // group of rows stored prefetches its residual there (0: none; see pointwise_conv_panels).
+  int64_t next_columns = 0;
 
   // Where Y[r, q] is stored, or -1 where column q is cut away.
   int64_t index(int64_t r, int64_t q) const {
