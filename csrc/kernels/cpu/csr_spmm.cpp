@@ -241,13 +241,14 @@ template <typename Wide>
 [[gnu::noinline]] void store_group(const float* tile, const StridedOutput& y, const Epilogue& ep,
                                    int64_t r0, int64_t count, int64_t q0, int64_t width) {
   // The residual of these rows in the next call's columns, a line at a time (StridedOutput::next_columns):
-  // spread over the groups, the prefetches overlap the sums rather than stall a burst of them.
+  // spread over the groups, the prefetches overlap the sums rather than stall a burst of them. A column's
+  // place is the same in every row but for the row's stride: found once per line, not once per row (a
+  // segment's place takes two divisions).
   if (ep.residual && y.next_columns > 0) {
-    for (int64_t i = 0; i < count; ++i) {
-      for (int64_t j = 0; j < y.next_columns; j += 64 / int64_t(sizeof(float))) {
-        const int64_t index = y.index(r0 + i, q0 + width + j);
-        if (index >= 0) __builtin_prefetch(ep.residual + index);
-      }
+    for (int64_t j = 0; j < y.next_columns; j += 64 / int64_t(sizeof(float))) {
+      const int64_t column = y.index(0, q0 + width + j);
+      if (column < 0) continue;
+      for (int64_t i = 0; i < count; ++i) __builtin_prefetch(ep.residual + (r0 + i) * y.row_stride + column);
     }
   }
   SPARSE_RT_DISPATCH_WIDE(store_group_body<Wide>(tile, y, ep, r0, count, q0, width))
