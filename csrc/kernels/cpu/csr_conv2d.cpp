@@ -723,14 +723,16 @@ int64_t bottleneck_band_rows(const BottleneckShape& b, int64_t nnz2, int64_t thr
   // Touched by the last layer alone: its input, its residual and its output.
   const double touched = double(b.batch) * double(plane) * double(b.mid2 + 2 * b.out_channels) * sizeof(float);
   if (touched <= double(std::min(l3_cache_bytes(), kL3CountedAtMost)) / 2) return 0;
+  const int64_t band_budget = std::min(l2_cache_bytes(), kBandBytesAtMost);
   int64_t best = 0;
   for (int64_t rows = 1; rows <= b.height; ++rows) {
     if (b.height % rows != 0 || b.batch * (b.height / rows) < kBandsPerThread * std::max<int64_t>(threads, 1)) continue;
+    if (rows * b.width < kPanelWidth) continue;  // narrower tiles, each a pass over the weight
     const PackedConvLayout l = packed_conv_layout(band_conv_shape(b, rows), nnz2);
     if (l.gather) continue;
     // The band's share of the input and of the output pass through the L2 beside the scratch.
     const int64_t passing = (b.in_channels * (rows + 2) + b.out_channels * rows) * b.width;
-    if ((band_scratch(b, rows, l).total() + passing) * int64_t(sizeof(float)) <= l2_cache_bytes() / 2) best = rows;
+    if ((band_scratch(b, rows, l).total() + passing) * int64_t(sizeof(float)) <= band_budget) best = rows;
   }
   return best;
 }

@@ -154,12 +154,19 @@ struct BottleneckShape {
 // one), the 3x3 layer on that, the last layer with its epilogue (the residual) into the output's
 // rows, so that the two inner activations never leave the core's L2 (bottleneck_block).
 // bottleneck_band_rows: the rows of a band, the largest divisor of the height whose band's operands
-// (scratch, and the input and output rows passing through) take at most half the L2 and that gives
-// each thread kBandsPerThread bands at least; 0 where the block does not pay (its activations stay in
-// the cache anyway: the caller runs the layers apart; ResNet-50's stages 3 and 4 at batch 8 ran
-// 1.4x and 6.5x as long in bands) or no band fits. Measured on ResNet-50 at batch 8 (Intel Xeon, 2
-// threads), bands filling half the L2 against all of it: its second stage 1.5x as fast.
+// (scratch, and the input and output rows passing through) take at most kBandBytesAtMost and at most
+// the L2, whose band is at least one 64-column tile wide, and that gives each thread kBandsPerThread
+// bands at least; 0 where the block does not pay (its activations stay in the cache anyway: the caller
+// runs the layers apart; ResNet-50's stages 3 and 4 at batch 8 ran 1.4x and 6.5x as long in bands) or
+// no band fits. Measured on ResNet-50 at batch 8, 2 threads: on an Intel Xeon (2 MiB of L2) bands of
+// 1 MiB against 2 MiB ran its second stage 1.5x as fast; on an AMD EPYC Zen 4 (1 MiB of L2) bands of
+// 1 MiB against 512 KiB, two rows (56 columns, tiles of 32, 16 and 8, each a pass over the weight),
+// ran its blocks 1.1-1.3x as fast, the first stage's too (layer by layer in the model's order,
+// alternating); the whole model, captured, with the stem pool's prefetch (max_pool.cpp) beside it,
+// 1.04x / 1.08x at 90% and 1.07x / 1.09x at 95% (old and new alternated in one process, two runs
+// each); batch 1 bands nothing, level (0.995x).
 constexpr int64_t kBandsPerThread = 4;
+constexpr int64_t kBandBytesAtMost = int64_t(1) << 20;
 int64_t bottleneck_band_rows(const BottleneckShape& b, int64_t nnz2, int64_t threads);
 // Scratch bottleneck_block needs: floats (per thread, the band's two inner activations and the
 // packed copy of the first) and int32 tap offsets (one per nonzero of the 3x3 layer).

@@ -54,12 +54,29 @@ template <typename Wide>
   const float* image = x + n * s.height * s.width * s.channels;
   const auto out_at = [&](int64_t c, int64_t ox) { return y + ((n * s.channels + c) * s.out_h + oy) * s.out_w + ox; };
   const int64_t whole_channels = s.channels / kLanes * kLanes;
+  // The input rows that the next output row reads and this one does not ([ahead_begin, ahead_end)),
+  // prefetched a share per block of columns and channels, so that the prefetches overlap the maxima.
+  // An image that has left the cache (ResNet-50's stem at batch 8: 26 MB) otherwise came in at the
+  // pace of the loads that miss, 1.1-1.6x as long as with them (AMD EPYC Zen 4, 2 threads).
+  const int64_t row_floats = s.width * s.channels;
+  const int64_t ahead_begin = std::max<int64_t>(oy * s.stride_h - s.pad_h + s.kernel_h, 0);
+  const int64_t ahead_end = std::min((oy + 1) * s.stride_h - s.pad_h + s.kernel_h, s.height);
+  const float* const ahead = image + ahead_begin * row_floats;
+  constexpr int64_t kLineFloats = 64 / int64_t(sizeof(float));
+  const int64_t ahead_lines =
+      oy + 1 < s.out_h && ahead_end > ahead_begin ? ((ahead_end - ahead_begin) * row_floats + kLineFloats - 1) / kLineFloats : 0;
+  const int64_t steps = (s.out_w + kLanes - 1) / kLanes * std::max<int64_t>(whole_channels / kLanes, 1);
+  const int64_t lines_per_step = (ahead_lines + steps - 1) / steps;
+  int64_t prefetched = 0;
   // Columns outermost: a window's pixels are read whole (every channel block of a pixel in turn), in
   // the order they lie in memory; channel blocks outermost read every 4th line of a 64-channel image
   // per pass, 1.3x slower than PyTorch at batch 8 where the image comes from memory.
   for (int64_t ox0 = 0; ox0 < s.out_w; ox0 += kLanes) {
     const int64_t columns = std::min(kLanes, s.out_w - ox0);
     for (int64_t c0 = 0; c0 < whole_channels; c0 += kLanes) {
+      for (const int64_t stop = std::min(ahead_lines, prefetched + lines_per_step); prefetched < stop; ++prefetched) {
+        __builtin_prefetch(ahead + prefetched * kLineFloats);
+      }
       // Row i of the tile: the maxima of column ox0 + i's window over channels [c0, c0 + kLanes); rows
       // past the last column are zeros, transposed with the rest but never stored.
       alignas(64) float tile[kLanes * kLanes];
