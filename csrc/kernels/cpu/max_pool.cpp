@@ -59,7 +59,8 @@ template <typename Wide>
   // An image that has left the cache (ResNet-50's stem at batch 8: 26 MB) otherwise came in at the
   // pace of the loads that miss: that pool alone took 1.1-1.7x as long (AMD EPYC Zen 4, 2 threads).
   const int64_t row_floats = s.width * s.channels;
-  const int64_t ahead_begin = std::max<int64_t>(oy * s.stride_h - s.pad_h + s.kernel_h, 0);
+  // Clamped to the image, so that the pointer below never points past the input.
+  const int64_t ahead_begin = std::clamp<int64_t>(oy * s.stride_h - s.pad_h + s.kernel_h, 0, s.height);
   const int64_t ahead_end = std::min((oy + 1) * s.stride_h - s.pad_h + s.kernel_h, s.height);
   const float* const ahead = image + ahead_begin * row_floats;
   constexpr int64_t kLineFloats = 64 / int64_t(sizeof(float));
