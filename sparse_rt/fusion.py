@@ -40,6 +40,14 @@ with torch.fx and rewrites its graph:
   the bands' edges). ResNet-50 at batch 8 against the same model fused with pairs (below) instead,
   Intel Xeon, 2 threads, in one process: 1.058x at 95%, 1.024x at 90%; its first stage 21.8 -> 17.3
   ms at 95% (torch.profiler); stages 3 and 4, whose activations stay in the cache, run apart.
+  Where such a block's pointwise stride-1 downsample took its sum (ResNet's first stage, whose
+  downsample comes first in the graph), the downsample joins the call as the block's shortcut: in
+  bands its output for the band goes into the core's cache and the last layer's sums are added to it
+  there, so that neither the block's output nor the downsample's input passes through memory again
+  (the same values bit for bit where the layers run apart, within fp32 rounding in bands).
+  ResNet-50's first block at batch 8, 90%, per node in the model's order (AMD EPYC Zen 4, 2 threads,
+  alternating): block and downsample 10.2-10.8 ms -> 7.6-8.6; the whole model 1.00-1.02x (three of
+  five runs above 1.01x), batch 1 level.
 - A pointwise CSR SparseConv2d (1x1, stride 1, unpadded, one group) whose output another such layer
   reads, where no bottleneck block took either (a ResNet block's output and the next block's first
   layer; MobileNetV2's projection
@@ -125,6 +133,7 @@ class FusionReport:
     fused_add_layer_norms: List[str] = field(default_factory=list)
     pointwise_conv_pairs: List[Tuple[str, str]] = field(default_factory=list)
     bottleneck_blocks: List[Tuple[str, str, str]] = field(default_factory=list)
+    block_shortcuts: List[Tuple[str, str]] = field(default_factory=list)
 
     def to_json(self):
         return {f.name: [list(item) if isinstance(item, tuple) else item for item in getattr(self, f.name)]
@@ -149,12 +158,14 @@ class FusionReport:
                 f"{len(self.shared_input_linears)} group(s) of sparse linear layers reading one input in one call, "
                 f"{len(self.fused_add_layer_norms)} sum(s) and LayerNorm(s) in one pass, "
                 f"{len(self.pointwise_conv_pairs)} pair(s) of pointwise sparse convolutions in one, "
-                f"{len(self.bottleneck_blocks)} bottleneck block(s) of sparse convolutions in one")
+                f"{len(self.bottleneck_blocks)} bottleneck block(s) of sparse convolutions in one, "
+                f"{len(self.block_shortcuts)} of them with their pointwise shortcut")
 
 
 # FusionReport fields of rewrites that change no tensor a file holds (layouts, attention kernels).
 TENSOR_FREE_REWRITES = ("channels_last_pools", "channels_last_convs", "fused_attentions", "fused_mlps",
-                        "shared_input_linears", "fused_add_layer_norms", "pointwise_conv_pairs", "bottleneck_blocks")
+                        "shared_input_linears", "fused_add_layer_norms", "pointwise_conv_pairs", "bottleneck_blocks",
+                        "block_shortcuts")
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -298,6 +309,17 @@ def fuse(module: nn.Module, *, fold_values: bool = True,
         for old in (node, block[1], block[0]):
             gm.graph.erase_node(old)
         report.bottleneck_blocks.append((block[0].target, block[1].target, node.target))
+    for node in list(gm.graph.nodes):
+        block = _block_before_shortcut(gm, node, calls)
+        if block is None:
+            continue
+        with gm.graph.inserting_before(node):
+            shortcut = gm.graph.get_attr(node.target)
+            fused = gm.graph.call_function(bottleneck_block, (*block.args[:4], None, shortcut))
+        report.block_shortcuts.append((block.args[2].target, node.target))
+        node.replace_all_uses_with(fused)
+        gm.graph.erase_node(node)
+        gm.graph.erase_node(block)
     paired = set()
     for node in list(gm.graph.nodes):
         first = _pointwise_conv_pair_pattern(gm, node, calls)
@@ -428,20 +450,27 @@ def pointwise_conv_pair(first, second, input, residual=None):
     return middle, second(middle)
 
 
-def bottleneck_block(first, second, last, input, residual=None):
+def bottleneck_block(first, second, last, input, residual=None, shortcut=None):
     """last(second(first(input)), residual) for the CSR SparseConv2d layers of a bottleneck block (1x1;
-    3x3 with stride 1, padding 1; 1x1; one group each): one csr_bottleneck_block call where it takes
-    them (an fp32 CPU input, the weights' values of one dtype, a residual of the output's shape and
-    dtype or none), which runs the block a band of output rows at a time where its activations leave
-    the cache; else the layers one after the other, as an ONNX export sees them."""
-    if (input.dtype == torch.float32 and _conv_ops_take(input, (first, second, last))
+    3x3 with stride 1, padding 1; 1x1; one group each), or with a `shortcut` layer (a pointwise one on
+    `input`, taking the sum) shortcut(input, last(second(first(input)))): one csr_bottleneck_block call
+    where it takes them (an fp32 CPU input, the weights' values of one dtype, a residual of the output's
+    shape and dtype or none; `last` without a ReLU beside a shortcut), which runs the block a band of
+    output rows at a time where its activations leave the cache, the shortcut's output summed in the
+    band; else the layers one after the other, as an ONNX export sees them."""
+    layers = (first, second, last) if shortcut is None else (first, second, last, shortcut)
+    if (input.dtype == torch.float32 and _conv_ops_take(input, layers)
+            and (shortcut is None or (residual is None and not last.relu))
             and (residual is None or (residual.shape == (input.shape[0], last.out_channels, *input.shape[2:])
                                       and residual.dtype == input.dtype and residual.device == input.device))):
         w1, w2, w3 = (layer._weight_tensors() for layer in (first, second, last))
-        return ops.csr_bottleneck_block(input, *w1, first.in_channels, first.relu, *w2, second.relu, *w3, last.relu,
-                                        residual)
+        w4 = (None,) * 4 if shortcut is None else shortcut._weight_tensors()
+        relu = last.relu if shortcut is None else shortcut.relu
+        return ops.csr_bottleneck_block(input, *w1, first.in_channels, first.relu, *w2, second.relu, *w3, relu,
+                                        residual, *w4)
     middle = second(first(input))
-    return last(middle) if residual is None else last(middle, residual)
+    output = last(middle) if residual is None else last(middle, residual)
+    return output if shortcut is None else shortcut(input, output)
 
 
 def _conv_ops_take(input, layers):
@@ -481,6 +510,21 @@ def _bottleneck_block_pattern(gm, node, calls):
     if _pointwise_csr_conv(gm, first, calls) is None or first.kwargs or _sole_user(first) is not second:
         return None
     return first, second
+
+
+def _block_before_shortcut(gm, node, calls):
+    """The bottleneck_block node (without a residual or shortcut, its last layer without a ReLU) when
+    `node` calls a pointwise CSR SparseConv2d on that block's input with the block's output as its
+    residual, the block's output read by it alone (a stage's first block whose downsample is pointwise
+    and took the sum: ResNet-50's first). Else None."""
+    if _pointwise_csr_conv(gm, node, calls) is None or set(node.kwargs) != {"residual"}:
+        return None
+    block = node.kwargs["residual"]
+    if (not isinstance(block, fx.Node) or block.op != "call_function" or block.target is not bottleneck_block
+            or len(block.args) != 5 or block.kwargs or block.args[4] is not None or _sole_user(block) is not node
+            or block.args[3] is not node.args[0] or gm.get_submodule(block.args[2].target).relu):
+        return None
+    return block
 
 
 def _pointwise_csr_conv(gm, node, calls):

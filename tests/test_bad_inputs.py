@@ -519,10 +519,15 @@ def test_csr_bottleneck_block_errors_name_the_layer():
     bad_cols = w2.col_indices.clone()
     bad_cols[0] = 54
 
-    def args(x=None, residual=None, cols2=w2.col_indices, values3=w3.values, crow3=w3.crow_indices):
+    w4 = random_csr(4, 4, 0.5, seed=5)
+    bad_cols4 = w4.col_indices.clone()
+    bad_cols4[-1] = 4
+
+    def args(x=None, residual=None, cols2=w2.col_indices, values3=w3.values, crow3=w3.crow_indices, shortcut=()):
         x = randn(2, 4, 5, 5) if x is None else x
         return (x, w1.crow_indices, w1.col_indices, w1.values, None, 4, True, w2.crow_indices, cols2, w2.values, None,
-                True, crow3, w3.col_indices, values3, None, True, residual)
+                True, crow3, w3.col_indices, values3, None, True, residual, *shortcut)
+    wide = random_csr(5, 4, 0.5, seed=6)
     layer = r"sparse_rt.csr_bottleneck_block \({}\): "
     cases = [
         (args(x=randn(2, 5, 5, 5)), layer.format("first layer") + r"input has 5 channels \(shape \[2, 5, 5, 5\]\) but"),
@@ -532,6 +537,17 @@ def test_csr_bottleneck_block_errors_name_the_layer():
         (args(residual=randn(2, 4, 5, 4)), layer.format("last layer") + r"residual has shape \[2, 4, 5, 4\] but"),
         (args(crow3=torch.tensor([0, 1, 2, 3, 9], dtype=torch.int32)), layer.format("last layer")),
         (args(values3=w3.values.to(torch.bfloat16)),
+         r"sparse_rt.csr_bottleneck_block: the layers' values must share a dtype, got Float and BFloat16"),
+        (args(shortcut=(w4.crow_indices, None, w4.values)),
+         layer.format("shortcut layer") + r"shortcut_crow_indices, shortcut_col_indices and shortcut_values must be"),
+        (args(shortcut=(None, None, None, randn(4))), layer.format("shortcut layer") + r"shortcut_bias is given without"),
+        (args(residual=randn(2, 4, 5, 5), shortcut=(w4.crow_indices, w4.col_indices, w4.values)),
+         layer.format("shortcut layer") + r"a residual and a shortcut layer were both given"),
+        (args(shortcut=(wide.crow_indices, wide.col_indices, wide.values)),
+         layer.format("shortcut layer") + r"has 5 output channels but the block's last layer has 4"),
+        (args(shortcut=(w4.crow_indices, bad_cols4, w4.values)),
+         layer.format("shortcut layer") + r"col_indices\[\d+\]=4 is out of range \[0, 4\)"),
+        (args(shortcut=(w4.crow_indices, w4.col_indices, w4.values.to(torch.bfloat16))),
          r"sparse_rt.csr_bottleneck_block: the layers' values must share a dtype, got Float and BFloat16"),
     ]
     for call_args, message in cases:

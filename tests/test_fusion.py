@@ -440,6 +440,65 @@ def test_the_pointwise_summand_takes_the_sum_and_chains_with_the_next_block(tmp_
         assert torch.equal(loaded(x), out)
 
 
+def _first_stage_bottlenecks():
+    """ResNet's first stage in small: a block whose downsample is pointwise with stride 1 (computed
+    first; it takes the sum), then one without."""
+    downsample = nn.Sequential(nn.Conv2d(64, 128, 1, bias=False), nn.BatchNorm2d(128))
+    return _with_batch_statistics(nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
+                                                Bottleneck(64, 32, downsample=downsample), Bottleneck(128, 32)).eval())
+
+
+@requires_compiled_ops
+def test_a_block_with_a_pointwise_downsample_runs_it_as_its_shortcut_and_saves_and_loads(tmp_path):
+    """A bottleneck block whose pointwise downsample takes the block's output as its residual runs as one
+    csr_bottleneck_block call with the downsample as its shortcut: band by band on 4 x 64x64 images (19
+    MB touched by its last layer), its layers apart at 16x16; the values of the model fused without it
+    bit for bit at 16x16 and within 1e-5 of the unfused model. Saved and loaded, and from a file whose
+    report predates shortcuts, the model runs fused the same way."""
+    net = _first_stage_bottlenecks()
+    unfused, fused, plain = _sparse(net), _sparse(net), _sparse(net)
+    report = fused.fuse()
+    assert report.fused_residuals == ["2.downsample.0", "3.conv3"]
+    assert report.bottleneck_blocks == [("2.conv1", "2.conv2", "2.conv3"), ("3.conv1", "3.conv2", "3.conv3")]
+    assert report.block_shortcuts == [("2.conv3", "2.downsample.0")]
+    assert "2.downsample.0" not in [n.target for n in fused.module.graph.nodes if n.op == "call_module"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fusion, "_block_before_shortcut", lambda *args: None)
+        assert plain.fuse().block_shortcuts == []
+    xs, expected = _outputs_close_to_unfused(fused, unfused, ((4, 3, 64, 64), (1, 3, 16, 16)), seed=14)
+    with torch.inference_mode():
+        assert torch.equal(expected[1], plain(xs[1]))
+    _reloads_fused_the_same(fused, _first_stage_bottlenecks, xs, expected, tmp_path, "block_shortcuts",
+                            lambda record: {k: v for k, v in record.items() if k != "block_shortcuts"})
+
+
+def _outputs_close_to_unfused(fused, unfused, shapes, seed):
+    """(inputs of `shapes`, fused's outputs), each within 1e-5 of unfused's."""
+    xs = [torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) for shape in shapes]
+    with torch.inference_mode():
+        expected = [fused(x) for x in xs]
+        for x, out in zip(xs, expected):
+            assert rel_err(out, unfused(x)) < 1e-5
+    return xs, expected
+
+
+def _reloads_fused_the_same(fused, arch, xs, expected, tmp_path, field, older_record):
+    """`fused` saved and loaded (its report whole), and saved with its report as `older_record` makes it
+    (a file of an earlier version) and loaded (its `field` as fused's): both give `expected`, bit for bit."""
+    fused.save(tmp_path / "fused.srt")
+    loaded = sparse_rt.load(tmp_path / "fused.srt", arch=arch())
+    assert loaded.fusion.to_json() == fused.fusion.to_json()
+    to_json = FusionReport.to_json
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FusionReport, "to_json", lambda self: older_record(to_json(self)))
+        fused.save(tmp_path / "older.srt")
+    older = sparse_rt.load(tmp_path / "older.srt", arch=arch())
+    assert getattr(older.fusion, field) == getattr(fused.fusion, field)
+    with torch.inference_mode():
+        for x, out in zip(xs, expected):
+            assert torch.equal(loaded(x), out) and torch.equal(older(x), out)
+
+
 @requires_compiled_ops
 def test_bottleneck_blocks_run_as_one_op_and_save_and_load(tmp_path):
     """A stride-1 bottleneck block (1x1, 3x3, 1x1 with the skip connection) runs as one
@@ -452,26 +511,10 @@ def test_bottleneck_blocks_run_as_one_op_and_save_and_load(tmp_path):
     report = fused.fuse()
     assert report.bottleneck_blocks == [("3.conv1", "3.conv2", "3.conv3")]
     assert report.pointwise_conv_pairs == []
-    xs = [torch.randn(*shape, generator=torch.Generator().manual_seed(13)) for shape in ((4, 3, 128, 128),
-                                                                                         (1, 3, 16, 16))]
-    with torch.inference_mode():
-        expected = [fused(x) for x in xs]
-        for x, out in zip(xs, expected):
-            assert rel_err(out, unfused(x)) < 1e-5
-    fused.save(tmp_path / "blocks.srt")
-    loaded = sparse_rt.load(tmp_path / "blocks.srt", arch=_strided_bottlenecks())
-    assert loaded.fusion.to_json() == report.to_json()
-    to_json = FusionReport.to_json
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FusionReport, "to_json", lambda self: {**{k: v for k, v in to_json(self).items()
-                                                                 if k != "bottleneck_blocks"},
-                                                              "pointwise_conv_pairs": [["2.conv3", "3.conv1"]]})
-        fused.save(tmp_path / "older.srt")
-    older = sparse_rt.load(tmp_path / "older.srt", arch=_strided_bottlenecks())
-    assert older.fusion.bottleneck_blocks == report.bottleneck_blocks
-    with torch.inference_mode():
-        for x, out in zip(xs, expected):
-            assert torch.equal(loaded(x), out) and torch.equal(older(x), out)
+    xs, expected = _outputs_close_to_unfused(fused, unfused, ((4, 3, 128, 128), (1, 3, 16, 16)), seed=13)
+    _reloads_fused_the_same(fused, _strided_bottlenecks, xs, expected, tmp_path, "bottleneck_blocks",
+                            lambda record: {**{k: v for k, v in record.items() if k != "bottleneck_blocks"},
+                                            "pointwise_conv_pairs": [["2.conv3", "3.conv1"]]})
 
 
 @requires_compiled_ops
@@ -546,7 +589,7 @@ def _fused_example(arch, images):
     """(a fused sparse model of `arch`, an input for it: 2 sequences of 9 tokens, or `images` images)."""
     build = {"resnet18": _resnet18, "bert": _small_bert,
              "mobilenet_v2": lambda: models.create("mobilenet_v2", num_classes=10).eval(),
-             "bottlenecks": _strided_bottlenecks}[arch]
+             "bottlenecks": _strided_bottlenecks, "first_stage": _first_stage_bottlenecks}[arch]
     model = _sparse(build())
     model.fuse()
     x = (torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(7)) if arch == "bert"
@@ -556,10 +599,11 @@ def _fused_example(arch, images):
 
 @requires_compiled_ops
 @pytest.mark.parametrize("flavor", ["portable", "sparse"])
-@pytest.mark.parametrize("arch", ["resnet18", "bert", "mobilenet_v2", "bottlenecks"])
+@pytest.mark.parametrize("arch", ["resnet18", "bert", "mobilenet_v2", "bottlenecks", "first_stage"])
 def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor, arch):
     """mobilenet_v2: pairs of pointwise convolutions in one op, exported as the two layers;
-    bottlenecks: a bottleneck block in one op, exported as its three layers."""
+    bottlenecks: a bottleneck block in one op, exported as its three layers; first_stage: a block with
+    its shortcut in one op, exported as its four layers."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     if flavor == "sparse":
@@ -576,7 +620,7 @@ def test_a_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path, flavor, a
 
 
 @requires_compiled_ops
-@pytest.mark.parametrize("arch", ["bert", "mobilenet_v2", "bottlenecks"])
+@pytest.mark.parametrize("arch", ["bert", "mobilenet_v2", "bottlenecks", "first_stage"])
 def test_a_fused_model_pickles_with_its_fused_calls(tmp_path, arch):
     """torch.save / torch.load of the whole fused model (the functions fuse() puts in the graph stay
     calls when unpickling traces its code again; the zoo's string annotations are not globals)."""

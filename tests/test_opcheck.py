@@ -120,19 +120,23 @@ def test_opcheck_csr_pointwise_conv_pair():
 
 def test_opcheck_csr_bottleneck_block():
     """CPU only (fusion calls it for CPU inputs): the layers one after the other (2 x 6x5 pixels), and,
-    with the residual, band by band (8 x 32x32 pixels of 256 channels: 17 MB touched, past the cache)."""
+    with the residual or a shortcut layer, band by band (8 x 32x32 pixels of 256 channels: 17 MB touched,
+    past the cache)."""
     for values_dtype in DTYPES:
         for n, size, cin, mid in ((2, 6, 12, 8), (8, 32, 256, 16)):
             w1 = random_csr(mid, cin, 0.2, seed=6, dtype=values_dtype)
             w2 = random_csr(mid, mid * 9, 0.2, seed=7, dtype=values_dtype)
             w3 = random_csr(cin, mid, 0.2, seed=8, dtype=values_dtype)
+            w4 = random_csr(cin, cin, 0.1, seed=9, dtype=values_dtype)
             x = randn(n, cin, size, size - 1 if n == 2 else size)
+            block = (x, w1.crow_indices, w1.col_indices, w1.values, randn(mid, dtype=values_dtype), cin, True,
+                     w2.crow_indices, w2.col_indices, w2.values, None, True, w3.crow_indices, w3.col_indices,
+                     w3.values, randn(cin, dtype=values_dtype), True)
             for residual in (None, randn(*x.shape)):
-                torch.library.opcheck(torch.ops.sparse_rt.csr_bottleneck_block.default,
-                                      (x, w1.crow_indices, w1.col_indices, w1.values, randn(mid, dtype=values_dtype),
-                                       cin, True, w2.crow_indices, w2.col_indices, w2.values, None, True,
-                                       w3.crow_indices, w3.col_indices, w3.values, randn(cin, dtype=values_dtype), True,
-                                       residual))
+                torch.library.opcheck(torch.ops.sparse_rt.csr_bottleneck_block.default, (*block, residual))
+            torch.library.opcheck(torch.ops.sparse_rt.csr_bottleneck_block.default,
+                                  (*block, None, w4.crow_indices, w4.col_indices, w4.values,
+                                   randn(cin, dtype=values_dtype)))
 
 
 @pytest.mark.parametrize("device", DEVICES)

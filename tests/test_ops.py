@@ -585,34 +585,47 @@ def test_csr_pointwise_conv_pair_gives_the_two_convolutions_bit_for_bit(dtype, s
 
 @requires_compiled_ops
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, with_residual", [
+@pytest.mark.parametrize("shape, summand", [
     # 8 x 56x56 images, 128 -> 32 -> 32 -> 128 channels: the last layer touches 29 MB, past the cache,
     # so the block runs a band of rows at a time (cpu::bottleneck_band_rows)
-    ((8, 128, 56, 56, 32, 32, 128), True),
+    ((8, 128, 56, 56, 32, 32, 128), "residual"),
+    # a shortcut layer's output as the residual, in bands (of 7-column rows: 98 or 196 columns, tiles of
+    # 64 and a part one, which the in-place sum must not store twice) and apart
+    ((8, 64, 56, 7, 32, 32, 1024), "shortcut"),
+    ((2, 12, 9, 7, 10, 6, 12), "shortcut"),
     # 2 x 9x7 images: the layers one after the other
-    ((2, 12, 9, 7, 10, 6, 12), True),
-    ((2, 12, 9, 7, 10, 6, 12), False),
+    ((2, 12, 9, 7, 10, 6, 12), "residual"),
+    ((2, 12, 9, 7, 10, 6, 12), None),
 ])
-def test_csr_bottleneck_block_gives_its_three_convolutions(dtype, shape, with_residual):
-    """csr_bottleneck_block against its three csr_conv2d calls and the float64 reference (a first
-    weight with empty rows and a dense one, a 3x3 weight of 0 nonzeros)."""
+def test_csr_bottleneck_block_gives_its_three_convolutions(dtype, shape, summand):
+    """csr_bottleneck_block against its csr_conv2d calls and the float64 reference (a first weight with
+    empty rows and a dense one, a 3x3 weight of 0 nonzeros); with a shortcut, the last layer without its
+    ReLU and the shortcut layer taking its output as the residual, with the ReLU."""
+    from sparse_rt import _C
+
     n, cin, h, w_, mid1, mid2, cout = shape
+    band_rows = _C.bottleneck_band_rows(*shape, nnz2=int(mid2 * mid1 * 9 * 0.1), threads=torch.get_num_threads())
+    assert (band_rows > 0) == (n == 8)
     x = torch.relu(randn(n, cin, h, w_, seed=1))
     w1 = random_csr(mid1, cin, 0.2, seed=2, dtype=dtype, empty_rows=(0, 5), dense_rows=(3,))
     w3 = random_csr(cout, mid2, 0.3, seed=4, dtype=dtype, empty_rows=(1,))
-    bias1, bias2, bias3 = (randn(c, dtype=dtype, seed=5 + i) for i, c in enumerate((mid1, mid2, cout)))
-    residual = randn(n, cout, h, w_, seed=8) if with_residual else None
+    w4 = random_csr(cout, cin, 0.2, seed=9, dtype=dtype, empty_rows=(2,))
+    bias1, bias2, bias3, bias4 = (randn(c, dtype=dtype, seed=5 + i) for i, c in enumerate((mid1, mid2, cout, cout)))
+    residual = randn(n, cout, h, w_, seed=8) if summand == "residual" else None
+    shortcut = (w4.crow_indices, w4.col_indices, w4.values, bias4) if summand == "shortcut" else ()
     one, none = (1, 1), (0, 0)
     for middle_density in (0.1, 0.0):
         w2 = random_csr(mid2, mid1 * 9, middle_density, seed=3, dtype=dtype)
         args = (x, w1.crow_indices, w1.col_indices, w1.values, bias1, cin, True, w2.crow_indices, w2.col_indices,
-                w2.values, bias2, True, w3.crow_indices, w3.col_indices, w3.values, bias3, True, residual)
+                w2.values, bias2, True, w3.crow_indices, w3.col_indices, w3.values, bias3, True, residual, *shortcut)
         y = ops.csr_bottleneck_block(*args)
         apart = ops.csr_conv2d(x, w1.crow_indices, w1.col_indices, w1.values, bias1, cin, one, one, none, one, 1, True)
         apart = ops.csr_conv2d(apart, w2.crow_indices, w2.col_indices, w2.values, bias2, mid1, (3, 3), one, one, one, 1,
                                True)
         apart = ops.csr_conv2d(apart, w3.crow_indices, w3.col_indices, w3.values, bias3, mid2, one, one, none, one, 1,
-                               True, residual)
+                               not shortcut, residual)
+        if shortcut:
+            apart = ops.csr_conv2d(x, *shortcut, cin, one, one, none, one, 1, True, apart)
         assert_close(y, apart, torch.float32)
         assert_close(y, reference.csr_bottleneck_block(*args, compute_dtype=torch.float64).float(), torch.float32)
 

@@ -796,12 +796,13 @@ class CsrBottleneckKernel {
       Scratch scratch(ctx);
       const int64_t rows = cpu::bottleneck_band_rows(b, w[1].nnz, pf.num_threads);
       if (rows > 0) {
-        const cpu::BottleneckScratchSizes sizes = cpu::bottleneck_scratch(b, rows, w[1].nnz, pf.num_threads);
+        const cpu::BottleneckScratchSizes sizes = cpu::bottleneck_scratch(b, rows, w[1].nnz, pf.num_threads, false);
         const auto view = [&](size_t i, int64_t cols) {
           return cpu::CsrView<float>{w[i].crow, w[i].col, w[i].values, w[i].rows(), cols};
         };
         cpu::bottleneck_block(b, rows, view(0, b.in_channels), ep[0], view(1, b.mid1 * 9), ep[1], view(2, b.mid2),
-                              ep[2], xp, y, scratch.get<float>(sizes.floats), scratch.get<int32_t>(sizes.offsets), pf);
+                              ep[2], static_cast<const cpu::CsrView<float>*>(nullptr), cpu::Epilogue{nullptr, false},
+                              xp, y, scratch.get<float>(sizes.floats), scratch.get<int32_t>(sizes.offsets), pf);
         return;
       }
       // One after the other: 1x1, 3x3 (stride 1, padding 1), 1x1.

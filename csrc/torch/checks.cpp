@@ -289,7 +289,7 @@ BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor&
                                       const at::Tensor& values2, const c10::optional<at::Tensor>& bias2,
                                       const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
                                       const c10::optional<at::Tensor>& bias3,
-                                      const c10::optional<at::Tensor>& residual) {
+                                      const c10::optional<at::Tensor>& residual, const BlockShortcut& shortcut) {
   const int64_t one[] = {1, 1}, three[] = {3, 3}, none[] = {0, 0};
   // Each layer's input as prepare_conv reads it: its shape, dtype and device.
   const auto output_of = [&](const ConvProblem& layer) {
@@ -304,7 +304,20 @@ BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor&
                                         one, none, one, 1, kBlockLayers[2]);
   const Conv2dShape& s = last.shape;
   check_residual(kBlockLayers[2], residual, {s.batch, s.out_channels, s.out_h, s.out_w}, input);
-  return {first, second, last};
+  SPARSE_RT_CHECK(shortcut.crow.has_value() == shortcut.col.has_value() &&
+                      shortcut.crow.has_value() == shortcut.values.has_value(),
+                  kBlockShortcut, "shortcut_crow_indices, shortcut_col_indices and shortcut_values must be given "
+                  "together");
+  SPARSE_RT_CHECK(shortcut.given() || !shortcut.bias.has_value(), kBlockShortcut,
+                  "shortcut_bias is given without a shortcut weight");
+  if (!shortcut.given()) return {first, second, last, c10::nullopt};
+  SPARSE_RT_CHECK(!residual.has_value(), kBlockShortcut,
+                  "a residual and a shortcut layer were both given: the shortcut's output is the residual");
+  const ConvProblem added = prepare_conv(input, *shortcut.crow, *shortcut.col, *shortcut.values, shortcut.bias,
+                                         in_channels, one, one, none, one, 1, kBlockShortcut);
+  SPARSE_RT_CHECK(added.shape.out_channels == s.out_channels, kBlockShortcut, "has ", added.shape.out_channels,
+                  " output channels but the block's last layer has ", s.out_channels);
+  return {first, second, last, added};
 }
 
 PoolProblem prepare_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,

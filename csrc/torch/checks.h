@@ -154,21 +154,34 @@ PairProblem prepare_pointwise_conv_pair(const at::Tensor& input, const at::Tenso
                                         const at::Tensor& crow2, const at::Tensor& col2, const at::Tensor& values2,
                                         const c10::optional<at::Tensor>& bias2);
 
+// A bottleneck block's shortcut layer as the op takes it: its CSR arrays given all three or none.
+struct BlockShortcut {
+  const c10::optional<at::Tensor>& crow;
+  const c10::optional<at::Tensor>& col;
+  const c10::optional<at::Tensor>& values;
+  const c10::optional<at::Tensor>& bias;
+  bool given() const { return crow.has_value(); }
+};
+
 // csr_bottleneck_block's layers, checked: each as prepare_conv checks it (errors name the layer:
 // kBlockLayers), a 1x1 convolution, a 3x3 one with stride 1 and padding 1, a 1x1 one, all of one
-// group, each reading the one before's output, and the residual of the last one's output shape.
+// group, each reading the one before's output; the residual of the last one's output shape, or a
+// shortcut (kBlockShortcut: a 1x1 convolution of one group of the block's input to the last one's
+// channels, not with a residual).
 struct BlockProblem {
   ConvProblem first, second, last;
+  c10::optional<ConvProblem> shortcut;
 };
 constexpr const char* kBlockLayers[3] = {"csr_bottleneck_block (first layer)", "csr_bottleneck_block (3x3 layer)",
                                          "csr_bottleneck_block (last layer)"};
+constexpr const char* kBlockShortcut = "csr_bottleneck_block (shortcut layer)";
 BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
                                       const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
                                       int64_t in_channels, const at::Tensor& crow2, const at::Tensor& col2,
                                       const at::Tensor& values2, const c10::optional<at::Tensor>& bias2,
                                       const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
                                       const c10::optional<at::Tensor>& bias3,
-                                      const c10::optional<at::Tensor>& residual);
+                                      const c10::optional<at::Tensor>& residual, const BlockShortcut& shortcut);
 
 // scaled_dot_product_attention's arguments, checked: query [batch, heads, queries, head_dim], key and
 // value [batch, heads, keys, head_dim] with keys >= 1, all three of one floating dtype and device.

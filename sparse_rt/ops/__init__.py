@@ -131,15 +131,24 @@ def csr_bottleneck_block(input: torch.Tensor, crow_indices1: torch.Tensor, col_i
                          crow_indices2: torch.Tensor,
                          col_indices2: torch.Tensor, values2: torch.Tensor, bias2: Optional[torch.Tensor], relu2: bool,
                          crow_indices3: torch.Tensor, col_indices3: torch.Tensor, values3: torch.Tensor,
-                         bias3: Optional[torch.Tensor], relu3: bool, residual: Optional[torch.Tensor]) -> torch.Tensor:
+                         bias3: Optional[torch.Tensor], relu3: bool, residual: Optional[torch.Tensor],
+                         shortcut_crow_indices: Optional[torch.Tensor] = None,
+                         shortcut_col_indices: Optional[torch.Tensor] = None,
+                         shortcut_values: Optional[torch.Tensor] = None,
+                         shortcut_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A bottleneck block's three csr_conv2d layers in one call: a 1x1 weight (no padding) on `input` of
     `in_channels` channels, a 3x3 one
     (padding 1), a 1x1 one, all stride 1 and one group, each with its bias and ReLU, `residual` added to
-    the last one's output before its ReLU; fp32 input, the weights' values of one dtype. On the CPU,
-    where the block's activations leave the cache, the layers run a band of output rows of one image
-    at a time, their inner activations in the core's L2; within fp32 rounding of the three calls."""
+    the last one's output before its ReLU; fp32 input, the weights' values of one dtype. Instead of
+    `residual`, a shortcut layer may be given (`shortcut_*`: a 1x1 CSR weight of one group from
+    `in_channels` to the last layer's channels, its bias, no ReLU): its output on `input` is the
+    residual (a stage's first block whose downsample is pointwise). On the CPU, where the block's
+    activations leave the cache, the layers run a band of output rows of one image at a time, their
+    inner activations in the core's L2, the shortcut's output stored into the band of the output and
+    summed there; within fp32 rounding of the separate calls."""
     args = (input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2, col_indices2,
-            values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3, residual)
+            values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3, residual,
+            shortcut_crow_indices, shortcut_col_indices, shortcut_values, shortcut_bias)
     if HAS_COMPILED_OPS:
         return torch.ops.sparse_rt.csr_bottleneck_block(*args)
     return reference.csr_bottleneck_block(*args)

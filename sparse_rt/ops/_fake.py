@@ -68,8 +68,13 @@ def _csr_pointwise_conv_pair_fake(input, crow_indices1, col_indices1, values1, b
 @torch.library.register_fake("sparse_rt::csr_bottleneck_block")
 def _csr_bottleneck_block_fake(input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2,
                                col_indices2, values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3,
-                               residual):
+                               residual, shortcut_crow_indices=None, shortcut_col_indices=None, shortcut_values=None,
+                               shortcut_bias=None):
     torch._check(input.shape[1] == in_channels, lambda: f"input has {input.shape[1]} channels, expected {in_channels}")
+    if shortcut_crow_indices is not None:
+        torch._check(residual is None, lambda: "a residual and a shortcut layer were both given")
+        torch._check(shortcut_crow_indices.shape[0] == crow_indices3.shape[0],
+                     lambda: "the shortcut layer's output channels differ from the block's last layer's")
     return _output(input, (input.shape[0], crow_indices3.shape[0] - 1, *input.shape[2:]), residual)
 
 

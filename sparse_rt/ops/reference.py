@@ -78,9 +78,16 @@ def csr_pointwise_conv_pair(input, crow_indices1, col_indices1, values1, bias1, 
 
 def csr_bottleneck_block(input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2,
                          col_indices2, values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3,
-                         residual, *, compute_dtype=torch.float32):
+                         residual, shortcut_crow_indices=None, shortcut_col_indices=None, shortcut_values=None,
+                         shortcut_bias=None, *, compute_dtype=torch.float32):
     one, none = (1, 1), (0, 0)
     mid1, mid2 = crow_indices1.numel() - 1, crow_indices2.numel() - 1
+    if shortcut_crow_indices is not None:
+        if residual is not None:
+            raise ValueError("csr_bottleneck_block (shortcut layer): a residual and a shortcut layer were both given: "
+                             "the shortcut's output is the residual")
+        residual = csr_conv2d(input, shortcut_crow_indices, shortcut_col_indices, shortcut_values, shortcut_bias,
+                              in_channels, one, one, none, one, 1, False, compute_dtype=compute_dtype)
     y = csr_conv2d(input, crow_indices1, col_indices1, values1, bias1, in_channels, one, one, none, one, 1, relu1,
                    compute_dtype=compute_dtype)
     y = csr_conv2d(y, crow_indices2, col_indices2, values2, bias2, mid1, (3, 3), one, one, one, 1, relu2,

@@ -363,6 +363,17 @@ SPARSE_RT_TARGET_X86_64_V4 void stream_floats_avx512(float* to, const float* fro
 }
 #endif
 
+// to[0, n) = from[0, n), with non-temporal stores where `stream` (AVX-512 only).
+void copy_floats(float* to, const float* from, int64_t n, bool stream) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (stream && cpu_isa() == Isa::kX86_64_V4) {
+    stream_floats_avx512(to, from, n);
+    return;
+  }
+#endif
+  std::memcpy(to, from, sizeof(float) * n);
+}
+
 // The inverse of pack_pixel_panel for a contiguous [batch, channels, pixels] output `y`: the panel's
 // stored columns written to their runs, with non-temporal stores where `stream` (AVX-512 only).
 void store_pixel_panel(const float* panel, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
@@ -372,15 +383,7 @@ void store_pixel_panel(const float* panel, int64_t channels, int64_t pixels, int
   const int64_t count = panel_runs(target, pixels, columns, first, width, runs);
   for (int64_t c = 0; c < channels; ++c) {
     for (int64_t i = 0; i < count; ++i) {
-      float* const to = y + runs[i].from + c * pixels;
-      const float* const from = panel + c * width + runs[i].at;
-#if defined(__x86_64__) && defined(__GNUC__)
-      if (stream && cpu_isa() == Isa::kX86_64_V4) {
-        stream_floats_avx512(to, from, runs[i].length);
-        continue;
-      }
-#endif
-      std::memcpy(to, from, sizeof(float) * runs[i].length);
+      copy_floats(y + runs[i].from + c * pixels, panel + c * width + runs[i].at, runs[i].length, stream);
     }
   }
 }
@@ -708,12 +711,15 @@ Conv2dShape band_conv_shape(const BottleneckShape& b, int64_t rows) {
 }
 
 struct BandScratch {
-  int64_t first, packed, second;  // floats per thread: first layer's output, its packed copy, the 3x3 layer's
-  int64_t total() const { return first + packed + second; }
+  // Floats per thread: the first layer's output, its packed copy, the 3x3 layer's, and (with a shortcut)
+  // the shortcut's, to which the last layer's is added in place.
+  int64_t first, packed, second, summed;
+  int64_t total() const { return first + packed + second + summed; }
 };
 
-BandScratch band_scratch(const BottleneckShape& b, int64_t rows, const PackedConvLayout& l) {
-  return {b.mid1 * (rows + 2) * b.width, l.packed_len, b.mid2 * rows * b.width};
+BandScratch band_scratch(const BottleneckShape& b, int64_t rows, const PackedConvLayout& l, bool shortcut) {
+  return {b.mid1 * (rows + 2) * b.width, l.packed_len, b.mid2 * rows * b.width,
+          shortcut ? b.out_channels * rows * b.width : 0};
 }
 
 }  // namespace
@@ -732,29 +738,31 @@ int64_t bottleneck_band_rows(const BottleneckShape& b, int64_t nnz2, int64_t thr
     if (l.gather) continue;
     // The band's share of the input and of the output pass through the L2 beside the scratch.
     const int64_t passing = (b.in_channels * (rows + 2) + b.out_channels * rows) * b.width;
-    if ((band_scratch(b, rows, l).total() + passing) * int64_t(sizeof(float)) <= band_budget) best = rows;
+    // A shortcut's sums take the output's place there (the output is then copied out of them).
+    if ((band_scratch(b, rows, l, false).total() + passing) * int64_t(sizeof(float)) <= band_budget) best = rows;
   }
   return best;
 }
 
 BottleneckScratchSizes bottleneck_scratch(const BottleneckShape& b, int64_t band_rows, int64_t nnz2,
-                                          int64_t threads) {
+                                          int64_t threads, bool shortcut) {
   const PackedConvLayout l = packed_conv_layout(band_conv_shape(b, band_rows), nnz2);
   const int64_t slots = std::max<int64_t>(1, std::min(threads, b.batch * (b.height / band_rows)));
-  return {slots * band_scratch(b, band_rows, l).total(), nnz2};
+  return {slots * band_scratch(b, band_rows, l, shortcut).total(), nnz2};
 }
 
 template <typename V>
 void bottleneck_block(const BottleneckShape& b, int64_t band_rows, const CsrView<V>& w1, const Epilogue& ep1,
-                      const CsrView<V>& w2, const Epilogue& ep2, const CsrView<V>& w3, Epilogue ep3, const float* x,
-                      float* y, float* scratch, int32_t* offsets, const ParallelFor& pf) {
+                      const CsrView<V>& w2, const Epilogue& ep2, const CsrView<V>& w3, Epilogue ep3,
+                      const CsrView<V>* shortcut, const Epilogue& shortcut_ep, const float* x, float* y,
+                      float* scratch, int32_t* offsets, const ParallelFor& pf) {
   const int64_t height = b.height, width = b.width, rows = band_rows, plane = height * width;
   const Conv2dShape s2 = band_conv_shape(b, rows);
   const PackedConvLayout l2 = packed_conv_layout(s2, w2.crow[w2.rows]);
   conv_tap_offsets(s2, l2, w2.crow, w2.col, offsets, pf);
   const Conv2dShape last{b.batch, b.mid2, height, width, b.out_channels, height, width, 1, 1, 1, 1, 0, 0, 1, 1, 1};
   ep3.stream = ep3.stream || streams_output(last, ep3);
-  const BandScratch sizes = band_scratch(b, rows, l2);
+  const BandScratch sizes = band_scratch(b, rows, l2, shortcut != nullptr);
   const int64_t bands = height / rows, units = b.batch * bands;
   const int64_t slots = std::max<int64_t>(1, std::min(pf.num_threads, units));
   pf.run(0, slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
@@ -762,6 +770,7 @@ void bottleneck_block(const BottleneckShape& b, int64_t band_rows, const CsrView
       float* const first = scratch + slot * sizes.total();
       float* const packed = first + sizes.first;
       float* const second = packed + sizes.packed;
+      float* const summed = second + sizes.second;
       const int64_t first_ld = (rows + 2) * width;
       const int64_t unit_begin = slot * units / slots;
       for (int64_t u = unit_begin; u < (slot + 1) * units / slots; ++u) {
@@ -782,11 +791,30 @@ void bottleneck_block(const BottleneckShape& b, int64_t band_rows, const CsrView
                    StridedOutput{first + (lo - (top - 1)) * width, first_ld, 1, (hi - lo) * width}, ep1, 0, w1.rows);
         }
         csr_conv2d(s2, l2, w2, first, second, ep2, ConvScratch{packed, offsets, nullptr}, kSerial);
-        const int64_t at = n * b.out_channels * plane + top * width;
-        csr_spmm(w3, DenseRows{second, rows * width, rows * width}, StridedOutput{y + at, plane, 1, rows * width},
-                 ep3.at(at), 0, w3.rows);
+        const int64_t at = n * b.out_channels * plane + top * width, columns = rows * width;
+        if (!shortcut) {
+          csr_spmm(w3, DenseRows{second, columns, columns}, StridedOutput{y + at, plane, 1, columns}, ep3.at(at), 0,
+                   w3.rows);
+          continue;
+        }
+        // The shortcut's band into the scratch, the last layer's added to it there, then copied out: stored
+        // into the output's band first, its lines would be read from memory before they are written.
+        const StridedOutput band{summed, columns, 1, columns};
+        csr_spmm(*shortcut, DenseRows{x + n * b.in_channels * plane + top * width, plane, columns}, band, shortcut_ep,
+                 0, shortcut->rows);
+        Epilogue in_place = ep3;
+        in_place.residual = summed;
+        in_place.residual_is_output = true;
+        in_place.stream = false;
+        csr_spmm(w3, DenseRows{second, columns, columns}, band, in_place, 0, w3.rows);
+        for (int64_t o = 0; o < b.out_channels; ++o) {
+          copy_floats(y + at + o * plane, summed + o * columns, columns, ep3.stream);
+        }
       }
     }
+#if defined(__x86_64__)
+    if (shortcut && ep3.stream) asm volatile("sfence" ::: "memory");  // copy_floats' non-temporal stores
+#endif
   });
 }
 
@@ -802,8 +830,9 @@ template void csr_conv2d<bfloat16_t>(const Conv2dShape&, const PackedConvLayout&
   template void pointwise_conv_chain<V>(const Conv2dShape&, const CsrView<V>&, Epilogue, float*, const CsrView<V>&, \
                                         Epilogue, float*, const float*, float*, const ParallelFor&);             \
   template void bottleneck_block<V>(const BottleneckShape&, int64_t, const CsrView<V>&, const Epilogue&,         \
-                                    const CsrView<V>&, const Epilogue&, const CsrView<V>&, Epilogue, const float*, \
-                                    float*, float*, int32_t*, const ParallelFor&);
+                                    const CsrView<V>&, const Epilogue&, const CsrView<V>&, Epilogue,              \
+                                    const CsrView<V>*, const Epilogue&, const float*, float*, float*, int32_t*,   \
+                                    const ParallelFor&);
 SPARSE_RT_CHAIN(float)
 SPARSE_RT_CHAIN(half_t)
 SPARSE_RT_CHAIN(bfloat16_t)

@@ -168,20 +168,26 @@ struct BottleneckShape {
 constexpr int64_t kBandsPerThread = 4;
 constexpr int64_t kBandBytesAtMost = int64_t(1) << 20;
 int64_t bottleneck_band_rows(const BottleneckShape& b, int64_t nnz2, int64_t threads);
-// Scratch bottleneck_block needs: floats (per thread, the band's two inner activations and the
-// packed copy of the first) and int32 tap offsets (one per nonzero of the 3x3 layer).
+// Scratch bottleneck_block needs: floats (per thread, the band's two inner activations, the packed
+// copy of the first and, with a shortcut, the band's sums) and int32 tap offsets (one per nonzero of
+// the 3x3 layer).
 struct BottleneckScratchSizes {
   int64_t floats, offsets;
 };
 BottleneckScratchSizes bottleneck_scratch(const BottleneckShape& b, int64_t band_rows, int64_t nnz2,
-                                          int64_t threads);
+                                          int64_t threads, bool shortcut);
 // y = w3(w2(w1(x) with ep1) with ep2) with ep3, band by band (band_rows from bottleneck_band_rows).
 // w1.cols = in_channels, w2.cols = mid1 * 9, w3.cols = mid2; ep3's residual (if any) has y's shape.
-// The same products as the three csr_conv2d calls, summed in tiles of other widths at a band's edges:
+// With a shortcut (a 1x1 convolution of x, in_channels -> out_channels, its epilogue a bias at most),
+// its output is the residual instead: each band's goes into scratch, the last layer's sums are added
+// to it in place and the band is copied into y, so that it never passes through memory (a stage's
+// first block, whose downsample is pointwise: ResNet-50's first; ep3 then has no residual of its own).
+// The same products as the csr_conv2d calls, summed in tiles of other widths at a band's edges:
 // equal to fp32 rounding. The output is streamed where ep3.stream asks or streams_output finds it pays.
 template <typename V>
 void bottleneck_block(const BottleneckShape& b, int64_t band_rows, const CsrView<V>& w1, const Epilogue& ep1,
-                      const CsrView<V>& w2, const Epilogue& ep2, const CsrView<V>& w3, Epilogue ep3, const float* x,
-                      float* y, float* scratch, int32_t* offsets, const ParallelFor& pf);
+                      const CsrView<V>& w2, const Epilogue& ep2, const CsrView<V>& w3, Epilogue ep3,
+                      const CsrView<V>* shortcut, const Epilogue& shortcut_ep, const float* x, float* y,
+                      float* scratch, int32_t* offsets, const ParallelFor& pf);
 
 }  // namespace sparse_rt::cpu

@@ -461,9 +461,10 @@ template <typename Wide, typename V>
   for (; q + 32 <= b.width; q += 32) column_tile<Wide, 32 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 16 <= b.width; q += 16) column_tile<Wide, 16 / kLanes>(w, b, y, ep, row_begin, row_end, q);
   for (; q + 8 <= b.width; q += 8) column_tile<vec8, 1>(w, b, y, ep, row_begin, row_end, q);
-  if (q < b.width && b.width >= 8) {
+  if (q < b.width && b.width >= 8 && !ep.residual_is_output) {
     // The last few columns as one 8-wide tile ending at the last column: it recomputes up to
-    // seven columns already stored (same sums, same values), which beats one pass per column.
+    // seven columns already stored (same sums, same values), which beats one pass per column; not
+    // where the residual is the output, which those stores have overwritten.
     column_tile<vec8, 1>(w, b, y, ep, row_begin, row_end, b.width - 8);
     return;
   }

@@ -10,8 +10,9 @@
 // computed, so callers split rows across threads. Output tiles of up to 64 columns stay in
 // registers across a row's nonzeros, and are stored 16 rows at a time along the output's contiguous
 // dimension (row_stride == 1 or col_stride == 1 vectorize; other strides are stored element by
-// element); a width that is not a multiple of 8 ends with an overlapping 8-wide tile, and only
-// operands narrower than 8 columns take a scalar path.
+// element); a width that is not a multiple of 8 ends with an overlapping 8-wide tile (column by
+// column where the residual is the output: Epilogue::residual_is_output), and only operands narrower
+// than 8 columns take a scalar path otherwise.
 #pragma once
 
 #include <algorithm>

@@ -65,6 +65,10 @@ struct Epilogue {
   // reading it first: for outputs too large to stay in the cache until they are read (AVX-512 only;
   // the kernel fences its stores before it returns).
   bool stream = false;
+  // The residual is the output itself, each value read and overwritten in place (a bottleneck
+  // block's shortcut, stored first into the output's band): no column may be stored twice, which
+  // the SpMM's overlapping last 8-wide tile would do (csr_spmm.h).
+  bool residual_is_output = false;
 
   float apply(float acc, int64_t row, int64_t index) const {
     if (bias) acc += bias[row];
@@ -83,7 +87,9 @@ struct Epilogue {
   bool activates() const { return relu || gelu != Gelu::kNone; }
 
   // The same epilogue for an output that starts `offset` elements into the one it was made for.
-  Epilogue at(int64_t offset) const { return {bias, relu, residual ? residual + offset : nullptr, gelu, stream}; }
+  Epilogue at(int64_t offset) const {
+    return {bias, relu, residual ? residual + offset : nullptr, gelu, stream, residual_is_output};
+  }
 };
 
 // Splits rows [0, rows) into `parts` contiguous ranges holding about the same number of nonzeros,

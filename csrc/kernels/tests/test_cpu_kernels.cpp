@@ -477,7 +477,7 @@ void test_csr_mlp(int64_t in, int64_t hidden, int64_t out, int64_t batch, double
 // out_w] for input [batch, in_channels, height, width].
 template <typename T>
 std::vector<double> conv_reference(const Conv2dShape& s, const RandomCsr& m, const std::vector<float>& bias,
-                                   const std::vector<T>& in, const float* residual) {
+                                   const std::vector<T>& in, const float* residual, bool relu = true) {
   const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
   std::vector<double> out(s.batch * s.out_channels * s.out_h * s.out_w);
   for (int64_t n = 0; n < s.batch; ++n) {
@@ -495,7 +495,7 @@ std::vector<double> conv_reference(const Conv2dShape& s, const RandomCsr& m, con
           }
           const int64_t index = ((n * s.out_channels + o) * s.out_h + oy) * s.out_w + ox;
           if (residual) sum += residual[index];
-          out[index] = std::max(sum, 0.0);
+          out[index] = relu ? std::max(sum, 0.0) : sum;
         }
       }
     }
@@ -601,52 +601,68 @@ void test_pointwise_chain(bool with_residual, bool packed_weights) {
   expect(y2 == y2_ref, "the second output" + what);
 }
 
-// bottleneck_block against its three layers in double: 3 images of 12x10 (bands of 1, 3, 4 and 12
-// rows, the first rows of each thread's first band computed, the rest kept from the band above),
-// 20 -> 12 -> 9 -> 20 channels, rows empty and full, a 3x3 layer with no nonzero, with and without
-// a residual, on three threads; scratch and output start as NaN.
+// What a bottleneck block adds to its last layer's output: nothing, a residual tensor, or a shortcut
+// layer's output (a 1x1 convolution of the block's input).
+enum class BlockSum { kNone, kResidual, kShortcut };
+
+// bottleneck_block against its layers in double: 3 images of 12x10 (bands of 1, 3, 4 and 12 rows, the
+// first rows of each thread's first band computed, the rest kept from the band above; bands of 10 and
+// 30 columns end in a part tile, which a shortcut's in-place sum must not store twice),
+// 20 -> 12 -> 9 -> 20 channels, rows empty and full, a 3x3 layer with no nonzero, each BlockSum, on
+// three threads; scratch and output start as NaN.
 template <typename V>
-void test_bottleneck_block(bool with_residual, bool empty_middle) {
+void test_bottleneck_block(BlockSum sum, bool empty_middle) {
   const BottleneckShape b{3, 20, 12, 10, 12, 9, 20};
   const auto shape = [&](int64_t in, int64_t out, int64_t k) {
     return with_output_size({b.batch, in, b.height, b.width, out, 0, 0, k, k, 1, 1, k / 2, k / 2, 1, 1, 1});
   };
   const Conv2dShape s1 = shape(b.in_channels, b.mid1, 1), s2 = shape(b.mid1, b.mid2, 3);
-  const Conv2dShape s3 = shape(b.mid2, b.out_channels, 1);
-  std::mt19937 rng(unsigned(11 + with_residual + 2 * empty_middle));
+  const Conv2dShape s3 = shape(b.mid2, b.out_channels, 1), s4 = shape(b.in_channels, b.out_channels, 1);
+  std::mt19937 rng(unsigned(11 + int(sum) + 3 * empty_middle));
   const RandomCsr m1 = random_csr(b.mid1, b.in_channels, 0.3, rng);
   const RandomCsr m2 = random_csr(b.mid2, b.mid1 * 9, empty_middle ? 0.0 : 0.2, rng);
   const RandomCsr m3 = random_csr(b.out_channels, b.mid2, 0.4, rng);
+  const RandomCsr m4 = random_csr(b.out_channels, b.in_channels, 0.3, rng);
   RandomCsr none;
   none.crow.assign(b.mid2 + 1, 0);
   const RandomCsr& middle = empty_middle ? none : m2;
-  const std::vector<V> vals1 = encode_all<V>(m1.val), vals2 = encode_all<V>(middle.val), vals3 = encode_all<V>(m3.val);
+  const std::vector<V> vals1 = encode_all<V>(m1.val), vals2 = encode_all<V>(middle.val), vals3 = encode_all<V>(m3.val),
+                       vals4 = encode_all<V>(m4.val);
   const int64_t plane = b.height * b.width;
   std::vector<float> x(b.batch * b.in_channels * plane), bias1(b.mid1), bias2(b.mid2), bias3(b.out_channels),
-      residual(b.batch * b.out_channels * plane);
-  for (auto* v : {&x, &bias1, &bias2, &bias3, &residual}) {
+      bias4(b.out_channels), residual(b.batch * b.out_channels * plane);
+  for (auto* v : {&x, &bias1, &bias2, &bias3, &bias4, &residual}) {
     for (auto& f : *v) f = exact_value(rng);
   }
-  const float* res = with_residual ? residual.data() : nullptr;
+  if (sum == BlockSum::kShortcut) {
+    // The shortcut's output, no ReLU: what the last layer adds.
+    const std::vector<double> shortcut = conv_reference(s4, m4, bias4, x, nullptr, false);
+    residual.assign(shortcut.begin(), shortcut.end());
+  }
   const std::vector<double> ref = conv_reference(
       s3, m3, bias3,
       conv_reference(s2, middle, bias2,
                      conv_reference(s1, m1, bias1, x, nullptr), nullptr),
-      res);
+      sum == BlockSum::kNone ? nullptr : residual.data());
   const CsrView<V> w1{m1.crow.data(), m1.col.data(), vals1.data(), b.mid1, b.in_channels};
   const CsrView<V> w2{middle.crow.data(), middle.col.data(), vals2.data(), b.mid2, b.mid1 * 9};
   const CsrView<V> w3{m3.crow.data(), m3.col.data(), vals3.data(), b.out_channels, b.mid2};
+  const CsrView<V> w4{m4.crow.data(), m4.col.data(), vals4.data(), b.out_channels, b.in_channels};
+  const CsrView<V>* shortcut = sum == BlockSum::kShortcut ? &w4 : nullptr;
+  const float* res = sum == BlockSum::kResidual ? residual.data() : nullptr;
   for (const int64_t rows : {1, 3, 4, 12}) {
-    const BottleneckScratchSizes sizes = bottleneck_scratch(b, rows, w2.crow[w2.rows], kThreeChunks.num_threads);
+    const BottleneckScratchSizes sizes = bottleneck_scratch(b, rows, w2.crow[w2.rows], kThreeChunks.num_threads,
+                                                                shortcut != nullptr);
     std::vector<float> scratch(sizes.floats, NAN), y(ref.size(), NAN);
     std::vector<int32_t> offsets(sizes.offsets, -1);
     bottleneck_block(b, rows, w1, Epilogue{bias1.data(), true}, w2, Epilogue{bias2.data(), true}, w3,
-                     Epilogue{bias3.data(), true, res}, x.data(), y.data(), scratch.data(), offsets.data(),
-                     kThreeChunks);
+                     Epilogue{bias3.data(), true, res}, shortcut, Epilogue{bias4.data(), false}, x.data(), y.data(),
+                     scratch.data(), offsets.data(), kThreeChunks);
     bool all_close = true;
     for (size_t i = 0; i < ref.size(); ++i) all_close = all_close && close(y[i], ref[i]);
-    expect(all_close, "bottleneck_block in bands of " + std::to_string(rows) + " rows" +
-                          (with_residual ? ", with a residual" : "") + (empty_middle ? ", no 3x3 nonzero" : ""));
+    const char* what[] = {"", ", with a residual", ", with a shortcut"};
+    expect(all_close, "bottleneck_block in bands of " + std::to_string(rows) + " rows" + what[int(sum)] +
+                          (empty_middle ? ", no 3x3 nonzero" : ""));
   }
 }
 
@@ -755,7 +771,9 @@ void test_value_type() {
   test_conv<V>({2, 4, 5, 3, 4, 0, 0, 3, 2, 1, 2, 1 << 22, 1, 1 << 22, 1, 2}, 0.7);
   for (const bool with_residual : {false, true}) {
     for (const bool packed_weights : {false, true}) test_pointwise_chain<V>(with_residual, packed_weights);
-    for (const bool empty_middle : {false, true}) test_bottleneck_block<V>(with_residual, empty_middle);
+  }
+  for (const BlockSum sum : {BlockSum::kNone, BlockSum::kResidual, BlockSum::kShortcut}) {
+    for (const bool empty_middle : {false, true}) test_bottleneck_block<V>(sum, empty_middle);
   }
 }
 

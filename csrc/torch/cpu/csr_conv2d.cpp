@@ -127,25 +127,32 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
   return {y1, y2};
 }
 
-// Band by band through the three layers where the block's activations leave the cache
-// (cpu::bottleneck_band_rows); elsewhere the layers one after the other.
+// Band by band through the three layers (and the shortcut, into the output's band) where the block's
+// activations leave the cache (cpu::bottleneck_band_rows); elsewhere the layers one after the other.
 at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
                                     const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
                                     int64_t in_channels, bool relu1, const at::Tensor& crow2, const at::Tensor& col2,
                                     const at::Tensor& values2, const c10::optional<at::Tensor>& bias2, bool relu2,
                                     const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
                                     const c10::optional<at::Tensor>& bias3, bool relu3,
-                                    const c10::optional<at::Tensor>& residual) {
+                                    const c10::optional<at::Tensor>& residual,
+                                    const c10::optional<at::Tensor>& shortcut_crow,
+                                    const c10::optional<at::Tensor>& shortcut_col,
+                                    const c10::optional<at::Tensor>& shortcut_values,
+                                    const c10::optional<at::Tensor>& shortcut_bias) {
   const char* op = "csr_bottleneck_block";
   SPARSE_RT_CHECK(input.scalar_type() == at::kFloat, op, "input must be float32, got ", input.scalar_type());
+  const BlockShortcut shortcut{shortcut_crow, shortcut_col, shortcut_values, shortcut_bias};
   const BlockProblem p = prepare_bottleneck_block(input, crow1, col1, values1, bias1, in_channels, crow2, col2, values2,
-                                                  bias2, crow3, col3, values3, bias3, residual);
-  const at::Tensor* crows[] = {&crow1, &crow2, &crow3};
-  const at::Tensor* cols[] = {&col1, &col2, &col3};
-  const at::Tensor* values[] = {&values1, &values2, &values3};
-  const ConvProblem* layers[] = {&p.first, &p.second, &p.last};
-  for (int i = 0; i < 3; ++i) {
-    check_sparse_indices(kBlockLayers[i], *crows[i], *cols[i], layers[i]->index_cols, full_index_checks_enabled());
+                                                  bias2, crow3, col3, values3, bias3, residual, shortcut);
+  const int layer_count = shortcut.given() ? 4 : 3;
+  const at::Tensor* crows[] = {&crow1, &crow2, &crow3, shortcut.given() ? &*shortcut_crow : nullptr};
+  const at::Tensor* cols[] = {&col1, &col2, &col3, shortcut.given() ? &*shortcut_col : nullptr};
+  const at::Tensor* values[] = {&values1, &values2, &values3, shortcut.given() ? &*shortcut_values : nullptr};
+  const ConvProblem* layers[] = {&p.first, &p.second, &p.last, p.shortcut ? &*p.shortcut : nullptr};
+  const char* names[] = {kBlockLayers[0], kBlockLayers[1], kBlockLayers[2], kBlockShortcut};
+  for (int i = 0; i < layer_count; ++i) {
+    check_sparse_indices(names[i], *crows[i], *cols[i], layers[i]->index_cols, full_index_checks_enabled());
     SPARSE_RT_CHECK(values[i]->scalar_type() == values1.scalar_type(), op,
                     "the layers' values must share a dtype, got ", values1.scalar_type(), " and ",
                     values[i]->scalar_type());
@@ -161,14 +168,22 @@ at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& c
                                          relu1, c10::nullopt, c10::nullopt);
     const at::Tensor y2 = csr_conv2d_cpu(y1, crow2, col2, values2, bias2, b.mid1, three, one, one, one, 1, relu2,
                                          c10::nullopt, c10::nullopt);
-    return csr_conv2d_cpu(y2, crow3, col3, values3, bias3, b.mid2, one, one, none, one, 1, relu3, residual,
-                          c10::nullopt);
+    if (!shortcut.given()) {
+      return csr_conv2d_cpu(y2, crow3, col3, values3, bias3, b.mid2, one, one, none, one, 1, relu3, residual,
+                            c10::nullopt);
+    }
+    // The shortcut takes the sum here (the same values: a sum of two is commutative).
+    const at::Tensor y3 = csr_conv2d_cpu(y2, crow3, col3, values3, bias3, b.mid2, one, one, none, one, 1, false,
+                                         c10::nullopt, c10::nullopt);
+    return csr_conv2d_cpu(input, *shortcut_crow, *shortcut_col, *shortcut_values, shortcut_bias, b.in_channels, one,
+                          one, none, one, 1, relu3, y3, c10::nullopt);
   }
   at::Tensor y = allocate(op, "output", {s3.batch, s3.out_channels, s3.out_h, s3.out_w}, input.options());
   const at::Tensor x = input.contiguous();
   const c10::optional<at::Tensor> bias1_32 = as_fp32(bias1), bias2_32 = as_fp32(bias2), bias3_32 = as_fp32(bias3),
-                                  residual32 = as_fp32(residual);
-  const cpu::BottleneckScratchSizes sizes = cpu::bottleneck_scratch(b, rows, p.second.weight.stored, pf.num_threads);
+                                  bias4_32 = as_fp32(shortcut_bias), residual32 = as_fp32(residual);
+  const cpu::BottleneckScratchSizes sizes = cpu::bottleneck_scratch(b, rows, p.second.weight.stored, pf.num_threads,
+                                                                    shortcut.given());
   at::Tensor buffers = empty_cached({sizes.floats}, x.options());
   at::Tensor offsets = empty_cached({sizes.offsets}, crow2.options());
   dispatch_value_type(values1.scalar_type(), [&](auto tag) {
@@ -177,9 +192,12 @@ at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& c
       return cpu::CsrView<V>{crows[i]->const_data_ptr<int32_t>(), cols[i]->const_data_ptr<int32_t>(),
                              values_ptr<V>(*values[i]), layers[i]->shape.out_channels, layers[i]->index_cols};
     };
+    const c10::optional<cpu::CsrView<V>> added = shortcut.given() ? c10::optional<cpu::CsrView<V>>(view(3))
+                                                                  : c10::nullopt;
     cpu::bottleneck_block(b, rows, view(0), make_epilogue(bias1_32, relu1, c10::nullopt), view(1),
                           make_epilogue(bias2_32, relu2, c10::nullopt), view(2),
-                          make_epilogue(bias3_32, relu3, residual32), x.const_data_ptr<float>(),
+                          make_epilogue(bias3_32, relu3, residual32), added ? &*added : nullptr,
+                          make_epilogue(bias4_32, false, c10::nullopt), x.const_data_ptr<float>(),
                           y.mutable_data_ptr<float>(), buffers.mutable_data_ptr<float>(),
                           offsets.numel() > 0 ? offsets.mutable_data_ptr<int32_t>() : nullptr, pf);
   });

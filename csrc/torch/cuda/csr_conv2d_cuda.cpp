@@ -68,24 +68,35 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cuda(
   return {y1, y2};
 }
 
-// The three layers one after the other, checked first under their own names (the CPU op's bands
-// through all three have no counterpart here).
+// The three layers (and the shortcut, before the last) one after the other, checked first under their
+// own names (the CPU op's bands through all of them have no counterpart here).
 at::Tensor csr_bottleneck_block_cuda(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
                                      const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
                                      int64_t in_channels, bool relu1, const at::Tensor& crow2, const at::Tensor& col2,
                                      const at::Tensor& values2, const c10::optional<at::Tensor>& bias2, bool relu2,
                                      const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
                                      const c10::optional<at::Tensor>& bias3, bool relu3,
-                                     const c10::optional<at::Tensor>& residual) {
+                                     const c10::optional<at::Tensor>& residual,
+                                     const c10::optional<at::Tensor>& shortcut_crow,
+                                     const c10::optional<at::Tensor>& shortcut_col,
+                                     const c10::optional<at::Tensor>& shortcut_values,
+                                     const c10::optional<at::Tensor>& shortcut_bias) {
   const int64_t one[] = {1, 1}, three[] = {3, 3}, none[] = {0, 0};
+  const BlockShortcut shortcut{shortcut_crow, shortcut_col, shortcut_values, shortcut_bias};
   const BlockProblem p = prepare_bottleneck_block(input, crow1, col1, values1, bias1, in_channels, crow2, col2, values2,
-                                                  bias2, crow3, col3, values3, bias3, residual);
+                                                  bias2, crow3, col3, values3, bias3, residual, shortcut);
   const at::Tensor y1 = csr_conv2d_cuda(input, crow1, col1, values1, bias1, p.first.shape.in_channels, one, one, none,
                                         one, 1, relu1, c10::nullopt, c10::nullopt);
   const at::Tensor y2 = csr_conv2d_cuda(y1, crow2, col2, values2, bias2, p.second.shape.in_channels, three, one, one,
                                         one, 1, relu2, c10::nullopt, c10::nullopt);
+  const c10::optional<at::Tensor> summand =
+      shortcut.given() ? c10::optional<at::Tensor>(csr_conv2d_cuda(input, *shortcut_crow, *shortcut_col,
+                                                                    *shortcut_values, shortcut_bias,
+                                                                    p.first.shape.in_channels, one, one, none, one, 1,
+                                                                    false, c10::nullopt, c10::nullopt))
+                       : residual;
   return csr_conv2d_cuda(y2, crow3, col3, values3, bias3, p.last.shape.in_channels, one, one, none, one, 1, relu3,
-                         residual, c10::nullopt);
+                         summand, c10::nullopt);
 }
 
 }  // namespace
