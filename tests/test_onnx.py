@@ -1185,10 +1185,12 @@ def test_native_feed_forward_kernel_names_the_layer_it_refuses(tmp_path):
 
 
 def _bottleneck_convs(x_dims=(2, 8, 5, 7), mid=(6, 5), out_channels=8, stride=1, residual=True, last_relu=1,
-                      middle_also_output=False, unknown_dims=False, seed=0):
+                      middle_also_output=False, unknown_dims=False, seed=0, shortcut=None):
     """CsrConv2d 1x1 [N, C, H, W] -> mid[0] channels (ReLU), 3x3 (`stride`, padding 1) -> mid[1] (ReLU),
     1x1 -> out_channels (+ R, a graph input shaped like Y, with `residual`; relu=`last_relu`), initializer
-    weights ~70% sparse with an empty row each, and a dict of their dense weights and biases."""
+    weights ~70% sparse with an empty row each, and a dict of their dense weights and biases. With
+    `shortcut`, R is instead made by a fourth CsrConv2d, 1x1 of X -> out_channels, and either the block's
+    last layer adds it ("block") or it adds the last layer's output ("downsample", with the ReLU)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -1214,11 +1216,18 @@ def _bottleneck_convs(x_dims=(2, 8, 5, 7), mid=(6, 5), out_channels=8, stride=1,
             pad_h=kernel // 2, pad_w=kernel // 2, dilation_h=1, dilation_w=1, group=1, relu=relu)
 
     nodes = [conv("first", "X", "A", mid[0], channels, 1, 1),
-             conv("second", "A", "B", mid[1], mid[0], 3, 1, conv_stride=stride),
-             conv("last", "B", "Y", out_channels, mid[1], 1, last_relu, ["R"] if residual else [])]
+             conv("second", "A", "B", mid[1], mid[0], 3, 1, conv_stride=stride)]
+    if shortcut == "block":
+        nodes = [conv("shortcut", "X", "R", out_channels, channels, 1, 0), *nodes,
+                 conv("last", "B", "Y", out_channels, mid[1], 1, last_relu, ["R"])]
+    elif shortcut == "downsample":
+        nodes += [conv("last", "B", "L", out_channels, mid[1], 1, 0),
+                  conv("shortcut", "X", "Y", out_channels, channels, 1, last_relu, ["L"])]
+    else:
+        nodes.append(conv("last", "B", "Y", out_channels, mid[1], 1, last_relu, ["R"] if residual else []))
     x_shape = ["N", channels, "H", "W"] if unknown_dims else list(x_dims)
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)]
-    if residual:
+    if residual and not shortcut:
         inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, [n, out_channels, *out_size]))
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
                for name in ("Y",) + (("B",) if middle_also_output else ())]
@@ -1275,6 +1284,63 @@ def test_native_bottleneck_node_gives_the_three_convolutions_outputs(x_dims, mid
         np.testing.assert_array_equal(got, expected)
 
 
+@needs_native
+@pytest.mark.parametrize("x_dims, mid, out_channels", [((2, 8, 5, 7), (6, 5), 8), ((8, 64, 56, 56), (32, 32), 128)])
+@pytest.mark.parametrize("takes_the_sum", ["block", "downsample"])
+def test_native_bottleneck_node_takes_its_shortcut(x_dims, mid, out_channels, takes_the_sum):
+    """A CsrBottleneck and the pointwise CsrConv2d of its input whose output it adds (or which adds its
+    output) become one CsrBottleneck with that layer as its shortcut: apart (small) the four nodes' values
+    bit for bit, in bands within fp32 rounding; both against the float64 reference."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from sparse_rt.onnx import fold
+
+    separate, dense = _bottleneck_convs(x_dims, mid, out_channels, shortcut=takes_the_sum)
+    fused, _ = _bottleneck_convs(x_dims, mid, out_channels, shortcut=takes_the_sum)
+    assert fold.fuse_bottleneck_blocks(fused, {}, banded_only=False) == 2
+    assert fold.fuse_block_shortcuts(fused) == 1
+    (node,) = fused.graph.node
+    assert (node.op_type, len(node.input), node.input[13], list(node.output)) == ("CsrBottleneck", 18, "", ["Y"])
+    x = np.random.default_rng(2).standard_normal(x_dims, dtype=np.float32)
+    got, expected = (_native_session_by_hand(m.SerializeToString(), threads=2).run(None, {"X": x})[0]
+                     for m in (fused, separate))
+    weight, bias = (torch.from_numpy(a).double() for a in dense["shortcut"])
+    summand = F.conv2d(torch.from_numpy(x).double(), weight, bias).numpy()
+    reference = _bottleneck_reference(dense, x, summand)
+    np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    if x_dims[0] == 8:
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+@requires_compiled_ops
+def test_block_shortcut_fused_only_for_a_pointwise_layer_of_the_blocks_input_whose_sum_it_alone_reads():
+    import onnx
+
+    from sparse_rt.onnx import fold
+
+    def blocks_of(takes_the_sum):
+        proto, _ = _bottleneck_convs(shortcut=takes_the_sum)
+        fold.fuse_bottleneck_blocks(proto, {}, banded_only=False)
+        return proto
+
+    def set_attribute(proto, node_type, name, value):
+        node = next(n for n in proto.graph.node if n.op_type == node_type)
+        next(a for a in node.attribute if a.name == name).i = value
+        return proto
+
+    read_elsewhere = blocks_of("block")
+    read_elsewhere.graph.output.append(onnx.helper.make_tensor_value_info("R", onnx.TensorProto.FLOAT, None))
+    other_input = blocks_of("downsample")
+    next(n for n in other_input.graph.node if n.op_type == "CsrConv2d").input[0] = "A"
+    _assert_left_alone(fold.fuse_block_shortcuts, {
+        "its output also a graph output": read_elsewhere, "another input": other_input,
+        "the shortcut's own ReLU": set_attribute(blocks_of("block"), "CsrConv2d", "relu", 1),
+        "the block's last ReLU before the sum": set_attribute(blocks_of("downsample"), "CsrBottleneck", "relu3", 1)})
+
+
 @requires_compiled_ops
 def test_bottleneck_fused_only_for_a_stride_1_block_whose_inner_outputs_the_next_layer_reads_alone():
     from sparse_rt.onnx import fold, runtime
@@ -1323,6 +1389,17 @@ def test_native_bottleneck_kernel_names_the_layer_it_refuses(tmp_path):
         sess.run(None, {"X": np.zeros((2, 7, 5, 7), np.float32)})
     with pytest.raises(Exception, match=r"X must be 4-D \[N, C, H, W\], got shape \[2, 8, 5\]"):
         sess.run(None, {"X": np.zeros((2, 8, 5), np.float32)})
+    proto, _ = _bottleneck_convs(shortcut="block")
+    fold.fuse_bottleneck_blocks(proto, {}, banded_only=False)
+    fold.fuse_block_shortcuts(proto)
+    col = next(t for t in proto.graph.initializer if t.name == "shortcut.col")
+    forged = numpy_helper.to_array(col).copy()
+    forged[-1] = 8  # X has 8 channels: columns 0-7
+    col.CopyFrom(numpy_helper.from_array(forged, col.name))
+    sess = _native_session_by_hand(proto.SerializeToString())
+    with pytest.raises(Exception, match=r"CsrBottleneck node 'first\+second\+last\+shortcut': shortcut layer: "
+                                        r"col_indices\[\d+\]=8 is out of range \[0, 8\)"):
+        sess.run(None, {"X": np.zeros((2, 8, 5, 7), np.float32)})
 
 
 @needs_native

@@ -736,27 +736,38 @@ class CsrConv2dKernel final : public OpKernel {
 
 // Inputs X [N, in_channels, H, W], a ResNet bottleneck block's three layers' (crow_indices,
 // col_indices, values, bias): a 1x1 convolution, a 3x3 one with stride 1 and padding 1, a 1x1 one,
-// each of one group, and an optional residual shaped like Y; attributes in_channels and each
-// layer's relu1 / relu2 / relu3. Not a file format op: sparse_rt.onnx.session makes it of three
-// CsrConv2d nodes in a row, each output read by the next alone (fold.fuse_bottleneck_blocks). Where
-// the block's activations leave the cache (cpu::bottleneck_band_rows) it runs a band of rows of one
-// image at a time through the three layers, the inner activations staying in L2 (as the PyTorch
-// op csr_bottleneck_block does); elsewhere the layers one after the other, as three CsrConv2d nodes.
+// each of one group, and an optional residual shaped like Y, or instead an optional shortcut layer's
+// four (a 1x1 convolution of one group of X to the last layer's channels, no ReLU: its output is the
+// residual); attributes in_channels and each layer's relu1 / relu2 / relu3 (relu3 after the sum).
+// Not a file format op: sparse_rt.onnx.session makes it of three CsrConv2d nodes in a row, each output
+// read by the next alone (fold.fuse_bottleneck_blocks), and of a pointwise CsrConv2d of X whose output
+// only the block adds (fold.fuse_block_shortcuts). Where the block's activations leave the cache
+// (cpu::bottleneck_band_rows) it runs a band of rows of one image at a time through the layers, the
+// inner activations staying in L2 (as the PyTorch op csr_bottleneck_block does); elsewhere the layers
+// one after the other, as CsrConv2d nodes.
 enum BlockInput : size_t { kBlockX, kBlockFirst, kBlockSecond = kBlockFirst + kInputsPerLayer,
-                           kBlockLast = kBlockSecond + kInputsPerLayer, kBlockResidual = kBlockLast + kInputsPerLayer };
-constexpr std::array<size_t, 3> kBlockLayerInputs{kBlockFirst, kBlockSecond, kBlockLast};
-constexpr std::array<const char*, 3> kBlockLayerNames{"first layer", "second layer", "last layer"};
+                           kBlockLast = kBlockSecond + kInputsPerLayer, kBlockResidual = kBlockLast + kInputsPerLayer,
+                           kBlockShortcut };
+constexpr std::array<size_t, 4> kBlockLayerInputs{kBlockFirst, kBlockSecond, kBlockLast, kBlockShortcut};
+constexpr std::array<const char*, 4> kBlockLayerNames{"first layer", "second layer", "last layer", "shortcut layer"};
 
 class CsrBottleneckKernel {
  public:
   explicit CsrBottleneckKernel(const OrtKernelInfo* info)
       : what_(node_description(info, "CsrBottleneck")), in_channels_(int_attribute(info, "in_channels")),
         relu_{int_attribute(info, "relu1") != 0, int_attribute(info, "relu2") != 0, int_attribute(info, "relu3") != 0},
+        shortcut_(Ort::ConstKernelInfo(info).GetInputCount() > kBlockShortcut),
         checks_{IndexCheck(info, kBlockFirst, kBlockFirst + 1), IndexCheck(info, kBlockSecond, kBlockSecond + 1),
-                IndexCheck(info, kBlockLast, kBlockLast + 1)},
-        layers_{ConvLayer(info, kBlockFirst), ConvLayer(info, kBlockSecond), ConvLayer(info, kBlockLast)} {
+                IndexCheck(info, kBlockLast, kBlockLast + 1),
+                IndexCheck(info, shortcut_first(), shortcut_first() + 1)},
+        layers_{ConvLayer(info, kBlockFirst), ConvLayer(info, kBlockSecond), ConvLayer(info, kBlockLast),
+                ConvLayer(info, shortcut_first())} {
     if (in_channels_ < 1 || in_channels_ > std::numeric_limits<int32_t>::max()) {
       invalid("in_channels must be >= 1 and below 2^31, got ", in_channels_);
+    }
+    if (shortcut_ && Ort::ConstKernelInfo(info).GetInputCount() != kBlockShortcut + kInputsPerLayer) {
+      invalid("a shortcut layer takes four inputs (crow_indices, col_indices, values, bias), got ",
+              Ort::ConstKernelInfo(info).GetInputCount() - kBlockShortcut);
     }
   }
 
@@ -769,7 +780,7 @@ class CsrBottleneckKernel {
       if (x.dims[1] != in_channels_) invalid("X has shape ", dims_text(x.dims), " but in_channels=", in_channels_);
       if (x.dims[2] < 1 || x.dims[3] < 1) invalid("X has shape ", dims_text(x.dims), ", with no pixels");
       // The columns each layer's indices address: its input channels times its taps.
-      std::array<Weight, 3> w{};
+      std::array<Weight, 4> w{};
       int64_t channels = in_channels_;
       for (size_t i = 0; i < 3; ++i) {
         const CheckedInt cols = CheckedInt(channels) * (i == 1 ? 9 : 1);
@@ -777,6 +788,12 @@ class CsrBottleneckKernel {
         w[i] = read_layer(ctx, kBlockLayerInputs[i], cols.value(), checks_[i], kBlockLayerNames[i]);
         channels = w[i].rows();
         if (i < 2 && channels == 0) invalid(kBlockLayerNames[i], " has no output channels: the next layer needs one");
+      }
+      if (shortcut_) {
+        w[3] = read_layer(ctx, kBlockShortcut, in_channels_, checks_[3], kBlockLayerNames[3]);
+        if (w[3].rows() != w[2].rows()) {
+          invalid(kBlockLayerNames[3], " has ", w[3].rows(), " output channels but the last layer has ", w[2].rows());
+        }
       }
       const cpu::BottleneckShape b{x.dims[0], in_channels_, x.dims[2], x.dims[3], w[0].rows(), w[1].rows(),
                                    w[2].rows()};
@@ -786,23 +803,27 @@ class CsrBottleneckKernel {
       const Ort::ConstValue residual_value = ctx.GetInput(kBlockResidual);
       const Tensor residual = residual_value ? read(residual_value) : Tensor{};
       check_residual(residual.data ? &residual : nullptr, out_dims);
+      if (shortcut_ && residual.data) invalid("a residual and a shortcut layer were both given");
       float* y = ctx.GetOutput(0, out_dims).GetTensorMutableData<float>();
       if (b.batch == 0 || b.out_channels == 0) return;
-      std::array<cpu::Epilogue, 3> ep{};
+      // With a shortcut the last ReLU follows the shortcut's sum.
+      std::array<cpu::Epilogue, 4> ep{};
       for (size_t i = 0; i < 3; ++i) ep[i] = {w[i].bias, relu_[i]};
       ep[2].residual = static_cast<const float*>(residual.data);
+      ep[3] = {w[3].bias, false};
       const auto* xp = static_cast<const float*>(x.data);
       const cpu::ParallelFor pf = ort_parallel_for();
       Scratch scratch(ctx);
       const int64_t rows = cpu::bottleneck_band_rows(b, w[1].nnz, pf.num_threads);
       if (rows > 0) {
-        const cpu::BottleneckScratchSizes sizes = cpu::bottleneck_scratch(b, rows, w[1].nnz, pf.num_threads, false);
+        const cpu::BottleneckScratchSizes sizes = cpu::bottleneck_scratch(b, rows, w[1].nnz, pf.num_threads, shortcut_);
         const auto view = [&](size_t i, int64_t cols) {
           return cpu::CsrView<float>{w[i].crow, w[i].col, w[i].values, w[i].rows(), cols};
         };
+        const cpu::CsrView<float> added = view(3, b.in_channels);
         cpu::bottleneck_block(b, rows, view(0, b.in_channels), ep[0], view(1, b.mid1 * 9), ep[1], view(2, b.mid2),
-                              ep[2], static_cast<const cpu::CsrView<float>*>(nullptr), cpu::Epilogue{nullptr, false},
-                              xp, y, scratch.get<float>(sizes.floats), scratch.get<int32_t>(sizes.offsets), pf);
+                              ep[2], shortcut_ ? &added : nullptr, ep[3], xp, y, scratch.get<float>(sizes.floats),
+                              scratch.get<int32_t>(sizes.offsets), pf);
         return;
       }
       // One after the other: 1x1, 3x3 (stride 1, padding 1), 1x1.
@@ -813,7 +834,16 @@ class CsrBottleneckKernel {
       float* y2 = scratch.get<float>(b.batch * b.mid2 * b.height * b.width);
       layers_[0].run(ctx, shape(b.in_channels, b.mid1, 1), w[0], b.in_channels, checks_[0].constant(w[0]), xp, y1, ep[0]);
       layers_[1].run(ctx, shape(b.mid1, b.mid2, 3), w[1], b.mid1 * 9, checks_[1].constant(w[1]), y1, y2, ep[1]);
-      layers_[2].run(ctx, shape(b.mid2, b.out_channels, 1), w[2], b.mid2, checks_[2].constant(w[2]), y2, y, ep[2]);
+      if (!shortcut_) {
+        layers_[2].run(ctx, shape(b.mid2, b.out_channels, 1), w[2], b.mid2, checks_[2].constant(w[2]), y2, y, ep[2]);
+        return;
+      }
+      // The shortcut takes the sum after the last layer (the same values: a sum of two is commutative).
+      float* y3 = scratch.get<float>(b.batch * b.out_channels * b.height * b.width);
+      layers_[2].run(ctx, shape(b.mid2, b.out_channels, 1), w[2], b.mid2, checks_[2].constant(w[2]), y2, y3,
+                     cpu::Epilogue{w[2].bias, false});
+      layers_[3].run(ctx, shape(b.in_channels, b.out_channels, 1), w[3], b.in_channels, checks_[3].constant(w[3]), xp,
+                     y, cpu::Epilogue{w[3].bias, relu_[2], y3});
     });
   }
 
@@ -821,8 +851,11 @@ class CsrBottleneckKernel {
   const std::string what_;
   const int64_t in_channels_;
   const std::array<bool, 3> relu_;
-  std::array<IndexCheck, 3> checks_;
-  const std::array<ConvLayer, 3> layers_;
+  const bool shortcut_;  // the node has a shortcut layer's inputs
+  // The shortcut layer's first input; without one the fourth check and layer (on the first layer's) go unused.
+  size_t shortcut_first() const { return shortcut_ ? kBlockShortcut : kBlockFirst; }
+  std::array<IndexCheck, 4> checks_;
+  const std::array<ConvLayer, 4> layers_;
 };
 
 // --- ScaledDotProductAttention ------------------------------------------------------------------
@@ -930,23 +963,25 @@ struct CsrLinearsOp : OpBase<CsrLinearsOp, CsrLinearsKernel> {
 };
 
 // Ops of consecutive layers (CsrMlp: two, CsrBottleneck: three): X, each layer's (crow_indices,
-// col_indices, values, bias), an optional residual -> Y.
-template <typename Kernel, size_t kLayers>
-struct LayersOp : OpBase<LayersOp<Kernel, kLayers>, Kernel> {
+// col_indices, values, bias), an optional residual, then kOptionalLayers optional layers' four -> Y.
+template <typename Kernel, size_t kLayers, size_t kOptionalLayers = 0>
+struct LayersOp : OpBase<LayersOp<Kernel, kLayers, kOptionalLayers>, Kernel> {
   static constexpr size_t kResidualInput = 1 + kLayers * kInputsPerLayer;
-  using OpBase<LayersOp<Kernel, kLayers>, Kernel>::OpBase;
-  size_t GetInputTypeCount() const { return kResidualInput + 1; }
+  using OpBase<LayersOp<Kernel, kLayers, kOptionalLayers>, Kernel>::OpBase;
+  size_t GetInputTypeCount() const { return kResidualInput + 1 + kOptionalLayers * kInputsPerLayer; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
-    const bool indices = index != 0 && index != kResidualInput && (index - 1) % kInputsPerLayer < 2;
+    // A layer's four inputs start after X, and again after the residual.
+    const size_t layer_input = index < kResidualInput ? index - 1 : index - kResidualInput - 1;
+    const bool indices = index != 0 && index != kResidualInput && layer_input % kInputsPerLayer < 2;
     return indices ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == kResidualInput ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return index >= kResidualInput ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
 };
 static_assert(LayersOp<CsrMlpKernel, 2>::kResidualInput == kMlpResidual);
-static_assert(LayersOp<CsrBottleneckKernel, 3>::kResidualInput == kBlockResidual);
+static_assert(LayersOp<CsrBottleneckKernel, 3, 1>::kResidualInput + 1 == kBlockShortcut);
 
 // ScaledDotProductAttention: Q, K, V -> Y, all fp32.
 struct AttentionOp : OpBase<AttentionOp, AttentionKernel> {
@@ -961,7 +996,7 @@ const SparseOp<BsrLinearKernel> bsr_linear_op("BsrLinear");
 const SparseOp<CsrConv2dKernel> csr_conv2d_op("CsrConv2d");
 const CsrLinearsOp csr_linears_op;
 const LayersOp<CsrMlpKernel, 2> csr_mlp_op("CsrMlp");
-const LayersOp<CsrBottleneckKernel, 3> csr_bottleneck_op("CsrBottleneck");
+const LayersOp<CsrBottleneckKernel, 3, 1> csr_bottleneck_op("CsrBottleneck");
 const AttentionOp attention_op;
 
 }  // namespace

@@ -25,7 +25,8 @@ ScaledDotProductAttention node of ours, and fuse_feed_forward one CsrMlp node of
 nodes in a row, the first's output read by the second alone (native kernels only, both).
 fuse_bottleneck_blocks makes one CsrBottleneck node of a ResNet bottleneck block's three CsrConv2d
 nodes (1x1, 3x3, 1x1; native kernels only), run a band of rows at a time where its activations
-would leave the cache.
+would leave the cache, and fuse_block_shortcuts gives such a node the pointwise CsrConv2d that makes
+its residual from its own input (a stage's first block's downsample) as its shortcut.
 """
 
 import os
@@ -241,6 +242,52 @@ def fuse_bottleneck_blocks(model, dims, *, banded_only=True):
             in_channels=_attribute(first, "in_channels"), relu1=_attribute(first, "relu"),
             relu2=_attribute(second, "relu"), relu3=_attribute(last, "relu"))
         removed.update((id(first), id(second)))
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if id(n) not in removed)
+    return len(removed)
+
+
+def fuse_block_shortcuts(model):
+    """Rewrites `model`'s main graph (in place) for the native kernels: a CsrBottleneck node and a pointwise
+    CsrConv2d of the same input (1x1, stride 1, one group, undilated, float32 initializer weights), one
+    adding the other's output, which nothing else reads, become one CsrBottleneck with that layer as its
+    shortcut (its residual input left empty), in the place of the one that added: a ResNet stage's first
+    block with a pointwise downsample (ResNet-50's first), whose sum the kernel then takes in each band
+    rather than through memory. Either may have taken the sum: the block (its last layer took it; the
+    downsample without a ReLU) or the downsample (the block's last layer without a ReLU). Run after
+    fuse_bottleneck_blocks. Returns the number of nodes removed."""
+    graph = model.graph
+    graph_outputs = {o.name for o in graph.output}
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)  # found by index: protobuf messages compare by value
+    producer = {name: n for n in nodes for name in n.output}
+    residual = 1 + 3 * 4  # CsrBottleneck's residual input, after X and its layers' four each
+
+    def is_block(node, inputs):
+        return (node is not None and node.domain == DOMAIN and node.op_type == "CsrBottleneck"
+                and len(node.input) == inputs)
+
+    removed = set()
+    for index, node in enumerate(nodes):
+        if is_block(node, residual + 1):
+            block, shortcut, summand = node, producer.get(node.input[residual]), node.input[residual]
+            fits = shortcut is not None and len(shortcut.input) == 5 and _attribute(shortcut, "relu") == 0
+            relu = _attribute(block, "relu3")
+        elif node.domain == DOMAIN and node.op_type == "CsrConv2d" and len(node.input) == 6:
+            block, shortcut, summand = producer.get(node.input[5]), node, node.input[5]
+            fits = is_block(block, residual) and _attribute(block, "relu3") == 0
+            relu = _attribute(shortcut, "relu")
+        else:
+            continue
+        if (not fits or id(block) in removed or shortcut.input[0] != block.input[0]
+                or not _block_conv(shortcut, 1, initializers)
+                or _sole_consumer(graph, summand, graph_outputs) is not node):
+            continue
+        nodes[index] = onnx.helper.make_node(
+            "CsrBottleneck", [*block.input[:residual], "", *shortcut.input[1:5]], list(node.output),
+            name=f"{block.name}+{shortcut.name}", domain=DOMAIN, in_channels=_attribute(block, "in_channels"),
+            relu1=_attribute(block, "relu1"), relu2=_attribute(block, "relu2"), relu3=relu)
+        removed.add(id(shortcut) if node is block else id(block))
     del graph.node[:]
     graph.node.extend(n for n in nodes if id(n) not in removed)
     return len(removed)

@@ -27,8 +27,9 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
     CsrLinear nodes reading one input run as one (fold.group_linears_sharing_input), and attention
     written out in standard ops runs as our ScaledDotProductAttention (fold.fold_attention), and
     two CsrLinear nodes in a row run as one CsrMlp (fold.fuse_feed_forward), and a ResNet bottleneck
-    block's three CsrConv2d nodes as one CsrBottleneck (fold.fuse_bottleneck_blocks); the file is not
-    changed.
+    block's three CsrConv2d nodes as one CsrBottleneck (fold.fuse_bottleneck_blocks), with the pointwise
+    downsample that makes its residual from its input as its shortcut (fold.fuse_block_shortcuts); the
+    file is not changed.
     `ort_options` set attributes of onnxruntime.SessionOptions (intra_op_num_threads=2,
     graph_optimization_level=...) or pass `providers` / `provider_options` on; `config` holds
     session config entries ({"session.intra_op.allow_spinning": "0"}). The Python ops' weights are
@@ -71,6 +72,7 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
         fold_attention,
         fold_gelu,
         fold_residual_add_and_relu,
+        fuse_block_shortcuts,
         fuse_bottleneck_blocks,
         fuse_feed_forward,
         group_linears_sharing_input,
@@ -89,6 +91,7 @@ def session(path, *, register_ops=True, kernels="auto", config=None, **ort_optio
             dims = value_dims(model)  # of values that the rewrites keep as they are
             folded = fold_residual_add_and_relu(model, dims)
             folded += fuse_bottleneck_blocks(model, dims)  # after the residual reaches the block's last layer
+            folded += fuse_block_shortcuts(model)
             folded += fold_gelu(model)
             folded += fold_attention(model, dims)
             folded += fuse_feed_forward(model)

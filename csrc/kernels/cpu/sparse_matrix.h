@@ -66,8 +66,8 @@ struct Epilogue {
   // the kernel fences its stores before it returns).
   bool stream = false;
   // The residual is the output itself, each value read and overwritten in place (a bottleneck
-  // block's shortcut, stored first into the output's band): no column may be stored twice, which
-  // the SpMM's overlapping last 8-wide tile would do (csr_spmm.h).
+  // block's last layer adding its sums to the shortcut's in the band's scratch): no column may be
+  // stored twice, which the SpMM's overlapping last 8-wide tile would do (csr_spmm.h).
   bool residual_is_output = false;
 
   float apply(float acc, int64_t row, int64_t index) const {
