@@ -46,8 +46,8 @@ with torch.fx and rewrites its graph:
   there, so that neither the block's output nor the downsample's input passes through memory again
   (the same values bit for bit where the layers run apart, within fp32 rounding in bands).
   ResNet-50's first block at batch 8, 90%, per node in the model's order (AMD EPYC Zen 4, 2 threads,
-  alternating): block and downsample 10.2-10.8 ms -> 7.6-8.6; the whole model 1.00-1.02x (three of
-  five runs above 1.01x), batch 1 level.
+  alternating): block and downsample 10.2-10.8 ms -> 7.6-8.6; the whole model at batch 8 0.99-1.06x in
+  ten runs (captured and fused, 90% and 95%, old and new in one process: about 1-2%), batch 1 level.
 - A pointwise CSR SparseConv2d (1x1, stride 1, unpadded, one group) whose output another such layer
   reads, where no bottleneck block took either (a ResNet block's output and the next block's first
   layer; MobileNetV2's projection
