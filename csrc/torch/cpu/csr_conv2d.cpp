@@ -127,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
   return {y1, y2};
 }
 
-// Band by band through the three layers (and the shortcut, into the output's band) where the block's
+// Band by band through the three layers (and the shortcut, summed in the band) where the block's
 // activations leave the cache (cpu::bottleneck_band_rows); elsewhere the layers one after the other.
 at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& crow1, const at::Tensor& col1,
                                     const at::Tensor& values1, const c10::optional<at::Tensor>& bias1,
