@@ -36,10 +36,11 @@ with torch.fx and rewrites its graph:
   activations leave the cache, runs it a band of output rows of one image at a time: the first
   layer's output for the band (and the row either side, kept from the band above where the thread
   ran it) and the 3x3 layer's stay in the core's L2 instead of passing through memory; elsewhere the
-  layers one after the other (within fp32 rounding of them: the sums are grouped in other tiles at
-  the bands' edges). ResNet-50 at batch 8 against the same model fused with pairs (below) instead,
-  Intel Xeon, 2 threads, in one process: 1.058x at 95%, 1.024x at 90%; its first stage 21.8 -> 17.3
-  ms at 95% (torch.profiler); stages 3 and 4, whose activations stay in the cache, run apart.
+  layers one after the other, each reading its packing (within fp32 rounding of them: the sums are
+  grouped in other tiles at the bands' edges). ResNet-50 at batch 8 against the same model fused
+  with pairs (below) instead, Intel Xeon, 2 threads, in one process: 1.058x at 95%, 1.024x at 90%;
+  its first stage 21.8 -> 17.3 ms at 95% (torch.profiler); stages 3 and 4, whose activations stay in
+  the cache, run apart.
   Where such a block's pointwise stride-1 downsample took its sum (ResNet's first stage, whose
   downsample comes first in the graph), the downsample joins the call as the block's shortcut: in
   bands its output for the band goes into the core's cache and the last layer's sums are added to it
@@ -457,7 +458,8 @@ def bottleneck_block(first, second, last, input, residual=None, shortcut=None):
     where it takes them (an fp32 CPU input, the weights' values of one dtype, a residual of the output's
     shape and dtype or none; `last` without a ReLU beside a shortcut), which runs the block a band of
     output rows at a time where its activations leave the cache, the shortcut's output summed in the
-    band; else the layers one after the other, as an ONNX export sees them."""
+    band, and elsewhere each layer with its packing (PackedWeight); else the layers one after the other,
+    as an ONNX export sees them."""
     layers = (first, second, last) if shortcut is None else (first, second, last, shortcut)
     if (input.dtype == torch.float32 and _conv_ops_take(input, layers)
             and (shortcut is None or (residual is None and not last.relu))
@@ -466,8 +468,10 @@ def bottleneck_block(first, second, last, input, residual=None, shortcut=None):
         w1, w2, w3 = (layer._weight_tensors() for layer in (first, second, last))
         w4 = (None,) * 4 if shortcut is None else shortcut._weight_tensors()
         relu = last.relu if shortcut is None else shortcut.relu
+        # Each layer's output has the input's pixels: its packing for `input` is its packing for its own input.
         return ops.csr_bottleneck_block(input, *w1, first.in_channels, first.relu, *w2, second.relu, *w3, relu,
-                                        residual, *w4)
+                                        residual, *w4, *(layer.packing(input) for layer in layers),
+                                        *((None,) if shortcut is None else ()))
     middle = second(first(input))
     output = last(middle) if residual is None else last(middle, residual)
     return output if shortcut is None else shortcut(input, output)

@@ -549,10 +549,28 @@ def test_csr_bottleneck_block_errors_name_the_layer():
          layer.format("shortcut layer") + r"col_indices\[\d+\]=4 is out of range \[0, 4\)"),
         (args(shortcut=(w4.crow_indices, w4.col_indices, w4.values.to(torch.bfloat16))),
          r"sparse_rt.csr_bottleneck_block: the layers' values must share a dtype, got Float and BFloat16"),
+        (args(shortcut=(None,) * 4 + (torch.zeros(3), None, None, None)), layer.format("first layer") + r"packed must"),
+        (args(shortcut=(None,) * 7 + (torch.zeros(3, dtype=torch.int32),)),
+         layer.format("shortcut layer") + r"shortcut_packed is given without a shortcut weight"),
     ]
     for call_args, message in cases:
         with sparse_rt.ops.full_index_checks(), pytest.raises(RuntimeError, match=message):
             torch.ops.sparse_rt.csr_bottleneck_block(*call_args)
+
+
+@requires_compiled_ops
+def test_csr_bottleneck_block_refuses_a_stale_packing_of_its_3x3_layer():
+    """Where the block runs its layers apart (2 x 10x10 pixels), the 3x3 layer reads its packing over its
+    input unfolded, compared with its weight first: another weight's packing is refused, naming the layer."""
+    w1, w3 = random_csr(16, 8, 0.5, seed=2), random_csr(8, 16, 0.5, seed=4)
+    w2, other = random_csr(16, 16 * 9, 0.5, seed=3), random_csr(16, 16 * 9, 0.5, seed=5)
+    stale = sparse_rt.ops.pack_csr(other.crow_indices, other.col_indices, other.values, 16 * 9)
+    assert stale.numel() > 0
+    with pytest.raises(RuntimeError, match=r"sparse_rt.csr_bottleneck_block \(3x3 layer\): packed "):
+        torch.ops.sparse_rt.csr_bottleneck_block(
+            randn(2, 8, 10, 10), w1.crow_indices, w1.col_indices, w1.values, None, 8, True, w2.crow_indices,
+            w2.col_indices, w2.values, None, True, w3.crow_indices, w3.col_indices, w3.values, None, True, None, None,
+            None, None, None, None, stale)
 
 
 @requires_compiled_ops

@@ -295,8 +295,8 @@ def test_with_trusted_packings_a_sparse_linear_packs_from_one_panel_and_computes
 def test_a_pointwise_sparse_conv2d_packs_for_enough_pixels_and_repacks_after_changes(monkeypatch):
     """A 1x1 layer packs from PACKING_MIN_PIXELS output pixels of all its images together (outputs
     bit for bit the unpacked ones and within rounding of the dense layer), packs again after a counted
-    change and refuses a stale packing until repack(); a strided one counts the pixels it reads; other
-    convolutions never pack."""
+    change and refuses a stale packing until repack(); a strided one counts the pixels it reads; a 3x3
+    one of one group packs too (its op runs over its input unfolded); a grouped one never packs."""
     torch.manual_seed(2)
     dense = magnitude_prune(nn.Sequential(nn.Conv2d(700, 300, 1)), 0.8)[0]
     layer = SparseConv2d.from_dense(dense)
@@ -328,8 +328,13 @@ def test_a_pointwise_sparse_conv2d_packs_for_enough_pixels_and_repacks_after_cha
     assert torch.equal(strided(wide), SparseConv2d.from_dense(strided_dense)(wide))
     monkeypatch.delenv(packing_module.PACKING_VARIABLE)
     assert_close(strided(wide), strided_dense(wide), torch.float32)
-    for conv in (nn.Conv2d(700, 300, 3, padding=1), nn.Conv2d(700, 300, 1, groups=2)):
-        assert SparseConv2d.from_dense(magnitude_prune(nn.Sequential(conv), 0.8)[0]).packing(x) is None
+    grouped = nn.Conv2d(700, 300, 1, groups=2)
+    assert SparseConv2d.from_dense(magnitude_prune(nn.Sequential(grouped), 0.8)[0]).packing(x) is None
+    conv3_dense = magnitude_prune(nn.Sequential(nn.Conv2d(64, 48, 3, padding=1)), 0.8)[0]
+    conv3 = SparseConv2d.from_dense(conv3_dense)
+    image = randn(4, 64, 7, 7, seed=4)
+    assert conv3.packing(image) is not None and conv3.packing(image[:1]) is None
+    assert_close(conv3(image), conv3_dense(image), torch.float32)
 
 
 @requires_compiled_ops

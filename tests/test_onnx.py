@@ -508,7 +508,8 @@ def test_native_kernels_check_index_inputs_that_change(tmp_path):
 def test_native_and_python_kernels_agree(tmp_path, name, format, batch):
     """Both ways of running our ops give the PyTorch model's output; on the file as it is (no
     residual folding), each other's bit for bit (the same CPU kernels, each row's sum in the same
-    order, whatever the thread split)."""
+    order, whatever the thread split), but where the native kernel runs a 3x3 convolution over its input
+    unfolded with the packing it keeps (the Python kernels get none: tap offsets), within fp32 rounding."""
 
     _, model, x = _sparse_model(name, format=format)
     x = x[:1].expand(batch, *x.shape[1:]).contiguous() + 0.01 * torch.randn(batch, *x.shape[1:])
@@ -523,7 +524,10 @@ def test_native_and_python_kernels_agree(tmp_path, name, format, batch):
     for kernels, sess in sessions.items():
         got[kernels] = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
         torch.testing.assert_close(got[kernels], expected, rtol=1e-5, atol=1e-5)
-    assert torch.equal(got["native, file as it is"], got["python"])
+    if name == "cifar_resnet" and batch > 1:
+        torch.testing.assert_close(got["native, file as it is"], got["python"], rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(got["native, file as it is"], got["python"])
 
 
 @needs_native

@@ -55,6 +55,13 @@ def test_opcheck_pack_csr_and_the_ops_reading_a_packing():
         torch.library.opcheck(torch.ops.sparse_rt.csr_conv2d.default,
                               (image, w1.crow_indices, w1.col_indices, w1.values, None, 300, [1, 1], [1, 1], [0, 0],
                                [1, 1], 1, True, None, packing))
+        # A 3x3 one over 162 output pixels reads it over its input unfolded (6 nonzeros per weight column or more).
+        w3 = random_csr(24, 16 * 9, 0.5, seed=3, dtype=dtype)
+        packing3 = pack(w3.crow_indices, w3.col_indices, w3.values, 16 * 9)
+        assert packing3.numel() > 0
+        torch.library.opcheck(torch.ops.sparse_rt.csr_conv2d.default,
+                              (randn(2, 16, 9, 9, dtype=dtype), w3.crow_indices, w3.col_indices, w3.values, None, 16,
+                               [3, 3], [1, 1], [1, 1], [1, 1], 1, True, None, packing3))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -137,6 +144,12 @@ def test_opcheck_csr_bottleneck_block():
             torch.library.opcheck(torch.ops.sparse_rt.csr_bottleneck_block.default,
                                   (*block, None, w4.crow_indices, w4.col_indices, w4.values,
                                    randn(cin, dtype=values_dtype)))
+            # With the layers' packings (read where the layers run apart).
+            packings = [torch.ops.sparse_rt.pack_csr(w.crow_indices, w.col_indices, w.values, w.shape[1])
+                        for w in (w1, w2, w3, w4)]
+            torch.library.opcheck(torch.ops.sparse_rt.csr_bottleneck_block.default,
+                                  (*block, None, w4.crow_indices, w4.col_indices, w4.values,
+                                   randn(cin, dtype=values_dtype), *packings))
 
 
 @pytest.mark.parametrize("device", DEVICES)

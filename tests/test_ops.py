@@ -548,6 +548,31 @@ def test_packed_pointwise_csr_conv2d_on_dlmc_rn50_patterns(dlmc):
 
 
 @requires_compiled_ops
+@pytest.mark.parametrize("stride", [1, 2])
+def test_packed_3x3_csr_conv2d_on_dlmc_rn50_patterns(dlmc, stride):
+    """Real pruned 3x3 layers (DLMC ResNet-50, 90%) at batch 2 over 200 output pixels (10x10, from 20x20 at
+    stride 2), each with its packing: those with enough nonzeros per weight column run over their input
+    unfolded into panels (PackedConvLayout::panels), the rest on tap offsets; both against float64."""
+    packed_shapes = 0
+    for path in _one_file_per_shape(dlmc, "rn50/magnitude_pruning/0.9"):
+        w = load_smtx(path, seed=0)
+        cout, cols = w.shape
+        if cols % 9 != 0 or cols // 9 < 64:
+            continue  # a 1x1 layer
+        cin = cols // 9
+        packing = ops.pack_csr(w.crow_indices, w.col_indices, w.values, cols)
+        packed_shapes += packing.numel() > 0 and w.values.numel() >= 6 * cols
+        x = randn(2, cin, 10 * stride, 10 * stride, seed=9)
+        bias = randn(cout, seed=4)
+        y = ops.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, cin, (3, 3), (stride, stride), (1, 1),
+                           (1, 1), 1, True, None, packing)
+        expected = reference.csr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, cin, (3, 3),
+                                        (stride, stride), (1, 1), (1, 1), 1, True, compute_dtype=torch.float64)
+        assert_close(y, expected, torch.float32)
+    assert packed_shapes > 0
+
+
+@requires_compiled_ops
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, with_residual", [
     # 4 x 60x60 = 14400 pixels (225 panels, some across two images): the first layer's output

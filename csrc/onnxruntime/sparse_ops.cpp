@@ -610,7 +610,10 @@ class ConvLayer {
   // `constant` whether w is the node's constant initializers.
   void run(const Ort::KernelContext& ctx, const Conv2dShape& s, const Weight& w, int64_t index_cols, bool constant,
            const float* x, float* y, const cpu::Epilogue& ep) const {
-    cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, w.nnz);
+    cpu::CsrView<float> view{w.crow, w.col, w.values, s.out_channels, index_cols};
+    // Made at the first call and kept; only the panels layout reads it, of one group (PackedConvLayout::panels).
+    const cpu::PackedNonzeros* const packing = s.groups == 1 ? packed_weight_(view) : nullptr;
+    cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, w.nnz, packing != nullptr);
     Scratch scratch(ctx);
     cpu::ConvScratch buffers{};
     std::shared_ptr<const KeptOffsets> kept;  // held until the call ends
@@ -631,8 +634,7 @@ class ConvLayer {
       layout.gather = true;  // the packed path's scratch does not fit: the gather path needs none
       buffers = {};
     }
-    cpu::CsrView<float> view{w.crow, w.col, w.values, s.out_channels, index_cols};
-    if (layout.panels) view.packed = packed_weight_(view);  // the panels layout reads the weight's own columns
+    if (layout.panels) view.packed = packing;
     cpu::csr_conv2d(s, layout, view, x, y, ep, buffers, pf);
   }
 

@@ -320,6 +320,18 @@ BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor&
   return {first, second, last, added};
 }
 
+void check_block_packings(const c10::optional<at::Tensor>& packed1, const c10::optional<at::Tensor>& packed2,
+                          const c10::optional<at::Tensor>& packed3, const c10::optional<at::Tensor>& shortcut_packed,
+                          const at::Tensor& values1, const at::Tensor& values2, const at::Tensor& values3,
+                          const BlockShortcut& shortcut) {
+  check_packing(kBlockLayers[0], packed1, values1);
+  check_packing(kBlockLayers[1], packed2, values2);
+  check_packing(kBlockLayers[2], packed3, values3);
+  SPARSE_RT_CHECK(shortcut.given() || !shortcut_packed.has_value(), kBlockShortcut,
+                  "shortcut_packed is given without a shortcut weight");
+  if (shortcut.given()) check_packing(kBlockShortcut, shortcut_packed, *shortcut.values);
+}
+
 PoolProblem prepare_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                at::IntArrayRef padding) {
   const char* op = "max_pool2d";

@@ -182,6 +182,12 @@ BlockProblem prepare_bottleneck_block(const at::Tensor& input, const at::Tensor&
                                       const at::Tensor& crow3, const at::Tensor& col3, const at::Tensor& values3,
                                       const c10::optional<at::Tensor>& bias3,
                                       const c10::optional<at::Tensor>& residual, const BlockShortcut& shortcut);
+// csr_bottleneck_block's packings, each checked as check_packing does under its layer's name; none for
+// a shortcut layer not given.
+void check_block_packings(const c10::optional<at::Tensor>& packed1, const c10::optional<at::Tensor>& packed2,
+                          const c10::optional<at::Tensor>& packed3, const c10::optional<at::Tensor>& shortcut_packed,
+                          const at::Tensor& values1, const at::Tensor& values2, const at::Tensor& values3,
+                          const BlockShortcut& shortcut);
 
 // scaled_dot_product_attention's arguments, checked: query [batch, heads, queries, head_dim], key and
 // value [batch, heads, keys, head_dim] with keys >= 1, all three of one floating dtype and device.

@@ -41,13 +41,15 @@ TORCH_LIBRARY(sparse_rt, m) {
   // A ResNet bottleneck block's convolutions: 1x1, 3x3 (stride 1, padding 1), 1x1 (each of one group, with
   // its bias and ReLU), the residual added to the last one's output before its ReLU: a tensor, or the
   // output of a shortcut layer (1x1, one group, its bias, no ReLU) on the block's input (a stage's
-  // first block with a pointwise downsample). fp32 input; the weights' values of one dtype.
+  // first block with a pointwise downsample). fp32 input; the weights' values of one dtype. The layers'
+  // packings (pack_csr over their weights' columns) are read where the layers run apart.
   m.def(
       "csr_bottleneck_block(Tensor input, Tensor crow_indices1, Tensor col_indices1, Tensor values1, Tensor? bias1, "
       "int in_channels, bool relu1, Tensor crow_indices2, Tensor col_indices2, Tensor values2, Tensor? bias2, "
       "bool relu2, Tensor crow_indices3, Tensor col_indices3, Tensor values3, Tensor? bias3, bool relu3, "
       "Tensor? residual, Tensor? shortcut_crow_indices=None, Tensor? shortcut_col_indices=None, "
-      "Tensor? shortcut_values=None, Tensor? shortcut_bias=None) -> Tensor");
+      "Tensor? shortcut_values=None, Tensor? shortcut_bias=None, Tensor? packed1=None, Tensor? packed2=None, "
+      "Tensor? packed3=None, Tensor? shortcut_packed=None) -> Tensor");
   // softmax(scale * query @ key^T) @ value per batch and head, without mask or dropout (the dense
   // part of a sparse transformer layer). The output is laid out [batch, queries, heads, head_dim] and
   // returned as its [batch, heads, queries, head_dim] view, so merging the heads back

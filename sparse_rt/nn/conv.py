@@ -93,8 +93,10 @@ class SparseConv2d(PackedWeight, SparseWeightModule):
             self.dilation, self.groups, relu, res, packing))
 
     def _reads_packing(self):
-        # Only a 1x1 layer's op runs as a linear layer over the (output) pixels, reading a packing.
-        return self.kernel_size == (1, 1) and self.padding == (0, 0) and self.groups == 1
+        # A layer of one group runs as a linear layer over the output pixels, reading a packing: a pointwise
+        # one over its input's pixels, others over their input unfolded (a row per weight column), which
+        # the op takes only with a packing (PackedConvLayout::panels in csrc/kernels/cpu/csr_conv2d.h).
+        return self.groups == 1
 
     def _packing_rows(self, input):
         if not self._reads_packing() or input.dim() != 4:
@@ -104,7 +106,7 @@ class SparseConv2d(PackedWeight, SparseWeightModule):
         return input.shape[0] * out_h * out_w
 
     def _packing_columns(self):
-        return self.in_channels
+        return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
 
     def output_shape(self, input):
         out_hw = ops.conv2d_output_hw(input.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)

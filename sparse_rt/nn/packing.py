@@ -1,6 +1,6 @@
 """The packing of a layer's CSR weight (ops.pack_csr) that the CPU ops read, kept by the layer with
-the tensors it was made from: SparseLinear's, and a pointwise SparseConv2d's (1x1, stride 1, no
-padding, one group), whose op runs it as a linear layer over the images' pixels."""
+the tensors it was made from: SparseLinear's, and a SparseConv2d's of one group, whose op runs it as a
+linear layer over the images' output pixels (a kernel of several taps over its input unfolded)."""
 
 import os
 import weakref

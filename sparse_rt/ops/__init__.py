@@ -135,7 +135,9 @@ def csr_bottleneck_block(input: torch.Tensor, crow_indices1: torch.Tensor, col_i
                          shortcut_crow_indices: Optional[torch.Tensor] = None,
                          shortcut_col_indices: Optional[torch.Tensor] = None,
                          shortcut_values: Optional[torch.Tensor] = None,
-                         shortcut_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         shortcut_bias: Optional[torch.Tensor] = None, packed1: Optional[torch.Tensor] = None,
+                         packed2: Optional[torch.Tensor] = None, packed3: Optional[torch.Tensor] = None,
+                         shortcut_packed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A bottleneck block's three csr_conv2d layers in one call: a 1x1 weight (no padding) on `input` of
     `in_channels` channels, a 3x3 one
     (padding 1), a 1x1 one, all stride 1 and one group, each with its bias and ReLU, `residual` added to
@@ -145,10 +147,13 @@ def csr_bottleneck_block(input: torch.Tensor, crow_indices1: torch.Tensor, col_i
     residual (a stage's first block whose downsample is pointwise). On the CPU, where the block's
     activations leave the cache, the layers run a band of output rows of one image at a time, their
     inner activations in the core's L2, the shortcut's output stored into the band of the output and
-    summed there; within fp32 rounding of the separate calls."""
+    summed there; within fp32 rounding of the separate calls. Elsewhere the layers run one after the
+    other, each reading its packing (`packed1`, `packed2`, `packed3`, `shortcut_packed`: pack_csr of its
+    weight over its columns, as csr_conv2d's `packed`) where given."""
     args = (input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2, col_indices2,
             values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3, residual,
-            shortcut_crow_indices, shortcut_col_indices, shortcut_values, shortcut_bias)
+            shortcut_crow_indices, shortcut_col_indices, shortcut_values, shortcut_bias, packed1, packed2, packed3,
+            shortcut_packed)
     if HAS_COMPILED_OPS:
         return torch.ops.sparse_rt.csr_bottleneck_block(*args)
     return reference.csr_bottleneck_block(*args)

@@ -69,7 +69,7 @@ def _csr_pointwise_conv_pair_fake(input, crow_indices1, col_indices1, values1, b
 def _csr_bottleneck_block_fake(input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2,
                                col_indices2, values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3,
                                residual, shortcut_crow_indices=None, shortcut_col_indices=None, shortcut_values=None,
-                               shortcut_bias=None):
+                               shortcut_bias=None, packed1=None, packed2=None, packed3=None, shortcut_packed=None):
     torch._check(input.shape[1] == in_channels, lambda: f"input has {input.shape[1]} channels, expected {in_channels}")
     if shortcut_crow_indices is not None:
         torch._check(residual is None, lambda: "a residual and a shortcut layer were both given")

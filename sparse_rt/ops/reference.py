@@ -79,7 +79,8 @@ def csr_pointwise_conv_pair(input, crow_indices1, col_indices1, values1, bias1, 
 def csr_bottleneck_block(input, crow_indices1, col_indices1, values1, bias1, in_channels, relu1, crow_indices2,
                          col_indices2, values2, bias2, relu2, crow_indices3, col_indices3, values3, bias3, relu3,
                          residual, shortcut_crow_indices=None, shortcut_col_indices=None, shortcut_values=None,
-                         shortcut_bias=None, *, compute_dtype=torch.float32):
+                         shortcut_bias=None, packed1=None, packed2=None, packed3=None, shortcut_packed=None, *,
+                         compute_dtype=torch.float32):
     one, none = (1, 1), (0, 0)
     mid1, mid2 = crow_indices1.numel() - 1, crow_indices2.numel() - 1
     if shortcut_crow_indices is not None:

@@ -251,6 +251,8 @@ struct PanelWork {
   }
 };
 
+bool pointwise(const Conv2dShape& s) { return s.kh == 1 && s.kw == 1 && s.pad_h == 0 && s.pad_w == 0; }
+
 // The shape that the panels layout runs: a strided layer's is a stride-1 one on the pixels its 1x1
 // kernel reads.
 Conv2dShape panel_shape(const Conv2dShape& s) {
@@ -351,6 +353,120 @@ void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixel
   }
 }
 
+// One tap's share of a panel's run of output pixels (pack_tap_panel), the same in every channel:
+// `length` floats at `at` in the tap's panel row, of which [lead, lead + count) are read from the
+// channel's plane from `from` on (every stride_w-th float) and the rest are padding (zeros).
+struct TapCopy {
+  int64_t at, from, lead, count, length;
+};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The channels' rows of a tap panel from their copies (pack_tap_panel), stride 1 or 2, in pieces of
+// 16 floats worked out once for all the channels: masked loads (masked lanes read nothing; the
+// padding's zeros), the even floats of two vectors picked at stride 2, a masked store. Masks computed
+// per piece and channel took a third of ResNet-50 95%'s 14x14 3x3 layer at batch 8 (perf, one
+// thread), a scalar loop at stride 2 up to half of its stride-2 3x3 layers' time.
+template <int kStride>
+SPARSE_RT_TARGET_X86_64_V4 void copy_taps_avx512(const std::vector<TapCopy>& copies, const float* x,
+                                                 int64_t channels, int64_t plane, int64_t channel_rows,
+                                                 float* panel) {
+  static_assert(kStride == 1 || kStride == 2);
+  struct Piece {
+    int64_t to, from;
+    __mmask16 read, store, low, high;  // low, high: the two source vectors' lanes read at stride 2
+  };
+  thread_local std::vector<Piece> pieces;
+  pieces.clear();
+  for (const TapCopy& t : copies) {
+    for (int64_t j = 0; j < t.length; j += 16) {
+      const uint32_t read_begin = uint32_t(std::clamp<int64_t>(t.lead - j, 0, 16));
+      const uint32_t read_end = uint32_t(std::clamp<int64_t>(t.lead + t.count - j, read_begin, 16));
+      // Source floats [2 * read_begin, 2 * read_end - 1) at stride 2.
+      const uint32_t source = read_end > read_begin
+                                  ? _bzhi_u32(~0u, 2 * read_end - 1) & ~_bzhi_u32(~0u, 2 * read_begin)
+                                  : 0;
+      pieces.push_back({t.at + j, t.from + (j - t.lead) * kStride,
+                        __mmask16(_bzhi_u32(0xffff, read_end) & ~_bzhi_u32(0xffff, read_begin)),
+                        __mmask16(_bzhi_u32(0xffff, uint32_t(std::min<int64_t>(16, t.length - j)))),
+                        __mmask16(source), __mmask16(source >> 16)});
+    }
+  }
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* const source = x + c * plane;
+    float* const rows = panel + c * channel_rows;
+    for (const Piece& piece : pieces) {
+      __m512 v;
+      if constexpr (kStride == 1) {
+        v = _mm512_maskz_loadu_ps(piece.read, source + piece.from);
+      } else {
+        const __m512 low = _mm512_maskz_loadu_ps(piece.low, source + piece.from);
+        const __m512 high = _mm512_maskz_loadu_ps(piece.high, source + piece.from + 16);
+        v = _mm512_maskz_permutex2var_ps(piece.read, low, evens, high);
+      }
+      _mm512_mask_storeu_ps(rows + piece.to, piece.store, v);
+    }
+  }
+}
+#endif
+
+// Columns [first, first + width) of the [in_channels * taps, columns] operand of a convolution of
+// more than one tap (its input unfolded: row c * taps + tap holds, for each output pixel, the input
+// pixel that tap reads in channel c, or 0 in the padding), the images' output pixels (`pixels` each)
+// side by side, into `panel` (rows `width` floats apart), zeros past the last column. The copies (a
+// run of one output row for each tap) are worked out once for all the channels.
+void pack_tap_panel(const Conv2dShape& s, const float* x, int64_t columns, int64_t first, int64_t width,
+                    std::vector<TapCopy>& copies, float* panel) {
+  const int64_t pixels = s.out_h * s.out_w, taps = s.kh * s.kw, plane = s.height * s.width;
+  const int64_t filled = std::min(width, columns - first);
+  const auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); };
+  copies.clear();
+  for (int64_t j = 0; j < filled;) {
+    const int64_t column = first + j, image = column / pixels, pixel = column % pixels;
+    const int64_t oy = pixel / s.out_w, ox = pixel % s.out_w, length = std::min(filled - j, s.out_w - ox);
+    for (int64_t ky = 0; ky < s.kh; ++ky) {
+      const int64_t iy = oy * s.stride_h - s.pad_h + ky * s.dil_h;
+      for (int64_t kx = 0; kx < s.kw; ++kx) {
+        const int64_t at = (ky * s.kw + kx) * width + j;
+        if (iy < 0 || iy >= s.height) {
+          copies.push_back({at, 0, length, 0, length});
+          continue;
+        }
+        // Output column ox + t reads input column ix0 + t * stride: inside the row for t in [lead, end).
+        const int64_t ix0 = ox * s.stride_w - s.pad_w + kx * s.dil_w;
+        const int64_t lead = std::clamp<int64_t>(ceil_div(-ix0, s.stride_w), 0, length);
+        const int64_t end = std::clamp<int64_t>(ceil_div(s.width - ix0, s.stride_w), lead, length);
+        copies.push_back({at, image * s.in_channels * plane + iy * s.width + ix0 + lead * s.stride_w, lead,
+                          end - lead, length});
+      }
+    }
+    j += length;
+  }
+  const int64_t channel_rows = taps * width;
+  if (filled < width) {
+    for (int64_t r = 0; r < s.in_channels * taps; ++r) {
+      std::fill(panel + r * width + filled, panel + (r + 1) * width, 0.f);
+    }
+  }
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (s.stride_w <= 2 && cpu_isa() == Isa::kX86_64_V4) {
+    (s.stride_w == 1 ? copy_taps_avx512<1> : copy_taps_avx512<2>)(copies, x, s.in_channels, plane, channel_rows,
+                                                                  panel);
+    return;
+  }
+#endif
+  for (int64_t c = 0; c < s.in_channels; ++c) {
+    const float* const source = x + c * plane;
+    float* const rows = panel + c * channel_rows;
+    for (const TapCopy& t : copies) {
+      float* const to = rows + t.at;
+      std::fill(to, to + t.lead, 0.f);
+      for (int64_t i = 0; i < t.count; ++i) to[t.lead + i] = source[t.from + i * s.stride_w];
+      std::fill(to + t.lead + t.count, to + t.length, 0.f);
+    }
+  }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 // to[0, n) = from[0, n), the whole 64-byte lines of `to` with non-temporal stores.
 SPARSE_RT_TARGET_X86_64_V4 void stream_floats_avx512(float* to, const float* from, int64_t n) {
@@ -389,7 +505,8 @@ void store_pixel_panel(const float* panel, int64_t channels, int64_t pixels, int
 }
 
 // The panels layout (PackedConvLayout::panels): the SpMM of each panel of output pixels, its output
-// stored in runs that end where an image does. A whole panel within one image of a contiguous source
+// stored in runs that end where an image does; a kernel of several taps unfolds each panel's input
+// (pack_tap_panel). A whole panel within one image of a contiguous source
 // is read in place, its rows `pixels` apart, unless the packed kernel reads it (its rows must be 64
 // floats apart): ResNet-50's 56x56 layers of 64 input channels, whose weights do not pack, lost up
 // to 10% to the copy.
@@ -406,9 +523,11 @@ void store_pixel_panel(const float* panel, int64_t channels, int64_t pixels, int
 // at 95%, old and new alternated in one process; batch 1 unchanged: nothing streams there; Intel Xeon,
 // 2 threads, scripts outside the repo: /tmp/i6/ctx.py, ab_flag.py).
 template <typename V>
-void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const float* x, float* y,
-                           const Epilogue& ep, float* scratch, const ParallelFor& pf) {
+void conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const float* x, float* y, const Epilogue& ep,
+                 float* scratch, const ParallelFor& pf) {
   const Conv2dShape s = panel_shape(shape);
+  const bool unfolds = !pointwise(shape);
+  const int64_t panel_rows = shape.in_channels / shape.groups * shape.kh * shape.kw;
   const PixelSource source{x, shape.in_channels * shape.height * shape.width, shape.height * shape.width, s.out_w,
                            shape.stride_h * shape.width, shape.stride_w};
   const int64_t pixels = s.height * s.width, columns = s.batch * pixels;
@@ -432,16 +551,21 @@ void pointwise_conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const 
   };
   pf.run(0, work.slots, 1, [&](int64_t slot_begin, int64_t slot_end) {
     for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
-      float* const panel = scratch + slot * s.in_channels * kPanelWidth;
+      float* const panel = scratch + slot * panel_rows * kPanelWidth;
       int64_t copied = -1;
+      std::vector<TapCopy> copies;
       const int64_t pairs_end = first_pair(slot + 1);
       for (int64_t u = first_pair(slot); u < pairs_end; ++u) {
         const int64_t p = u / work.parts, part = u % work.parts;
         const int64_t first = p * kPanelWidth, width = work.layout.width(p), pixel = first % pixels;
         DenseRows b{panel, width, width};
-        const bool in_place = !w.packed && source.contiguous() && width == kPanelWidth && pixel + width <= pixels;
+        const bool in_place =
+            !unfolds && !w.packed && source.contiguous() && width == kPanelWidth && pixel + width <= pixels;
         if (in_place) {
           b = {x + first / pixels * source.image + pixel, pixels, width};
+        } else if (p != copied && unfolds) {
+          pack_tap_panel(shape, x, columns, first, width, copies, panel);
+          copied = p;
         } else if (p != copied) {
           pack_pixel_panel(source, s.in_channels, pixels, columns, first, width, panel);
           copied = p;
@@ -499,7 +623,7 @@ void set_channel_blocks(const Conv2dShape& s, int64_t nnz, PackedConvLayout& l) 
 
 }  // namespace
 
-PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
+PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz, bool packed) {
   PackedConvLayout l{};
   // What the call reads and writes bounds what the packed path may allocate.
   const CheckedInt touched = CheckedInt(s.batch) * s.in_channels * s.height * s.width +
@@ -539,18 +663,24 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz) {
   l.wide = wide.value();
   l.wide_padded = wide_padded.value();
   l.packed_len = packed_len.value();
-  const bool pointwise = s.kh == 1 && s.kw == 1 && s.pad_h == 0 && s.pad_w == 0;
-  l.direct = pointwise && s.stride_h == 1 && s.stride_w == 1;
+  l.direct = pointwise(s) && s.stride_h == 1 && s.stride_w == 1;
   l.crop = l.phase_w != s.out_w;
   // batch * out_h * out_w fits: the output's elements were bounded above.
-  l.panels = pointwise && s.groups == 1 && PanelLayout{s.batch * s.out_h * s.out_w, s.in_channels}.padded() >= kPanelWidth;
+  const int64_t columns = PanelLayout{s.batch * s.out_h * s.out_w, s.in_channels}.padded();
+  // A panel of an unfolded input: a row per weight column (in_channels * taps), each within the budget.
+  const CheckedInt unfolded_rows = CheckedInt(s.in_channels) * s.kh * s.kw;
+  const bool unfolds = packed && columns >= kMinUnfoldedColumns && (unfolded_rows * kPanelWidth).at_most(limit) &&
+                       double(nnz) >= double(kMinUnfoldedNonzerosPerRow) * double(unfolded_rows.value());
+  l.panels = s.groups == 1 && columns >= kPanelWidth && (pointwise(s) || unfolds);
   set_channel_blocks(s, nnz, l);
   return l;
 }
 
 ConvScratchSizes conv_scratch_sizes(const Conv2dShape& s, const PackedConvLayout& l, int64_t nnz, int64_t threads) {
   if (l.gather) return {0, 0, 0};
-  if (l.panels) return {0, 0, panel_work(panel_shape(s), nnz, threads).slots * s.in_channels * kPanelWidth};
+  if (l.panels) {
+    return {0, 0, panel_work(panel_shape(s), nnz, threads).slots * s.in_channels * s.kh * s.kw * kPanelWidth};
+  }
   return {l.direct ? 0 : s.batch * l.packed_len, nnz, 0};
 }
 
@@ -592,7 +722,7 @@ void csr_conv2d(const Conv2dShape& s, const PackedConvLayout& l, const CsrView<V
     return;
   }
   if (l.panels) {
-    pointwise_conv_panels(s, w, x, y, ep, scratch.panels, pf);
+    conv_panels(s, w, x, y, ep, scratch.panels, pf);
     return;
   }
   const int64_t in_image = s.in_channels * s.height * s.width;

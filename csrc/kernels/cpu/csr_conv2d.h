@@ -47,6 +47,17 @@ struct PackedConvLayout {
   // panel's window of the operand is contiguous. No tap offsets then.
   // A strided 1x1 convolution (no padding, one group) takes it too, its panels copied from the
   // pixels its kernel reads: ResNet-50's downsampling layers had run on tap offsets, image by image.
+  // So does a kernel of several taps (or padding) of one group whose weight is packed for the call,
+  // over its input unfolded: a panel's row c * taps + tap holds, for each of the panel's output
+  // pixels, the input pixel that tap reads in channel c (0 in the padding), so the weight's own
+  // columns index it and the packed SpMM reads its rows aligned, from L1. On tap offsets each
+  // nonzero's 64-float window starts wherever its tap does (a load crossing a line costs 1.55x an
+  // aligned one on a Zen 4, in L1) and the channel blocks that keep the windows in L1 leave about
+  // 30 nonzeros per row and block. ResNet-50 90%'s 3x3 layers alone on a Zen 4 (2 threads, inputs
+  // from the model): batch 8 1.06x (28x28), 1.22x (14x14), 1.31x (7x7), stride 2 1.15-1.68x; batch 1
+  // 1.03-1.15x, but 0.90x on a 7x7 image (one panel: kMinUnfoldedColumns), and a 56x56 layer of 64
+  // output channels 0.83x at batch 8 (its copy, a row per weight column, against 6.4 nonzeros per
+  // column: kMinUnfoldedNonzerosPerRow).
   bool panels;
   // The wide rows are the output rows when phase_w == out_w; otherwise the SpMM stores the first
   // out_w columns of each.
@@ -65,10 +76,15 @@ struct PackedConvLayout {
 
 constexpr int64_t kPackedScratchPerElement = 8;
 constexpr int64_t kPackedScratchSlack = int64_t(1) << 20;
+// An unfolded input's panels (PackedConvLayout::panels) take at least this many columns (padded),
+// and the weight this many nonzeros per weight column on average.
+constexpr int64_t kMinUnfoldedColumns = 128, kMinUnfoldedNonzerosPerRow = 6;
 
 // Decides the path and, for the packed one, its layout; O(1) work and memory before it has bounded
-// the layout's sizes with overflow-checked arithmetic (checked_int.h). `nnz`: the weight's nonzeros.
-PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz);
+// the layout's sizes with overflow-checked arithmetic (checked_int.h). `nnz`: the weight's nonzeros;
+// `packed`: whether the call has them packed (PackedNonzeros), which a kernel of several taps needs
+// to run as panels of its unfolded input.
+PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz, bool packed = false);
 
 // What csr_conv2d needs besides its operands, in elements: the packed images (none when the
 // layout is direct) and one tap offset per nonzero (conv_tap_offsets), or the panels; none on the
@@ -76,7 +92,7 @@ PackedConvLayout packed_conv_layout(const Conv2dShape& s, int64_t nnz);
 struct ConvScratch {
   float* packed;           // batch * packed_len
   const int32_t* offsets;  // nnz, filled by conv_tap_offsets
-  float* panels;           // one panel (in_channels * kPanelWidth floats) per thread, at most
+  float* panels;           // one panel (in_channels * kh * kw * kPanelWidth floats) per thread, at most
 };
 struct ConvScratchSizes {
   int64_t packed, offsets, panels;

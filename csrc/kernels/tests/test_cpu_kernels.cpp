@@ -503,7 +503,8 @@ std::vector<double> conv_reference(const Conv2dShape& s, const RandomCsr& m, con
   return out;
 }
 
-// packed_weight: the weight packed (pack_nonzeros) for a layout of panels, which must take it.
+// packed_weight: the weight packed (pack_nonzeros) for a layout of panels, which must take it (a kernel
+// of several taps: over its input unfolded).
 // stream: the output stored with non-temporal stores where a vector is aligned (Epilogue::stream).
 // channel_blocks: the packed image must be read in at least two blocks of input channels.
 template <typename V>
@@ -520,14 +521,16 @@ void test_conv(Conv2dShape s, double density, bool with_residual, bool packed_we
   for (auto& v : bias) v = exact_value(rng);
   for (auto& v : residual) v = exact_value(rng);
   std::vector<float> out(s.batch * s.out_channels * out_plane, NAN);
+  CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), s.out_channels, cin_g * s.kh * s.kw};
+  const std::vector<int32_t> blob = packed_weight ? pack_nonzeros(w) : std::vector<int32_t>();
   // Scratch starts as NaN: any element read before it is written shows in the result.
-  const PackedConvLayout layout = packed_conv_layout(s, int64_t(m.col.size()));
+  const PackedConvLayout layout = packed_conv_layout(s, int64_t(m.col.size()), !blob.empty());
   expect(!channel_blocks || layout.idx_blocks >= 2, "the packed image is read in blocks of channels");
+  expect(packed_weight || !layout.panels || (s.kh == 1 && s.kw == 1 && s.pad_h == 0 && s.pad_w == 0),
+         "a kernel of several taps runs as panels only with a packed weight");
   const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, int64_t(m.col.size()), kThreeChunks.num_threads);
   std::vector<float> packed(sizes.packed, NAN), panels(sizes.panels, NAN);
   std::vector<int32_t> offsets(sizes.offsets, -1);
-  CsrView<V> w{m.crow.data(), m.col.data(), vals.data(), s.out_channels, cin_g * s.kh * s.kw};
-  const std::vector<int32_t> blob = packed_weight ? pack_nonzeros(w) : std::vector<int32_t>();
   PackedNonzeros view{};
   if (packed_weight) {
     expect(layout.panels && !blob.empty(), "the convolution runs as panels with a packed weight");
@@ -759,6 +762,16 @@ void test_value_type() {
   // 1x1 stride 2 subsampled into panels that cross images (7x7 outputs), reading a packed weight
   test_conv<V>({3, 600, 14, 14, 300, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.1, true, true);
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
+  // Kernels of several taps over their input unfolded into panels (a packed weight): 3x3 (runs of 11
+  // columns, the last panel of 41), stride 2 (even floats picked from two vectors; runs of 8, and of 20
+  // in two pieces), dilation with an uneven kernel and padding, stride 3 (the scalar copy), a padded
+  // 1x1; empty and full rows.
+  test_conv<V>({3, 24, 9, 11, 32, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5, true, true);
+  test_conv<V>({3, 24, 17, 15, 32, 0, 0, 3, 3, 2, 2, 1, 1, 1, 1, 1}, 0.5, false, true);
+  test_conv<V>({2, 16, 12, 40, 24, 0, 0, 3, 3, 2, 2, 1, 1, 1, 1, 1}, 0.5, true, true);
+  test_conv<V>({2, 16, 13, 12, 24, 0, 0, 3, 5, 1, 1, 2, 2, 2, 1, 1}, 0.5, true, true);
+  test_conv<V>({3, 16, 20, 19, 24, 0, 0, 3, 3, 3, 3, 1, 1, 1, 1, 1}, 0.5, true, true);
+  test_conv<V>({2, 200, 8, 9, 24, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 0.5, true, true);
   // 16 taps, the most whose offsets AVX-512 maps a vector at a time (7x7 above: a table per column).
   test_conv<V>({2, 10, 9, 9, 6, 0, 0, 4, 4, 1, 1, 2, 1, 1, 1, 2}, 0.4);
   // The packed image read in blocks of input channels (3 or 4 of them with 32-64 KiB of L1): 3x3,
@@ -793,13 +806,32 @@ void test_conv_layout_is_bounded() {
       with_output_size({1, 1, 4, 4, 1, 0, 0, 2, 2, 1, 1, 23000, 23000, 46003, 46003, 1}),  // 8.4 GiB packed
   };
   for (const Conv2dShape& s : attacks) {
-    const PackedConvLayout layout = packed_conv_layout(s, 1);
-    const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, 1, 4);
-    expect(layout.gather && layout.row_slot.empty() && sizes.packed == 0 && sizes.offsets == 0 &&
-               sizes.panels == 0,
-           "conv layout of stride " + std::to_string(s.stride_h) + ", padding " + std::to_string(s.pad_h) +
-               " takes the gather path without scratch");
+    for (const bool packed : {false, true}) {
+      const PackedConvLayout layout = packed_conv_layout(s, 1, packed);
+      const ConvScratchSizes sizes = conv_scratch_sizes(s, layout, 1, 4);
+      expect(layout.gather && layout.row_slot.empty() && sizes.packed == 0 && sizes.offsets == 0 &&
+                 sizes.panels == 0,
+             "conv layout of stride " + std::to_string(s.stride_h) + ", padding " + std::to_string(s.pad_h) +
+                 " takes the gather path without scratch");
+    }
   }
+}
+
+// A kernel of several taps runs over its input unfolded (PackedConvLayout::panels) only with a packed
+// weight, one group, kMinUnfoldedColumns columns and kMinUnfoldedNonzerosPerRow nonzeros per weight
+// column.
+void test_unfolded_layout_rules() {
+  const Conv2dShape s = with_output_size({2, 16, 8, 8, 32, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1});  // 128 columns
+  const int64_t enough = kMinUnfoldedNonzerosPerRow * 16 * 9;
+  expect(packed_conv_layout(s, enough, true).panels, "a packed 3x3 weight runs over its input unfolded");
+  expect(!packed_conv_layout(s, enough, false).panels, "an unpacked one on tap offsets");
+  expect(!packed_conv_layout(s, enough - 1, true).panels, "so does one of too few nonzeros per weight column");
+  Conv2dShape narrow = s;
+  narrow.batch = 1;  // 64 columns
+  expect(!packed_conv_layout(narrow, enough, true).panels, "and one over a single panel of columns");
+  Conv2dShape grouped = s;
+  grouped.groups = 2;
+  expect(!packed_conv_layout(grouped, enough / 2, true).panels, "and a grouped one");
 }
 
 void test_balanced_rows() {
@@ -1072,6 +1104,7 @@ int main() {
   test_balanced_rows();
   test_index_checks();
   test_conv_layout_is_bounded();
+  test_unfolded_layout_rules();
   test_bottleneck_band_rows();
   test_clamped_packing();
   test_attention();

@@ -20,13 +20,12 @@ T* data_or_null(at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
 }
 
-at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
-                          const at::Tensor& values, const c10::optional<at::Tensor>& bias,
-                          int64_t in_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                          bool relu, const c10::optional<at::Tensor>& residual,
-                          const c10::optional<at::Tensor>& packed) {
-  const char* op = "csr_conv2d";
+// csr_conv2d, its errors naming `op` (a block's layer names its place in the block).
+at::Tensor conv2d_layer(const char* op, const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
+                        const at::Tensor& values, const c10::optional<at::Tensor>& bias, int64_t in_channels,
+                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation, int64_t groups, bool relu, const c10::optional<at::Tensor>& residual,
+                        const c10::optional<at::Tensor>& packed) {
   const ConvProblem p = prepare_conv(input, crow, col, values, bias, in_channels, kernel_size,
                                      stride, padding, dilation, groups);
   const Conv2dShape& s = p.shape;
@@ -38,7 +37,8 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
   if (y.numel() > 0) {
     const at::Tensor x = as_fp32(input);
     const c10::optional<at::Tensor> bias32 = as_fp32(bias), residual32 = as_fp32(residual);
-    cpu::PackedConvLayout layout = cpu::packed_conv_layout(s, p.weight.stored);
+    cpu::PackedConvLayout layout =
+        cpu::packed_conv_layout(s, p.weight.stored, packed.has_value() && packed->numel() > 0);
     const cpu::ParallelFor pf = torch_parallel_for();
     at::Tensor image, offsets, panels;
     try {
@@ -60,7 +60,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
         using V = decltype(tag);
         cpu::CsrView<V> w{crow.const_data_ptr<int32_t>(), col.const_data_ptr<int32_t>(),
                           values_ptr<V>(values), s.out_channels, p.index_cols};
-        // Only the panels layout reads a packing, whose columns are the panels'.
+        // Only the panels layout reads a packing, whose columns are the panels' rows.
         cpu::PackedNonzeros view;
         if (layout.panels) w.packed = checked_packing(op, packed, w, s.batch * s.out_h * s.out_w, view);
         cpu::csr_conv2d(s, layout, w, x.const_data_ptr<float>(), y.mutable_data_ptr<float>(),
@@ -71,6 +71,15 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const
     }
   }
   return y.to(input.scalar_type());
+}
+
+at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
+                          const at::Tensor& values, const c10::optional<at::Tensor>& bias, int64_t in_channels,
+                          at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, int64_t groups, bool relu,
+                          const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& packed) {
+  return conv2d_layer("csr_conv2d", input, crow, col, values, bias, in_channels, kernel_size, stride, padding, dilation,
+                      groups, relu, residual, packed);
 }
 
 std::tuple<at::Tensor, at::Tensor> csr_pointwise_conv_pair_cpu(
@@ -139,7 +148,10 @@ at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& c
                                     const c10::optional<at::Tensor>& shortcut_crow,
                                     const c10::optional<at::Tensor>& shortcut_col,
                                     const c10::optional<at::Tensor>& shortcut_values,
-                                    const c10::optional<at::Tensor>& shortcut_bias) {
+                                    const c10::optional<at::Tensor>& shortcut_bias,
+                                    const c10::optional<at::Tensor>& packed1, const c10::optional<at::Tensor>& packed2,
+                                    const c10::optional<at::Tensor>& packed3,
+                                    const c10::optional<at::Tensor>& shortcut_packed) {
   const char* op = "csr_bottleneck_block";
   SPARSE_RT_CHECK(input.scalar_type() == at::kFloat, op, "input must be float32, got ", input.scalar_type());
   const BlockShortcut shortcut{shortcut_crow, shortcut_col, shortcut_values, shortcut_bias};
@@ -151,6 +163,7 @@ at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& c
   const at::Tensor* values[] = {&values1, &values2, &values3, shortcut.given() ? &*shortcut_values : nullptr};
   const ConvProblem* layers[] = {&p.first, &p.second, &p.last, p.shortcut ? &*p.shortcut : nullptr};
   const char* names[] = {kBlockLayers[0], kBlockLayers[1], kBlockLayers[2], kBlockShortcut};
+  check_block_packings(packed1, packed2, packed3, shortcut_packed, values1, values2, values3, shortcut);
   for (int i = 0; i < layer_count; ++i) {
     check_sparse_indices(names[i], *crows[i], *cols[i], layers[i]->index_cols, full_index_checks_enabled());
     SPARSE_RT_CHECK(values[i]->scalar_type() == values1.scalar_type(), op,
@@ -164,19 +177,19 @@ at::Tensor csr_bottleneck_block_cpu(const at::Tensor& input, const at::Tensor& c
   const int64_t rows = cpu::bottleneck_band_rows(b, p.second.weight.stored, pf.num_threads);
   if (rows == 0) {
     const int64_t one[] = {1, 1}, three[] = {3, 3}, none[] = {0, 0};
-    const at::Tensor y1 = csr_conv2d_cpu(input, crow1, col1, values1, bias1, b.in_channels, one, one, none, one, 1,
-                                         relu1, c10::nullopt, c10::nullopt);
-    const at::Tensor y2 = csr_conv2d_cpu(y1, crow2, col2, values2, bias2, b.mid1, three, one, one, one, 1, relu2,
-                                         c10::nullopt, c10::nullopt);
+    const at::Tensor y1 = conv2d_layer(names[0], input, crow1, col1, values1, bias1, b.in_channels, one, one, none, one,
+                                       1, relu1, c10::nullopt, packed1);
+    const at::Tensor y2 = conv2d_layer(names[1], y1, crow2, col2, values2, bias2, b.mid1, three, one, one, one, 1, relu2,
+                                       c10::nullopt, packed2);
     if (!shortcut.given()) {
-      return csr_conv2d_cpu(y2, crow3, col3, values3, bias3, b.mid2, one, one, none, one, 1, relu3, residual,
-                            c10::nullopt);
+      return conv2d_layer(names[2], y2, crow3, col3, values3, bias3, b.mid2, one, one, none, one, 1, relu3, residual,
+                          packed3);
     }
     // The shortcut takes the sum here (the same values: a sum of two is commutative).
-    const at::Tensor y3 = csr_conv2d_cpu(y2, crow3, col3, values3, bias3, b.mid2, one, one, none, one, 1, false,
-                                         c10::nullopt, c10::nullopt);
-    return csr_conv2d_cpu(input, *shortcut_crow, *shortcut_col, *shortcut_values, shortcut_bias, b.in_channels, one,
-                          one, none, one, 1, relu3, y3, c10::nullopt);
+    const at::Tensor y3 = conv2d_layer(names[2], y2, crow3, col3, values3, bias3, b.mid2, one, one, none, one, 1, false,
+                                       c10::nullopt, packed3);
+    return conv2d_layer(names[3], input, *shortcut_crow, *shortcut_col, *shortcut_values, shortcut_bias, b.in_channels,
+                        one, one, none, one, 1, relu3, y3, shortcut_packed);
   }
   at::Tensor y = allocate(op, "output", {s3.batch, s3.out_channels, s3.out_h, s3.out_w}, input.options());
   const at::Tensor x = input.contiguous();

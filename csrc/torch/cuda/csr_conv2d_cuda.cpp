@@ -80,11 +80,17 @@ at::Tensor csr_bottleneck_block_cuda(const at::Tensor& input, const at::Tensor& 
                                      const c10::optional<at::Tensor>& shortcut_crow,
                                      const c10::optional<at::Tensor>& shortcut_col,
                                      const c10::optional<at::Tensor>& shortcut_values,
-                                     const c10::optional<at::Tensor>& shortcut_bias) {
+                                     const c10::optional<at::Tensor>& shortcut_bias,
+                                     const c10::optional<at::Tensor>& packed1,
+                                     const c10::optional<at::Tensor>& packed2,
+                                     const c10::optional<at::Tensor>& packed3,
+                                     const c10::optional<at::Tensor>& shortcut_packed) {
   const int64_t one[] = {1, 1}, three[] = {3, 3}, none[] = {0, 0};
   const BlockShortcut shortcut{shortcut_crow, shortcut_col, shortcut_values, shortcut_bias};
   const BlockProblem p = prepare_bottleneck_block(input, crow1, col1, values1, bias1, in_channels, crow2, col2, values2,
                                                   bias2, crow3, col3, values3, bias3, residual, shortcut);
+  // Empty or none here: CUDA has no packed layout.
+  check_block_packings(packed1, packed2, packed3, shortcut_packed, values1, values2, values3, shortcut);
   const at::Tensor y1 = csr_conv2d_cuda(input, crow1, col1, values1, bias1, p.first.shape.in_channels, one, one, none,
                                         one, 1, relu1, c10::nullopt, c10::nullopt);
   const at::Tensor y2 = csr_conv2d_cuda(y1, crow2, col2, values2, bias2, p.second.shape.in_channels, three, one, one,
