@@ -328,48 +328,23 @@ int64_t panel_runs(const PixelSource& source, int64_t pixels, int64_t columns, i
   return count;
 }
 
-// Columns [first, first + width) of the [channels, columns] operand that the images' output pixels
-// (`pixels` each) form side by side, read from `source`, channel by channel into `panel` (rows
-// `width` floats apart), zeros past the last column; its runs are worked out once. The next panel's
-// columns of a contiguous source are prefetched as each run is copied (prefetch_following).
-void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
-                      int64_t width, float* panel) {
-  PanelRun runs[kPanelWidth];
-  const int64_t count = panel_runs(source, pixels, columns, first, width, runs);
-  const int64_t filled = std::min(width, columns - first);
-  const bool contiguous = source.contiguous();
-  for (int64_t c = 0; c < channels; ++c) {
-    float* row = panel + c * width;
-    for (int64_t i = 0; i < count; ++i) {
-      const float* from = source.x + runs[i].from + c * source.plane;
-      if (source.col_step == 1) {
-        if (contiguous) prefetch_following(from, runs[i].length);
-        std::memcpy(row + runs[i].at, from, sizeof(float) * runs[i].length);
-      } else {
-        for (int64_t t = 0; t < runs[i].length; ++t) row[runs[i].at + t] = from[t * source.col_step];
-      }
-    }
-    std::fill(row + filled, row + width, 0.f);
-  }
-}
-
-// One tap's share of a panel's run of output pixels (pack_tap_panel), the same in every channel:
-// `length` floats at `at` in the tap's panel row, of which [lead, lead + count) are read from the
-// channel's plane from `from` on (every stride_w-th float) and the rest are padding (zeros).
-struct TapCopy {
+// A run of a panel row's columns, the same in every channel (pack_pixel_panel, pack_tap_panel):
+// `length` floats at `at` in the channel's first row of the panel, of which [lead, lead + count) are
+// read from the channel's plane from `from` on (every stride-th float) and the rest are padding (zeros).
+struct PanelCopy {
   int64_t at, from, lead, count, length;
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// The channels' rows of a tap panel from their copies (pack_tap_panel), stride 1 or 2, in pieces of
-// 16 floats worked out once for all the channels: masked loads (masked lanes read nothing; the
-// padding's zeros), the even floats of two vectors picked at stride 2, a masked store. Masks computed
-// per piece and channel took a third of ResNet-50 95%'s 14x14 3x3 layer at batch 8 (perf, one
-// thread), a scalar loop at stride 2 up to half of its stride-2 3x3 layers' time.
+// copy_panel at stride 1 or 2, in pieces of 16 floats worked out once for all the channels: masked
+// loads (masked lanes read nothing; the padding's zeros), the even floats of two vectors picked at
+// stride 2, a masked store. Masks computed per piece and channel took a third of ResNet-50 95%'s 14x14
+// 3x3 layer at batch 8 (perf, one thread), a scalar loop at stride 2 up to half of its stride-2 3x3
+// layers' time.
 template <int kStride>
-SPARSE_RT_TARGET_X86_64_V4 void copy_taps_avx512(const std::vector<TapCopy>& copies, const float* x,
-                                                 int64_t channels, int64_t plane, int64_t channel_rows,
-                                                 float* panel) {
+SPARSE_RT_TARGET_X86_64_V4 void copy_panel_avx512(const std::vector<PanelCopy>& copies, const float* x,
+                                                  int64_t channels, int64_t plane, int64_t channel_rows,
+                                                  float* panel) {
   static_assert(kStride == 1 || kStride == 2);
   struct Piece {
     int64_t to, from;
@@ -377,7 +352,7 @@ SPARSE_RT_TARGET_X86_64_V4 void copy_taps_avx512(const std::vector<TapCopy>& cop
   };
   thread_local std::vector<Piece> pieces;
   pieces.clear();
-  for (const TapCopy& t : copies) {
+  for (const PanelCopy& t : copies) {
     for (int64_t j = 0; j < t.length; j += 16) {
       const uint32_t read_begin = uint32_t(std::clamp<int64_t>(t.lead - j, 0, 16));
       const uint32_t read_end = uint32_t(std::clamp<int64_t>(t.lead + t.count - j, read_begin, 16));
@@ -410,13 +385,70 @@ SPARSE_RT_TARGET_X86_64_V4 void copy_taps_avx512(const std::vector<TapCopy>& cop
 }
 #endif
 
+// Each channel's rows of a panel (channel c's first at panel + c * channel_rows) from `copies`, reading
+// channel c's plane at x + c * plane every `stride`-th float.
+void copy_panel(const std::vector<PanelCopy>& copies, const float* x, int64_t channels, int64_t plane,
+                int64_t channel_rows, int64_t stride, float* panel) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (stride <= 2 && cpu_isa() == Isa::kX86_64_V4) {
+    (stride == 1 ? copy_panel_avx512<1> : copy_panel_avx512<2>)(copies, x, channels, plane, channel_rows, panel);
+    return;
+  }
+#endif
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* const source = x + c * plane;
+    float* const rows = panel + c * channel_rows;
+    for (const PanelCopy& t : copies) {
+      float* const to = rows + t.at;
+      std::fill(to, to + t.lead, 0.f);
+      for (int64_t i = 0; i < t.count; ++i) to[t.lead + i] = source[t.from + i * stride];
+      std::fill(to + t.lead + t.count, to + t.length, 0.f);
+    }
+  }
+}
+
+// Zeros past column `filled` in each of a panel's `rows` rows (`width` floats each).
+void zero_panel_tail(float* panel, int64_t rows, int64_t width, int64_t filled) {
+  if (filled == width) return;
+  for (int64_t r = 0; r < rows; ++r) std::fill(panel + r * width + filled, panel + (r + 1) * width, 0.f);
+}
+
+// Columns [first, first + width) of the [channels, columns] operand that the images' output pixels
+// (`pixels` each) form side by side, read from `source`, channel by channel into `panel` (rows
+// `width` floats apart), zeros past the last column; its runs are worked out once. Runs of adjacent
+// pixels are copied whole (memcpy), the next panel's columns of a contiguous source prefetched as each
+// run is copied (prefetch_following); a strided layer's (into `copies`) by copy_panel, in pieces
+// (ResNet-50's stride-2 downsampling layers 1.05-1.24x at batch 8 against a scalar loop; adjacent
+// pixels' runs in pieces ran 0.89-1.22x the memcpy: Zen 4, 2 threads, a script outside the repo,
+// /tmp/k1/pw_ab.py).
+void pack_pixel_panel(const PixelSource& source, int64_t channels, int64_t pixels, int64_t columns, int64_t first,
+                      int64_t width, std::vector<PanelCopy>& copies, float* panel) {
+  PanelRun runs[kPanelWidth];
+  const int64_t count = panel_runs(source, pixels, columns, first, width, runs);
+  zero_panel_tail(panel, channels, width, std::min(width, columns - first));
+  if (source.col_step != 1) {
+    copies.clear();
+    for (int64_t i = 0; i < count; ++i) copies.push_back({runs[i].at, runs[i].from, 0, runs[i].length, runs[i].length});
+    copy_panel(copies, source.x, channels, source.plane, width, source.col_step, panel);
+    return;
+  }
+  const bool contiguous = source.contiguous();
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t i = 0; i < count; ++i) {
+      const float* from = source.x + runs[i].from + c * source.plane;
+      if (contiguous) prefetch_following(from, runs[i].length);
+      std::memcpy(panel + c * width + runs[i].at, from, sizeof(float) * runs[i].length);
+    }
+  }
+}
+
 // Columns [first, first + width) of the [in_channels * taps, columns] operand of a convolution of
 // more than one tap (its input unfolded: row c * taps + tap holds, for each output pixel, the input
 // pixel that tap reads in channel c, or 0 in the padding), the images' output pixels (`pixels` each)
 // side by side, into `panel` (rows `width` floats apart), zeros past the last column. The copies (a
-// run of one output row for each tap) are worked out once for all the channels.
+// run of one output row for each tap) are worked out once for all the channels (into `copies`).
 void pack_tap_panel(const Conv2dShape& s, const float* x, int64_t columns, int64_t first, int64_t width,
-                    std::vector<TapCopy>& copies, float* panel) {
+                    std::vector<PanelCopy>& copies, float* panel) {
   const int64_t pixels = s.out_h * s.out_w, taps = s.kh * s.kw, plane = s.height * s.width;
   const int64_t filled = std::min(width, columns - first);
   const auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); };
@@ -442,29 +474,8 @@ void pack_tap_panel(const Conv2dShape& s, const float* x, int64_t columns, int64
     }
     j += length;
   }
-  const int64_t channel_rows = taps * width;
-  if (filled < width) {
-    for (int64_t r = 0; r < s.in_channels * taps; ++r) {
-      std::fill(panel + r * width + filled, panel + (r + 1) * width, 0.f);
-    }
-  }
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (s.stride_w <= 2 && cpu_isa() == Isa::kX86_64_V4) {
-    (s.stride_w == 1 ? copy_taps_avx512<1> : copy_taps_avx512<2>)(copies, x, s.in_channels, plane, channel_rows,
-                                                                  panel);
-    return;
-  }
-#endif
-  for (int64_t c = 0; c < s.in_channels; ++c) {
-    const float* const source = x + c * plane;
-    float* const rows = panel + c * channel_rows;
-    for (const TapCopy& t : copies) {
-      float* const to = rows + t.at;
-      std::fill(to, to + t.lead, 0.f);
-      for (int64_t i = 0; i < t.count; ++i) to[t.lead + i] = source[t.from + i * s.stride_w];
-      std::fill(to + t.lead + t.count, to + t.length, 0.f);
-    }
-  }
+  zero_panel_tail(panel, s.in_channels * taps, width, filled);
+  copy_panel(copies, x, s.in_channels, plane, taps * width, s.stride_w, panel);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -553,7 +564,7 @@ void conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const float* x, 
     for (int64_t slot = slot_begin; slot < slot_end; ++slot) {
       float* const panel = scratch + slot * panel_rows * kPanelWidth;
       int64_t copied = -1;
-      std::vector<TapCopy> copies;
+      std::vector<PanelCopy> copies;
       const int64_t pairs_end = first_pair(slot + 1);
       for (int64_t u = first_pair(slot); u < pairs_end; ++u) {
         const int64_t p = u / work.parts, part = u % work.parts;
@@ -567,7 +578,7 @@ void conv_panels(const Conv2dShape& shape, const CsrView<V>& w, const float* x, 
           pack_tap_panel(shape, x, columns, first, width, copies, panel);
           copied = p;
         } else if (p != copied) {
-          pack_pixel_panel(source, s.in_channels, pixels, columns, first, width, panel);
+          pack_pixel_panel(source, s.in_channels, pixels, columns, first, width, copies, panel);
           copied = p;
         }
         const int64_t next = first + kPanelWidth;
@@ -800,14 +811,15 @@ void pointwise_conv_chain(const Conv2dShape& first, const CsrView<V>& w1, Epilog
       float* const panel = scratch + slot * per_slot;   // the first layer's input
       float* const middle = panel + first.in_channels * kPanelWidth;  // its output, the second's input
       float* const sums_residual = middle + mid * kPanelWidth;
+      std::vector<PanelCopy> copies;
       for (int64_t p = slot * panels / slots; p < (slot + 1) * panels / slots; ++p) {
         const int64_t start = p * kPanelWidth, width = layout.width(p);
-        pack_pixel_panel(input, first.in_channels, pixels, columns, start, width, panel);
+        pack_pixel_panel(input, first.in_channels, pixels, columns, start, width, copies, panel);
         // The first layer's output as a panel, its residual copied into one so that the epilogue
         // reads it at the output's index; every column computed, the padding's too (from zeros).
         Epilogue local{ep1.bias, ep1.relu, nullptr, ep1.gelu, false};
         if (ep1.residual) {
-          pack_pixel_panel(residual, mid, pixels, columns, start, width, sums_residual);
+          pack_pixel_panel(residual, mid, pixels, columns, start, width, copies, sums_residual);
           local.residual = sums_residual;
         }
         csr_spmm(w1, DenseRows{panel, width, width}, StridedOutput{middle, width, 1, width}, local, 0, w1.rows);

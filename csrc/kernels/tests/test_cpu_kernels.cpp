@@ -759,8 +759,10 @@ void test_value_type() {
   test_conv<V>({1, 4, 56, 56, 3, 0, 0, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 0.5);
   test_conv<V>({2, 6, 11, 10, 5, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5);  // 1x1 stride 2: one phase of four
   test_conv<V>({1, 40, 14, 14, 24, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.3);  // 7x7 output: one 64-column tile
-  // 1x1 stride 2 subsampled into panels that cross images (7x7 outputs), reading a packed weight
+  // 1x1 stride 2 subsampled into panels that cross images (7x7 outputs), reading a packed weight; and
+  // output rows of 20 columns (each run of the panel copied in two pieces)
   test_conv<V>({3, 600, 14, 14, 300, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.1, true, true);
+  test_conv<V>({2, 200, 6, 40, 24, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 1}, 0.5, true, true);
   test_conv<V>({2, 4, 12, 12, 6, 0, 0, 3, 3, 2, 2, 2, 2, 2, 2, 2}, 0.5);  // dilation = stride: one phase
   // Kernels of several taps over their input unfolded into panels (a packed weight): 3x3 (runs of 11
   // columns, the last panel of 41), stride 2 (even floats picked from two vectors; runs of 8, and of 20
