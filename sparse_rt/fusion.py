@@ -470,8 +470,8 @@ def bottleneck_block(first, second, last, input, residual=None, shortcut=None):
         relu = last.relu if shortcut is None else shortcut.relu
         # Each layer's output has the input's pixels: its packing for `input` is its packing for its own input.
         return ops.csr_bottleneck_block(input, *w1, first.in_channels, first.relu, *w2, second.relu, *w3, relu,
-                                        residual, *w4, *(layer.packing(input) for layer in layers),
-                                        *((None,) if shortcut is None else ()))
+                                        residual, *w4, *(None if layer is None else layer.packing(input)
+                                                         for layer in (first, second, last, shortcut)))
     middle = second(first(input))
     output = last(middle) if residual is None else last(middle, residual)
     return output if shortcut is None else shortcut(input, output)

@@ -777,11 +777,10 @@ int64_t chain_slots(const Conv2dShape& first, int64_t threads) {
 }  // namespace
 
 bool chains_pointwise(const Conv2dShape& first, const Epilogue& ep1, int64_t threads) {
-  const bool pointwise = first.kh == 1 && first.kw == 1 && first.stride_h == 1 && first.stride_w == 1 &&
-                         first.pad_h == 0 && first.pad_w == 0 && first.groups == 1;
+  const bool direct = pointwise(first) && first.stride_h == 1 && first.stride_w == 1 && first.groups == 1;
   const int64_t pixels = first.height * first.width;
   const int64_t panels = PanelLayout{first.batch * pixels, first.in_channels}.count();
-  return pointwise && pixels > 1 && panels >= kChainPanelsPerThread * std::max<int64_t>(threads, 1) &&
+  return direct && pixels > 1 && panels >= kChainPanelsPerThread * std::max<int64_t>(threads, 1) &&
          (ep1.stream || streams_output(first, ep1));
 }
 
